@@ -1,0 +1,5 @@
+import sys
+
+from flexgen.cli import main
+
+sys.exit(main())

@@ -1,0 +1,160 @@
+"""Reading and writing model weights.
+
+- Our format: safetensors, with the model configuration as JSON in the file's metadata, so a weights file
+  rebuilds its model alone.
+- Official checkpoints: Latte's `ffs.pt`, `skytimelapse.pt`, `taichi-hd.pt`, `ucf101.pt` (a dict with "ema" and
+  sometimes "model") and DiT's `DiT-XL-2-256x256.pt` (a bare state dict). Loaded with `weights_only=True`, the EMA
+  entry preferred, the flat `blocks.{i}` list mapped onto our `spatial_blocks` / `temporal_blocks`, and loaded
+  strictly: missing keys, unexpected keys and shape mismatches are one error that lists them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from flexgen.video.latte import Latte, LatteConfig, sincos_1d, sincos_2d
+
+# Where the released weights come from (no sha256 is published by either project; `file_sha256` prints the
+# hash of the file you have, and every loader accepts an expected hash to check against).
+OFFICIAL_CHECKPOINTS = {
+    "ffs.pt": "Latte-XL/2, FaceForensics: huggingface.co/maxin-cn/Latte (file ffs.pt)",
+    "skytimelapse.pt": "Latte-XL/2, SkyTimelapse: huggingface.co/maxin-cn/Latte (file skytimelapse.pt)",
+    "taichi-hd.pt": "Latte-XL/2, Taichi-HD: huggingface.co/maxin-cn/Latte (file taichi-hd.pt)",
+    "ucf101.pt": "Latte-XL/2, UCF101 (101 classes): huggingface.co/maxin-cn/Latte (file ucf101.pt)",
+    "DiT-XL-2-256x256.pt": "DiT-XL/2, ImageNet 256: dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-256x256.pt",
+    "DiT-XL-2-512x512.pt": "DiT-XL/2, ImageNet 512: dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-512x512.pt",
+}
+
+CONFIG_KEY = "flexgen_model_config"
+
+
+class CheckpointError(ValueError):
+    """A weights file that is missing, corrupt, or does not fit the model."""
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _require_file(path: Path, sha256: str | None) -> None:
+    if not path.is_file():
+        source = OFFICIAL_CHECKPOINTS.get(path.name)
+        where = f"It is the released {source}." if source else "Known released files: " + ", ".join(OFFICIAL_CHECKPOINTS)
+        expected = f"expected sha256 {sha256}" if sha256 else "no sha256 is published for it"
+        raise CheckpointError(f"weights file not found: {path} ({expected}). {where} "
+                              f"Download it on a machine with internet access and put it at {path.resolve()}, "
+                              "or pass the path where it lies.")
+    if sha256 is not None:
+        actual = file_sha256(path)
+        if actual != sha256.lower():
+            raise CheckpointError(f"{path}: sha256 {actual} does not match the expected {sha256}; "
+                                  "the file is corrupt or a different release")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading.
+
+
+def read_state_dict(path: str | Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file or of a torch checkpoint (no pickled code: weights_only=True); from a
+    training checkpoint, the "ema" entry is preferred over "model"."""
+    path = Path(path)
+    _require_file(path, sha256)
+    if path.suffix == ".safetensors":
+        return load_file(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # torch raises several types for corrupt or code-carrying files; add the file name
+        raise CheckpointError(f"cannot read {path} as a weights-only torch checkpoint: {e}") from e
+    for key in ("ema", "model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} holds no state dict (expected tensors, or an 'ema'/'model' entry of tensors)")
+    return obj
+
+
+def read_model_config(path: str | Path) -> LatteConfig | None:
+    """The model configuration stored in one of our safetensors files, or None for other files."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return LatteConfig(**json.loads(meta[CONFIG_KEY])) if CONFIG_KEY in meta else None
+
+
+def convert_official_state_dict(sd: dict[str, torch.Tensor], config: LatteConfig) -> dict[str, torch.Tensor]:
+    """Map the released Latte / DiT key layout onto ours. The fixed sin-cos tables in the file are checked
+    against ours (a mismatch means the wrong input size or frame count) and dropped."""
+    out = {}
+    for key, value in sd.items():
+        key = key.removeprefix("module.").removeprefix("_orig_mod.")
+        if key in ("pos_embed", "temp_embed"):
+            ours = (sincos_2d(config.hidden_size, config.grid_size) if key == "pos_embed"
+                    else sincos_1d(config.hidden_size, torch.arange(config.num_frames))).float()[None]
+            if value.shape != ours.shape or not torch.allclose(value.float(), ours, atol=1e-4):
+                raise CheckpointError(f"checkpoint {key} of shape {tuple(value.shape)} does not match this model's "
+                                      f"{tuple(ours.shape)} sin-cos table: wrong input_size or num_frames?")
+            continue
+        match = re.match(r"blocks\.(\d+)\.(.*)", key)
+        if match:
+            i, rest = int(match.group(1)), match.group(2)
+            if config.temporal:   # Latte walks one flat list in pairs: blocks[2i] spatial, blocks[2i+1] temporal
+                key = f"{'temporal' if i % 2 else 'spatial'}_blocks.{i // 2}.{rest}"
+            else:
+                key = f"spatial_blocks.{i}.{rest}"
+        out[key] = value
+    return out
+
+
+def load_weights(model: Latte, path: str | Path, sha256: str | None = None) -> None:
+    """Load our safetensors or an official checkpoint into `model`, strictly."""
+    sd = read_state_dict(path, sha256)
+    if any(k.removeprefix("module.").startswith(("blocks.", "pos_embed")) for k in sd):
+        sd = convert_official_state_dict(sd, model.config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        def show(items):
+            return ", ".join(items[:8]) + (f" … ({len(items)} in all)" if len(items) > 8 else "")
+        problems = [f"{name}: {show(items)}" for name, items in
+                    (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if items]
+        raise CheckpointError(f"{path} does not fit the model {model.config}:\n  " + "\n  ".join(problems))
+    model.load_state_dict(sd, strict=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writing.
+
+
+def save_weights(model: Latte, path: str | Path) -> None:
+    """Model weights as safetensors, with the model configuration in the metadata."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(tensors, str(path), metadata={CONFIG_KEY: json.dumps(dataclasses.asdict(model.config))})
+
+
+def load_model(path: str | Path, sha256: str | None = None) -> Latte:
+    """Rebuild a model from one of our safetensors files alone."""
+    path = Path(path)
+    _require_file(path, sha256)
+    config = read_model_config(path)
+    if config is None:
+        raise CheckpointError(f"{path} carries no flexgen model configuration; build the model from its preset "
+                              "and use load_weights")
+    model = Latte(config)
+    load_weights(model, path)
+    return model

@@ -1,0 +1,224 @@
+"""Typed run configuration: dataclasses loaded from YAML, with `key=value` overrides.
+
+Every key is checked against the dataclass fields: an unknown or misspelled key is an error naming the key, the
+file and the closest valid name, never silently ignored. Values are type-checked (ints are accepted where floats
+are expected). `save_config` writes the resolved configuration that every run directory and checkpoint keeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not fit the schema."""
+
+
+DATASETS = ("ffs", "sky", "ucf101", "taichi", "synthetic")
+AUTOENCODERS = ("sd-vae", "pixel")
+SAMPLERS = ("ddpm", "ddim", "dpm-solver++")      # the samplers of flexgen.diffusion
+
+# ----------------------------------------------------------------------------------------------------------
+# The schema. Defaults are the published Latte settings (Ma et al. 2024, released configs).
+
+
+def _choice(where: str, value: str, choices: tuple[str, ...] | list[str]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}{hint}")
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "Latte-XL/2"          # paper name, see flexgen.video.latte.PRESETS
+    num_classes: int = 0                # 0 = unconditional; UCF101: 101 (+ the null class 101 for CFG)
+    class_dropout_prob: float = 0.1     # label drop rate for classifier-free guidance training
+    learn_sigma: bool = True            # predict the learned-range variance beside ε
+    in_channels: int = 4                # latent channels (3 in pixel space)
+    depth: int | None = None            # overrides of the preset's size, for small custom models
+    hidden_size: int | None = None
+    num_heads: int | None = None
+
+    def __post_init__(self):
+        from flexgen.video.latte import PRESETS
+        _choice("preset", self.preset, list(PRESETS))
+
+
+@dataclass
+class AutoencoderConfig:
+    kind: str = "sd-vae"                # "sd-vae": diffusers AutoencoderKL, frame by frame; "pixel": identity
+    path: str = ""                      # local folder of the AutoencoderKL (sd-vae-ft-ema for Latte)
+    scale_factor: float = 0.18215       # latent = scale_factor · encoder mean/sample
+    downsample: int = 8                 # spatial reduction of the autoencoder (1 for pixel space)
+
+    def __post_init__(self):
+        _choice("kind", self.kind, AUTOENCODERS)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "ffs"                # ffs | sky | ucf101 | taichi | synthetic
+    root: str = ""                      # dataset folder
+    num_frames: int = 16                # frames per clip (F)
+    frame_interval: int = 3             # stride between sampled frames
+    image_size: int = 256               # pixels; the latent side is image_size / autoencoder.downsample
+    hflip: bool = True                  # random horizontal flip
+    num_images: int = 0                 # extra still images per clip for joint image-video training
+    num_workers: int = 4                # data-loader processes per rank
+
+    def __post_init__(self):
+        _choice("dataset", self.dataset, DATASETS)
+
+
+@dataclass
+class DiffusionConfig:
+    num_timesteps: int = 1000           # training steps T
+    beta_start: float = 1e-4            # linear β schedule (Ho et al. 2020)
+    beta_end: float = 0.02
+    min_snr_gamma: float | None = None  # Min-SNR-γ weighting of the ε loss (Hang et al. 2023); None = off
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-4                    # AdamW, constant
+    weight_decay: float = 0.0
+    ema_decay: float = 0.9999
+    batch_size: int = 5                 # per device (Latte: 5 per GPU × 8 GPUs)
+    total_samples: int = 40_000_000     # training length in clips seen (Latte: ~1M steps × 40 is a cap)
+    grad_clip: float = 0.1              # max gradient norm, applied once clip_after_samples clips were seen
+    clip_after_samples: int = 800_000   # Latte FFS/Sky: step 20k × global batch 40
+    seed: int = 3407
+    bf16: bool = False                  # bf16 autocast (Latte trained in fp32)
+    grad_checkpointing: bool = False
+    log_every_samples: int = 4_000
+    ckpt_every_samples: int = 400_000
+    results_dir: str = "results"
+
+
+@dataclass
+class SampleConfig:
+    sampler: str = "ddpm"               # ddpm | ddim | dpm-solver++
+    steps: int = 250                    # DDPM respaced to 250 steps (Latte / DiT protocol)
+    cfg_scale: float = 1.0              # classifier-free guidance; 1 = off (UCF101: 7.0)
+    seed: int = 0                       # noise for sample i comes from seed + i
+    num_samples: int = 2048             # FVD protocol: 2048 videos
+    batch_size: int = 2                 # per device
+
+    def __post_init__(self):
+        _choice("sampler", self.sampler, SAMPLERS)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Validation.
+
+
+def _check_value(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` checked against the annotation `tp` (ints widen to floats); raise ConfigError otherwise."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _check_value(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} fits none of {tp}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, data: Any, section: str) -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys. `section` is the dotted path to it."""
+    prefix = f"{section}." if section else ""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{section or 'top level'}: expected a mapping of {cls.__name__} fields, "
+                          f"got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise ConfigError(f"unknown key {prefix}{key}{hint}; valid keys in {section or 'the top level'}: "
+                              f"{', '.join(fields)}")
+        kwargs[key] = _check_value(value, hints[key], prefix + key)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:                           # a field's own check (__post_init__)
+        raise ConfigError(f"{prefix}{e}") from None
+
+
+def config_from_dict(data: dict, source: str = "<dict>") -> Config:
+    """Validate a nested mapping into a Config; `source` names the file in error messages."""
+    try:
+        return _build(Config, data or {}, "")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def apply_overrides(data: dict, overrides: list[str], source: str = "command line") -> dict:
+    """Apply `section.key=value` overrides (values parsed as YAML) to a nested mapping, in place."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{source}: override {item!r} is not of the form section.key=value")
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source}: override {item!r}: {part!r} is not a section")
+        node[leaf] = yaml.safe_load(text)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Load a YAML file (or the defaults when `path` is None), apply overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+    source = str(path) if path is not None else "<defaults>"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    config_from_dict(data, source)                    # errors in the file name the file ...
+    apply_overrides(data, list(overrides))
+    return config_from_dict(data, f"{source} with overrides {' '.join(overrides)}" if overrides else source)
+
+
+def config_to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -1,0 +1,372 @@
+"""Latte (variant 1: interleaved spatial / temporal blocks) and DiT as its one-frame case.
+
+Tensors are frame-first, `(B, F, C, H, W)`; a model without temporal blocks (DiT) also takes images
+`(B, C, H, W)`. Blocks are DiT adaLN-Zero blocks (Peebles & Xie 2023); the Latte layout follows Ma et al. 2024
+(arXiv 2401.03048) and the released `Vchitect/Latte` code: spatial blocks attend within a frame, temporal blocks
+across frames at one spatial location, the 1-D temporal sin-cos embedding is added once, before the first
+temporal block. Joint image-video training appends still images after the video frames; they run through
+the spatial blocks only.
+
+Naming differs from the released checkpoints in one place: spatial and temporal blocks are two named lists
+(`spatial_blocks`, `temporal_blocks`) instead of one flat `blocks` list walked in pairs. `load_official`
+(in `flexgen.checkpoint`) maps one layout to the other.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from flexgen.attention import attention
+
+# ----------------------------------------------------------------------------------------------------------
+# Configuration.
+
+
+@dataclass(frozen=True)
+class LatteConfig:
+    depth: int = 28             # number of transformer blocks (Latte: spatial + temporal; DiT: spatial only)
+    hidden_size: int = 1152     # token width D
+    num_heads: int = 16         # attention heads
+    patch_size: int = 2         # p: a p×p patch of the latent becomes one token
+    temporal: bool = True       # Latte (interleaved temporal blocks) or DiT (none)
+    input_size: int = 32        # latent side (image side / VAE downsampling factor)
+    num_frames: int = 16        # video frames F (1 for DiT)
+    in_channels: int = 4        # latent channels C
+    num_classes: int = 0        # 0 = unconditional; otherwise class-conditional with a null class for CFG
+    class_dropout_prob: float = 0.1  # label drop rate for classifier-free guidance training
+    learn_sigma: bool = True    # output 2C channels: ε and the learned-range variance value
+    mlp_ratio: float = 4.0      # MLP hidden width / D
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if (self.hidden_size // 2) % 2:
+            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of 4 for the 2-D sin-cos embedding")
+        if self.input_size % self.patch_size:
+            raise ValueError(f"input_size {self.input_size} is not divisible by patch_size {self.patch_size}")
+        if self.temporal and self.depth % 2:
+            raise ValueError(f"Latte depth must be even (spatial/temporal pairs), got {self.depth}")
+        if not self.temporal and self.num_frames != 1:
+            raise ValueError(f"a model without temporal blocks (DiT) has num_frames=1, got {self.num_frames}")
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels * 2 if self.learn_sigma else self.in_channels
+
+    @property
+    def grid_size(self) -> int:
+        return self.input_size // self.patch_size
+
+    @property
+    def num_spatial(self) -> int:
+        return self.depth // 2 if self.temporal else self.depth
+
+    @property
+    def num_temporal(self) -> int:
+        return self.depth // 2 if self.temporal else 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sine/cosine embeddings (MAE / DiT recipe), computed in float64 on the current default device.
+
+
+def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """(..., ) positions -> (..., dim) with [sin | cos] halves; frequencies 1 / 10000^(2i/dim)."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    angles = positions.to(torch.float64)[..., None] * omega
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+def sincos_2d(dim: int, grid_size: int) -> torch.Tensor:
+    """(grid_size², dim), row-major tokens. As in MAE, the first half of the channels encodes the column index
+    and the second half the row index."""
+    coords = torch.arange(grid_size, dtype=torch.float64)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+    return torch.cat([sincos_1d(dim // 2, cols.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=-1)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """(B,) float or int timesteps -> (B, dim) with [cos | sin] halves (DiT's order, which its checkpoints need)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    angles = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Embedding layers for patches, timesteps and class labels.
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping p×p patches -> tokens, per frame (Latte's "uniform frame patch embedding")."""
+
+    def __init__(self, patch_size: int, in_channels: int, hidden_size: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)                        # (N, C, H, W) -> (N, T, D)
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal embedding of the diffusion step followed by a two-layer MLP."""
+
+    def __init__(self, hidden_size: int, frequency_dim: int = 256):
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        freq = timestep_embedding(t, self.frequency_dim).to(self.mlp[0].weight.dtype)
+        return self.mlp(freq)                                                 # (B, D)
+
+
+class LabelEmbedder(nn.Module):
+    """Class embedding table with one extra row, index `num_classes`, for the null label of CFG."""
+
+    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
+        super().__init__()
+        self.num_classes = num_classes
+        self.dropout_prob = dropout_prob
+        self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        if self.training and self.dropout_prob > 0:
+            drop = torch.rand(labels.shape, device=labels.device) < self.dropout_prob
+            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        return self.embedding_table(labels)                                   # (...,) -> (..., D)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Transformer block with adaLN-Zero conditioning.
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection (timm layout, as in the released checkpoints)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).unbind(2)  # 3 × (B, N, H, Dh)
+        return self.proj(attention(q, k, v).reshape(B, N, D))                 # (B, N, D)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class LatteBlock(nn.Module):
+    """DiT block: x + gate·f(modulate(LN(x))) for attention and MLP; shift/scale/gate regressed from the
+    condition. The condition has one row per sequence, or broadcasts over sequences (`cond` of shape
+    (G, 1, D) or (G, D) for G groups of sequences, see `modulation`)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(S, D) condition -> six (S, 1, D) tensors: shift/scale/gate for attention, then for the MLP."""
+        return self.adaLN_modulation(cond).unsqueeze(1).chunk(6, dim=-1)
+
+    def forward(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod
+        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))   # (S, N, D)
+        x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))    # (S, N, D)
+        return x
+
+
+class FinalLayer(nn.Module):
+    """adaLN (shift and scale, no gate) then a linear map from D to p·p·C_out per token."""
+
+    def __init__(self, dim: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(cond).unsqueeze(1).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))        # (S, N, p·p·C_out)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The model.
+
+
+class Latte(nn.Module):
+    """Latte variant 1 (interleaved spatial and temporal blocks); with `temporal=False` it is DiT."""
+
+    def __init__(self, config: LatteConfig):
+        super().__init__()
+        self.config = c = config
+        self.x_embedder = PatchEmbed(c.patch_size, c.in_channels, c.hidden_size)
+        self.t_embedder = TimestepEmbedder(c.hidden_size)
+        self.y_embedder = LabelEmbedder(c.num_classes, c.hidden_size, c.class_dropout_prob) if c.num_classes else None
+        self.spatial_blocks = nn.ModuleList(LatteBlock(c.hidden_size, c.num_heads, c.mlp_ratio) for _ in range(c.num_spatial))
+        self.temporal_blocks = nn.ModuleList(LatteBlock(c.hidden_size, c.num_heads, c.mlp_ratio) for _ in range(c.num_temporal))
+        self.final_layer = FinalLayer(c.hidden_size, c.patch_size, c.out_channels)
+        # Fixed sin-cos tables: buffers, not parameters, and not saved (they follow from the config).
+        self.register_buffer("pos_embed", sincos_2d(c.hidden_size, c.grid_size).float()[None], persistent=False)
+        self.register_buffer("temp_embed", sincos_1d(c.hidden_size, torch.arange(c.num_frames)).float()[None],
+                             persistent=False)
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        # Xavier-uniform for every linear layer, the patch embedding treated as one (DiT).
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        w = self.x_embedder.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+        # N(0, 0.02) for the timestep MLP and the label table.
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        if self.y_embedder is not None:
+            nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        # Zero for every adaLN output layer and the final projection: each block starts as the identity.
+        for block in [*self.spatial_blocks, *self.temporal_blocks, self.final_layer]:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    # ---- input checks -----------------------------------------------------------------------------------
+
+    def _check_inputs(self, x, t, y, num_images, y_images):
+        c = self.config
+        if x.ndim != 5:
+            raise ValueError(f"expected x of shape (B, F, C, H, W) (or (B, C, H, W) for DiT), got {tuple(x.shape)}")
+        B, FI, C, H, W = x.shape
+        if (C, H, W) != (c.in_channels, c.input_size, c.input_size):
+            raise ValueError(f"expected frames of shape (C, H, W) = {(c.in_channels, c.input_size, c.input_size)}, "
+                             f"got {(C, H, W)} in x of shape {tuple(x.shape)}")
+        if FI - num_images != c.num_frames:
+            raise ValueError(f"expected {c.num_frames} video frames (+ {num_images} images), got {FI} frames")
+        if t.shape != (B,):
+            raise ValueError(f"expected timesteps t of shape ({B},), got {tuple(t.shape)}")
+        if self.y_embedder is None:
+            if y is not None or y_images is not None:
+                raise ValueError("this model is unconditional (num_classes=0) but class labels were given")
+            return
+        if y is None or y.shape != (B,):
+            raise ValueError(f"class-conditional model: expected labels y of shape ({B},), "
+                             f"got {None if y is None else tuple(y.shape)}")
+        for name, labels in (("y", y), ("y_images", y_images)):
+            if labels is not None and labels.device.type != "meta" and (labels.min() < 0 or labels.max() > c.num_classes):
+                raise ValueError(f"{name} must lie in [0, {c.num_classes}] ({c.num_classes} is the null class)")
+        if y_images is not None and y_images.shape != (B, num_images):
+            raise ValueError(f"expected y_images of shape ({B}, {num_images}), got {tuple(y_images.shape)}")
+
+    # ---- forward ----------------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, *, num_images: int = 0,
+                y_images: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, F + num_images, C, H, W) latents (or (B, C, H, W) without temporal blocks); t: (B,) diffusion
+        steps; y: (B,) class labels for a class-conditional model, `num_classes` meaning "no label".
+        The last `num_images` slots are still images (joint image-video training) that skip temporal blocks;
+        `y_images` (B, num_images) are their labels (default: the video's label).
+        Returns (B, F + num_images, C_out, H, W) (or (B, C_out, H, W))."""
+        image_input = x.ndim == 4 and not self.config.temporal
+        if image_input:
+            x = x.unsqueeze(1)                                                # (B, C, H, W) -> (B, 1, C, H, W)
+        self._check_inputs(x, t, y, num_images, y_images)
+        B, FI = x.shape[:2]
+        Fv, p, g = FI - num_images, self.config.patch_size, self.config.grid_size
+
+        x = self.x_embedder(x.flatten(0, 1)) + self.pos_embed                 # (B·FI, N, D)
+        t_emb = self.t_embedder(t)                                            # (B, D)
+        cond = t_emb if self.y_embedder is None else t_emb + self.y_embedder(y)   # (B, D)
+        # Spatial blocks see one condition per frame; it differs between frames only for labelled images.
+        frame_cond = cond[:, None].expand(B, FI, -1)                          # (B, FI, D)
+        if y_images is not None:
+            image_cond = t_emb[:, None] + self.y_embedder(y_images)           # (B, num_images, D)
+            frame_cond = torch.cat([frame_cond[:, :Fv], image_cond], dim=1)
+        frame_cond = frame_cond.reshape(B * FI, -1)                           # (B·FI, D)
+
+        for i, block in enumerate(self.spatial_blocks):
+            x = block(x, block.modulation(frame_cond))                        # (B·FI, N, D)
+            if i < len(self.temporal_blocks):
+                x = self._temporal(x, self.temporal_blocks[i], cond, B, Fv, add_pos=i == 0)
+
+        x = self.final_layer(x, frame_cond)                                   # (B·FI, N, p·p·C_out)
+        x = x.reshape(B * FI, g, g, p, p, -1).permute(0, 5, 1, 3, 2, 4)       # (B·FI, C_out, g, p, g, p)
+        x = x.reshape(B, FI, -1, g * p, g * p)                                # (B, FI, C_out, H, W)
+        return x[:, 0] if image_input else x
+
+    def _temporal(self, x: torch.Tensor, block: LatteBlock, cond: torch.Tensor, B: int, Fv: int, add_pos: bool):
+        """Run a temporal block over the video frames; still images (slots after Fv) pass through unchanged."""
+        N, D = x.shape[1:]
+        x = x.reshape(B, -1, N, D)                                            # (B, FI, N, D)
+        video, images = x[:, :Fv], x[:, Fv:]
+        seq = video.transpose(1, 2).reshape(B * N, Fv, D)                     # (B·N, Fv, D)
+        if add_pos:
+            seq = seq + self.temp_embed
+        # One modulation per sample, broadcast over its N sequences (Latte recomputes it N times).
+        mod = [m.repeat_interleave(N, dim=0) for m in block.modulation(cond)]    # 6 × (B·N, 1, D)
+        seq = block(seq, mod)                                                 # (B·N, Fv, D)
+        video = seq.reshape(B, N, Fv, D).transpose(1, 2)                      # (B, Fv, N, D)
+        return torch.cat([video, images], dim=1).flatten(0, 1)                # (B·FI, N, D)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Size presets, keyed by the papers' names. Latte depth counts spatial + temporal blocks (Latte-XL/2: 14 + 14).
+
+_SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
+
+PRESETS: dict[str, dict] = {
+    f"{family}-{size}/{p}": dict(depth=depth, hidden_size=dim, num_heads=heads, patch_size=p, temporal=family == "Latte")
+    for family in ("Latte", "DiT")
+    for size, (depth, dim, heads) in _SIZES.items()
+    for p in (2, 4, 8)
+}
+
+
+def latte_config(name: str, **overrides) -> LatteConfig:
+    """A preset by paper name (`Latte-XL/2`, `DiT-B/4`, ...) with field overrides (input_size, num_classes, ...).
+    DiT presets default to one frame."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    fields = {**PRESETS[name], **({} if PRESETS[name]["temporal"] else {"num_frames": 1}), **overrides}
+    return LatteConfig(**fields)
+
+
+def latte_config_from_run(run) -> LatteConfig:
+    """The model of a run configuration (`flexgen.config.Config`): preset, sizes and conditioning, with the
+    latent side derived from the image size and the autoencoder's downsampling."""
+    m, data, ae = run.model, run.data, run.autoencoder
+    if data.image_size % ae.downsample:
+        raise ValueError(f"data.image_size {data.image_size} is not divisible by autoencoder.downsample {ae.downsample}")
+    sizes = {k: v for k, v in (("depth", m.depth), ("hidden_size", m.hidden_size), ("num_heads", m.num_heads))
+             if v is not None}
+    temporal = PRESETS[m.preset]["temporal"]
+    return latte_config(m.preset, input_size=data.image_size // ae.downsample,
+                        num_frames=data.num_frames if temporal else 1, in_channels=m.in_channels,
+                        num_classes=m.num_classes, class_dropout_prob=m.class_dropout_prob,
+                        learn_sigma=m.learn_sigma, **sizes)
