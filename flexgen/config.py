@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -130,6 +131,8 @@ class Config:
 # ----------------------------------------------------------------------------------------------------------
 # Validation.
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
 
 def _check_value(value: Any, tp: Any, key: str) -> Any:
     """Return `value` checked against the annotation `tp` (ints widen to floats); raise ConfigError otherwise."""
@@ -149,6 +152,8 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
         return _build(tp, value, key)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)     # PyYAML (YAML 1.1) reads `1e-4`, without a dot, as a string
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
         raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     return value

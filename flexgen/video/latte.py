@@ -90,11 +90,13 @@ def sincos_2d(dim: int, grid_size: int) -> torch.Tensor:
     return torch.cat([sincos_1d(dim // 2, cols.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=-1)
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """(B,) float or int timesteps -> (B, dim) with [cos | sin] halves (DiT's order, which its checkpoints need)."""
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0,
+                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(B,) float or int timesteps -> (B, dim) with [cos | sin] halves (DiT's order, which its checkpoints need),
+    computed in `dtype` (float32 as in DiT, or float64)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    angles = t.float()[:, None] * freqs[None]
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=dtype, device=t.device) / half)
+    angles = t.to(dtype)[:, None] * freqs[None]
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
@@ -126,7 +128,8 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(frequency_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        freq = timestep_embedding(t, self.frequency_dim).to(self.mlp[0].weight.dtype)
+        dtype = self.mlp[0].weight.dtype
+        freq = timestep_embedding(t, self.frequency_dim, dtype=torch.promote_types(dtype, torch.float32)).to(dtype)
         return self.mlp(freq)                                                 # (B, D)
 
 
@@ -177,9 +180,9 @@ class Mlp(nn.Module):
 
 
 class LatteBlock(nn.Module):
-    """DiT block: x + gate·f(modulate(LN(x))) for attention and MLP; shift/scale/gate regressed from the
-    condition. The condition has one row per sequence, or broadcasts over sequences (`cond` of shape
-    (G, 1, D) or (G, D) for G groups of sequences, see `modulation`)."""
+    """DiT block: x + gate·f(modulate(LN(x))) for attention and MLP, with shift/scale/gate regressed from the
+    condition. `cond` has one row per sequence, or one row per group of consecutive sequences (a temporal block
+    gets one row per sample for its N sequences: the modulation is computed once and broadcast)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
         super().__init__()
@@ -189,12 +192,11 @@ class LatteBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(S, D) condition -> six (S, 1, D) tensors: shift/scale/gate for attention, then for the MLP."""
-        return self.adaLN_modulation(cond).unsqueeze(1).chunk(6, dim=-1)
-
-    def forward(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        mod = self.adaLN_modulation(cond).unsqueeze(1)                        # (G, 1, 6D)
+        if mod.shape[0] != x.shape[0]:
+            mod = mod.repeat_interleave(x.shape[0] // mod.shape[0], dim=0)    # (S, 1, 6D)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
         x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))   # (S, N, D)
         x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))    # (S, N, D)
         return x
@@ -311,7 +313,7 @@ class Latte(nn.Module):
         frame_cond = frame_cond.reshape(B * FI, -1)                           # (B·FI, D)
 
         for i, block in enumerate(self.spatial_blocks):
-            x = block(x, block.modulation(frame_cond))                        # (B·FI, N, D)
+            x = block(x, frame_cond)                                          # (B·FI, N, D)
             if i < len(self.temporal_blocks):
                 x = self._temporal(x, self.temporal_blocks[i], cond, B, Fv, add_pos=i == 0)
 
@@ -328,9 +330,7 @@ class Latte(nn.Module):
         seq = video.transpose(1, 2).reshape(B * N, Fv, D)                     # (B·N, Fv, D)
         if add_pos:
             seq = seq + self.temp_embed
-        # One modulation per sample, broadcast over its N sequences (Latte recomputes it N times).
-        mod = [m.repeat_interleave(N, dim=0) for m in block.modulation(cond)]    # 6 × (B·N, 1, D)
-        seq = block(seq, mod)                                                 # (B·N, Fv, D)
+        seq = block(seq, cond)     # one modulation per sample for its N sequences (Latte recomputes it N times)
         video = seq.reshape(B, N, Fv, D).transpose(1, 2)                      # (B, Fv, N, D)
         return torch.cat([video, images], dim=1).flatten(0, 1)                # (B·FI, N, D)
 

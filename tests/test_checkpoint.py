@@ -1,0 +1,105 @@
+"""Loading released Latte / DiT checkpoints and our safetensors files; the errors a user meets."""
+
+import pytest
+import torch
+
+from flexgen.checkpoint import CheckpointError, file_sha256, load_model, load_weights, save_weights
+from flexgen.video.latte import Latte, latte_config
+from tests.reference_latte import official_state_dict, reference_forward
+
+
+def tiny(name="Latte-S/2", **kw):
+    fields = dict(depth=4, hidden_size=32, num_heads=4, input_size=8, num_frames=4, in_channels=3, num_classes=5)
+    if name.startswith("DiT"):
+        fields["num_frames"] = 1
+    return latte_config(name, **{**fields, **kw})
+
+
+@pytest.fixture
+def latte_pt(tmp_path):
+    """A Latte training checkpoint as released: {"model": raw weights, "ema": EMA weights}, float32."""
+    cfg = tiny()
+    ema = {k: v.float() for k, v in official_state_dict(cfg, seed=0).items()}
+    raw = {k: v.float() for k, v in official_state_dict(cfg, seed=1).items()}
+    path = tmp_path / "ucf101.pt"
+    torch.save({"model": raw, "ema": ema}, path)
+    return cfg, ema, path
+
+
+def test_official_latte_checkpoint_loads_ema(latte_pt):
+    cfg, ema, path = latte_pt
+    model = Latte(cfg).eval()
+    load_weights(model, path)
+    x, t, y = torch.randn(2, 4, 3, 8, 8), torch.tensor([3, 900]), torch.tensor([1, 5])
+    ref = reference_forward({k: v.double() for k, v in ema.items()}, cfg, x.double(), t, y)
+    torch.testing.assert_close(model(x, t, y).double(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_official_dit_checkpoint_is_a_bare_state_dict(tmp_path):
+    cfg = tiny("DiT-S/2", num_classes=10)
+    sd = {k: v.float() for k, v in official_state_dict(cfg, seed=2).items()}
+    path = tmp_path / "DiT-XL-2-256x256.pt"
+    torch.save(sd, path)
+    model = Latte(cfg).eval()
+    load_weights(model, path)
+    x, t, y = torch.randn(3, 3, 8, 8), torch.tensor([0, 1, 2]), torch.tensor([0, 4, 10])
+    ref = reference_forward({k: v.double() for k, v in sd.items()}, cfg, x.double(), t, y)
+    torch.testing.assert_close(model(x, t, y).double(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_ddp_prefixed_keys_load(tmp_path):
+    cfg = tiny()
+    sd = {f"module.{k}": v.float() for k, v in official_state_dict(cfg).items()}
+    torch.save({"ema": sd}, tmp_path / "ddp.pt")
+    load_weights(Latte(cfg), tmp_path / "ddp.pt")
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda sd: sd.pop("blocks.3.mlp.fc2.bias"), r"missing keys: temporal_blocks\.1\.mlp\.fc2\.bias"),
+    (lambda sd: sd.__setitem__("blocks.4.attn.qkv.weight", torch.zeros(96, 32)), r"unexpected keys: spatial_blocks\.2"),
+    (lambda sd: sd.__setitem__("blocks.0.attn.proj.weight", torch.zeros(32, 31)), r"shape mismatches: spatial_blocks\.0\.attn\.proj\.weight"),
+    (lambda sd: sd.__setitem__("pos_embed", torch.zeros(1, 16, 32)), r"pos_embed .* wrong input_size"),
+])
+def test_checkpoint_that_does_not_fit_is_a_clear_error(latte_pt, edit, match):
+    cfg, ema, path = latte_pt
+    edit(ema)
+    torch.save({"ema": ema}, path)
+    with pytest.raises(CheckpointError, match=match):
+        load_weights(Latte(cfg), path)
+
+
+def test_missing_file_names_the_file_its_source_and_place(tmp_path):
+    with pytest.raises(CheckpointError) as e:
+        load_weights(Latte(tiny()), tmp_path / "ffs.pt")
+    msg = str(e.value)
+    assert "ffs.pt" in msg and "maxin-cn/Latte" in msg and str(tmp_path.resolve()) in msg and "sha256" in msg
+
+
+def test_sha256_is_checked(latte_pt):
+    cfg, _, path = latte_pt
+    load_weights(Latte(cfg), path, sha256=file_sha256(path))
+    with pytest.raises(CheckpointError, match="does not match the expected"):
+        load_weights(Latte(cfg), path, sha256="0" * 64)
+
+
+class NotATensor:
+    pass
+
+
+def test_pickled_code_is_refused(tmp_path):
+    torch.save({"ema": {"w": torch.zeros(1)}, "extra": NotATensor()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="weights-only"):
+        load_weights(Latte(tiny()), tmp_path / "evil.pt")
+
+
+def test_safetensors_round_trip_rebuilds_the_model(latte_pt, tmp_path):
+    cfg, _, path = latte_pt
+    model = Latte(cfg).eval()
+    load_weights(model, path)
+    save_weights(model, tmp_path / "m.safetensors")
+    again = load_model(tmp_path / "m.safetensors").eval()
+    assert again.config == cfg
+    x, t, y = torch.randn(1, 4, 3, 8, 8), torch.tensor([5]), torch.tensor([2])
+    assert torch.equal(again(x, t, y), model(x, t, y))
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        load_weights(Latte(tiny(hidden_size=64)), tmp_path / "m.safetensors")

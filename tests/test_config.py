@@ -1,0 +1,78 @@
+"""Typed YAML configs: presets validate, unknown keys and wrong types are errors naming key and file."""
+
+from pathlib import Path
+
+import pytest
+
+from flexgen.config import Config, ConfigError, load_config, save_config
+from flexgen.video.latte import latte_config_from_run
+
+CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[2])))
+def test_every_shipped_config_validates_and_builds_its_model(path):
+    cfg = load_config(path)
+    model = latte_config_from_run(cfg)
+    assert model.input_size * cfg.autoencoder.downsample == cfg.data.image_size
+
+
+def test_dataset_presets_carry_the_published_latte_settings():
+    for name in ("ffs", "sky", "ucf101", "taichi"):
+        cfg = load_config(f"configs/video/{name}/latte-xl2.yaml")
+        assert (cfg.data.num_frames, cfg.data.frame_interval, cfg.data.image_size) == (16, 3, 256)
+        assert (cfg.train.lr, cfg.train.ema_decay, cfg.model.preset) == (1e-4, 0.9999, "Latte-XL/2")
+        assert (cfg.sample.sampler, cfg.sample.steps) == ("ddpm", 250)
+    ucf = load_config("configs/video/ucf101/latte-xl2.yaml")
+    assert (ucf.model.num_classes, ucf.sample.cfg_scale) == (101, 7.0)
+    assert load_config("configs/video/sky/latte-xl2.yaml").data.hflip is False
+
+
+def write(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_names_the_key_and_the_file(tmp_path):
+    path = write(tmp_path, "train:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=rf"{path}: unknown key train\.learning_rate"):
+        load_config(path)
+    path = write(tmp_path, "trian:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown key trian \(did you mean train\?\)"):
+        load_config(path)
+
+
+def test_types_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.batch_size: expected int, got str"):
+        load_config(write(tmp_path, "train:\n  batch_size: five\n"))
+    with pytest.raises(ConfigError, match=r"data\.hflip: expected bool"):
+        load_config(write(tmp_path, "data:\n  hflip: 1\n"))
+    cfg = load_config(write(tmp_path, "train:\n  lr: 1\ndiffusion:\n  min_snr_gamma: 5\n"))
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float) and cfg.diffusion.min_snr_gamma == 5.0
+
+
+def test_choices_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.preset: 'Latte-XL/3' is not one of .*did you mean 'Latte-XL/"):
+        load_config(write(tmp_path, "model:\n  preset: Latte-XL/3\n"))
+    with pytest.raises(ConfigError, match=r"data\.dataset"):
+        load_config(write(tmp_path, "data:\n  dataset: kinetics\n"))
+
+
+def test_overrides(tmp_path):
+    path = write(tmp_path, "train:\n  lr: 0.1\n")
+    cfg = load_config(path, ["train.lr=3e-4", "sample.cfg_scale=4", "diffusion.min_snr_gamma=null"])
+    assert (cfg.train.lr, cfg.sample.cfg_scale, cfg.diffusion.min_snr_gamma) == (3e-4, 4.0, None)
+    with pytest.raises(ConfigError, match=r"with overrides train\.lrr=1: unknown key train\.lrr"):
+        load_config(path, ["train.lrr=1"])
+    with pytest.raises(ConfigError, match="not of the form"):
+        load_config(path, ["train.lr"])
+
+
+def test_missing_file_and_round_trip(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    cfg = load_config("configs/demo/tiny.yaml", ["train.seed=7"])
+    save_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == cfg
+    assert load_config() == Config()
