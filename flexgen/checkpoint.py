@@ -51,7 +51,8 @@ def file_sha256(path: str | Path) -> str:
 def _require_file(path: Path, sha256: str | None) -> None:
     if not path.is_file():
         source = OFFICIAL_CHECKPOINTS.get(path.name)
-        where = f"It is the released {source}." if source else "Known released files: " + ", ".join(OFFICIAL_CHECKPOINTS)
+        known = ", ".join(OFFICIAL_CHECKPOINTS)
+        where = f"It is the released {source}." if source else f"Known released files: {known}."
         expected = f"expected sha256 {sha256}" if sha256 else "no sha256 is published for it"
         raise CheckpointError(f"weights file not found: {path} ({expected}). {where} "
                               f"Download it on a machine with internet access and put it at {path.resolve()}, "

@@ -50,6 +50,14 @@ def bench_flops(args: argparse.Namespace) -> dict:
             "num_classes": config.num_classes, **report.to_dict()}
 
 
+def run_bench_flops(args: argparse.Namespace) -> None:
+    result = bench_flops(args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print_flops(result)
+
+
 def print_flops(result: dict) -> None:
     print(f"{result['model']}: latent (F, C, H, W) = {tuple(result['latent'])}, classes = {result['num_classes']}")
     print(f"  parameters  {result['params'] / 1e6:10.2f} M (trainable)")
@@ -119,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     flops.add_argument("--config", default=None, help="take the model from a run config instead of --model")
     flops.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of --config")
     flops.add_argument("--json", action="store_true", help="print one JSON object")
-    flops.set_defaults(func=lambda a: (lambda r: print(json.dumps(r)) if a.json else print_flops(r))(bench_flops(a)))
+    flops.set_defaults(func=run_bench_flops)
 
     cfg = commands.add_parser("config", help="validate a config file and print it resolved")
     cfg.add_argument("path", help="YAML file, e.g. configs/video/ffs/latte-xl2.yaml")

@@ -42,7 +42,8 @@ def official_state_dict(cfg, seed: int = 0, std: float = 0.2, dtype=torch.float6
         "x_embedder.proj.weight": rnd(D, C, p, p), "x_embedder.proj.bias": rnd(D),
         "t_embedder.mlp.0.weight": rnd(D, 256), "t_embedder.mlp.0.bias": rnd(D),
         "t_embedder.mlp.2.weight": rnd(D, D), "t_embedder.mlp.2.bias": rnd(D),
-        "final_layer.linear.weight": rnd(p * p * cfg.out_channels, D), "final_layer.linear.bias": rnd(p * p * cfg.out_channels),
+        "final_layer.linear.weight": rnd(p * p * cfg.out_channels, D),
+        "final_layer.linear.bias": rnd(p * p * cfg.out_channels),
         "final_layer.adaLN_modulation.1.weight": rnd(2 * D, D), "final_layer.adaLN_modulation.1.bias": rnd(2 * D),
     }
     if cfg.temporal:

@@ -57,7 +57,8 @@ def test_ddp_prefixed_keys_load(tmp_path):
 @pytest.mark.parametrize("edit,match", [
     (lambda sd: sd.pop("blocks.3.mlp.fc2.bias"), r"missing keys: temporal_blocks\.1\.mlp\.fc2\.bias"),
     (lambda sd: sd.__setitem__("blocks.4.attn.qkv.weight", torch.zeros(96, 32)), r"unexpected keys: spatial_blocks\.2"),
-    (lambda sd: sd.__setitem__("blocks.0.attn.proj.weight", torch.zeros(32, 31)), r"shape mismatches: spatial_blocks\.0\.attn\.proj\.weight"),
+    (lambda sd: sd.__setitem__("blocks.0.attn.proj.weight", torch.zeros(32, 31)),
+     r"shape mismatches: spatial_blocks\.0\.attn\.proj\.weight"),
     (lambda sd: sd.__setitem__("pos_embed", torch.zeros(1, 16, 32)), r"pos_embed .* wrong input_size"),
 ])
 def test_checkpoint_that_does_not_fit_is_a_clear_error(latte_pt, edit, match):

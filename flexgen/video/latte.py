@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from flexgen.attention import attention
 
@@ -229,8 +228,10 @@ class Latte(nn.Module):
         self.x_embedder = PatchEmbed(c.patch_size, c.in_channels, c.hidden_size)
         self.t_embedder = TimestepEmbedder(c.hidden_size)
         self.y_embedder = LabelEmbedder(c.num_classes, c.hidden_size, c.class_dropout_prob) if c.num_classes else None
-        self.spatial_blocks = nn.ModuleList(LatteBlock(c.hidden_size, c.num_heads, c.mlp_ratio) for _ in range(c.num_spatial))
-        self.temporal_blocks = nn.ModuleList(LatteBlock(c.hidden_size, c.num_heads, c.mlp_ratio) for _ in range(c.num_temporal))
+        self.spatial_blocks = nn.ModuleList(LatteBlock(c.hidden_size, c.num_heads, c.mlp_ratio)
+                                            for _ in range(c.num_spatial))
+        self.temporal_blocks = nn.ModuleList(LatteBlock(c.hidden_size, c.num_heads, c.mlp_ratio)
+                                             for _ in range(c.num_temporal))
         self.final_layer = FinalLayer(c.hidden_size, c.patch_size, c.out_channels)
         # Fixed sin-cos tables: buffers, not parameters, and not saved (they follow from the config).
         self.register_buffer("pos_embed", sincos_2d(c.hidden_size, c.grid_size).float()[None], persistent=False)
@@ -281,7 +282,9 @@ class Latte(nn.Module):
             raise ValueError(f"class-conditional model: expected labels y of shape ({B},), "
                              f"got {None if y is None else tuple(y.shape)}")
         for name, labels in (("y", y), ("y_images", y_images)):
-            if labels is not None and labels.device.type != "meta" and (labels.min() < 0 or labels.max() > c.num_classes):
+            if labels is None or labels.device.type == "meta":
+                continue
+            if labels.min() < 0 or labels.max() > c.num_classes:
                 raise ValueError(f"{name} must lie in [0, {c.num_classes}] ({c.num_classes} is the null class)")
         if y_images is not None and y_images.shape != (B, num_images):
             raise ValueError(f"expected y_images of shape ({B}, {num_images}), got {tuple(y_images.shape)}")
@@ -341,7 +344,8 @@ class Latte(nn.Module):
 _SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
 
 PRESETS: dict[str, dict] = {
-    f"{family}-{size}/{p}": dict(depth=depth, hidden_size=dim, num_heads=heads, patch_size=p, temporal=family == "Latte")
+    f"{family}-{size}/{p}": dict(depth=depth, hidden_size=dim, num_heads=heads, patch_size=p,
+                                 temporal=family == "Latte")
     for family in ("Latte", "DiT")
     for size, (depth, dim, heads) in _SIZES.items()
     for p in (2, 4, 8)
@@ -362,7 +366,8 @@ def latte_config_from_run(run) -> LatteConfig:
     latent side derived from the image size and the autoencoder's downsampling."""
     m, data, ae = run.model, run.data, run.autoencoder
     if data.image_size % ae.downsample:
-        raise ValueError(f"data.image_size {data.image_size} is not divisible by autoencoder.downsample {ae.downsample}")
+        raise ValueError(f"data.image_size {data.image_size} is not divisible by "
+                         f"autoencoder.downsample {ae.downsample}")
     sizes = {k: v for k, v in (("depth", m.depth), ("hidden_size", m.hidden_size), ("num_heads", m.num_heads))
              if v is not None}
     temporal = PRESETS[m.preset]["temporal"]
