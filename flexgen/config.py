@@ -25,7 +25,6 @@ class ConfigError(ValueError):
 
 DATASETS = ("ffs", "sky", "ucf101", "taichi", "synthetic")
 AUTOENCODERS = ("sd-vae", "pixel")
-SAMPLERS = ("ddpm", "ddim", "dpm-solver++")      # the samplers of flexgen.diffusion
 
 # ----------------------------------------------------------------------------------------------------------
 # The schema. Defaults are the published Latte settings (Ma et al. 2024, released configs).
@@ -115,6 +114,7 @@ class SampleConfig:
     batch_size: int = 2                 # per device
 
     def __post_init__(self):
+        from flexgen.diffusion import SAMPLERS
         _choice("sampler", self.sampler, SAMPLERS)
 
 
