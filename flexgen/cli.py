@@ -12,15 +12,13 @@ import argparse
 import json
 import sys
 
-import torch
-
 # ----------------------------------------------------------------------------------------------------------
 # bench flops
 
 
 def bench_flops(args: argparse.Namespace) -> dict:
-    from flexgen.flops import count_macs
-    from flexgen.video.latte import PRESETS, Latte, latte_config
+    from flexgen.flops import latte_macs
+    from flexgen.video.latte import PRESETS, latte_config
 
     if args.config:
         from flexgen.config import load_config
@@ -37,13 +35,7 @@ def bench_flops(args: argparse.Namespace) -> dict:
         config = latte_config(args.model, input_size=args.image_size // args.vae_factor, num_frames=frames,
                               in_channels=args.in_channels, num_classes=num_classes)
 
-    def inputs():
-        frames = (config.num_frames,) if config.temporal else ()
-        x = torch.zeros(1, *frames, config.in_channels, config.input_size, config.input_size)
-        t = torch.zeros(1, dtype=torch.long)
-        return (x, t), ({"y": torch.zeros(1, dtype=torch.long)} if config.num_classes else {})
-
-    report = count_macs(lambda: Latte(config), inputs)
+    report = latte_macs(config)
     return {"model": args.model if not args.config else args.config,
             "image_size": config.input_size * args.vae_factor if not args.config else None,
             "latent": [config.num_frames, config.in_channels, config.input_size, config.input_size],

@@ -45,3 +45,16 @@ def count_macs(build: Callable[[], torch.nn.Module], inputs: Callable[[], tuple[
     total = counter.get_total_flops() / 2e9
     by_op = {str(op).removeprefix("aten."): macs / 2e9 for op, macs in counter.get_flop_counts()["Global"].items()}
     return FlopReport(params=params, gmacs=total, breakdown=breakdown, by_op=by_op)
+
+
+def latte_macs(config) -> FlopReport:
+    """Count a Latte / DiT model (`flexgen.video.latte.LatteConfig`) on one sample of its input size."""
+    from flexgen.video.latte import Latte
+
+    def inputs():
+        frames = (config.num_frames,) if config.temporal else ()
+        x = torch.zeros(1, *frames, config.in_channels, config.input_size, config.input_size)
+        t = torch.zeros(1, dtype=torch.long)
+        return (x, t), ({"y": torch.zeros(1, dtype=torch.long)} if config.num_classes else {})
+
+    return count_macs(lambda: Latte(config), inputs)

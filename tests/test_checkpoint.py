@@ -4,15 +4,13 @@ import pytest
 import torch
 
 from flexgen.checkpoint import CheckpointError, file_sha256, load_model, load_weights, save_weights
-from flexgen.video.latte import Latte, latte_config
+from flexgen.video.latte import Latte
+from tests.conftest import tiny_config
 from tests.reference_latte import official_state_dict, reference_forward
 
 
 def tiny(name="Latte-S/2", **kw):
-    fields = dict(depth=4, hidden_size=32, num_heads=4, input_size=8, num_frames=4, in_channels=3, num_classes=5)
-    if name.startswith("DiT"):
-        fields["num_frames"] = 1
-    return latte_config(name, **{**fields, **kw})
+    return tiny_config(name, **{"num_classes": 5, **kw})
 
 
 @pytest.fixture

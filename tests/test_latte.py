@@ -5,15 +5,10 @@ import torch
 
 from flexgen.checkpoint import convert_official_state_dict
 from flexgen.video.latte import Latte, latte_config
+from tests.conftest import tiny_config
 from tests.reference_latte import official_state_dict, reference_forward
 
-
-def tiny(name="Latte-S/2", **kw):
-    fields = dict(depth=4, hidden_size=32, num_heads=4, input_size=8, num_frames=4, in_channels=3)
-    if not name.startswith("Latte"):
-        fields["num_frames"] = 1
-    fields.update(kw)
-    return latte_config(name, **fields)
+tiny = tiny_config
 
 
 def loaded(cfg, seed=0):
