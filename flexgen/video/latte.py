@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from flexgen.attention import attention
 
@@ -153,18 +154,44 @@ class LabelEmbedder(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection (timm layout, as in the released checkpoints)."""
+    """Multi-head attention with a fused qkv projection (timm layout, as in the released checkpoints).
+
+    Queries come from `x`; keys and values from `context` when given (FlexDiT's sparse generation and dense
+    recovery reuse the pretrained q and kv slices), else from `x`. After `drop_qk()` (FlexDiT's Poolingformer)
+    only the value projection remains and attention is the token mean of V, computed as a mean: because V is
+    affine, mean(V(h)) = V(mean(h)), so the branch costs O(N·D + D²), never N×N.
+    """
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, dim * 3)
+        self.v = None
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, D = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).unbind(2)  # 3 × (B, N, H, Dh)
-        return self.proj(attention(q, k, v).reshape(B, N, D))                 # (B, N, D)
+    def drop_qk(self) -> None:
+        """Keep only the value slice of qkv (weights copied), as a Linear named `v`."""
+        D = self.proj.in_features
+        self.v = nn.Linear(D, D, device=self.qkv.weight.device, dtype=self.qkv.weight.dtype)
+        with torch.no_grad():
+            self.v.weight.copy_(self.qkv.weight[2 * D:])
+            self.v.bias.copy_(self.qkv.bias[2 * D:])
+        self.qkv = None
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        S, N, D = x.shape
+        if self.qkv is None:                                                  # Poolingformer: token mean of V
+            if context is not None:
+                raise ValueError("a Poolingformer attends to its own tokens only")
+            return self.proj(self.v(x.mean(dim=1, keepdim=True)))             # (S, 1, D), broadcasts over N
+        H = self.num_heads
+        if context is None:
+            q, k, v = self.qkv(x).reshape(S, N, 3, H, D // H).unbind(2)       # 3 × (S, N, H, Dh)
+        else:
+            w, b = self.qkv.weight, self.qkv.bias
+            q = F.linear(x, w[:D], b[:D]).reshape(S, N, H, D // H)             # (S, N, H, Dh)
+            k, v = F.linear(context, w[D:], b[D:]).reshape(S, context.shape[1], 2, H, D // H).unbind(2)
+        return self.proj(attention(q, k, v).reshape(S, N, D))                 # (S, N, D)
 
 
 class Mlp(nn.Module):
@@ -181,7 +208,10 @@ class Mlp(nn.Module):
 class LatteBlock(nn.Module):
     """DiT block: x + gate·f(modulate(LN(x))) for attention and MLP, with shift/scale/gate regressed from the
     condition. `cond` has one row per sequence, or one row per group of consecutive sequences (a temporal block
-    gets one row per sample for its N sequences: the modulation is computed once and broadcast)."""
+    gets one row per sample for its N sequences: the modulation is computed once and broadcast).
+
+    This forward is the block protocol of the density engine: with `context`, queries come from `x` and keys and
+    values from `context`, both normalised and modulated by this block's norm and (shift, scale)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
         super().__init__()
@@ -191,12 +221,14 @@ class LatteBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         mod = self.adaLN_modulation(cond).unsqueeze(1)                        # (G, 1, 6D)
         if mod.shape[0] != x.shape[0]:
             mod = mod.repeat_interleave(x.shape[0] // mod.shape[0], dim=0)    # (S, 1, 6D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
-        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))   # (S, N, D)
+        h = modulate(self.norm1(x), shift_msa, scale_msa)                     # (S, N, D)
+        kv = None if context is None else modulate(self.norm1(context), shift_msa, scale_msa)  # (S, M, D)
+        x = x + gate_msa * self.attn(h, kv)                                   # (S, N, D)
         x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))    # (S, N, D)
         return x
 
@@ -217,6 +249,18 @@ class FinalLayer(nn.Module):
 
 # ----------------------------------------------------------------------------------------------------------
 # The model.
+
+
+@dataclass
+class Frames:
+    """What the blocks need to know about a batch: B samples of `video` frames plus `images` stills."""
+    batch: int
+    video: int
+    images: int
+    cond: torch.Tensor          # (B·FI, D) one condition per frame, for spatial blocks and the final layer
+    sample_cond: torch.Tensor   # (B, D) one per sample, for temporal blocks
+    image_input: bool           # the input was (B, C, H, W)
+
 
 
 class Latte(nn.Module):
@@ -298,44 +342,52 @@ class Latte(nn.Module):
         The last `num_images` slots are still images (joint image-video training) that skip temporal blocks;
         `y_images` (B, num_images) are their labels (default: the video's label).
         Returns (B, F + num_images, C_out, H, W) (or (B, C_out, H, W))."""
+        x, frames = self.embed(x, t, y, num_images, y_images)                # (B·FI, N, D)
+        for i, block in enumerate(self.spatial_blocks):
+            x = block(x, frames.cond)                                         # (B·FI, N, D)
+            if i < len(self.temporal_blocks):
+                x = self.temporal(x, i, frames)                               # (B·FI, N, D)
+        return self.head(x, frames)
+
+    def embed(self, x, t, y, num_images, y_images) -> tuple[torch.Tensor, Frames]:
+        """Check the inputs; patch tokens with the 2-D position embedding, and the conditions."""
         image_input = x.ndim == 4 and not self.config.temporal
         if image_input:
             x = x.unsqueeze(1)                                                # (B, C, H, W) -> (B, 1, C, H, W)
         self._check_inputs(x, t, y, num_images, y_images)
         B, FI = x.shape[:2]
-        Fv, p, g = FI - num_images, self.config.patch_size, self.config.grid_size
-
-        x = self.x_embedder(x.flatten(0, 1)) + self.pos_embed                 # (B·FI, N, D)
+        tokens = self.x_embedder(x.flatten(0, 1)) + self.pos_embed            # (B·FI, N, D)
         t_emb = self.t_embedder(t)                                            # (B, D)
         cond = t_emb if self.y_embedder is None else t_emb + self.y_embedder(y)   # (B, D)
         # Spatial blocks see one condition per frame; it differs between frames only for labelled images.
         frame_cond = cond[:, None].expand(B, FI, -1)                          # (B, FI, D)
         if y_images is not None:
             image_cond = t_emb[:, None] + self.y_embedder(y_images)           # (B, num_images, D)
-            frame_cond = torch.cat([frame_cond[:, :Fv], image_cond], dim=1)
-        frame_cond = frame_cond.reshape(B * FI, -1)                           # (B·FI, D)
+            frame_cond = torch.cat([frame_cond[:, :FI - num_images], image_cond], dim=1)
+        frames = Frames(B, FI - num_images, num_images, frame_cond.reshape(B * FI, -1), cond, image_input)
+        return tokens, frames
 
-        for i, block in enumerate(self.spatial_blocks):
-            x = block(x, frame_cond)                                          # (B·FI, N, D)
-            if i < len(self.temporal_blocks):
-                x = self._temporal(x, self.temporal_blocks[i], cond, B, Fv, add_pos=i == 0)
-
-        x = self.final_layer(x, frame_cond)                                   # (B·FI, N, p·p·C_out)
-        x = x.reshape(B * FI, g, g, p, p, -1).permute(0, 5, 1, 3, 2, 4)       # (B·FI, C_out, g, p, g, p)
-        x = x.reshape(B, FI, -1, g * p, g * p)                                # (B, FI, C_out, H, W)
-        return x[:, 0] if image_input else x
-
-    def _temporal(self, x: torch.Tensor, block: LatteBlock, cond: torch.Tensor, B: int, Fv: int, add_pos: bool):
-        """Run a temporal block over the video frames; still images (slots after Fv) pass through unchanged."""
-        N, D = x.shape[1:]
-        x = x.reshape(B, -1, N, D)                                            # (B, FI, N, D)
+    def temporal(self, x: torch.Tensor, i: int, frames: Frames) -> torch.Tensor:
+        """Temporal block i over the video frames at each token position (any number of positions); still
+        images pass through unchanged. The temporal position embedding is added before the first one."""
+        B, Fv, (S, N, D) = frames.batch, frames.video, x.shape
+        x = x.reshape(B, S // B, N, D)                                        # (B, FI, N, D)
         video, images = x[:, :Fv], x[:, Fv:]
         seq = video.transpose(1, 2).reshape(B * N, Fv, D)                     # (B·N, Fv, D)
-        if add_pos:
+        if i == 0:
             seq = seq + self.temp_embed
-        seq = block(seq, cond)     # one modulation per sample for its N sequences (Latte recomputes it N times)
+        # One modulation per sample for its N sequences (Latte recomputes it N times).
+        seq = self.temporal_blocks[i](seq, frames.sample_cond)                # (B·N, Fv, D)
         video = seq.reshape(B, N, Fv, D).transpose(1, 2)                      # (B, Fv, N, D)
         return torch.cat([video, images], dim=1).flatten(0, 1)                # (B·FI, N, D)
+
+    def head(self, x: torch.Tensor, frames: Frames) -> torch.Tensor:
+        """Final adaLN + linear, then tokens back to frames: (B·FI, N, D) -> (B, FI, C_out, H, W)."""
+        p, g = self.config.patch_size, self.config.grid_size
+        x = self.final_layer(x, frames.cond)                                  # (B·FI, N, p·p·C_out)
+        x = x.reshape(-1, g, g, p, p, x.shape[-1] // (p * p)).permute(0, 5, 1, 3, 2, 4)  # (B·FI, C_out, g, p, g, p)
+        x = x.reshape(frames.batch, -1, x.shape[1], g * p, g * p)             # (B, FI, C_out, H, W)
+        return x[:, 0] if frames.image_input else x
 
 
 # ----------------------------------------------------------------------------------------------------------
