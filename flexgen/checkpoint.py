@@ -20,6 +20,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from flexgen.config import ConfigError, config_from_dict
+from flexgen.video.flex_latte import FlexLatte, dense_to_flex_state_dict
 from flexgen.video.latte import Latte, LatteConfig, sincos_1d, sincos_2d
 
 # Where the released weights come from (no sha256 is published by either project; `file_sha256` prints the
@@ -34,6 +36,7 @@ OFFICIAL_CHECKPOINTS = {
 }
 
 CONFIG_KEY = "flexgen_model_config"
+DENSITY_KEY = "flexgen_density_config"      # FlexDiT models: their DensityConfig and num_timesteps
 
 
 class CheckpointError(ValueError):
@@ -88,11 +91,12 @@ def read_state_dict(path: str | Path, sha256: str | None = None) -> dict[str, to
     return obj
 
 
-def read_model_config(path: str | Path) -> LatteConfig | None:
-    """The model configuration stored in one of our safetensors files, or None for other files."""
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a safetensors file (empty for other files)."""
+    if Path(path).suffix != ".safetensors":
+        return {}
     with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    return LatteConfig(**json.loads(meta[CONFIG_KEY])) if CONFIG_KEY in meta else None
+        return f.metadata() or {}
 
 
 def convert_official_state_dict(sd: dict[str, torch.Tensor], config: LatteConfig) -> dict[str, torch.Tensor]:
@@ -120,10 +124,13 @@ def convert_official_state_dict(sd: dict[str, torch.Tensor], config: LatteConfig
 
 
 def load_weights(model: Latte, path: str | Path, sha256: str | None = None) -> None:
-    """Load our safetensors or an official checkpoint into `model`, strictly."""
+    """Load our safetensors or an official checkpoint into `model`, strictly. A FlexLatte also loads the
+    weights of its dense model (official or ours): that is the conversion dense -> FlexDiT."""
     sd = read_state_dict(path, sha256)
     if any(k.removeprefix("module.").startswith(("blocks.", "pos_embed")) for k in sd):
         sd = convert_official_state_dict(sd, model.config)
+    if isinstance(model, FlexLatte) and not any(k.startswith("fusions.") for k in sd):
+        sd = dense_to_flex_state_dict(sd, model)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
@@ -143,19 +150,32 @@ def load_weights(model: Latte, path: str | Path, sha256: str | None = None) -> N
 
 
 def save_weights(model: Latte, path: str | Path) -> None:
-    """Model weights as safetensors, with the model configuration in the metadata."""
+    """Model weights as safetensors, with the model configuration (and a FlexLatte's density) in the metadata."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(tensors, str(path), metadata={CONFIG_KEY: json.dumps(dataclasses.asdict(model.config))})
+    metadata = {CONFIG_KEY: json.dumps(dataclasses.asdict(model.config))}
+    if isinstance(model, FlexLatte):
+        metadata[DENSITY_KEY] = json.dumps({"density": dataclasses.asdict(model.density),
+                                            "num_timesteps": model.num_timesteps})
+    save_file(tensors, str(path), metadata=metadata)
 
 
 def load_model(path: str | Path, sha256: str | None = None) -> Latte:
-    """Rebuild a model from one of our safetensors files alone."""
+    """Rebuild a model (dense or FlexDiT) from one of our safetensors files alone."""
     path = Path(path)
     _require_file(path, sha256)
-    config = read_model_config(path)
-    if config is None:
+    meta = read_metadata(path)
+    if CONFIG_KEY not in meta:
         raise CheckpointError(f"{path} carries no flexgen model configuration; build the model from its preset "
                               "and use load_weights")
-    model = Latte(config)
+    config = LatteConfig(**json.loads(meta[CONFIG_KEY]))
+    if DENSITY_KEY in meta:
+        flex = json.loads(meta[DENSITY_KEY])
+        try:
+            density = config_from_dict({"density": flex["density"]}, f"{path} metadata").density
+        except ConfigError as e:
+            raise CheckpointError(str(e)) from e
+        model = FlexLatte(config, density, flex["num_timesteps"])
+    else:
+        model = Latte(config)
     load_weights(model, path)
     return model

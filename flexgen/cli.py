@@ -73,13 +73,14 @@ def show_config(args: argparse.Namespace) -> None:
 def convert(args: argparse.Namespace) -> None:
     from flexgen.checkpoint import load_weights, save_weights
     from flexgen.config import load_config
-    from flexgen.video.latte import Latte, latte_config_from_run
+    from flexgen.video import FlexLatte, build_model
 
-    model = Latte(latte_config_from_run(load_config(args.config, args.overrides)))
+    model = build_model(load_config(args.config, args.overrides))
     load_weights(model, args.src, sha256=args.sha256)
     save_weights(model, args.out)
+    layout = f", FlexDiT layout {model.roles}" if isinstance(model, FlexLatte) else ""
     print(f"wrote {args.out} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
-          f"{model.config.num_spatial} spatial + {model.config.num_temporal} temporal blocks)")
+          f"{model.config.num_spatial} spatial + {model.config.num_temporal} temporal blocks{layout})")
 
 
 DEMO_PLAN = """\
@@ -126,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. train.lr=2e-4")
     cfg.set_defaults(func=show_config)
 
-    conv = commands.add_parser("convert", help="official Latte/DiT checkpoint -> flexgen safetensors with its config")
+    conv = commands.add_parser("convert", help="Latte/DiT checkpoint (official or ours) -> flexgen safetensors "
+                               "with its config; a config with a density layout converts dense -> FlexDiT")
     conv.add_argument("--from", dest="src", required=True, help="checkpoint (.pt or .safetensors)")
     conv.add_argument("--config", required=True, help="run config whose model the checkpoint fits")
     conv.add_argument("--out", required=True, help="output .safetensors file")

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from flexgen.density import DensityConfig
+
 
 class ConfigError(ValueError):
     """A configuration file or override that does not fit the schema."""
@@ -121,6 +123,7 @@ class SampleConfig:
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
+    density: DensityConfig = field(default_factory=DensityConfig)    # FlexDiT layout and schedule; empty = dense
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -148,6 +151,11 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
         if value is None:
             return None
         raise ConfigError(f"{key}: expected null, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_check_value(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
@@ -205,17 +213,33 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "command lin
     return data
 
 
+def _merge(base: dict, over: dict) -> dict:
+    """Deep merge: mappings merge key by key, anything else in `over` replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A YAML mapping; a top-level `base: other.yaml` (relative to this file) is read first and merged under it."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: `base` files form a cycle: {' -> '.join(map(str, seen))}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    return _merge(_read_yaml(path.parent / base, (*seen, path.resolve())), data)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """Load a YAML file (or the defaults when `path` is None), apply overrides, validate."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+    data = _read_yaml(Path(path)) if path is not None else {}
     source = str(path) if path is not None else "<defaults>"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level")
     config_from_dict(data, source)                    # errors in the file name the file ...
     apply_overrides(data, list(overrides))
     return config_from_dict(data, f"{source} with overrides {' '.join(overrides)}" if overrides else source)

@@ -1,0 +1,29 @@
+"""The density engine: schedules (timestep -> sparse grid), layouts (block -> role), token pooling and fusion.
+
+Backbones expose a small block protocol — `block(x, cond, context=None)` with keys/values from `context`, and
+`block.attn.drop_qk()` for the Poolingformer's mean-of-V attention — and walk their blocks by the layout.
+"""
+
+from dataclasses import dataclass, field
+
+from flexgen.density.layouts import LAYOUTS, ROLES, parse_layout
+from flexgen.density.schedules import ScheduleConfig, Stage, draw_stage, grid_at, stages
+from flexgen.density.tokens import FUSION_INITS, Fusion, pool, unpool
+
+
+@dataclass
+class DensityConfig:
+    layout: str = ""                    # "" = the dense model; a preset of LAYOUTS or a role string ("PPGSSSRD…TT")
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    pool_frames: int = 0                # 0: pool each frame on its own; n > 0: pool across frames to n sparse frames
+    fusion_init: str = "paper"          # recovery fusion at conversion: paper (W1=0, W2=I) | sparse (W1=I, W2=0)
+
+    def __post_init__(self):
+        if self.fusion_init not in FUSION_INITS:
+            raise ValueError(f"fusion_init {self.fusion_init!r} is not one of {', '.join(FUSION_INITS)}")
+        if self.pool_frames < 0:
+            raise ValueError(f"pool_frames must be >= 0, got {self.pool_frames}")
+
+
+__all__ = ["LAYOUTS", "ROLES", "DensityConfig", "Fusion", "ScheduleConfig", "Stage", "draw_stage", "grid_at",
+           "parse_layout", "pool", "stages", "unpool"]

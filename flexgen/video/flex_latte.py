@@ -1,0 +1,140 @@
+"""FlexDiT on Latte and DiT: the dense backbone's blocks walked by a layout, with a timestep-dependent sparse grid.
+
+Roles (FlexDiT, arXiv 2412.06028; `flexgen.density.layouts`): Poolingformer (P), sparse generation (G), sparse
+block (S), dense recovery (R), dense (D) and top (T) blocks. Everything but the recovery fusion reuses the
+pretrained weights: G and R slice the block's qkv into q and kv and share its norm and modulation for both token
+sets; P keeps only the value slice.
+
+Video: by default each frame is pooled on its own spatial grid (every frame keeps the same sparse positions),
+so the temporal blocks run unchanged over the frames at each sparse position. With `pool_frames = n` the clip
+is pooled across frames too, to n sparse frames (the cross-frame extension): sparse tokens of one sparse frame
+read the dense tokens of its F/n frames, and the temporal blocks run over n frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from flexgen.density import DensityConfig, Fusion, parse_layout, pool, stages, unpool
+from flexgen.density.schedules import grid_for_timesteps
+from flexgen.video.latte import Frames, Latte, LatteConfig
+
+
+@dataclass
+class DensityRecord:
+    """What one forward pass did, for losses, logging and tests (filled by `FlexLatte.forward(record=...)`)."""
+    grid: int = 0                                   # sparse grid side used
+    sparse_frames: int = 0                          # frames of the sparse token grid
+    blocks: list[tuple[str, int]] = field(default_factory=list)   # (role, tokens per frame) of each spatial block
+
+
+class FlexLatte(Latte):
+    """A Latte / DiT whose blocks play the roles of a FlexDiT layout."""
+
+    def __init__(self, config: LatteConfig, density: DensityConfig, num_timesteps: int = 1000):
+        super().__init__(config)
+        self.density = density
+        self.num_timesteps = num_timesteps
+        self.roles = parse_layout(density.layout, config.num_spatial)
+        self.stages = stages(density.schedule, num_timesteps)
+        if max(s.grid for s in self.stages) > config.grid_size:
+            raise ValueError(f"schedule grids up to {max(s.grid for s in self.stages)} exceed the token grid "
+                             f"{config.grid_size}×{config.grid_size}")
+        if density.pool_frames and (not config.temporal or config.num_frames % density.pool_frames):
+            raise ValueError(f"pool_frames={density.pool_frames} must divide num_frames={config.num_frames} "
+                             "of a model with temporal blocks")
+        for role, block in zip(self.roles, self.spatial_blocks, strict=True):
+            if role == "P":
+                block.attn.drop_qk()
+        self.fusions = nn.ModuleList(Fusion(config.hidden_size, density.fusion_init)
+                                     for _ in range(self.roles.count("R")))
+
+    @classmethod
+    def from_dense(cls, dense: Latte, density: DensityConfig, num_timesteps: int = 1000) -> FlexLatte:
+        """Conversion: the dense model's weights, Q/K dropped for Poolingformers, fusions initialised."""
+        weight = next(dense.parameters())
+        flex = cls(dense.config, density, num_timesteps).to(device=weight.device, dtype=weight.dtype)
+        flex.load_state_dict(dense_to_flex_state_dict(dense.state_dict(), flex), strict=True)
+        return flex
+
+    def grid_for(self, t: torch.Tensor) -> int:
+        return grid_for_timesteps(self.stages, t)
+
+    # ---- forward ----------------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, *, num_images: int = 0,
+                y_images: torch.Tensor | None = None, grid: int | None = None,
+                record: DensityRecord | None = None) -> torch.Tensor:
+        """As `Latte.forward`; the sparse grid side comes from the schedule at t (one grid per batch) unless
+        `grid` is given. `record`, if given, is filled with the grid and the tokens each block processed."""
+        c = self.config
+        x, frames = self.embed(x, t, y, num_images, y_images)                 # (B·FI, N, D)
+        side = self.grid_for(t) if grid is None else grid
+        if not 1 <= side <= c.grid_size:
+            raise ValueError(f"sparse grid {side} outside [1, {c.grid_size}]")
+        if self.density.pool_frames and num_images:
+            raise ValueError("pooling across frames (pool_frames > 0) does not support joint image-video input")
+        fi = frames.video + frames.images
+        dense_size = (fi, c.grid_size, c.grid_size)
+        sparse_size = (self.density.pool_frames or fi, side, side)
+        sparse_frames = self._sparse_frames(frames, sparse_size[0])
+        group = fi // sparse_size[0]                  # dense frames per sparse frame (1 when pooling per frame)
+        if record is not None:
+            record.grid, record.sparse_frames = side, sparse_size[0]
+
+        fusions = iter(self.fusions)
+        for i, (role, block) in enumerate(zip(self.roles, self.spatial_blocks, strict=True)):
+            if role == "G":                                                   # dense -> sparse
+                skip = x                                                      # (B·FI, N, D)
+                xs = self._grid(pool(self._grid(x, frames.batch, dense_size), sparse_size))   # (B·F', M, D)
+                x = block(xs, sparse_frames.cond, context=x.reshape(xs.shape[0], -1, x.shape[-1]))
+            elif role == "R":                                                 # sparse -> dense
+                up = self._grid(unpool(self._grid(x, frames.batch, sparse_size), dense_size))  # (B·FI, N, D)
+                x = block(next(fusions)(up, skip), frames.cond, context=x.repeat_interleave(group, dim=0))
+            else:                                                             # P, S, D, T: own token set
+                x = block(x, sparse_frames.cond if role == "S" else frames.cond)
+            sparse = role in "GS"
+            if record is not None:
+                record.blocks.append((role, x.shape[1]))
+            if i < len(self.temporal_blocks):
+                x = self.temporal(x, i, sparse_frames if sparse else frames)
+        return self.head(x, frames)
+
+    @staticmethod
+    def _grid(x: torch.Tensor, batch: int | None = None, size: tuple[int, int, int] | None = None) -> torch.Tensor:
+        """(B·T, H·W, D) tokens <-> (B, T, H, W, D) grid (the direction follows from the arguments)."""
+        if size is None:
+            B, T, H, W, D = x.shape
+            return x.reshape(B * T, H * W, D)
+        return x.reshape(batch, *size, x.shape[-1])
+
+    @staticmethod
+    def _sparse_frames(frames: Frames, sparse_frames: int) -> Frames:
+        """Frames of the sparse token set; across-frame pooling conditions each sparse frame per sample."""
+        if sparse_frames == frames.video + frames.images:
+            return frames
+        return dataclasses.replace(frames, video=sparse_frames, cond=frames.sample_cond)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Conversion of weights.
+
+
+def dense_to_flex_state_dict(sd: dict[str, torch.Tensor], flex: FlexLatte) -> dict[str, torch.Tensor]:
+    """A dense Latte / DiT state dict (our key layout) -> the FlexLatte's: Poolingformers keep the value slice
+    of qkv; the recovery fusions take their initial values from `flex`."""
+    D = flex.config.hidden_size
+    out = dict(sd)
+    for i, role in enumerate(flex.roles):
+        if role == "P":
+            prefix = f"spatial_blocks.{i}.attn."
+            out[prefix + "v.weight"] = out.pop(prefix + "qkv.weight")[2 * D:]
+            out[prefix + "v.bias"] = out.pop(prefix + "qkv.bias")[2 * D:]
+    for key, value in flex.state_dict().items():
+        if key.startswith("fusions."):
+            out[key] = value
+    return out
