@@ -1,6 +1,8 @@
 """The `flexgen` command line.
 
     flexgen bench flops --model DiT-XL/2 --image-size 256 --json
+    flexgen bench flops --model DiT-XL/2 --image-size 512 --layout DiT-XL/2 --grid-min 12 --grid-max 20
+    flexgen bench latency --config configs/video/ffs/flexlatte-xl2.yaml model.preset=Latte-B/2
     flexgen config configs/video/ucf101/latte-xl2.yaml sample.cfg_scale=4.0
     flexgen convert --from ffs.pt --config configs/video/ffs/latte-xl2.yaml --out ffs.safetensors
     flexgen demo
@@ -13,50 +15,109 @@ import json
 import sys
 
 # ----------------------------------------------------------------------------------------------------------
-# bench flops
+# bench: the model (and its density) from --config or from flags
 
 
-def bench_flops(args: argparse.Namespace) -> dict:
-    from flexgen.flops import latte_macs
+def bench_model(args: argparse.Namespace):
+    """(LatteConfig, DensityConfig or None, num_timesteps, name) from --config or the model / density flags."""
+    from flexgen.density import DensityConfig, ScheduleConfig
     from flexgen.video.latte import PRESETS, latte_config
 
     if args.config:
         from flexgen.config import load_config
         from flexgen.video.latte import latte_config_from_run
-        config = latte_config_from_run(load_config(args.config, args.overrides))
-    else:
-        if args.model not in PRESETS:
-            raise SystemExit(f"unknown model {args.model!r}; choose one of: {', '.join(PRESETS)}")
-        temporal = PRESETS[args.model]["temporal"]
-        if args.image_size % args.vae_factor:
-            raise SystemExit(f"--image-size {args.image_size} is not divisible by --vae-factor {args.vae_factor}")
-        num_classes = args.num_classes if args.num_classes is not None else (0 if temporal else 1000)
-        frames = args.frames if args.frames is not None else (16 if temporal else 1)
-        config = latte_config(args.model, input_size=args.image_size // args.vae_factor, num_frames=frames,
-                              in_channels=args.in_channels, num_classes=num_classes)
+        run = load_config(args.config, args.overrides)
+        density = run.density if run.density.layout else None
+        return latte_config_from_run(run), density, run.diffusion.num_timesteps, args.config
+    if args.overrides:
+        raise SystemExit("KEY=VALUE overrides apply to --config only")
+    if args.model not in PRESETS:
+        raise SystemExit(f"unknown model {args.model!r}; choose one of: {', '.join(PRESETS)}")
+    temporal = PRESETS[args.model]["temporal"]
+    if args.image_size % args.vae_factor:
+        raise SystemExit(f"--image-size {args.image_size} is not divisible by --vae-factor {args.vae_factor}")
+    num_classes = args.num_classes if args.num_classes is not None else (0 if temporal else 1000)
+    frames = args.frames if args.frames is not None else (16 if temporal else 1)
+    config = latte_config(args.model, input_size=args.image_size // args.vae_factor, num_frames=frames,
+                          in_channels=args.in_channels, num_classes=num_classes)
+    density = None
+    if args.layout:
+        schedule = ScheduleConfig(kind="constant", grid=args.grid) if args.grid else ScheduleConfig(
+            kind="eq5", grid_min=args.grid_min, grid_max=args.grid_max, reading=args.reading)
+        density = DensityConfig(layout=args.layout, schedule=schedule, pool_frames=args.pool_frames)
+    return config, density, 1000, f"{args.model} {args.image_size}px"
 
-    report = latte_macs(config)
-    return {"model": args.model if not args.config else args.config,
-            "image_size": config.input_size * args.vae_factor if not args.config else None,
-            "latent": [config.num_frames, config.in_channels, config.input_size, config.input_size],
-            "num_classes": config.num_classes, **report.to_dict()}
 
+def bench_flops(args: argparse.Namespace) -> dict:
+    from flexgen.flops import density_report, latte_macs
 
-def run_bench_flops(args: argparse.Namespace) -> None:
-    result = bench_flops(args)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print_flops(result)
+    config, density, num_timesteps, name = bench_model(args)
+    result = {"model": name, "latent": [config.num_frames, config.in_channels, config.input_size, config.input_size],
+              "num_classes": config.num_classes, **latte_macs(config).to_dict()}
+    if density is not None:
+        flex = density_report(config, density, num_timesteps)
+        result.update(layout=density.layout, params=flex["params"], params_dense=flex["params_dense"],
+                      gmacs_dense=flex["gmacs_dense"], gmacs=flex["gmacs"], reduction=flex["reduction"],
+                      gmacs_released_code=flex["gmacs_released_code"],
+                      reduction_released_code=flex["reduction_released_code"], stages=flex["stages"])
+    return result
 
 
 def print_flops(result: dict) -> None:
     print(f"{result['model']}: latent (F, C, H, W) = {tuple(result['latent'])}, classes = {result['num_classes']}")
-    print(f"  parameters  {result['params'] / 1e6:10.2f} M (trainable)")
-    print(f"  MACs        {result['gmacs']:10.2f} G per forward, one sample (papers call these FLOPs)")
+    dense = result.get("gmacs_dense", result["gmacs"])
+    print(f"  parameters  {result.get('params_dense', result['params']) / 1e6:10.2f} M (trainable, dense)")
+    print(f"  MACs        {dense:10.2f} G per forward, one sample, dense (papers call these FLOPs)")
     for name, gmacs in result["breakdown"].items():
-        print(f"    {name:<18} {gmacs:10.2f} G  {100 * gmacs / result['gmacs']:5.1f}%")
+        print(f"    {name:<18} {gmacs:10.2f} G  {100 * gmacs / dense:5.1f}%")
     print("  by operation: " + ", ".join(f"{op} {g:.2f} G" for op, g in result["by_op"].items()))
+    if "layout" in result:
+        print(f"FlexDiT layout {result['layout']}: {result['params'] / 1e6:.2f} M parameters")
+        for t_start, t_end, grid, gmacs in result["stages"]:
+            print(f"    t in [{t_start:4d}, {t_end:4d})  grid {grid:2d}×{grid:<2d} {gmacs:10.2f} G")
+        print(f"  time average {result['gmacs']:10.2f} G  ({100 * result['reduction']:.1f}% fewer than dense)")
+        print(f"  as the released FlexDiT code counts its Poolingformers: {result['gmacs_released_code']:.2f} G "
+              f"({100 * result['reduction_released_code']:.1f}% fewer)")
+
+
+def bench_latency(args: argparse.Namespace) -> dict:
+    import torch
+
+    from flexgen.bench import latency_report
+
+    config, density, num_timesteps, name = bench_model(args)
+    if density is None:
+        raise SystemExit("bench latency compares dense with FlexDiT: give --layout (and a schedule) or a --config "
+                         "with a density section")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    return {"model": name, "layout": density.layout,
+            **latency_report(config, density, device=args.device, dtype=dtype, batch=args.batch,
+                             repeats=args.repeats, warmup=args.warmup, cfg_scale=args.cfg_scale,
+                             num_timesteps=num_timesteps)}
+
+
+def print_latency(result: dict) -> None:
+    print(f"{result['model']}, layout {result['layout']}, {result['device']} {result['dtype']}, batch "
+          f"{result['batch']}, median of {result['repeats']}")
+    print(f"  MACs: dense {result['gmacs_dense']:.1f} G, FlexDiT {result['gmacs']:.1f} G "
+          f"(ratio {result['flops_ratio']:.3f})")
+    for kind in ("forward", "cfg_step"):
+        if kind in result:
+            r = result[kind]
+            grids = ", ".join(f"{g}: {s * 1e3:.0f} ms" for g, s in r["per_grid_s"].items())
+            print(f"  {kind}: dense {r['dense_s'] * 1e3:.0f} ms, FlexDiT {r['dynamic_s'] * 1e3:.0f} ms "
+                  f"(per grid {grids}); latency ratio {r['latency_ratio']:.3f} = {r['latency_over_flops']:.2f} × "
+                  f"the MAC ratio; speed-up {r['speedup']:.2f}×")
+
+
+def run_bench(compute, show):
+    def run(args: argparse.Namespace) -> None:
+        result = compute(args)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            show(result)
+    return run
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -107,20 +168,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flexgen", description="Token-density control for diffusion transformers.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    bench = commands.add_parser("bench", help="measure models: FLOPs").add_subparsers(dest="bench", required=True,
-                                                                                        metavar="WHAT")
-    flops = bench.add_parser("flops", help="parameters and MACs per forward, counted on the meta device (no weights)",
+    bench = commands.add_parser("bench", help="measure models: FLOPs, latency").add_subparsers(
+        dest="bench", required=True, metavar="WHAT")
+    flops = bench.add_parser("flops", help="parameters and MACs per forward, counted on the meta device (no "
+                             "weights); dense vs FlexDiT with --layout",
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    flops.add_argument("--model", default="Latte-XL/2", help="preset name, e.g. Latte-XL/2, DiT-XL/2")
-    flops.add_argument("--image-size", type=int, default=256, help="image side in pixels")
-    flops.add_argument("--frames", type=int, default=None, help="video frames (default 16 for Latte, 1 for DiT)")
-    flops.add_argument("--vae-factor", type=int, default=8, help="autoencoder downsampling (1 = pixel space)")
-    flops.add_argument("--in-channels", type=int, default=4, help="latent channels")
-    flops.add_argument("--num-classes", type=int, default=None, help="classes (default 0 for Latte, 1000 for DiT)")
-    flops.add_argument("--config", default=None, help="take the model from a run config instead of --model")
-    flops.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of --config")
-    flops.add_argument("--json", action="store_true", help="print one JSON object")
-    flops.set_defaults(func=run_bench_flops)
+    latency = bench.add_parser("latency", help="dense vs FlexDiT latency in one process, beside the MAC ratio",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for sub in (flops, latency):
+        sub.add_argument("--model", default="Latte-XL/2", help="preset name, e.g. Latte-XL/2, DiT-XL/2")
+        sub.add_argument("--image-size", type=int, default=256, help="image side in pixels")
+        sub.add_argument("--frames", type=int, default=None, help="video frames (default 16 for Latte, 1 for DiT)")
+        sub.add_argument("--vae-factor", type=int, default=8, help="autoencoder downsampling (1 = pixel space)")
+        sub.add_argument("--in-channels", type=int, default=4, help="latent channels")
+        sub.add_argument("--num-classes", type=int, default=None, help="classes (default 0 for Latte, 1000 for DiT)")
+        sub.add_argument("--layout", default="", help="FlexDiT layout: a preset (DiT-XL/2, Latte-XL/2, ...) or roles")
+        sub.add_argument("--grid-min", type=int, default=6, help="Eq. 5 sparse side at the noisiest steps")
+        sub.add_argument("--grid-max", type=int, default=10, help="Eq. 5 sparse side at the cleanest steps")
+        sub.add_argument("--reading", choices=("B", "A"), default="B", help="Eq. 5 reading")
+        sub.add_argument("--grid", type=int, default=0, help="a constant sparse side instead of Eq. 5")
+        sub.add_argument("--pool-frames", type=int, default=0, help="pool across frames to this many (0: per frame)")
+        sub.add_argument("--config", default=None, help="take model and density from a run config instead")
+        sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of --config")
+        sub.add_argument("--json", action="store_true", help="print one JSON object")
+    latency.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    latency.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    latency.add_argument("--batch", type=int, default=1, help="samples per forward")
+    latency.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
+    latency.add_argument("--warmup", type=int, default=1, help="untimed repeats first")
+    latency.add_argument("--cfg-scale", type=float, default=None, help="also time a DDPM step with CFG at this scale")
+    flops.set_defaults(func=run_bench(bench_flops, print_flops))
+    latency.set_defaults(func=run_bench(bench_latency, print_latency))
 
     cfg = commands.add_parser("config", help="validate a config file and print it resolved")
     cfg.add_argument("path", help="YAML file, e.g. configs/video/ffs/latte-xl2.yaml")
@@ -142,13 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flexgen.checkpoint import CheckpointError
-    from flexgen.config import ConfigError
-
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, CheckpointError) as e:
+    except ValueError as e:     # bad input (configs, checkpoints, shapes, layouts): a message, not a traceback
         print(f"flexgen {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

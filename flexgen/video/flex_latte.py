@@ -55,11 +55,12 @@ class FlexLatte(Latte):
 
     @classmethod
     def from_dense(cls, dense: Latte, density: DensityConfig, num_timesteps: int = 1000) -> FlexLatte:
-        """Conversion: the dense model's weights, Q/K dropped for Poolingformers, fusions initialised."""
+        """Conversion: the dense model's weights, Q/K dropped for Poolingformers, fusions initialised; the new
+        model is in the dense model's train / eval mode."""
         weight = next(dense.parameters())
         flex = cls(dense.config, density, num_timesteps).to(device=weight.device, dtype=weight.dtype)
         flex.load_state_dict(dense_to_flex_state_dict(dense.state_dict(), flex), strict=True)
-        return flex
+        return flex.train(dense.training)
 
     def grid_for(self, t: torch.Tensor) -> int:
         return grid_for_timesteps(self.stages, t)
