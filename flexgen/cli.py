@@ -30,12 +30,12 @@ def bench_model(args: argparse.Namespace):
         density = run.density if run.density.layout else None
         return latte_config_from_run(run), density, run.diffusion.num_timesteps, args.config
     if args.overrides:
-        raise SystemExit("KEY=VALUE overrides apply to --config only")
+        raise ValueError("KEY=VALUE overrides apply to --config only")
     if args.model not in PRESETS:
-        raise SystemExit(f"unknown model {args.model!r}; choose one of: {', '.join(PRESETS)}")
+        raise ValueError(f"unknown model {args.model!r}; choose one of: {', '.join(PRESETS)}")
     temporal = PRESETS[args.model]["temporal"]
     if args.image_size % args.vae_factor:
-        raise SystemExit(f"--image-size {args.image_size} is not divisible by --vae-factor {args.vae_factor}")
+        raise ValueError(f"--image-size {args.image_size} is not divisible by --vae-factor {args.vae_factor}")
     num_classes = args.num_classes if args.num_classes is not None else (0 if temporal else 1000)
     frames = args.frames if args.frames is not None else (16 if temporal else 1)
     config = latte_config(args.model, input_size=args.image_size // args.vae_factor, num_frames=frames,
@@ -87,7 +87,7 @@ def bench_latency(args: argparse.Namespace) -> dict:
 
     config, density, num_timesteps, name = bench_model(args)
     if density is None:
-        raise SystemExit("bench latency compares dense with FlexDiT: give --layout (and a schedule) or a --config "
+        raise ValueError("bench latency compares dense with FlexDiT: give --layout (and a schedule) or a --config "
                          "with a density section")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     return {"model": name, "layout": density.layout,

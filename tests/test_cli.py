@@ -53,3 +53,56 @@ def test_convert_official_checkpoint(tmp_path, capsys):
     assert main(["convert", "--from", str(tmp_path / "missing.pt"), "--config", "configs/demo/tiny.yaml",
                  "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "weights file not found" in capsys.readouterr().err
+
+
+def test_bench_flops_dense_vs_flexdit(capsys):
+    assert main(["bench", "flops", "--model", "DiT-XL/2", "--image-size", "512", "--layout", "DiT-XL/2",
+                 "--grid-min", "12", "--grid-max", "20", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["gmacs_dense"] == pytest.approx(524.5, rel=0.005)
+    assert report["gmacs_released_code"] == pytest.approx(286, rel=0.005)           # the paper's row
+    assert report["reduction"] == pytest.approx(1 - report["gmacs"] / report["gmacs_dense"])
+    assert [s[2] for s in report["stages"]] == list(range(20, 11, -1))
+    assert main(["bench", "flops", "--config", "configs/video/ffs/flexlatte-xl2.yaml"]) == 0
+    assert "fewer than dense" in capsys.readouterr().out
+
+
+def test_bench_latency_runs_and_reports_ratios(capsys):
+    assert main(["bench", "latency", "--config", "configs/demo/tiny.yaml", "density.layout=PGSRT",
+                 "density.schedule.grid_min=2", "density.schedule.grid_max=4", "--repeats", "1", "--warmup", "0",
+                 "--cfg-scale", "3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["forward"]["per_grid_s"]) == {"2", "3", "4"}
+    for kind in ("forward", "cfg_step"):
+        r = report[kind]
+        assert r["dense_s"] > 0 and r["latency_ratio"] == pytest.approx(r["dynamic_s"] / r["dense_s"])
+    assert 0 < report["flops_ratio"] < 1
+    assert main(["bench", "latency", "--config", "configs/demo/tiny.yaml"]) == 2     # no density: nothing to compare
+    assert "compares dense with FlexDiT" in capsys.readouterr().err
+
+
+def test_convert_dense_checkpoint_to_flexdit(tmp_path):
+    import torch
+
+    from flexgen.checkpoint import load_model
+    from flexgen.config import load_config
+    from flexgen.video import FlexLatte, Latte, build_model
+    from tests.reference_latte import official_state_dict
+
+    flex_args = ["density.layout=PGSRT", "density.schedule.kind=constant", "density.schedule.grid=3"]
+    cfg = load_config("configs/demo/tiny.yaml", flex_args)
+    torch.save({"ema": {k: v.float() for k, v in official_state_dict(build_model(load_config(
+        "configs/demo/tiny.yaml")).config, std=0.05).items()}}, tmp_path / "dense.pt")
+    assert main(["convert", "--from", str(tmp_path / "dense.pt"), "--config", "configs/demo/tiny.yaml",
+                 "--out", str(tmp_path / "dense.safetensors")]) == 0
+    assert main(["convert", "--from", str(tmp_path / "dense.pt"), "--config", "configs/demo/tiny.yaml", *flex_args,
+                 "--out", str(tmp_path / "flex.safetensors")]) == 0
+    dense, flex = load_model(tmp_path / "dense.safetensors").eval(), load_model(tmp_path / "flex.safetensors").eval()
+    assert type(dense) is Latte and isinstance(flex, FlexLatte) and flex.density == cfg.density
+    expected = FlexLatte.from_dense(dense, cfg.density).eval()
+    x, t, y = torch.randn(2, 8, 3, 16, 16), torch.tensor([10, 10]), torch.tensor([0, 3])
+    assert torch.equal(flex(x, t, y), expected(x, t, y))
+    # A FlexDiT file loads back into a FlexDiT model (no second conversion), not into a dense one.
+    with pytest.raises(ValueError, match="unexpected keys: fusions"):
+        from flexgen.checkpoint import load_weights
+        load_weights(build_model(load_config("configs/demo/tiny.yaml")), tmp_path / "flex.safetensors")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from flexgen.density.layouts import LAYOUTS, ROLES, parse_layout
 from flexgen.density.schedules import ScheduleConfig, Stage, draw_stage, grid_at, stages
 from flexgen.density.tokens import FUSION_INITS, Fusion, pool, unpool
+from flexgen.density.walk import run_layout
 
 
 @dataclass
@@ -26,4 +27,4 @@ class DensityConfig:
 
 
 __all__ = ["LAYOUTS", "ROLES", "DensityConfig", "Fusion", "ScheduleConfig", "Stage", "draw_stage", "grid_at",
-           "parse_layout", "pool", "stages", "unpool"]
+           "parse_layout", "pool", "run_layout", "stages", "unpool"]

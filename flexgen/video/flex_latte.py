@@ -21,6 +21,7 @@ from torch import nn
 
 from flexgen.density import DensityConfig, Fusion, parse_layout, pool, stages, unpool
 from flexgen.density.schedules import grid_for_timesteps
+from flexgen.density.walk import run_layout
 from flexgen.video.latte import Frames, Latte, LatteConfig
 
 
@@ -87,22 +88,21 @@ class FlexLatte(Latte):
         if record is not None:
             record.grid, record.sparse_frames = side, sparse_size[0]
 
-        fusions = iter(self.fusions)
-        for i, (role, block) in enumerate(zip(self.roles, self.spatial_blocks, strict=True)):
-            if role == "G":                                                   # dense -> sparse
-                skip = x                                                      # (B·FI, N, D)
-                xs = self._grid(pool(self._grid(x, frames.batch, dense_size), sparse_size))   # (B·F', M, D)
-                x = block(xs, sparse_frames.cond, context=x.reshape(xs.shape[0], -1, x.shape[-1]))
-            elif role == "R":                                                 # sparse -> dense
-                up = self._grid(unpool(self._grid(x, frames.batch, sparse_size), dense_size))  # (B·FI, N, D)
-                x = block(next(fusions)(up, skip), frames.cond, context=x.repeat_interleave(group, dim=0))
-            else:                                                             # P, S, D, T: own token set
-                x = block(x, sparse_frames.cond if role == "S" else frames.cond)
-            sparse = role in "GS"
-            if record is not None:
-                record.blocks.append((role, x.shape[1]))
-            if i < len(self.temporal_blocks):
-                x = self.temporal(x, i, sparse_frames if sparse else frames)
+        def to_sparse(x):                             # (B·FI, N, D) -> (B·F', M, D)
+            return self._grid(pool(self._grid(x, frames.batch, dense_size), sparse_size))
+
+        def to_dense(x):                              # (B·F', M, D) -> (B·FI, N, D)
+            return self._grid(unpool(self._grid(x, frames.batch, sparse_size), dense_size))
+
+        def temporal(i, x, sparse):
+            return self.temporal(x, i, sparse_frames if sparse else frames) if i < len(self.temporal_blocks) else x
+
+        x = run_layout(self.roles, self.spatial_blocks, self.fusions, x, dense_cond=frames.cond,
+                       sparse_cond=sparse_frames.cond, to_sparse=to_sparse, to_dense=to_dense,
+                       # a sparse frame reads the tokens of its `group` dense frames, and they read it back
+                       dense_kv=lambda x: x.reshape(-1, group * x.shape[1], x.shape[2]),
+                       sparse_kv=lambda x: x.repeat_interleave(group, dim=0),
+                       after_block=temporal, tokens=None if record is None else record.blocks)
         return self.head(x, frames)
 
     @staticmethod
