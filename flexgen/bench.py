@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 
+from flexgen.attention import backend_counts, reset_backend_counts
 from flexgen.density.schedules import mean_over_stages
 from flexgen.diffusion import classifier_free_guidance, linear_betas, make_scheduler
 from flexgen.flops import density_report
@@ -71,6 +72,7 @@ def latency_report(config, density, *, device: str = "cpu", dtype: torch.dtype =
     if cfg_scale is not None:
         kinds["cfg_step"] = cfg_step
     times: dict[str, dict] = {k: {"dense": [], **{g: [] for g in grids}} for k in kinds}
+    reset_backend_counts()
     for r in range(warmup + repeats):
         for kind, make in kinds.items():
             for key in ["dense", *grids]:
@@ -81,7 +83,8 @@ def latency_report(config, density, *, device: str = "cpu", dtype: torch.dtype =
     flops = density_report(config, density, num_timesteps)
     flops_ratio = flops["gmacs"] / flops["gmacs_dense"]
     result = {"device": str(dev), "dtype": str(dtype).removeprefix("torch."), "batch": batch, "repeats": repeats,
-              "gmacs_dense": flops["gmacs_dense"], "gmacs": flops["gmacs"], "flops_ratio": flops_ratio}
+              "gmacs_dense": flops["gmacs_dense"], "gmacs": flops["gmacs"], "flops_ratio": flops_ratio,
+              "attention_calls": backend_counts()}
     for kind in kinds:
         median = {key: statistics.median(v) for key, v in times[kind].items()}
         dynamic = mean_over_stages(flex.stages, median.__getitem__)

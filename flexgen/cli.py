@@ -100,7 +100,7 @@ def print_latency(result: dict) -> None:
     print(f"{result['model']}, layout {result['layout']}, {result['device']} {result['dtype']}, batch "
           f"{result['batch']}, median of {result['repeats']}")
     print(f"  MACs: dense {result['gmacs_dense']:.1f} G, FlexDiT {result['gmacs']:.1f} G "
-          f"(ratio {result['flops_ratio']:.3f})")
+          f"(ratio {result['flops_ratio']:.3f}); attention backend calls: {result['attention_calls']}")
     for kind in ("forward", "cfg_step"):
         if kind in result:
             r = result[kind]

@@ -77,6 +77,7 @@ def test_bench_latency_runs_and_reports_ratios(capsys):
         r = report[kind]
         assert r["dense_s"] > 0 and r["latency_ratio"] == pytest.approx(r["dynamic_s"] / r["dense_s"])
     assert 0 < report["flops_ratio"] < 1
+    assert set(report["attention_calls"]) == {"sdpa"} and report["attention_calls"]["sdpa"] > 0
     assert main(["bench", "latency", "--config", "configs/demo/tiny.yaml"]) == 2     # no density: nothing to compare
     assert "compares dense with FlexDiT" in capsys.readouterr().err
 
