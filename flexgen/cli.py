@@ -11,8 +11,11 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import sys
+from pathlib import Path
 
 # ----------------------------------------------------------------------------------------------------------
 # bench: the model (and its density) from --config or from flags
@@ -156,6 +159,27 @@ command only prints this plan. What already runs: `flexgen bench flops --model L
 """
 
 
+def default_run_dir(config_path: str, overrides: list[str], results_dir: str) -> Path:
+    """results_dir/<config name>[-<hash of the overrides>]: the same command finds the same run (and resumes)."""
+    name = Path(config_path).stem
+    if overrides:
+        name += "-" + hashlib.sha256(" ".join(overrides).encode()).hexdigest()[:8]
+    return Path(results_dir) / name
+
+
+def train_command(args: argparse.Namespace) -> None:
+    from flexgen.config import load_config
+    from flexgen.train import train
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.config, args.overrides,
+                                                                      cfg.train.results_dir)
+    summary = train(cfg, run_dir, device=args.device)
+    if int(os.environ.get("RANK", "0")) == 0:
+        state = "finished" if summary["finished"] else "stopped"
+        print(f"{state} at {summary['samples']} clips ({summary['step']} steps); run directory {run_dir}")
+
+
 def demo(args: argparse.Namespace) -> None:
     print(DEMO_PLAN, end="")
 
@@ -213,6 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--sha256", default=None, help="expected sha256 of the checkpoint file")
     conv.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     conv.set_defaults(func=convert)
+
+    tr = commands.add_parser("train", help="train or fine-tune (re-run the same command to resume; DDP under "
+                             "torchrun)")
+    tr.add_argument("--config", required=True, help="run config, e.g. configs/video/ffs/latte-xl2.yaml")
+    tr.add_argument("--run-dir", default=None, help="run directory (default: train.results_dir/<config name>)")
+    tr.add_argument("--device", default=None, help="cpu, cuda (default: cuda:LOCAL_RANK if available)")
+    tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=2e-4")
+    tr.set_defaults(func=train_command)
 
     dem = commands.add_parser("demo", help="the main job on embedded data (prints its plan until built)")
     dem.set_defaults(func=demo)

@@ -103,7 +103,8 @@ class TrainConfig:
     grad_checkpointing: bool = False
     log_every_samples: int = 4_000
     ckpt_every_samples: int = 400_000
-    results_dir: str = "results"
+    results_dir: str = "results"       # runs go to results_dir/<config name> unless --run-dir is given
+    init_from: str = ""                 # weights to start from (official or ours); dense -> FlexDiT converts
 
 
 @dataclass

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from flexgen.attention import attention
 
@@ -220,8 +221,14 @@ class LatteBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.grad_checkpointing = False     # recompute activations in backward instead of storing them
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, cond, context, use_reentrant=False)
+        return self._forward(x, cond, context)
+
+    def _forward(self, x: torch.Tensor, cond: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
         mod = self.adaLN_modulation(cond).unsqueeze(1)                        # (G, 1, 6D)
         if mod.shape[0] != x.shape[0]:
             mod = mod.repeat_interleave(x.shape[0] // mod.shape[0], dim=0)    # (S, 1, 6D)
@@ -303,6 +310,11 @@ class Latte(nn.Module):
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Gradient checkpointing of every transformer block (memory for compute in training)."""
+        for block in [*self.spatial_blocks, *self.temporal_blocks]:
+            block.grad_checkpointing = enabled
 
     # ---- input checks -----------------------------------------------------------------------------------
 

@@ -1,0 +1,271 @@
+"""One training loop for every backbone: dense Latte / DiT, and FlexDiT fine-tuned from a dense checkpoint.
+
+    flexgen train --config configs/video/ffs/latte-xl2.yaml
+    torchrun --nproc_per_node=8 -m flexgen train --config configs/video/ffs/flexlatte-xl2.yaml
+
+- AdamW, EMA, optional bf16 autocast, gradient checkpointing, gradient clipping once `clip_after_samples` clips
+  were seen; progress counted in samples; tqdm on rank 0; scalars to TensorBoard and `stats.jsonl`.
+- The run directory holds the resolved `config.yaml`, `checkpoints/latest.pt` (model, EMA, optimizer, step) and
+  `ema.safetensors` (EMA weights + model config, for `flexgen sample`). Re-running the same command resumes.
+- Randomness is re-seeded every step from (seed, step) for what all ranks share and (seed, rank, step) for what
+  each rank draws (timesteps, noise, label dropout, VAE posterior samples), and the data order is a function of
+  (seed, epoch), so a resumed run reaches exactly the parameters of an uninterrupted one.
+- A FlexDiT model draws each micro-batch's timesteps from one density stage (`flexgen.density.draw_stage`):
+  one token count per forward, timesteps uniform over all ranks and steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+
+from flexgen import dist
+from flexgen.autoencoder import Autoencoder
+from flexgen.checkpoint import load_weights, save_weights
+from flexgen.config import Config, config_from_dict, config_to_dict
+from flexgen.density.schedules import draw_stage, sample_timesteps_in_stage
+from flexgen.diffusion import GaussianDiffusion
+from flexgen.video import FlexLatte, build_model
+
+# Keys that may change between the first run and a resume (everything else must match the saved config).
+RESUMABLE_CHANGES = {("train", "total_samples"), ("train", "log_every_samples"), ("train", "ckpt_every_samples"),
+                     ("data", "num_workers"), ("data", "root")}
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed from integers (a simple polynomial mix; distinct tuples give distinct streams)."""
+    h = 0
+    for p in parts:
+        h = (h * 1_000_003 + int(p) + 1) % (2 ** 63 - 1)
+    return h
+
+
+def _generator(*parts: int) -> torch.Generator:
+    return torch.Generator().manual_seed(_seed(*parts))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data order: a permutation per (seed, epoch), sharded over ranks, resumable at any step.
+
+
+def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int, rank: int,
+                  world_size: int) -> list[list[int]]:
+    """This rank's batches of epoch `epoch`: one shared permutation, global batches of batch_size·world_size
+    items (the last incomplete one dropped), rank r taking its slice of each."""
+    order = torch.randperm(num_items, generator=_generator(seed, epoch)).tolist()
+    global_batch = batch_size * world_size
+    return [order[i + rank * batch_size: i + (rank + 1) * batch_size]
+            for i in range(0, num_items - global_batch + 1, global_batch)]
+
+
+def _batches(dataset: Dataset, batches: list[list[int]], num_workers: int) -> Iterator[dict]:
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                        persistent_workers=False, pin_memory=torch.cuda.is_available())
+    yield from loader
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Run directory, checkpoints.
+
+
+def _check_resumable(run_dir: Path, cfg: Config) -> None:
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = config_to_dict(config_from_dict(yaml.safe_load(saved_path.read_text()), str(saved_path)))
+    current = config_to_dict(cfg)
+    changed = [f"{section}.{key}: {saved[section][key]!r} -> {current[section][key]!r}"
+               for section in current for key in current[section]
+               if saved[section][key] != current[section][key] and (section, key) not in RESUMABLE_CHANGES]
+    if changed:
+        raise ValueError(f"{run_dir} holds a run with a different configuration ({'; '.join(changed)}); "
+                         "use another run directory, or the same configuration to resume")
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)         # atomic: a crash never leaves a half-written latest.pt
+
+
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+            p_ema.lerp_(p, 1.0 - decay)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Timesteps: uniform, or one density stage per micro-batch.
+
+
+def draw_timesteps(model: torch.nn.Module, diffusion: GaussianDiffusion, batch_size: int, step: int, seed: int,
+                   rank: int, world_size: int) -> torch.Tensor:
+    rank_gen = _generator(seed, 1, rank, step)
+    if isinstance(model, FlexLatte):
+        stage = draw_stage(model.stages, _generator(seed, 2, step), rank, world_size)    # shared by all ranks
+        return sample_timesteps_in_stage(stage, batch_size, rank_gen)
+    return torch.randint(0, diffusion.num_timesteps, (batch_size,), generator=rank_gen)
+
+
+def model_inputs(batch: dict, cfg: Config, device: torch.device) -> tuple[torch.Tensor, dict]:
+    """Pixels (B, F + images, 3, H, W) and the model's keyword arguments from a data batch."""
+    video = batch["video"].to(device, non_blocking=True)
+    kwargs: dict = {}
+    if cfg.model.num_classes:
+        kwargs["y"] = batch["label"].to(device)
+    if cfg.data.num_images:
+        kwargs["num_images"] = cfg.data.num_images
+        if cfg.model.num_classes:
+            kwargs["y_images"] = batch["image_labels"].to(device)
+    return video, kwargs
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loop.
+
+
+def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, device: str | None = None,
+          stop_after_steps: int | None = None, progress: bool = True) -> dict:
+    """Train (or resume) the run in `run_dir`. `dataset` overrides the configured one (tests, demo);
+    `stop_after_steps` ends this call early as if interrupted. Returns a summary of the run."""
+    env = dist.init(device)
+    run_dir, tc = Path(run_dir), cfg.train
+    ckpt_dir = run_dir / "checkpoints"
+    if env.is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        _check_resumable(run_dir, cfg)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    dist.barrier()
+
+    torch.manual_seed(tc.seed)                            # identical initial weights on every rank
+    model = build_model(cfg).to(env.device)
+    if tc.init_from:
+        load_weights(model, tc.init_from)                 # dense -> FlexDiT conversion happens here
+    model.set_grad_checkpointing(tc.grad_checkpointing)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    autoencoder = Autoencoder.from_config(cfg.autoencoder).to(env.device)
+
+    step = 0
+    latest = ckpt_dir / "latest.pt"
+    if latest.is_file():
+        state = torch.load(latest, map_location=env.device, weights_only=True)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["opt"])
+        step = state["step"]
+    net = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None) \
+        if env.world_size > 1 else model
+
+    if dataset is None:
+        from flexgen.video.data import build_dataset
+        dataset = build_dataset(cfg.data, split="train", seed=tc.seed)
+    global_batch = tc.batch_size * env.world_size
+    steps_per_epoch = len(dataset) // global_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"the dataset has {len(dataset)} clips, fewer than one global batch of {global_batch}")
+    total_steps = math.ceil(tc.total_samples / global_batch)
+    last_step = total_steps if stop_after_steps is None else min(total_steps, step + stop_after_steps)
+    log_every = max(1, tc.log_every_samples // global_batch)
+    ckpt_every = max(1, tc.ckpt_every_samples // global_batch)
+
+    writer = None
+    if env.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
+    bar = None
+    if env.is_main and progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total_steps * global_batch, initial=step * global_batch, unit="clip", desc="train")
+
+    autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=tc.bf16)
+    model.train()
+    window: list[dict] = []
+    started = time.perf_counter()
+    while step < last_step:
+        epoch, offset = divmod(step, steps_per_epoch)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        batches = epoch_batches(len(dataset), tc.batch_size, tc.seed, epoch, env.rank, env.world_size)[offset:]
+        for batch in _batches(dataset, batches, cfg.data.num_workers):
+            torch.manual_seed(_seed(tc.seed, 3, env.rank, step))          # label dropout and anything else
+            video, kwargs = model_inputs(batch, cfg, env.device)
+            x0 = autoencoder.encode(video, generator=_generator(tc.seed, 4, env.rank, step))
+            t = draw_timesteps(model, diffusion, x0.shape[0], step, tc.seed, env.rank, env.world_size)
+            noise = torch.randn(x0.shape, generator=_generator(tc.seed, 5, env.rank, step)).to(env.device, x0.dtype)
+            with autocast:
+                terms = diffusion.training_losses(net, x0, t.to(env.device), noise, kwargs)
+            loss = terms["loss"].mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip = tc.grad_clip if tc.grad_clip > 0 and step * global_batch >= tc.clip_after_samples else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            update_ema(ema, model, tc.ema_decay)
+            step += 1
+
+            window.append({"loss": loss.detach(), "mse": terms["mse"].mean().detach(),
+                           "vb": terms["vb"].mean().detach(), "grad_norm": grad_norm.detach()})
+            if bar is not None:
+                bar.update(global_batch)
+            if step % log_every == 0 or step == last_step:
+                stats = {k: dist.all_reduce_mean(torch.stack([w[k] for w in window]).mean()).item() for k in window[0]}
+                stats.update(step=step, samples=step * global_batch, epoch=epoch, lr=tc.lr,
+                             samples_per_s=len(window) * global_batch / (time.perf_counter() - started))
+                if isinstance(model, FlexLatte):
+                    stats["grid"] = model.grid_for(t[:1])
+                window, started = [], time.perf_counter()
+                if env.is_main:
+                    with open(run_dir / "stats.jsonl", "a") as f:
+                        f.write(json.dumps(stats) + "\n")
+                    for key, value in stats.items():
+                        writer.add_scalar(f"train/{key}", value, step * global_batch)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{stats['loss']:.4f}")
+            if step % ckpt_every == 0 or step == last_step:
+                if env.is_main:
+                    _save_checkpoint(latest, {"model": model.state_dict(), "ema": ema.state_dict(),
+                                              "opt": optimizer.state_dict(), "step": step,
+                                              "samples": step * global_batch, "config": config_to_dict(cfg)})
+                    save_weights(ema, run_dir / "ema.safetensors")
+                dist.barrier()
+            if step >= last_step:
+                break
+    if bar is not None:
+        bar.close()
+    if writer is not None:
+        writer.close()
+    return {"run_dir": str(run_dir), "step": step, "samples": step * global_batch, "total_steps": total_steps,
+            "finished": step >= total_steps, "model": model, "ema": ema}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Held-out loss (the demo's measure of dense vs FlexDiT), on fixed timesteps and noise.
+
+
+@torch.no_grad()
+def heldout_loss(model: torch.nn.Module, x0: torch.Tensor, diffusion: GaussianDiffusion, kwargs: dict | None = None,
+                 timesteps: int = 10, seed: int = 0) -> dict:
+    """Mean ε-MSE and total loss over `timesteps` evenly spaced t, each forward on one t (so one density grid),
+    with noise fixed by the seed: the same numbers for every model it is given."""
+    model.eval()
+    ts = torch.linspace(0, diffusion.num_timesteps - 1, timesteps).round().long()
+    total = {"mse": 0.0, "loss": 0.0}
+    for i, t_value in enumerate(ts.tolist()):
+        noise = torch.randn(x0.shape, generator=_generator(seed, i)).to(x0.device, x0.dtype)
+        t = torch.full((x0.shape[0],), t_value, device=x0.device, dtype=torch.long)
+        terms = diffusion.training_losses(model, x0, t, noise, kwargs or {})
+        for key in total:
+            total[key] += terms[key].mean().item() / timesteps
+    return total
