@@ -1,0 +1,117 @@
+"""The training loop: learning, exact resume, FlexDiT fine-tuning with density stages, DDP, bad resumes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from flexgen.checkpoint import load_model
+from flexgen.config import load_config
+from flexgen.train import epoch_batches, heldout_loss, train
+from tests.train_helpers import TINY, Clips, params_digest
+
+
+def tiny(*overrides):
+    return load_config("configs/demo/tiny.yaml", [*TINY, *overrides])
+
+
+def test_epoch_batches_shard_one_permutation():
+    one = epoch_batches(20, 4, seed=3, epoch=1, rank=0, world_size=1)
+    two = [epoch_batches(20, 2, seed=3, epoch=1, rank=r, world_size=2) for r in range(2)]
+    assert len(one) == 5 and all(len(b) == 4 for b in one)
+    assert [a + b for a, b in zip(*two, strict=True)] == one          # ranks split each global batch
+    assert epoch_batches(20, 4, seed=3, epoch=2, rank=0, world_size=1) != one
+
+
+def test_training_learns_and_writes_its_run_directory(tmp_path):
+    cfg = tiny("train.total_samples=160", "train.lr=2e-3")
+    summary = train(cfg, tmp_path / "run", dataset=Clips(n=8), progress=False)
+    assert summary["finished"] and summary["samples"] == 160
+    stats = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
+    assert stats[-1]["loss"] < 0.7 * stats[0]["loss"]
+    assert load_config(tmp_path / "run" / "config.yaml") == cfg
+    assert list((tmp_path / "run" / "tensorboard").iterdir())
+    ema = load_model(tmp_path / "run" / "ema.safetensors")            # the EMA weights rebuild their model
+    assert params_digest(ema) == params_digest(summary["ema"])
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
+    cfg = tiny("train.total_samples=48")                             # 24 steps, a checkpoint every 8
+    full = train(cfg, tmp_path / "full", dataset=Clips(), progress=False)
+    with pytest.raises(KeyboardInterrupt):                           # crash during step 13 (after the step-8 save)
+        train(cfg, tmp_path / "crash", dataset=Clips(crash_at=2 * 12 + 1), progress=False)
+    assert torch.load(tmp_path / "crash" / "checkpoints" / "latest.pt", weights_only=True)["step"] == 8
+    resumed = train(cfg, tmp_path / "crash", dataset=Clips(), progress=False)   # the same command again
+    assert resumed["step"] == full["step"] == 24
+    assert params_digest(resumed["model"]) == params_digest(full["model"])
+    assert params_digest(resumed["ema"]) == params_digest(full["ema"])
+    # More samples later extends the same run; a changed model does not fit it.
+    longer = train(tiny("train.total_samples=64"), tmp_path / "crash", dataset=Clips(), progress=False)
+    assert longer["step"] == 32
+    with pytest.raises(ValueError, match="model.hidden_size"):
+        train(tiny("train.total_samples=64", "model.hidden_size=32"), tmp_path / "crash", dataset=Clips(),
+              progress=False)
+
+
+def test_flexdit_fine_tunes_from_a_dense_checkpoint_one_grid_per_step(tmp_path, monkeypatch):
+    train(tiny("train.total_samples=16"), tmp_path / "dense2", dataset=Clips(), progress=False)
+    mismatched = tiny("train.total_samples=48", "model.depth=10", "density.layout=PGSRT",
+                      "density.schedule.grid_min=2", "density.schedule.grid_max=4",
+                      f"train.init_from={tmp_path / 'dense2' / 'ema.safetensors'}")
+    with pytest.raises(ValueError, match="does not fit"):            # a 2-pair dense model is not a 5-pair one
+        train(mismatched, tmp_path / "bad", dataset=Clips(), progress=False)
+    dense10 = train(tiny("train.total_samples=16", "model.depth=10"), tmp_path / "dense10", dataset=Clips(),
+                    progress=False)
+    seen = []
+    from flexgen.video import FlexLatte
+    original = FlexLatte.forward
+
+    def spy(self, x, t, *args, **kwargs):
+        seen.append(sorted({self.grid_for(t[i:i + 1]) for i in range(len(t))}))
+        return original(self, x, t, *args, **kwargs)
+
+    monkeypatch.setattr(FlexLatte, "forward", spy)
+    flex_cfg = tiny("train.total_samples=48", "model.depth=10", "density.layout=PGSRT",
+                    "density.schedule.grid_min=2", "density.schedule.grid_max=4",
+                    f"train.init_from={tmp_path / 'dense10' / 'ema.safetensors'}", "train.grad_checkpointing=true")
+    flex = train(flex_cfg, tmp_path / "flex", dataset=Clips(), progress=False)
+    assert isinstance(flex["model"], FlexLatte) and len(seen) == 24
+    assert all(len(grids) == 1 for grids in seen)                      # one token count per forward
+    assert {g[0] for g in seen} > {4}                                  # several stages were visited
+    # Converted from the dense EMA: before fine-tuning the transformer weights are the dense ones.
+    start = FlexLatte.from_dense(dense10["ema"], flex_cfg.density)
+    assert torch.equal(start.spatial_blocks[3].attn.qkv.weight, dense10["ema"].spatial_blocks[3].attn.qkv.weight)
+
+
+def test_bf16_autocast_trains(tmp_path):
+    summary = train(tiny("train.total_samples=8", "train.bf16=true"), tmp_path / "bf16", dataset=Clips(),
+                    progress=False)
+    assert all(torch.isfinite(p).all() for p in summary["model"].parameters())
+
+
+def test_heldout_loss_is_the_same_measure_for_every_model():
+    cfg = tiny()
+    from flexgen.diffusion import GaussianDiffusion
+    from flexgen.video import build_model
+    model = build_model(cfg)
+    x0 = Clips().video[:4]
+    kwargs = {"y": torch.tensor([0, 1, 2, 3])}
+    a = heldout_loss(model, x0, GaussianDiffusion.from_config(cfg.diffusion), kwargs)
+    b = heldout_loss(model, x0, GaussianDiffusion.from_config(cfg.diffusion), kwargs)
+    assert a == b and a["mse"] == pytest.approx(1.0, abs=0.2)          # a fresh model predicts ε = 0
+
+
+def test_two_process_ddp_with_gloo(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             "--master_port=29517", "tests/train_helpers.py", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["digest"] == ranks[1]["digest"]                    # DDP keeps the replicas identical
+    assert ranks[0]["samples"] == 32 and ranks[0]["step"] == 8        # global batch = 2 ranks × 2 clips
+    stats = [json.loads(line) for line in (tmp_path / "stats.jsonl").read_text().splitlines()]
+    assert stats[-1]["samples"] == 32

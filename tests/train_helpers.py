@@ -1,0 +1,52 @@
+"""An in-memory clip dataset for training tests, and the worker a torchrun DDP test launches."""
+
+import hashlib
+import json
+import sys
+
+import torch
+
+from flexgen.config import load_config
+
+TINY = ["train.batch_size=2", "train.log_every_samples=8", "train.ckpt_every_samples=16",
+        "model.depth=4", "data.num_frames=4", "data.image_size=8"]
+
+
+class Clips(torch.utils.data.Dataset):
+    """Random clips (F, 3, H, W) in [-1, 1] with labels; `crash_at` raises on that access to simulate a crash."""
+
+    def __init__(self, n=16, frames=4, size=8, classes=4, crash_at=None):
+        g = torch.Generator().manual_seed(0)
+        self.video = torch.rand(n, frames, 3, size, size, generator=g) * 2 - 1
+        self.label = torch.randint(0, classes, (n,), generator=g)
+        self.crash_at, self.calls = crash_at, 0
+
+    def __len__(self):
+        return len(self.video)
+
+    def __getitem__(self, i):
+        self.calls += 1
+        if self.crash_at is not None and self.calls == self.crash_at:
+            raise KeyboardInterrupt("simulated crash")
+        return {"video": self.video[i], "label": int(self.label[i]), "path": f"clip{i}"}
+
+
+def params_digest(model) -> str:
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+if __name__ == "__main__":      # torchrun --nproc_per_node=2 tests/train_helpers.py RUN_DIR
+    from flexgen import dist
+    from flexgen.train import train
+
+    run_dir = sys.argv[1]
+    cfg = load_config("configs/demo/tiny.yaml", [*TINY, "train.total_samples=32"])
+    summary = train(cfg, run_dir, dataset=Clips(), device="cpu", progress=False)
+    rank = dist.init("cpu").rank
+    with open(f"{run_dir}/rank{rank}.json", "w") as f:
+        json.dump({"digest": params_digest(summary["model"]), "samples": summary["samples"],
+                   "step": summary["step"]}, f)
+    dist.shutdown()
