@@ -246,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=2e-4")
     tr.set_defaults(func=train_command)
 
+    from flexgen.sample import add_sample_arguments
+    add_sample_arguments(commands.add_parser("sample", help="generate videos (images for DiT) from a checkpoint: "
+                                             "mp4 files, grid.png, samples.json; sharded under torchrun"))
+
     dem = commands.add_parser("demo", help="the main job on embedded data (prints its plan until built)")
     dem.set_defaults(func=demo)
     return parser

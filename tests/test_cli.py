@@ -13,7 +13,8 @@ def run(*args):
     return subprocess.run([sys.executable, "-m", "flexgen", *args], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("command", [[], ["bench"], ["bench", "flops"], ["config"], ["convert"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["bench"], ["bench", "flops"], ["bench", "latency"], ["config"], ["convert"],
+                                     ["train"], ["sample"], ["demo"]])
 def test_help(command):
     result = run(*command, "--help")
     assert result.returncode == 0 and "usage: flexgen" in result.stdout

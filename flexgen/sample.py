@@ -1,0 +1,344 @@
+"""Sampling: batched generation with per-sample seeds and rank sharding, and the `flexgen sample` command.
+
+    flexgen sample --config configs/video/ffs/latte-xl2.yaml --ckpt ffs.pt --num-samples 2048 --out samples/ffs
+    torchrun --nproc_per_node 8 -m flexgen sample --config ... --ckpt ... --out ...     (one shard per rank)
+
+Reproducibility contract (what `generate` guarantees):
+
+- Sample i is drawn with seed `seed + i`: its initial noise and every DDPM step noise come from a CPU generator
+  seeded with it (`flexgen.diffusion.sample`), so a sample does not depend on the batch size, its position in a
+  batch, the rank that draws it or the number of ranks (up to floating-point rounding of batched matmuls).
+- The class label of sample i (class-conditional models) is uniform in [0, num_classes), drawn from a numpy PCG64
+  stream keyed by (seed + i, LABEL_STREAM): a function of the sample's seed alone, and a stream separate from the
+  torch noise stream of the same seed. This is Latte's UCF101 protocol (uniformly random labels) made
+  reproducible per sample.
+- Sharding: rank r of W draws the indices i ≡ r (mod W), in increasing order (the interleaving of Latte's
+  sample_ddp.py, index = k·W + r): every index in [0, N) is drawn exactly once over all ranks, and the shards
+  differ in size by at most one sample.
+- Classifier-free guidance (Ho & Salimans 2022) uses the null class `num_classes` through
+  `flexgen.diffusion.classifier_free_guidance`; at cfg_scale 1 the conditional model runs alone (no doubled
+  batch). Guidance on an unconditional model is an error.
+
+Output of `flexgen sample`: DIR/{index:04d}.mp4 (fps 8) for video models or DIR/{index:04d}.png for one-frame
+models, DIR/grid.png (a preview of the first samples) and DIR/samples.json (protocol, checkpoint hash, seeds,
+labels, FLOPs per sample, model and density configuration).
+
+torch, diffusers and the models are imported inside the functions that use them, so that `add_sample_arguments`
+can build the `flexgen` parser without loading them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    import torch
+
+    from flexgen.autoencoder import Autoencoder
+    from flexgen.video.latte import Latte
+
+LABEL_STREAM = 0x6C6162656C       # "label" in ASCII: the key that separates label draws from the noise stream
+GRID_SAMPLES = 16                 # samples shown in grid.png
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Which samples a rank draws, and with which labels.
+
+
+def shard_indices(num_samples: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """The sample indices of rank `rank` of `world_size`: i ≡ rank (mod world_size), increasing."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+    if num_samples < 0:
+        raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+    return list(range(rank, num_samples, world_size))
+
+
+def sample_label(seed: int, index: int, num_classes: int) -> int:
+    """The class label of sample `index`: uniform in [0, num_classes), a function of its seed `seed + index`."""
+    import numpy as np
+
+    rng = np.random.default_rng([(seed + index) % 2**64, LABEL_STREAM])
+    return int(rng.integers(num_classes))
+
+
+def resolve_labels(num_samples: int, seed: int, num_classes: int,
+                   labels: int | Sequence[int] | None = None) -> list[int] | None:
+    """One label per sample index for a class-conditional model (None for an unconditional one): drawn per
+    sample from its seed, or the given class for every sample, or the given list (one per index)."""
+    if not num_classes:
+        if labels is not None:
+            raise ValueError("the model is unconditional (num_classes = 0) but class labels were given")
+        return None
+    if labels is None:
+        return [sample_label(seed, i, num_classes) for i in range(num_samples)]
+    chosen = [int(labels)] * num_samples if isinstance(labels, int) else [int(v) for v in labels]
+    if len(chosen) != num_samples:
+        raise ValueError(f"expected one label per sample ({num_samples}), got {len(chosen)}")
+    bad = sorted({v for v in chosen if not 0 <= v < num_classes})
+    if bad:
+        raise ValueError(f"labels must lie in [0, {num_classes}); got {bad}")
+    return chosen
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Batched generation.
+
+
+class SampleBatch(NamedTuple):
+    """One batch from `generate`; unpacks as (indices, labels, videos)."""
+    indices: list[int]              # global sample indices
+    labels: list[int] | None        # class label per sample (None for an unconditional model)
+    videos: torch.Tensor            # uint8 on the CPU: (B, F, 3, H, W) for video models, (B, 3, H, W) for DiT
+
+
+def generate(model: Latte, autoencoder: Autoencoder, *, num_samples: int, seed: int = 0, sampler: str = "ddpm",
+             steps: int = 250, cfg_scale: float = 1.0, batch_size: int = 1,
+             labels: int | Sequence[int] | None = None, rank: int = 0, world_size: int = 1,
+             betas: torch.Tensor | None = None, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+             progress: bool = False) -> Iterator[SampleBatch]:
+    """Draw this rank's share of `num_samples` samples in batches of up to `batch_size` and decode them.
+
+    `model` (a Latte / DiT / FlexLatte, in eval mode) and `autoencoder` must already be on `device`; the
+    diffusion runs in `dtype` (default: the model's). Latents have the model's shape per sample, (F, C, h, w)
+    for video models and (C, h, w) for DiT. `betas` defaults to the linear DDPM schedule of 1000 steps.
+    `labels`: None draws a label per sample from its seed; an int or one label per index fixes them. See the
+    module docstring for seeds, labels and sharding."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from flexgen.autoencoder import to_uint8
+    from flexgen.diffusion import classifier_free_guidance, sample
+
+    config = model.config
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if cfg_scale != 1 and not config.num_classes:
+        raise ValueError(f"classifier-free guidance (cfg_scale = {cfg_scale}) needs a class-conditional model; "
+                         "this one is unconditional: use cfg_scale 1")
+    mine = shard_indices(num_samples, rank, world_size)
+    all_labels = resolve_labels(num_samples, seed, config.num_classes, labels)
+    shape = (config.num_frames, config.in_channels, config.input_size, config.input_size) if config.temporal \
+        else (config.in_channels, config.input_size, config.input_size)
+    dtype = dtype if dtype is not None else next(model.parameters()).dtype
+
+    with tqdm(total=len(mine), desc=f"sampling ({sampler}, {steps} steps)", unit="sample",
+              disable=not progress) as bar:
+        for start in range(0, len(mine), batch_size):
+            indices = mine[start:start + batch_size]
+            batch_labels = None if all_labels is None else [all_labels[i] for i in indices]
+            net = model
+            if batch_labels is not None:
+                y = torch.tensor(batch_labels, dtype=torch.long, device=device)                  # (B,)
+                null = torch.full_like(y, config.num_classes)                                      # (B,)
+                net = classifier_free_guidance(model, cfg_scale, {"y": y}, {"y": null})
+            latents = sample(net, shape, [seed + i for i in indices], sampler=sampler, steps=steps, betas=betas,
+                             learned_sigma=config.learn_sigma, device=device, dtype=dtype)    # (B, *shape)
+            videos = to_uint8(autoencoder.decode(latents)).cpu()        # (B, F, 3, H, W) or (B, 3, H, W)
+            bar.update(len(indices))
+            yield SampleBatch(indices, batch_labels, videos)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# FLOPs per sample, counted on the meta device.
+
+
+def flops_per_sample(model: Latte, sampler: str, steps: int, cfg_scale: float,
+                     betas: torch.Tensor | None = None) -> dict[str, Any]:
+    """Network MACs (×1e-9; papers call them FLOPs) to draw one sample: one forward per sampler timestep, two
+    with classifier-free guidance (the doubled batch); a FlexLatte at the sparse grid of each timestep. The
+    autoencoder's decoding is not included."""
+    import torch
+
+    from flexgen.diffusion import linear_betas, make_scheduler
+    from flexgen.flops import latte_macs
+    from flexgen.video import FlexLatte
+
+    config = model.config
+    betas = linear_betas() if betas is None else betas
+    timesteps = [int(t) for t in make_scheduler(sampler, betas, steps, learned_sigma=config.learn_sigma).timesteps]
+    passes = 2 if cfg_scale != 1 and config.num_classes else 1
+    dense = latte_macs(config).gmacs
+    report: dict[str, Any] = {"model_evaluations": len(timesteps) * passes, "gmacs_per_forward_dense": dense,
+                              "gmacs_per_sample_dense": dense * len(timesteps) * passes}
+    if not isinstance(model, FlexLatte):
+        report["gmacs_per_sample"] = report["gmacs_per_sample_dense"]
+        return report
+    grids = [model.grid_for(torch.tensor([t])) for t in timesteps]
+    per_grid = {g: latte_macs(config, model.density, g, model.num_timesteps).gmacs for g in sorted(set(grids))}
+    report["gmacs_per_sample"] = sum(per_grid[g] for g in grids) * passes
+    report["gmacs_per_forward_by_grid"] = per_grid
+    report["steps_per_grid"] = {g: grids.count(g) for g in per_grid}
+    report["reduction"] = 1 - report["gmacs_per_sample"] / report["gmacs_per_sample_dense"]
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Files of one sample and the preview grid.
+
+
+def sample_file(out: Path, index: int, video_model: bool) -> Path:
+    """DIR/{index:04d}.mp4 for video models, DIR/{index:04d}.png for one-frame models."""
+    return out / f"{index:04d}.{'mp4' if video_model else 'png'}"
+
+
+def write_sample(path: Path, pixels: torch.Tensor, fps: int = 8) -> None:
+    """One uint8 sample: a video (F, 3, H, W) as mp4, or an image (3, H, W) (or a one-frame video) as png."""
+    from PIL import Image
+
+    from flexgen.video.io import write_video
+
+    if path.suffix == ".mp4":
+        write_video(path, pixels, fps=fps)
+        return
+    image = pixels.reshape(pixels.shape[-3:]).permute(1, 2, 0).numpy()                  # (H, W, 3)
+    Image.fromarray(image).save(str(path))
+
+
+def read_sample(path: Path):
+    """A written sample back as uint8 frames (F, H, W, 3) (an image is one frame)."""
+    import numpy as np
+    from PIL import Image
+
+    from flexgen.video.io import read_video
+
+    if path.suffix == ".mp4":
+        return read_video(path)
+    return np.asarray(Image.open(path).convert("RGB"))[None]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The `flexgen sample` command: arguments.
+
+
+def add_sample_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the options of `flexgen sample` to `parser` and set `func=sample_main`; returns the parser."""
+    parser.add_argument("--config", required=True, help="run config of the model, e.g. "
+                        "configs/video/ffs/latte-xl2.yaml")
+    parser.add_argument("--ckpt", required=True, help="weights: our .safetensors or an official .pt (EMA preferred); "
+                        "a FlexDiT config with dense weights converts on load")
+    parser.add_argument("--out", required=True, help="output folder for the samples, grid.png and samples.json")
+    parser.add_argument("--num-samples", type=int, default=None, help="samples over all ranks "
+                        "(default sample.num_samples)")
+    parser.add_argument("--sampler", default=None, help="ddpm | ddim | dpm-solver++ (default sample.sampler)")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default sample.steps)")
+    parser.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale, 1 = off "
+                        "(default sample.cfg_scale)")
+    parser.add_argument("--seed", type=int, default=None, help="sample i uses seed + i (default sample.seed)")
+    parser.add_argument("--batch-size", type=int, default=None, help="samples per forward on each rank "
+                        "(default sample.batch_size)")
+    parser.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda:LOCAL_RANK if available)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model and sampler dtype")
+    parser.add_argument("--fps", type=int, default=8, help="frame rate of the mp4 files")
+    parser.add_argument("--sha256", default=None, help="expected sha256 of the checkpoint file")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. sample.seed=1")
+    parser.set_defaults(func=sample_main)
+    return parser
+
+
+def _config_overrides(args: argparse.Namespace) -> list[str]:
+    """The command's `sample.*` options as config overrides, after the KEY=VALUE ones (so the options win)."""
+    options = {"num_samples": args.num_samples, "sampler": args.sampler, "steps": args.steps,
+               "cfg_scale": args.cfg_scale, "seed": args.seed, "batch_size": args.batch_size}
+    return [*args.overrides, *(f"sample.{key}={value!r}" if isinstance(value, str) else f"sample.{key}={value}"
+                               for key, value in options.items() if value is not None)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The `flexgen sample` command: ranks and process group (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK).
+
+
+def sample_main(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Run `flexgen sample`; returns the samples.json record on rank 0 (None on other ranks)."""
+    import torch
+    import torch.distributed as dist
+
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(args.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    own_group = world_size > 1 and not dist.is_initialized()
+    if own_group:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        return _run_sampling(args, rank, world_size, device)
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+
+
+def _barrier(world_size: int, device: torch.device) -> None:
+    import torch.distributed as dist
+
+    if world_size > 1:
+        dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The `flexgen sample` command: load, generate this rank's shard, then (rank 0) the grid and the record.
+
+
+def _run_sampling(args: argparse.Namespace, rank: int, world_size: int, device: torch.device) -> dict | None:
+    import numpy as np
+    import torch
+
+    from flexgen.autoencoder import Autoencoder
+    from flexgen.checkpoint import file_sha256, load_weights
+    from flexgen.config import config_to_dict, load_config
+    from flexgen.diffusion import linear_betas
+    from flexgen.video import build_model
+    from flexgen.video.io import save_grid, video_codec
+
+    overrides = _config_overrides(args)
+    run = load_config(args.config, overrides)
+    s, diffusion = run.sample, run.diffusion
+    dtype = getattr(torch, args.dtype)
+    model = build_model(run)
+    load_weights(model, args.ckpt, sha256=args.sha256)
+    model = model.eval().to(device=device, dtype=dtype)
+    autoencoder = Autoencoder.from_config(run.autoencoder).to(device).eval()
+    betas = linear_betas(diffusion.num_timesteps, diffusion.beta_start, diffusion.beta_end)
+    video_model = model.config.temporal and model.config.num_frames > 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    for batch in generate(model, autoencoder, num_samples=s.num_samples, seed=s.seed, sampler=s.sampler,
+                          steps=s.steps, cfg_scale=s.cfg_scale, batch_size=s.batch_size, rank=rank,
+                          world_size=world_size, betas=betas, device=device, dtype=dtype,
+                          progress=rank == 0 and not args.no_progress):
+        for index, pixels in zip(batch.indices, batch.videos, strict=True):
+            write_sample(sample_file(out, index, video_model), pixels, fps=args.fps)
+    _barrier(world_size, device)
+    if rank != 0:
+        return None
+
+    shown = [read_sample(sample_file(out, i, video_model)) for i in range(min(s.num_samples, GRID_SAMPLES))]
+    if shown:
+        save_grid(out / "grid.png", np.stack(shown), nrow=4)
+    labels = resolve_labels(s.num_samples, s.seed, model.config.num_classes)
+    record = {
+        "config": str(args.config), "overrides": overrides,
+        "checkpoint": str(args.ckpt), "checkpoint_sha256": file_sha256(args.ckpt),
+        "sampler": s.sampler, "steps": s.steps, "cfg_scale": s.cfg_scale, "seed": s.seed,
+        "num_samples": s.num_samples, "batch_size": s.batch_size, "world_size": world_size, "dtype": args.dtype,
+        "format": "mp4" if video_model else "png", "fps": args.fps if video_model else None,
+        "codec": video_codec() if video_model else "png",
+        "flops": flops_per_sample(model, s.sampler, s.steps, s.cfg_scale, betas),
+        "model_class": type(model).__name__, "model": dataclasses.asdict(model.config),
+        "density": dataclasses.asdict(run.density) if run.density.layout else None,
+        "run_config": config_to_dict(run),
+        "samples": [{"index": i, "file": sample_file(out, i, video_model).name, "seed": s.seed + i,
+                     "label": None if labels is None else labels[i]} for i in range(s.num_samples)],
+    }
+    (out / "samples.json").write_text(json.dumps(record, indent=1))
+    print(f"wrote {s.num_samples} samples, grid.png and samples.json to {out}")
+    return record

@@ -1,0 +1,302 @@
+"""Sampling: per-sample seeds and labels independent of batch size and rank, CFG, the `flexgen sample` command
+end to end (mp4 / png files, grid, record), dense -> FlexDiT conversion on load, and video / grid files."""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from flexgen.autoencoder import Autoencoder
+from flexgen.checkpoint import CheckpointError, file_sha256, save_weights
+from flexgen.config import load_config
+from flexgen.sample import (
+    add_sample_arguments,
+    generate,
+    resolve_labels,
+    sample_label,
+    sample_main,
+    shard_indices,
+)
+from flexgen.video import build_model
+from flexgen.video.io import read_video, save_grid, video_codec, write_video
+
+TINY = "configs/demo/tiny.yaml"
+SMALL = ["data.num_frames=4"]                   # 4 frames of 16×16×3, 8×8 tokens per frame
+FLEX = ["density.layout=PGSRT", "density.schedule.grid_min=2", "density.schedule.grid_max=4"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Helpers: a tiny model with random weights (the released init zeroes the output layers).
+
+
+def random_model(overrides=(), seed=0, std=0.05):
+    run = load_config(TINY, [*SMALL, *overrides])
+    model = build_model(run).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * std)
+    return model, run
+
+
+def draw(model, run, **kwargs):
+    """{index: (label, uint8 video)} of everything `generate` yields."""
+    options = dict(num_samples=5, seed=7, sampler="ddpm", steps=3, cfg_scale=2.0, batch_size=1)
+    options.update(kwargs)
+    out = {}
+    for indices, labels, videos in generate(model, Autoencoder.from_config(run.autoencoder), **options):
+        for k, i in enumerate(indices):
+            assert i not in out, f"sample {i} drawn twice"
+            out[i] = (None if labels is None else labels[k], videos[k])
+    return out
+
+
+@pytest.fixture(scope="module")
+def float64_model():
+    model, run = random_model()
+    return model.double(), run
+
+
+@pytest.fixture(scope="module")
+def reference(float64_model):
+    """Five samples, one per batch, one rank, float64: the ground truth for batching and sharding."""
+    return draw(*float64_model, batch_size=1)
+
+
+def parse(*argv):
+    return add_sample_arguments(argparse.ArgumentParser()).parse_args([str(a) for a in argv])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Seeds, labels and sharding.
+
+
+def test_reference_samples_are_non_trivial(reference):
+    videos = torch.stack([v for _, v in reference.values()]).float()
+    assert videos.shape == (5, 4, 3, 16, 16)
+    assert videos.std() > 20 and (videos[0] - videos[1]).abs().mean() > 5
+    assert {label for label, _ in reference.values()} <= set(range(4))
+
+
+@pytest.mark.parametrize("batch_size", [3, 5])
+def test_batch_size_does_not_change_samples_or_labels(float64_model, reference, batch_size):
+    got = draw(*float64_model, batch_size=batch_size)
+    assert sorted(got) == sorted(reference)
+    for i, (label, video) in reference.items():
+        assert got[i][0] == label
+        assert torch.equal(got[i][1], video), f"sample {i} differs with batch_size {batch_size}"
+
+
+def test_two_ranks_draw_each_sample_once(float64_model, reference):
+    shards = [draw(*float64_model, batch_size=2, rank=r, world_size=2) for r in range(2)]
+    assert sorted(shards[0]) == [0, 2, 4] and sorted(shards[1]) == [1, 3]
+    merged = {**shards[0], **shards[1]}
+    for i, (label, video) in reference.items():
+        assert merged[i][0] == label and torch.equal(merged[i][1], video)
+
+
+def test_float32_batching_agrees_within_one_level():
+    model, run = random_model()
+    one, three = draw(model, run, batch_size=1), draw(model, run, batch_size=3)
+    for i in one:
+        assert (one[i][1].int() - three[i][1].int()).abs().max() <= 1
+
+
+def test_shard_indices_partition():
+    for n, w in [(10, 3), (2, 4), (0, 2), (7, 1)]:
+        shards = [shard_indices(n, r, w) for r in range(w)]
+        assert sorted(i for s in shards for i in s) == list(range(n))
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    with pytest.raises(ValueError, match="rank"):
+        shard_indices(4, 2, 2)
+
+
+def test_labels_come_from_each_samples_seed():
+    labels = resolve_labels(400, seed=3, num_classes=4)
+    assert labels[10] == sample_label(3, 10, 4) == sample_label(5, 8, 4)     # a function of seed + index
+    assert labels == resolve_labels(400, 3, 4)
+    assert min(np.bincount(labels, minlength=4)) > 60                        # uniform over the classes
+    assert resolve_labels(400, 4, 4)[:399] == labels[1:]                    # seed 4, index i = seed 3, index i + 1
+    assert resolve_labels(3, 0, 4, labels=2) == [2, 2, 2] and resolve_labels(2, 0, 4, labels=[1, 3]) == [1, 3]
+    assert resolve_labels(3, 0, 0) is None
+    with pytest.raises(ValueError, match="lie in"):
+        resolve_labels(2, 0, 4, labels=[0, 4])
+    with pytest.raises(ValueError, match="one label per sample"):
+        resolve_labels(3, 0, 4, labels=[0, 1])
+    with pytest.raises(ValueError, match="unconditional"):
+        resolve_labels(3, 0, 0, labels=1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Classifier-free guidance.
+
+
+def model_batches(model, run, **kwargs):
+    """(batch size, labels) of every forward pass of the model during generate."""
+    seen = []
+    handle = model.register_forward_pre_hook(lambda m, args, kw: seen.append((args[0].shape[0], kw["y"].tolist())),
+                                             with_kwargs=True)
+    try:
+        draw(model, run, num_samples=2, batch_size=2, sampler="ddim", steps=2, **kwargs)
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_cfg_doubles_the_batch_with_the_null_class_and_scale_one_does_not():
+    model, run = random_model()
+    guided = model_batches(model, run, cfg_scale=4.0)
+    assert len(guided) == 2 and all(size == 4 and y[2:] == [4, 4] and max(y[:2]) < 4 for size, y in guided)
+    plain = model_batches(model, run, cfg_scale=1.0)
+    assert len(plain) == 2 and all(size == 2 and max(y) < 4 for size, y in plain)
+    assert guided[0][1][:2] == plain[0][1]                                   # same labels either way
+
+
+def test_unconditional_model():
+    model, run = random_model(["model.num_classes=0"])
+    got = draw(model, run, num_samples=2, sampler="ddim", steps=2, cfg_scale=1.0)
+    assert got[0][0] is None and got[1][1].shape == (4, 3, 16, 16)
+    with pytest.raises(ValueError, match="class-conditional"):
+        draw(model, run, cfg_scale=3.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The `flexgen sample` command.
+
+
+def test_sample_main_end_to_end(tmp_path):
+    model, _ = random_model()
+    save_weights(model, tmp_path / "dense.safetensors")
+    out = tmp_path / "samples"
+    args = parse("--config", TINY, "--ckpt", tmp_path / "dense.safetensors", "--num-samples", 3, "--out", out,
+                 "--sampler", "ddpm", "--steps", 3, "--cfg-scale", 3.0, "--seed", 11, "--batch-size", 2,
+                 "--no-progress", *SMALL, "sample.steps=50")
+    assert args.func is sample_main
+    record = sample_main(args)
+
+    assert sorted(p.name for p in out.iterdir()) == ["0000.mp4", "0001.mp4", "0002.mp4", "grid.png", "samples.json"]
+    for i in range(3):
+        assert read_video(out / f"{i:04d}.mp4").shape == (4, 16, 16, 3)
+    assert json.loads((out / "samples.json").read_text()) == record
+    assert record["steps"] == 3 and record["cfg_scale"] == 3.0 and record["sampler"] == "ddpm"   # options win
+    assert record["checkpoint_sha256"] == file_sha256(tmp_path / "dense.safetensors")
+    assert [s["seed"] for s in record["samples"]] == [11, 12, 13]
+    assert [s["label"] for s in record["samples"]] == resolve_labels(3, 11, 4)
+    assert record["model"]["num_frames"] == 4 and record["density"] is None and record["codec"] == video_codec()
+    assert record["flops"]["model_evaluations"] == 6                          # 3 steps × 2 (CFG)
+    assert record["flops"]["gmacs_per_sample"] == pytest.approx(6 * record["flops"]["gmacs_per_forward_dense"])
+    grid = Image.open(out / "grid.png")
+    assert grid.size == (3 * (4 * 16 + 2) + 2, 16 + 4)                       # 3 cells of 4 frames, one row
+
+
+def test_flexlatte_config_samples_from_a_dense_checkpoint(tmp_path):
+    model, _ = random_model()
+    save_weights(model, tmp_path / "dense.safetensors")
+    record = sample_main(parse("--config", TINY, "--ckpt", tmp_path / "dense.safetensors", "--num-samples", 2,
+                               "--out", tmp_path / "flex", "--sampler", "ddim", "--steps", 4, "--no-progress",
+                               *SMALL, *FLEX))
+    assert record["model_class"] == "FlexLatte" and record["density"]["layout"] == "PGSRT"
+    flops = record["flops"]
+    assert set(flops["steps_per_grid"]) <= {2, 3, 4} and sum(flops["steps_per_grid"].values()) == 4
+    assert 0 < flops["reduction"] < 1
+    assert read_video(tmp_path / "flex" / "0001.mp4").shape == (4, 16, 16, 3)
+
+
+def test_one_frame_model_writes_png(tmp_path):
+    model, _ = random_model(["model.preset=DiT-S/2", "model.depth=2"])
+    save_weights(model, tmp_path / "dit.safetensors")
+    record = sample_main(parse("--config", TINY, "--ckpt", tmp_path / "dit.safetensors", "--num-samples", 2,
+                               "--out", tmp_path / "dit", "--sampler", "ddim", "--steps", 2, "--no-progress",
+                               *SMALL, "model.preset=DiT-S/2", "model.depth=2"))
+    assert record["format"] == "png" and [s["file"] for s in record["samples"]] == ["0000.png", "0001.png"]
+    assert Image.open(tmp_path / "dit" / "0001.png").size == (16, 16)
+    assert (tmp_path / "dit" / "grid.png").is_file()
+
+
+TORCHRUN_SCRIPT = """
+import argparse, sys
+from flexgen.sample import add_sample_arguments, sample_main
+sample_main(add_sample_arguments(argparse.ArgumentParser()).parse_args(sys.argv[1:]))
+"""
+
+
+def test_torchrun_two_ranks_shard_the_samples(tmp_path):
+    model, _ = random_model()
+    save_weights(model, tmp_path / "dense.safetensors")
+    (tmp_path / "run.py").write_text(TORCHRUN_SCRIPT)
+    common = ["--config", TINY, "--ckpt", tmp_path / "dense.safetensors", "--num-samples", 5, "--sampler", "ddpm",
+              "--steps", 3, "--batch-size", 2, "--no-progress", *SMALL]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             *map(str, [tmp_path / "run.py", *common, "--out", tmp_path / "two"])],
+                            cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = sample_main(parse(*common, "--out", tmp_path / "one"))
+
+    two = json.loads((tmp_path / "two" / "samples.json").read_text())
+    assert two["world_size"] == 2 and two["samples"] == single["samples"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    for i in range(5):
+        a, b = (read_video(tmp_path / d / f"{i:04d}.mp4").astype(int) for d in ("one", "two"))
+        assert a.shape == b.shape and np.abs(a - b).mean() < 1     # same sample (float32 rounding aside)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="weights file not found"):
+        sample_main(parse("--config", TINY, "--ckpt", tmp_path / "missing.safetensors", "--out", tmp_path / "x",
+                          "--no-progress"))
+    assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Video files and grids.
+
+
+def smooth_clip(frames, height, width):
+    """uint8 (F, H, W, 3): gradients that drift over time, one per channel."""
+    f, y, x = np.meshgrid(np.arange(frames), np.arange(height), np.arange(width), indexing="ij")
+    channels = [60 + 120 * x / width + 8 * f, 60 + 120 * y / height, 200 - 60 * (x + y) / (width + height) - 4 * f]
+    return np.stack(channels, axis=-1).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("codec", [None, "mpeg4"])
+@pytest.mark.parametrize("size", [(16, 16), (15, 17), (9, 8)])
+def test_write_read_video_round_trip(tmp_path, codec, size):
+    clip = smooth_clip(6, *size)
+    write_video(tmp_path / "a.mp4", clip, fps=8, codec=codec)
+    back = read_video(tmp_path / "a.mp4")
+    assert back.shape == clip.shape and back.dtype == np.uint8
+    error = np.abs(back.astype(int) - clip.astype(int))
+    # lossy, and 4:2:0 chroma on a 16×16 colour gradient costs a few levels; H.264 4:4:4 (odd sizes) is tight
+    assert error.mean() < 6 and error.max() < 24
+    if (codec or video_codec()) == "libx264" and size[0] % 2:
+        assert error.mean() < 1.5
+    write_video(tmp_path / "b.mp4", torch.from_numpy(clip).permute(0, 3, 1, 2), codec=codec)   # (F, 3, H, W)
+    assert np.array_equal(read_video(tmp_path / "b.mp4"), back)
+
+
+def test_video_errors(tmp_path):
+    with pytest.raises(ValueError, match="uint8"):
+        write_video(tmp_path / "a.mp4", np.zeros((2, 8, 8, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="3 RGB channels"):
+        write_video(tmp_path / "a.mp4", np.zeros((2, 8, 8, 4), dtype=np.uint8))
+    with pytest.raises(FileNotFoundError):
+        read_video(tmp_path / "missing.mp4")
+
+
+def test_save_grid_layout(tmp_path):
+    videos = torch.randint(0, 256, (5, 7, 3, 8, 6), dtype=torch.uint8)
+    save_grid(tmp_path / "v.png", videos, nrow=2, frames_per_video=3, padding=1)
+    grid = np.asarray(Image.open(tmp_path / "v.png"))
+    assert grid.shape == (3 * 9 + 1, 2 * (3 * 6 + 1) + 1, 3)               # 3 rows of 2 cells, 3 frames per cell
+    cell = grid[1 + 9:1 + 9 + 8, 1 + 19:1 + 19 + 18]                          # sample 3: frames 0, 3, 6
+    expected = videos[3, [0, 3, 6]].permute(2, 0, 3, 1).reshape(8, 18, 3)
+    assert np.array_equal(cell, expected.numpy())
+    images = np.random.default_rng(0).integers(0, 256, (3, 5, 4, 3), dtype=np.uint8)
+    save_grid(tmp_path / "i.png", images, nrow=4)
+    assert np.asarray(Image.open(tmp_path / "i.png")).shape == (5 + 4, 3 * (4 + 2) + 2, 3)
