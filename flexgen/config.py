@@ -93,7 +93,7 @@ class DiffusionConfig:
 class TrainConfig:
     lr: float = 1e-4                    # AdamW, constant
     weight_decay: float = 0.0
-    ema_decay: float = 0.9999
+    ema_decay: float = 0.9999           # at step k the EMA uses min(ema_decay, (1 + k) / (10 + k)) (warm-up)
     batch_size: int = 5                 # per device (Latte: 5 per GPU × 8 GPUs)
     total_samples: int = 40_000_000     # training length in clips seen (Latte: ~1M steps × 40 is a cap)
     grad_clip: float = 0.1              # max gradient norm, applied once clip_after_samples clips were seen
@@ -115,6 +115,7 @@ class SampleConfig:
     seed: int = 0                       # noise for sample i comes from seed + i
     num_samples: int = 2048             # FVD protocol: 2048 videos
     batch_size: int = 2                 # per device
+    clip_denoised: bool = False         # clip predicted x_0 to [-1, 1]: for pixel-space models, not latents
 
     def __post_init__(self):
         from flexgen.diffusion import SAMPLERS

@@ -219,27 +219,32 @@ class GaussianDiffusion:
 # ----------------------------------------------------------------------------------------------------------------
 # diffusers schedulers, configured to reproduce the IDDPM / DiT sampling protocol.
 
-def make_scheduler(name: str, betas: Tensor, num_steps: int, learned_sigma: bool = True
+def make_scheduler(name: str, betas: Tensor, num_steps: int, learned_sigma: bool = True, clip_denoised: bool = False
                    ) -> DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler:
-    """A diffusers scheduler for `betas` (num_train_timesteps = len(betas)) with set_timesteps(num_steps) done."""
+    """A diffusers scheduler for `betas` (num_train_timesteps = len(betas)) with set_timesteps(num_steps) done.
+    `clip_denoised` clips each predicted x_0 to [-1, 1] (IDDPM's clip_denoised, for pixel-space models; latent
+    models such as Latte sample without it)."""
     betas_np = torch.as_tensor(betas, dtype=torch.float64).detach().cpu().numpy()
     num_train = len(betas_np)
     if not 1 <= num_steps <= num_train:
         raise ValueError(f"num_steps must be in [1, {num_train}], got {num_steps}")
     common = {"num_train_timesteps": num_train, "trained_betas": betas_np, "prediction_type": "epsilon",
               "thresholding": False}
+    clip = {"clip_sample": clip_denoised, "clip_sample_range": 1.0}
     if name == "ddpm":
         # Nichol & Dhariwal 2021, Sec. 4: respaced ancestral sampling; "linspace" == IDDPM space_timesteps(T, "N")
         scheduler = DDPMScheduler(**common, variance_type="learned_range" if learned_sigma else "fixed_small",
-                                  timestep_spacing="linspace", clip_sample=False)
+                                  timestep_spacing="linspace", **clip)
     elif name == "ddim":
         # Song et al. 2021, Eq. 12 with η = 0; "leading" + set_alpha_to_one == IDDPM "ddimN"
-        scheduler = DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True, timestep_spacing="leading",
-                                  steps_offset=0)
+        scheduler = DDIMScheduler(**common, set_alpha_to_one=True, timestep_spacing="leading", steps_offset=0,
+                                  **clip)
     elif name == "dpm-solver++":
         # Lu et al. 2022b, DPM-Solver++(2M), data-prediction multistep solver
-        scheduler = DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
-                                                lower_order_final=True, timestep_spacing="linspace")
+        # It has no static clipping; thresholding with sample_max_value = 1 clips x_0 to [-1, 1] exactly.
+        threshold = {"thresholding": True, "sample_max_value": 1.0} if clip_denoised else {}
+        scheduler = DPMSolverMultistepScheduler(**{**common, **threshold}, algorithm_type="dpmsolver++",
+                                                solver_order=2, lower_order_final=True, timestep_spacing="linspace")
     else:
         raise ValueError(f"unknown sampler {name!r}; expected one of {SAMPLERS}")
     scheduler.set_timesteps(num_steps)
@@ -277,7 +282,8 @@ def seeded_noise(shape_per_sample: Sequence[int], seeds: Sequence[int], device: 
 
 @torch.no_grad()
 def sample(model: Model, shape: Sequence[int], seeds: Sequence[int], *, sampler: str = "ddpm", steps: int = 250,
-           betas: Tensor | None = None, learned_sigma: bool = True, model_kwargs: Mapping[str, Any] | None = None,
+           betas: Tensor | None = None, learned_sigma: bool = True, clip_denoised: bool = False,
+           model_kwargs: Mapping[str, Any] | None = None,
            device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, progress: bool = False) -> Tensor:
     """Draw len(seeds) samples of per-sample `shape` (channels on dim -3); returns x_0 in the model's layout.
 
@@ -290,7 +296,7 @@ def sample(model: Model, shape: Sequence[int], seeds: Sequence[int], *, sampler:
     if len(shape) < 3:
         raise ValueError(f"shape must be per-sample (..., C, H, W), got {tuple(shape)}")
     betas = linear_betas() if betas is None else betas
-    scheduler = make_scheduler(sampler, betas, steps, learned_sigma=learned_sigma)
+    scheduler = make_scheduler(sampler, betas, steps, learned_sigma=learned_sigma, clip_denoised=clip_denoised)
     model_kwargs = dict(model_kwargs or {})
     generators = make_generators(seeds)
     x = _noise_from(generators, shape, device, dtype)

@@ -102,8 +102,8 @@ class SampleBatch(NamedTuple):
 def generate(model: Latte, autoencoder: Autoencoder, *, num_samples: int, seed: int = 0, sampler: str = "ddpm",
              steps: int = 250, cfg_scale: float = 1.0, batch_size: int = 1,
              labels: int | Sequence[int] | None = None, rank: int = 0, world_size: int = 1,
-             betas: torch.Tensor | None = None, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-             progress: bool = False) -> Iterator[SampleBatch]:
+             betas: torch.Tensor | None = None, clip_denoised: bool = False, device: torch.device | str = "cpu",
+             dtype: torch.dtype | None = None, progress: bool = False) -> Iterator[SampleBatch]:
     """Draw this rank's share of `num_samples` samples in batches of up to `batch_size` and decode them.
 
     `model` (a Latte / DiT / FlexLatte, in eval mode) and `autoencoder` must already be on `device`; the
@@ -140,7 +140,8 @@ def generate(model: Latte, autoencoder: Autoencoder, *, num_samples: int, seed: 
                 null = torch.full_like(y, config.num_classes)                                      # (B,)
                 net = classifier_free_guidance(model, cfg_scale, {"y": y}, {"y": null})
             latents = sample(net, shape, [seed + i for i in indices], sampler=sampler, steps=steps, betas=betas,
-                             learned_sigma=config.learn_sigma, device=device, dtype=dtype)    # (B, *shape)
+                             learned_sigma=config.learn_sigma, clip_denoised=clip_denoised, device=device,
+                             dtype=dtype)                                                      # (B, *shape)
             videos = to_uint8(autoencoder.decode(latents)).cpu()        # (B, F, 3, H, W) or (B, 3, H, W)
             bar.update(len(indices))
             yield SampleBatch(indices, batch_labels, videos)
@@ -313,8 +314,8 @@ def _run_sampling(args: argparse.Namespace, rank: int, world_size: int, device: 
 
     for batch in generate(model, autoencoder, num_samples=s.num_samples, seed=s.seed, sampler=s.sampler,
                           steps=s.steps, cfg_scale=s.cfg_scale, batch_size=s.batch_size, rank=rank,
-                          world_size=world_size, betas=betas, device=device, dtype=dtype,
-                          progress=rank == 0 and not args.no_progress):
+                          world_size=world_size, betas=betas, clip_denoised=s.clip_denoised, device=device,
+                          dtype=dtype, progress=rank == 0 and not args.no_progress):
         for index, pixels in zip(batch.indices, batch.videos, strict=True):
             write_sample(sample_file(out, index, video_model), pixels, fps=args.fps)
     _barrier(world_size, device)
@@ -328,7 +329,8 @@ def _run_sampling(args: argparse.Namespace, rank: int, world_size: int, device: 
     record = {
         "config": str(args.config), "overrides": overrides,
         "checkpoint": str(args.ckpt), "checkpoint_sha256": file_sha256(args.ckpt),
-        "sampler": s.sampler, "steps": s.steps, "cfg_scale": s.cfg_scale, "seed": s.seed,
+        "sampler": s.sampler, "steps": s.steps, "cfg_scale": s.cfg_scale, "clip_denoised": s.clip_denoised,
+        "seed": s.seed,
         "num_samples": s.num_samples, "batch_size": s.batch_size, "world_size": world_size, "dtype": args.dtype,
         "format": "mp4" if video_model else "png", "fps": args.fps if video_model else None,
         "codec": video_codec() if video_model else "png",

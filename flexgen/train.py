@@ -212,7 +212,9 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
             clip = tc.grad_clip if tc.grad_clip > 0 and step * global_batch >= tc.clip_after_samples else math.inf
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
-            update_ema(ema, model, tc.ema_decay)
+            # EMA warm-up (diffusers' EMAModel default): early averages do not drag the zero-initialised
+            # output layers along for thousands of steps; negligible for Latte's 1M-step runs.
+            update_ema(ema, model, min(tc.ema_decay, (1 + step) / (10 + step)))
             step += 1
 
             window.append({"loss": loss.detach(), "mse": terms["mse"].mean().detach(),

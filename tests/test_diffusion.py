@@ -492,3 +492,17 @@ def test_wrong_output_shape_is_rejected():
         sample(ChannelMix(3, learned_sigma=True), (3, 4, 4), [0], steps=2, learned_sigma=False)
     with pytest.raises(ValueError, match="same keys"):
         classifier_free_guidance(ChannelMix(3, True), 2.0, {"y": torch.zeros(1)}, {})
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_clip_denoised_keeps_pixel_samples_in_range(sampler):
+    # A model whose ε is badly off at high noise sends unclipped x_0 estimates far outside the data range
+    # (what an under-trained pixel-space model does); clipping x_0 to [-1, 1] keeps every sample in range.
+    def bad_model(x, t):
+        eps = 0.5 * x
+        return torch.cat([eps, torch.full_like(x, -1.0)], dim=-3)
+
+    free = sample(bad_model, (2, 3, 4, 4), [0, 1], sampler=sampler, steps=10)
+    clipped = sample(bad_model, (2, 3, 4, 4), [0, 1], sampler=sampler, steps=10, clip_denoised=True)
+    assert free.abs().max() > 2
+    assert clipped.abs().max() <= 1.0 + 1e-5
