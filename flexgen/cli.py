@@ -147,18 +147,6 @@ def convert(args: argparse.Namespace) -> None:
           f"{model.config.num_spatial} spatial + {model.config.num_temporal} temporal blocks{layout})")
 
 
-DEMO_PLAN = """\
-flexgen demo: the main job on embedded data. It will
-  1. generate a small synthetic clip set (moving shapes, a few motion classes) as real mp4 files,
-  2. train a small dense Latte on it on the CPU,
-  3. convert it to FlexDiT and fine-tune briefly,
-  4. sample videos from both (mp4 + a preview grid) and evaluate them,
-  5. print and write a leaderboard with FLOPs per sample, latency and held-out loss.
-The data pipeline, training loop and FlexDiT conversion are not built yet (issues 3 and 4); today this
-command only prints this plan. What already runs: `flexgen bench flops --model Latte-XL/2 --json`.
-"""
-
-
 def default_run_dir(config_path: str, overrides: list[str], results_dir: str) -> Path:
     """results_dir/<config name>[-<hash of the overrides>]: the same command finds the same run (and resumes)."""
     name = Path(config_path).stem
@@ -181,7 +169,12 @@ def train_command(args: argparse.Namespace) -> None:
 
 
 def demo(args: argparse.Namespace) -> None:
-    print(DEMO_PLAN, end="")
+    from flexgen.demo import leaderboard_markdown, run_demo
+
+    result = run_demo(args.out, quick=args.quick, progress=not args.no_progress)
+    print()
+    print(leaderboard_markdown(result), end="")
+    print(f"samples, checkpoints and leaderboard.md in {args.out}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -250,8 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_sample_arguments(commands.add_parser("sample", help="generate videos (images for DiT) from a checkpoint: "
                                              "mp4 files, grid.png, samples.json; sharded under torchrun"))
 
-    dem = commands.add_parser("demo", help="the main job on embedded data (prints its plan until built)")
+    dem = commands.add_parser("demo", help="the whole loop on embedded synthetic data, on a CPU: train dense, "
+                              "convert to FlexDiT and fine-tune, sample, measure, leaderboard")
+    dem.add_argument("--out", default="results/demo", help="output folder")
+    dem.add_argument("--quick", action="store_true", help="tiny budgets (seconds, not minutes): a smoke test")
+    dem.add_argument("--no-progress", action="store_true", help="no progress bars")
     dem.set_defaults(func=demo)
+
+    data = commands.add_parser("data", help="datasets").add_subparsers(dest="data", required=True, metavar="WHAT")
+    from flexgen.video.data import add_prepare_arguments, prepare_main
+    prep = data.add_parser("prepare", help="check and index a downloaded dataset; convert videos to frame "
+                           "folders for FVD reference sets")
+    add_prepare_arguments(prep)
+    prep.set_defaults(func=prepare_main)
     return parser
 
 
