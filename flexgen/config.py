@@ -101,6 +101,7 @@ class TrainConfig:
     seed: int = 3407
     bf16: bool = False                  # bf16 autocast (Latte trained in fp32)
     grad_checkpointing: bool = False
+    fsdp: bool = False                  # under torchrun: shard parameters, gradients, optimizer state (FSDP2)
     log_every_samples: int = 4_000
     ckpt_every_samples: int = 400_000
     results_dir: str = "results"       # runs go to results_dir/<config name> unless --run-dir is given

@@ -10,6 +10,8 @@
 - Randomness is re-seeded every step from (seed, step) for what all ranks share and (seed, rank, step) for what
   each rank draws (timesteps, noise, label dropout, VAE posterior samples), and the data order is a function of
   (seed, epoch), so a resumed run reaches exactly the parameters of an uninterrupted one.
+- `train.fsdp` (under torchrun) shards every block and the model with FSDP2 instead of replicating it (DDP);
+  checkpoints hold full, unsharded state either way.
 - A FlexDiT model draws each micro-batch's timesteps from one density stage (`flexgen.density.draw_stage`):
   one token count per forward, timesteps uniform over all ranks and steps.
 """
@@ -98,6 +100,37 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)         # atomic: a crash never leaves a half-written latest.pt
 
 
+# ----------------------------------------------------------------------------------------------------------
+# FSDP (train.fsdp under torchrun): every transformer block is a shard unit, then the whole model.
+
+
+def shard(model: torch.nn.Module) -> None:
+    from torch.distributed.fsdp import fully_shard
+
+    for block in [*model.spatial_blocks, *model.temporal_blocks]:
+        fully_shard(block)
+    fully_shard(model)
+
+
+def full_state_dicts(model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     fsdp: bool) -> dict:
+    """Unsharded model, EMA and optimizer state on the CPU (under FSDP every rank must call this)."""
+    if not fsdp:
+        return {"model": model.state_dict(), "ema": ema.state_dict(), "opt": optimizer.state_dict()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return {"model": get_model_state_dict(model, options=full), "ema": get_model_state_dict(ema, options=full),
+            "opt": get_optimizer_state_dict(model, optimizer, options=full)}
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict, fsdp: bool) -> None:
+    if not fsdp:
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
         for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
@@ -153,20 +186,28 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
         load_weights(model, tc.init_from)                 # dense -> FlexDiT conversion happens here
     model.set_grad_checkpointing(tc.grad_checkpointing)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     autoencoder = Autoencoder.from_config(cfg.autoencoder).to(env.device)
 
-    step = 0
+    step, state = 0, None
     latest = ckpt_dir / "latest.pt"
-    if latest.is_file():
+    if latest.is_file():                                  # resume: full weights are loaded before any sharding
         state = torch.load(latest, map_location=env.device, weights_only=True)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["opt"])
         step = state["step"]
-    net = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None) \
-        if env.world_size > 1 else model
+    fsdp = tc.fsdp and env.world_size > 1
+    if fsdp:
+        shard(model)
+        shard(ema)
+        net = model
+    elif env.world_size > 1:
+        net = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    else:
+        net = model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    if state is not None:
+        load_optimizer_state(model, optimizer, state["opt"], fsdp)
 
     if dataset is None:
         from flexgen.video.data import build_dataset
@@ -211,6 +252,8 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
             loss.backward()
             clip = tc.grad_clip if tc.grad_clip > 0 and step * global_batch >= tc.clip_after_samples else math.inf
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            if hasattr(grad_norm, "full_tensor"):                          # a DTensor under FSDP
+                grad_norm = grad_norm.full_tensor()
             optimizer.step()
             # EMA warm-up (diffusers' EMAModel default): early averages do not drag the zero-initialised
             # output layers along for thousands of steps; negligible for Latte's 1M-step runs.
@@ -236,11 +279,14 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
                     if bar is not None:
                         bar.set_postfix(loss=f"{stats['loss']:.4f}")
             if step % ckpt_every == 0 or step == last_step:
+                states = full_state_dicts(model, ema, optimizer, fsdp)          # collective under FSDP
                 if env.is_main:
-                    _save_checkpoint(latest, {"model": model.state_dict(), "ema": ema.state_dict(),
-                                              "opt": optimizer.state_dict(), "step": step,
-                                              "samples": step * global_batch, "config": config_to_dict(cfg)})
-                    save_weights(ema, run_dir / "ema.safetensors")
+                    _save_checkpoint(latest, {**states, "step": step, "samples": step * global_batch,
+                                              "config": config_to_dict(cfg)})
+                    export = build_model(cfg) if fsdp else ema
+                    if fsdp:
+                        export.load_state_dict(states["ema"])
+                    save_weights(export, run_dir / "ema.safetensors")
                 dist.barrier()
             if step >= last_step:
                 break

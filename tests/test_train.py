@@ -104,14 +104,31 @@ def test_heldout_loss_is_the_same_measure_for_every_model():
     assert a == b and a["mse"] == pytest.approx(1.0, abs=0.2)          # a fresh model predicts ε = 0
 
 
-def test_two_process_ddp_with_gloo(tmp_path):
+def torchrun(run_dir, *overrides, port=29517):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                             "--master_port=29517", "tests/train_helpers.py", str(tmp_path)],
+                             f"--master_port={port}", "tests/train_helpers.py", str(run_dir), *overrides],
                             capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_two_process_ddp_with_gloo(tmp_path):
+    torchrun(tmp_path)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["digest"] == ranks[1]["digest"]                    # DDP keeps the replicas identical
     assert ranks[0]["samples"] == 32 and ranks[0]["step"] == 8        # global batch = 2 ranks × 2 clips
     stats = [json.loads(line) for line in (tmp_path / "stats.jsonl").read_text().splitlines()]
     assert stats[-1]["samples"] == 32
+
+
+def test_fsdp_matches_ddp(tmp_path):
+    # Both are exact data parallelism over the same data, timesteps and noise: the same parameters result
+    # (up to float summation order), and FSDP's checkpoint holds the full, unsharded weights.
+    torchrun(tmp_path / "ddp", port=29518)
+    torchrun(tmp_path / "fsdp", "train.fsdp=true", port=29519)
+    ddp = torch.load(tmp_path / "ddp" / "final.pt", weights_only=True)
+    fsdp = torch.load(tmp_path / "fsdp" / "final.pt", weights_only=True)
+    assert ddp.keys() == fsdp.keys()
+    for key in ddp:
+        torch.testing.assert_close(fsdp[key], ddp[key], rtol=1e-4, atol=1e-5)
+    assert load_model(tmp_path / "fsdp" / "ema.safetensors")      # the EMA export works under FSDP too

@@ -34,19 +34,22 @@ class Clips(torch.utils.data.Dataset):
 def params_digest(model) -> str:
     h = hashlib.sha256()
     for p in model.parameters():
+        p = p.full_tensor() if hasattr(p, "full_tensor") else p      # FSDP: gather the shards (collective)
         h.update(p.detach().cpu().numpy().tobytes())
     return h.hexdigest()
 
 
-if __name__ == "__main__":      # torchrun --nproc_per_node=2 tests/train_helpers.py RUN_DIR
+if __name__ == "__main__":      # torchrun --nproc_per_node=2 tests/train_helpers.py RUN_DIR [KEY=VALUE ...]
     from flexgen import dist
     from flexgen.train import train
 
     run_dir = sys.argv[1]
-    cfg = load_config("configs/demo/tiny.yaml", [*TINY, "train.total_samples=32"])
+    cfg = load_config("configs/demo/tiny.yaml", [*TINY, "train.total_samples=32", *sys.argv[2:]])
     summary = train(cfg, run_dir, dataset=Clips(), device="cpu", progress=False)
     rank = dist.init("cpu").rank
     with open(f"{run_dir}/rank{rank}.json", "w") as f:
         json.dump({"digest": params_digest(summary["model"]), "samples": summary["samples"],
                    "step": summary["step"]}, f)
+    if rank == 0:       # the full weights as saved (unsharded also under FSDP)
+        torch.save(torch.load(f"{run_dir}/checkpoints/latest.pt", weights_only=True)["model"], f"{run_dir}/final.pt")
     dist.shutdown()
