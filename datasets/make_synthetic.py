@@ -24,7 +24,6 @@ import argparse
 import math
 from pathlib import Path
 
-import av
 import numpy as np
 
 # Class name -> ("move", dx, dy): direction of travel (y down); ("spin", ±1, 0): +1 turns clockwise on screen.
@@ -85,23 +84,15 @@ def render_clip(motion: str, num_frames: int, size: int, rng: np.random.Generato
 
 
 def write_mp4(path: str | Path, frames: np.ndarray, codec: str = CODEC, fps: int = FPS) -> None:
-    """uint8 (T, H, W, 3) -> an mp4 file (yuv420p: H and W must be even)."""
+    """uint8 (T, H, W, 3) -> an mp4 file (yuv420p: H and W must be even), encoded on one thread so the same
+    seed gives byte-identical files."""
+    from flexgen.video.io import write_video
+
     height, width = frames.shape[1:3]
     if height % 2 or width % 2:
         raise ValueError(f"yuv420p needs even frame sides, got {width}x{height}")
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.thread_count = 1
-        if codec == "libx264":
-            stream.options = {"crf": "18"}
-        else:
-            stream.bit_rate = 2_000_000
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():                                     # flush
-            container.mux(packet)
+    write_video(path, frames, fps=fps, codec=codec, threads=1,
+                options={"crf": "18"} if codec == "libx264" else {"b": "2000000"})
 
 
 # ----------------------------------------------------------------------------------------------------------

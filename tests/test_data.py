@@ -13,7 +13,6 @@ import json
 import warnings
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -22,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from flexgen.config import DATASETS as CONFIG_DATASETS
 from flexgen.config import DataConfig
-from flexgen.video import data
+from flexgen.video import data, io
 from flexgen.video.data import (
     DATASETS,
     DatasetLayoutError,
@@ -54,18 +53,8 @@ def coded_frames(n: int, h: int = H, w: int = W) -> np.ndarray:
 def write_video(path: Path, frames: np.ndarray, codec: str = "libx264") -> Path:
     """A real video file: H.264 (lossless, crf 0) or MPEG-4 part 2 at a high bit rate."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=25)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        if codec == "libx264":
-            stream.options = {"crf": "0"}
-        else:
-            stream.bit_rate = 2_000_000
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    io.write_video(path, frames, fps=25, codec=codec,
+                   options={"crf": "0"} if codec == "libx264" else {"b": "2000000"})
     return path
 
 

@@ -60,10 +60,13 @@ def video_codec() -> str:
     return "libx264" if "libx264" in av.codecs_available else "mpeg4"
 
 
-def write_video(path: str | Path, frames: Frames, fps: int = 8, codec: str | None = None) -> None:
+def write_video(path: str | Path, frames: Frames, fps: int = 8, codec: str | None = None,
+                options: dict[str, str] | None = None, threads: int | None = None) -> None:
     """Write uint8 RGB frames (F, 3, H, W) or (F, H, W, 3) as an mp4 at `fps` frames per second.
 
-    `codec` (libx264 or mpeg4) defaults to `video_codec()`; see the module docstring for pixel formats."""
+    `codec` (libx264 or mpeg4) defaults to `video_codec()`; see the module docstring for pixel formats.
+    `options` replace the default encoder options (e.g. {"crf": "0"} for lossless H.264); `threads=1` makes
+    the encoding byte-reproducible."""
     array = _channels_last(_as_uint8_numpy(frames, "frames"), "frames")
     if array.ndim != 4 or array.shape[0] == 0:
         raise ValueError(f"frames must be (F, H, W, 3) or (F, 3, H, W) with F >= 1, got shape {array.shape}")
@@ -74,12 +77,14 @@ def write_video(path: str | Path, frames: Frames, fps: int = 8, codec: str | Non
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = width, height
+        if threads is not None:
+            stream.codec_context.thread_count = threads
         if codec == "libx264":
             stream.pix_fmt = "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p"
-            stream.options = {"crf": str(H264_CRF)}
+            stream.options = options or {"crf": str(H264_CRF)}
         else:
             stream.pix_fmt = "yuv420p"
-            stream.options = {"qmin": str(MPEG4_QSCALE), "qmax": str(MPEG4_QSCALE)}
+            stream.options = options or {"qmin": str(MPEG4_QSCALE), "qmax": str(MPEG4_QSCALE)}
         for frame in array:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)
