@@ -1,0 +1,499 @@
+"""Named evaluation protocols (FVD / KID on videos), real and generated clip sampling, cached reference statistics.
+
+A number such as "FVD 2048/16f" is only comparable when everything behind it is fixed: which real clips (split,
+count, which videos, which offset, frame stride), which generated clips, and which detector weights. A `Protocol`
+names all of that; `evaluate` records it next to the value, and the metric name says which detector was used:
+
+- `fvd2048_16f` follows StyleGAN-V / Latte (`tools/metrics/frechet_video_distance.py`): 2048 real clips of 16
+  frames taken every 3rd frame, one per video, from a random offset; videos shorter than 16 x 3 = 48 frames are
+  discarded; 2048 generated clips made of their first 16 consecutive frames; no horizontal flips; the I3D detector
+  called with rescale/resize (`I3DDetector`). Unlike Latte (first N videos in sorted order, unseeded offsets), the
+  videos (a random subset when there are more than N) and the offsets are drawn from the protocol's seed, so the
+  reference statistics are reproducible.
+- A detector is any callable from uint8 frame-first videos (N, T, 3, H, W) to float features (N, D) with the
+  attributes `name` and `sha256`. Only the standard detector file (I3D `bec6519f…`) earns the plain metric name
+  ("fvd"); any other detector is named in it ("fvd[random-i3d]") so such numbers can never pass for FVD.
+- Reference statistics are cached as `<cache_dir>/<protocol>-<key[:16]>.npz`, the key being the sha256 of the real
+  set's listing (relative paths and sizes), the detector sha256 and the protocol fields; written atomically.
+
+Image FID (`fid50k`) is registered for completeness, but flexgen has no Inception detector yet: `eval fid` says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, runtime_checkable
+from typing import Protocol as TypingProtocol
+
+import numpy as np
+import torch
+
+from flexgen.metrics.frechet import FeatureStats, fid_from_stats, kid_from_stats
+from flexgen.metrics.i3d import I3D_SHA256, default_i3d_path, sha256_file
+from flexgen.video.data import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_frames, probe_frames, read_frame_files
+from flexgen.video.data import read_video as read_video_frames
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+DEFAULT_BATCH_SIZE = 8
+
+# sha256 of Inception TorchScript `inception-2015-12-05.pt` as used by clean-fid (not hashed first-hand here).
+INCEPTION_SHA256 = "f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4"
+
+# The detector file each metric is defined with; any other detector gets its name into the metric name.
+STANDARD_DETECTORS = {"fvd": I3D_SHA256, "kid": I3D_SHA256, "fid": INCEPTION_SHA256}
+STANDARD_DETECTOR_NAMES = {I3D_SHA256: "i3d", INCEPTION_SHA256: "inception"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Detector contract
+# ---------------------------------------------------------------------------------------------------------------
+@runtime_checkable
+class Detector(TypingProtocol):
+    """uint8 videos (N, T, 3, H, W) in 0..255 -> float features (N, D); `sha256` identifies the weights."""
+
+    name: str
+    sha256: str | None
+
+    def __call__(self, videos: torch.Tensor) -> torch.Tensor | np.ndarray: ...
+
+
+def detector_name(detector: Any) -> str:
+    """The detector's `name`, else the standard name of its sha256 (I3DDetector has no `name`), else its class."""
+    name = getattr(detector, "name", None)
+    if name:
+        return str(name)
+    return STANDARD_DETECTOR_NAMES.get(getattr(detector, "sha256", None) or "", type(detector).__name__)
+
+
+def metric_name(metric: str, detector: Any) -> str:
+    """'fvd' for the standard I3D weights, 'fvd[<detector name>]' for anything else."""
+    if getattr(detector, "sha256", None) == STANDARD_DETECTORS.get(metric):
+        return metric
+    return f"{metric}[{detector_name(detector)}]"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Protocol: everything that fixes which clips are compared
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    metric: str             # "fvd", "kid" (both on I3D video features) or "fid" (images)
+    num_real: int           # real clips: at most this many (fewer when the real set has fewer usable videos)
+    num_fake: int           # generated clips: exactly this many
+    num_frames: int         # frames per clip (1 for images)
+    real_stride: int        # frame step inside a real clip
+    fake_stride: int        # frame step inside a generated clip (which always starts at frame 0)
+    min_real_frames: int    # real videos with fewer frames are discarded (and counted)
+    seed: int = 0           # draws the real videos (when more than num_real) and each one's offset
+
+    def __post_init__(self) -> None:
+        if self.metric not in STANDARD_DETECTORS:
+            raise ValueError(f"protocol {self.name}: unknown metric {self.metric!r} "
+                             f"(known: {sorted(STANDARD_DETECTORS)})")
+        for attr in ("num_real", "num_fake", "num_frames", "real_stride", "fake_stride"):
+            if getattr(self, attr) < 1:
+                raise ValueError(f"protocol {self.name}: {attr} must be >= 1, got {getattr(self, attr)}")
+        if self.min_real_frames < self.real_span:
+            raise ValueError(f"protocol {self.name}: min_real_frames={self.min_real_frames} is shorter than one "
+                             f"real clip ({self.real_span} frames)")
+
+    @property
+    def real_span(self) -> int:
+        """Frames a real clip covers, first to last."""
+        return (self.num_frames - 1) * self.real_stride + 1
+
+    @property
+    def fake_span(self) -> int:
+        return (self.num_frames - 1) * self.fake_stride + 1
+
+    def with_counts(self, num_real: int | None = None, num_fake: int | None = None) -> Protocol:
+        """The same protocol with other clip counts, under a new name (fvd2048_16f -> fvd64_16f, fvd64x128_16f)."""
+        num_real = self.num_real if num_real is None else num_real
+        num_fake = self.num_fake if num_fake is None else num_fake
+        if (num_real, num_fake) == (self.num_real, self.num_fake):
+            return self
+        match = re.fullmatch(r"([a-z]+)\d+(?:x\d+)?(.*)", self.name)
+        if match is None:
+            raise ValueError(f"protocol name {self.name!r} does not start with <metric><count>; cannot rename it")
+        counts = str(num_real) if num_real == num_fake else f"{num_real}x{num_fake}"
+        return dataclasses.replace(self, name=f"{match.group(1)}{counts}{match.group(2)}", num_real=num_real,
+                                   num_fake=num_fake)
+
+
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
+    # StyleGAN-V / Latte: realdata_subsample_factor=3, discard_short_videos (16 x 3 frames), gen clips from frame 0.
+    Protocol("fvd2048_16f", "fvd", num_real=2048, num_fake=2048, num_frames=16, real_stride=3, fake_stride=1,
+             min_real_frames=48),
+    # The Taichi-HD setting of the Latte maintainer (realdata_subsample_factor=6, Latte issue #115).
+    Protocol("fvd2048_16f_stride6", "fvd", num_real=2048, num_fake=2048, num_frames=16, real_stride=6,
+             fake_stride=1, min_real_frames=96),
+    # KID (unbiased, cubic kernel) on the same I3D features and clips as fvd2048_16f.
+    Protocol("kid2048_16f", "kid", num_real=2048, num_fake=2048, num_frames=16, real_stride=3, fake_stride=1,
+             min_real_frames=48),
+    # Image FID over 50k generated images (needs an Inception detector, not in flexgen yet).
+    Protocol("fid50k", "fid", num_real=50_000, num_fake=50_000, num_frames=1, real_stride=1, fake_stride=1,
+             min_real_frames=1),
+)}
+
+DEFAULT_PROTOCOLS = {"fvd": "fvd2048_16f", "kid": "kid2048_16f", "fid": "fid50k"}
+
+
+def get_protocol(protocol: str | Protocol) -> Protocol:
+    if isinstance(protocol, Protocol):
+        return protocol
+    if protocol not in PROTOCOLS:
+        raise KeyError(f"unknown protocol {protocol!r}; known: {', '.join(sorted(PROTOCOLS))}")
+    return PROTOCOLS[protocol]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Listing a folder of videos: video files and frame folders
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Source:
+    """One video: a video file or a folder of frames, `rel` relative to the set's root (posix)."""
+
+    root: Path
+    rel: str
+    is_frames: bool
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.rel
+
+    def num_frames(self) -> int:
+        return len(list_frames(self.path)) if self.is_frames else probe_frames(self.path)
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        """uint8 (len(indices), H, W, 3)."""
+        if self.is_frames:
+            frames = list_frames(self.path)
+            if max(indices) >= len(frames):
+                raise ValueError(f"{self.path}: frame {max(indices)} needed, the folder has {len(frames)} frames")
+            return read_frame_files([frames[i] for i in indices])
+        return read_video_frames(self.path, list(indices))
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
+
+
+def list_sources(root: str | Path) -> list[Source]:
+    """Every video file (any depth) and every folder that directly holds image files, sorted by relative path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no video folder at {root}")
+    sources = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if _visible(d))
+        here = Path(folder)
+        rel_folder = here.relative_to(root).as_posix()
+        files = sorted(f for f in files if _visible(f))
+        if here != root and any(Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in files):
+            sources.append(Source(root, rel_folder, is_frames=True))
+        for f in files:
+            if Path(f).suffix.lower() in VIDEO_EXTENSIONS:
+                sources.append(Source(root, (here / f).relative_to(root).as_posix(), is_frames=False))
+    if not sources:
+        raise ValueError(f"{root} holds no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) and no frame folders")
+    return sorted(sources, key=lambda s: s.rel)
+
+
+def manifest(root: str | Path) -> list[tuple[str, int]]:
+    """(relative path, size in bytes) of every visible video or image file under `root`, sorted."""
+    root = Path(root)
+    wanted = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
+    entries = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if _visible(d)]
+        for f in files:
+            if _visible(f) and Path(f).suffix.lower() in wanted:
+                path = Path(folder) / f
+                entries.append((path.relative_to(root).as_posix(), path.stat().st_size))
+    return sorted(entries)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ClipSet: which frames of which videos, read lazily in uint8 batches
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClipRef:
+    source: Source
+    indices: tuple[int, ...]     # frame indices into the source
+
+    @property
+    def offset(self) -> int:
+        return self.indices[0]
+
+
+@dataclass
+class ClipSet:
+    """The clips a protocol selected; iterating yields uint8 torch batches (N, T, 3, H, W).
+
+    `discarded` lists (relative path, frame count) of the videos too short for the protocol; `num_candidates`
+    counts the videos that were long enough (the pool the clips were drawn from)."""
+
+    clips: list[ClipRef]
+    discarded: list[tuple[str, int]] = field(default_factory=list)
+    num_candidates: int = 0
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return self.batches(self.batch_size)
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """Batches of up to `batch_size` clips; a clip of another frame size starts a new batch."""
+        pending: list[np.ndarray] = []
+        for clip in self.clips:
+            frames = clip.source.read(clip.indices)
+            if pending and (len(pending) == batch_size or frames.shape != pending[0].shape):
+                yield _to_batch(pending)
+                pending = []
+            pending.append(frames)
+        if pending:
+            yield _to_batch(pending)
+
+
+def _to_batch(clips: list[np.ndarray]) -> torch.Tensor:
+    """(T, H, W, 3) uint8 arrays -> uint8 tensor (N, T, 3, H, W)."""
+    return torch.from_numpy(np.stack(clips)).permute(0, 1, 4, 2, 3).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real clips: random subset of the long-enough videos, one clip per video at a random offset
+# ---------------------------------------------------------------------------------------------------------------
+def sample_real_clips(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ClipSet:
+    """Deterministic given the protocol: same folder + same seed -> same videos and offsets."""
+    protocol = get_protocol(protocol)
+    long_enough: list[tuple[Source, int]] = []
+    discarded: list[tuple[str, int]] = []
+    for source in list_sources(root):
+        length = source.num_frames()
+        if length < protocol.min_real_frames:
+            discarded.append((source.rel, length))
+        else:
+            long_enough.append((source, length))
+    if discarded:
+        log.info("%s: %d videos shorter than %d frames discarded", root, len(discarded), protocol.min_real_frames)
+    if not long_enough:
+        raise ValueError(f"{root}: no video has the {protocol.min_real_frames} frames protocol {protocol.name} "
+                         f"needs ({len(discarded)} shorter ones discarded)")
+
+    # One generator for the whole draw: first the subset (kept in sorted order), then one offset per chosen video.
+    rng = np.random.default_rng(protocol.seed)
+    chosen = range(len(long_enough))
+    if len(long_enough) > protocol.num_real:
+        chosen = sorted(rng.choice(len(long_enough), size=protocol.num_real, replace=False).tolist())
+    clips = []
+    for i in chosen:
+        source, length = long_enough[i]
+        offset = int(rng.integers(0, length - protocol.real_span + 1))
+        indices = tuple(range(offset, offset + protocol.real_span, protocol.real_stride))
+        clips.append(ClipRef(source, indices))
+    return ClipSet(clips, discarded=discarded, num_candidates=len(long_enough), batch_size=batch_size)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generated clips: the first frames of the first num_fake videos (sorted names)
+# ---------------------------------------------------------------------------------------------------------------
+def sample_fake_clips(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ClipSet:
+    """Exactly `num_fake` clips; too few videos, or a video shorter than a clip, is an error (not a silent skip)."""
+    protocol = get_protocol(protocol)
+    sources = list_sources(root)
+    if len(sources) < protocol.num_fake:
+        raise ValueError(f"{root}: protocol {protocol.name} needs {protocol.num_fake} generated videos, found "
+                         f"{len(sources)}; generate more, or pass a smaller --num-fake (renames the protocol)")
+    indices = tuple(range(0, protocol.fake_span, protocol.fake_stride))
+    clips = []
+    for source in sources[:protocol.num_fake]:
+        length = source.num_frames()
+        if length < protocol.fake_span:
+            raise ValueError(f"{source.path}: {length} frames, protocol {protocol.name} needs {protocol.fake_span}")
+        clips.append(ClipRef(source, indices))
+    return ClipSet(clips, num_candidates=len(sources), batch_size=batch_size)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Feature statistics of a stream of batches
+# ---------------------------------------------------------------------------------------------------------------
+def compute_stats(batches: Iterable[torch.Tensor], detector: Callable[[torch.Tensor], Any], keep_features: int = 0,
+                  progress: bool = False, metadata: dict[str, Any] | None = None,
+                  description: str = "features") -> FeatureStats:
+    """Run the detector over every batch and accumulate float64 statistics (keeping up to `keep_features` rows)."""
+    stats = FeatureStats(keep_features=keep_features, metadata=metadata)
+    if progress:
+        from tqdm import tqdm
+
+        total = len(batches.clips) if isinstance(batches, ClipSet) else None
+        bar = tqdm(total=total, desc=description, unit="clip")
+    for batch in batches:
+        features = detector(batch)
+        if len(features) != len(batch):
+            raise ValueError(f"the detector returned {len(features)} feature rows for a batch of {len(batch)}")
+        stats.update(features)
+        if progress:
+            bar.update(len(batch))
+    if progress:
+        bar.close()
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reference statistics, cached by (real set listing, detector, protocol)
+# ---------------------------------------------------------------------------------------------------------------
+def reference_key(root: str | Path, detector_sha256: str, protocol: Protocol, keep_features: int) -> str:
+    payload = {"version": CACHE_VERSION, "manifest": manifest(root), "detector_sha256": detector_sha256,
+               "protocol": dataclasses.asdict(protocol), "keep_features": keep_features}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class Reference:
+    stats: FeatureStats
+    path: Path | None       # the cached .npz (None when not cached)
+    sha256: str | None      # sha256 of that file
+    cache_hit: bool
+    num_discarded: int
+
+
+def reference_stats(root: str | Path, protocol: str | Protocol, detector: Any, cache_dir: str | Path | None = None,
+                    keep_features: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
+                    progress: bool = False) -> Reference:
+    """Statistics of the protocol's real clips: loaded from the cache when present, else computed (and cached).
+
+    A detector without a sha256 is never cached (its statistics could not be told apart from another's)."""
+    protocol = get_protocol(protocol)
+    sha = getattr(detector, "sha256", None)
+    path = None
+    if cache_dir is not None and sha:
+        key = reference_key(root, sha, protocol, keep_features)
+        path = Path(cache_dir) / f"{protocol.name}-{key[:16]}.npz"
+        if path.is_file():
+            stats = FeatureStats.load(path)
+            if stats.metadata.get("key") != key:
+                raise ValueError(f"{path}: cached statistics belong to key {stats.metadata.get('key')}, expected "
+                                 f"{key} (a 16-digit prefix collision?); delete the file")
+            return Reference(stats, path, sha256_file(path), cache_hit=True,
+                             num_discarded=int(stats.metadata["num_discarded"]))
+    elif cache_dir is not None:
+        log.warning("detector %s has no sha256: reference statistics are not cached", detector_name(detector))
+
+    clips = sample_real_clips(root, protocol, batch_size=batch_size)
+    metadata = {"protocol": dataclasses.asdict(protocol), "detector": detector_name(detector),
+                "detector_sha256": sha, "real": str(Path(root).resolve()), "num_real": len(clips),
+                "num_discarded": len(clips.discarded)}
+    if path is not None:
+        metadata["key"] = key
+    stats = compute_stats(clips, detector, keep_features=keep_features, progress=progress, metadata=metadata,
+                          description=f"real {protocol.name}")
+    if path is None:
+        return Reference(stats, None, None, cache_hit=False, num_discarded=len(clips.discarded))
+    stats.save(path)
+    return Reference(stats, path, sha256_file(path), cache_hit=False, num_discarded=len(clips.discarded))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evaluate: one protocol, one real set, one generated set -> one record
+# ---------------------------------------------------------------------------------------------------------------
+def evaluate(protocol: str | Protocol, real: str | Path, fake: str | Path, detector: Any,
+             cache_dir: str | Path | None = None, *, with_kid: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
+             progress: bool = False, kid_subsets: int = 100) -> dict[str, Any]:
+    """The protocol's metric of `fake` against `real`, with everything needed to tell numbers apart.
+
+    `with_kid` keeps the raw features (num_real / num_fake rows) so KID is reported beside the Fréchet distance;
+    a `kid` protocol always keeps them."""
+    protocol = get_protocol(protocol)
+    with_kid = with_kid or protocol.metric == "kid"
+    ref = reference_stats(real, protocol, detector, cache_dir, keep_features=protocol.num_real if with_kid else 0,
+                          batch_size=batch_size, progress=progress)
+    fake_clips = sample_fake_clips(fake, protocol, batch_size=batch_size)
+    fake_stats = compute_stats(fake_clips, detector, keep_features=protocol.num_fake if with_kid else 0,
+                               progress=progress, description=f"generated {protocol.name}")
+
+    fd = fid_from_stats(ref.stats, fake_stats)
+    result: dict[str, Any] = {
+        "metric": metric_name(protocol.metric, detector),
+        "value": fd,
+        "protocol": protocol.name,
+        "protocol_fields": dataclasses.asdict(protocol),
+        "detector": detector_name(detector),
+        "detector_sha256": getattr(detector, "sha256", None),
+        "reference_stats": str(ref.path) if ref.path else None,
+        "reference_stats_sha256": ref.sha256,
+        "reference_cache_hit": ref.cache_hit,
+        "num_real": ref.stats.count,
+        "num_real_discarded": ref.num_discarded,
+        "num_fake": fake_stats.count,
+        "real": str(Path(real).resolve()),
+        "fake": str(Path(fake).resolve()),
+        "frechet_distance": fd,
+    }
+    if with_kid:
+        kid_mean, kid_std = kid_from_stats(ref.stats, fake_stats, num_subsets=kid_subsets, seed=protocol.seed)
+        result.update(kid=kid_mean, kid_std=kid_std)
+        if protocol.metric == "kid":
+            result["value"] = kid_mean
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line: flexgen eval fvd|fid|kid --real DIR --fake DIR ...
+# ---------------------------------------------------------------------------------------------------------------
+def default_stats_cache() -> Path:
+    """`$FLEXGEN_CACHE/ref_stats` (cache default ~/.cache/flexgen)."""
+    return Path(os.environ.get("FLEXGEN_CACHE", "~/.cache/flexgen")).expanduser() / "ref_stats"
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("metric", choices=sorted(DEFAULT_PROTOCOLS), help="fvd, kid (I3D video features) or fid")
+    parser.add_argument("--real", required=True, help="real videos: video files or frame folders <video>/<frame>")
+    parser.add_argument("--fake", required=True, help="generated videos (mp4), the first ones in sorted order")
+    parser.add_argument("--protocol", default=None,
+                        help=f"named protocol (default per metric: {DEFAULT_PROTOCOLS}); known: "
+                             f"{', '.join(sorted(PROTOCOLS))}")
+    parser.add_argument("--detector", default=None,
+                        help=f"I3D TorchScript weights (default {default_i3d_path()}, or $FLEXGEN_I3D)")
+    parser.add_argument("--cache", default=None, help=f"reference statistics cache (default {default_stats_cache()})")
+    parser.add_argument("--num-real", type=int, default=None, help="fewer real clips for quick runs (renames the "
+                                                                   "protocol, e.g. fvd64_16f)")
+    parser.add_argument("--num-fake", type=int, default=None, help="fewer generated clips (renames the protocol)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-kid", action="store_true", help="skip KID (does not keep raw features)")
+    parser.add_argument("--progress", action="store_true", help="show progress bars")
+    return parser
+
+
+def eval_main(args: argparse.Namespace) -> dict[str, Any]:
+    """Run one evaluation and print its record as one JSON line."""
+    protocol = get_protocol(args.protocol or DEFAULT_PROTOCOLS[args.metric])
+    if protocol.metric != args.metric:
+        raise SystemExit(f"protocol {protocol.name} measures {protocol.metric}, not {args.metric}")
+    if protocol.metric == "fid":
+        raise SystemExit("image FID needs the Inception detector, which flexgen does not ship yet; use clean-fid "
+                         "(mode='clean') for now")
+    protocol = protocol.with_counts(args.num_real, args.num_fake)
+
+    from flexgen.metrics.i3d import I3DDetector
+
+    detector = I3DDetector(path=args.detector, device=args.device, batch_size=args.batch_size)  # verifies sha256
+    cache = Path(args.cache).expanduser() if args.cache else default_stats_cache()
+    result = evaluate(protocol, args.real, args.fake, detector, cache, with_kid=not args.no_kid,
+                      batch_size=args.batch_size, progress=args.progress)
+    print(json.dumps(result, sort_keys=True))
+    return result
