@@ -1,0 +1,202 @@
+"""Evaluation records and the leaderboard: JSON Lines round trip, anchors, grouping rules, Markdown / HTML / PNG."""
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from flexgen.metrics.records import (
+    Record,
+    add_leaderboard_arguments,
+    append_record,
+    build_tables,
+    load_anchors,
+    read_records,
+    render_html,
+    render_markdown,
+    render_png,
+)
+
+ANCHORS = Path(__file__).resolve().parents[1] / "eval" / "anchors.json"
+DETECTOR = "bec6519f" + "0" * 56
+REFERENCE = "ab" * 32
+
+
+def measured(**overrides) -> Record:
+    """A measured FVD record on FaceForensics; override any field."""
+    fields = dict(metric="fvd", protocol="styleganv_fvd2048_16f", value=40.0, dataset="ffs",
+                  detector_file="i3d_torchscript.pt", detector_sha256=DETECTOR, reference_sha256=REFERENCE,
+                  num_samples=2048, storage="png", model_family="latte", model_variant="Latte-XL/2",
+                  method="baseline", ckpt_sha256="cd" * 32, sampler="ddpm", steps=250, cfg_scale=1.0, seeds=[0],
+                  gflops_per_forward=1893.0, latency_s=12.5)
+    return Record(**{**fields, **overrides})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Storage
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_append_read_round_trip(tmp_path):
+    path = tmp_path / "sub" / "records.jsonl"
+    first = measured(value=41.5, value_std=0.7, seeds=[0, 1, 2], extra={"gpu": "H100"})
+    second = measured(method="flexdit", value=43.25, gflops_per_forward=830.0)
+    append_record(path, first)
+    append_record(path, second)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2 and all(json.loads(line)["schema"] == "flexgen-eval/1" for line in lines)
+    assert read_records(path) == [first, second]
+
+
+def test_append_after_truncated_line_starts_a_new_line(tmp_path):
+    path = tmp_path / "records.jsonl"
+    append_record(path, measured())
+    with path.open("a") as f:
+        f.write('{"metric": "fvd", "val')           # a writer killed mid-line
+    append_record(path, measured(value=50.0))
+    with pytest.raises(ValueError, match=r"records\.jsonl:2: malformed record"):
+        read_records(path)
+    assert json.loads(path.read_text().splitlines()[2])["value"] == 50.0
+
+
+@pytest.mark.parametrize("bad_line, reason", [
+    ("{not json", "Expecting property name"),
+    ('{"metric": "fvd"}', "missing record field"),
+    ('{"metric": "fvd", "protocol": "p", "value": 1.0, "dataset": "ffs", "colour": "red"}', "unknown record field"),
+    ('{"metric": "fvd", "protocol": "p", "value": 1.0, "dataset": "ffs"}', "needs detector_sha256"),
+    ("[1, 2]", "expected a JSON object"),
+])
+def test_malformed_line_error_names_the_line(tmp_path, bad_line, reason):
+    path = tmp_path / "records.jsonl"
+    append_record(path, measured())
+    with path.open("a") as f:
+        f.write("\n" + bad_line + "\n")              # line 2 blank (skipped), line 3 bad
+    with pytest.raises(ValueError, match=rf"records\.jsonl:3: malformed record: .*{reason}"):
+        read_records(path)
+
+
+def test_record_validation():
+    with pytest.raises(ValueError, match="finite"):
+        measured(value=float("nan"))
+    with pytest.raises(ValueError, match="source"):
+        Record(metric="fid", protocol="adm_fid50k", value=2.27, dataset="imagenet256", published=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Anchors
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_anchors_load():
+    anchors = load_anchors(ANCHORS)
+    assert anchors and all(a.published and a.source and a.confidence for a in anchors)
+    by = {(a.dataset, a.metric, a.model_variant, a.method): a for a in anchors}
+    latte = {ds: by[(ds, "fvd", "Latte-XL/2", "baseline")] for ds in ("ffs", "sky", "ucf101", "taichi")}
+    assert [latte[ds].value for ds in ("ffs", "sky", "ucf101")] == [34.00, 59.82, 477.97]
+    assert all(latte[ds].confidence == "verified" for ds in ("ffs", "sky", "ucf101"))
+    assert latte["taichi"].confidence == "recalled"
+    assert all(a.protocol == "styleganv_fvd2048_16f" and a.num_samples == 2048 for a in latte.values())
+    dit = by[("imagenet256", "fid", "DiT-XL/2", "baseline")]
+    assert (dit.value, dit.gflops_per_forward, dit.protocol) == (2.27, 118.64, "adm_fid50k")
+
+
+def test_anchor_claiming_to_be_measured_is_rejected(tmp_path):
+    path = tmp_path / "anchors.json"
+    entry = dict(metric="fid", protocol="adm_fid50k", value=2.27, dataset="imagenet256", source="DiT", published=False)
+    path.write_text(json.dumps({"schema": "flexgen-anchors/1", "anchors": [entry]}))
+    with pytest.raises(ValueError, match="anchor #0"):
+        load_anchors(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Grouping
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field, other", [
+    ("protocol", "cdfvd_videomae"), ("detector_sha256", "ff" * 32), ("reference_sha256", "ee" * 32),
+    ("num_samples", 10000), ("storage", "mp4"), ("metric", "kid"), ("dataset", "sky"),
+])
+def test_grouping_never_mixes_what_differs(field, other):
+    a, b = measured(value=40.0), measured(value=35.0, **{field: other})
+    tables = build_tables([a, b])
+    assert len(tables) == 2
+    assert sorted(len(t.rows) for t in tables) == [1, 1]
+
+
+def test_published_rows_get_their_own_table_and_flag():
+    anchor = Record(metric="fvd", protocol="styleganv_fvd2048_16f", value=34.0, dataset="ffs", num_samples=2048,
+                    storage="png", model_variant="Latte-XL/2", published=True, source="Latte Table 2",
+                    confidence="verified", detector_sha256=DETECTOR, reference_sha256=REFERENCE)
+    tables = build_tables([measured(), anchor])
+    assert [t.key.published for t in tables] == [False, True]
+    assert [r.published for r in tables[1].rows] == [True]
+    md = render_markdown(tables)
+    assert "· published" in md and "published (verified)" in md and "| measured |" in md
+
+
+def test_same_protocol_rows_share_a_table_best_first():
+    rows = [measured(method="a", value=45.0), measured(method="b", value=38.5), measured(method="c", value=41.0)]
+    (table,) = build_tables(rows)
+    assert [r.method for r in table.rows] == ["b", "c", "a"]
+    higher = [measured(metric="is", method="a", value=60.0), measured(metric="is", method="b", value=70.0)]
+    assert [r.method for r in build_tables(higher)[0].rows] == ["b", "a"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_markdown_table_content_and_order():
+    rows = [measured(method="dense", value=45.125), measured(method="flexdit", value=38.5, gflops_per_forward=830.0),
+            measured(dataset="sky", value=60.0)]
+    md = render_markdown(build_tables(rows))
+    headings = re.findall(r"^## (.*)$", md, flags=re.MULTILINE)
+    assert headings == ["FVD · ffs · styleganv_fvd2048_16f · measured", "FVD · sky · styleganv_fvd2048_16f · measured"]
+    body = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| #")]
+    assert body[0].startswith("| 1 | Latte-XL/2 | flexdit | 38.50 | 830.00 |")
+    assert body[1].startswith("| 2 | Latte-XL/2 | dense | 45.12 | 1893.00 |")
+    assert "detector bec6519f0000…" in md and "(i3d_torchscript.pt)" in md and "N 2048" in md
+    assert "lower is better" in md
+
+
+def test_html_is_self_contained():
+    tables = build_tables([measured(note="<script>alert(1)</script>", method="<b>x</b>"), *load_anchors(ANCHORS)])
+    page = render_html(tables)
+    assert page.startswith("<!DOCTYPE html>") and "<style>" in page
+    for forbidden in ("<link", "<script", " src=", "@import", "url(", "http://", "https://"):
+        assert forbidden not in page
+    assert "&lt;b&gt;x&lt;/b&gt;" in page
+    assert page.count("<table>") == len(tables)
+    assert 'class="published"' in page and 'class="measured"' in page
+
+
+def test_png_is_written_at_the_requested_size(tmp_path):
+    tables = build_tables([measured(), measured(method="flexdit", value=38.0, gflops_per_forward=830.0),
+                           *load_anchors(ANCHORS)])
+    path = render_png(tables, tmp_path / "plot.png", size=(900, 600))
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (900, 600)
+        colours = {c for _, c in image.getcolors(maxcolors=1 << 20)}
+    assert (31, 119, 180) in colours and (230, 120, 20) in colours     # measured discs and published diamonds
+    empty = render_png([], tmp_path / "empty.png", size=(320, 200))
+    with Image.open(empty) as image:
+        assert image.size == (320, 200)
+
+
+def test_leaderboard_command(tmp_path, capsys):
+    records = tmp_path / "records.jsonl"
+    append_record(records, measured())
+    parser = add_leaderboard_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(["--records", str(records), "--anchors", str(ANCHORS), "--out", str(tmp_path / "lb"),
+                              "--format", "md,png", "--png-size", "640x480"])
+    written = args.func(args)
+    assert sorted(written) == ["md", "png"] and not (tmp_path / "lb" / "leaderboard.html").exists()
+    assert "published (verified)" in written["md"].read_text()
+    with Image.open(written["png"]) as image:
+        assert image.size == (640, 480)
+    assert "1 measured + " in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--format", "md,pdf"])
