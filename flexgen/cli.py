@@ -243,6 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_sample_arguments(commands.add_parser("sample", help="generate videos (images for DiT) from a checkpoint: "
                                              "mp4 files, grid.png, samples.json; sharded under torchrun"))
 
+    from flexgen.metrics.protocols import add_eval_arguments, eval_main
+    add_eval_arguments(commands.add_parser("eval", help="FVD / KID of generated videos against a real set under a "
+                                           "named protocol (the standard I3D, verified by sha256)")
+                       ).set_defaults(func=eval_main)
+    from flexgen.metrics.records import add_leaderboard_arguments
+    add_leaderboard_arguments(commands.add_parser("leaderboard", help="render evaluation records and the published "
+                                                  "anchors: Markdown, HTML, FLOPs-vs-metric plot"))
+
     dem = commands.add_parser("demo", help="the whole loop on embedded synthetic data, on a CPU: train dense, "
                               "convert to FlexDiT and fine-tune, sample, measure, leaderboard")
     dem.add_argument("--out", default="results/demo", help="output folder")
@@ -263,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except ValueError as e:     # bad input (configs, checkpoints, shapes, layouts): a message, not a traceback
+    except (ValueError, FileNotFoundError) as e:    # bad input or missing files: a message, not a traceback
         print(f"flexgen {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -14,6 +14,7 @@ def run(*args):
 
 
 @pytest.mark.parametrize("command", [[], ["bench"], ["bench", "flops"], ["bench", "latency"], ["config"], ["convert"],
+                                     ["eval"], ["leaderboard"], ["data", "prepare"],
                                      ["train"], ["sample"], ["demo"]])
 def test_help(command):
     result = run(*command, "--help")
