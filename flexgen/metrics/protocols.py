@@ -16,7 +16,10 @@ names all of that; `evaluate` records it next to the value, and the metric name 
 - Reference statistics are cached as `<cache_dir>/<protocol>-<key[:16]>.npz`, the key being the sha256 of the real
   set's listing (relative paths and sizes), the detector sha256 and the protocol fields; written atomically.
 
-Image FID (`fid50k`) is registered for completeness, but flexgen has no Inception detector yet: `eval fid` says so.
+Image FID (`fid50k`) runs on folders of images (png/jpg/..., any depth, sorted by relative path): the real images are
+a seeded random subset when there are more than `num_real` (kept in sorted order), the generated ones the first
+`num_fake`; batches are uint8 (N, 3, H, W) for `InceptionDetector` (clean-fid "clean" features, file `f58cb9b6…`,
+the only one named plain "fid"). The statistics cache and `evaluate` are the same as for videos.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import torch
 
 from flexgen.metrics.frechet import FeatureStats, fid_from_stats, kid_from_stats
 from flexgen.metrics.i3d import I3D_SHA256, default_i3d_path, sha256_file
+from flexgen.metrics.inception import INCEPTION_SHA256, default_inception_path
 from flexgen.video.data import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_frames, probe_frames, read_frame_files
 from flexgen.video.data import read_video as read_video_frames
 
@@ -46,9 +50,6 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 DEFAULT_BATCH_SIZE = 8
-
-# sha256 of Inception TorchScript `inception-2015-12-05.pt` as used by clean-fid (not hashed first-hand here).
-INCEPTION_SHA256 = "f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4"
 
 # The detector file each metric is defined with; any other detector gets its name into the metric name.
 STANDARD_DETECTORS = {"fvd": I3D_SHA256, "kid": I3D_SHA256, "fid": INCEPTION_SHA256}
@@ -124,7 +125,7 @@ class Protocol:
         num_fake = self.num_fake if num_fake is None else num_fake
         if (num_real, num_fake) == (self.num_real, self.num_fake):
             return self
-        match = re.fullmatch(r"([a-z]+)\d+(?:x\d+)?(.*)", self.name)
+        match = re.fullmatch(r"([a-z]+)\d+k?(?:x\d+k?)?(.*)", self.name)          # fid50k -> fid8, not fid8k
         if match is None:
             raise ValueError(f"protocol name {self.name!r} does not start with <metric><count>; cannot rename it")
         counts = str(num_real) if num_real == num_fake else f"{num_real}x{num_fake}"
@@ -142,7 +143,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     # KID (unbiased, cubic kernel) on the same I3D features and clips as fvd2048_16f.
     Protocol("kid2048_16f", "kid", num_real=2048, num_fake=2048, num_frames=16, real_stride=3, fake_stride=1,
              min_real_frames=48),
-    # Image FID over 50k generated images (needs an Inception detector, not in flexgen yet).
+    # Image FID over 50k images (clean-fid "clean" Inception features; image folders, not videos).
     Protocol("fid50k", "fid", num_real=50_000, num_fake=50_000, num_frames=1, real_stride=1, fake_stride=1,
              min_real_frames=1),
 )}
@@ -329,6 +330,86 @@ def sample_fake_clips(root: str | Path, protocol: str | Protocol, batch_size: in
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Images (fid protocols): seeded subset of the real images, the first num_fake generated ones
+# ---------------------------------------------------------------------------------------------------------------
+def list_images(root: str | Path) -> list[Path]:
+    """Every visible image file under `root` (any depth), sorted by relative path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no image folder at {root}")
+    images = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if _visible(d)]
+        images += [Path(folder) / f for f in files if _visible(f) and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+    if not images:
+        raise ValueError(f"{root} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return sorted(images, key=lambda p: p.relative_to(root).as_posix())
+
+
+@dataclass
+class ImageSet:
+    """The images a protocol selected; iterating yields uint8 torch batches (N, 3, H, W) (an image of another size
+    starts a new batch). `discarded` is always empty; it mirrors `ClipSet`."""
+
+    paths: list[Path]
+    discarded: list[tuple[str, int]] = field(default_factory=list)
+    num_candidates: int = 0
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return self.batches(self.batch_size)
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        pending: list[np.ndarray] = []
+        for path in self.paths:
+            image = read_frame_files([path])[0]                                     # (H, W, 3) uint8, RGB
+            if pending and (len(pending) == batch_size or image.shape != pending[0].shape):
+                yield torch.from_numpy(np.stack(pending)).permute(0, 3, 1, 2).contiguous()
+                pending = []
+            pending.append(image)
+        if pending:
+            yield torch.from_numpy(np.stack(pending)).permute(0, 3, 1, 2).contiguous()
+
+
+def sample_real_images(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ImageSet:
+    """At most `num_real` images: all of them, or a subset drawn from the protocol's seed (kept in sorted order)."""
+    protocol = get_protocol(protocol)
+    images = list_images(root)
+    chosen = range(len(images))
+    if len(images) > protocol.num_real:
+        rng = np.random.default_rng(protocol.seed)
+        chosen = sorted(rng.choice(len(images), size=protocol.num_real, replace=False).tolist())
+    return ImageSet([images[i] for i in chosen], num_candidates=len(images), batch_size=batch_size)
+
+
+def sample_fake_images(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ImageSet:
+    """Exactly the first `num_fake` images in sorted order; fewer is an error."""
+    protocol = get_protocol(protocol)
+    images = list_images(root)
+    if len(images) < protocol.num_fake:
+        raise ValueError(f"{root}: protocol {protocol.name} needs {protocol.num_fake} generated images, found "
+                         f"{len(images)}; generate more, or pass a smaller --num-fake (renames the protocol)")
+    return ImageSet(images[:protocol.num_fake], num_candidates=len(images), batch_size=batch_size)
+
+
+def sample_real(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ClipSet | ImageSet:
+    """Real images for a fid protocol, real clips otherwise."""
+    protocol = get_protocol(protocol)
+    sample = sample_real_images if protocol.metric == "fid" else sample_real_clips
+    return sample(root, protocol, batch_size=batch_size)
+
+
+def sample_fake(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ClipSet | ImageSet:
+    """Generated images for a fid protocol, generated clips otherwise."""
+    protocol = get_protocol(protocol)
+    sample = sample_fake_images if protocol.metric == "fid" else sample_fake_clips
+    return sample(root, protocol, batch_size=batch_size)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Feature statistics of a stream of batches
 # ---------------------------------------------------------------------------------------------------------------
 def compute_stats(batches: Iterable[torch.Tensor], detector: Callable[[torch.Tensor], Any], keep_features: int = 0,
@@ -339,7 +420,7 @@ def compute_stats(batches: Iterable[torch.Tensor], detector: Callable[[torch.Ten
     if progress:
         from tqdm import tqdm
 
-        total = len(batches.clips) if isinstance(batches, ClipSet) else None
+        total = len(batches) if isinstance(batches, (ClipSet, ImageSet)) else None
         bar = tqdm(total=total, desc=description, unit="clip")
     for batch in batches:
         features = detector(batch)
@@ -393,7 +474,7 @@ def reference_stats(root: str | Path, protocol: str | Protocol, detector: Any, c
     elif cache_dir is not None:
         log.warning("detector %s has no sha256: reference statistics are not cached", detector_name(detector))
 
-    clips = sample_real_clips(root, protocol, batch_size=batch_size)
+    clips = sample_real(root, protocol, batch_size=batch_size)
     metadata = {"protocol": dataclasses.asdict(protocol), "detector": detector_name(detector),
                 "detector_sha256": sha, "real": str(Path(root).resolve()), "num_real": len(clips),
                 "num_discarded": len(clips.discarded)}
@@ -421,7 +502,7 @@ def evaluate(protocol: str | Protocol, real: str | Path, fake: str | Path, detec
     with_kid = with_kid or protocol.metric == "kid"
     ref = reference_stats(real, protocol, detector, cache_dir, keep_features=protocol.num_real if with_kid else 0,
                           batch_size=batch_size, progress=progress)
-    fake_clips = sample_fake_clips(fake, protocol, batch_size=batch_size)
+    fake_clips = sample_fake(fake, protocol, batch_size=batch_size)
     fake_stats = compute_stats(fake_clips, detector, keep_features=protocol.num_fake if with_kid else 0,
                                progress=progress, description=f"generated {protocol.name}")
 
@@ -461,13 +542,17 @@ def default_stats_cache() -> Path:
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("metric", choices=sorted(DEFAULT_PROTOCOLS), help="fvd, kid (I3D video features) or fid")
-    parser.add_argument("--real", required=True, help="real videos: video files or frame folders <video>/<frame>")
-    parser.add_argument("--fake", required=True, help="generated videos (mp4), the first ones in sorted order")
+    parser.add_argument("--real", required=True, help="real videos: video files or frame folders <video>/<frame> "
+                                                      "(fid: a folder of images)")
+    parser.add_argument("--fake", required=True, help="generated videos (mp4), the first ones in sorted order "
+                                                      "(fid: images)")
     parser.add_argument("--protocol", default=None,
                         help=f"named protocol (default per metric: {DEFAULT_PROTOCOLS}); known: "
                              f"{', '.join(sorted(PROTOCOLS))}")
     parser.add_argument("--detector", default=None,
-                        help=f"I3D TorchScript weights (default {default_i3d_path()}, or $FLEXGEN_I3D)")
+                        help=f"detector TorchScript weights: I3D for fvd/kid (default {default_i3d_path()}, or "
+                             f"$FLEXGEN_I3D), Inception for fid (default {default_inception_path()}, or "
+                             f"$FLEXGEN_INCEPTION)")
     parser.add_argument("--cache", default=None, help=f"reference statistics cache (default {default_stats_cache()})")
     parser.add_argument("--num-real", type=int, default=None, help="fewer real clips for quick runs (renames the "
                                                                    "protocol, e.g. fvd64_16f)")
@@ -484,14 +569,19 @@ def eval_main(args: argparse.Namespace) -> dict[str, Any]:
     protocol = get_protocol(args.protocol or DEFAULT_PROTOCOLS[args.metric])
     if protocol.metric != args.metric:
         raise SystemExit(f"protocol {protocol.name} measures {protocol.metric}, not {args.metric}")
-    if protocol.metric == "fid":
-        raise SystemExit("image FID needs the Inception detector, which flexgen does not ship yet; use clean-fid "
-                         "(mode='clean') for now")
     protocol = protocol.with_counts(args.num_real, args.num_fake)
 
-    from flexgen.metrics.i3d import I3DDetector
+    if protocol.metric == "fid":
+        from flexgen.metrics.inception import InceptionDetector
 
-    detector = I3DDetector(path=args.detector, device=args.device, batch_size=args.batch_size)  # verifies sha256
+        try:  # verifies sha256 before loading; never downloads
+            detector: Any = InceptionDetector(path=args.detector, device=args.device, batch_size=args.batch_size)
+        except (FileNotFoundError, ValueError) as error:
+            raise SystemExit(f"flexgen eval fid: {error}") from error
+    else:
+        from flexgen.metrics.i3d import I3DDetector
+
+        detector = I3DDetector(path=args.detector, device=args.device, batch_size=args.batch_size)  # verifies sha256
     cache = Path(args.cache).expanduser() if args.cache else default_stats_cache()
     result = evaluate(protocol, args.real, args.fake, detector, cache, with_kid=not args.no_kid,
                       batch_size=args.batch_size, progress=args.progress)
