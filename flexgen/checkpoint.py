@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -21,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from flexgen.config import ConfigError, config_from_dict
+from flexgen.files import file_sha256
 from flexgen.video.flex_latte import FlexLatte, dense_to_flex_state_dict
 from flexgen.video.latte import Latte, LatteConfig, sincos_1d, sincos_2d
 
@@ -41,14 +41,6 @@ DENSITY_KEY = "flexgen_density_config"      # FlexDiT models: their DensityConfi
 
 class CheckpointError(ValueError):
     """A weights file that is missing, corrupt, or does not fit the model."""
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _require_file(path: Path, sha256: str | None) -> None:

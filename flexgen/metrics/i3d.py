@@ -45,14 +45,14 @@ Batch-norm epsilon: 1e-3 (Sonnet's default, the tf.hub value) unless the TorchSc
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from flexgen.files import detector_path, verified_detector_file
 
 I3D_FILENAME = "i3d_torchscript.pt"
 I3D_SHA256 = "bec6519f66ea534e953026b4ae2c65553c17bf105611c746d904657e5860a5e2"
@@ -239,31 +239,13 @@ class I3D(nn.Module):
 
 def default_i3d_path() -> Path:
     """`$FLEXGEN_I3D` if set, else `$FLEXGEN_CACHE/detectors/i3d_torchscript.pt` (cache default ~/.cache/flexgen)."""
-    if os.environ.get("FLEXGEN_I3D"):
-        return Path(os.environ["FLEXGEN_I3D"]).expanduser()
-    cache = Path(os.environ.get("FLEXGEN_CACHE", "~/.cache/flexgen")).expanduser()
-    return cache / "detectors" / I3D_FILENAME
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    return detector_path(I3D_FILENAME, "FLEXGEN_I3D")
 
 
 def load_i3d_torchscript(path: str | Path | None = None, sha256: str = I3D_SHA256) -> torch.jit.ScriptModule:
     """Load the FVD TorchScript detector from a local file after checking its sha256 (before torch.jit.load)."""
-    path = Path(path).expanduser() if path is not None else default_i3d_path()
-    where = (f"put {I3D_FILENAME} at {default_i3d_path()} ($FLEXGEN_CACHE/detectors/, cache default "
-             f"~/.cache/flexgen), set $FLEXGEN_I3D, or pass an explicit path; it comes from {I3D_SOURCES}")
-    if not path.is_file():
-        raise FileNotFoundError(f"I3D detector weights not found: {path} (expected sha256 {sha256}); {where}")
-    actual = sha256_file(path)
-    if actual != sha256:
-        raise ValueError(f"I3D detector weights {path} have sha256 {actual}, expected {sha256}; refusing to load "
-                         f"(TorchScript is executable code). Replace the file: {where}")
+    path = verified_detector_file(path, label="I3D", filename=I3D_FILENAME, env_var="FLEXGEN_I3D", sha256=sha256,
+                                  source=I3D_SOURCES)
     return torch.jit.load(str(path), map_location="cpu")
 
 

@@ -11,14 +11,13 @@ the file to /tmp when it is missing, whereas here the file must already be on di
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from flexgen.metrics.i3d import sha256_file
+from flexgen.files import detector_path, verified_detector_file
 
 INCEPTION_FILENAME = "inception-2015-12-05.pt"
 # The digest k-diffusion and others use for this file (not hashed first-hand here; the parity test checks it).
@@ -30,24 +29,14 @@ FEATURE_DIM = 2048
 
 def default_inception_path() -> Path:
     """`$FLEXGEN_INCEPTION` if set, else `$FLEXGEN_CACHE/detectors/inception-2015-12-05.pt` (cache ~/.cache/flexgen)."""
-    if os.environ.get("FLEXGEN_INCEPTION"):
-        return Path(os.environ["FLEXGEN_INCEPTION"]).expanduser()
-    cache = Path(os.environ.get("FLEXGEN_CACHE", "~/.cache/flexgen")).expanduser()
-    return cache / "detectors" / INCEPTION_FILENAME
+    return detector_path(INCEPTION_FILENAME, "FLEXGEN_INCEPTION")
 
 
 def load_inception_torchscript(path: str | Path | None = None, sha256: str = INCEPTION_SHA256) -> nn.Module:
     """clean-fid's `InceptionV3W` (mode "clean": resize outside, normalise inside) around the TorchScript file at
     `path`, loaded only after its sha256 matched. Never downloads."""
-    path = Path(path).expanduser() if path is not None else default_inception_path()
-    where = (f"put {INCEPTION_FILENAME} at {default_inception_path()} ($FLEXGEN_CACHE/detectors/, cache default "
-             f"~/.cache/flexgen), set $FLEXGEN_INCEPTION, or pass an explicit path; it comes from {INCEPTION_SOURCE}")
-    if not path.is_file():
-        raise FileNotFoundError(f"Inception detector weights not found: {path} (expected sha256 {sha256}); {where}")
-    actual = sha256_file(path)
-    if actual != sha256:
-        raise ValueError(f"Inception detector weights {path} have sha256 {actual}, expected {sha256}; refusing to "
-                         f"load (TorchScript is executable code). Replace the file: {where}")
+    path = verified_detector_file(path, label="Inception", filename=INCEPTION_FILENAME, env_var="FLEXGEN_INCEPTION",
+                                  sha256=sha256, source=INCEPTION_SOURCE)
     from cleanfid.inception_torchscript import InceptionV3W
 
     class _LocalInceptionV3W(InceptionV3W):

@@ -40,8 +40,9 @@ from typing import Protocol as TypingProtocol
 import numpy as np
 import torch
 
+from flexgen.files import file_sha256
 from flexgen.metrics.frechet import FeatureStats, fid_from_stats, kid_from_stats
-from flexgen.metrics.i3d import I3D_SHA256, default_i3d_path, sha256_file
+from flexgen.metrics.i3d import I3D_SHA256, default_i3d_path
 from flexgen.metrics.inception import INCEPTION_SHA256, default_inception_path
 from flexgen.video.data import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_frames, probe_frames, read_frame_files
 from flexgen.video.data import read_video as read_video_frames
@@ -259,20 +260,25 @@ class ClipSet:
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         """Batches of up to `batch_size` clips; a clip of another frame size starts a new batch."""
-        pending: list[np.ndarray] = []
-        for clip in self.clips:
-            frames = clip.source.read(clip.indices)
-            if pending and (len(pending) == batch_size or frames.shape != pending[0].shape):
-                yield _to_batch(pending)
-                pending = []
-            pending.append(frames)
-        if pending:
+        return _uniform_batches((clip.source.read(clip.indices) for clip in self.clips), batch_size)
+
+
+def _uniform_batches(arrays: Iterable[np.ndarray], batch_size: int) -> Iterator[torch.Tensor]:
+    """uint8 channel-last arrays (..., H, W, 3) stacked into channel-first tensors (N, ..., 3, H, W) of up to
+    `batch_size`; an array of another shape starts a new batch."""
+    pending: list[np.ndarray] = []
+    for array in arrays:
+        if pending and (len(pending) == batch_size or array.shape != pending[0].shape):
             yield _to_batch(pending)
+            pending = []
+        pending.append(array)
+    if pending:
+        yield _to_batch(pending)
 
 
-def _to_batch(clips: list[np.ndarray]) -> torch.Tensor:
-    """(T, H, W, 3) uint8 arrays -> uint8 tensor (N, T, 3, H, W)."""
-    return torch.from_numpy(np.stack(clips)).permute(0, 1, 4, 2, 3).contiguous()
+def _to_batch(arrays: list[np.ndarray]) -> torch.Tensor:
+    """(..., H, W, 3) uint8 arrays -> uint8 tensor (N, ..., 3, H, W): clips (N, T, 3, H, W), images (N, 3, H, W)."""
+    return torch.from_numpy(np.stack(arrays)).movedim(-1, -3).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -363,15 +369,7 @@ class ImageSet:
         return self.batches(self.batch_size)
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
-        pending: list[np.ndarray] = []
-        for path in self.paths:
-            image = read_frame_files([path])[0]                                     # (H, W, 3) uint8, RGB
-            if pending and (len(pending) == batch_size or image.shape != pending[0].shape):
-                yield torch.from_numpy(np.stack(pending)).permute(0, 3, 1, 2).contiguous()
-                pending = []
-            pending.append(image)
-        if pending:
-            yield torch.from_numpy(np.stack(pending)).permute(0, 3, 1, 2).contiguous()
+        return _uniform_batches((read_frame_files([path])[0] for path in self.paths), batch_size)   # RGB uint8
 
 
 def sample_real_images(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ImageSet:
@@ -469,7 +467,7 @@ def reference_stats(root: str | Path, protocol: str | Protocol, detector: Any, c
             if stats.metadata.get("key") != key:
                 raise ValueError(f"{path}: cached statistics belong to key {stats.metadata.get('key')}, expected "
                                  f"{key} (a 16-digit prefix collision?); delete the file")
-            return Reference(stats, path, sha256_file(path), cache_hit=True,
+            return Reference(stats, path, file_sha256(path), cache_hit=True,
                              num_discarded=int(stats.metadata["num_discarded"]))
     elif cache_dir is not None:
         log.warning("detector %s has no sha256: reference statistics are not cached", detector_name(detector))
@@ -485,7 +483,7 @@ def reference_stats(root: str | Path, protocol: str | Protocol, detector: Any, c
     if path is None:
         return Reference(stats, None, None, cache_hit=False, num_discarded=len(clips.discarded))
     stats.save(path)
-    return Reference(stats, path, sha256_file(path), cache_hit=False, num_discarded=len(clips.discarded))
+    return Reference(stats, path, file_sha256(path), cache_hit=False, num_discarded=len(clips.discarded))
 
 
 # ---------------------------------------------------------------------------------------------------------------

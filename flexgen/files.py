@@ -1,0 +1,44 @@
+"""Weight files on local disk: sha256 digests, the detector cache location, and verification before loading.
+
+Nothing here downloads. A detector file is looked up at an explicit path, else `$<ENV_VAR>`, else
+`$FLEXGEN_CACHE/detectors/<file>` (cache default ~/.cache/flexgen), and its sha256 is checked before anything
+executes it (TorchScript files are code).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def detector_path(filename: str, env_var: str) -> Path:
+    """`$env_var` if set, else `$FLEXGEN_CACHE/detectors/<filename>` (cache default ~/.cache/flexgen)."""
+    if os.environ.get(env_var):
+        return Path(os.environ[env_var]).expanduser()
+    return Path(os.environ.get("FLEXGEN_CACHE", "~/.cache/flexgen")).expanduser() / "detectors" / filename
+
+
+def verified_detector_file(path: str | Path | None, *, label: str, filename: str, env_var: str, sha256: str,
+                           source: str) -> Path:
+    """The detector file at `path` (default: `detector_path`) after its sha256 matched; a missing file is a
+    FileNotFoundError and a wrong one a ValueError, both naming the file, the sha256 and where to put it."""
+    path = Path(path).expanduser() if path is not None else detector_path(filename, env_var)
+    where = (f"put {filename} at {detector_path(filename, env_var)} ($FLEXGEN_CACHE/detectors/, cache default "
+             f"~/.cache/flexgen), set ${env_var}, or pass an explicit path; it comes from {source}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{label} detector weights not found: {path} (expected sha256 {sha256}); {where}")
+    actual = file_sha256(path)
+    if actual != sha256:
+        raise ValueError(f"{label} detector weights {path} have sha256 {actual}, expected {sha256}; refusing to load "
+                         f"(TorchScript is executable code). Replace the file: {where}")
+    return path
