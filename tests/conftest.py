@@ -1,3 +1,9 @@
+import sys
+from pathlib import Path
+
+# Test helper modules (t2i_helpers, ...) import by their own name as well as through the tests package.
+sys.path.insert(0, str(Path(__file__).parent))
+
 from flexgen.video.latte import latte_config
 
 

@@ -26,5 +26,13 @@ class DensityConfig:
             raise ValueError(f"pool_frames must be >= 0, got {self.pool_frames}")
 
 
-__all__ = ["LAYOUTS", "ROLES", "DensityConfig", "Fusion", "ScheduleConfig", "Stage", "draw_stage", "grid_at",
-           "parse_layout", "pool", "run_layout", "stages", "unpool"]
+@dataclass
+class DensityRecord:
+    """What one forward pass did, for losses, logging and tests (filled by a FlexDiT model's `forward(record=...)`)."""
+    grid: int = 0                                   # sparse grid side used (the schedule's side, base grid)
+    sparse_frames: int = 0                          # frames of the sparse token grid (1 for images)
+    blocks: list[tuple[str, int]] = field(default_factory=list)   # (role, tokens per frame) of each block
+
+
+__all__ = ["LAYOUTS", "ROLES", "DensityConfig", "DensityRecord", "Fusion", "ScheduleConfig", "Stage", "draw_stage",
+           "grid_at", "parse_layout", "pool", "run_layout", "stages", "unpool"]

@@ -26,6 +26,8 @@ ROLES = {"P": "poolingformer", "G": "sparse generation", "S": "sparse", "R": "de
 LAYOUTS: dict[str, str] = {
     "DiT-XL/2": "PP GSSSRD GSSSRD GSSSRD GSSSRD TT",
     "DiT-XL/2-1pf": "P GSSSRD GSSSRD GSSSRD GSSSRD TTT",
+    # PixArt-α XL/2 has DiT-XL/2's 28 blocks; the paper names no PixArt layout, we use DiT-XL/2's.
+    "PixArt-XL/2": "PP GSSSRD GSSSRD GSSSRD GSSSRD TT",
     # 12 blocks: 1 PF + 2 × [1, 2, 1, 1] + 1 top (fits FlexDiT-B's published 14.34 GFLOPs best; flexdit.md §2).
     "DiT-B/2": "P GSSRD GSSRD T",
     "DiT-S/2": "P GSSRD GSSRD T",

@@ -14,23 +14,14 @@ read the dense tokens of its F/n frames, and the temporal blocks run over n fram
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from flexgen.density import DensityConfig, Fusion, parse_layout, pool, stages, unpool
+from flexgen.density import DensityConfig, DensityRecord, Fusion, parse_layout, pool, stages, unpool
 from flexgen.density.schedules import grid_for_timesteps
 from flexgen.density.walk import run_layout
 from flexgen.video.latte import Frames, Latte, LatteConfig
-
-
-@dataclass
-class DensityRecord:
-    """What one forward pass did, for losses, logging and tests (filled by `FlexLatte.forward(record=...)`)."""
-    grid: int = 0                                   # sparse grid side used
-    sparse_frames: int = 0                          # frames of the sparse token grid
-    blocks: list[tuple[str, int]] = field(default_factory=list)   # (role, tokens per frame) of each spatial block
 
 
 class FlexLatte(Latte):

@@ -1,0 +1,17 @@
+"""Text-to-image: FlexDiT on PixArt-α through diffusers (`pixart`), the T5 text side (`text`), image–caption data
+with cached text embeddings (`data`), and generation (`generate`). Submodules import diffusers / transformers, so
+this package imports them only when one of its names is used."""
+
+from importlib import import_module
+
+_EXPORTS = {"FlexPixArtTransformer2DModel": "pixart", "PRESETS": "pixart", "load_transformer": "pixart",
+            "pixart_block": "pixart"}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f"flexgen.t2i.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'flexgen.t2i' has no attribute {name!r}")
+
+
+__all__ = list(_EXPORTS)

@@ -1,0 +1,279 @@
+"""FlexDiT on PixArt-α: diffusers' `PixArtTransformer2DModel` whose blocks play the roles of a FlexDiT layout.
+
+The model is a subclass, so a dense PixArt-α folder's weights, `save_pretrained` / `from_pretrained`, attention
+processors and the diffusers `PixArtAlphaPipeline` all keep working. What changes is the walk over the blocks:
+`flexgen.density.run_layout` (the same engine as the video models) drives them through the block protocol
+`block(x, cond, context=None, text=..., text_mask=...)` (`pixart_block` below):
+
+- the self-attention takes the FlexDiT role: Poolingformer (P, attention = token mean of V, Q/K dropped), sparse
+  generation (G, sparse queries read the dense tokens), sparse (S), dense recovery (R, fused dense queries read the
+  sparse tokens), dense (D) and top (T) blocks; keys/values are normed and modulated like the queries;
+- the text cross-attention and the MLP run on whatever token set the block carries;
+- the adaLN-single tables are reused: one shared (B, 6·D) modulation per sample, each block adding its own
+  `scale_shift_table`, for dense and sparse tokens alike.
+
+The density keys `layout`, `schedule`, `fusion_init` and `num_train_timesteps` are config entries, written by
+`save_pretrained` and restored by `from_pretrained`. The schedule reads the `timestep` the pipeline passes (the
+scheduler's training timestep, identical for both CFG halves), so any scheduler and step count maps to the grids
+of its own timesteps. The schedule's side is for the model's base token grid (`sample_size / patch_size`); another
+grid (another resolution or aspect ratio) is pooled to the same fraction per axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from functools import partial
+from pathlib import Path
+
+import torch
+from diffusers import PixArtTransformer2DModel
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from flexgen.density import DensityConfig, DensityRecord, Fusion, ScheduleConfig, parse_layout, pool, stages, unpool
+from flexgen.density.schedules import grid_for_timesteps
+from flexgen.density.walk import run_layout
+
+# Paper names -> PixArtTransformer2DModel arguments (PixArt-α XL/2, Chen et al. 2023; diffusers' converter).
+# Latent side = image side / 8 (SD VAE); 1024-MS adds the resolution / aspect-ratio embedders (sample_size 128).
+_XL2 = dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
+            cross_attention_dim=1152, caption_channels=4096, patch_size=2)
+PRESETS: dict[str, dict] = {
+    "PixArt-XL/2-256": dict(_XL2, sample_size=32),
+    "PixArt-XL/2-512": dict(_XL2, sample_size=64),
+    "PixArt-XL/2-1024-MS": dict(_XL2, sample_size=128),
+}
+TEXT_TOKENS = 120          # T5 tokens PixArt-α reads (`model_max_length=120`)
+
+WEIGHT_SOURCES = ("a diffusers PixArt-α folder: PixArt-alpha/PixArt-XL-2-256x256, PixArt-XL-2-512x512 or "
+                  "PixArt-XL-2-1024-MS on the Hugging Face hub, downloaded on a machine with internet access")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One block of PixArt-α in the density engine's block protocol.
+
+
+def pixart_block(block: nn.Module, x: torch.Tensor, cond: torch.Tensor, context: torch.Tensor | None = None, *,
+                 text: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """A diffusers `BasicTransformerBlock` (norm_type "ada_norm_single") on tokens x (B, N, D): self-attention with
+    queries from x and keys/values from `context` (default x), text cross-attention, MLP. cond: (B, 6·D)."""
+    B = x.shape[0]
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+        block.scale_shift_table[None] + cond.reshape(B, 6, -1)).chunk(6, dim=1)           # each (B, 1, D)
+
+    def modulated(tokens):
+        return block.norm1(tokens) * (1 + scale_msa) + shift_msa
+
+    h = modulated(x)                                                                       # (B, N, D)
+    attn = block.attn1
+    if attn.to_q is None:          # Poolingformer: uniform attention weights -> every token gets the mean of V
+        a = attn.to_out[1](attn.to_out[0](attn.to_v(h.mean(dim=1, keepdim=True)))).expand_as(h)
+    else:
+        a = attn(h, encoder_hidden_states=None if context is None else modulated(context))  # (B, N, D)
+    x = x + gate_msa * a
+    x = x + block.attn2(x, encoder_hidden_states=text, attention_mask=text_mask)           # no norm, no gate
+    x = x + gate_mlp * block.ff(block.norm2(x) * (1 + scale_mlp) + shift_mlp)
+    return x
+
+
+def drop_qk(attn: nn.Module) -> None:
+    """A Poolingformer keeps only the value and output projections of the self-attention."""
+    attn.to_q = None
+    attn.to_k = None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The model.
+
+
+class FlexPixArtTransformer2DModel(PixArtTransformer2DModel):
+    """PixArt-α whose blocks play the roles of a FlexDiT layout; with `layout=""`, exactly the dense model."""
+
+    @register_to_config
+    def __init__(self, num_attention_heads: int = 16, attention_head_dim: int = 72, in_channels: int = 4,
+                 out_channels: int | None = 8, num_layers: int = 28, dropout: float = 0.0, norm_num_groups: int = 32,
+                 cross_attention_dim: int | None = 1152, attention_bias: bool = True, sample_size: int = 128,
+                 patch_size: int = 2, activation_fn: str = "gelu-approximate", num_embeds_ada_norm: int | None = 1000,
+                 upcast_attention: bool = False, norm_type: str = "ada_norm_single",
+                 norm_elementwise_affine: bool = False, norm_eps: float = 1e-6, interpolation_scale: int | None = None,
+                 use_additional_conditions: bool | None = None, caption_channels: int | None = None,
+                 attention_type: str | None = "default",
+                 # FlexDiT (flexgen.density): the layout's role letters or preset, the timestep -> grid schedule
+                 # (ScheduleConfig fields), the recovery fusion's initialisation, training timesteps T.
+                 layout: str = "", schedule: dict | None = None, fusion_init: str = "paper",
+                 num_train_timesteps: int = 1000):
+        super().__init__(num_attention_heads=num_attention_heads, attention_head_dim=attention_head_dim,
+                         in_channels=in_channels, out_channels=out_channels, num_layers=num_layers, dropout=dropout,
+                         norm_num_groups=norm_num_groups, cross_attention_dim=cross_attention_dim,
+                         attention_bias=attention_bias, sample_size=sample_size, patch_size=patch_size,
+                         activation_fn=activation_fn, num_embeds_ada_norm=num_embeds_ada_norm,
+                         upcast_attention=upcast_attention, norm_type=norm_type,
+                         norm_elementwise_affine=norm_elementwise_affine, norm_eps=norm_eps,
+                         interpolation_scale=interpolation_scale, use_additional_conditions=use_additional_conditions,
+                         caption_channels=caption_channels, attention_type=attention_type)
+        from flexgen.config import ConfigError, _build
+
+        try:
+            schedule_config = _build(ScheduleConfig, dict(schedule or {}), "schedule")
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        self.density = DensityConfig(layout=layout, schedule=schedule_config, fusion_init=fusion_init)
+        self.base_grid = sample_size // patch_size
+        self.roles = parse_layout(layout, num_layers) if layout else ""
+        self.stages = stages(schedule_config, num_train_timesteps)
+        if self.roles and max(s.grid for s in self.stages) > self.base_grid:
+            raise ValueError(f"schedule grids up to {max(s.grid for s in self.stages)} exceed the token grid "
+                             f"{self.base_grid}×{self.base_grid} (sample_size {sample_size} / patch {patch_size})")
+        for role, block in zip(self.roles, self.transformer_blocks, strict=False):   # roles: '' if dense
+            if role == "P":
+                drop_qk(block.attn1)
+        self.fusions = nn.ModuleList(Fusion(self.inner_dim, fusion_init) for _ in range(self.roles.count("R")))
+
+    # ---- conversion -------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_dense(cls, dense: PixArtTransformer2DModel, density: DensityConfig,
+                   num_train_timesteps: int = 1000) -> FlexPixArtTransformer2DModel:
+        """Conversion: the dense model's weights, Q/K dropped for Poolingformers, fusions initialised by
+        `density.fusion_init`; same device, dtype and train / eval mode as `dense`."""
+        if getattr(dense, "roles", ""):
+            raise ValueError(f"the model already has a FlexDiT layout ({dense.config.layout!r}); convert a dense one")
+        if density.pool_frames:
+            raise ValueError("pool_frames is for video models; an image model has one frame")
+        config = {k: v for k, v in dense.config.items() if not k.startswith("_")}
+        config.update(density_config_entries(density), num_train_timesteps=num_train_timesteps)
+        weight = next(dense.parameters())
+        flex = cls(**config).to(weight.device)
+        if weight.dtype != torch.float32:
+            flex = flex.to(weight.dtype)
+        state = dense.state_dict()
+        for i, role in enumerate(flex.roles):
+            if role == "P":
+                for name in ("to_q", "to_k"):
+                    for kind in ("weight", "bias"):
+                        state.pop(f"transformer_blocks.{i}.attn1.{name}.{kind}", None)
+        state.update({k: v for k, v in flex.state_dict().items() if k.startswith("fusions.")})
+        flex.load_state_dict(state, strict=True)
+        return flex.train(dense.training)
+
+    # ---- forward ----------------------------------------------------------------------------------------
+
+    def grid_for(self, timestep: torch.Tensor) -> int:
+        """The schedule's sparse side (on the base grid) for a batch of training timesteps (one grid per batch)."""
+        return grid_for_timesteps(self.stages, torch.as_tensor(timestep))
+
+    def sparse_size(self, height: int, width: int, side: int) -> tuple[int, int]:
+        """Sparse grid for a height×width token grid: side/base_grid of each axis, at least 1, at most the axis."""
+        g = self.base_grid
+        return (min(height, max(1, round(side * height / g))), min(width, max(1, round(side * width / g))))
+
+    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                timestep: torch.Tensor | None = None, added_cond_kwargs: dict | None = None,
+                cross_attention_kwargs: dict | None = None, attention_mask: torch.Tensor | None = None,
+                encoder_attention_mask: torch.Tensor | None = None, return_dict: bool = True, *,
+                grid: int | None = None, record: DensityRecord | None = None):
+        """As `PixArtTransformer2DModel.forward`; the sparse side comes from the schedule at `timestep` unless
+        `grid` is given. `record`, if given, is filled with the grid and the tokens each block processed."""
+        if not self.roles:
+            return super().forward(hidden_states, encoder_hidden_states, timestep, added_cond_kwargs,
+                                   cross_attention_kwargs, attention_mask, encoder_attention_mask, return_dict)
+        if attention_mask is not None:
+            raise ValueError("a FlexDiT layout changes the image tokens between blocks; an image-side attention_mask "
+                             "cannot follow them")
+        if cross_attention_kwargs:
+            raise ValueError(f"cross_attention_kwargs {sorted(cross_attention_kwargs)} are not supported with a "
+                             "FlexDiT layout")
+        if self.use_additional_conditions and added_cond_kwargs is None:
+            raise ValueError("`added_cond_kwargs` (resolution, aspect_ratio) are needed by this model's adaLN-single")
+        if encoder_attention_mask is not None and encoder_attention_mask.ndim == 2:     # 1 keep / 0 drop -> bias
+            encoder_attention_mask = ((1 - encoder_attention_mask.to(hidden_states.dtype)) * -10000.0).unsqueeze(1)
+        B, p = hidden_states.shape[0], self.config.patch_size
+        height, width = hidden_states.shape[-2] // p, hidden_states.shape[-1] // p
+        side = self.grid_for(timestep) if grid is None else grid
+        if not 1 <= side <= self.base_grid:
+            raise ValueError(f"sparse grid {side} outside [1, {self.base_grid}]")
+        sparse = self.sparse_size(height, width, side)
+        if record is not None:
+            record.grid, record.sparse_frames = side, 1
+
+        x = self.pos_embed(hidden_states)                                                  # (B, N, D)
+        D = x.shape[-1]
+        cond, embedded_timestep = self.adaln_single(timestep, added_cond_kwargs, batch_size=B,
+                                                    hidden_dtype=x.dtype)                  # (B, 6·D), (B, D)
+        text = encoder_hidden_states
+        if self.caption_projection is not None:
+            text = self.caption_projection(text).view(B, -1, D)                            # (B, L, D)
+
+        def to_sparse(x):                                                                  # (B, N, D) -> (B, M, D)
+            return pool(x.reshape(B, 1, height, width, D), (1, *sparse)).reshape(B, -1, D)
+
+        def to_dense(x):                                                                   # (B, M, D) -> (B, N, D)
+            return unpool(x.reshape(B, 1, *sparse, D), (1, height, width)).reshape(B, -1, D)
+
+        blocks = [partial(self._run_block, block) for block in self.transformer_blocks]
+        x = run_layout(self.roles, blocks, self.fusions, x, dense_cond=cond, sparse_cond=cond, to_sparse=to_sparse,
+                       to_dense=to_dense, tokens=None if record is None else record.blocks, text=text,
+                       text_mask=encoder_attention_mask)                                   # (B, N, D)
+        output = self._unpatchify(x, embedded_timestep, height, width)                     # (B, C_out, H, W)
+        return Transformer2DModelOutput(sample=output) if return_dict else (output,)
+
+    def _run_block(self, block, x, cond, context=None, *, text, text_mask):
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(pixart_block, block, x, cond, context, text=text, text_mask=text_mask,
+                              use_reentrant=False)
+        return pixart_block(block, x, cond, context, text=text, text_mask=text_mask)
+
+    def _unpatchify(self, x, embedded_timestep, height, width):
+        """PixArt-α's final layer: adaLN-single shift/scale from its own table, LayerNorm, linear, unpatchify."""
+        shift, scale = (self.scale_shift_table[None] + embedded_timestep[:, None]).chunk(2, dim=1)
+        x = self.proj_out(self.norm_out(x) * (1 + scale) + shift)                          # (B, N, p·p·C)
+        p, C = self.config.patch_size, self.out_channels
+        x = x.reshape(-1, height, width, p, p, C).permute(0, 5, 1, 3, 2, 4)                # (B, C, h, p, w, p)
+        return x.reshape(-1, C, height * p, width * p)
+
+
+def density_config_entries(density: DensityConfig) -> dict:
+    """The model-config entries of a DensityConfig (what `save_pretrained` writes to config.json)."""
+    return {"layout": density.layout, "schedule": dataclasses.asdict(density.schedule),
+            "fusion_init": density.fusion_init}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading from local folders.
+
+
+def transformer_folder(path: str | Path) -> Path:
+    """The transformer folder of a diffusers PixArt-α pipeline folder, or the path itself if it is one."""
+    path = Path(path)
+    for folder in (path / "transformer", path):
+        if (folder / "config.json").is_file():
+            return folder
+    what = "no such folder" if not path.exists() else "no config.json in it or in its transformer/ subfolder"
+    raise FileNotFoundError(f"no PixArt-α transformer at {path} ({what}); expected a pipeline folder with "
+                            f"transformer/config.json and weights, or a transformer folder, e.g. {WEIGHT_SOURCES}")
+
+
+def load_transformer(path: str | Path, density: DensityConfig | None = None, *, device: str | torch.device = "cpu",
+                     dtype: torch.dtype = torch.float32,
+                     num_train_timesteps: int = 1000) -> PixArtTransformer2DModel:
+    """A dense or FlexDiT PixArt-α transformer from a local folder (pipeline or transformer folder). With a
+    `density` whose layout is set, a dense model is converted (FlexDiT fine-tuning starts here)."""
+    folder = transformer_folder(path)
+    saved = json.loads((folder / "config.json").read_text())
+    flex = saved.get("_class_name") == FlexPixArtTransformer2DModel.__name__
+    cls = FlexPixArtTransformer2DModel if flex else PixArtTransformer2DModel
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        raise FileNotFoundError(f"{folder} has a config.json but no weights (*.safetensors or *.bin); copy the "
+                                f"weights of {WEIGHT_SOURCES}")
+    model = cls.from_pretrained(folder, local_files_only=True, torch_dtype=dtype).to(device)
+    if density is not None and density.layout:
+        if flex and model.roles:
+            if density_config_entries(density) != density_config_entries(model.density):
+                raise ValueError(f"{folder} holds a FlexDiT model with layout {model.config.layout!r}; it cannot be "
+                                 "converted again (load it without a density section, or start from a dense one)")
+            return model
+        model = FlexPixArtTransformer2DModel.from_dense(model, density, num_train_timesteps)
+    return model
