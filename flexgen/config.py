@@ -25,7 +25,7 @@ class ConfigError(ValueError):
     """A configuration file or override that does not fit the schema."""
 
 
-DATASETS = ("ffs", "sky", "ucf101", "taichi", "synthetic")
+DATASETS = ("ffs", "sky", "ucf101", "taichi", "synthetic", "captions")
 AUTOENCODERS = ("sd-vae", "pixel")
 
 # ----------------------------------------------------------------------------------------------------------
@@ -41,7 +41,7 @@ def _choice(where: str, value: str, choices: tuple[str, ...] | list[str]) -> Non
 
 @dataclass
 class ModelConfig:
-    preset: str = "Latte-XL/2"          # paper name, see flexgen.video.latte.PRESETS
+    preset: str = "Latte-XL/2"          # paper name: flexgen.video.latte.PRESETS or flexgen.t2i.presets.PRESETS
     num_classes: int = 0                # 0 = unconditional; UCF101: 101 (+ the null class 101 for CFG)
     class_dropout_prob: float = 0.1     # label drop rate for classifier-free guidance training
     learn_sigma: bool = True            # predict the learned-range variance beside ε
@@ -49,10 +49,16 @@ class ModelConfig:
     depth: int | None = None            # overrides of the preset's size, for small custom models
     hidden_size: int | None = None
     num_heads: int | None = None
+    caption_channels: int | None = None  # PixArt-α: width of the text encoder's states (T5-XXL: 4096)
 
     def __post_init__(self):
+        from flexgen.t2i.presets import PRESETS as T2I_PRESETS
         from flexgen.video.latte import PRESETS
-        _choice("preset", self.preset, list(PRESETS))
+        _choice("preset", self.preset, [*PRESETS, *T2I_PRESETS])
+
+    @property
+    def is_t2i(self) -> bool:
+        return self.preset.startswith("PixArt-")
 
 
 @dataclass
@@ -68,7 +74,7 @@ class AutoencoderConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "ffs"                # ffs | sky | ucf101 | taichi | synthetic
+    dataset: str = "ffs"                # ffs | sky | ucf101 | taichi | synthetic | captions (image–caption, T2I)
     root: str = ""                      # dataset folder
     num_frames: int = 16                # frames per clip (F)
     frame_interval: int = 3             # stride between sampled frames
@@ -76,6 +82,10 @@ class DataConfig:
     hflip: bool = True                  # random horizontal flip
     num_images: int = 0                 # extra still images per clip for joint image-video training
     num_workers: int = 4                # data-loader processes per rank
+    manifest: str = ""                  # captions: JSONL manifest (default: root/metadata.jsonl, else .txt files)
+    text_encoder: str = ""              # captions: local T5 folder (or PixArt-α pipeline folder) for the cache
+    text_cache: str = ""                # captions: folder of cached T5 embeddings (flexgen data cache-text)
+    max_length: int = 120               # captions: T5 tokens (PixArt-α: 120)
 
     def __post_init__(self):
         _choice("dataset", self.dataset, DATASETS)

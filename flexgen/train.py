@@ -6,7 +6,11 @@
 - AdamW, EMA, optional bf16 autocast, gradient checkpointing, gradient clipping once `clip_after_samples` clips
   were seen; progress counted in samples; tqdm on rank 0; scalars to TensorBoard and `stats.jsonl`.
 - The run directory holds the resolved `config.yaml`, `checkpoints/latest.pt` (model, EMA, optimizer, step) and
-  `ema.safetensors` (EMA weights + model config, for `flexgen sample`). Re-running the same command resumes.
+  `ema.safetensors` (EMA weights + model config, for `flexgen sample`), or for PixArt-α `transformer/` (the EMA
+  as a diffusers folder with the density keys, for `flexgen generate --transformer`). Re-running resumes.
+- PixArt-α (model.preset PixArt-*, data.dataset captions) trains on images with cached T5 embeddings (missing
+  captions are encoded once, on rank 0, before training); captions are dropped to T5("") at
+  model.class_dropout_prob for classifier-free guidance.
 - Randomness is re-seeded every step from (seed, step) for what all ranks share and (seed, rank, step) for what
   each rank draws (timesteps, noise, label dropout, VAE posterior samples), and the data order is a function of
   (seed, epoch), so a resumed run reaches exactly the parameters of an uninterrupted one.
@@ -37,7 +41,7 @@ from flexgen.checkpoint import load_weights, save_weights
 from flexgen.config import Config, config_from_dict, config_to_dict
 from flexgen.density.schedules import draw_stage, sample_timesteps_in_stage
 from flexgen.diffusion import GaussianDiffusion
-from flexgen.video import FlexLatte, build_model
+from flexgen.models import build_model, is_dynamic
 
 # Keys that may change between the first run and a resume (everything else must match the saved config).
 RESUMABLE_CHANGES = {("train", "total_samples"), ("train", "log_every_samples"), ("train", "ckpt_every_samples"),
@@ -107,7 +111,8 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 def shard(model: torch.nn.Module) -> None:
     from torch.distributed.fsdp import fully_shard
 
-    for block in [*model.spatial_blocks, *model.temporal_blocks]:
+    units = model.shard_units() if hasattr(model, "shard_units") else [*model.spatial_blocks, *model.temporal_blocks]
+    for block in units:
         fully_shard(block)
     fully_shard(model)
 
@@ -144,14 +149,24 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 def draw_timesteps(model: torch.nn.Module, diffusion: GaussianDiffusion, batch_size: int, step: int, seed: int,
                    rank: int, world_size: int) -> torch.Tensor:
     rank_gen = _generator(seed, 1, rank, step)
-    if isinstance(model, FlexLatte):
+    if is_dynamic(model):
         stage = draw_stage(model.stages, _generator(seed, 2, step), rank, world_size)    # shared by all ranks
         return sample_timesteps_in_stage(stage, batch_size, rank_gen)
     return torch.randint(0, diffusion.num_timesteps, (batch_size,), generator=rank_gen)
 
 
-def model_inputs(batch: dict, cfg: Config, device: torch.device) -> tuple[torch.Tensor, dict]:
-    """Pixels (B, F + images, 3, H, W) and the model's keyword arguments from a data batch."""
+def model_inputs(batch: dict, cfg: Config, device: torch.device, null_text: tuple | None = None
+                 ) -> tuple[torch.Tensor, dict]:
+    """Pixels (B, F + images, 3, H, W) or images (B, 3, H, W) and the model's keyword arguments from a data batch.
+    Captions are dropped (replaced by `null_text`, the embedding of "") at rate model.class_dropout_prob, drawn
+    from the global RNG the loop seeds every step."""
+    if "image" in batch:
+        text, mask = batch["text"].to(device), batch["text_mask"].to(device)
+        if null_text is not None and cfg.model.class_dropout_prob > 0:
+            drop = (torch.rand(text.shape[0]) < cfg.model.class_dropout_prob).to(device)
+            text = torch.where(drop[:, None, None], null_text[0].to(device, text.dtype), text)
+            mask = torch.where(drop[:, None], null_text[1].to(device, mask.dtype), mask)
+        return batch["image"].to(device, non_blocking=True), {"text": text, "text_mask": mask}
     video = batch["video"].to(device, non_blocking=True)
     kwargs: dict = {}
     if cfg.model.num_classes:
@@ -180,10 +195,21 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     dist.barrier()
 
+    # The data first: a wrong folder is reported before a large model is built.
+    if dataset is None and cfg.data.dataset == "captions":
+        from flexgen.t2i.data import build_caption_dataset
+        if env.is_main:                                   # encode missing captions once, then every rank reads
+            build_caption_dataset(cfg.data, tc.seed, fill=True, progress=progress)
+        dist.barrier()
+        dataset = build_caption_dataset(cfg.data, tc.seed, fill=False)
+    elif dataset is None:
+        from flexgen.video.data import build_dataset
+        dataset = build_dataset(cfg.data, split="train", seed=tc.seed)
+    null_text = dataset.null_text() if hasattr(dataset, "null_text") else None
     torch.manual_seed(tc.seed)                            # identical initial weights on every rank
     model = build_model(cfg).to(env.device)
-    if tc.init_from:
-        load_weights(model, tc.init_from)                 # dense -> FlexDiT conversion happens here
+    if tc.init_from:                                      # dense -> FlexDiT conversion happens here
+        model.load_pretrained(tc.init_from) if hasattr(model, "load_pretrained") else load_weights(model, tc.init_from)
     model.set_grad_checkpointing(tc.grad_checkpointing)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
@@ -209,9 +235,6 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
     if state is not None:
         load_optimizer_state(model, optimizer, state["opt"], fsdp)
 
-    if dataset is None:
-        from flexgen.video.data import build_dataset
-        dataset = build_dataset(cfg.data, split="train", seed=tc.seed)
     global_batch = tc.batch_size * env.world_size
     steps_per_epoch = len(dataset) // global_batch
     if steps_per_epoch == 0:
@@ -241,7 +264,7 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
         batches = epoch_batches(len(dataset), tc.batch_size, tc.seed, epoch, env.rank, env.world_size)[offset:]
         for batch in _batches(dataset, batches, cfg.data.num_workers):
             torch.manual_seed(_seed(tc.seed, 3, env.rank, step))          # label dropout and anything else
-            video, kwargs = model_inputs(batch, cfg, env.device)
+            video, kwargs = model_inputs(batch, cfg, env.device, null_text)
             x0 = autoencoder.encode(video, generator=_generator(tc.seed, 4, env.rank, step))
             t = draw_timesteps(model, diffusion, x0.shape[0], step, tc.seed, env.rank, env.world_size)
             noise = torch.randn(x0.shape, generator=_generator(tc.seed, 5, env.rank, step)).to(env.device, x0.dtype)
@@ -268,7 +291,7 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
                 stats = {k: dist.all_reduce_mean(torch.stack([w[k] for w in window]).mean()).item() for k in window[0]}
                 stats.update(step=step, samples=step * global_batch, epoch=epoch, lr=tc.lr,
                              samples_per_s=len(window) * global_batch / (time.perf_counter() - started))
-                if isinstance(model, FlexLatte):
+                if is_dynamic(model):
                     stats["grid"] = model.grid_for(t[:1])
                 window, started = [], time.perf_counter()
                 if env.is_main:
@@ -286,7 +309,10 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
                     export = build_model(cfg) if fsdp else ema
                     if fsdp:
                         export.load_state_dict(states["ema"])
-                    save_weights(export, run_dir / "ema.safetensors")
+                    if hasattr(export, "export"):                     # PixArt-α: a diffusers folder
+                        export.export(run_dir / "transformer")
+                    else:
+                        save_weights(export, run_dir / "ema.safetensors")
                 dist.barrier()
             if step >= last_step:
                 break

@@ -1,0 +1,94 @@
+"""PixArt-α fine-tuning through the shared training loop: an image–caption folder, T5 embeddings cached once,
+dense -> FlexDiT conversion from a local pipeline folder, one density stage per step, bf16 and gradient
+checkpointing, caption dropout, the exported diffusers folder."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from t2i_helpers import MAX_LENGTH, WORDS, save_tiny_pipeline
+
+from flexgen.config import load_config
+from flexgen.density import grid_at
+from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, load_transformer
+from flexgen.train import model_inputs, train
+
+pytest.importorskip("diffusers")
+
+
+def make_captions(root, n=6):
+    root.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        pixels = (torch.rand(20, 24, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(root / f"img{i}.png")
+        (root / f"img{i}.txt").write_text(" ".join(WORDS[j % len(WORDS)] for j in range(i, i + 3 + i % 3)))
+    return root
+
+
+def tiny_run(tmp_path, *extra):
+    pipe = save_tiny_pipeline(tmp_path / "pipe")
+    root = make_captions(tmp_path / "captions")
+    return load_config("configs/t2i/pixart/flexpixart-xl2-256.yaml", [
+        "model.depth=6", "model.hidden_size=24", "model.num_heads=3", "model.caption_channels=32",
+        "autoencoder.downsample=2", f"autoencoder.path={pipe}", "autoencoder.scale_factor=1.0",
+        f"data.root={root}", f"data.text_encoder={pipe}", f"data.text_cache={tmp_path / 'cache'}",
+        f"data.max_length={MAX_LENGTH}", "data.image_size=16", "data.num_workers=0", "data.hflip=true",
+        f"train.init_from={pipe}", "train.batch_size=2", "train.total_samples=12", "train.log_every_samples=2",
+        "train.ckpt_every_samples=12", "train.lr=1e-3", "density.layout=P GSR DD", "density.schedule.grid_min=1",
+        "density.schedule.grid_max=4", *extra])
+
+
+def test_flexdit_fine_tunes_pixart_from_a_dense_folder(tmp_path):
+    cfg = tiny_run(tmp_path)
+    assert cfg.train.bf16 and cfg.train.grad_checkpointing                     # the preset's recipe
+    summary = train(cfg, tmp_path / "run", device="cpu", progress=False)
+    assert summary["finished"] and summary["step"] == 6
+    model = summary["model"]
+    assert model.transformer.gradient_checkpointing and model.roles == "PGSRDD"
+
+    # started from the converted dense weights, then trained
+    dense = load_transformer(tmp_path / "pipe")
+    start = FlexPixArtTransformer2DModel.from_dense(dense, model.transformer.density)
+    moved = [n for n, p in model.transformer.named_parameters() if not torch.equal(p, start.state_dict()[n])]
+    assert len(moved) > 0.9 * len(list(model.parameters()))
+
+    # one density stage per step: the logged grid is the schedule's grid of that step's timesteps
+    stats = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
+    assert len(stats) == 6 and all(torch.isfinite(torch.tensor(s["loss"])) for s in stats)
+    assert {s["grid"] for s in stats} <= {grid_at(model.transformer.density.schedule, t, 1000) for t in range(1000)}
+
+    # T5 embeddings were cached once (6 captions + ""), and the EMA exported as a FlexDiT diffusers folder
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 7
+    exported = load_transformer(tmp_path / "run" / "transformer")
+    assert type(exported) is FlexPixArtTransformer2DModel and exported.config.layout == "P GSR DD"
+    ema = summary["ema"].transformer.state_dict()
+    assert all(torch.equal(v, ema[k]) for k, v in exported.state_dict().items())
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "PixArt-XL/2-256" in saved and "P GSR DD" in saved
+
+
+def test_caption_dropout_uses_the_null_embedding():
+    cfg = load_config("configs/t2i/pixart/pixart-xl2-256.yaml", ["model.class_dropout_prob=0.5"])
+    text, mask = torch.randn(64, 4, 3), torch.ones(64, 4, dtype=torch.long)
+    null = (torch.zeros(4, 3), torch.tensor([1, 0, 0, 0]))
+    batch = {"image": torch.zeros(64, 3, 8, 8), "text": text, "text_mask": mask}
+    torch.manual_seed(0)
+    _, kwargs = model_inputs(batch, cfg, torch.device("cpu"), null)
+    dropped = (kwargs["text"] == 0).all(dim=(1, 2))
+    assert 16 < dropped.sum() < 48                                            # about half
+    assert torch.equal(kwargs["text_mask"][dropped], null[1].expand(int(dropped.sum()), 4))
+    assert torch.equal(kwargs["text"][~dropped], text[~dropped])
+
+
+def test_init_from_a_folder_of_another_size_is_a_clear_error(tmp_path):
+    cfg = tiny_run(tmp_path, "model.depth=4", "density.layout=P GSR")
+    with pytest.raises(ValueError, match="does not fit the configured model.*num_layers: 6 there, 4 here"):
+        train(cfg, tmp_path / "run", device="cpu", progress=False)
+
+
+def test_captions_dataset_needs_its_folders(tmp_path):
+    cfg = load_config("configs/t2i/pixart/pixart-xl2-256.yaml", ["data.text_cache=''"])
+    with pytest.raises(ValueError, match="data.text_cache"):
+        train(cfg, tmp_path / "run", device="cpu", progress=False)
