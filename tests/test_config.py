@@ -13,6 +13,15 @@ CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").rglob("*.yaml"
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[2])))
 def test_every_shipped_config_validates_and_builds_its_model(path):
     cfg = load_config(path)
+    if cfg.model.is_t2i:
+        from flexgen.t2i.pixart import transformer_arguments
+        args = transformer_arguments(cfg)
+        assert args["sample_size"] * cfg.autoencoder.downsample == cfg.data.image_size
+        if cfg.density.layout:                                  # the layout fits, the grids fit the token grid
+            from flexgen.density import parse_layout, stages
+            parse_layout(cfg.density.layout, args["num_layers"])
+            assert max(s.grid for s in stages(cfg.density.schedule)) <= args["sample_size"] // args["patch_size"]
+        return
     model = latte_config_from_run(cfg)
     assert model.input_size * cfg.autoencoder.downsample == cfg.data.image_size
 
