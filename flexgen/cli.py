@@ -6,6 +6,10 @@
     flexgen config configs/video/ucf101/latte-xl2.yaml sample.cfg_scale=4.0
     flexgen convert --from ffs.pt --config configs/video/ffs/latte-xl2.yaml --out ffs.safetensors
     flexgen demo
+    flexgen generate "a red cat on a tree" --model /models/PixArt-XL-2-512x512 --out cat.png
+    flexgen generate --prompts prompts.txt --num-images 4 --model /models/PixArt-XL-2-512x512 \\
+        --transformer runs/flexdit-512/export --text-encoder /models/t5-v1_1-xxl --out samples/flex.png
+    flexgen data cache-text --root /data/pokemon --text-encoder /models/PixArt-XL-2-512x512 --cache /cache/t5
 """
 
 from __future__ import annotations
@@ -168,6 +172,51 @@ def train_command(args: argparse.Namespace) -> None:
         print(f"{state} at {summary['samples']} clips ({summary['step']} steps); run directory {run_dir}")
 
 
+def generate_command(args: argparse.Namespace) -> None:
+    from flexgen.t2i.generate import main as generate_main
+
+    generate_main(args)
+
+
+def cache_text_command(args: argparse.Namespace) -> None:
+    from flexgen.t2i.data import cache_text_main
+
+    cache_text_main(args)
+
+
+def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
+    from flexgen.t2i.generate import DTYPES, SCHEDULERS
+
+    gen.add_argument("prompt", nargs="*", help="prompts (each gives --num-images images)")
+    gen.add_argument("--prompts", dest="prompts_file", default=None, metavar="FILE",
+                     help="more prompts, one per line (blank lines and #comments ignored)")
+    gen.add_argument("--model", required=True, help="diffusers PixArt-α pipeline folder (model_index.json, vae/, "
+                     "scheduler/, transformer/, text_encoder/ + tokenizer/)")
+    gen.add_argument("--out", required=True, help="output .png: the image, or the grid when there are several "
+                     "(images FILE-000.png, ... beside it); FILE.json records prompts, seeds and settings")
+    gen.add_argument("--transformer", default=None, help="transformer or pipeline folder replacing the pipeline's "
+                     "(e.g. a fine-tuned FlexDiT export)")
+    gen.add_argument("--text-encoder", default=None, help="T5 v1.1 XXL folder (or a pipeline folder with "
+                     "text_encoder/ + tokenizer/), for a --model folder kept without its text encoder")
+    gen.add_argument("--scheduler", choices=list(SCHEDULERS), default="dpm-solver",
+                     help="sampler (default: %(default)s)")
+    gen.add_argument("--steps", type=int, default=20, help="sampling steps (default: %(default)s)")
+    gen.add_argument("--guidance", type=float, default=4.5, help="classifier-free guidance scale; <= 1: none "
+                     "(default: %(default)s)")
+    gen.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: %(default)s)")
+    gen.add_argument("--num-images", type=int, default=1, help="images per prompt (default: %(default)s)")
+    gen.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
+    gen.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
+    gen.add_argument("--negative-prompt", default="", help="negative prompt (the unconditional branch of CFG)")
+    gen.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default: %(default)s)")
+    gen.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: %(default)s)")
+    gen.add_argument("--dtype", choices=list(DTYPES), default="float32", help="model precision (default: %(default)s)")
+    gen.add_argument("--max-length", type=int, default=120, help="T5 tokens per prompt (default: %(default)s, as "
+                     "PixArt-α)")
+    gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+    gen.set_defaults(func=generate_command)
+
+
 def demo(args: argparse.Namespace) -> None:
     from flexgen.demo import leaderboard_markdown, run_demo
 
@@ -251,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_leaderboard_arguments(commands.add_parser("leaderboard", help="render evaluation records and the published "
                                                   "anchors: Markdown, HTML, FLOPs-vs-metric plot"))
 
+    add_generate_arguments(commands.add_parser(
+        "generate", help="text-to-image with PixArt-α (dense or FlexDiT) from local folders: PNG image(s), a grid, "
+        "and a JSON record of prompts, seeds and settings"))
+
     dem = commands.add_parser("demo", help="the whole loop on embedded synthetic data, on a CPU: train dense, "
                               "convert to FlexDiT and fine-tune, sample, measure, leaderboard")
     dem.add_argument("--out", default="results/demo", help="output folder")
@@ -264,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "folders for FVD reference sets")
     add_prepare_arguments(prep)
     prep.set_defaults(func=prepare_main)
+    from flexgen.t2i.data import add_cache_text_arguments
+    cache = data.add_parser("cache-text", help="encode every caption of an image–caption folder with T5 once into "
+                            "a cache of text embeddings for PixArt-α fine-tuning",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_cache_text_arguments(cache)
+    cache.set_defaults(func=cache_text_command)
     return parser
 
 

@@ -27,7 +27,10 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from diffusers import PixArtTransformer2DModel
+from diffusers import (
+    ModelMixin,  # noqa: F401  (diffusers looks up a saved component's base classes on its module)
+    PixArtTransformer2DModel,
+)
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn

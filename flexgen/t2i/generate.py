@@ -1,0 +1,302 @@
+"""Text-to-image sampling with PixArt-α (dense or FlexDiT) through diffusers' `PixArtAlphaPipeline`.
+
+    flexgen generate "a red cat on a tree" --model /models/PixArt-XL-2-512x512 --out cat.png
+    flexgen generate --prompts prompts.txt --num-images 4 --model /models/PixArt-XL-2-512x512 \\
+        --transformer runs/flexdit-512/export --text-encoder /models/t5-v1_1-xxl --out samples/flex.png
+
+    pipe = load_pipeline("/models/PixArt-XL-2-512x512", scheduler="dpm-solver")
+    images, records = generate(pipe, ["a red cat"], num_images=4, seed=0)          # (4, 3, 512, 512) uint8
+
+Everything comes from local folders (nothing is downloaded):
+
+- `model`: a diffusers PixArt-α pipeline folder (model_index.json, vae/, scheduler/, transformer/ and, usually,
+  text_encoder/ + tokenizer/). The pipeline is assembled from its components rather than by
+  `PixArtAlphaPipeline.from_pretrained`, so each missing piece is named, and the transformer is read by
+  `flexgen.t2i.pixart.load_transformer` (dense `PixArtTransformer2DModel` or `FlexPixArtTransformer2DModel`, by its
+  config). Its density schedule reads the `timestep` the pipeline passes, so every scheduler and step count uses
+  the grids of its own timesteps.
+- `transformer`: a transformer or pipeline folder replacing the pipeline's (e.g. a fine-tuned FlexDiT export).
+- `text_encoder`: a T5 folder (or a pipeline folder holding one), for pipeline folders kept without their T5-XXL;
+  when given it is used even if the pipeline folder has its own.
+
+Reproducibility: image i (prompts in order, `num_images` consecutive images per prompt) is drawn with seed
+`seed + i`: a CPU generator of its own gives its initial noise and any noise a stochastic scheduler adds, so an
+image does not depend on the batch size or its place in a batch (up to floating-point rounding of batched
+matmuls). Prompts are used as written (`clean_caption=False`: diffusers' caption cleaning needs bs4 and ftfy).
+
+Output of `flexgen generate ... --out FILE.png`: with one image, FILE.png is that image; with several, FILE.png
+is a grid and the images are FILE-000.png, FILE-001.png, ... beside it. FILE.json lists each image's file,
+prompt and seed and the settings (model folders, scheduler, steps, guidance, size, transformer layout).
+
+diffusers is imported inside the functions that use it (it takes seconds), so the `flexgen` parser stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from diffusers import PixArtAlphaPipeline
+
+# Scheduler names -> diffusers classes (by name, resolved when used). Each is built from the pipeline folder's
+# scheduler config, so the betas and training timesteps are the model's. PixArt-α samples with DPM-Solver, 20 steps.
+SCHEDULERS: dict[str, str] = {
+    "dpm-solver": "DPMSolverMultistepScheduler",
+    "sa-solver": "SASolverScheduler",
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "ddpm": "DDPMScheduler",
+}
+DPM_ALGORITHMS = ("dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+BINNING_SAMPLE_SIZES = (32, 64, 128)      # PixArt-α 256 / 512 / 1024 latents: the pipeline's aspect-ratio bins
+PIPELINE_CLASS = "PixArtAlphaPipeline"
+
+PIPELINE_SOURCES = ("a diffusers PixArt-α pipeline folder (model_index.json, transformer/, vae/, scheduler/, "
+                    "text_encoder/ + tokenizer/), e.g. PixArt-alpha/PixArt-XL-2-512x512 from the Hugging Face hub, "
+                    "downloaded on a machine with internet access")
+TEXT_ENCODER_HINT = ("give --text-encoder PATH: a T5 v1.1 XXL folder with config.json, its weights and tokenizer "
+                     "files (DeepFloyd/t5-v1_1-xxl, or the text_encoder/ + tokenizer/ folders of "
+                     "PixArt-alpha/PixArt-XL-2-512x512), or a PixArt-α pipeline folder that has them (in Python: "
+                     "load_pipeline(..., text_encoder=PATH))")
+
+
+class NonFiniteWarning(UserWarning):
+    """Generated images with NaN or infinite pixels (typically float16 overflow)."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading.
+
+
+def scheduler_class(name: str) -> type:
+    """The diffusers scheduler class of a name in SCHEDULERS."""
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)}")
+    import diffusers
+
+    return getattr(diffusers, SCHEDULERS[name])
+
+
+def build_scheduler(name: str, config: dict) -> Any:
+    """Scheduler `name` from another scheduler's config (betas, training timesteps, prediction type carried over).
+
+    `algorithm_type` means different things to DPM-Solver ("dpmsolver++", ...) and SA-Solver ("data_prediction" /
+    "noise_prediction"): a value the target does not know is replaced by the target's data-prediction form."""
+    cls = scheduler_class(name)
+    config = dict(config)
+    algorithm = config.get("algorithm_type")
+    if name == "sa-solver" and algorithm not in ("data_prediction", "noise_prediction"):
+        config["algorithm_type"] = "data_prediction"
+    elif name == "dpm-solver" and algorithm not in DPM_ALGORITHMS:
+        config["algorithm_type"] = "dpmsolver++"
+    return cls.from_config(config)
+
+
+def set_scheduler(pipe: PixArtAlphaPipeline, name: str) -> PixArtAlphaPipeline:
+    """Replace the pipeline's scheduler by `name`, built from the current scheduler's config (same betas)."""
+    pipe.scheduler = build_scheduler(name, pipe.scheduler.config)
+    return pipe
+
+
+def _check_pipeline_folder(root: Path) -> None:
+    if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise FileNotFoundError(f"model folder {root} {what}; --model expects {PIPELINE_SOURCES}")
+    missing = [name for name, ok in (("model_index.json", (root / "model_index.json").is_file()),
+                                     ("vae/config.json", (root / "vae" / "config.json").is_file()),
+                                     ("scheduler/scheduler_config.json",
+                                      (root / "scheduler" / "scheduler_config.json").is_file())) if not ok]
+    if missing:
+        raise FileNotFoundError(f"model folder {root} has no {', no '.join(missing)}; --model expects "
+                                f"{PIPELINE_SOURCES}")
+    index_file = root / "model_index.json"
+    try:
+        index = json.loads(index_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{index_file} is not valid JSON ({e})") from None
+    name = index.get("_class_name")
+    if name != PIPELINE_CLASS:
+        raise ValueError(f"{index_file} describes a {name!r} pipeline; flexgen generate runs {PIPELINE_CLASS} "
+                         f"folders ({PIPELINE_SOURCES})")
+    vae_dir = root / "vae"
+    if not any(vae_dir.glob("*.safetensors")) and not any(vae_dir.glob("*.bin")):
+        raise FileNotFoundError(f"{vae_dir} has a config.json but no weights (*.safetensors or *.bin); copy the "
+                                f"vae/ folder of {PIPELINE_SOURCES}")
+
+
+def _has_text_encoder(root: Path) -> bool:
+    return (root / "text_encoder").is_dir() or (root / "tokenizer").is_dir()
+
+
+def load_pipeline(model: str | Path, *, transformer: str | Path | None = None,
+                  text_encoder: str | Path | None = None, scheduler: str = "dpm-solver",
+                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> PixArtAlphaPipeline:
+    """A `PixArtAlphaPipeline` from local folders (see the module docstring), on `device` in `dtype`.
+
+    FileNotFoundError names what is missing and how to supply it: the model folder, its model_index.json, vae/ or
+    scheduler/, the transformer's config or weights, or a text encoder (neither text_encoder/ + tokenizer/ in the
+    pipeline folder nor `text_encoder`)."""
+    from diffusers import AutoencoderKL, PixArtAlphaPipeline
+
+    from flexgen.t2i.pixart import load_transformer
+    from flexgen.t2i.text import load_text_encoder
+
+    root = Path(model).expanduser()
+    _check_pipeline_folder(root)
+    scheduler_class(scheduler)                                     # an unknown name fails before any loading
+    if text_encoder is None and not _has_text_encoder(root):
+        raise FileNotFoundError(f"no text encoder: the model folder {root} has no text_encoder/ and tokenizer/ "
+                                f"(PixArt-α reads prompts with T5 v1.1 XXL); {TEXT_ENCODER_HINT}")
+    net = load_transformer(root if transformer is None else transformer, device=device, dtype=dtype)
+    tokenizer, encoder = load_text_encoder(root if text_encoder is None else text_encoder, device=device, dtype=dtype)
+    vae = AutoencoderKL.from_pretrained(root / "vae", local_files_only=True, torch_dtype=dtype).to(device).eval()
+    sampler = build_scheduler(scheduler, json.loads((root / "scheduler" / "scheduler_config.json").read_text()))
+    pipe = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=vae, transformer=net.eval(),
+                               scheduler=sampler)
+    return pipe.to(device)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Generation.
+
+
+def image_records(prompts: list[str], num_images: int = 1, seed: int = 0) -> list[dict[str, Any]]:
+    """One record {prompt, seed, index} per image: `num_images` consecutive images per prompt, image i seed + i."""
+    prompts_per_image = [p for p in prompts for _ in range(num_images)]
+    return [{"prompt": p, "seed": seed + i, "index": i} for i, p in enumerate(prompts_per_image)]
+
+
+def generate(pipe: PixArtAlphaPipeline, prompts: list[str], *, num_images: int = 1, steps: int = 20,
+             guidance: float = 4.5, seed: int = 0, height: int | None = None, width: int | None = None,
+             batch_size: int = 4, negative_prompt: str = "", max_sequence_length: int = 120,
+             progress: bool = True) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Images (N, 3, H, W) uint8 on the CPU and their records {prompt, seed, index}, N = len(prompts) · num_images.
+
+    Image i uses seed + i (its own CPU generator), whatever `batch_size`. height / width default to the model's
+    native size; the pipeline's aspect-ratio binning is used only then, and only for PixArt-α's sample sizes.
+    `guidance` <= 1 runs the conditional model alone. The pipeline's own progress bar is switched off (one bar
+    over the images instead)."""
+    from tqdm.auto import tqdm
+
+    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+    for name, value in (("num_images", num_images), ("steps", steps), ("batch_size", batch_size),
+                        ("max_sequence_length", max_sequence_length)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    config = pipe.transformer.config
+    unit = math.lcm(8, pipe.vae_scale_factor * config.patch_size)      # the pipeline checks 8; patches need more
+    for name, value in (("height", height), ("width", width)):
+        if value is not None and (value < unit or value % unit):
+            raise ValueError(f"{name} {value} must be a positive multiple of {unit} (autoencoder factor "
+                             f"{pipe.vae_scale_factor} × patch {config.patch_size}, and 8)")
+    binning = height is None and width is None and config.sample_size in BINNING_SAMPLE_SIZES
+
+    records = image_records(prompts, num_images, seed)
+    pipe.set_progress_bar_config(disable=True)
+    chunks = []
+    with tqdm(total=len(records), desc=f"generate ({steps} steps)", unit="image", disable=not progress) as bar:
+        for start in range(0, len(records), batch_size):
+            batch = records[start:start + batch_size]
+            generators = [torch.Generator("cpu").manual_seed(r["seed"]) for r in batch]
+            out = pipe(prompt=[r["prompt"] for r in batch], negative_prompt=negative_prompt,
+                       num_inference_steps=steps, guidance_scale=guidance, num_images_per_prompt=1, height=height,
+                       width=width, generator=generators, output_type="pt", clean_caption=False,
+                       use_resolution_binning=binning, max_sequence_length=max_sequence_length).images
+            out = out.float()                                                               # (b, 3, H, W) in [0, 1]
+            bad = [r["index"] for r, ok in zip(batch, torch.isfinite(out).flatten(1).all(1).tolist(), strict=True)
+                   if not ok]
+            if bad:
+                warnings.warn(f"images {bad} have NaN or infinite pixels (NaN written as 0): in float16 the "
+                              "autoencoder or the model can overflow; try --dtype bfloat16 or float32",
+                              NonFiniteWarning, stacklevel=2)
+            chunks.append(out.nan_to_num(0.0).mul(255).round().clamp(0, 255).to(torch.uint8).cpu())
+            bar.update(len(batch))
+    return torch.cat(chunks), records
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The `flexgen generate` command.
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts of a text file: one per line; blank lines and lines starting with # are ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file {path} not found; --prompts expects a text file with one prompt per "
+                                "line (blank lines and #comments are ignored)")
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def image_files(out: Path, count: int) -> list[Path]:
+    """Where the images go: `out` itself for one image, else out-000.png, out-001.png, ... beside it."""
+    if count == 1:
+        return [out]
+    digits = max(3, len(str(count - 1)))
+    return [out.with_name(f"{out.stem}-{i:0{digits}d}.png") for i in range(count)]
+
+
+def _folder(path: str | Path | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def main(args: argparse.Namespace) -> None:
+    from PIL import Image
+
+    from flexgen.video.io import save_grid
+
+    prompts = list(args.prompt) + (read_prompts(args.prompts_file) if args.prompts_file else [])
+    if not prompts:
+        raise ValueError("no prompts: give them as arguments (flexgen generate \"a red cat\" ...) or in a file with "
+                         "--prompts FILE (one per line)")
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out {out} must be a .png file (the image, or the grid when there are several)")
+    if args.dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {args.dtype!r}; choose one of: {', '.join(DTYPES)}")
+
+    pipe = load_pipeline(args.model, transformer=args.transformer, text_encoder=args.text_encoder,
+                         scheduler=args.scheduler, device=args.device, dtype=DTYPES[args.dtype])
+    images, records = generate(pipe, prompts, num_images=args.num_images, steps=args.steps, guidance=args.guidance,
+                               seed=args.seed, height=args.height, width=args.width, batch_size=args.batch_size,
+                               negative_prompt=args.negative_prompt, max_sequence_length=args.max_length,
+                               progress=not args.no_progress)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    files = image_files(out, len(images))
+    for image, file in zip(images, files, strict=True):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(file)
+    grid = None
+    if len(images) > 1:
+        nrow = args.num_images if args.num_images > 1 else math.ceil(math.sqrt(len(images)))   # a row per prompt
+        save_grid(out, images, nrow=nrow)
+        grid = out.name
+    config = pipe.transformer.config
+    layout = config.get("layout", "")
+    settings = {"model": _folder(args.model), "transformer": _folder(args.transformer or args.model),
+                "text_encoder": _folder(args.text_encoder or args.model),
+                "transformer_class": type(pipe.transformer).__name__,
+                "layout": layout, "schedule": config.get("schedule") if layout else None,
+                "scheduler": args.scheduler, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
+                "num_images": args.num_images, "height": int(images.shape[-2]), "width": int(images.shape[-1]),
+                "negative_prompt": args.negative_prompt, "max_length": args.max_length, "batch_size": args.batch_size,
+                "device": str(args.device), "dtype": args.dtype}
+    entries = [{"file": f.name, **r} for f, r in zip(files, records, strict=True)]
+    record = {"grid": grid, "images": entries, "settings": settings}
+    json_file = out.with_suffix(".json")
+    json_file.write_text(json.dumps(record, indent=2) + "\n")
+    if grid is None:
+        print(f"wrote {out} and {json_file}")
+    else:
+        print(f"wrote {len(images)} images {files[0].name} … {files[-1].name}, the grid {out} and {json_file}")
