@@ -48,7 +48,10 @@ def _models(config, density, num_timesteps: int, dev: torch.device, dtype: torch
     if isinstance(config, dict):                                   # PixArt-α: 120 T5 tokens per caption
         from flexgen.t2i.pixart import TEXT_TOKENS, FlexPixArtTransformer2DModel
 
-        dense = _randomised(FlexPixArtTransformer2DModel(**config).to(dev, dtype).eval())
+        dense = FlexPixArtTransformer2DModel(**config).to(device=dev)
+        if next(dense.parameters()).dtype != dtype:        # (diffusers warns on every dtype cast)
+            dense = dense.to(dtype=dtype)
+        dense = _randomised(dense.eval())
         flex = FlexPixArtTransformer2DModel.from_dense(dense, density, num_timesteps).eval()
         side = config["sample_size"]
         x = torch.randn(batch, config.get("in_channels", 4), side, side, device=dev, dtype=dtype)

@@ -2,6 +2,8 @@
 
     flexgen bench flops --model DiT-XL/2 --image-size 256 --json
     flexgen bench flops --model DiT-XL/2 --image-size 512 --layout DiT-XL/2 --grid-min 12 --grid-max 20
+    flexgen bench flops --config configs/t2i/pixart/flexpixart-xl2-512.yaml
+    flexgen bench latency --model PixArt-XL/2-256 --layout PixArt-XL/2 --grid-min 5 --grid-max 8 --cfg-scale 4.5
     flexgen bench latency --config configs/video/ffs/flexlatte-xl2.yaml model.preset=Latte-B/2
     flexgen config configs/video/ucf101/latte-xl2.yaml sample.cfg_scale=4.0
     flexgen convert --from ffs.pt --config configs/video/ffs/latte-xl2.yaml --out ffs.safetensors
@@ -26,8 +28,9 @@ from pathlib import Path
 
 
 def bench_model(args: argparse.Namespace):
-    """(LatteConfig, DensityConfig or None, num_timesteps, name) from --config or the model / density flags."""
+    """(LatteConfig or PixArt-α arguments, DensityConfig or None, num_timesteps, name) from --config or flags."""
     from flexgen.density import DensityConfig, ScheduleConfig
+    from flexgen.t2i.presets import PRESETS as T2I_PRESETS
     from flexgen.video.latte import PRESETS, latte_config
 
     if args.config:
@@ -35,11 +38,27 @@ def bench_model(args: argparse.Namespace):
         from flexgen.video.latte import latte_config_from_run
         run = load_config(args.config, args.overrides)
         density = run.density if run.density.layout else None
+        if run.model.is_t2i:
+            from flexgen.t2i.pixart import transformer_arguments
+            return transformer_arguments(run), density, run.diffusion.num_timesteps, args.config
         return latte_config_from_run(run), density, run.diffusion.num_timesteps, args.config
     if args.overrides:
         raise ValueError("KEY=VALUE overrides apply to --config only")
-    if args.model not in PRESETS:
-        raise ValueError(f"unknown model {args.model!r}; choose one of: {', '.join(PRESETS)}")
+    if args.model not in PRESETS and args.model not in T2I_PRESETS:
+        raise ValueError(f"unknown model {args.model!r}; choose one of: {', '.join([*PRESETS, *T2I_PRESETS])}")
+    density = None
+    if args.layout:
+        schedule = ScheduleConfig(kind="constant", grid=args.grid) if args.grid else ScheduleConfig(
+            kind="eq5", grid_min=args.grid_min, grid_max=args.grid_max, reading=args.reading)
+        density = DensityConfig(layout=args.layout, schedule=schedule, pool_frames=args.pool_frames)
+    if args.model in T2I_PRESETS:            # PixArt-α: the preset fixes the resolution unless --image-size is given
+        config = dict(T2I_PRESETS[args.model])
+        if args.image_size is not None:
+            if args.image_size % (args.vae_factor * config["patch_size"]):
+                raise ValueError(f"--image-size {args.image_size} is not divisible by --vae-factor × patch size")
+            config["sample_size"] = args.image_size // args.vae_factor
+        return config, density, 1000, f"{args.model} {config['sample_size'] * args.vae_factor}px"
+    args.image_size = 256 if args.image_size is None else args.image_size
     temporal = PRESETS[args.model]["temporal"]
     if args.image_size % args.vae_factor:
         raise ValueError(f"--image-size {args.image_size} is not divisible by --vae-factor {args.vae_factor}")
@@ -47,20 +66,21 @@ def bench_model(args: argparse.Namespace):
     frames = args.frames if args.frames is not None else (16 if temporal else 1)
     config = latte_config(args.model, input_size=args.image_size // args.vae_factor, num_frames=frames,
                           in_channels=args.in_channels, num_classes=num_classes)
-    density = None
-    if args.layout:
-        schedule = ScheduleConfig(kind="constant", grid=args.grid) if args.grid else ScheduleConfig(
-            kind="eq5", grid_min=args.grid_min, grid_max=args.grid_max, reading=args.reading)
-        density = DensityConfig(layout=args.layout, schedule=schedule, pool_frames=args.pool_frames)
     return config, density, 1000, f"{args.model} {args.image_size}px"
 
 
 def bench_flops(args: argparse.Namespace) -> dict:
-    from flexgen.flops import density_report, latte_macs
+    from flexgen.flops import density_report, model_macs
 
     config, density, num_timesteps, name = bench_model(args)
-    result = {"model": name, "latent": [config.num_frames, config.in_channels, config.input_size, config.input_size],
-              "num_classes": config.num_classes, **latte_macs(config).to_dict()}
+    if isinstance(config, dict):             # PixArt-α: one image, 120 T5 tokens
+        from flexgen.t2i.presets import TEXT_TOKENS
+        side = config["sample_size"]
+        result = {"model": name, "latent": [1, config["in_channels"], side, side], "text_tokens": TEXT_TOKENS}
+    else:
+        result = {"model": name, "latent": [config.num_frames, config.in_channels, config.input_size,
+                                            config.input_size], "num_classes": config.num_classes}
+    result.update(model_macs(config).to_dict())
     if density is not None:
         flex = density_report(config, density, num_timesteps)
         result.update(layout=density.layout, params=flex["params"], params_dense=flex["params_dense"],
@@ -71,7 +91,9 @@ def bench_flops(args: argparse.Namespace) -> dict:
 
 
 def print_flops(result: dict) -> None:
-    print(f"{result['model']}: latent (F, C, H, W) = {tuple(result['latent'])}, classes = {result['num_classes']}")
+    condition = f"text tokens = {result['text_tokens']}" if "text_tokens" in result else \
+        f"classes = {result['num_classes']}"
+    print(f"{result['model']}: latent (F, C, H, W) = {tuple(result['latent'])}, {condition}")
     dense = result.get("gmacs_dense", result["gmacs"])
     print(f"  parameters  {result.get('params_dense', result['params']) / 1e6:10.2f} M (trainable, dense)")
     print(f"  MACs        {dense:10.2f} G per forward, one sample, dense (papers call these FLOPs)")
@@ -100,7 +122,7 @@ def bench_latency(args: argparse.Namespace) -> dict:
     return {"model": name, "layout": density.layout,
             **latency_report(config, density, device=args.device, dtype=dtype, batch=args.batch,
                              repeats=args.repeats, warmup=args.warmup, cfg_scale=args.cfg_scale,
-                             num_timesteps=num_timesteps)}
+                             num_timesteps=num_timesteps, sampler=args.sampler, steps=args.steps)}
 
 
 def print_latency(result: dict) -> None:
@@ -115,6 +137,10 @@ def print_latency(result: dict) -> None:
             print(f"  {kind}: dense {r['dense_s'] * 1e3:.0f} ms, FlexDiT {r['dynamic_s'] * 1e3:.0f} ms "
                   f"(per grid {grids}); latency ratio {r['latency_ratio']:.3f} = {r['latency_over_flops']:.2f} × "
                   f"the MAC ratio; speed-up {r['speedup']:.2f}×")
+    if "sampling" in result:
+        r = result["sampling"]
+        print(f"  sampling ({r['sampler']}, {r['steps']} steps with CFG, each at its timestep's grid {r['grids']}): "
+              f"dense {r['dense_s']:.2f} s, FlexDiT {r['dynamic_s']:.2f} s; speed-up {r['speedup']:.2f}×")
 
 
 def run_bench(compute, show):
@@ -242,8 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     latency = bench.add_parser("latency", help="dense vs FlexDiT latency in one process, beside the MAC ratio",
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for sub in (flops, latency):
-        sub.add_argument("--model", default="Latte-XL/2", help="preset name, e.g. Latte-XL/2, DiT-XL/2")
-        sub.add_argument("--image-size", type=int, default=256, help="image side in pixels")
+        sub.add_argument("--model", default="Latte-XL/2", help="preset name, e.g. Latte-XL/2, DiT-XL/2, "
+                         "PixArt-XL/2-512")
+        sub.add_argument("--image-size", type=int, default=None, help="image side in pixels (default 256; PixArt-α: "
+                         "the preset's)")
         sub.add_argument("--frames", type=int, default=None, help="video frames (default 16 for Latte, 1 for DiT)")
         sub.add_argument("--vae-factor", type=int, default=8, help="autoencoder downsampling (1 = pixel space)")
         sub.add_argument("--in-channels", type=int, default=4, help="latent channels")
@@ -262,7 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     latency.add_argument("--batch", type=int, default=1, help="samples per forward")
     latency.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
     latency.add_argument("--warmup", type=int, default=1, help="untimed repeats first")
-    latency.add_argument("--cfg-scale", type=float, default=None, help="also time a DDPM step with CFG at this scale")
+    latency.add_argument("--cfg-scale", type=float, default=None, help="also time a sampling step with CFG at this "
+                         "scale, and a whole sampling run")
+    latency.add_argument("--sampler", choices=("ddpm", "ddim", "dpm-solver++"), default=None,
+                         help="sampler of the timed run (default: ddpm for Latte / DiT, dpm-solver++ for PixArt-α)")
+    latency.add_argument("--steps", type=int, default=None, help="its steps (default: 250 ddpm, 20 dpm-solver++)")
     flops.set_defaults(func=run_bench(bench_flops, print_flops))
     latency.set_defaults(func=run_bench(bench_latency, print_latency))
 

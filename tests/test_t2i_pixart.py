@@ -247,3 +247,32 @@ def test_full_size_flops_match_published_counts():
         report = density_report(PRESETS[name], density)
         assert report["reduction"] >= target
         assert report["stages"][0][2] == hi and report["stages"][-1][2] == lo     # most tokens at t = 0
+
+
+def test_bench_cli_covers_pixart(capsys, tmp_path):
+    """`flexgen bench flops` on the PixArt-α configs (the reduction targets), and `bench latency` on a small PixArt
+    config: forwards, CFG steps and a whole 20-step DPM-Solver run whose steps use the grids of their timesteps."""
+    from flexgen.cli import main
+
+    assert main(["bench", "flops", "--config", "configs/t2i/pixart/flexpixart-xl2-512.yaml", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["gmacs_dense"] == pytest.approx(618, rel=0.002) and report["reduction"] >= 0.50
+    assert report["latent"] == [1, 4, 64, 64] and report["text_tokens"] == 120
+    assert main(["bench", "flops", "--model", "PixArt-XL/2-256", "--layout", "PixArt-XL/2", "--grid-min", "5",
+                 "--grid-max", "8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["reduction"] >= 0.45
+    assert main(["bench", "flops", "--model", "PixArt-XL/2-1024-MS", "--image-size", "512"]) == 0
+    assert "617.99 G" in capsys.readouterr().out                   # the 1024-MS weights at 512 px
+
+    assert main(["bench", "latency", "--config", "configs/t2i/pixart/flexpixart-xl2-256.yaml", "model.depth=6",
+                 "model.hidden_size=24", "model.num_heads=3", "model.caption_channels=32", "data.image_size=64",
+                 "density.layout=P GSR DD", "density.schedule.grid_min=2", "density.schedule.grid_max=4",
+                 "--repeats", "1", "--warmup", "0", "--cfg-scale", "4.5", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["forward"]["per_grid_s"]) == {"2", "3", "4"}
+    sampling = report["sampling"]
+    assert sampling["sampler"] == "dpm-solver++" and sampling["steps"] == 20 and sum(sampling["grids"].values()) == 20
+    from flexgen.diffusion import linear_betas, make_scheduler
+    expected = [grid_at(ScheduleConfig(grid_min=2, grid_max=4), int(t), 1000)
+                for t in make_scheduler("dpm-solver++", linear_betas(1000), 20).timesteps]
+    assert sampling["grids"] == {str(g): expected.count(g) for g in sorted(set(expected))}

@@ -139,9 +139,9 @@ class FlexPixArtTransformer2DModel(PixArtTransformer2DModel):
         config = {k: v for k, v in dense.config.items() if not k.startswith("_")}
         config.update(density_config_entries(density), num_train_timesteps=num_train_timesteps)
         weight = next(dense.parameters())
-        flex = cls(**config).to(weight.device)
-        if weight.dtype != torch.float32:
-            flex = flex.to(weight.dtype)
+        flex = cls(**config).to(device=weight.device)
+        if next(flex.parameters()).dtype != weight.dtype:   # (diffusers warns on every dtype cast)
+            flex = flex.to(dtype=weight.dtype)
         state = dense.state_dict()
         for i, role in enumerate(flex.roles):
             if role == "P":
