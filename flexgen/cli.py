@@ -235,11 +235,14 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
     gen.add_argument("--negative-prompt", default="", help="negative prompt (the unconditional branch of CFG)")
     gen.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default: %(default)s)")
-    gen.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: %(default)s)")
+    gen.add_argument("--device", default="cpu", help="cpu, cuda (under torchrun: each rank's GPU) or cuda:i "
+                     "(default: %(default)s)")
     gen.add_argument("--dtype", choices=list(DTYPES), default="float32", help="model precision (default: %(default)s)")
     gen.add_argument("--max-length", type=int, default=120, help="T5 tokens per prompt (default: %(default)s, as "
                      "PixArt-α)")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+    gen.add_argument("--overwrite", action="store_true", help="draw every image again (default: a re-run with the "
+                     "same settings keeps the images already written and draws the rest)")
     gen.set_defaults(func=generate_command)
 
 

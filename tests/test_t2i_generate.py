@@ -348,3 +348,62 @@ def test_python_m_flexgen_generate_offline(tmp_path, dense_dir):
         help_text = subprocess.run([sys.executable, "-m", "flexgen", *command, "--help"], capture_output=True,
                                    text=True, timeout=300, env=env)
         assert help_text.returncode == 0 and "usage: flexgen" in help_text.stdout
+
+
+def test_cli_resumes_refuses_other_runs_and_counts_cost(tmp_path, dense_dir, flex_dir, monkeypatch, capsys):
+    """Images are written as they are made; a re-run with the same settings draws only the missing ones, another
+    run's folder is refused (unless --overwrite); the grid shows the first images only; FILE.json carries the cost
+    of one image (each sampling step at its timestep's grid, doubled by CFG)."""
+    import flexgen.t2i.generate as gen
+    from flexgen.flops import density_report
+
+    monkeypatch.setattr(gen, "GRID_IMAGES", 2)
+    out = tmp_path / "run" / "img.png"
+    def command(steps="4", *extra):
+        return ["generate", *PROMPTS, "--model", str(dense_dir), "--transformer", str(flex_dir), "--out", str(out),
+                "--num-images", "2", "--steps", steps, "--max-length", str(MAX_LENGTH), "--no-progress", *extra]
+
+    args = command()
+    assert main(args) == 0
+    first = {p.name: p.read_bytes() for p in out.parent.glob("img-*.png")}
+    assert len(first) == 4 and read_png(out).shape == (3, 2 + 18, 2 + 2 * 18)     # grid: the first 2 images
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["complete"] and record["cost"]["seconds_per_image"] > 0
+
+    flex = load_pipeline(dense_dir, transformer=flex_dir)
+    report = density_report({k: v for k, v in flex.transformer.config.items() if not k.startswith("_")
+                             and k not in ("layout", "schedule", "fusion_init", "num_train_timesteps")},
+                            flex.transformer.density)
+    set_scheduler(flex, "dpm-solver").scheduler.set_timesteps(4)
+    at_grid = {grid: gmacs for _, _, grid, gmacs in report["stages"]}
+    expected = 2 * sum(at_grid[grid_at(SCHEDULE, int(t), 1000)] for t in flex.scheduler.timesteps)
+    assert record["cost"]["gmacs_per_image"] == pytest.approx(expected, rel=1e-9)
+    assert record["cost"]["gmacs_per_forward"] == pytest.approx(report["gmacs"], rel=1e-9)
+
+    (out.parent / "img-002.png").unlink()                       # an interrupted run: one image missing
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "1 drawn now, 3 were there" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in out.parent.glob("img-*.png")} == first     # same seeds, same image
+
+    assert main(command("3")) == 2                                                     # other settings: refused
+    assert "belongs to another run (steps: 4 -> 3)" in capsys.readouterr().err
+    assert main(command("3", "--overwrite")) == 0
+    assert {p.name: p.read_bytes() for p in out.parent.glob("img-*.png")} != first
+
+
+def test_torchrun_shards_images_over_ranks(tmp_path, dense_dir):
+    """Two CPU ranks (gloo) draw images i ≡ rank (mod 2); the files equal a one-process run's."""
+    common = ["generate", *PROMPTS, "--model", str(dense_dir), "--num-images", "2", "--steps", "2",
+              "--max-length", str(MAX_LENGTH), "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "one" / "img.png")]) == 0
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                           "-m", "flexgen", *common, "--out", str(tmp_path / "two" / "img.png")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "two" / "img.json").read_text())
+    assert record["complete"] and record["settings"]["world_size"] == 2
+    for i in range(4):
+        name = f"img-{i:03d}.png"
+        assert torch.equal(read_png(tmp_path / "two" / name), read_png(tmp_path / "one" / name))

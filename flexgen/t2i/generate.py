@@ -37,6 +37,7 @@ import argparse
 import json
 import math
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -174,26 +175,18 @@ def image_records(prompts: list[str], num_images: int = 1, seed: int = 0) -> lis
     return [{"prompt": p, "seed": seed + i, "index": i} for i, p in enumerate(prompts_per_image)]
 
 
-def generate(pipe: PixArtAlphaPipeline, prompts: list[str], *, num_images: int = 1, steps: int = 20,
-             guidance: float = 4.5, seed: int = 0, height: int | None = None, width: int | None = None,
-             batch_size: int = 4, negative_prompt: str = "", max_sequence_length: int = 120,
-             progress: bool = True) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-    """Images (N, 3, H, W) uint8 on the CPU and their records {prompt, seed, index}, N = len(prompts) · num_images.
-
-    Image i uses seed + i (its own CPU generator), whatever `batch_size`. height / width default to the model's
-    native size; the pipeline's aspect-ratio binning is used only then, and only for PixArt-α's sample sizes.
-    `guidance` <= 1 runs the conditional model alone. The pipeline's own progress bar is switched off (one bar
-    over the images instead)."""
+def iter_generate(pipe: PixArtAlphaPipeline, records: list[dict[str, Any]], *, steps: int = 20,
+                  guidance: float = 4.5, height: int | None = None, width: int | None = None, batch_size: int = 4,
+                  negative_prompt: str = "", max_sequence_length: int = 120, progress: bool = True
+                  ) -> Iterator[tuple[list[dict[str, Any]], torch.Tensor]]:
+    """Batches (records, uint8 images (b, 3, H, W) on the CPU) for `records` ({prompt, seed, index}, see
+    `image_records`), in order; each image is drawn with its record's seed (its own CPU generator), whatever
+    `batch_size` or which records are asked for, so a run can be sharded over ranks or resumed."""
     from tqdm.auto import tqdm
 
-    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
-        raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
-    for name, value in (("num_images", num_images), ("steps", steps), ("batch_size", batch_size),
-                        ("max_sequence_length", max_sequence_length)):
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("max_sequence_length", max_sequence_length)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
     config = pipe.transformer.config
     unit = math.lcm(8, pipe.vae_scale_factor * config.patch_size)      # the pipeline checks 8; patches need more
     for name, value in (("height", height), ("width", width)):
@@ -201,10 +194,7 @@ def generate(pipe: PixArtAlphaPipeline, prompts: list[str], *, num_images: int =
             raise ValueError(f"{name} {value} must be a positive multiple of {unit} (autoencoder factor "
                              f"{pipe.vae_scale_factor} × patch {config.patch_size}, and 8)")
     binning = height is None and width is None and config.sample_size in BINNING_SAMPLE_SIZES
-
-    records = image_records(prompts, num_images, seed)
     pipe.set_progress_bar_config(disable=True)
-    chunks = []
     with tqdm(total=len(records), desc=f"generate ({steps} steps)", unit="image", disable=not progress) as bar:
         for start in range(0, len(records), batch_size):
             batch = records[start:start + batch_size]
@@ -220,9 +210,54 @@ def generate(pipe: PixArtAlphaPipeline, prompts: list[str], *, num_images: int =
                 warnings.warn(f"images {bad} have NaN or infinite pixels (NaN written as 0): in float16 the "
                               "autoencoder or the model can overflow; try --dtype bfloat16 or float32",
                               NonFiniteWarning, stacklevel=2)
-            chunks.append(out.nan_to_num(0.0).mul(255).round().clamp(0, 255).to(torch.uint8).cpu())
+            yield batch, out.nan_to_num(0.0).mul(255).round().clamp(0, 255).to(torch.uint8).cpu()
             bar.update(len(batch))
+
+
+def generate(pipe: PixArtAlphaPipeline, prompts: list[str], *, num_images: int = 1, steps: int = 20,
+             guidance: float = 4.5, seed: int = 0, height: int | None = None, width: int | None = None,
+             batch_size: int = 4, negative_prompt: str = "", max_sequence_length: int = 120,
+             progress: bool = True) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Images (N, 3, H, W) uint8 on the CPU and their records {prompt, seed, index}, N = len(prompts) · num_images.
+
+    Image i uses seed + i (its own CPU generator), whatever `batch_size`. height / width default to the model's
+    native size; the pipeline's aspect-ratio binning is used only then, and only for PixArt-α's sample sizes.
+    `guidance` <= 1 runs the conditional model alone. The pipeline's own progress bar is switched off (one bar
+    over the images instead). For many images, `iter_generate` streams batches instead of holding them all."""
+    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+    if num_images < 1:
+        raise ValueError(f"num_images must be at least 1, got {num_images}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    records = image_records(prompts, num_images, seed)
+    chunks = [images for _, images in iter_generate(
+        pipe, records, steps=steps, guidance=guidance, height=height, width=width, batch_size=batch_size,
+        negative_prompt=negative_prompt, max_sequence_length=max_sequence_length, progress=progress)]
     return torch.cat(chunks), records
+
+
+def gmacs_per_image(transformer, steps: int, guidance: float, scheduler_timesteps: list[int]) -> dict[str, float]:
+    """Cost of one image at the model's native size, counted on the meta device: GMACs of one forward (dense, or
+    the FlexDiT time average over t) and of the whole sampling run (each step at its timestep's grid, doubled by
+    classifier-free guidance)."""
+    from flexgen.flops import pixart_macs
+
+    config = {k: v for k, v in transformer.config.items() if not k.startswith("_")}
+    density = getattr(transformer, "density", None) if getattr(transformer, "roles", "") else None
+    for key in ("layout", "schedule", "fusion_init", "num_train_timesteps"):
+        config.pop(key, None)
+    if density is None:
+        per_forward = pixart_macs(config).gmacs
+        per_step = [per_forward] * len(scheduler_timesteps)
+    else:
+        from flexgen.flops import density_report
+
+        report = density_report(config, density, transformer.config.num_train_timesteps)
+        per_forward = report["gmacs"]
+        at_grid = {grid: gmacs for _, _, grid, gmacs in report["stages"]}
+        per_step = [at_grid[transformer.grid_for(torch.tensor([int(t)]))] for t in scheduler_timesteps]
+    return {"gmacs_per_forward": per_forward, "gmacs_per_image": sum(per_step) * (2 if guidance > 1 else 1)}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -251,9 +286,29 @@ def _folder(path: str | Path | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
-def main(args: argparse.Namespace) -> None:
+GRID_IMAGES = 64                 # the grid shows the first images only (a 30k-image run writes them all as files)
+RUN_KEYS = ("model", "transformer", "text_encoder", "transformer_class", "layout", "schedule", "scheduler", "steps",
+            "guidance", "seed", "num_images", "requested_size", "negative_prompt", "max_length", "dtype")
+
+
+def _save_png(image: torch.Tensor, path: Path) -> None:
+    """uint8 (3, H, W) -> PNG, written to a temporary name first (an interrupted run leaves no broken file)."""
     from PIL import Image
 
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+def main(args: argparse.Namespace) -> dict[str, Any] | None:
+    """`flexgen generate`: images written as they are made (resumable: a re-run with the same settings draws only the
+    missing files; under torchrun rank r draws images i ≡ r mod W), then the grid and FILE.json on rank 0."""
+    import time
+
+    import numpy as np
+    from PIL import Image
+
+    from flexgen import dist
     from flexgen.video.io import save_grid
 
     prompts = list(args.prompt) + (read_prompts(args.prompts_file) if args.prompts_file else [])
@@ -265,23 +320,12 @@ def main(args: argparse.Namespace) -> None:
         raise ValueError(f"--out {out} must be a .png file (the image, or the grid when there are several)")
     if args.dtype not in DTYPES:
         raise ValueError(f"unknown dtype {args.dtype!r}; choose one of: {', '.join(DTYPES)}")
+    if args.num_images < 1 or args.seed < 0:
+        raise ValueError(f"--num-images must be >= 1 and --seed >= 0, got {args.num_images} and {args.seed}")
+    env = dist.init(None if args.device == "cuda" else args.device)    # "cuda": this rank's GPU under torchrun
 
     pipe = load_pipeline(args.model, transformer=args.transformer, text_encoder=args.text_encoder,
-                         scheduler=args.scheduler, device=args.device, dtype=DTYPES[args.dtype])
-    images, records = generate(pipe, prompts, num_images=args.num_images, steps=args.steps, guidance=args.guidance,
-                               seed=args.seed, height=args.height, width=args.width, batch_size=args.batch_size,
-                               negative_prompt=args.negative_prompt, max_sequence_length=args.max_length,
-                               progress=not args.no_progress)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    files = image_files(out, len(images))
-    for image, file in zip(images, files, strict=True):
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(file)
-    grid = None
-    if len(images) > 1:
-        nrow = args.num_images if args.num_images > 1 else math.ceil(math.sqrt(len(images)))   # a row per prompt
-        save_grid(out, images, nrow=nrow)
-        grid = out.name
+                         scheduler=args.scheduler, device=env.device, dtype=DTYPES[args.dtype])
     config = pipe.transformer.config
     layout = config.get("layout", "")
     settings = {"model": _folder(args.model), "transformer": _folder(args.transformer or args.model),
@@ -289,14 +333,69 @@ def main(args: argparse.Namespace) -> None:
                 "transformer_class": type(pipe.transformer).__name__,
                 "layout": layout, "schedule": config.get("schedule") if layout else None,
                 "scheduler": args.scheduler, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
-                "num_images": args.num_images, "height": int(images.shape[-2]), "width": int(images.shape[-1]),
-                "negative_prompt": args.negative_prompt, "max_length": args.max_length, "batch_size": args.batch_size,
-                "device": str(args.device), "dtype": args.dtype}
-    entries = [{"file": f.name, **r} for f, r in zip(files, records, strict=True)]
-    record = {"grid": grid, "images": entries, "settings": settings}
+                "num_images": args.num_images, "requested_size": [args.height, args.width],
+                "negative_prompt": args.negative_prompt, "max_length": args.max_length, "dtype": args.dtype}
+    records = image_records(prompts, args.num_images, args.seed)
+    files = image_files(out, len(records))
     json_file = out.with_suffix(".json")
+    if env.is_main:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if json_file.is_file() and not args.overwrite:          # resuming: the files there must be this run's
+            previous = json.loads(json_file.read_text())
+            before = {k: previous.get("settings", {}).get(k) for k in RUN_KEYS}
+            now = {k: settings[k] for k in RUN_KEYS}
+            changed = [f"{k}: {before[k]!r} -> {now[k]!r}" for k in RUN_KEYS if before[k] != now[k]]
+            if changed or [e["prompt"] for e in previous.get("images", [])] != [r["prompt"] for r in records]:
+                raise ValueError(f"{json_file} belongs to another run ({'; '.join(changed) or 'other prompts'}); "
+                                 "use another --out, or --overwrite to replace its images")
+        json_file.write_text(json.dumps({"complete": False, "images": [
+            {"file": f.name, **r} for f, r in zip(files, records, strict=True)], "settings": settings}, indent=2))
+    dist.barrier()
+
+    mine = [r for r in records[env.rank::env.world_size] if args.overwrite or not files[r["index"]].is_file()]
+    started, drawn = time.perf_counter(), 0
+    for batch, images in iter_generate(pipe, mine, steps=args.steps, guidance=args.guidance, height=args.height,
+                                       width=args.width, batch_size=args.batch_size,
+                                       negative_prompt=args.negative_prompt, max_sequence_length=args.max_length,
+                                       progress=not args.no_progress and env.is_main):
+        for record, image in zip(batch, images, strict=True):
+            _save_png(image, files[record["index"]])
+        drawn += len(batch)
+    seconds = time.perf_counter() - started
+    dist.barrier()
+    if not env.is_main:
+        dist.shutdown()
+        return None
+
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise RuntimeError(f"{len(missing)} image(s) were not written (e.g. {missing[0]}); run the command again")
+    shown = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files[:GRID_IMAGES]])
+    grid = None
+    if len(files) > 1:
+        nrow = args.num_images if args.num_images > 1 else math.ceil(math.sqrt(len(shown)))   # a row per prompt
+        save_grid(out, shown, nrow=nrow)
+        grid = out.name
+    height, width = shown.shape[1:3]
+    settings.update(height=int(height), width=int(width), batch_size=args.batch_size, device=str(env.device),
+                    world_size=env.world_size)
+    cost = {}
+    if (height, width) == (config.sample_size * pipe.vae_scale_factor,) * 2:      # counted at the native size
+        scheduler = build_scheduler(args.scheduler, pipe.scheduler.config)
+        scheduler.set_timesteps(args.steps)
+        timesteps = [int(t) for t in scheduler.timesteps]
+        cost = gmacs_per_image(pipe.transformer, args.steps, args.guidance, timesteps)
+    if drawn:
+        cost["seconds_per_image"] = seconds / drawn                   # this rank's wall time, batch_size images
+    record = {"complete": True, "grid": grid, "images": [{"file": f.name, **r} for f, r in zip(files, records,
+                                                                                                strict=True)],
+              "settings": settings, "cost": cost}
     json_file.write_text(json.dumps(record, indent=2) + "\n")
+    dist.shutdown()
     if grid is None:
         print(f"wrote {out} and {json_file}")
     else:
-        print(f"wrote {len(images)} images {files[0].name} … {files[-1].name}, the grid {out} and {json_file}")
+        print(f"wrote {len(files)} images {files[0].name} … {files[-1].name}, the grid {out} (the first "
+              f"{len(shown)}) and {json_file}; {drawn} drawn now, {len(files) - drawn} were there")
+    return record
+
