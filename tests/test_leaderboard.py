@@ -1,6 +1,7 @@
 """Evaluation records and the leaderboard: JSON Lines round trip, anchors, grouping rules, Markdown / HTML / PNG."""
 
 import argparse
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -200,3 +201,42 @@ def test_leaderboard_command(tmp_path, capsys):
     assert "1 measured + " in capsys.readouterr().out
     with pytest.raises(SystemExit):
         parser.parse_args(["--format", "md,pdf"])
+
+
+def test_records_from_evaluations_read_the_generators_json(tmp_path):
+    """`flexgen eval --records` turns a result into a Record whose model, sampler, seeds and cost come from what
+    the generator wrote beside its samples: samples.json (flexgen sample) or FILE.json (flexgen generate)."""
+    from flexgen.metrics.records import record_from_evaluation
+
+    result = {"metric": "fvd", "protocol": "fvd2048_16f", "value": 123.4, "detector": "i3d_torchscript.pt",
+              "detector_sha256": "a" * 64, "reference_stats_sha256": "b" * 64, "num_fake": 2048, "kid": 0.01}
+    video = tmp_path / "video"
+    video.mkdir()
+    (video / "samples.json").write_text(json.dumps({
+        "config": "configs/video/ffs/flexlatte-xl2.yaml", "checkpoint_sha256": "c" * 64, "sampler": "ddpm",
+        "steps": 250, "cfg_scale": 1.0, "seed": 0, "format": "mp4", "model": {"temporal": True},
+        "density": {"layout": "Latte-XL/2"}, "run_config": {"model": {"preset": "Latte-XL/2"}},
+        "flops": {"gmacs_per_sample": 500.0, "model_evaluations": 250}}))
+    record = record_from_evaluation(result, "ffs", video)
+    assert (record.model_family, record.model_variant, record.method) == ("latte", "Latte-XL/2", "flexdit Latte-XL/2")
+    assert (record.sampler, record.steps, record.seeds, record.storage) == ("ddpm", 250, [0], "mp4")
+    assert (record.ckpt_sha256, record.reference_sha256, record.num_samples) == ("c" * 64, "b" * 64, 2048)
+    assert record.gflops_per_sample == 500.0 and record.gflops_per_forward == 2.0 and record.extra["kid"] == 0.01
+
+    images = tmp_path / "images"
+    (images / "flex" / "transformer").mkdir(parents=True)
+    (images / "flex" / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
+    (images / "coco.json").write_text(json.dumps({
+        "images": [{"file": "coco-000.png", "prompt": "a cat", "seed": 0, "index": 0}],
+        "settings": {"transformer": str(images / "flex"), "layout": "PixArt-XL/2", "scheduler": "dpm-solver",
+                     "steps": 20, "guidance": 4.5, "seed": 0},
+        "cost": {"gmacs_per_forward": 80.8, "gmacs_per_image": 3200.0, "seconds_per_image": 1.5}}))
+    result = {**result, "metric": "fid", "protocol": "fid30k_coco"}
+    record = record_from_evaluation(result, "coco30k", images, method="flexdit r=[0.75,0.90]")
+    assert (record.model_family, record.model_variant, record.method) == ("pixart-alpha", "flex",
+                                                                          "flexdit r=[0.75,0.90]")
+    assert (record.sampler, record.steps, record.cfg_scale, record.latency_s) == ("dpm-solver", 20, 4.5, 1.5)
+    assert record.ckpt_sha256 == hashlib.sha256(b"weights").hexdigest()
+    assert (record.gflops_per_forward, record.gflops_per_sample) == (80.8, 3200.0)
+    with pytest.raises(ValueError, match="detector_sha256 and reference_sha256"):
+        record_from_evaluation({**result, "reference_stats_sha256": None}, "coco30k", tmp_path)

@@ -153,6 +153,63 @@ def append_record(path: str | Path, record: Record) -> None:
         os.fsync(f.fileno())
 
 
+def _sample_provenance(fake: Path) -> dict[str, Any]:
+    """Record fields from what the generator wrote beside its samples: `samples.json` (`flexgen sample`) or the JSON
+    of `flexgen generate` (`images` + `settings`) in the folder. {} when there is neither."""
+    from flexgen.files import file_sha256
+
+    samples = fake / "samples.json"
+    if samples.is_file():
+        s = json.loads(samples.read_text())
+        run = s.get("run_config") or {}
+        model = run.get("model", {})
+        density = s.get("density") or None
+        flops = s.get("flops") or {}
+        per_sample = flops.get("gmacs_per_sample")
+        evaluations = flops.get("model_evaluations")
+        return {"model_family": "latte" if (s.get("model") or {}).get("temporal") else "dit",
+                "model_variant": model.get("preset", ""),
+                "method": f"flexdit {density['layout']}" if density else "baseline",
+                "ckpt_sha256": s.get("checkpoint_sha256") or "", "config": str(s.get("config") or ""),
+                "sampler": s.get("sampler", ""), "steps": s.get("steps"), "cfg_scale": s.get("cfg_scale"),
+                "seeds": [s["seed"]] if "seed" in s else [], "storage": s.get("format", ""),
+                "gflops_per_sample": per_sample,
+                "gflops_per_forward": per_sample / evaluations if per_sample and evaluations else None}
+    for candidate in sorted(fake.glob("*.json")):
+        g = json.loads(candidate.read_text())
+        if not isinstance(g, dict) or "images" not in g or "settings" not in g:
+            continue
+        settings, cost = g["settings"], g.get("cost") or {}
+        transformer = Path(settings.get("transformer") or "")
+        folder = transformer / "transformer" if (transformer / "transformer").is_dir() else transformer
+        weights = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+        return {"model_family": "pixart-alpha", "model_variant": transformer.name,
+                "method": f"flexdit {settings['layout']}" if settings.get("layout") else "baseline",
+                "ckpt_sha256": file_sha256(weights[0]) if len(weights) == 1 else "",
+                "config": str(transformer), "sampler": settings.get("scheduler", ""), "steps": settings.get("steps"),
+                "cfg_scale": settings.get("guidance"), "seeds": [settings["seed"]] if "seed" in settings else [],
+                "storage": "png", "gflops_per_forward": cost.get("gmacs_per_forward"),
+                "gflops_per_sample": cost.get("gmacs_per_image"), "latency_s": cost.get("seconds_per_image")}
+    return {}
+
+
+def record_from_evaluation(result: dict[str, Any], dataset: str, fake: str | Path | None = None,
+                           **fields: Any) -> Record:
+    """A Record of one `flexgen eval` result (`evaluate` / `eval_main` output), with the model, sampler and cost
+    read from the generator's JSON beside the samples in `fake`; `fields` override any of them (e.g. method)."""
+    fake = Path(fake if fake is not None else result.get("fake", "."))
+    provenance = _sample_provenance(fake) if fake.is_dir() else {}
+    reference = result.get("reference_stats_sha256") or result.get("prompts_sha256") or ""
+    detector = result.get("detector", "")
+    extra = {k: result[k] for k in ("kid", "kid_std", "value_std", "frechet_distance", "num_real") if k in result}
+    data = {"metric": result["metric"], "protocol": result["protocol"], "value": result["value"], "dataset": dataset,
+            "detector_file": str(detector), "detector_sha256": result.get("detector_sha256") or "",
+            "reference_sha256": reference, "num_samples": result.get("num_fake", result.get("count")),
+            **provenance, "extra": extra}
+    data.update({k: v for k, v in fields.items() if v is not None})
+    return Record(**{k: v for k, v in data.items() if v is not None})
+
+
 def read_records(path: str | Path) -> list[Record]:
     """All records in the JSON Lines file at `path` (blank lines skipped); a bad line is a ValueError naming it."""
     path = Path(path)
