@@ -328,8 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
                                              "mp4 files, grid.png, samples.json; sharded under torchrun"))
 
     from flexgen.metrics.protocols import add_eval_arguments, eval_main
-    add_eval_arguments(commands.add_parser("eval", help="FVD / KID of generated videos against a real set under a "
-                                           "named protocol (the standard I3D, verified by sha256)")
+    add_eval_arguments(commands.add_parser("eval", help="FVD / KID of generated videos, FID of images (clean-fid "
+                                           "Inception), CLIP score, under a named protocol; verified detectors")
                        ).set_defaults(func=eval_main)
     from flexgen.metrics.records import add_leaderboard_arguments
     add_leaderboard_arguments(commands.add_parser("leaderboard", help="render evaluation records and the published "

@@ -126,7 +126,7 @@ def load_make_synthetic():
 
 
 def test_presets_match_the_config_choices():
-    assert set(DATASETS) == set(CONFIG_DATASETS)
+    assert set(DATASETS) == set(CONFIG_DATASETS) - {"captions"}     # captions: flexgen.t2i.data (text-to-image)
     assert {name for name, p in DATASETS.items() if p.hflip} == {"ffs", "ucf101", "taichi"}
     assert {name for name, p in DATASETS.items() if p.labelled} == {"ucf101", "synthetic"}
     assert DATASETS["sky"].crop == "crop_resize"

@@ -1,8 +1,7 @@
 """Evaluation metrics: feature statistics (float64, mergeable across ranks), Fréchet distance, KID; detectors
-(our I3D for FVD from the standard `i3d_torchscript.pt`, clean-fid's Inception for FID, both verified by sha256);
-named protocols with cached reference statistics (`protocols`); records and leaderboards (`records`).
-
-Still to come (issue 6): the CLIP detector and CLIP score.
+(our I3D for FVD from the standard `i3d_torchscript.pt`, clean-fid's Inception for FID, both verified by sha256;
+CLIP from a local transformers folder for CLIP score, `clip`); named protocols with cached reference statistics
+(`protocols`); records and leaderboards (`records`).
 """
 
 from flexgen.metrics.frechet import FeatureStats, fid_from_stats, frechet_distance, kid, kid_from_stats

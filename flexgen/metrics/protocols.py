@@ -1,4 +1,5 @@
-"""Named evaluation protocols (FVD / KID on videos), real and generated clip sampling, cached reference statistics.
+"""Named evaluation protocols (FVD / KID on videos, FID and CLIP score on images), real and generated sampling, cached
+reference statistics.
 
 A number such as "FVD 2048/16f" is only comparable when everything behind it is fixed: which real clips (split,
 count, which videos, which offset, frame stride), which generated clips, and which detector weights. A `Protocol`
@@ -20,6 +21,24 @@ Image FID (`fid50k`) runs on folders of images (png/jpg/..., any depth, sorted b
 a seeded random subset when there are more than `num_real` (kept in sorted order), the generated ones the first
 `num_fake`; batches are uint8 (N, 3, H, W) for `InceptionDetector` (clean-fid "clean" features, file `f58cb9b6…`,
 the only one named plain "fid"). The statistics cache and `evaluate` are the same as for videos.
+
+Text-to-image (`fid30k_coco`, `clipscore_*`): a folder written by `flexgen generate` holds FILE.json records
+({"images": [{"file", "prompt", "seed", ...}], "grid", "settings"}); when the generated folder has such records, the
+images they list (records in sorted path order, images in record order; grids left out) are the generated set,
+otherwise every image, and the prompts come from same-stem .txt files beside the images.
+
+- `fid30k_coco` (PixArt-α / ToCa FID-30K): 30,000 generated images, one per caption of the 30k COCO-2014-val
+  captions, against COCO val2014 real images. Fixed here: the real images are a seed-0 random subset of 30,000 of
+  the real folder (val2014 has 40,504; all of them when the folder holds at most 30,000, with a warning), each
+  resized (PIL bicubic, antialiased, on uint8 RGB) so that it covers the generated images' size and centre-cropped
+  to it, kept as uint8 like a PNG; then both sides go through the same clean-fid "clean" Inception path. The crop
+  size is read from the generated images (all must share one size) and enters the name and the cache key:
+  `fid30k_coco` at 256 px is recorded as `fid30k_coco256`.
+- `clipscore_l14` / `clipscore_b32` (all generated images), `clipscore30k_l14` (exactly 30,000, the FID-30K
+  companion): the mean over images of 100 · max(cos, 0) between the CLIP image and prompt embeddings
+  (`flexgen.metrics.clip`), with OpenAI CLIP ViT-L/14 or ViT-B/32; `clips_b32_hessel` is CLIP-S of Hessel et al.
+  2021 (ViT-B/32, 2.5 · max(cos, 0), captions prefixed "A photo depicts "). The detector's architecture must be
+  the protocol's variant (an error otherwise): a number is called a CLIP score of ViT-L/14 only when it is one.
 """
 
 from __future__ import annotations
@@ -31,6 +50,8 @@ import json
 import logging
 import os
 import re
+import sys
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +62,7 @@ import numpy as np
 import torch
 
 from flexgen.files import file_sha256
+from flexgen.metrics.clip import CLIP_SCORE_WEIGHTS, CLIP_VARIANTS, ClipScoreStats, clip_score
 from flexgen.metrics.frechet import FeatureStats, fid_from_stats, kid_from_stats
 from flexgen.metrics.i3d import I3D_SHA256, default_i3d_path
 from flexgen.metrics.inception import INCEPTION_SHA256, default_inception_path
@@ -55,6 +77,9 @@ DEFAULT_BATCH_SIZE = 8
 # The detector file each metric is defined with; any other detector gets its name into the metric name.
 STANDARD_DETECTORS = {"fvd": I3D_SHA256, "kid": I3D_SHA256, "fid": INCEPTION_SHA256}
 STANDARD_DETECTOR_NAMES = {I3D_SHA256: "i3d", INCEPTION_SHA256: "inception"}
+# clipscore has no single standard file: its protocol names the CLIP architecture, which the detector must have.
+METRICS = (*STANDARD_DETECTORS, "clipscore")
+REAL_RESIZES = ("none", "center_crop")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -91,25 +116,64 @@ def metric_name(metric: str, detector: Any) -> str:
 @dataclass(frozen=True)
 class Protocol:
     name: str
-    metric: str             # "fvd", "kid" (both on I3D video features) or "fid" (images)
-    num_real: int           # real clips: at most this many (fewer when the real set has fewer usable videos)
-    num_fake: int           # generated clips: exactly this many
+    metric: str             # "fvd", "kid" (both on I3D video features), "fid" (images) or "clipscore" (images+prompts)
+    num_real: int           # real clips: at most this many (fewer when the real set has fewer usable videos); 0 for
+                            # clipscore, which has no real set
+    num_fake: int           # generated clips: exactly this many (clipscore: 0 = every generated image)
     num_frames: int         # frames per clip (1 for images)
     real_stride: int        # frame step inside a real clip
     fake_stride: int        # frame step inside a generated clip (which always starts at frame 0)
     min_real_frames: int    # real videos with fewer frames are discarded (and counted)
     seed: int = 0           # draws the real videos (when more than num_real) and each one's offset
+    real_resize: str = "none"                   # fid: "center_crop" resizes / crops real images to real_size
+    real_size: tuple[int, int] | None = None    # (H, W) of that crop; None until `resolve_protocol` reads it off the
+                                                # generated images
+    clip_variant: str = ""      # clipscore: the CLIP architecture the score is defined with ("ViT-L/14")
+    clip_convention: str = ""   # clipscore: "torchmetrics" (100 · max(cos, 0)) or "hessel" (2.5 · max(cos, 0))
+    text_prefix: str = ""       # clipscore: prepended to every prompt (Hessel et al.: "A photo depicts ")
 
     def __post_init__(self) -> None:
-        if self.metric not in STANDARD_DETECTORS:
-            raise ValueError(f"protocol {self.name}: unknown metric {self.metric!r} "
-                             f"(known: {sorted(STANDARD_DETECTORS)})")
-        for attr in ("num_real", "num_fake", "num_frames", "real_stride", "fake_stride"):
+        if self.metric not in METRICS:
+            raise ValueError(f"protocol {self.name}: unknown metric {self.metric!r} (known: {sorted(METRICS)})")
+        if self.metric == "clipscore":
+            self._check_clipscore()
+        else:
+            if self.clip_variant or self.clip_convention or self.text_prefix:
+                raise ValueError(f"protocol {self.name}: only clipscore protocols name a CLIP variant, a score "
+                                 f"convention or a text prefix")
+            for attr in ("num_real", "num_fake"):
+                if getattr(self, attr) < 1:
+                    raise ValueError(f"protocol {self.name}: {attr} must be >= 1, got {getattr(self, attr)}")
+        for attr in ("num_frames", "real_stride", "fake_stride"):
             if getattr(self, attr) < 1:
                 raise ValueError(f"protocol {self.name}: {attr} must be >= 1, got {getattr(self, attr)}")
         if self.min_real_frames < self.real_span:
             raise ValueError(f"protocol {self.name}: min_real_frames={self.min_real_frames} is shorter than one "
                              f"real clip ({self.real_span} frames)")
+        if self.real_resize not in REAL_RESIZES:
+            raise ValueError(f"protocol {self.name}: unknown real_resize {self.real_resize!r} (known: {REAL_RESIZES})")
+        if self.real_resize != "none" and self.metric != "fid":
+            raise ValueError(f"protocol {self.name}: real_resize={self.real_resize!r} is for fid protocols only")
+        if self.real_size is not None:
+            if self.real_resize != "center_crop":
+                raise ValueError(f"protocol {self.name}: real_size needs real_resize='center_crop'")
+            if len(self.real_size) != 2 or not all(isinstance(v, int) and v >= 1 for v in self.real_size):
+                raise ValueError(f"protocol {self.name}: real_size must be (H, W) positive ints, got {self.real_size}")
+
+    def _check_clipscore(self) -> None:
+        if self.num_real != 0:
+            raise ValueError(f"protocol {self.name}: clipscore has no real set, num_real must be 0 (got "
+                             f"{self.num_real})")
+        if self.num_fake < 0:
+            raise ValueError(f"protocol {self.name}: num_fake must be >= 0 (0 = every image), got {self.num_fake}")
+        if self.num_frames != 1:
+            raise ValueError(f"protocol {self.name}: clipscore is on images, num_frames must be 1")
+        if self.clip_variant not in CLIP_VARIANTS:
+            raise ValueError(f"protocol {self.name}: unknown CLIP variant {self.clip_variant!r} (known: "
+                             f"{', '.join(CLIP_VARIANTS)})")
+        if self.clip_convention not in CLIP_SCORE_WEIGHTS:
+            raise ValueError(f"protocol {self.name}: unknown CLIP score convention {self.clip_convention!r} (known: "
+                             f"{sorted(CLIP_SCORE_WEIGHTS)})")
 
     @property
     def real_span(self) -> int:
@@ -121,17 +185,32 @@ class Protocol:
         return (self.num_frames - 1) * self.fake_stride + 1
 
     def with_counts(self, num_real: int | None = None, num_fake: int | None = None) -> Protocol:
-        """The same protocol with other clip counts, under a new name (fvd2048_16f -> fvd64_16f, fvd64x128_16f)."""
+        """The same protocol with other clip counts, under a new name (fvd2048_16f -> fvd64_16f, fvd64x128_16f;
+        clipscore_l14 -> clipscore100_l14, which has only generated images)."""
+        if self.metric == "clipscore":
+            if num_real not in (None, 0):
+                raise ValueError(f"protocol {self.name}: clipscore has no real images; num_real cannot be set")
+            num_real = 0
         num_real = self.num_real if num_real is None else num_real
         num_fake = self.num_fake if num_fake is None else num_fake
         if (num_real, num_fake) == (self.num_real, self.num_fake):
             return self
-        match = re.fullmatch(r"([a-z]+)\d+k?(?:x\d+k?)?(.*)", self.name)          # fid50k -> fid8, not fid8k
+        match = re.fullmatch(r"([a-z]+)(?:\d+k?(?:x\d+k?)?)?(.*)", self.name)     # fid50k -> fid8, not fid8k
         if match is None:
             raise ValueError(f"protocol name {self.name!r} does not start with <metric><count>; cannot rename it")
-        counts = str(num_real) if num_real == num_fake else f"{num_real}x{num_fake}"
+        if self.metric == "clipscore":
+            counts = str(num_fake) if num_fake else ""
+        else:
+            counts = str(num_real) if num_real == num_fake else f"{num_real}x{num_fake}"
         return dataclasses.replace(self, name=f"{match.group(1)}{counts}{match.group(2)}", num_real=num_real,
                                    num_fake=num_fake)
+
+
+def _clip_protocol(name: str, variant: str, num_fake: int = 0, convention: str = "torchmetrics",
+                   text_prefix: str = "") -> Protocol:
+    """A clipscore protocol: no real set, one frame, the CLIP variant and score convention it is defined with."""
+    return Protocol(name, "clipscore", num_real=0, num_fake=num_fake, num_frames=1, real_stride=1, fake_stride=1,
+                    min_real_frames=1, clip_variant=variant, clip_convention=convention, text_prefix=text_prefix)
 
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
@@ -147,9 +226,19 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     # Image FID over 50k images (clean-fid "clean" Inception features; image folders, not videos).
     Protocol("fid50k", "fid", num_real=50_000, num_fake=50_000, num_frames=1, real_stride=1, fake_stride=1,
              min_real_frames=1),
+    # PixArt-α / ToCa FID-30K: 30k images (one per COCO-2014-val caption) vs a seed-0 random 30k of COCO val2014,
+    # real images resized / centre-cropped to the generated size (see the module docstring).
+    Protocol("fid30k_coco", "fid", num_real=30_000, num_fake=30_000, num_frames=1, real_stride=1, fake_stride=1,
+             min_real_frames=1, real_resize="center_crop"),
+    # CLIP score, torchmetrics convention 100 · max(cos, 0), over every generated image (or exactly 30k).
+    _clip_protocol("clipscore_l14", "ViT-L/14"),
+    _clip_protocol("clipscore_b32", "ViT-B/32"),
+    _clip_protocol("clipscore30k_l14", "ViT-L/14", num_fake=30_000),
+    # Hessel et al. 2021 CLIP-S: ViT-B/32, 2.5 · max(cos, 0), "A photo depicts " + caption.
+    _clip_protocol("clips_b32_hessel", "ViT-B/32", convention="hessel", text_prefix="A photo depicts "),
 )}
 
-DEFAULT_PROTOCOLS = {"fvd": "fvd2048_16f", "kid": "kid2048_16f", "fid": "fid50k"}
+DEFAULT_PROTOCOLS = {"fvd": "fvd2048_16f", "kid": "kid2048_16f", "fid": "fid50k", "clipscore": "clipscore_l14"}
 
 
 def get_protocol(protocol: str | Protocol) -> Protocol:
@@ -338,29 +427,53 @@ def sample_fake_clips(root: str | Path, protocol: str | Protocol, batch_size: in
 # ---------------------------------------------------------------------------------------------------------------
 # Images (fid protocols): seeded subset of the real images, the first num_fake generated ones
 # ---------------------------------------------------------------------------------------------------------------
-def list_images(root: str | Path) -> list[Path]:
-    """Every visible image file under `root` (any depth), sorted by relative path."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"no image folder at {root}")
+def _walk_images(root: Path) -> list[Path]:
+    """Every visible image file under `root` (any depth), sorted by relative path; possibly none."""
     images = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if _visible(d)]
         images += [Path(folder) / f for f in files if _visible(f) and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(images, key=lambda p: p.relative_to(root).as_posix())
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """Every visible image file under `root` (any depth), sorted by relative path; none is an error."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no image folder at {root}")
+    images = _walk_images(root)
     if not images:
         raise ValueError(f"{root} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return sorted(images, key=lambda p: p.relative_to(root).as_posix())
+    return images
+
+
+def center_crop_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W, 3) -> uint8 (h, w, 3): resized with PIL bicubic (antialiased) so that it covers (h, w), then the
+    centre (h, w) crop (offsets rounded down). Unchanged when already (h, w)."""
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    h, w = size
+    if (height, width) == (h, w):
+        return image
+    scale = max(h / height, w / width)
+    new_w, new_h = max(w, round(width * scale)), max(h, round(height * scale))
+    resized = Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BICUBIC)
+    left, top = (new_w - w) // 2, (new_h - h) // 2
+    return np.asarray(resized.crop((left, top, left + w, top + h)))
 
 
 @dataclass
 class ImageSet:
     """The images a protocol selected; iterating yields uint8 torch batches (N, 3, H, W) (an image of another size
-    starts a new batch). `discarded` is always empty; it mirrors `ClipSet`."""
+    starts a new batch). `crop` (H, W) centre-crops every image to that size first (`center_crop_resize`).
+    `discarded` is always empty; it mirrors `ClipSet`."""
 
     paths: list[Path]
     discarded: list[tuple[str, int]] = field(default_factory=list)
     num_candidates: int = 0
     batch_size: int = DEFAULT_BATCH_SIZE
+    crop: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -368,29 +481,167 @@ class ImageSet:
     def __iter__(self) -> Iterator[torch.Tensor]:
         return self.batches(self.batch_size)
 
+    def read(self, path: Path) -> np.ndarray:
+        """One image as uint8 RGB (H, W, 3), cropped when the set has a crop."""
+        image = read_frame_files([path])[0]
+        return image if self.crop is None else center_crop_resize(image, self.crop)
+
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
-        return _uniform_batches((read_frame_files([path])[0] for path in self.paths), batch_size)   # RGB uint8
+        return _uniform_batches((self.read(path) for path in self.paths), batch_size)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generated text-to-image folders: `flexgen generate` records (FILE.json) or same-stem .txt prompts
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class GeneratedImages:
+    """The images of a generated folder in evaluation order, their prompts (None when the folder has no records
+    and not every image has a .txt file) and where those came from."""
+
+    paths: list[Path]
+    prompts: list[str] | None
+    source: str
+
+    @property
+    def prompts_sha256(self) -> str | None:
+        """sha256 of the prompts as a JSON list in evaluation order (tells prompt sets apart in records)."""
+        return None if self.prompts is None else prompts_sha256(self.prompts)
+
+
+def prompts_sha256(prompts: Sequence[str]) -> str:
+    return hashlib.sha256(json.dumps(list(prompts), ensure_ascii=False).encode()).hexdigest()
+
+
+def _read_generate_record(path: Path) -> tuple[list[dict[str, Any]], str | None] | None:
+    """The "images" entries (each with "file" and "prompt") and the grid file name of a `flexgen generate` record;
+    None for other JSON."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); a generated folder's .json files are read as flexgen "
+                         f"generate records, move other files out") from error
+    entries = data.get("images") if isinstance(data, dict) else None
+    if not (isinstance(entries, list) and entries and isinstance(entries[0], dict) and "file" in entries[0]
+            and "prompt" in entries[0]):
+        return None
+    for i, entry in enumerate(entries):
+        if not (isinstance(entry, dict) and isinstance(entry.get("file"), str)
+                and isinstance(entry.get("prompt"), str)):
+            raise ValueError(f"{path}: images[{i}] is not {{'file': str, 'prompt': str, ...}} as flexgen generate "
+                             f"writes it: {entry!r}")
+    grid = data.get("grid")
+    return entries, grid if isinstance(grid, str) else None
+
+
+def generated_images(root: str | Path, need_prompts: bool = False) -> GeneratedImages:
+    """The generated images of `root`: those `flexgen generate` records list, else every image (sorted) with the
+    prompts of same-stem .txt files when every image has one. `need_prompts` makes missing prompts an error."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no generated image folder at {root}")
+    records = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if _visible(d))
+        records += [Path(folder) / f for f in files if _visible(f) and f.lower().endswith(".json")]
+    records.sort(key=lambda p: p.relative_to(root).as_posix())
+    paths: list[Path] = []
+    prompts: list[str] = []
+    used: list[Path] = []
+    grids: set[Path] = set()
+    for record in records:
+        content = _read_generate_record(record)
+        if content is None:
+            continue
+        entries, grid = content
+        used.append(record)
+        if grid is not None:
+            grids.add((record.parent / grid).resolve())
+        for entry in entries:
+            image = record.parent / entry["file"]
+            if not image.is_file():
+                raise FileNotFoundError(f"{image} is listed in {record} but missing")
+            paths.append(image)
+            prompts.append(entry["prompt"])
+    if used:
+        duplicates = [p for p, n in Counter(p.resolve() for p in paths).items() if n > 1]
+        if duplicates:
+            raise ValueError(f"{root}: images listed twice by the flexgen generate records: "
+                             f"{', '.join(map(str, duplicates[:5]))}")
+        listed = {p.resolve() for p in paths} | grids
+        unlisted = [p for p in _walk_images(root) if p.resolve() not in listed]
+        if unlisted:
+            log.warning("%s: %d images are not listed in its flexgen generate records and are not evaluated (e.g. "
+                        "%s)", root, len(unlisted), unlisted[0])
+        names = ", ".join(p.relative_to(root).as_posix() for p in used)
+        return GeneratedImages(paths, prompts, f"flexgen generate records: {names}")
+
+    images = list_images(root)
+    captions = [image.with_suffix(".txt") for image in images]
+    missing = [image for image, caption in zip(images, captions, strict=True) if not caption.is_file()]
+    if missing and need_prompts:
+        raise FileNotFoundError(
+            f"{root}: {len(missing)} of {len(images)} images have no prompt, e.g. {missing[0]} (expected "
+            f"{missing[0].with_suffix('.txt')}); give the folder the FILE.json that flexgen generate writes, or a "
+            f"same-stem .txt file with the prompt beside every image")
+    if missing:
+        return GeneratedImages(images, None, "images only (no prompts)")
+    prompts = [caption.read_text(encoding="utf-8").strip() for caption in captions]
+    empty = [c for c, text in zip(captions, prompts, strict=True) if not text]
+    if empty:
+        raise ValueError(f"{root}: {len(empty)} prompt files are empty, e.g. {empty[0]}")
+    return GeneratedImages(images, prompts, "same-stem .txt files")
 
 
 def sample_real_images(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ImageSet:
-    """At most `num_real` images: all of them, or a subset drawn from the protocol's seed (kept in sorted order)."""
+    """At most `num_real` images: all of them, or a subset drawn from the protocol's seed (kept in sorted order);
+    centre-cropped to `real_size` for a center_crop protocol."""
     protocol = get_protocol(protocol)
+    if protocol.real_resize == "center_crop" and protocol.real_size is None:
+        raise ValueError(f"protocol {protocol.name} crops real images to the generated images' size, which is not "
+                         f"fixed yet: resolve it with resolve_protocol(protocol, fake_folder)")
     images = list_images(root)
     chosen = range(len(images))
     if len(images) > protocol.num_real:
         rng = np.random.default_rng(protocol.seed)
         chosen = sorted(rng.choice(len(images), size=protocol.num_real, replace=False).tolist())
-    return ImageSet([images[i] for i in chosen], num_candidates=len(images), batch_size=batch_size)
+    elif len(images) < protocol.num_real and protocol.real_resize == "center_crop":
+        log.warning("%s: %d real images, fewer than the %d protocol %s is defined with", root, len(images),
+                    protocol.num_real, protocol.name)
+    return ImageSet([images[i] for i in chosen], num_candidates=len(images), batch_size=batch_size,
+                    crop=protocol.real_size)
 
 
 def sample_fake_images(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ImageSet:
-    """Exactly the first `num_fake` images in sorted order; fewer is an error."""
+    """Exactly the first `num_fake` generated images (`generated_images` order); fewer is an error."""
     protocol = get_protocol(protocol)
-    images = list_images(root)
+    images = generated_images(root).paths
     if len(images) < protocol.num_fake:
         raise ValueError(f"{root}: protocol {protocol.name} needs {protocol.num_fake} generated images, found "
                          f"{len(images)}; generate more, or pass a smaller --num-fake (renames the protocol)")
     return ImageSet(images[:protocol.num_fake], num_candidates=len(images), batch_size=batch_size)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image file, from its header."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.height, image.width
+
+
+def resolve_protocol(protocol: str | Protocol, fake: str | Path) -> Protocol:
+    """A center_crop protocol with its crop size read off the generated images (all must share one), renamed
+    fid30k_coco -> fid30k_coco256 (fid30k_coco256x384 when not square); any other protocol unchanged."""
+    protocol = get_protocol(protocol)
+    if protocol.real_resize != "center_crop" or protocol.real_size is not None:
+        return protocol
+    sizes = Counter(image_size(path) for path in sample_fake_images(fake, protocol).paths)
+    if len(sizes) != 1:
+        common = ", ".join(f"{h}x{w}: {n}" for (h, w), n in sizes.most_common(5))
+        raise ValueError(f"{fake}: protocol {protocol.name} crops the real images to the generated images' size, but "
+                         f"they have several sizes (H x W: count) {common}")
+    (h, w), = sizes
+    return dataclasses.replace(protocol, name=f"{protocol.name}{h if h == w else f'{h}x{w}'}", real_size=(h, w))
 
 
 def sample_real(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ClipSet | ImageSet:
@@ -497,6 +748,9 @@ def evaluate(protocol: str | Protocol, real: str | Path, fake: str | Path, detec
     `with_kid` keeps the raw features (num_real / num_fake rows) so KID is reported beside the Fréchet distance;
     a `kid` protocol always keeps them."""
     protocol = get_protocol(protocol)
+    if protocol.metric == "clipscore":
+        raise ValueError(f"protocol {protocol.name} is a CLIP score (no real set): use evaluate_clipscore")
+    protocol = resolve_protocol(protocol, fake)
     with_kid = with_kid or protocol.metric == "kid"
     ref = reference_stats(real, protocol, detector, cache_dir, keep_features=protocol.num_real if with_kid else 0,
                           batch_size=batch_size, progress=progress)
@@ -522,6 +776,8 @@ def evaluate(protocol: str | Protocol, real: str | Path, fake: str | Path, detec
         "fake": str(Path(fake).resolve()),
         "frechet_distance": fd,
     }
+    if protocol.metric == "fid":       # which prompts the generated images came from, when the folder says
+        result["fake_prompts_sha256"] = generated_images(fake).prompts_sha256
     if with_kid:
         kid_mean, kid_std = kid_from_stats(ref.stats, fake_stats, num_subsets=kid_subsets, seed=protocol.seed)
         result.update(kid=kid_mean, kid_std=kid_std)
@@ -531,7 +787,92 @@ def evaluate(protocol: str | Protocol, real: str | Path, fake: str | Path, detec
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Command line: flexgen eval fvd|fid|kid --real DIR --fake DIR ...
+# evaluate_clipscore: one clipscore protocol, one generated folder (images + prompts) -> one record
+# ---------------------------------------------------------------------------------------------------------------
+def check_clip_detector(protocol: Protocol, detector: Any) -> None:
+    """A CLIP score is that of the protocol's CLIP variant only: any other detector architecture is an error."""
+    variant = getattr(detector, "variant", None)
+    if variant != protocol.clip_variant:
+        same = [p.name for p in PROTOCOLS.values() if p.metric == "clipscore" and p.clip_variant == variant]
+        hint = f"or a protocol of {variant} ({', '.join(same)})" if same else "(no protocol uses its architecture)"
+        known = CLIP_VARIANTS.get(protocol.clip_variant)
+        raise ValueError(f"protocol {protocol.name} is the CLIP score of CLIP {protocol.clip_variant} "
+                         f"({known.hub_id if known else 'unregistered'}); the detector {detector_name(detector)} "
+                         f"({getattr(detector, 'path', '?')}) is {variant or 'not a known CLIP variant'}: use a "
+                         f"{protocol.clip_variant} folder {hint}")
+
+
+def _prompted_batches(images: Sequence[Path], prompts: Sequence[str],
+                      batch_size: int) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    """(uint8 images (N, 3, H, W), their prompts) of up to `batch_size`; an image of another size starts a batch."""
+    arrays: list[np.ndarray] = []
+    texts: list[str] = []
+    for path, prompt in zip(images, prompts, strict=True):
+        array = read_frame_files([path])[0]
+        if arrays and (len(arrays) == batch_size or array.shape != arrays[0].shape):
+            yield _to_batch(arrays), texts
+            arrays, texts = [], []
+        arrays.append(array)
+        texts.append(prompt)
+    if arrays:
+        yield _to_batch(arrays), texts
+
+
+def evaluate_clipscore(protocol: str | Protocol, fake: str | Path, detector: Any, *,
+                       batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False) -> dict[str, Any]:
+    """The protocol's CLIP score of the generated images in `fake` against their prompts.
+
+    `detector` has `image_features(uint8 (N, 3, H, W))`, `text_features(list[str])`, `variant`, `name`, `sha256`
+    (`CLIPDetector`); its variant must be the protocol's. Every image is scored when the protocol's num_fake is 0,
+    else exactly the first num_fake (fewer is an error)."""
+    protocol = get_protocol(protocol)
+    if protocol.metric != "clipscore":
+        raise ValueError(f"protocol {protocol.name} measures {protocol.metric}, not clipscore")
+    check_clip_detector(protocol, detector)
+    generated = generated_images(fake, need_prompts=True)
+    available = len(generated.paths)
+    count = protocol.num_fake or available
+    if available < count:
+        raise ValueError(f"{fake}: protocol {protocol.name} needs {count} generated images with prompts, found "
+                         f"{available}; generate more, or pass a smaller --num-fake (renames the protocol)")
+    paths, prompts = generated.paths[:count], (generated.prompts or [])[:count]
+
+    stats = ClipScoreStats()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=count, desc=f"clipscore {protocol.name}", unit="image")
+    for images, texts in _prompted_batches(paths, prompts, batch_size):
+        image_features = detector.image_features(images)
+        text_features = detector.text_features([protocol.text_prefix + t for t in texts])
+        stats.update(clip_score(image_features, text_features, protocol.clip_convention))
+        if bar is not None:
+            bar.update(len(images))
+    if bar is not None:
+        bar.close()
+
+    summary = stats.to_dict()
+    return {
+        "metric": "clip_score",
+        "value": summary["mean"],
+        **summary,
+        "protocol": protocol.name,
+        "protocol_fields": dataclasses.asdict(protocol),
+        "score": f"{CLIP_SCORE_WEIGHTS[protocol.clip_convention]:g} * max(cos, 0) ({protocol.clip_convention})",
+        "clip_variant": protocol.clip_variant,
+        "detector": detector_name(detector),
+        "detector_sha256": getattr(detector, "sha256", None),
+        "num_fake": stats.count,
+        "num_fake_available": available,
+        "fake": str(Path(fake).resolve()),
+        "prompts_source": generated.source,
+        "prompts_sha256": prompts_sha256(prompts),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line: flexgen eval fvd|fid|kid --real DIR --fake DIR ... | flexgen eval clipscore --fake DIR ...
 # ---------------------------------------------------------------------------------------------------------------
 def default_stats_cache() -> Path:
     """`$FLEXGEN_CACHE/ref_stats` (cache default ~/.cache/flexgen)."""
@@ -539,34 +880,60 @@ def default_stats_cache() -> Path:
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("metric", choices=sorted(DEFAULT_PROTOCOLS), help="fvd, kid (I3D video features) or fid")
-    parser.add_argument("--real", required=True, help="real videos: video files or frame folders <video>/<frame> "
-                                                      "(fid: a folder of images)")
-    parser.add_argument("--fake", required=True, help="generated videos (mp4), the first ones in sorted order "
-                                                      "(fid: images)")
+    parser.add_argument("metric", choices=sorted(DEFAULT_PROTOCOLS),
+                        help="fvd, kid (I3D video features), fid (images) or clipscore (images and their prompts)")
+    parser.add_argument("--real", default=None, help="real videos: video files or frame folders <video>/<frame> "
+                                                     "(fid: a folder of images); required except for clipscore")
+    parser.add_argument("--fake", required=True, help="generated videos (mp4), the first ones in sorted order (fid, "
+                                                      "clipscore: images; with flexgen generate's FILE.json, the "
+                                                      "images it lists and their prompts, else same-stem .txt "
+                                                      "prompts)")
     parser.add_argument("--protocol", default=None,
                         help=f"named protocol (default per metric: {DEFAULT_PROTOCOLS}); known: "
                              f"{', '.join(sorted(PROTOCOLS))}")
     parser.add_argument("--detector", default=None,
-                        help=f"detector TorchScript weights: I3D for fvd/kid (default {default_i3d_path()}, or "
+                        help=f"detector weights: I3D TorchScript for fvd/kid (default {default_i3d_path()}, or "
                              f"$FLEXGEN_I3D), Inception for fid (default {default_inception_path()}, or "
-                             f"$FLEXGEN_INCEPTION)")
+                             f"$FLEXGEN_INCEPTION), a Hugging Face CLIP folder for clipscore (default "
+                             f"$FLEXGEN_CLIP, else {default_stats_cache().parent / 'detectors'}/"
+                             f"<clip-vit-large-patch14 or clip-vit-base-patch32, per the protocol's variant>)")
     parser.add_argument("--cache", default=None, help=f"reference statistics cache (default {default_stats_cache()})")
     parser.add_argument("--num-real", type=int, default=None, help="fewer real clips for quick runs (renames the "
                                                                    "protocol, e.g. fvd64_16f)")
-    parser.add_argument("--num-fake", type=int, default=None, help="fewer generated clips (renames the protocol)")
+    parser.add_argument("--num-fake", type=int, default=None, help="fewer generated clips (renames the protocol; "
+                                                                   "clipscore: the first N images)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-kid", action="store_true", help="skip KID (does not keep raw features)")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
+    parser.add_argument("--records", default=None, metavar="FILE",
+                        help="also append the result as a leaderboard record to this JSON Lines file (model, sampler, "
+                             "seeds and cost come from samples.json / the generate JSON beside the samples)")
+    parser.add_argument("--dataset", default=None, help="dataset name of the record (ffs, sky, ucf101, taichi, "
+                                                        "imagenet256, coco30k, ...); required with --records")
+    parser.add_argument("--method", default=None, help="record's method (default: baseline / flexdit <layout>)")
+    parser.add_argument("--model-name", default=None, help="record's model name (default: from the sample JSON)")
+    parser.add_argument("--note", default=None, help="free-text note stored with the record")
     return parser
 
 
 def eval_main(args: argparse.Namespace) -> dict[str, Any]:
-    """Run one evaluation and print its record as one JSON line."""
+    """Run one evaluation and print its record as one JSON line (and append it to --records)."""
+    if getattr(args, "records", None) and not args.dataset:
+        raise SystemExit("flexgen eval --records needs --dataset NAME (rows of different datasets never share a table)")
     protocol = get_protocol(args.protocol or DEFAULT_PROTOCOLS[args.metric])
     if protocol.metric != args.metric:
         raise SystemExit(f"protocol {protocol.name} measures {protocol.metric}, not {args.metric}")
+    if args.metric == "clipscore":
+        if args.num_real is not None:
+            raise SystemExit("flexgen eval clipscore: --num-real does not apply (a CLIP score has no real images)")
+        if args.num_fake is not None and args.num_fake < 1:
+            raise SystemExit(f"flexgen eval clipscore: --num-fake must be >= 1, got {args.num_fake}")
+        return _report(_clipscore_main(protocol.with_counts(num_fake=args.num_fake), args), args)
+    if args.real is None:
+        what = "images" if args.metric == "fid" else "videos"
+        raise SystemExit(f"flexgen eval {args.metric}: --real DIR is required (the real {what} the generated ones "
+                         f"are compared with)")
     protocol = protocol.with_counts(args.num_real, args.num_fake)
 
     if protocol.metric == "fid":
@@ -583,5 +950,30 @@ def eval_main(args: argparse.Namespace) -> dict[str, Any]:
     cache = Path(args.cache).expanduser() if args.cache else default_stats_cache()
     result = evaluate(protocol, args.real, args.fake, detector, cache, with_kid=not args.no_kid,
                       batch_size=args.batch_size, progress=args.progress)
+    return _report(result, args)
+
+
+def _report(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Print the result as one JSON line; with --records, also append it as a leaderboard Record (model, sampler,
+    seeds and cost read from the generator's JSON beside the samples)."""
     print(json.dumps(result, sort_keys=True))
+    if getattr(args, "records", None):
+        from flexgen.metrics.records import append_record, record_from_evaluation
+
+        record = record_from_evaluation(result, args.dataset, args.fake, method=args.method,
+                                        model_variant=args.model_name, note=args.note)
+        append_record(args.records, record)
+        print(f"appended a {record.metric} record to {args.records}", file=sys.stderr)
     return result
+
+
+def _clipscore_main(protocol: Protocol, args: argparse.Namespace) -> dict[str, Any]:
+    """Load the protocol's CLIP variant from --detector (or its default folder) and score --fake."""
+    from flexgen.metrics import clip
+
+    try:  # local folder only; its architecture must be the protocol's variant
+        detector = clip.CLIPDetector(path=args.detector, device=args.device, batch_size=args.batch_size,
+                                     variant=protocol.clip_variant)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"flexgen eval clipscore: {error}") from error
+    return evaluate_clipscore(protocol, args.fake, detector, batch_size=args.batch_size, progress=args.progress)
