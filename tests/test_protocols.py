@@ -255,3 +255,52 @@ def test_eval_main_missing_weights(tmp_path: Path, video_sets):
         eval_main(args)
     with pytest.raises(SystemExit, match="Inception"):
         eval_main(parser.parse_args(["fid", "--real", str(real), "--fake", str(shifted)]))
+
+
+TORCHRUN_WORKER = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from flexgen import dist
+from flexgen.metrics.protocols import evaluate
+from test_protocols import SAME, RandomDetector
+
+env = dist.init("cpu")
+result = evaluate(SAME, {real!r}, {fake!r}, RandomDetector(), {cache!r}, kid_subsets=10)
+if env.is_main:
+    with open({out!r}, "w") as f:
+        json.dump(result, f)
+dist.shutdown()
+"""
+
+
+def test_evaluation_under_torchrun_equals_one_process(video_sets, tmp_path: Path):
+    """Two CPU ranks (gloo): each extracts features of its block of clips, the statistics are summed and the kept
+    features gathered in order, so FVD and KID equal the one-process numbers; rank 0 writes the cache once."""
+    import os
+    import subprocess
+    import sys
+
+    real, shifted = video_sets
+    one = evaluate(SAME, real, shifted, RandomDetector(), tmp_path / "cache1", kid_subsets=10)
+    script = tmp_path / "worker.py"
+    script.write_text(TORCHRUN_WORKER.format(tests=str(Path(__file__).parent), real=str(real), fake=str(shifted),
+                                             cache=str(tmp_path / "cache2"), out=str(tmp_path / "two.json")))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--master_port=29531", str(script)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert two["value"] == pytest.approx(one["value"], rel=1e-9, abs=1e-12)
+    assert two["kid"] == pytest.approx(one["kid"], rel=1e-9, abs=1e-12)
+    assert (two["num_real"], two["num_fake"]) == (one["num_real"], one["num_fake"])
+    assert len(list((tmp_path / "cache2").glob("*.npz"))) == 1                 # written once, by rank 0
+    assert Path(two["reference_stats"]).name == Path(one["reference_stats"]).name   # the same cache key
+
+
+def test_rank_blocks_cover_every_item_once():
+    from flexgen.metrics.protocols import rank_block
+
+    for count in (0, 1, 7, 8, 30):
+        for world in (1, 2, 3, 8):
+            items = [i for r in range(world) for i in range(count)[rank_block(count, r, world)]]
+            assert items == list(range(count))

@@ -61,6 +61,7 @@ from typing import Protocol as TypingProtocol
 import numpy as np
 import torch
 
+from flexgen.dist import barrier, init, is_distributed, shutdown
 from flexgen.files import file_sha256
 from flexgen.metrics.clip import CLIP_SCORE_WEIGHTS, CLIP_VARIANTS, ClipScoreStats, clip_score
 from flexgen.metrics.frechet import FeatureStats, fid_from_stats, kid_from_stats
@@ -351,6 +352,15 @@ class ClipSet:
         """Batches of up to `batch_size` clips; a clip of another frame size starts a new batch."""
         return _uniform_batches((clip.source.read(clip.indices) for clip in self.clips), batch_size)
 
+    def shard(self, rank: int, world_size: int) -> ClipSet:
+        """Rank `rank`'s contiguous block of the clips (gathered in rank order, the blocks give back the order)."""
+        return dataclasses.replace(self, clips=self.clips[rank_block(len(self.clips), rank, world_size)])
+
+
+def rank_block(count: int, rank: int, world_size: int) -> slice:
+    """Items [count·r/W, count·(r+1)/W) of rank r: contiguous, sizes differ by at most one, all items covered."""
+    return slice(count * rank // world_size, count * (rank + 1) // world_size)
+
 
 def _uniform_batches(arrays: Iterable[np.ndarray], batch_size: int) -> Iterator[torch.Tensor]:
     """uint8 channel-last arrays (..., H, W, 3) stacked into channel-first tensors (N, ..., 3, H, W) of up to
@@ -480,6 +490,10 @@ class ImageSet:
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return self.batches(self.batch_size)
+
+    def shard(self, rank: int, world_size: int) -> ImageSet:
+        """Rank `rank`'s contiguous block of the images."""
+        return dataclasses.replace(self, paths=self.paths[rank_block(len(self.paths), rank, world_size)])
 
     def read(self, path: Path) -> np.ndarray:
         """One image as uint8 RGB (H, W, 3), cropped when the set has a crop."""
@@ -664,8 +678,13 @@ def sample_fake(root: str | Path, protocol: str | Protocol, batch_size: int = DE
 def compute_stats(batches: Iterable[torch.Tensor], detector: Callable[[torch.Tensor], Any], keep_features: int = 0,
                   progress: bool = False, metadata: dict[str, Any] | None = None,
                   description: str = "features") -> FeatureStats:
-    """Run the detector over every batch and accumulate float64 statistics (keeping up to `keep_features` rows)."""
+    """Run the detector over every batch and accumulate float64 statistics (keeping up to `keep_features` rows).
+    Under torchrun, each rank takes its block of a ClipSet / ImageSet and the statistics are summed over ranks
+    (kept features gathered in rank order, so they come in the single-process order)."""
     stats = FeatureStats(keep_features=keep_features, metadata=metadata)
+    if is_distributed() and hasattr(batches, "shard"):
+        batches = batches.shard(torch.distributed.get_rank(), torch.distributed.get_world_size())
+        progress = progress and torch.distributed.get_rank() == 0
     if progress:
         from tqdm import tqdm
 
@@ -680,7 +699,7 @@ def compute_stats(batches: Iterable[torch.Tensor], detector: Callable[[torch.Ten
             bar.update(len(batch))
     if progress:
         bar.close()
-    return stats
+    return stats.all_reduce()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -710,6 +729,7 @@ def reference_stats(root: str | Path, protocol: str | Protocol, detector: Any, c
     protocol = get_protocol(protocol)
     sha = getattr(detector, "sha256", None)
     path = None
+    barrier()                  # under torchrun: every rank decides cache hit / miss before any rank writes the file
     if cache_dir is not None and sha:
         key = reference_key(root, sha, protocol, keep_features)
         path = Path(cache_dir) / f"{protocol.name}-{key[:16]}.npz"
@@ -733,7 +753,9 @@ def reference_stats(root: str | Path, protocol: str | Protocol, detector: Any, c
                           description=f"real {protocol.name}")
     if path is None:
         return Reference(stats, None, None, cache_hit=False, num_discarded=len(clips.discarded))
-    stats.save(path)
+    if not is_distributed() or torch.distributed.get_rank() == 0:
+        stats.save(path)       # every rank holds the same totals after compute_stats; one writes them
+    barrier()
     return Reference(stats, path, file_sha256(path), cache_hit=False, num_discarded=len(clips.discarded))
 
 
@@ -838,6 +860,10 @@ def evaluate_clipscore(protocol: str | Protocol, fake: str | Path, detector: Any
     paths, prompts = generated.paths[:count], (generated.prompts or [])[:count]
 
     stats = ClipScoreStats()
+    if is_distributed():                 # under torchrun: each rank scores its block, the sums are reduced
+        block = rank_block(count, torch.distributed.get_rank(), torch.distributed.get_world_size())
+        paths, prompts = paths[block], prompts[block]
+        progress = progress and torch.distributed.get_rank() == 0
     bar = None
     if progress:
         from tqdm import tqdm
@@ -851,7 +877,8 @@ def evaluate_clipscore(protocol: str | Protocol, fake: str | Path, detector: Any
             bar.update(len(images))
     if bar is not None:
         bar.close()
-
+    stats.all_reduce()
+    prompts = (generated.prompts or [])[:count]
     summary = stats.to_dict()
     return {
         "metric": "clip_score",
@@ -921,6 +948,8 @@ def eval_main(args: argparse.Namespace) -> dict[str, Any]:
     """Run one evaluation and print its record as one JSON line (and append it to --records)."""
     if getattr(args, "records", None) and not args.dataset:
         raise SystemExit("flexgen eval --records needs --dataset NAME (rows of different datasets never share a table)")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # torchrun: each rank its block of clips / images, on its GPU
+        args.device = str(init(None if args.device == "cuda" else args.device).device)
     protocol = get_protocol(args.protocol or DEFAULT_PROTOCOLS[args.metric])
     if protocol.metric != args.metric:
         raise SystemExit(f"protocol {protocol.name} measures {protocol.metric}, not {args.metric}")
@@ -955,7 +984,14 @@ def eval_main(args: argparse.Namespace) -> dict[str, Any]:
 
 def _report(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Print the result as one JSON line; with --records, also append it as a leaderboard Record (model, sampler,
-    seeds and cost read from the generator's JSON beside the samples)."""
+    seeds and cost read from the generator's JSON beside the samples). Under torchrun, rank 0 reports."""
+    if is_distributed():
+        world = torch.distributed.get_world_size()
+        result["world_size"] = world
+        rank = torch.distributed.get_rank()
+        shutdown()
+        if rank != 0:
+            return result
     print(json.dumps(result, sort_keys=True))
     if getattr(args, "records", None):
         from flexgen.metrics.records import append_record, record_from_evaluation
