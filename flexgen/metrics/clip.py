@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from flexgen.dist import is_distributed
 from flexgen.files import detector_path, file_sha256
+from flexgen.metrics.detectors import check_uint8_images
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
@@ -258,11 +259,7 @@ class CLIPDetector:
     def image_features(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """uint8 images (N, 3, H, W), values 0..255 -> float32 (N, D) image embeddings on the CPU (unit L2 norm
         unless `normalize=False`)."""
-        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
-            raise TypeError(f"CLIPDetector takes uint8 images (N, 3, H, W) in 0..255, got "
-                            f"{getattr(images, 'dtype', type(images))}")
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"CLIPDetector takes images (N, 3, H, W), got shape {tuple(images.shape)}")
+        check_uint8_images(images, "CLIPDetector")
         out = []
         for chunk in images.split(self.batch_size) if len(images) else ():
             pooled = self.model.vision_model(pixel_values=self.preprocess(chunk)).pooler_output

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from flexgen.files import detector_path, verified_detector_file
+from flexgen.metrics.detectors import check_uint8_images
 
 INCEPTION_FILENAME = "inception-2015-12-05.pt"
 # The digest k-diffusion and others use for this file (not hashed first-hand here; the parity test checks it).
@@ -89,11 +90,7 @@ class InceptionDetector:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
-            raise TypeError(f"InceptionDetector takes uint8 images (N, 3, H, W) in 0..255, got "
-                            f"{getattr(images, 'dtype', type(images))}")
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"InceptionDetector takes images (N, 3, H, W), got shape {tuple(images.shape)}")
+        check_uint8_images(images, "InceptionDetector")
         out = []
         for chunk in images.cpu().split(self.batch_size) if len(images) else ():
             x = clean_resize(chunk).to(self.device)
