@@ -169,7 +169,20 @@ def convert(args: argparse.Namespace) -> None:
     from flexgen.config import load_config
     from flexgen.video import FlexLatte, build_model
 
-    model = build_model(load_config(args.config, args.overrides))
+    run = load_config(args.config, args.overrides)
+    if run.model.is_t2i:          # PixArt-α: a local diffusers folder in, a diffusers transformer folder out
+        from flexgen.t2i.pixart import build_denoiser
+
+        if args.sha256:
+            raise ValueError("--sha256 checks one weights file; a PixArt-α source is a diffusers folder")
+        model = build_denoiser(run)
+        model.load_pretrained(args.src)                    # dense -> FlexDiT when the config has a layout
+        model.export(args.out)
+        layout = f", FlexDiT layout {model.roles}" if model.roles else ""
+        print(f"wrote {args.out} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters{layout}); "
+              f"use it with flexgen generate --transformer {args.out}")
+        return
+    model = build_model(run)
     load_weights(model, args.src, sha256=args.sha256)
     save_weights(model, args.out)
     layout = f", FlexDiT layout {model.roles}" if isinstance(model, FlexLatte) else ""
@@ -307,10 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.set_defaults(func=show_config)
 
     conv = commands.add_parser("convert", help="Latte/DiT checkpoint (official or ours) -> flexgen safetensors "
-                               "with its config; a config with a density layout converts dense -> FlexDiT")
-    conv.add_argument("--from", dest="src", required=True, help="checkpoint (.pt or .safetensors)")
+                               "with its config, or a PixArt-α diffusers folder -> a transformer folder; a config "
+                               "with a density layout converts dense -> FlexDiT")
+    conv.add_argument("--from", dest="src", required=True, help="checkpoint (.pt or .safetensors); PixArt-α: a "
+                      "pipeline or transformer folder")
     conv.add_argument("--config", required=True, help="run config whose model the checkpoint fits")
-    conv.add_argument("--out", required=True, help="output .safetensors file")
+    conv.add_argument("--out", required=True, help="output .safetensors file; PixArt-α: output folder")
     conv.add_argument("--sha256", default=None, help="expected sha256 of the checkpoint file")
     conv.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     conv.set_defaults(func=convert)

@@ -92,3 +92,24 @@ def test_captions_dataset_needs_its_folders(tmp_path):
     cfg = load_config("configs/t2i/pixart/pixart-xl2-256.yaml", ["data.text_cache=''"])
     with pytest.raises(ValueError, match="data.text_cache"):
         train(cfg, tmp_path / "run", device="cpu", progress=False)
+
+
+def test_convert_cli_and_clear_errors_for_video_commands(tmp_path, capsys):
+    """`flexgen convert` turns a dense PixArt-α folder into a FlexDiT transformer folder (the config's layout);
+    the video-only commands name `flexgen generate` instead of failing obscurely."""
+    from flexgen.cli import main
+
+    pipe = save_tiny_pipeline(tmp_path / "pipe")
+    sizes = ["model.depth=6", "model.hidden_size=24", "model.num_heads=3", "model.caption_channels=32",
+             "autoencoder.downsample=2", "data.image_size=16", "density.layout=P GSR DD",
+             "density.schedule.grid_min=1", "density.schedule.grid_max=4"]
+    out = tmp_path / "flex"
+    assert main(["convert", "--from", str(pipe), "--config", "configs/t2i/pixart/flexpixart-xl2-256.yaml",
+                 "--out", str(out), *sizes]) == 0
+    assert "FlexDiT layout PGSRDD" in capsys.readouterr().out
+    flex = load_transformer(out)
+    expected = FlexPixArtTransformer2DModel.from_dense(load_transformer(pipe), flex.density)
+    assert all(torch.equal(v, expected.state_dict()[k]) for k, v in flex.state_dict().items())
+    assert main(["sample", "--config", "configs/t2i/pixart/pixart-xl2-256.yaml", "--ckpt", "x.pt", "--out",
+                 str(tmp_path / "s")]) == 2
+    assert "flexgen generate" in capsys.readouterr().err

@@ -429,6 +429,9 @@ def latte_config_from_run(run) -> LatteConfig:
     """The model of a run configuration (`flexgen.config.Config`): preset, sizes and conditioning, with the
     latent side derived from the image size and the autoencoder's downsampling."""
     m, data, ae = run.model, run.data, run.autoencoder
+    if m.is_t2i:
+        raise ValueError(f"model.preset {m.preset} is a text-to-image model: sample it with `flexgen generate`, "
+                         "build it with flexgen.models.build_model")
     if data.image_size % ae.downsample:
         raise ValueError(f"data.image_size {data.image_size} is not divisible by "
                          f"autoencoder.downsample {ae.downsample}")
