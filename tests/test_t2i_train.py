@@ -3,6 +3,10 @@ dense -> FlexDiT conversion from a local pipeline folder, one density stage per 
 checkpointing, caption dropout, the exported diffusers folder."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +17,8 @@ from flexgen.config import load_config
 from flexgen.density import grid_at
 from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, load_transformer
 from flexgen.train import model_inputs, train
+
+CONFIGS = Path(__file__).parent.parent / "configs" / "t2i" / "pixart"
 
 pytest.importorskip("diffusers")
 
@@ -28,9 +34,15 @@ def make_captions(root, n=6):
 
 
 def tiny_run(tmp_path, *extra):
-    pipe = save_tiny_pipeline(tmp_path / "pipe")
-    root = make_captions(tmp_path / "captions")
-    return load_config("configs/t2i/pixart/flexpixart-xl2-256.yaml", [
+    save_tiny_pipeline(tmp_path / "pipe")
+    make_captions(tmp_path / "captions")
+    return tiny_config(tmp_path, *extra)
+
+
+def tiny_config(tmp_path, *extra):
+    """The 256 px FlexDiT preset shrunk to the tiny pipeline in tmp_path/pipe and the captions in tmp_path/captions."""
+    pipe, root = tmp_path / "pipe", tmp_path / "captions"
+    return load_config(str(CONFIGS / "flexpixart-xl2-256.yaml"), [
         "model.depth=6", "model.hidden_size=24", "model.num_heads=3", "model.caption_channels=32",
         "autoencoder.downsample=2", f"autoencoder.path={pipe}", "autoencoder.scale_factor=1.0",
         f"data.root={root}", f"data.text_encoder={pipe}", f"data.text_cache={tmp_path / 'cache'}",
@@ -113,3 +125,41 @@ def test_convert_cli_and_clear_errors_for_video_commands(tmp_path, capsys):
     assert main(["sample", "--config", "configs/t2i/pixart/pixart-xl2-256.yaml", "--ckpt", "x.pt", "--out",
                  str(tmp_path / "s")]) == 2
     assert "flexgen generate" in capsys.readouterr().err
+
+
+WORKER = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from flexgen import dist
+from flexgen.train import train
+from test_t2i_train import tiny_config
+
+summary = train(tiny_config(Path({tmp!r}), *{extra!r}), {run!r}, device="cpu", progress=False)
+if dist.init("cpu").is_main:
+    Path({run!r}, "summary.json").write_text(json.dumps({{"step": summary["step"]}}))
+dist.shutdown()
+"""
+
+
+def test_fsdp_and_ddp_fine_tune_pixart_alike(tmp_path):
+    """Two CPU ranks (gloo): FlexDiT PixArt fine-tuning under FSDP2 (every block a shard unit) reaches the same
+    parameters as under DDP — the density walk goes through the blocks' module calls, so FSDP gathers them."""
+    save_tiny_pipeline(tmp_path / "pipe")
+    make_captions(tmp_path / "captions", n=8)
+    tiny_run_args = ["train.batch_size=1", "train.total_samples=8", "train.bf16=false"]
+    results = {}
+    for name, extra in (("ddp", tiny_run_args), ("fsdp", [*tiny_run_args, "train.fsdp=true"])):
+        script = tmp_path / f"{name}.py"
+        script.write_text(WORKER.format(tests=str(Path(__file__).parent), tmp=str(tmp_path), extra=extra,
+                                        run=str(tmp_path / name)))
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                               f"--master_port={29551 + len(results)}", str(script)], capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[name] = json.loads((tmp_path / name / "summary.json").read_text())
+    assert results["ddp"]["step"] == results["fsdp"]["step"] == 4
+    ddp = load_transformer(tmp_path / "ddp" / "transformer")
+    fsdp = load_transformer(tmp_path / "fsdp" / "transformer")
+    for key, value in ddp.state_dict().items():
+        torch.testing.assert_close(fsdp.state_dict()[key], value, rtol=1e-4, atol=1e-6)

@@ -32,6 +32,7 @@ from diffusers import (
     PixArtTransformer2DModel,
 )
 from diffusers.configuration_utils import register_to_config
+from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -72,6 +73,19 @@ def pixart_block(block: nn.Module, x: torch.Tensor, cond: torch.Tensor, context:
     return x
 
 
+class FlexPixArtBlock(BasicTransformerBlock):
+    """diffusers' PixArt block (same parameters and names), also callable in the density engine's protocol:
+    `block(x, cond=..., context=..., text=..., text_mask=...)` runs `pixart_block`. Going through the module call
+    (not a free function) keeps module hooks working, e.g. FSDP2's parameter gathering."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, cond: torch.Tensor | None = None,
+                context: torch.Tensor | None = None, text: torch.Tensor | None = None,
+                text_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        if cond is None:                                          # diffusers' own call (the dense forward)
+            return super().forward(hidden_states, *args, **kwargs)
+        return pixart_block(self, hidden_states, cond, context, text=text, text_mask=text_mask)
+
+
 def drop_qk(attn: nn.Module) -> None:
     """A Poolingformer keeps only the value and output projections of the self-attention."""
     attn.to_q = None
@@ -84,6 +98,8 @@ def drop_qk(attn: nn.Module) -> None:
 
 class FlexPixArtTransformer2DModel(PixArtTransformer2DModel):
     """PixArt-α whose blocks play the roles of a FlexDiT layout; with `layout=""`, exactly the dense model."""
+
+    _no_split_modules = ["FlexPixArtBlock", "BasicTransformerBlock", "PatchEmbed"]
 
     @register_to_config
     def __init__(self, num_attention_heads: int = 16, attention_head_dim: int = 72, in_channels: int = 4,
@@ -120,6 +136,8 @@ class FlexPixArtTransformer2DModel(PixArtTransformer2DModel):
         if self.roles and max(s.grid for s in self.stages) > self.base_grid:
             raise ValueError(f"schedule grids up to {max(s.grid for s in self.stages)} exceed the token grid "
                              f"{self.base_grid}×{self.base_grid} (sample_size {sample_size} / patch {patch_size})")
+        for block in self.transformer_blocks:
+            block.__class__ = FlexPixArtBlock                     # same module, protocol-callable
         for role, block in zip(self.roles, self.transformer_blocks, strict=False):   # roles: '' if dense
             if role == "P":
                 drop_qk(block.attn1)
@@ -214,10 +232,10 @@ class FlexPixArtTransformer2DModel(PixArtTransformer2DModel):
         return Transformer2DModelOutput(sample=output) if return_dict else (output,)
 
     def _run_block(self, block, x, cond, context=None, *, text, text_mask):
+        kwargs = {"cond": cond, "context": context, "text": text, "text_mask": text_mask}
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(pixart_block, block, x, cond, context, text=text, text_mask=text_mask,
-                              use_reentrant=False)
-        return pixart_block(block, x, cond, context, text=text, text_mask=text_mask)
+            return checkpoint(block, x, use_reentrant=False, **kwargs)
+        return block(x, **kwargs)
 
     def _unpatchify(self, x, embedded_timestep, height, width):
         """PixArt-α's final layer: adaLN-single shift/scale from its own table, LayerNorm, linear, unpatchify."""
