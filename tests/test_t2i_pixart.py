@@ -195,6 +195,22 @@ def test_conversion_from_a_dense_folder(tmp_path):
     assert type(load_transformer(tmp_path / "pipe")).__name__ == "PixArtTransformer2DModel"
 
 
+def test_hub_style_config_converts(tmp_path):
+    """The hub's PixArt-α folders name the class Transformer2DModel and carry its legacy keys; they load as the dense
+    PixArt model and convert."""
+    dense = tiny_transformer()
+    dense.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.update(_class_name="Transformer2DModel", double_self_attention=False, num_vector_embeds=None,
+                  only_cross_attention=False, use_linear_projection=False)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    density = DensityConfig(layout="P GSR DD", schedule=ScheduleConfig(kind="constant", grid=2))
+    flex = load_transformer(tmp_path, density, dtype=torch.float64)
+    x, text, t, mask = inputs()
+    expected = FlexPixArtTransformer2DModel.from_dense(dense, density)(x, text, t, encoder_attention_mask=mask).sample
+    torch.testing.assert_close(flex(x, text, t, encoder_attention_mask=mask).sample, expected, rtol=0, atol=1e-12)
+
+
 def test_loading_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such folder.*PixArt-XL-2"):
         load_transformer(tmp_path / "missing")

@@ -22,6 +22,7 @@ grid (another resolution or aspect ratio) is pooled to the same fraction per axi
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from functools import partial
 from pathlib import Path
@@ -154,7 +155,10 @@ class FlexPixArtTransformer2DModel(PixArtTransformer2DModel):
             raise ValueError(f"the model already has a FlexDiT layout ({dense.config.layout!r}); convert a dense one")
         if density.pool_frames:
             raise ValueError("pool_frames is for video models; an image model has one frame")
-        config = {k: v for k, v in dense.config.items() if not k.startswith("_")}
+        # The hub's PixArt-α configs carry Transformer2DModel's legacy keys (use_linear_projection, ...), which the
+        # PixArt class ignores; only the arguments of our __init__ are passed on.
+        accepted = inspect.signature(cls.__init__).parameters
+        config = {k: v for k, v in dense.config.items() if k in accepted and k != "self"}
         config.update(density_config_entries(density), num_train_timesteps=num_train_timesteps)
         weight = next(dense.parameters())
         flex = cls(**config).to(device=weight.device)
