@@ -199,7 +199,7 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
     if dataset is None and cfg.data.dataset == "captions":
         from flexgen.t2i.data import build_caption_dataset
         if env.is_main:                                   # encode missing captions once, then every rank reads
-            build_caption_dataset(cfg.data, tc.seed, fill=True, progress=progress)
+            build_caption_dataset(cfg.data, tc.seed, fill=True, progress=progress, device=env.device)
         dist.barrier()
         dataset = build_caption_dataset(cfg.data, tc.seed, fill=False)
     elif dataset is None:

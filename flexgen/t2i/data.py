@@ -564,9 +564,11 @@ def cache_text_main(args: argparse.Namespace) -> CacheTextReport:
                       cache_dtype=args.cache_dtype)
 
 
-def build_caption_dataset(data_cfg, seed: int = 0, fill: bool = True, progress: bool = True) -> CaptionDataset:
+def build_caption_dataset(data_cfg, seed: int = 0, fill: bool = True, progress: bool = True,
+                          device: str | torch.device = "cpu") -> CaptionDataset:
     """The training set of a run's `data` section (dataset "captions"): images with their cached T5 embeddings.
-    Captions missing from `data.text_cache` (and "") are encoded first with `data.text_encoder` when `fill`."""
+    Captions missing from `data.text_cache` (and "") are encoded first with `data.text_encoder` when `fill`, on
+    `device` (bfloat16 on a GPU: T5-XXL is 4.7 B parameters; `flexgen data cache-text` does it ahead of time)."""
     if not data_cfg.root or not data_cfg.text_cache or not data_cfg.text_encoder:
         raise ValueError("dataset 'captions' needs data.root (images + captions), data.text_encoder (a local T5 or "
                          "PixArt-α pipeline folder) and data.text_cache (a folder for the T5 embeddings)")
@@ -574,7 +576,9 @@ def build_caption_dataset(data_cfg, seed: int = 0, fill: bool = True, progress: 
     cache = TextEmbeddingCache(data_cfg.text_cache, encoder_identity(data_cfg.text_encoder), data_cfg.max_length)
     captions = [NULL_CAPTION, *dataset.captions]
     if fill and cache.missing(captions):
-        tokenizer, encoder = load_text_encoder(data_cfg.text_encoder)
-        cache.fill(captions, tokenizer, encoder, progress=progress)
+        dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+        tokenizer, encoder = load_text_encoder(data_cfg.text_encoder, device=device, dtype=dtype)
+        cache.fill(captions, tokenizer, encoder, device=device, progress=progress)
+        del encoder
     dataset.attach_text_cache(cache)
     return dataset
