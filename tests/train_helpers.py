@@ -52,4 +52,5 @@ if __name__ == "__main__":      # torchrun --nproc_per_node=2 tests/train_helper
                    "step": summary["step"]}, f)
     if rank == 0:       # the full weights as saved (unsharded also under FSDP)
         torch.save(torch.load(f"{run_dir}/checkpoints/latest.pt", weights_only=True)["model"], f"{run_dir}/final.pt")
+    dist.barrier()      # both ranks leave together: no rank tears the process group down under the other
     dist.shutdown()
