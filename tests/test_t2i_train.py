@@ -138,6 +138,7 @@ from test_t2i_train import tiny_config
 summary = train(tiny_config(Path({tmp!r}), *{extra!r}), {run!r}, device="cpu", progress=False)
 if dist.init("cpu").is_main:
     Path({run!r}, "summary.json").write_text(json.dumps({{"step": summary["step"]}}))
+dist.barrier()
 dist.shutdown()
 """
 
