@@ -42,7 +42,7 @@ def _randomised(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _models(config, density, num_timesteps: int, dev: torch.device, dtype: torch.dtype, batch: int,
-            cfg_scale: float | None):
+            cfg_scale: float | None, attention: str = "diffusers"):
     """(dense, FlexDiT, call(model, x, t, grid, cfg), latent x) for a Latte / DiT config or PixArt-α arguments (a dict).
     `call` runs one forward, or with `cfg` the doubled classifier-free-guidance batch and the guided ε."""
     if isinstance(config, dict):                                   # PixArt-α: 120 T5 tokens per caption
@@ -53,6 +53,10 @@ def _models(config, density, num_timesteps: int, dev: torch.device, dtype: torch
             dense = dense.to(dtype=dtype)
         dense = _randomised(dense.eval())
         flex = FlexPixArtTransformer2DModel.from_dense(dense, density, num_timesteps).eval()
+        if attention == "flexgen":
+            from flexgen.t2i.pixart import use_flexgen_attention
+
+            dense, flex = use_flexgen_attention(dense), use_flexgen_attention(flex)
         side = config["sample_size"]
         x = torch.randn(batch, config.get("in_channels", 4), side, side, device=dev, dtype=dtype)
         text = torch.randn(2 * batch, TEXT_TOKENS, config["caption_channels"], device=dev, dtype=dtype)
@@ -95,7 +99,8 @@ def _models(config, density, num_timesteps: int, dev: torch.device, dtype: torch
 @torch.no_grad()
 def latency_report(config, density, *, device: str = "cpu", dtype: torch.dtype = torch.float32, batch: int = 1,
                    repeats: int = 3, warmup: int = 1, cfg_scale: float | None = None, num_timesteps: int = 1000,
-                   sampler: str | None = None, steps: int | None = None, seed: int = 0) -> dict:
+                   sampler: str | None = None, steps: int | None = None, seed: int = 0,
+                   attention: str = "diffusers") -> dict:
     """Median seconds per forward (and per sampling step with CFG, with `cfg_scale`) of the dense model and of its
     FlexDiT conversion at each grid, their time averages over the schedule, and the ratios beside MAC ratios.
     `config` is a LatteConfig or PixArt-α arguments (a dict). With `cfg_scale`, the whole sampling run of `sampler`
@@ -103,7 +108,7 @@ def latency_report(config, density, *, device: str = "cpu", dtype: torch.dtype =
     steps, each at the grid of its timestep."""
     dev = torch.device(device)
     torch.manual_seed(seed)
-    dense, flex, call, x = _models(config, density, num_timesteps, dev, dtype, batch, cfg_scale)
+    dense, flex, call, x = _models(config, density, num_timesteps, dev, dtype, batch, cfg_scale, attention)
     grids = sorted({s.grid for s in flex.stages})
     t_of = {s.grid: (s.t_start + s.t_end) // 2 for s in flex.stages}     # a timestep inside each grid's stage
     pixart = isinstance(config, dict)
@@ -148,7 +153,7 @@ def latency_report(config, density, *, device: str = "cpu", dtype: torch.dtype =
     result = {"device": str(dev), "dtype": str(dtype).removeprefix("torch."), "batch": batch, "repeats": repeats,
               "gmacs_dense": flops["gmacs_dense"], "gmacs": flops["gmacs"], "flops_ratio": flops_ratio,
               "attention_calls": backend_counts()}
-    if pixart:                          # diffusers' own attention processors (SDPA), not flexgen.attention
+    if pixart and attention != "flexgen":   # diffusers' own attention processors (SDPA), not flexgen.attention
         processors = [type(p).__name__ for p in dense.attn_processors.values()]
         result["attention_calls"] = {f"diffusers {name} modules": processors.count(name) for name in set(processors)}
     for kind in kinds:

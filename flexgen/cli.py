@@ -122,7 +122,8 @@ def bench_latency(args: argparse.Namespace) -> dict:
     return {"model": name, "layout": density.layout,
             **latency_report(config, density, device=args.device, dtype=dtype, batch=args.batch,
                              repeats=args.repeats, warmup=args.warmup, cfg_scale=args.cfg_scale,
-                             num_timesteps=num_timesteps, sampler=args.sampler, steps=args.steps)}
+                             num_timesteps=num_timesteps, sampler=args.sampler, steps=args.steps,
+                             attention=args.attention)}
 
 
 def print_latency(result: dict) -> None:
@@ -254,6 +255,10 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--max-length", type=int, default=120, help="T5 tokens per prompt (default: %(default)s, as "
                      "PixArt-α)")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+    gen.add_argument("--attention", choices=("diffusers", "flexgen"), default="diffusers",
+                     help="attention processors: diffusers' SDPA, or flexgen.attention (xformers where its kernels "
+                     "load; text cross-attention packed to each caption's tokens); same results (default: "
+                     "%(default)s)")
     gen.add_argument("--overwrite", action="store_true", help="draw every image again (default: a re-run with the "
                      "same settings keeps the images already written and draws the rest)")
     gen.set_defaults(func=generate_command)
@@ -311,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     latency.add_argument("--sampler", choices=("ddpm", "ddim", "dpm-solver++"), default=None,
                          help="sampler of the timed run (default: ddpm for Latte / DiT, dpm-solver++ for PixArt-α)")
     latency.add_argument("--steps", type=int, default=None, help="its steps (default: 250 ddpm, 20 dpm-solver++)")
+    latency.add_argument("--attention", choices=("diffusers", "flexgen"), default="diffusers",
+                         help="PixArt-α: diffusers' attention processors or flexgen.attention (packed text)")
     flops.set_defaults(func=run_bench(bench_flops, print_flops))
     latency.set_defaults(func=run_bench(bench_latency, print_latency))
 

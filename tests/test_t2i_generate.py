@@ -407,3 +407,16 @@ def test_torchrun_shards_images_over_ranks(tmp_path, dense_dir):
     for i in range(4):
         name = f"img-{i:03d}.png"
         assert torch.equal(read_png(tmp_path / "two" / name), read_png(tmp_path / "one" / name))
+
+
+def test_cli_flexgen_attention_gives_the_same_images(tmp_path, dense_dir, flex_dir):
+    """--attention flexgen (flexgen.attention, packed text cross-attention) draws the images diffusers' processors
+    draw, up to float rounding."""
+    common = ["generate", *PROMPTS, "--model", str(dense_dir), "--transformer", str(flex_dir), "--steps", "3",
+              "--max-length", str(MAX_LENGTH), "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "a" / "img.png")]) == 0
+    assert main([*common, "--out", str(tmp_path / "b" / "img.png"), "--attention", "flexgen"]) == 0
+    assert json.loads((tmp_path / "b" / "img.json").read_text())["settings"]["attention"] == "flexgen"
+    for name in ("img-000.png", "img-001.png"):
+        a, b = read_png(tmp_path / "a" / name).int(), read_png(tmp_path / "b" / name).int()
+        assert (a - b).abs().max() <= 1

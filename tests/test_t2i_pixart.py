@@ -292,3 +292,29 @@ def test_bench_cli_covers_pixart(capsys, tmp_path):
     expected = [grid_at(ScheduleConfig(grid_min=2, grid_max=4), int(t), 1000)
                 for t in make_scheduler("dpm-solver++", linear_betas(1000), 20).timesteps]
     assert sampling["grids"] == {str(g): expected.count(g) for g in sorted(set(expected))}
+    assert main(["bench", "latency", "--config", "configs/t2i/pixart/flexpixart-xl2-256.yaml", "model.depth=6",
+                 "model.hidden_size=24", "model.num_heads=3", "model.caption_channels=32", "data.image_size=64",
+                 "density.layout=P GSR DD", "density.schedule.grid_min=2", "density.schedule.grid_max=4",
+                 "--repeats", "1", "--warmup", "0", "--attention", "flexgen", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["attention_calls"]["sdpa"] > 0     # flexgen.attention ran
+
+
+def test_flexgen_attention_processor_matches_diffusers():
+    """Our processor (flexgen.attention; text cross-attention packed to each caption's valid tokens) computes what
+    diffusers' SDPA processor with the −10000 padding bias computes, dense and FlexDiT, and says which backend ran."""
+    from flexgen.attention import backend_counts, reset_backend_counts
+    from flexgen.t2i.pixart import FlexgenAttnProcessor, use_flexgen_attention
+
+    dense = tiny_transformer()
+    flex = convert(dense, "P GSR DD", kind="constant", grid=2)
+    x, text, t, mask = inputs(batch=3)
+    mask[1, 9:] = 0                                         # three different caption lengths: 16, 9, 5
+    expected = [m(x, text, t, encoder_attention_mask=mask).sample for m in (dense, flex)]
+    reset_backend_counts()
+    for model, want in zip((use_flexgen_attention(dense), use_flexgen_attention(flex)), expected, strict=True):
+        assert all(isinstance(p, FlexgenAttnProcessor) for p in model.attn_processors.values())
+        torch.testing.assert_close(model(x, text, t, encoder_attention_mask=mask).sample, want, rtol=1e-9,
+                                   atol=1e-10)
+    assert backend_counts().get("sdpa", 0) == 6 + 6 + 5 + 6       # attn2 ×6 and attn1 ×6 dense; flex: no P attn1
+    with pytest.raises(ValueError, match="drops every key"):
+        dense(x, text, t, encoder_attention_mask=torch.zeros_like(mask))

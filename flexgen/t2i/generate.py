@@ -326,6 +326,10 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
 
     pipe = load_pipeline(args.model, transformer=args.transformer, text_encoder=args.text_encoder,
                          scheduler=args.scheduler, device=env.device, dtype=DTYPES[args.dtype])
+    if getattr(args, "attention", "diffusers") == "flexgen":
+        from flexgen.t2i.pixart import use_flexgen_attention
+
+        use_flexgen_attention(pipe.transformer)
     config = pipe.transformer.config
     layout = config.get("layout", "")
     settings = {"model": _folder(args.model), "transformer": _folder(args.transformer or args.model),
@@ -334,7 +338,8 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
                 "layout": layout, "schedule": config.get("schedule") if layout else None,
                 "scheduler": args.scheduler, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
                 "num_images": args.num_images, "requested_size": [args.height, args.width],
-                "negative_prompt": args.negative_prompt, "max_length": args.max_length, "dtype": args.dtype}
+                "negative_prompt": args.negative_prompt, "max_length": args.max_length, "dtype": args.dtype,
+                "attention": getattr(args, "attention", "diffusers")}
     records = image_records(prompts, args.num_images, args.seed)
     files = image_files(out, len(records))
     json_file = out.with_suffix(".json")

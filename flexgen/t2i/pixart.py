@@ -87,6 +87,45 @@ class FlexPixArtBlock(BasicTransformerBlock):
         return pixart_block(self, hidden_states, cond, context, text=text, text_mask=text_mask)
 
 
+class FlexgenAttnProcessor:
+    """A diffusers attention processor that runs `flexgen.attention` (xformers where its kernels load, SDPA
+    otherwise; it reports which ran). Text cross-attention with a padding mask packs each sample's valid text
+    tokens, block-diagonally, as the original PixArt-α code does (xformers `BlockDiagonalMask`), instead of adding
+    diffusers' −10000 bias over all padded positions: the work follows the real caption lengths."""
+
+    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        from flexgen.attention import attention
+
+        if attn.residual_connection or attn.rescale_output_factor != 1.0 or attn.norm_cross is not None or \
+                attn.group_norm is not None or attn.spatial_norm is not None or attn.norm_q is not None:
+            raise ValueError("FlexgenAttnProcessor runs PixArt-α's plain attention only (no residual, rescale, "
+                             "group / spatial / cross / q-k norms)")
+        B, N, _ = hidden_states.shape
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+
+        def heads(t: torch.Tensor) -> torch.Tensor:                                   # (B, L, H·Dh) -> (B, L, H, Dh)
+            return t.reshape(t.shape[0], t.shape[1], attn.heads, -1)
+
+        q, k, v = heads(attn.to_q(hidden_states)), heads(attn.to_k(context)), heads(attn.to_v(context))
+        if attention_mask is None:
+            out = attention(q, k, v)                                                  # (B, N, H, Dh)
+        else:                       # diffusers' additive bias (B, 1, L): 0 keeps a key, -10000 drops it
+            keep = attention_mask.reshape(B, -1) > -1                                 # (B, L)
+            lengths = keep.sum(dim=1).tolist()
+            if min(lengths) < 1:
+                raise ValueError("a sample's attention mask drops every key (an empty caption mask)")
+            out = attention(q.reshape(1, B * N, *q.shape[2:]), k[keep][None], v[keep][None],
+                            seqlens_q=[N] * B, seqlens_kv=lengths).reshape(B, N, *q.shape[2:])
+        return attn.to_out[1](attn.to_out[0](out.reshape(B, N, -1)))
+
+
+def use_flexgen_attention(model: nn.Module) -> nn.Module:
+    """Every attention of a (Flex)PixArt transformer through `FlexgenAttnProcessor`; returns the model."""
+    model.set_attn_processor(FlexgenAttnProcessor())
+    return model
+
+
 def drop_qk(attn: nn.Module) -> None:
     """A Poolingformer keeps only the value and output projections of the self-attention."""
     attn.to_q = None
