@@ -39,7 +39,7 @@ from flexgen.t2i.generate import (
     read_prompts,
     set_scheduler,
 )
-from flexgen.t2i.pixart import FlexPixArtTransformer2DModel
+from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, architecture_arguments
 
 SCHEDULE = ScheduleConfig(kind="eq5", grid_min=2, grid_max=4)
 LAYOUT = "P GSR DD"                       # one role per block of the tiny transformer
@@ -371,9 +371,7 @@ def test_cli_resumes_refuses_other_runs_and_counts_cost(tmp_path, dense_dir, fle
     assert record["complete"] and record["cost"]["seconds_per_image"] > 0
 
     flex = load_pipeline(dense_dir, transformer=flex_dir)
-    report = density_report({k: v for k, v in flex.transformer.config.items() if not k.startswith("_")
-                             and k not in ("layout", "schedule", "fusion_init", "num_train_timesteps")},
-                            flex.transformer.density)
+    report = density_report(architecture_arguments(flex.transformer.config), flex.transformer.density)
     set_scheduler(flex, "dpm-solver").scheduler.set_timesteps(4)
     at_grid = {grid: gmacs for _, _, grid, gmacs in report["stages"]}
     expected = 2 * sum(at_grid[grid_at(SCHEDULE, int(t), 1000)] for t in flex.scheduler.timesteps)

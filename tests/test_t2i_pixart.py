@@ -209,6 +209,14 @@ def test_hub_style_config_converts(tmp_path):
     x, text, t, mask = inputs()
     expected = FlexPixArtTransformer2DModel.from_dense(dense, density)(x, text, t, encoder_attention_mask=mask).sample
     torch.testing.assert_close(flex(x, text, t, encoder_attention_mask=mask).sample, expected, rtol=0, atol=1e-12)
+    # the cost a `flexgen generate` record carries is counted for such a folder too
+    from flexgen.flops import pixart_macs
+    from flexgen.t2i.generate import gmacs_per_image
+
+    hub = load_transformer(tmp_path)
+    cost = gmacs_per_image(hub, 2, 4.5, [999, 500])
+    assert cost["gmacs_per_forward"] == pytest.approx(pixart_macs(tiny_transformer_config()).gmacs)
+    assert cost["gmacs_per_image"] == pytest.approx(4 * cost["gmacs_per_forward"])
 
 
 def test_loading_errors(tmp_path):

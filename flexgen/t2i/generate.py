@@ -242,11 +242,10 @@ def gmacs_per_image(transformer, steps: int, guidance: float, scheduler_timestep
     the FlexDiT time average over t) and of the whole sampling run (each step at its timestep's grid, doubled by
     classifier-free guidance)."""
     from flexgen.flops import pixart_macs
+    from flexgen.t2i.pixart import architecture_arguments
 
-    config = {k: v for k, v in transformer.config.items() if not k.startswith("_")}
+    config = architecture_arguments(transformer.config)
     density = getattr(transformer, "density", None) if getattr(transformer, "roles", "") else None
-    for key in ("layout", "schedule", "fusion_init", "num_train_timesteps"):
-        config.pop(key, None)
     if density is None:
         per_forward = pixart_macs(config).gmacs
         per_step = [per_forward] * len(scheduler_timesteps)

@@ -194,10 +194,7 @@ class FlexPixArtTransformer2DModel(PixArtTransformer2DModel):
             raise ValueError(f"the model already has a FlexDiT layout ({dense.config.layout!r}); convert a dense one")
         if density.pool_frames:
             raise ValueError("pool_frames is for video models; an image model has one frame")
-        # The hub's PixArt-α configs carry Transformer2DModel's legacy keys (use_linear_projection, ...), which the
-        # PixArt class ignores; only the arguments of our __init__ are passed on.
-        accepted = inspect.signature(cls.__init__).parameters
-        config = {k: v for k, v in dense.config.items() if k in accepted and k != "self"}
+        config = architecture_arguments(dense.config)
         config.update(density_config_entries(density), num_train_timesteps=num_train_timesteps)
         weight = next(dense.parameters())
         flex = cls(**config).to(device=weight.device)
@@ -287,6 +284,14 @@ class FlexPixArtTransformer2DModel(PixArtTransformer2DModel):
         p, C = self.config.patch_size, self.out_channels
         x = x.reshape(-1, height, width, p, p, C).permute(0, 5, 1, 3, 2, 4)                # (B, C, h, p, w, p)
         return x.reshape(-1, C, height * p, width * p)
+
+
+def architecture_arguments(config) -> dict:
+    """The `PixArtTransformer2DModel` arguments in a transformer's config: without diffusers' private keys, our
+    density keys, and the legacy Transformer2DModel keys (use_linear_projection, ...) the hub's PixArt-α configs
+    carry, which the PixArt class ignores."""
+    accepted = inspect.signature(PixArtTransformer2DModel.__init__).parameters
+    return {k: v for k, v in dict(config).items() if k in accepted and k != "self"}
 
 
 def density_config_entries(density: DensityConfig) -> dict:
