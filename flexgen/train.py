@@ -198,10 +198,11 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
     # The data first: a wrong folder is reported before a large model is built.
     if dataset is None and cfg.data.dataset == "captions":
         from flexgen.t2i.data import build_caption_dataset
-        if env.is_main:                                   # encode missing captions once, then every rank reads
-            build_caption_dataset(cfg.data, tc.seed, fill=True, progress=progress, device=env.device)
+        if env.is_main:                                   # rank 0 encodes missing captions, then the others read
+            dataset = build_caption_dataset(cfg.data, tc.seed, fill=True, progress=progress, device=env.device)
         dist.barrier()
-        dataset = build_caption_dataset(cfg.data, tc.seed, fill=False)
+        if not env.is_main:
+            dataset = build_caption_dataset(cfg.data, tc.seed, fill=False)
     elif dataset is None:
         from flexgen.video.data import build_dataset
         dataset = build_dataset(cfg.data, split="train", seed=tc.seed)
