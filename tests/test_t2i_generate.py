@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from helpers import assert_other_pixels, assert_same_pixels
 from PIL import Image
 from t2i_helpers import (
     MAX_LENGTH,
@@ -110,7 +111,9 @@ def test_seeds(dense_pipe):
     assert records == [{"prompt": PROMPTS[i // 2], "seed": 5 + i, "index": i} for i in range(4)]
     assert all(not torch.equal(a[i], a[j]) for i in range(4) for j in range(i))    # every image its own noise
     assert not torch.equal(c[0], a[0])                                 # another seed, another image
-    assert torch.equal(c[0], a[1]) and torch.equal(c[2], a[3])         # same prompt and seed, same image
+    # same prompt and seed, same image, though at another place in the batch (rounding aside: helpers.py)
+    assert_same_pixels(c[0], a[1])
+    assert_same_pixels(c[2], a[3])
 
 
 @pytest.mark.parametrize("name", ["dpm-solver", "ddpm"])                # deterministic and stochastic sampler
@@ -402,9 +405,15 @@ def test_torchrun_shards_images_over_ranks(tmp_path, dense_dir):
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((tmp_path / "two" / "img.json").read_text())
     assert record["complete"] and record["settings"]["world_size"] == 2
+    # The ranks run single-threaded on batches of other shapes than the one-process run, so float32 rounds
+    # differently: the same images within one level (helpers.py), and each file is its own seed's image.
+    one = [read_png(tmp_path / "one" / f"img-{i:03d}.png") for i in range(4)]
+    two = [read_png(tmp_path / "two" / f"img-{i:03d}.png") for i in range(4)]
+    assert sorted(p.name for p in (tmp_path / "two").glob("img-*.png")) == [f"img-{i:03d}.png" for i in range(4)]
     for i in range(4):
-        name = f"img-{i:03d}.png"
-        assert torch.equal(read_png(tmp_path / "two" / name), read_png(tmp_path / "one" / name))
+        assert_same_pixels(two[i], one[i], what=f"image {i}")
+        for j in range(i):
+            assert_other_pixels(two[i], one[j], what=f"images {i} and {j}")
 
 
 def test_cli_flexgen_attention_gives_the_same_images(tmp_path, dense_dir, flex_dir):
