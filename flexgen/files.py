@@ -1,4 +1,5 @@
-"""Weight files on local disk: sha256 digests, the detector cache location, and verification before loading.
+"""Files on local disk: atomic writes, the folder walk that skips hidden names, sha256 digests, the detector cache
+location, and verification before loading.
 
 Nothing here downloads. A detector file is looked up at an explicit path, else `$<ENV_VAR>`, else
 `$FLEXGEN_CACHE/detectors/<file>` (cache default ~/.cache/flexgen), and its sha256 is checked before anything
@@ -7,9 +8,44 @@ executes it (TorchScript files are code).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yield a hidden temporary path beside `path`; when the block succeeds it is renamed to `path` (atomic on one
+    file system), when it fails it is removed. A reader never sees a half-written file under the final name, and
+    a killed write leaves only a hidden `.NAME.*.tmp` that folder walks skip."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def visible(name: str) -> bool:
+    """Hidden names (a leading dot: .DS_Store, .ipynb_checkpoints, temporary files of atomic writes) are skipped."""
+    return not name.startswith(".")
+
+
+def walk_visible(root: str | Path, onerror: Callable[[OSError], None] | None = None,
+                 followlinks: bool = True) -> Iterator[tuple[Path, list[str], list[str]]]:
+    """os.walk over `root` in sorted order, without hidden folders or files: (folder, subfolders, files). The
+    subfolder list may be pruned in place by the caller, as with os.walk."""
+    for folder, dirs, files in os.walk(root, onerror=onerror, followlinks=followlinks):
+        dirs[:] = sorted(d for d in dirs if visible(d))
+        yield Path(folder), dirs, sorted(f for f in files if visible(f))
 
 
 def file_sha256(path: str | Path) -> str:

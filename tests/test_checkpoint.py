@@ -102,3 +102,23 @@ def test_safetensors_round_trip_rebuilds_the_model(latte_pt, tmp_path):
     assert torch.equal(again(x, t, y), model(x, t, y))
     with pytest.raises(CheckpointError, match="shape mismatches"):
         load_weights(Latte(tiny(hidden_size=64)), tmp_path / "m.safetensors")
+
+
+def test_atomic_write_and_visible_walk(tmp_path):
+    from flexgen.files import atomic_write, walk_visible
+
+    target = tmp_path / "sub" / "a.json"
+    with atomic_write(target) as tmp:
+        tmp.write_text("one")
+        assert not target.exists() and tmp.name.startswith(".")       # nothing under the final name yet
+    assert target.read_text() == "one"
+    with pytest.raises(RuntimeError), atomic_write(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert target.read_text() == "one" and sorted(p.name for p in target.parent.iterdir()) == ["a.json"]
+    (tmp_path / "sub" / ".hidden").mkdir()
+    (tmp_path / "sub" / ".hidden" / "x.txt").write_text("")
+    (tmp_path / "sub" / ".a.json.123.tmp").write_text("")
+    (tmp_path / "b").mkdir()
+    walked = [(folder.relative_to(tmp_path).as_posix(), dirs, files) for folder, dirs, files in walk_visible(tmp_path)]
+    assert walked == [(".", ["b", "sub"], []), ("b", [], []), ("sub", [], ["a.json"])]
