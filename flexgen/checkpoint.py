@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from flexgen.config import ConfigError, config_from_dict
-from flexgen.files import file_sha256
+from flexgen.files import atomic_write, file_sha256
 from flexgen.video.flex_latte import FlexLatte, dense_to_flex_state_dict
 from flexgen.video.latte import Latte, LatteConfig, sincos_1d, sincos_2d
 
@@ -148,7 +148,8 @@ def save_weights(model: Latte, path: str | Path) -> None:
     if isinstance(model, FlexLatte):
         metadata[DENSITY_KEY] = json.dumps({"density": dataclasses.asdict(model.density),
                                             "num_timesteps": model.num_timesteps})
-    save_file(tensors, str(path), metadata=metadata)
+    with atomic_write(path) as tmp:                   # a killed write never leaves a truncated file under `path`
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def load_model(path: str | Path, sha256: str | None = None) -> Latte:

@@ -24,138 +24,20 @@ import sys
 from pathlib import Path
 
 # ----------------------------------------------------------------------------------------------------------
-# bench: the model (and its density) from --config or from flags
+# bench (flexgen/bench.py), config, convert, demo
 
 
-def bench_model(args: argparse.Namespace):
-    """(LatteConfig or PixArt-α arguments, DensityConfig or None, num_timesteps, name) from --config or flags."""
-    from flexgen.density import DensityConfig, ScheduleConfig
-    from flexgen.t2i.presets import PRESETS as T2I_PRESETS
-    from flexgen.video.latte import PRESETS, latte_config
-
-    if args.config:
-        from flexgen.config import load_config
-        from flexgen.video.latte import latte_config_from_run
-        run = load_config(args.config, args.overrides)
-        density = run.density if run.density.layout else None
-        if run.model.is_t2i:
-            from flexgen.t2i.pixart import transformer_arguments
-            return transformer_arguments(run), density, run.diffusion.num_timesteps, args.config
-        return latte_config_from_run(run), density, run.diffusion.num_timesteps, args.config
-    if args.overrides:
-        raise ValueError("KEY=VALUE overrides apply to --config only")
-    if args.model not in PRESETS and args.model not in T2I_PRESETS:
-        raise ValueError(f"unknown model {args.model!r}; choose one of: {', '.join([*PRESETS, *T2I_PRESETS])}")
-    density = None
-    if args.layout:
-        schedule = ScheduleConfig(kind="constant", grid=args.grid) if args.grid else ScheduleConfig(
-            kind="eq5", grid_min=args.grid_min, grid_max=args.grid_max, reading=args.reading)
-        density = DensityConfig(layout=args.layout, schedule=schedule, pool_frames=args.pool_frames)
-    if args.model in T2I_PRESETS:            # PixArt-α: the preset fixes the resolution unless --image-size is given
-        config = dict(T2I_PRESETS[args.model])
-        if args.image_size is not None:
-            if args.image_size % (args.vae_factor * config["patch_size"]):
-                raise ValueError(f"--image-size {args.image_size} is not divisible by --vae-factor × patch size")
-            config["sample_size"] = args.image_size // args.vae_factor
-        return config, density, 1000, f"{args.model} {config['sample_size'] * args.vae_factor}px"
-    args.image_size = 256 if args.image_size is None else args.image_size
-    temporal = PRESETS[args.model]["temporal"]
-    if args.image_size % args.vae_factor:
-        raise ValueError(f"--image-size {args.image_size} is not divisible by --vae-factor {args.vae_factor}")
-    num_classes = args.num_classes if args.num_classes is not None else (0 if temporal else 1000)
-    frames = args.frames if args.frames is not None else (16 if temporal else 1)
-    config = latte_config(args.model, input_size=args.image_size // args.vae_factor, num_frames=frames,
-                          in_channels=args.in_channels, num_classes=num_classes)
-    return config, density, 1000, f"{args.model} {args.image_size}px"
-
-
-def bench_flops(args: argparse.Namespace) -> dict:
-    from flexgen.flops import density_report, model_macs
-
-    config, density, num_timesteps, name = bench_model(args)
-    if isinstance(config, dict):             # PixArt-α: one image, 120 T5 tokens
-        from flexgen.t2i.presets import TEXT_TOKENS
-        side = config["sample_size"]
-        result = {"model": name, "latent": [1, config["in_channels"], side, side], "text_tokens": TEXT_TOKENS}
-    else:
-        result = {"model": name, "latent": [config.num_frames, config.in_channels, config.input_size,
-                                            config.input_size], "num_classes": config.num_classes}
-    result.update(model_macs(config).to_dict())
-    if density is not None:
-        flex = density_report(config, density, num_timesteps)
-        result.update(layout=density.layout, params=flex["params"], params_dense=flex["params_dense"],
-                      gmacs_dense=flex["gmacs_dense"], gmacs=flex["gmacs"], reduction=flex["reduction"],
-                      gmacs_released_code=flex["gmacs_released_code"],
-                      reduction_released_code=flex["reduction_released_code"], stages=flex["stages"])
-    return result
-
-
-def print_flops(result: dict) -> None:
-    condition = f"text tokens = {result['text_tokens']}" if "text_tokens" in result else \
-        f"classes = {result['num_classes']}"
-    print(f"{result['model']}: latent (F, C, H, W) = {tuple(result['latent'])}, {condition}")
-    dense = result.get("gmacs_dense", result["gmacs"])
-    print(f"  parameters  {result.get('params_dense', result['params']) / 1e6:10.2f} M (trainable, dense)")
-    print(f"  MACs        {dense:10.2f} G per forward, one sample, dense (papers call these FLOPs)")
-    for name, gmacs in result["breakdown"].items():
-        print(f"    {name:<18} {gmacs:10.2f} G  {100 * gmacs / dense:5.1f}%")
-    print("  by operation: " + ", ".join(f"{op} {g:.2f} G" for op, g in result["by_op"].items()))
-    if "layout" in result:
-        print(f"FlexDiT layout {result['layout']}: {result['params'] / 1e6:.2f} M parameters")
-        for t_start, t_end, grid, gmacs in result["stages"]:
-            print(f"    t in [{t_start:4d}, {t_end:4d})  grid {grid:2d}×{grid:<2d} {gmacs:10.2f} G")
-        print(f"  time average {result['gmacs']:10.2f} G  ({100 * result['reduction']:.1f}% fewer than dense)")
-        print(f"  as the released FlexDiT code counts its Poolingformers: {result['gmacs_released_code']:.2f} G "
-              f"({100 * result['reduction_released_code']:.1f}% fewer)")
-
-
-def bench_latency(args: argparse.Namespace) -> dict:
-    import torch
-
-    from flexgen.bench import latency_report
-
-    config, density, num_timesteps, name = bench_model(args)
-    if density is None:
-        raise ValueError("bench latency compares dense with FlexDiT: give --layout (and a schedule) or a --config "
-                         "with a density section")
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    return {"model": name, "layout": density.layout,
-            **latency_report(config, density, device=args.device, dtype=dtype, batch=args.batch,
-                             repeats=args.repeats, warmup=args.warmup, cfg_scale=args.cfg_scale,
-                             num_timesteps=num_timesteps, sampler=args.sampler, steps=args.steps,
-                             attention=args.attention)}
-
-
-def print_latency(result: dict) -> None:
-    print(f"{result['model']}, layout {result['layout']}, {result['device']} {result['dtype']}, batch "
-          f"{result['batch']}, median of {result['repeats']}")
-    print(f"  MACs: dense {result['gmacs_dense']:.1f} G, FlexDiT {result['gmacs']:.1f} G "
-          f"(ratio {result['flops_ratio']:.3f}); attention backend calls: {result['attention_calls']}")
-    for kind in ("forward", "cfg_step"):
-        if kind in result:
-            r = result[kind]
-            grids = ", ".join(f"{g}: {s * 1e3:.0f} ms" for g, s in r["per_grid_s"].items())
-            print(f"  {kind}: dense {r['dense_s'] * 1e3:.0f} ms, FlexDiT {r['dynamic_s'] * 1e3:.0f} ms "
-                  f"(per grid {grids}); latency ratio {r['latency_ratio']:.3f} = {r['latency_over_flops']:.2f} × "
-                  f"the MAC ratio; speed-up {r['speedup']:.2f}×")
-    if "sampling" in result:
-        r = result["sampling"]
-        print(f"  sampling ({r['sampler']}, {r['steps']} steps with CFG, each at its timestep's grid {r['grids']}): "
-              f"dense {r['dense_s']:.2f} s, FlexDiT {r['dynamic_s']:.2f} s; speed-up {r['speedup']:.2f}×")
-
-
-def run_bench(compute, show):
+def run_bench(compute: str, show: str):
+    """A bench command: flexgen.bench.<compute>(args), printed as JSON or by flexgen.bench.<show>."""
     def run(args: argparse.Namespace) -> None:
-        result = compute(args)
+        from flexgen import bench
+
+        result = getattr(bench, compute)(args)
         if args.json:
             print(json.dumps(result))
         else:
-            show(result)
+            getattr(bench, show)(result)
     return run
-
-
-# ----------------------------------------------------------------------------------------------------------
-# config, convert, demo
 
 
 def show_config(args: argparse.Namespace) -> None:
@@ -166,29 +48,18 @@ def show_config(args: argparse.Namespace) -> None:
 
 
 def convert(args: argparse.Namespace) -> None:
-    from flexgen.checkpoint import load_weights, save_weights
+    """Weights of the config's model family (official or ours) -> its exchange format; a config with a density
+    layout converts dense -> FlexDiT on load."""
+    from flexgen.backbones.registry import build_denoiser
     from flexgen.config import load_config
-    from flexgen.video import FlexLatte, build_model
 
     run = load_config(args.config, args.overrides)
-    if run.model.is_t2i:          # PixArt-α: a local diffusers folder in, a diffusers transformer folder out
-        from flexgen.t2i.pixart import build_denoiser
-
-        if args.sha256:
-            raise ValueError("--sha256 checks one weights file; a PixArt-α source is a diffusers folder")
-        model = build_denoiser(run)
-        model.load_pretrained(args.src)                    # dense -> FlexDiT when the config has a layout
-        model.export(args.out)
-        layout = f", FlexDiT layout {model.roles}" if model.roles else ""
-        print(f"wrote {args.out} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters{layout}); "
-              f"use it with flexgen generate --transformer {args.out}")
-        return
-    model = build_model(run)
-    load_weights(model, args.src, sha256=args.sha256)
-    save_weights(model, args.out)
-    layout = f", FlexDiT layout {model.roles}" if isinstance(model, FlexLatte) else ""
-    print(f"wrote {args.out} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
-          f"{model.config.num_spatial} spatial + {model.config.num_temporal} temporal blocks{layout})")
+    model = build_denoiser(run)
+    model.load_pretrained(args.src, sha256=args.sha256)
+    written = model.export(args.out)
+    layout = f", FlexDiT layout {model.layout}" if model.layout else ""
+    print(f"wrote {written} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
+          f"{model.describe()}{layout})")
 
 
 def default_run_dir(config_path: str, overrides: list[str], results_dir: str) -> Path:
@@ -313,13 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     latency.add_argument("--warmup", type=int, default=1, help="untimed repeats first")
     latency.add_argument("--cfg-scale", type=float, default=None, help="also time a sampling step with CFG at this "
                          "scale, and a whole sampling run")
-    latency.add_argument("--sampler", choices=("ddpm", "ddim", "dpm-solver++"), default=None,
-                         help="sampler of the timed run (default: ddpm for Latte / DiT, dpm-solver++ for PixArt-α)")
-    latency.add_argument("--steps", type=int, default=None, help="its steps (default: 250 ddpm, 20 dpm-solver++)")
+    latency.add_argument("--sampler", default=None, help="sampler of the timed run, one the model's family offers: "
+                         "ddpm | ddim | dpm-solver++ for Latte / DiT (default ddpm), dpm-solver++ | dpm-solver | "
+                         "sa-solver | ddim | euler | ddpm for PixArt-α (default dpm-solver++)")
+    latency.add_argument("--steps", type=int, default=None, help="its steps (default: the family's, 250 for ddpm on "
+                         "Latte / DiT, 20 for PixArt-α)")
     latency.add_argument("--attention", choices=("diffusers", "flexgen"), default="diffusers",
                          help="PixArt-α: diffusers' attention processors or flexgen.attention (packed text)")
-    flops.set_defaults(func=run_bench(bench_flops, print_flops))
-    latency.set_defaults(func=run_bench(bench_latency, print_latency))
+    flops.set_defaults(func=run_bench("bench_flops", "print_flops"))
+    latency.set_defaults(func=run_bench("bench_latency", "print_latency"))
 
     cfg = commands.add_parser("config", help="validate a config file and print it resolved")
     cfg.add_argument("path", help="YAML file, e.g. configs/video/ffs/latte-xl2.yaml")

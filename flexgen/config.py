@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from flexgen.backbones.registry import PRESET_FAMILY, family_of
 from flexgen.density import DensityConfig
 
 
@@ -41,7 +42,7 @@ def _choice(where: str, value: str, choices: tuple[str, ...] | list[str]) -> Non
 
 @dataclass
 class ModelConfig:
-    preset: str = "Latte-XL/2"          # paper name: flexgen.video.latte.PRESETS or flexgen.t2i.presets.PRESETS
+    preset: str = "Latte-XL/2"          # paper name: flexgen.video.presets or flexgen.t2i.presets (the registry)
     num_classes: int = 0                # 0 = unconditional; UCF101: 101 (+ the null class 101 for CFG)
     class_dropout_prob: float = 0.1     # label drop rate for classifier-free guidance training
     learn_sigma: bool = True            # predict the learned-range variance beside ε
@@ -52,13 +53,7 @@ class ModelConfig:
     caption_channels: int | None = None  # PixArt-α: width of the text encoder's states (T5-XXL: 4096)
 
     def __post_init__(self):
-        from flexgen.t2i.presets import PRESETS as T2I_PRESETS
-        from flexgen.video.latte import PRESETS
-        _choice("preset", self.preset, [*PRESETS, *T2I_PRESETS])
-
-    @property
-    def is_t2i(self) -> bool:
-        return self.preset.startswith("PixArt-")
+        _choice("preset", self.preset, list(PRESET_FAMILY))
 
 
 @dataclass
@@ -120,7 +115,7 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: str = "ddpm"               # ddpm | ddim | dpm-solver++
+    sampler: str = "ddpm"               # ddpm | ddim | dpm-solver++ (what the family offers: the registry)
     steps: int = 250                    # DDPM respaced to 250 steps (Latte / DiT protocol)
     cfg_scale: float = 1.0              # classifier-free guidance; 1 = off (UCF101: 7.0)
     seed: int = 0                       # noise for sample i comes from seed + i
@@ -128,9 +123,6 @@ class SampleConfig:
     batch_size: int = 2                 # per device
     clip_denoised: bool = False         # clip predicted x_0 to [-1, 1]: for pixel-space models, not latents
 
-    def __post_init__(self):
-        from flexgen.diffusion import SAMPLERS
-        _choice("sampler", self.sampler, SAMPLERS)
 
 
 @dataclass
@@ -170,7 +162,7 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
         (item,) = typing.get_args(tp)
         return [_check_value(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
+        return build_dataclass(tp, value, key)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
@@ -180,7 +172,7 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _build(cls: type, data: Any, section: str) -> Any:
+def build_dataclass(cls: type, data: Any, section: str = "") -> Any:
     """Build dataclass `cls` from a mapping, rejecting unknown keys. `section` is the dotted path to it."""
     prefix = f"{section}." if section else ""
     if not isinstance(data, dict):
@@ -202,10 +194,32 @@ def _build(cls: type, data: Any, section: str) -> Any:
         raise ConfigError(f"{prefix}{e}") from None
 
 
-def config_from_dict(data: dict, source: str = "<dict>") -> Config:
-    """Validate a nested mapping into a Config; `source` names the file in error messages."""
+def _check_family(config: Config, given: dict | None) -> None:
+    """The run fits its model family (`flexgen.backbones.registry`): a dataset it trains on, a sampler it offers,
+    and, among the keys `given` explicitly, none that means nothing for it set to anything but its default (a
+    resolved config, as runs and checkpoints store it, lists every field at its default)."""
+    family = family_of(config.model.preset)
+    _choice(f"data.dataset (for {config.model.preset})", config.data.dataset, list(family.datasets))
+    _choice(f"sample.sampler (for {config.model.preset})", config.sample.sampler, list(family.samplers))
+    defaults = config_to_dict(Config())
+    for section, values in (given or {}).items():
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            if (section in family.unused or f"{section}.{key}" in family.unused) and \
+                    value != defaults.get(section, {}).get(key):
+                raise ConfigError(f"{section}.{key} has no meaning for {config.model.preset} ({family.name} "
+                                  "family); remove it")
+
+
+def config_from_dict(data: dict, source: str = "<dict>", *, strict_family: bool = False) -> Config:
+    """Validate a nested mapping into a Config; `source` names the file in error messages. `strict_family` also
+    rejects keys that mean nothing for the model's family (files and overrides a user wrote; resolved configs
+    that runs and checkpoints store list every field)."""
     try:
-        return _build(Config, data or {}, "")
+        config = build_dataclass(Config, data or {}, "")
+        _check_family(config, data if strict_family else None)
+        return config
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
 
@@ -253,9 +267,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     """Load a YAML file (or the defaults when `path` is None), apply overrides, validate."""
     data = _read_yaml(Path(path)) if path is not None else {}
     source = str(path) if path is not None else "<defaults>"
-    config_from_dict(data, source)                    # errors in the file name the file ...
+    config_from_dict(data, source, strict_family=True)          # errors in the file name the file ...
     apply_overrides(data, list(overrides))
-    return config_from_dict(data, f"{source} with overrides {' '.join(overrides)}" if overrides else source)
+    return config_from_dict(data, f"{source} with overrides {' '.join(overrides)}" if overrides else source,
+                            strict_family=True)
 
 
 def config_to_dict(config: Any) -> dict:

@@ -1,21 +1,20 @@
 """`flexgen demo`: the whole loop on embedded data, on a CPU, in minutes.
 
 1. Generate a synthetic clip set (moving shapes, four motion classes) as real mp4 files in the UCF101 layout,
-   plus held-out clips, with `datasets/make_synthetic.py`.
-2. Train a tiny dense Latte on it (`configs/demo/tiny.yaml`, pixel space).
-3. Convert it to FlexDiT (`configs/demo/tiny-flex.yaml`) and fine-tune briefly.
+   plus held-out clips, with `flexgen.synthetic`.
+2. Train a tiny dense Latte on it (`flexgen/configs/demo/tiny.yaml`, pixel space; `configs/demo` in a checkout).
+3. Convert it to FlexDiT (`flexgen/configs/demo/tiny-flex.yaml`) and fine-tune briefly.
 4. Sample videos from both EMA models (mp4 + a preview grid).
 5. Measure both: held-out loss on fixed timesteps and noise, MACs per forward and per sampled video, and
-   latency per video; FVD once the evaluation module is present.
+   latency per video. (FVD needs the standard I3D weights and thousands of videos: `flexgen eval fvd`.)
 6. Print and write a small leaderboard (`leaderboard.md`, `leaderboard.json`).
 
 `--quick` runs the same steps with tiny budgets (the CI runs it); the full demo fits in about ten minutes on two
-CPU cores.
+CPU cores. Everything it needs ships inside the package, so it runs from an installed wheel in any folder.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -23,25 +22,17 @@ from pathlib import Path
 import torch
 
 from flexgen.autoencoder import Autoencoder
-from flexgen.checkpoint import load_model
+from flexgen.backbones.registry import build_denoiser
 from flexgen.config import Config, load_config
 from flexgen.diffusion import GaussianDiffusion
 from flexgen.sample import flops_per_sample
-from flexgen.train import heldout_loss, model_inputs, train
+from flexgen.synthetic import make_synthetic
+from flexgen.train import heldout_loss, train
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = ROOT / "configs" / "demo"
+CONFIGS = Path(__file__).resolve().parent / "configs" / "demo"        # package data (configs/demo in a checkout)
 
 # (training clips per class, held-out clips per class, dense clips seen, FlexDiT clips seen, sampled videos, steps)
 BUDGETS = {"full": (32, 8, 9600, 2400, 16, 50), "quick": (4, 2, 64, 32, 4, 5)}
-
-
-def _make_synthetic():
-    """datasets/make_synthetic.py (datasets/ holds scripts, it is not a package)."""
-    spec = importlib.util.spec_from_file_location("make_synthetic", ROOT / "datasets" / "make_synthetic.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_synthetic
 
 
 def _configs(data_root: Path, out: Path, dense_samples: int, flex_samples: int) -> tuple[Config, Config]:
@@ -58,7 +49,7 @@ def _heldout(model, cfg: Config) -> dict:
 
     data = build_dataset(cfg.data, split="train", seed=12345)
     batch = torch.utils.data.default_collate([data[i] for i in range(len(data))])
-    video, kwargs = model_inputs(batch, cfg, torch.device("cpu"))
+    video, kwargs = model.prepare_batch(batch, torch.device("cpu"))           # no generator: nothing dropped
     x0 = Autoencoder.from_config(cfg.autoencoder).encode(video)
     return heldout_loss(model, x0, GaussianDiffusion.from_config(cfg.diffusion), kwargs, timesteps=20)
 
@@ -89,10 +80,9 @@ def run_demo(out: str | Path = "results/demo", quick: bool = False, progress: bo
     t0 = time.perf_counter()
 
     # 1. Data: real mp4 files, decoded by the real loaders.
-    make = _make_synthetic()
     data_root = out / "data"
-    make(data_root / "train", clips_per_class=per_class, seed=0)
-    make(data_root / "heldout", clips_per_class=heldout_per_class, seed=1)
+    make_synthetic(data_root / "train", clips_per_class=per_class, seed=0)
+    make_synthetic(data_root / "heldout", clips_per_class=heldout_per_class, seed=1)
     timings["data_s"] = time.perf_counter() - t0
 
     # 2-3. Dense training, then FlexDiT conversion + fine-tuning from the dense EMA weights.
@@ -108,12 +98,14 @@ def run_demo(out: str | Path = "results/demo", quick: bool = False, progress: bo
     rows = []
     heldout_cfg = load_config(CONFIGS / "tiny.yaml", [f"data.root={data_root / 'heldout'}", "data.hflip=false"])
     for name, cfg, run in (("Latte (dense)", dense_cfg, "dense"), ("FlexDiT-Latte", flex_cfg, "flexdit")):
-        model = load_model(out / run / "ema.safetensors").eval()
+        model = build_denoiser(cfg)
+        model.load_pretrained(out / run / "ema.safetensors")
+        model.eval()
         loss = _heldout(model, heldout_cfg)
         sampled = _sample(model, cfg, out / run / "samples", num_videos, steps)
         macs = flops_per_sample(model, cfg.sample.sampler, steps, cfg.sample.cfg_scale)
         rows.append({"model": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-                     "gmacs_per_forward": macs["gmacs_per_sample"] / macs["model_evaluations"],
+                     "gmacs_per_forward": macs["gmacs_per_forward"],
                      "gmacs_per_video": macs["gmacs_per_sample"],
                      "seconds_per_video": sampled["seconds_per_video"], "heldout_mse": loss["mse"],
                      "heldout_loss": loss["loss"], "fvd": None,
@@ -122,8 +114,9 @@ def run_demo(out: str | Path = "results/demo", quick: bool = False, progress: bo
     timings["total_s"] = time.perf_counter() - t0
 
     result = {"rows": rows, "timings": timings, "quick": quick,
-              "note": "FVD needs the I3D detector of the evaluation module (not yet present); held-out loss is "
-                      "the ε-MSE + VLB on 20 fixed timesteps with fixed noise over held-out synthetic clips."}
+              "note": "Held-out loss is the ε-MSE + VLB on 20 fixed timesteps with fixed noise over held-out "
+                      "synthetic clips. FVD is not computed here (it needs the standard I3D weights and thousands of "
+                      "videos: flexgen eval fvd)."}
     (out / "leaderboard.json").write_text(json.dumps(result, indent=2))
     (out / "leaderboard.md").write_text(leaderboard_markdown(result))
     return result

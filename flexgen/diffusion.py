@@ -28,6 +28,18 @@ from tqdm.auto import tqdm
 
 Model = Callable[..., Tensor]
 
+# The one table of sampler names -> diffusers scheduler classes. `make_scheduler` builds the first three as the
+# IDDPM / Latte / DiT protocols define them (`SAMPLERS`, what `sample` and `flexgen sample` use); PixArt-α's
+# `flexgen generate` builds any of them from its pipeline's scheduler config ("dpm-solver" is PixArt-α's name for
+# DPM-Solver++ with the pipeline's settings). Which names a family offers: `flexgen.backbones.registry`.
+SCHEDULERS: dict[str, str] = {
+    "ddpm": "DDPMScheduler",
+    "ddim": "DDIMScheduler",
+    "dpm-solver++": "DPMSolverMultistepScheduler",
+    "dpm-solver": "DPMSolverMultistepScheduler",
+    "sa-solver": "SASolverScheduler",
+    "euler": "EulerDiscreteScheduler",
+}
 SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
 
 
@@ -239,14 +251,19 @@ def make_scheduler(name: str, betas: Tensor, num_steps: int, learned_sigma: bool
         # Song et al. 2021, Eq. 12 with η = 0; "leading" + set_alpha_to_one == IDDPM "ddimN"
         scheduler = DDIMScheduler(**common, set_alpha_to_one=True, timestep_spacing="leading", steps_offset=0,
                                   **clip)
-    elif name == "dpm-solver++":
+    elif name in ("dpm-solver++", "dpm-solver"):
         # Lu et al. 2022b, DPM-Solver++(2M), data-prediction multistep solver
         # It has no static clipping; thresholding with sample_max_value = 1 clips x_0 to [-1, 1] exactly.
         threshold = {"thresholding": True, "sample_max_value": 1.0} if clip_denoised else {}
         scheduler = DPMSolverMultistepScheduler(**{**common, **threshold}, algorithm_type="dpmsolver++",
                                                 solver_order=2, lower_order_final=True, timestep_spacing="linspace")
+    elif name in SCHEDULERS:            # SA-Solver, Euler: diffusers' defaults on these betas (PixArt-α timing)
+        import diffusers
+
+        scheduler = getattr(diffusers, SCHEDULERS[name])(num_train_timesteps=num_train, trained_betas=betas_np,
+                                                         prediction_type="epsilon", timestep_spacing="linspace")
     else:
-        raise ValueError(f"unknown sampler {name!r}; expected one of {SAMPLERS}")
+        raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SCHEDULERS)}")
     scheduler.set_timesteps(num_steps)
     if name == "ddpm" and num_steps > 1:
         # respacing is exact only if a step goes to the next listed timestep (older diffusers stepped to t - T // N)

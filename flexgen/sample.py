@@ -20,8 +20,10 @@ Reproducibility contract (what `generate` guarantees):
   batch). Guidance on an unconditional model is an error.
 
 Output of `flexgen sample`: DIR/{index:04d}.mp4 (fps 8) for video models or DIR/{index:04d}.png for one-frame
-models, DIR/grid.png (a preview of the first samples) and DIR/samples.json (protocol, checkpoint hash, seeds,
-labels, FLOPs per sample, model and density configuration).
+models, DIR/grid.png (a preview of the first samples) and DIR/samples.json (a `flexgen.manifest.SampleManifest`:
+checkpoint hash, seeds, labels, sampler, cost per sample, model and density configuration). Samples are written
+as they are made: re-running the command draws only the missing ones; another run's folder is refused unless
+--overwrite.
 
 torch, diffusers and the models are imported inside the functions that use them, so that `add_sample_arguments`
 can build the `flexgen` parser without loading them.
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     import torch
 
     from flexgen.autoencoder import Autoencoder
-    from flexgen.video.latte import Latte
+    from flexgen.backbones.latte import LatteDenoiser
 
 LABEL_STREAM = 0x6C6162656C       # "label" in ASCII: the key that separates label draws from the noise stream
 GRID_SAMPLES = 16                 # samples shown in grid.png
@@ -50,15 +51,6 @@ DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 # ----------------------------------------------------------------------------------------------------------
 # Which samples a rank draws, and with which labels.
-
-
-def shard_indices(num_samples: int, rank: int = 0, world_size: int = 1) -> list[int]:
-    """The sample indices of rank `rank` of `world_size`: i ≡ rank (mod world_size), increasing."""
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
-    if num_samples < 0:
-        raise ValueError(f"num_samples must be >= 0, got {num_samples}")
-    return list(range(rank, num_samples, world_size))
 
 
 def sample_label(seed: int, index: int, num_classes: int) -> int:
@@ -99,23 +91,26 @@ class SampleBatch(NamedTuple):
     videos: torch.Tensor            # uint8 on the CPU: (B, F, 3, H, W) for video models, (B, 3, H, W) for DiT
 
 
-def generate(model: Latte, autoencoder: Autoencoder, *, num_samples: int, seed: int = 0, sampler: str = "ddpm",
+def generate(model: LatteDenoiser, autoencoder: Autoencoder, *, num_samples: int, seed: int = 0, sampler: str = "ddpm",
              steps: int = 250, cfg_scale: float = 1.0, batch_size: int = 1,
              labels: int | Sequence[int] | None = None, rank: int = 0, world_size: int = 1,
+             indices: Sequence[int] | None = None,
              betas: torch.Tensor | None = None, clip_denoised: bool = False, device: torch.device | str = "cpu",
              dtype: torch.dtype | None = None, progress: bool = False) -> Iterator[SampleBatch]:
     """Draw this rank's share of `num_samples` samples in batches of up to `batch_size` and decode them.
 
-    `model` (a Latte / DiT / FlexLatte, in eval mode) and `autoencoder` must already be on `device`; the
+    `model` (the Denoiser of a Latte / DiT / FlexLatte, in eval mode) and `autoencoder` must already be on `device`; the
     diffusion runs in `dtype` (default: the model's). Latents have the model's shape per sample, (F, C, h, w)
     for video models and (C, h, w) for DiT. `betas` defaults to the linear DDPM schedule of 1000 steps.
-    `labels`: None draws a label per sample from its seed; an int or one label per index fixes them. See the
-    module docstring for seeds, labels and sharding."""
+    `labels`: None draws a label per sample from its seed; an int or one label per index fixes them. `indices`
+    (default: this rank's shard) are the samples to draw. See the module docstring for seeds, labels and
+    sharding."""
     import torch
     from tqdm.auto import tqdm
 
     from flexgen.autoencoder import to_uint8
     from flexgen.diffusion import classifier_free_guidance, sample
+    from flexgen.manifest import shard_indices
 
     config = model.config
     if batch_size < 1:
@@ -123,10 +118,9 @@ def generate(model: Latte, autoencoder: Autoencoder, *, num_samples: int, seed: 
     if cfg_scale != 1 and not config.num_classes:
         raise ValueError(f"classifier-free guidance (cfg_scale = {cfg_scale}) needs a class-conditional model; "
                          "this one is unconditional: use cfg_scale 1")
-    mine = shard_indices(num_samples, rank, world_size)
+    mine = shard_indices(num_samples, rank, world_size) if indices is None else list(indices)
     all_labels = resolve_labels(num_samples, seed, config.num_classes, labels)
-    shape = (config.num_frames, config.in_channels, config.input_size, config.input_size) if config.temporal \
-        else (config.in_channels, config.input_size, config.input_size)
+    shape = model.latent_shape()
     dtype = dtype if dtype is not None else next(model.parameters()).dtype
 
     with tqdm(total=len(mine), desc=f"sampling ({sampler}, {steps} steps)", unit="sample",
@@ -136,9 +130,8 @@ def generate(model: Latte, autoencoder: Autoencoder, *, num_samples: int, seed: 
             batch_labels = None if all_labels is None else [all_labels[i] for i in indices]
             net = model
             if batch_labels is not None:
-                y = torch.tensor(batch_labels, dtype=torch.long, device=device)                  # (B,)
-                null = torch.full_like(y, config.num_classes)                                      # (B,)
-                net = classifier_free_guidance(model, cfg_scale, {"y": y}, {"y": null})
+                cond = {"y": torch.tensor(batch_labels, dtype=torch.long, device=device)}        # (B,)
+                net = classifier_free_guidance(model, cfg_scale, cond, model.null_condition(cond))
             latents = sample(net, shape, [seed + i for i in indices], sampler=sampler, steps=steps, betas=betas,
                              learned_sigma=config.learn_sigma, clip_denoised=clip_denoised, device=device,
                              dtype=dtype)                                                      # (B, *shape)
@@ -151,34 +144,19 @@ def generate(model: Latte, autoencoder: Autoencoder, *, num_samples: int, seed: 
 # FLOPs per sample, counted on the meta device.
 
 
-def flops_per_sample(model: Latte, sampler: str, steps: int, cfg_scale: float,
+def flops_per_sample(model, sampler: str, steps: int, cfg_scale: float,
                      betas: torch.Tensor | None = None) -> dict[str, Any]:
-    """Network MACs (×1e-9; papers call them FLOPs) to draw one sample: one forward per sampler timestep, two
-    with classifier-free guidance (the doubled batch); a FlexLatte at the sparse grid of each timestep. The
+    """Network MACs (×1e-9; papers call them FLOPs) to draw one sample with `sampler` (`flexgen.density.cost`):
+    one forward per sampler timestep at its grid, two with classifier-free guidance (the doubled batch). The
     autoencoder's decoding is not included."""
-    import torch
-
+    from flexgen.density.cost import sampling_cost
     from flexgen.diffusion import linear_betas, make_scheduler
-    from flexgen.flops import latte_macs
-    from flexgen.video import FlexLatte
 
-    config = model.config
     betas = linear_betas() if betas is None else betas
-    timesteps = [int(t) for t in make_scheduler(sampler, betas, steps, learned_sigma=config.learn_sigma).timesteps]
-    passes = 2 if cfg_scale != 1 and config.num_classes else 1
-    dense = latte_macs(config).gmacs
-    report: dict[str, Any] = {"model_evaluations": len(timesteps) * passes, "gmacs_per_forward_dense": dense,
-                              "gmacs_per_sample_dense": dense * len(timesteps) * passes}
-    if not isinstance(model, FlexLatte):
-        report["gmacs_per_sample"] = report["gmacs_per_sample_dense"]
-        return report
-    grids = [model.grid_for(torch.tensor([t])) for t in timesteps]
-    per_grid = {g: latte_macs(config, model.density, g, model.num_timesteps).gmacs for g in sorted(set(grids))}
-    report["gmacs_per_sample"] = sum(per_grid[g] for g in grids) * passes
-    report["gmacs_per_forward_by_grid"] = per_grid
-    report["steps_per_grid"] = {g: grids.count(g) for g in per_grid}
-    report["reduction"] = 1 - report["gmacs_per_sample"] / report["gmacs_per_sample_dense"]
-    return report
+    learned_sigma = model.run.model.learn_sigma
+    timesteps = [int(t) for t in make_scheduler(sampler, betas, steps, learned_sigma=learned_sigma).timesteps]
+    passes = 2 if cfg_scale != 1 and model.conditional else 1
+    return sampling_cost(model.cost(), timesteps, passes)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -191,16 +169,20 @@ def sample_file(out: Path, index: int, video_model: bool) -> Path:
 
 
 def write_sample(path: Path, pixels: torch.Tensor, fps: int = 8) -> None:
-    """One uint8 sample: a video (F, 3, H, W) as mp4, or an image (3, H, W) (or a one-frame video) as png."""
+    """One uint8 sample: a video (F, 3, H, W) as mp4, or an image (3, H, W) (or a one-frame video) as png; written
+    to a hidden temporary name, then renamed (an interrupted run never leaves a truncated file; `write_video`
+    does the same for mp4)."""
     from PIL import Image
 
+    from flexgen.files import atomic_write
     from flexgen.video.io import write_video
 
     if path.suffix == ".mp4":
         write_video(path, pixels, fps=fps)
         return
-    image = pixels.reshape(pixels.shape[-3:]).permute(1, 2, 0).numpy()                  # (H, W, 3)
-    Image.fromarray(image).save(str(path))
+    with atomic_write(path) as tmp:
+        image = pixels.reshape(pixels.shape[-3:]).permute(1, 2, 0).numpy()                  # (H, W, 3)
+        Image.fromarray(image).save(str(tmp), format="PNG")
 
 
 def read_sample(path: Path):
@@ -240,6 +222,9 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--fps", type=int, default=8, help="frame rate of the mp4 files")
     parser.add_argument("--sha256", default=None, help="expected sha256 of the checkpoint file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--overwrite", action="store_true", help="draw every sample again (default: a re-run with "
+                        "the same settings keeps the samples already written and draws the rest; another run's "
+                        "folder is refused)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. sample.seed=1")
     parser.set_defaults(func=sample_main)
     return parser
@@ -289,35 +274,63 @@ def _barrier(world_size: int, device: torch.device) -> None:
 
 
 def _run_sampling(args: argparse.Namespace, rank: int, world_size: int, device: torch.device) -> dict | None:
+    import time
+
     import numpy as np
     import torch
 
+    from flexgen import manifest as mf
     from flexgen.autoencoder import Autoencoder
-    from flexgen.checkpoint import file_sha256, load_weights
+    from flexgen.backbones.registry import build_denoiser, family_of
     from flexgen.config import config_to_dict, load_config
     from flexgen.diffusion import linear_betas
-    from flexgen.video import build_model
+    from flexgen.files import file_sha256
     from flexgen.video.io import save_grid, video_codec
 
     overrides = _config_overrides(args)
     run = load_config(args.config, overrides)
     s, diffusion = run.sample, run.diffusion
+    family = family_of(run.model.preset)
+    if family.sample_command != "flexgen sample":
+        raise ValueError(f"model.preset {run.model.preset} is sampled with `{family.sample_command}`, "
+                         "not `flexgen sample`")
     dtype = getattr(torch, args.dtype)
-    model = build_model(run)
-    load_weights(model, args.ckpt, sha256=args.sha256)
+    model = build_denoiser(run)
+    model.load_pretrained(args.ckpt, sha256=args.sha256)
     model = model.eval().to(device=device, dtype=dtype)
     autoencoder = Autoencoder.from_config(run.autoencoder).to(device).eval()
     betas = linear_betas(diffusion.num_timesteps, diffusion.beta_start, diffusion.beta_end)
     video_model = model.config.temporal and model.config.num_frames > 1
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    labels = resolve_labels(s.num_samples, s.seed, model.config.num_classes)
+    record = mf.SampleManifest(
+        command="flexgen sample", family=family.name, model=run.model.preset,
+        method=f"flexdit {run.density.layout}" if run.density.layout else "baseline",
+        checkpoint=str(args.ckpt), checkpoint_sha256=file_sha256(args.ckpt), sampler=s.sampler, steps=s.steps,
+        cfg_scale=s.cfg_scale, seed=s.seed, storage="mp4" if video_model else "png", world_size=world_size,
+        samples=mf.entries(s.num_samples, s.seed, lambda i: sample_file(out, i, video_model).name, labels),
+        settings={"config": str(args.config), "overrides": overrides, "clip_denoised": s.clip_denoised,
+                  "batch_size": s.batch_size, "dtype": args.dtype, "fps": args.fps if video_model else None,
+                  "codec": video_codec() if video_model else "png", "model_class": type(model.net).__name__,
+                  "model": dataclasses.asdict(model.config),
+                  "density": dataclasses.asdict(run.density) if run.density.layout else None,
+                  "run_config": config_to_dict(run)},
+        identity={"model": dataclasses.asdict(model.config), "clip_denoised": s.clip_denoised, "dtype": args.dtype,
+                  "density": dataclasses.asdict(run.density) if run.density.layout else None})
+    path = out / "samples.json"
+    if rank == 0:
+        mf.start_run(record, path, overwrite=args.overwrite)
+    _barrier(world_size, device)
 
+    mine = mf.todo(record, out, rank, world_size, overwrite=args.overwrite)
+    started = time.perf_counter()
     for batch in generate(model, autoencoder, num_samples=s.num_samples, seed=s.seed, sampler=s.sampler,
-                          steps=s.steps, cfg_scale=s.cfg_scale, batch_size=s.batch_size, rank=rank,
-                          world_size=world_size, betas=betas, clip_denoised=s.clip_denoised, device=device,
-                          dtype=dtype, progress=rank == 0 and not args.no_progress):
+                          steps=s.steps, cfg_scale=s.cfg_scale, batch_size=s.batch_size, indices=mine,
+                          betas=betas, clip_denoised=s.clip_denoised, device=device, dtype=dtype,
+                          progress=rank == 0 and not args.no_progress):
         for index, pixels in zip(batch.indices, batch.videos, strict=True):
             write_sample(sample_file(out, index, video_model), pixels, fps=args.fps)
+    seconds = time.perf_counter() - started
     _barrier(world_size, device)
     if rank != 0:
         return None
@@ -325,22 +338,10 @@ def _run_sampling(args: argparse.Namespace, rank: int, world_size: int, device: 
     shown = [read_sample(sample_file(out, i, video_model)) for i in range(min(s.num_samples, GRID_SAMPLES))]
     if shown:
         save_grid(out / "grid.png", np.stack(shown), nrow=4)
-    labels = resolve_labels(s.num_samples, s.seed, model.config.num_classes)
-    record = {
-        "config": str(args.config), "overrides": overrides,
-        "checkpoint": str(args.ckpt), "checkpoint_sha256": file_sha256(args.ckpt),
-        "sampler": s.sampler, "steps": s.steps, "cfg_scale": s.cfg_scale, "clip_denoised": s.clip_denoised,
-        "seed": s.seed,
-        "num_samples": s.num_samples, "batch_size": s.batch_size, "world_size": world_size, "dtype": args.dtype,
-        "format": "mp4" if video_model else "png", "fps": args.fps if video_model else None,
-        "codec": video_codec() if video_model else "png",
-        "flops": flops_per_sample(model, s.sampler, s.steps, s.cfg_scale, betas),
-        "model_class": type(model).__name__, "model": dataclasses.asdict(model.config),
-        "density": dataclasses.asdict(run.density) if run.density.layout else None,
-        "run_config": config_to_dict(run),
-        "samples": [{"index": i, "file": sample_file(out, i, video_model).name, "seed": s.seed + i,
-                     "label": None if labels is None else labels[i]} for i in range(s.num_samples)],
-    }
-    (out / "samples.json").write_text(json.dumps(record, indent=1))
-    print(f"wrote {s.num_samples} samples, grid.png and samples.json to {out}")
-    return record
+        record.grid = "grid.png"
+    record.cost = flops_per_sample(model, s.sampler, s.steps, s.cfg_scale, betas)
+    if mine:
+        record.cost["seconds_per_sample"] = seconds / len(mine)           # rank 0's wall time, batch_size samples
+    mf.finish_run(record, path)
+    print(f"wrote {s.num_samples} samples ({len(mine)} drawn now on rank 0), grid.png and samples.json to {out}")
+    return dataclasses.asdict(record)

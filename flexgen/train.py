@@ -1,4 +1,7 @@
-"""One training loop for every backbone: dense Latte / DiT, and FlexDiT fine-tuned from a dense checkpoint.
+"""One training loop for every backbone: dense Latte / DiT or PixArt-α, and FlexDiT fine-tuned from a dense
+checkpoint. The loop speaks to the model only through `flexgen.backbones.base.Denoiser`: the family builds its
+dataset, prepares each batch (with the classifier-free-guidance condition dropout), chooses the training
+timesteps and exports its weights.
 
     flexgen train --config configs/video/ffs/latte-xl2.yaml
     torchrun --nproc_per_node=8 -m flexgen train --config configs/video/ffs/flexlatte-xl2.yaml
@@ -9,15 +12,16 @@
   `ema.safetensors` (EMA weights + model config, for `flexgen sample`), or for PixArt-α `transformer/` (the EMA
   as a diffusers folder with the density keys, for `flexgen generate --transformer`). Re-running resumes.
 - PixArt-α (model.preset PixArt-*, data.dataset captions) trains on images with cached T5 embeddings (missing
-  captions are encoded once, on rank 0, before training); captions are dropped to T5("") at
+  captions are encoded once, on rank 0, before training). Labels drop to the null class, captions to T5(""), at
   model.class_dropout_prob for classifier-free guidance.
 - Randomness is re-seeded every step from (seed, step) for what all ranks share and (seed, rank, step) for what
   each rank draws (timesteps, noise, label dropout, VAE posterior samples), and the data order is a function of
   (seed, epoch), so a resumed run reaches exactly the parameters of an uninterrupted one.
 - `train.fsdp` (under torchrun) shards every block and the model with FSDP2 instead of replicating it (DDP);
   checkpoints hold full, unsharded state either way.
-- A FlexDiT model draws each micro-batch's timesteps from one density stage (`flexgen.density.draw_stage`):
-  one token count per forward, timesteps uniform over all ranks and steps.
+- The model's `timestep_sampler()` draws each micro-batch's timesteps: uniform for a dense model, one density
+  stage per micro-batch for FlexDiT (`flexgen.density.timesteps`): one token count per forward, timesteps
+  uniform over all ranks and steps.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,11 +40,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from flexgen import dist
 from flexgen.autoencoder import Autoencoder
-from flexgen.checkpoint import load_weights, save_weights
+from flexgen.backbones.base import Denoiser
+from flexgen.backbones.registry import build_denoiser, denoiser_class
 from flexgen.config import Config, config_from_dict, config_to_dict
-from flexgen.density.schedules import draw_stage, sample_timesteps_in_stage
 from flexgen.diffusion import GaussianDiffusion
-from flexgen.models import build_model, is_dynamic
+from flexgen.files import atomic_write
 
 # Keys that may change between the first run and a resume (everything else must match the saved config).
 RESUMABLE_CHANGES = {("train", "total_samples"), ("train", "log_every_samples"), ("train", "ckpt_every_samples"),
@@ -99,20 +102,18 @@ def _check_resumable(run_dir: Path, cfg: Config) -> None:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)         # atomic: a crash never leaves a half-written latest.pt
+    with atomic_write(path) as tmp:         # a crash never leaves a half-written latest.pt
+        torch.save(state, tmp)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # FSDP (train.fsdp under torchrun): every transformer block is a shard unit, then the whole model.
 
 
-def shard(model: torch.nn.Module) -> None:
+def shard(model: Denoiser) -> None:
     from torch.distributed.fsdp import fully_shard
 
-    units = model.shard_units() if hasattr(model, "shard_units") else [*model.spatial_blocks, *model.temporal_blocks]
-    for block in units:
+    for block in model.shard_units():
         fully_shard(block)
     fully_shard(model)
 
@@ -143,42 +144,6 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Timesteps: uniform, or one density stage per micro-batch.
-
-
-def draw_timesteps(model: torch.nn.Module, diffusion: GaussianDiffusion, batch_size: int, step: int, seed: int,
-                   rank: int, world_size: int) -> torch.Tensor:
-    rank_gen = _generator(seed, 1, rank, step)
-    if is_dynamic(model):
-        stage = draw_stage(model.stages, _generator(seed, 2, step), rank, world_size)    # shared by all ranks
-        return sample_timesteps_in_stage(stage, batch_size, rank_gen)
-    return torch.randint(0, diffusion.num_timesteps, (batch_size,), generator=rank_gen)
-
-
-def model_inputs(batch: dict, cfg: Config, device: torch.device, null_text: tuple | None = None
-                 ) -> tuple[torch.Tensor, dict]:
-    """Pixels (B, F + images, 3, H, W) or images (B, 3, H, W) and the model's keyword arguments from a data batch.
-    Captions are dropped (replaced by `null_text`, the embedding of "") at rate model.class_dropout_prob, drawn
-    from the global RNG the loop seeds every step."""
-    if "image" in batch:
-        text, mask = batch["text"].to(device), batch["text_mask"].to(device)
-        if null_text is not None and cfg.model.class_dropout_prob > 0:
-            drop = (torch.rand(text.shape[0]) < cfg.model.class_dropout_prob).to(device)
-            text = torch.where(drop[:, None, None], null_text[0].to(device, text.dtype), text)
-            mask = torch.where(drop[:, None], null_text[1].to(device, mask.dtype), mask)
-        return batch["image"].to(device, non_blocking=True), {"text": text, "text_mask": mask}
-    video = batch["video"].to(device, non_blocking=True)
-    kwargs: dict = {}
-    if cfg.model.num_classes:
-        kwargs["y"] = batch["label"].to(device)
-    if cfg.data.num_images:
-        kwargs["num_images"] = cfg.data.num_images
-        if cfg.model.num_classes:
-            kwargs["y_images"] = batch["image_labels"].to(device)
-    return video, kwargs
-
-
-# ----------------------------------------------------------------------------------------------------------
 # The loop.
 
 
@@ -196,21 +161,15 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
     dist.barrier()
 
     # The data first: a wrong folder is reported before a large model is built.
-    if dataset is None and cfg.data.dataset == "captions":
-        from flexgen.t2i.data import build_caption_dataset
-        if env.is_main:                                   # rank 0 encodes missing captions, then the others read
-            dataset = build_caption_dataset(cfg.data, tc.seed, fill=True, progress=progress, device=env.device)
-        dist.barrier()
-        if not env.is_main:
-            dataset = build_caption_dataset(cfg.data, tc.seed, fill=False)
-    elif dataset is None:
-        from flexgen.video.data import build_dataset
-        dataset = build_dataset(cfg.data, split="train", seed=tc.seed)
-    null_text = dataset.null_text() if hasattr(dataset, "null_text") else None
+    family = denoiser_class(cfg.model.preset)
+    if dataset is None:
+        dataset = family.training_dataset(cfg, is_main=env.is_main, device=env.device, progress=progress)
     torch.manual_seed(tc.seed)                            # identical initial weights on every rank
-    model = build_model(cfg).to(env.device)
+    model = build_denoiser(cfg).to(env.device)
+    model.use_dataset(dataset)
     if tc.init_from:                                      # dense -> FlexDiT conversion happens here
-        model.load_pretrained(tc.init_from) if hasattr(model, "load_pretrained") else load_weights(model, tc.init_from)
+        model.load_pretrained(tc.init_from)
+    timesteps = model.timestep_sampler()
     model.set_grad_checkpointing(tc.grad_checkpointing)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
@@ -260,14 +219,14 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
     started = time.perf_counter()
     while step < last_step:
         epoch, offset = divmod(step, steps_per_epoch)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
+        dataset.set_epoch(epoch)
         batches = epoch_batches(len(dataset), tc.batch_size, tc.seed, epoch, env.rank, env.world_size)[offset:]
         for batch in _batches(dataset, batches, cfg.data.num_workers):
-            torch.manual_seed(_seed(tc.seed, 3, env.rank, step))          # label dropout and anything else
-            video, kwargs = model_inputs(batch, cfg, env.device, null_text)
-            x0 = autoencoder.encode(video, generator=_generator(tc.seed, 4, env.rank, step))
-            t = draw_timesteps(model, diffusion, x0.shape[0], step, tc.seed, env.rank, env.world_size)
+            torch.manual_seed(_seed(tc.seed, 3, env.rank, step))          # anything that draws from the global RNG
+            pixels, kwargs = model.prepare_batch(batch, env.device, _generator(tc.seed, 6, env.rank, step))
+            x0 = autoencoder.encode(pixels, generator=_generator(tc.seed, 4, env.rank, step))
+            t = timesteps(x0.shape[0], _generator(tc.seed, 1, env.rank, step), _generator(tc.seed, 2, step),
+                          env.rank, env.world_size)                       # (B,): one density stage per micro-batch
             noise = torch.randn(x0.shape, generator=_generator(tc.seed, 5, env.rank, step)).to(env.device, x0.dtype)
             with autocast:
                 terms = diffusion.training_losses(net, x0, t.to(env.device), noise, kwargs)
@@ -292,8 +251,7 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
                 stats = {k: dist.all_reduce_mean(torch.stack([w[k] for w in window]).mean()).item() for k in window[0]}
                 stats.update(step=step, samples=step * global_batch, epoch=epoch, lr=tc.lr,
                              samples_per_s=len(window) * global_batch / (time.perf_counter() - started))
-                if is_dynamic(model):
-                    stats["grid"] = model.grid_for(t[:1])
+                stats.update(model.step_stats(t))
                 window, started = [], time.perf_counter()
                 if env.is_main:
                     with open(run_dir / "stats.jsonl", "a") as f:
@@ -307,13 +265,10 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
                 if env.is_main:
                     _save_checkpoint(latest, {**states, "step": step, "samples": step * global_batch,
                                               "config": config_to_dict(cfg)})
-                    export = build_model(cfg) if fsdp else ema
+                    export = build_denoiser(cfg) if fsdp else ema
                     if fsdp:
                         export.load_state_dict(states["ema"])
-                    if hasattr(export, "export"):                     # PixArt-α: a diffusers folder
-                        export.export(run_dir / "transformer")
-                    else:
-                        save_weights(export, run_dir / "ema.safetensors")
+                    export.export(run_dir / export.export_name)     # ema.safetensors, PixArt-α: transformer/
                 dist.barrier()
             if step >= last_step:
                 break

@@ -42,9 +42,9 @@ def test_config_errors_exit_2(capsys, tmp_path):
 def test_convert_official_checkpoint(tmp_path, capsys):
     import torch
 
+    from flexgen.backbones.latte import latte_config_from_run
     from flexgen.checkpoint import load_model
     from flexgen.config import load_config
-    from flexgen.video.latte import latte_config_from_run
     from tests.reference_latte import official_state_dict
 
     cfg = latte_config_from_run(load_config("configs/demo/tiny.yaml"))
@@ -87,14 +87,15 @@ def test_bench_latency_runs_and_reports_ratios(capsys):
 def test_convert_dense_checkpoint_to_flexdit(tmp_path):
     import torch
 
+    from flexgen.backbones.registry import build_denoiser
     from flexgen.checkpoint import load_model
     from flexgen.config import load_config
-    from flexgen.video import FlexLatte, Latte, build_model
+    from flexgen.video import FlexLatte, Latte
     from tests.reference_latte import official_state_dict
 
     flex_args = ["density.layout=PGSRT", "density.schedule.kind=constant", "density.schedule.grid=3"]
     cfg = load_config("configs/demo/tiny.yaml", flex_args)
-    torch.save({"ema": {k: v.float() for k, v in official_state_dict(build_model(load_config(
+    torch.save({"ema": {k: v.float() for k, v in official_state_dict(build_denoiser(load_config(
         "configs/demo/tiny.yaml")).config, std=0.05).items()}}, tmp_path / "dense.pt")
     assert main(["convert", "--from", str(tmp_path / "dense.pt"), "--config", "configs/demo/tiny.yaml",
                  "--out", str(tmp_path / "dense.safetensors")]) == 0
@@ -108,4 +109,4 @@ def test_convert_dense_checkpoint_to_flexdit(tmp_path):
     # A FlexDiT file loads back into a FlexDiT model (no second conversion), not into a dense one.
     with pytest.raises(ValueError, match="unexpected keys: fusions"):
         from flexgen.checkpoint import load_weights
-        load_weights(build_model(load_config("configs/demo/tiny.yaml")), tmp_path / "flex.safetensors")
+        load_weights(build_denoiser(load_config("configs/demo/tiny.yaml")).net, tmp_path / "flex.safetensors")

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from flexgen.backbones.registry import denoiser_class
 from flexgen.config import Config, ConfigError, load_config, save_config
-from flexgen.video.latte import latte_config_from_run
 
 CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").rglob("*.yaml"))
 
@@ -13,8 +13,9 @@ CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").rglob("*.yaml"
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[2])))
 def test_every_shipped_config_validates_and_builds_its_model(path):
     cfg = load_config(path)
-    if cfg.model.is_t2i:
-        from flexgen.t2i.pixart import transformer_arguments
+    family = denoiser_class(cfg.model.preset)
+    if family.family == "pixart":
+        from flexgen.backbones.pixart import transformer_arguments
         args = transformer_arguments(cfg)
         assert args["sample_size"] * cfg.autoencoder.downsample == cfg.data.image_size
         if cfg.density.layout:                                  # the layout fits, the grids fit the token grid
@@ -22,6 +23,7 @@ def test_every_shipped_config_validates_and_builds_its_model(path):
             parse_layout(cfg.density.layout, args["num_layers"])
             assert max(s.grid for s in stages(cfg.density.schedule)) <= args["sample_size"] // args["patch_size"]
         return
+    from flexgen.backbones.latte import latte_config_from_run
     model = latte_config_from_run(cfg)
     assert model.input_size * cfg.autoencoder.downsample == cfg.data.image_size
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 
+from flexgen.backbones.latte import LatteCost
 from flexgen.density import (
     DensityConfig,
     Fusion,
@@ -17,9 +18,9 @@ from flexgen.density import (
     stages,
     unpool,
 )
+from flexgen.density.cost import density_report
 from flexgen.density.layouts import LAYOUTS
 from flexgen.density.schedules import eq5_tokens, grid_for_timesteps, mean_over_stages, sample_timesteps_in_stage
-from flexgen.flops import density_report
 from flexgen.video.latte import PRESETS, latte_config
 
 # ----------------------------------------------------------------------------------------------------------
@@ -168,8 +169,8 @@ def test_pool_unpool_and_fusion():
 
 def report(model, size, layout, grid_min, grid_max, **kw):
     cfg = latte_config(model, input_size=size // 8, num_classes=1000 if model.startswith("DiT") else 0)
-    return density_report(cfg, DensityConfig(layout=layout, schedule=ScheduleConfig(
-        grid_min=grid_min, grid_max=grid_max, reading=kw.pop("reading", "B")), **kw))
+    return density_report(LatteCost(cfg, DensityConfig(layout=layout, schedule=ScheduleConfig(
+        grid_min=grid_min, grid_max=grid_max, reading=kw.pop("reading", "B")), **kw)))
 
 
 @pytest.mark.parametrize("size,layout,grids,published,params", [

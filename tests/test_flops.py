@@ -2,12 +2,12 @@
 
 import pytest
 
-from flexgen.flops import latte_macs
+from flexgen.backbones.latte import LatteCost
 from flexgen.video.latte import latte_config
 
 
 def macs(name, image_size, num_classes=0):
-    return latte_macs(latte_config(name, input_size=image_size // 8, num_classes=num_classes))
+    return LatteCost(latte_config(name, input_size=image_size // 8, num_classes=num_classes)).forward_macs()
 
 
 @pytest.mark.parametrize("size,published", [(256, 118.6), (512, 524.5)])

@@ -108,10 +108,21 @@ def test_joint_image_video_images_skip_temporal_blocks():
 
 
 def test_class_dropout_uses_the_null_class():
+    # Training drops labels in the family's batch preparation (LatteDenoiser.prepare_batch), to the null class.
+    from flexgen.backbones.latte import LatteDenoiser
+    from flexgen.config import load_config
+
     cfg = tiny(num_classes=4, class_dropout_prob=1.0)
     model, _ = loaded(cfg)
+    run = load_config("configs/demo/tiny.yaml", ["model.num_classes=4", "model.class_dropout_prob=1.0"])
+    denoiser = LatteDenoiser(model, run)
     x, t = torch.randn(2, 4, 3, 8, 8, dtype=torch.float64), torch.tensor([7, 8])
-    dropped = model.train()(x, t, torch.tensor([0, 1]))
+    batch = {"video": x, "label": torch.tensor([0, 1])}
+    _, cond = denoiser.prepare_batch(batch, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert cond["y"].tolist() == [4, 4]
+    _, kept = denoiser.prepare_batch(batch, torch.device("cpu"))          # no generator: evaluation, nothing dropped
+    assert kept["y"].tolist() == [0, 1]
+    dropped = denoiser.train()(x, t, **cond)
     null = model.eval()(x, t, torch.tensor([4, 4]))
     torch.testing.assert_close(dropped, null)
 

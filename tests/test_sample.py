@@ -13,17 +13,17 @@ import torch
 from PIL import Image
 
 from flexgen.autoencoder import Autoencoder
+from flexgen.backbones.registry import build_denoiser
 from flexgen.checkpoint import CheckpointError, file_sha256, save_weights
 from flexgen.config import load_config
+from flexgen.manifest import SampleManifest, shard_indices
 from flexgen.sample import (
     add_sample_arguments,
     generate,
     resolve_labels,
     sample_label,
     sample_main,
-    shard_indices,
 )
-from flexgen.video import build_model
 from flexgen.video.io import read_video, save_grid, video_codec, write_video
 
 TINY = "configs/demo/tiny.yaml"
@@ -37,7 +37,7 @@ FLEX = ["density.layout=PGSRT", "density.schedule.grid_min=2", "density.schedule
 
 def random_model(overrides=(), seed=0, std=0.05):
     run = load_config(TINY, [*SMALL, *overrides])
-    model = build_model(run).eval()
+    model = build_denoiser(run).eval()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -172,7 +172,7 @@ def test_unconditional_model():
 
 def test_sample_main_end_to_end(tmp_path):
     model, _ = random_model()
-    save_weights(model, tmp_path / "dense.safetensors")
+    save_weights(model.net, tmp_path / "dense.safetensors")
     out = tmp_path / "samples"
     args = parse("--config", TINY, "--ckpt", tmp_path / "dense.safetensors", "--num-samples", 3, "--out", out,
                  "--sampler", "ddpm", "--steps", 3, "--cfg-scale", 3.0, "--seed", 11, "--batch-size", 2,
@@ -188,21 +188,25 @@ def test_sample_main_end_to_end(tmp_path):
     assert record["checkpoint_sha256"] == file_sha256(tmp_path / "dense.safetensors")
     assert [s["seed"] for s in record["samples"]] == [11, 12, 13]
     assert [s["label"] for s in record["samples"]] == resolve_labels(3, 11, 4)
-    assert record["model"]["num_frames"] == 4 and record["density"] is None and record["codec"] == video_codec()
-    assert record["flops"]["model_evaluations"] == 6                          # 3 steps × 2 (CFG)
-    assert record["flops"]["gmacs_per_sample"] == pytest.approx(6 * record["flops"]["gmacs_per_forward_dense"])
+    settings = record["settings"]
+    assert settings["model"]["num_frames"] == 4 and settings["density"] is None and settings["codec"] == video_codec()
+    assert record["complete"] and record["world_size"] == 1 and record["grid"] == "grid.png"
+    assert record["cost"]["model_evaluations"] == 6                           # 3 steps × 2 (CFG)
+    assert record["cost"]["gmacs_per_sample"] == pytest.approx(6 * record["cost"]["gmacs_per_forward_dense"])
+    assert SampleManifest.read(out / "samples.json").files() == ["0000.mp4", "0001.mp4", "0002.mp4"]
     grid = Image.open(out / "grid.png")
     assert grid.size == (3 * (4 * 16 + 2) + 2, 16 + 4)                       # 3 cells of 4 frames, one row
 
 
 def test_flexlatte_config_samples_from_a_dense_checkpoint(tmp_path):
     model, _ = random_model()
-    save_weights(model, tmp_path / "dense.safetensors")
+    save_weights(model.net, tmp_path / "dense.safetensors")
     record = sample_main(parse("--config", TINY, "--ckpt", tmp_path / "dense.safetensors", "--num-samples", 2,
                                "--out", tmp_path / "flex", "--sampler", "ddim", "--steps", 4, "--no-progress",
                                *SMALL, *FLEX))
-    assert record["model_class"] == "FlexLatte" and record["density"]["layout"] == "PGSRT"
-    flops = record["flops"]
+    assert record["settings"]["model_class"] == "FlexLatte" and record["settings"]["density"]["layout"] == "PGSRT"
+    assert record["method"] == "flexdit PGSRT"
+    flops = record["cost"]
     assert set(flops["steps_per_grid"]) <= {2, 3, 4} and sum(flops["steps_per_grid"].values()) == 4
     assert 0 < flops["reduction"] < 1
     assert read_video(tmp_path / "flex" / "0001.mp4").shape == (4, 16, 16, 3)
@@ -210,11 +214,11 @@ def test_flexlatte_config_samples_from_a_dense_checkpoint(tmp_path):
 
 def test_one_frame_model_writes_png(tmp_path):
     model, _ = random_model(["model.preset=DiT-S/2", "model.depth=2"])
-    save_weights(model, tmp_path / "dit.safetensors")
+    save_weights(model.net, tmp_path / "dit.safetensors")
     record = sample_main(parse("--config", TINY, "--ckpt", tmp_path / "dit.safetensors", "--num-samples", 2,
                                "--out", tmp_path / "dit", "--sampler", "ddim", "--steps", 2, "--no-progress",
                                *SMALL, "model.preset=DiT-S/2", "model.depth=2"))
-    assert record["format"] == "png" and [s["file"] for s in record["samples"]] == ["0000.png", "0001.png"]
+    assert record["storage"] == "png" and [s["file"] for s in record["samples"]] == ["0000.png", "0001.png"]
     assert Image.open(tmp_path / "dit" / "0001.png").size == (16, 16)
     assert (tmp_path / "dit" / "grid.png").is_file()
 
@@ -228,7 +232,7 @@ sample_main(add_sample_arguments(argparse.ArgumentParser()).parse_args(sys.argv[
 
 def test_torchrun_two_ranks_shard_the_samples(tmp_path):
     model, _ = random_model()
-    save_weights(model, tmp_path / "dense.safetensors")
+    save_weights(model.net, tmp_path / "dense.safetensors")
     (tmp_path / "run.py").write_text(TORCHRUN_SCRIPT)
     common = ["--config", TINY, "--ckpt", tmp_path / "dense.safetensors", "--num-samples", 5, "--sampler", "ddpm",
               "--steps", 3, "--batch-size", 2, "--no-progress", *SMALL]

@@ -267,7 +267,8 @@ def test_cli_writes_images_grid_and_json(tmp_path, dense_dir, dense_pipe, capsys
     assert "cats-000.png … cats-003.png" in capsys.readouterr().out
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["grid"] == "cats.png"
-    assert record["images"] == [{"file": f"cats-{i:03d}.png", "prompt": PROMPTS[i // 2], "seed": 7 + i, "index": i}
+    assert record["samples"] == [{"file": f"cats-{i:03d}.png", "prompt": PROMPTS[i // 2], "seed": 7 + i, "index": i,
+                                  "label": None}
                                 for i in range(4)]
     settings = record["settings"]
     assert settings["model"] == settings["transformer"] == settings["text_encoder"] == str(dense_dir.resolve())
@@ -291,7 +292,7 @@ def test_cli_single_image_and_flexdit_record(tmp_path, dense_dir, flex_dir):
                  str(out), "--steps", "2", "--max-length", str(MAX_LENGTH), "--no-progress"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.json", "one.png"]
     record = json.loads((tmp_path / "one.json").read_text())
-    assert record["grid"] is None and record["images"][0]["file"] == "one.png"
+    assert record["grid"] is None and record["samples"][0]["file"] == "one.png"
     assert record["settings"]["transformer_class"] == "FlexPixArtTransformer2DModel"
     assert record["settings"]["layout"] == LAYOUT and record["settings"]["schedule"]["grid_max"] == 4
     assert record["settings"]["transformer"] == str(flex_dir.resolve())
@@ -358,7 +359,8 @@ def test_cli_resumes_refuses_other_runs_and_counts_cost(tmp_path, dense_dir, fle
     run's folder is refused (unless --overwrite); the grid shows the first images only; FILE.json carries the cost
     of one image (each sampling step at its timestep's grid, doubled by CFG)."""
     import flexgen.t2i.generate as gen
-    from flexgen.flops import density_report
+    from flexgen.backbones.pixart import PixArtCost
+    from flexgen.density.cost import density_report
 
     monkeypatch.setattr(gen, "GRID_IMAGES", 2)
     out = tmp_path / "run" / "img.png"
@@ -371,14 +373,14 @@ def test_cli_resumes_refuses_other_runs_and_counts_cost(tmp_path, dense_dir, fle
     first = {p.name: p.read_bytes() for p in out.parent.glob("img-*.png")}
     assert len(first) == 4 and read_png(out).shape == (3, 2 + 18, 2 + 2 * 18)     # grid: the first 2 images
     record = json.loads(out.with_suffix(".json").read_text())
-    assert record["complete"] and record["cost"]["seconds_per_image"] > 0
+    assert record["complete"] and record["cost"]["seconds_per_sample"] > 0
 
     flex = load_pipeline(dense_dir, transformer=flex_dir)
-    report = density_report(architecture_arguments(flex.transformer.config), flex.transformer.density)
+    report = density_report(PixArtCost(architecture_arguments(flex.transformer.config), flex.transformer.density))
     set_scheduler(flex, "dpm-solver").scheduler.set_timesteps(4)
     at_grid = {grid: gmacs for _, _, grid, gmacs in report["stages"]}
     expected = 2 * sum(at_grid[grid_at(SCHEDULE, int(t), 1000)] for t in flex.scheduler.timesteps)
-    assert record["cost"]["gmacs_per_image"] == pytest.approx(expected, rel=1e-9)
+    assert record["cost"]["gmacs_per_sample"] == pytest.approx(expected, rel=1e-9)
     assert record["cost"]["gmacs_per_forward"] == pytest.approx(report["gmacs"], rel=1e-9)
 
     (out.parent / "img-002.png").unlink()                       # an interrupted run: one image missing
@@ -404,7 +406,7 @@ def test_torchrun_shards_images_over_ranks(tmp_path, dense_dir):
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((tmp_path / "two" / "img.json").read_text())
-    assert record["complete"] and record["settings"]["world_size"] == 2
+    assert record["complete"] and record["world_size"] == 2
     # The ranks run single-threaded on batches of other shapes than the one-process run, so float32 rounds
     # differently: the same images within one level (helpers.py), and each file is its own seed's image.
     one = [read_png(tmp_path / "one" / f"img-{i:03d}.png") for i in range(4)]

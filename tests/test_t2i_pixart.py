@@ -210,13 +210,13 @@ def test_hub_style_config_converts(tmp_path):
     expected = FlexPixArtTransformer2DModel.from_dense(dense, density)(x, text, t, encoder_attention_mask=mask).sample
     torch.testing.assert_close(flex(x, text, t, encoder_attention_mask=mask).sample, expected, rtol=0, atol=1e-12)
     # the cost a `flexgen generate` record carries is counted for such a folder too
-    from flexgen.flops import pixart_macs
+    from flexgen.backbones.pixart import PixArtCost
     from flexgen.t2i.generate import gmacs_per_image
 
     hub = load_transformer(tmp_path)
-    cost = gmacs_per_image(hub, 2, 4.5, [999, 500])
-    assert cost["gmacs_per_forward"] == pytest.approx(pixart_macs(tiny_transformer_config()).gmacs)
-    assert cost["gmacs_per_image"] == pytest.approx(4 * cost["gmacs_per_forward"])
+    cost = gmacs_per_image(hub, 4.5, [999, 500])
+    assert cost["gmacs_per_forward"] == pytest.approx(PixArtCost(tiny_transformer_config()).forward_macs().gmacs)
+    assert cost["gmacs_per_sample"] == pytest.approx(4 * cost["gmacs_per_forward"])
 
 
 def test_loading_errors(tmp_path):
@@ -257,18 +257,19 @@ def test_gradient_checkpointing_gives_equal_gradients():
 def test_full_size_flops_match_published_counts():
     """PixArt-α XL/2 with 120 text tokens (reference/pixart.md §1.7-1.8: 610.86 M parameters, 611.35 M for
     1024-MS; 149 / 618 / 3255 GMACs); the FlexDiT presets reach the reduction targets (≥45% at 256, ≥50% at 512)."""
-    from flexgen.flops import density_report, pixart_macs
+    from flexgen.backbones.pixart import PixArtCost
+    from flexgen.density.cost import density_report
 
     torch.set_default_dtype(torch.float32)
     published = {"PixArt-XL/2-256": (610.86, 149), "PixArt-XL/2-512": (610.86, 618),
                  "PixArt-XL/2-1024-MS": (611.35, 3255)}
     for name, (params, gmacs) in published.items():
-        report = pixart_macs(PRESETS[name])
+        report = PixArtCost(PRESETS[name]).forward_macs()
         assert report.params / 1e6 == pytest.approx(params, abs=0.01)
         assert report.gmacs == pytest.approx(gmacs, rel=0.002)
     for name, (lo, hi, target) in {"PixArt-XL/2-256": (5, 8, 0.45), "PixArt-XL/2-512": (10, 16, 0.50)}.items():
         density = DensityConfig(layout="PixArt-XL/2", schedule=ScheduleConfig(grid_min=lo, grid_max=hi))
-        report = density_report(PRESETS[name], density)
+        report = density_report(PixArtCost(PRESETS[name], density))
         assert report["reduction"] >= target
         assert report["stages"][0][2] == hi and report["stages"][-1][2] == lo     # most tokens at t = 0
 

@@ -35,7 +35,7 @@ def test_training_learns_and_writes_its_run_directory(tmp_path):
     assert load_config(tmp_path / "run" / "config.yaml") == cfg
     assert list((tmp_path / "run" / "tensorboard").iterdir())
     ema = load_model(tmp_path / "run" / "ema.safetensors")            # the EMA weights rebuild their model
-    assert params_digest(ema) == params_digest(summary["ema"])
+    assert params_digest(ema) == params_digest(summary["ema"].net)
 
 
 def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
@@ -78,12 +78,12 @@ def test_flexdit_fine_tunes_from_a_dense_checkpoint_one_grid_per_step(tmp_path, 
                     "density.schedule.grid_min=2", "density.schedule.grid_max=4",
                     f"train.init_from={tmp_path / 'dense10' / 'ema.safetensors'}", "train.grad_checkpointing=true")
     flex = train(flex_cfg, tmp_path / "flex", dataset=Clips(), progress=False)
-    assert isinstance(flex["model"], FlexLatte) and len(seen) == 24
+    assert isinstance(flex["model"].net, FlexLatte) and len(seen) == 24
     assert all(len(grids) == 1 for grids in seen)                      # one token count per forward
     assert {g[0] for g in seen} > {4}                                  # several stages were visited
     # Converted from the dense EMA: before fine-tuning the transformer weights are the dense ones.
-    start = FlexLatte.from_dense(dense10["ema"], flex_cfg.density)
-    assert torch.equal(start.spatial_blocks[3].attn.qkv.weight, dense10["ema"].spatial_blocks[3].attn.qkv.weight)
+    start = FlexLatte.from_dense(dense10["ema"].net, flex_cfg.density)
+    assert torch.equal(start.spatial_blocks[3].attn.qkv.weight, dense10["ema"].net.spatial_blocks[3].attn.qkv.weight)
 
 
 def test_bf16_autocast_trains(tmp_path):
@@ -94,9 +94,9 @@ def test_bf16_autocast_trains(tmp_path):
 
 def test_heldout_loss_is_the_same_measure_for_every_model():
     cfg = tiny()
+    from flexgen.backbones.registry import build_denoiser
     from flexgen.diffusion import GaussianDiffusion
-    from flexgen.video import build_model
-    model = build_model(cfg)
+    model = build_denoiser(cfg)
     x0 = Clips().video[:4]
     kwargs = {"y": torch.tensor([0, 1, 2, 3])}
     a = heldout_loss(model, x0, GaussianDiffusion.from_config(cfg.diffusion), kwargs)

@@ -24,6 +24,9 @@ class Clips(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.video)
 
+    def set_epoch(self, epoch):
+        """The training datasets' protocol: per-epoch randomness (these clips have none)."""
+
     def __getitem__(self, i):
         self.calls += 1
         if self.crash_at is not None and self.calls == self.crash_at:

@@ -4,7 +4,7 @@ this package imports them only when one of its names is used."""
 
 from importlib import import_module
 
-_EXPORTS = {"FlexPixArtTransformer2DModel": "pixart", "FlexPixArtBlock": "pixart", "PixArtDenoiser": "pixart",
+_EXPORTS = {"FlexPixArtTransformer2DModel": "pixart", "FlexPixArtBlock": "pixart",
             "PRESETS": "presets", "load_transformer": "pixart", "pixart_block": "pixart",
             "load_pipeline": "generate", "iter_generate": "generate", "load_text_encoder": "text",
             "encode_prompts": "text", "CaptionDataset": "data", "TextEmbeddingCache": "data"}

@@ -34,6 +34,7 @@ diffusers is imported inside the functions that use it (it takes seconds), so th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import warnings
@@ -43,18 +44,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from flexgen.backbones.registry import FAMILIES
+
 if TYPE_CHECKING:
     from diffusers import PixArtAlphaPipeline
 
-# Scheduler names -> diffusers classes (by name, resolved when used). Each is built from the pipeline folder's
-# scheduler config, so the betas and training timesteps are the model's. PixArt-α samples with DPM-Solver, 20 steps.
-SCHEDULERS: dict[str, str] = {
-    "dpm-solver": "DPMSolverMultistepScheduler",
-    "sa-solver": "SASolverScheduler",
-    "ddim": "DDIMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "ddpm": "DDPMScheduler",
-}
+# The family's sampler names (flexgen.backbones.registry), each a diffusers class of flexgen.diffusion.SCHEDULERS
+# built from the pipeline folder's scheduler config, so the betas and training timesteps are the model's.
+# PixArt-α samples with DPM-Solver, 20 steps.
+SCHEDULERS: tuple[str, ...] = FAMILIES["pixart"].samplers
 DPM_ALGORITHMS = ("dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 BINNING_SAMPLE_SIZES = (32, 64, 128)      # PixArt-α 256 / 512 / 1024 latents: the pipeline's aspect-ratio bins
@@ -83,7 +81,9 @@ def scheduler_class(name: str) -> type:
         raise ValueError(f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)}")
     import diffusers
 
-    return getattr(diffusers, SCHEDULERS[name])
+    from flexgen.diffusion import SCHEDULERS as CLASSES
+
+    return getattr(diffusers, CLASSES[name])
 
 
 def build_scheduler(name: str, config: dict) -> Any:
@@ -96,7 +96,7 @@ def build_scheduler(name: str, config: dict) -> Any:
     algorithm = config.get("algorithm_type")
     if name == "sa-solver" and algorithm not in ("data_prediction", "noise_prediction"):
         config["algorithm_type"] = "data_prediction"
-    elif name == "dpm-solver" and algorithm not in DPM_ALGORITHMS:
+    elif name in ("dpm-solver", "dpm-solver++") and algorithm not in DPM_ALGORITHMS:
         config["algorithm_type"] = "dpmsolver++"
     return cls.from_config(config)
 
@@ -237,26 +237,14 @@ def generate(pipe: PixArtAlphaPipeline, prompts: list[str], *, num_images: int =
     return torch.cat(chunks), records
 
 
-def gmacs_per_image(transformer, steps: int, guidance: float, scheduler_timesteps: list[int]) -> dict[str, float]:
-    """Cost of one image at the model's native size, counted on the meta device: GMACs of one forward (dense, or
-    the FlexDiT time average over t) and of the whole sampling run (each step at its timestep's grid, doubled by
-    classifier-free guidance)."""
-    from flexgen.flops import pixart_macs
-    from flexgen.t2i.pixart import architecture_arguments
+def gmacs_per_image(transformer, guidance: float, scheduler_timesteps: list[int]) -> dict[str, Any]:
+    """Cost of one image at the model's native size, counted on the meta device (`flexgen.density.cost`): GMACs of
+    one forward (dense, or the FlexDiT time average over t) and of the whole sampling run (each step at its
+    timestep's grid, doubled by classifier-free guidance)."""
+    from flexgen.backbones.pixart import PixArtCost
+    from flexgen.density.cost import sampling_cost
 
-    config = architecture_arguments(transformer.config)
-    density = getattr(transformer, "density", None) if getattr(transformer, "roles", "") else None
-    if density is None:
-        per_forward = pixart_macs(config).gmacs
-        per_step = [per_forward] * len(scheduler_timesteps)
-    else:
-        from flexgen.flops import density_report
-
-        report = density_report(config, density, transformer.config.num_train_timesteps)
-        per_forward = report["gmacs"]
-        at_grid = {grid: gmacs for _, _, grid, gmacs in report["stages"]}
-        per_step = [at_grid[transformer.grid_for(torch.tensor([int(t)]))] for t in scheduler_timesteps]
-    return {"gmacs_per_forward": per_forward, "gmacs_per_image": sum(per_step) * (2 if guidance > 1 else 1)}
+    return sampling_cost(PixArtCost.of(transformer), scheduler_timesteps, passes=2 if guidance > 1 else 1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -286,17 +274,19 @@ def _folder(path: str | Path | None) -> str | None:
 
 
 GRID_IMAGES = 64                 # the grid shows the first images only (a 30k-image run writes them all as files)
-RUN_KEYS = ("model", "transformer", "text_encoder", "transformer_class", "layout", "schedule", "scheduler", "steps",
-            "guidance", "seed", "num_images", "requested_size", "negative_prompt", "max_length", "dtype")
+# Settings that must match to resume into a folder (with the manifest's run fields).
+RUN_KEYS = ("text_encoder", "transformer_class", "layout", "schedule", "requested_size", "negative_prompt",
+            "max_length", "dtype")
 
 
 def _save_png(image: torch.Tensor, path: Path) -> None:
     """uint8 (3, H, W) -> PNG, written to a temporary name first (an interrupted run leaves no broken file)."""
     from PIL import Image
 
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
-    tmp.replace(path)
+    from flexgen.files import atomic_write
+
+    with atomic_write(path) as tmp:
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -308,6 +298,9 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
     from PIL import Image
 
     from flexgen import dist
+    from flexgen import manifest as mf
+    from flexgen.files import file_sha256
+    from flexgen.t2i.pixart import transformer_folder
     from flexgen.video.io import save_grid
 
     prompts = list(args.prompt) + (read_prompts(args.prompts_file) if args.prompts_file else [])
@@ -341,22 +334,20 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
                 "attention": getattr(args, "attention", "diffusers")}
     records = image_records(prompts, args.num_images, args.seed)
     files = image_files(out, len(records))
+    weights = sorted(transformer_folder(args.transformer or args.model).glob("*.safetensors"))
+    manifest = mf.SampleManifest(
+        command="flexgen generate", family="pixart", model=settings["transformer"],
+        method=f"flexdit {layout}" if layout else "baseline", checkpoint=settings["transformer"],
+        checkpoint_sha256=file_sha256(weights[0]) if len(weights) == 1 else "", sampler=args.scheduler,
+        steps=args.steps, cfg_scale=args.guidance, seed=args.seed, world_size=env.world_size,
+        samples=mf.entries(len(records), args.seed, lambda i: files[i].name, prompts=[r["prompt"] for r in records]),
+        settings=settings, identity={k: settings[k] for k in RUN_KEYS})
     json_file = out.with_suffix(".json")
     if env.is_main:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if json_file.is_file() and not args.overwrite:          # resuming: the files there must be this run's
-            previous = json.loads(json_file.read_text())
-            before = {k: previous.get("settings", {}).get(k) for k in RUN_KEYS}
-            now = {k: settings[k] for k in RUN_KEYS}
-            changed = [f"{k}: {before[k]!r} -> {now[k]!r}" for k in RUN_KEYS if before[k] != now[k]]
-            if changed or [e["prompt"] for e in previous.get("images", [])] != [r["prompt"] for r in records]:
-                raise ValueError(f"{json_file} belongs to another run ({'; '.join(changed) or 'other prompts'}); "
-                                 "use another --out, or --overwrite to replace its images")
-        json_file.write_text(json.dumps({"complete": False, "images": [
-            {"file": f.name, **r} for f, r in zip(files, records, strict=True)], "settings": settings}, indent=2))
+        mf.start_run(manifest, json_file, overwrite=args.overwrite)
     dist.barrier()
 
-    mine = [r for r in records[env.rank::env.world_size] if args.overwrite or not files[r["index"]].is_file()]
+    mine = [records[i] for i in mf.todo(manifest, out.parent, env.rank, env.world_size, overwrite=args.overwrite)]
     started, drawn = time.perf_counter(), 0
     for batch, images in iter_generate(pipe, mine, steps=args.steps, guidance=args.guidance, height=args.height,
                                        width=args.width, batch_size=args.batch_size,
@@ -381,20 +372,17 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
         save_grid(out, shown, nrow=nrow)
         grid = out.name
     height, width = shown.shape[1:3]
-    settings.update(height=int(height), width=int(width), batch_size=args.batch_size, device=str(env.device),
-                    world_size=env.world_size)
+    settings.update(height=int(height), width=int(width), batch_size=args.batch_size, device=str(env.device))
     cost = {}
     if (height, width) == (config.sample_size * pipe.vae_scale_factor,) * 2:      # counted at the native size
         scheduler = build_scheduler(args.scheduler, pipe.scheduler.config)
         scheduler.set_timesteps(args.steps)
-        timesteps = [int(t) for t in scheduler.timesteps]
-        cost = gmacs_per_image(pipe.transformer, args.steps, args.guidance, timesteps)
+        cost = gmacs_per_image(pipe.transformer, args.guidance, [int(t) for t in scheduler.timesteps])
     if drawn:
-        cost["seconds_per_image"] = seconds / drawn                   # this rank's wall time, batch_size images
-    record = {"complete": True, "grid": grid, "images": [{"file": f.name, **r} for f, r in zip(files, records,
-                                                                                                strict=True)],
-              "settings": settings, "cost": cost}
-    json_file.write_text(json.dumps(record, indent=2) + "\n")
+        cost["seconds_per_sample"] = seconds / drawn                  # this rank's wall time, batch_size images
+    manifest.grid, manifest.cost, manifest.settings = grid, cost, settings
+    mf.finish_run(manifest, json_file)
+    record = dataclasses.asdict(manifest)
     dist.shutdown()
     if grid is None:
         print(f"wrote {out} and {json_file}")

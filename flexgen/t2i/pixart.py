@@ -163,10 +163,10 @@ class FlexPixArtTransformer2DModel(PixArtTransformer2DModel):
                          norm_elementwise_affine=norm_elementwise_affine, norm_eps=norm_eps,
                          interpolation_scale=interpolation_scale, use_additional_conditions=use_additional_conditions,
                          caption_channels=caption_channels, attention_type=attention_type)
-        from flexgen.config import ConfigError, _build
+        from flexgen.config import ConfigError, build_dataclass
 
         try:
-            schedule_config = _build(ScheduleConfig, dict(schedule or {}), "schedule")
+            schedule_config = build_dataclass(ScheduleConfig, dict(schedule or {}), "schedule")
         except ConfigError as e:
             raise ValueError(str(e)) from None
         self.density = DensityConfig(layout=layout, schedule=schedule_config, fusion_init=fusion_init)
@@ -336,108 +336,3 @@ def load_transformer(path: str | Path, density: DensityConfig | None = None, *, 
             return model
         model = FlexPixArtTransformer2DModel.from_dense(model, density, num_train_timesteps)
     return model
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The training loop's view of a PixArt-α transformer.
-
-
-class PixArtDenoiser(nn.Module):
-    """ε-and-variance prediction `model(x_t, t, text=, text_mask=)` for `flexgen.diffusion` and the shared training
-    loop, around a (Flex)PixArt transformer. A FlexDiT transformer's `roles`, `stages` and `grid_for` show through,
-    so the loop draws each micro-batch's timesteps from one density stage."""
-
-    def __init__(self, transformer: PixArtTransformer2DModel, vae_factor: int = 8):
-        super().__init__()
-        self.transformer = transformer
-        self.vae_factor = vae_factor            # pixels per latent, for 1024-MS's resolution conditions
-
-    @property
-    def roles(self) -> str:
-        return getattr(self.transformer, "roles", "")
-
-    @property
-    def stages(self):
-        return self.transformer.stages
-
-    def grid_for(self, t: torch.Tensor) -> int:
-        return self.transformer.grid_for(t)
-
-    def set_grad_checkpointing(self, enabled: bool = True) -> None:
-        if enabled:
-            self.transformer.enable_gradient_checkpointing()
-        else:
-            self.transformer.disable_gradient_checkpointing()
-
-    def shard_units(self) -> list[nn.Module]:
-        return list(self.transformer.transformer_blocks)
-
-    def load_pretrained(self, path: str | Path) -> None:
-        """Weights from a local PixArt-α folder (pipeline or transformer), converted to this model's FlexDiT layout
-        when the folder holds a dense model."""
-        t = self.transformer
-        source = load_transformer(path, dtype=next(t.parameters()).dtype)
-        shape_keys = ("num_layers", "num_attention_heads", "attention_head_dim", "in_channels", "out_channels",
-                      "patch_size", "cross_attention_dim", "caption_channels", "use_additional_conditions")
-        ours = {k: getattr(t, k) if k == "use_additional_conditions" else t.config[k] for k in shape_keys}
-        theirs = {k: getattr(source, k) if k == "use_additional_conditions" else source.config[k] for k in shape_keys}
-        differ = [f"{k}: {theirs[k]} there, {ours[k]} here" for k in shape_keys if ours[k] != theirs[k]]
-        if differ:
-            raise ValueError(f"{path} does not fit the configured model (model.preset and its overrides): "
-                             + "; ".join(differ))
-        if getattr(t, "roles", "") and not getattr(source, "roles", ""):
-            source = FlexPixArtTransformer2DModel.from_dense(source, t.density, t.config.num_train_timesteps)
-        elif getattr(source, "roles", "") != getattr(t, "roles", ""):
-            raise ValueError(f"{path} holds a FlexDiT model with layout {source.config.layout!r}; the run's layout is "
-                             f"{getattr(t, 'roles', '') or 'dense'}: start from a dense folder or use its layout")
-        t.load_state_dict(source.state_dict())
-
-    def export(self, folder: str | Path) -> None:
-        """A diffusers transformer folder (config.json with the density keys + weights) for `flexgen generate
-        --transformer` and `load_transformer`."""
-        self.transformer.save_pretrained(folder)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, *, text: torch.Tensor, text_mask: torch.Tensor,
-                **kwargs) -> torch.Tensor:
-        """x: (B, C, h, w) noisy latents, t: (B,) timesteps, text: (B, L, C_text) T5 states, text_mask: (B, L)."""
-        if self.transformer.use_additional_conditions:                # 1024-MS: (height, width) and aspect ratio
-            h, w = x.shape[-2] * self.vae_factor, x.shape[-1] * self.vae_factor
-            kwargs["added_cond_kwargs"] = {"resolution": x.new_tensor([[h, w]]).expand(x.shape[0], 2),
-                                           "aspect_ratio": x.new_tensor([[h / w]]).expand(x.shape[0], 1)}
-        return self.transformer(x, text, t, encoder_attention_mask=text_mask, return_dict=False, **kwargs)[0]
-
-
-def transformer_arguments(run) -> dict:
-    """PixArtTransformer2DModel arguments of a run configuration: the preset, the size overrides, the latent size."""
-    m = run.model
-    args = dict(PRESETS[m.preset])
-    if m.depth is not None:
-        args["num_layers"] = m.depth
-    if m.num_heads is not None:
-        args["num_attention_heads"] = m.num_heads
-    if m.hidden_size is not None:
-        heads = args["num_attention_heads"]
-        if m.hidden_size % heads:
-            raise ValueError(f"model.hidden_size {m.hidden_size} is not divisible by {heads} heads")
-        args["attention_head_dim"] = m.hidden_size // heads
-        args["cross_attention_dim"] = m.hidden_size
-    if m.caption_channels is not None:
-        args["caption_channels"] = m.caption_channels
-    latent, rest = divmod(run.data.image_size, run.autoencoder.downsample)
-    if rest or latent % args["patch_size"]:
-        raise ValueError(f"data.image_size {run.data.image_size} must be a multiple of autoencoder.downsample "
-                         f"({run.autoencoder.downsample}) × patch size ({args['patch_size']})")
-    args.update(sample_size=latent, in_channels=m.in_channels, out_channels=m.in_channels * (2 if m.learn_sigma else 1))
-    return args
-
-
-def build_denoiser(run) -> PixArtDenoiser:
-    """The model of a PixArt-α run configuration: dense, or FlexDiT when `density.layout` is set (random weights;
-    `train.init_from` then loads a local PixArt-α folder into it)."""
-    extra = {}
-    if run.density.layout:
-        extra = {**density_config_entries(run.density), "num_train_timesteps": run.diffusion.num_timesteps}
-        if run.density.pool_frames:
-            raise ValueError("density.pool_frames is for video models; PixArt-α images have one frame")
-    transformer = FlexPixArtTransformer2DModel(**transformer_arguments(run), **extra)
-    return PixArtDenoiser(transformer, run.autoencoder.downsample)

@@ -1,17 +1,17 @@
-"""Video backbones: Latte (interleaved spatial/temporal DiT blocks), DiT as its one-frame case, and their
-FlexDiT versions."""
+"""Video backbones: Latte (interleaved spatial/temporal DiT blocks), DiT as its one-frame case (`latte`), and their
+FlexDiT versions (`flex_latte`); size presets (`presets`, data only). Names are imported on first use, so reading
+the presets loads no model code."""
 
-from flexgen.video.flex_latte import DensityRecord, FlexLatte
-from flexgen.video.latte import PRESETS, Latte, LatteConfig, latte_config, latte_config_from_run
+from importlib import import_module
 
-
-def build_model(run) -> Latte:
-    """The model of a run configuration (`flexgen.config.Config`): dense, or FlexDiT when `density.layout` is set."""
-    config = latte_config_from_run(run)
-    if not run.density.layout:
-        return Latte(config)
-    return FlexLatte(config, run.density, run.diffusion.num_timesteps)
+_EXPORTS = {"Latte": "latte", "LatteConfig": "latte", "latte_config": "latte", "FlexLatte": "flex_latte",
+            "DensityRecord": "flex_latte", "PRESETS": "presets"}
 
 
-__all__ = ["PRESETS", "DensityRecord", "FlexLatte", "Latte", "LatteConfig", "build_model", "latte_config",
-           "latte_config_from_run"]
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f"flexgen.video.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'flexgen.video' has no attribute {name!r}")
+
+
+__all__ = list(_EXPORTS)

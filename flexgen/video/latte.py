@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from flexgen.attention import attention
+from flexgen.video.presets import PRESETS
 
 # ----------------------------------------------------------------------------------------------------------
 # Configuration.
@@ -39,7 +40,7 @@ class LatteConfig:
     num_frames: int = 16        # video frames F (1 for DiT)
     in_channels: int = 4        # latent channels C
     num_classes: int = 0        # 0 = unconditional; otherwise class-conditional with a null class for CFG
-    class_dropout_prob: float = 0.1  # label drop rate for classifier-free guidance training
+    class_dropout_prob: float = 0.1  # label drop rate of CFG training (applied by LatteDenoiser.prepare_batch)
     learn_sigma: bool = True    # output 2C channels: ε and the learned-range variance value
     mlp_ratio: float = 4.0      # MLP hidden width / D
 
@@ -135,18 +136,15 @@ class TimestepEmbedder(nn.Module):
 
 
 class LabelEmbedder(nn.Module):
-    """Class embedding table with one extra row, index `num_classes`, for the null label of CFG."""
+    """Class embedding table with one extra row, index `num_classes`, for the null label of CFG. Labels are
+    dropped to the null class for CFG training by the training view (`LatteDenoiser.prepare_batch`), not here."""
 
-    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
+    def __init__(self, num_classes: int, hidden_size: int):
         super().__init__()
         self.num_classes = num_classes
-        self.dropout_prob = dropout_prob
         self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        if self.training and self.dropout_prob > 0:
-            drop = torch.rand(labels.shape, device=labels.device) < self.dropout_prob
-            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
         return self.embedding_table(labels)                                   # (...,) -> (..., D)
 
 
@@ -278,7 +276,7 @@ class Latte(nn.Module):
         self.config = c = config
         self.x_embedder = PatchEmbed(c.patch_size, c.in_channels, c.hidden_size)
         self.t_embedder = TimestepEmbedder(c.hidden_size)
-        self.y_embedder = LabelEmbedder(c.num_classes, c.hidden_size, c.class_dropout_prob) if c.num_classes else None
+        self.y_embedder = LabelEmbedder(c.num_classes, c.hidden_size) if c.num_classes else None
         self.spatial_blocks = nn.ModuleList(LatteBlock(c.hidden_size, c.num_heads, c.mlp_ratio)
                                             for _ in range(c.num_spatial))
         self.temporal_blocks = nn.ModuleList(LatteBlock(c.hidden_size, c.num_heads, c.mlp_ratio)
@@ -403,17 +401,7 @@ class Latte(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Size presets, keyed by the papers' names. Latte depth counts spatial + temporal blocks (Latte-XL/2: 14 + 14).
-
-_SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
-
-PRESETS: dict[str, dict] = {
-    f"{family}-{size}/{p}": dict(depth=depth, hidden_size=dim, num_heads=heads, patch_size=p,
-                                 temporal=family == "Latte")
-    for family in ("Latte", "DiT")
-    for size, (depth, dim, heads) in _SIZES.items()
-    for p in (2, 4, 8)
-}
+# Size presets (flexgen/video/presets.py), keyed by the papers' names.
 
 
 def latte_config(name: str, **overrides) -> LatteConfig:
@@ -423,22 +411,3 @@ def latte_config(name: str, **overrides) -> LatteConfig:
         raise ValueError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
     fields = {**PRESETS[name], **({} if PRESETS[name]["temporal"] else {"num_frames": 1}), **overrides}
     return LatteConfig(**fields)
-
-
-def latte_config_from_run(run) -> LatteConfig:
-    """The model of a run configuration (`flexgen.config.Config`): preset, sizes and conditioning, with the
-    latent side derived from the image size and the autoencoder's downsampling."""
-    m, data, ae = run.model, run.data, run.autoencoder
-    if m.is_t2i:
-        raise ValueError(f"model.preset {m.preset} is a text-to-image model: sample it with `flexgen generate`, "
-                         "build it with flexgen.models.build_model")
-    if data.image_size % ae.downsample:
-        raise ValueError(f"data.image_size {data.image_size} is not divisible by "
-                         f"autoencoder.downsample {ae.downsample}")
-    sizes = {k: v for k, v in (("depth", m.depth), ("hidden_size", m.hidden_size), ("num_heads", m.num_heads))
-             if v is not None}
-    temporal = PRESETS[m.preset]["temporal"]
-    return latte_config(m.preset, input_size=data.image_size // ae.downsample,
-                        num_frames=data.num_frames if temporal else 1, in_channels=m.in_channels,
-                        num_classes=m.num_classes, class_dropout_prob=m.class_dropout_prob,
-                        learn_sigma=m.learn_sigma, **sizes)

@@ -1,0 +1,203 @@
+"""The Latte / DiT family (`flexgen.video.latte`, `flexgen.video.flex_latte`) behind the `Denoiser` interface.
+
+The network is `Latte` (dense) or `FlexLatte` (FlexDiT); its exchange format is our safetensors file with the
+model configuration in its metadata (`flexgen.checkpoint`), which `flexgen sample` and `load_model` read, and it
+loads the official Latte / DiT checkpoints too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from flexgen.backbones.base import Denoiser
+from flexgen.density.cost import SpatialSequence
+from flexgen.density.schedules import Stage, stages
+from flexgen.flops import FlopReport, count_macs
+from flexgen.video.flex_latte import FlexLatte
+from flexgen.video.latte import Latte, LatteConfig, latte_config
+from flexgen.video.presets import PRESETS
+
+
+def latte_config_from_run(run: Any) -> LatteConfig:
+    """The network of a run configuration (`flexgen.config.Config`): preset, sizes and conditioning, with the
+    latent side derived from the image size and the autoencoder's downsampling."""
+    m, data, ae = run.model, run.data, run.autoencoder
+    if data.image_size % ae.downsample:
+        raise ValueError(f"data.image_size {data.image_size} is not divisible by "
+                         f"autoencoder.downsample {ae.downsample}")
+    sizes = {k: v for k, v in (("depth", m.depth), ("hidden_size", m.hidden_size), ("num_heads", m.num_heads))
+             if v is not None}
+    temporal = PRESETS[m.preset]["temporal"]
+    return latte_config(m.preset, input_size=data.image_size // ae.downsample,
+                        num_frames=data.num_frames if temporal else 1, in_channels=m.in_channels,
+                        num_classes=m.num_classes, class_dropout_prob=m.class_dropout_prob,
+                        learn_sigma=m.learn_sigma, **sizes)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cost: MACs of one sample's forward on the meta device.
+
+
+@dataclasses.dataclass(frozen=True)
+class LatteCost:
+    """`flexgen.density.cost.CostModel` of a Latte / DiT network, dense or with a FlexDiT density."""
+    config: LatteConfig
+    density: Any = None                     # flexgen.density.DensityConfig, or None for the dense model
+    num_timesteps: int = 1000
+    _counted: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)   # grid -> FlopReport
+
+    @property
+    def stages(self) -> list[Stage]:
+        return stages(self.density.schedule, self.num_timesteps) if self.density is not None else []
+
+    @property
+    def layout(self) -> str:
+        from flexgen.density import parse_layout
+
+        return parse_layout(self.density.layout, self.config.num_spatial) if self.density is not None else ""
+
+    def forward_macs(self, grid: int | None = None) -> FlopReport:
+        if grid not in self._counted:
+            self._counted[grid] = self._count(grid)
+        return self._counted[grid]
+
+    def _count(self, grid: int | None) -> FlopReport:
+        c = self.config
+
+        def inputs():
+            frames = (c.num_frames,) if c.temporal else ()
+            x = torch.zeros(1, *frames, c.in_channels, c.input_size, c.input_size)
+            kwargs = {"y": torch.zeros(1, dtype=torch.long)} if c.num_classes else {}
+            return (x, torch.zeros(1, dtype=torch.long)), (kwargs if grid is None else {**kwargs, "grid": grid})
+
+        if self.density is None or grid is None:
+            return count_macs(lambda: Latte(c), inputs)
+        return count_macs(lambda: FlexLatte(c, self.density, self.num_timesteps), inputs)
+
+    def spatial_sequence(self) -> SpatialSequence:
+        return SpatialSequence(self.config.num_frames, self.config.grid_size, self.config.hidden_size,
+                               self.config.num_spatial)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The family's Denoiser.
+
+
+class LatteDenoiser(Denoiser):
+    """`denoiser(x_t, t, y=None, num_images=0, y_images=None)` around a Latte / DiT / FlexLatte network."""
+
+    family = "latte"
+
+    @classmethod
+    def from_run(cls, run: Any) -> LatteDenoiser:
+        config = latte_config_from_run(run)
+        net = FlexLatte(config, run.density, run.diffusion.num_timesteps) if run.density.layout else Latte(config)
+        return cls(net, run)
+
+    @property
+    def config(self) -> LatteConfig:
+        return self.net.config
+
+    def load_pretrained(self, path: str | Path, sha256: str | None = None) -> None:
+        from flexgen.checkpoint import load_weights
+
+        load_weights(self.net, path, sha256=sha256)         # dense weights into a FlexLatte: the conversion
+
+    export_name = "ema.safetensors"
+
+    def export(self, path: str | Path) -> Path:
+        """Our safetensors file, the model configuration (and a FlexLatte's density) in its metadata."""
+        from flexgen.checkpoint import save_weights
+
+        save_weights(self.net, path)
+        return Path(path)
+
+    def describe(self) -> str:
+        return f"{self.config.num_spatial} spatial + {self.config.num_temporal} temporal blocks"
+
+    def converted(self, density: Any) -> LatteDenoiser:
+        run = dataclasses.replace(self.run, density=density)
+        return LatteDenoiser(FlexLatte.from_dense(self.net, density, self.num_timesteps), run)
+
+    @classmethod
+    def training_dataset(cls, run: Any, *, is_main: bool, device: torch.device, progress: bool = True):
+        from flexgen.video.data import build_dataset
+
+        return build_dataset(run.data, split="train", seed=run.train.seed)
+
+    def shard_units(self) -> list[nn.Module]:
+        return [*self.net.spatial_blocks, *self.net.temporal_blocks]
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        self.net.set_grad_checkpointing(enabled)
+
+    def prepare_batch(self, batch: dict, device: torch.device, generator: torch.Generator | None = None
+                      ) -> tuple[torch.Tensor, dict]:
+        """Clips (B, F + images, 3, H, W) (or images (B, 3, H, W) for DiT) and the labels; a label (of the clip,
+        and of each still image) drops to the null class `num_classes` at rate class_dropout_prob (DiT, CFG)."""
+        c, data = self.config, self.run.data
+        video = batch["video"].to(device, non_blocking=True)
+        cond: dict = {}
+        if data.num_images:
+            cond["num_images"] = data.num_images
+        if not c.num_classes:
+            return video, cond
+        labels = {"y": batch["label"]}
+        if data.num_images:
+            labels["y_images"] = batch["image_labels"]
+        p = self.run.model.class_dropout_prob
+        for key, value in labels.items():
+            if generator is not None and p > 0:
+                drop = torch.rand(value.shape, generator=generator) < p
+                value = torch.where(drop, torch.full_like(value, c.num_classes), value)
+            cond[key] = value.to(device)
+        return video, cond
+
+    def cost(self) -> LatteCost:
+        density = self.net.density if isinstance(self.net, FlexLatte) else None
+        return LatteCost(self.config, density, self.num_timesteps)
+
+    def latent_shape(self) -> tuple[int, ...]:
+        c = self.config
+        frames = (c.num_frames,) if c.temporal else ()
+        return (*frames, c.in_channels, c.input_size, c.input_size)
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.config.num_classes)
+
+    def example_condition(self, batch: int, device: torch.device | str = "cpu",
+                          dtype: torch.dtype = torch.float32) -> dict:
+        if not self.config.num_classes:
+            return {}
+        return {"y": torch.randint(0, self.config.num_classes, (batch,), device=device)}
+
+    def condition_summary(self) -> dict:
+        return {"num_classes": self.config.num_classes}
+
+    @classmethod
+    def preset_overrides(cls, preset: str, *, image_size: int | None, frames: int | None, num_classes: int | None,
+                         in_channels: int, vae_factor: int) -> list[str]:
+        """Latte: 16 frames, unconditional; DiT: one frame, ImageNet's 1000 classes; 256 px."""
+        temporal = PRESETS[preset]["temporal"]
+        image_size = 256 if image_size is None else image_size
+        if image_size % vae_factor:
+            raise ValueError(f"--image-size {image_size} is not divisible by --vae-factor {vae_factor}")
+        frames = frames if frames is not None else (16 if temporal else 1)
+        num_classes = num_classes if num_classes is not None else (0 if temporal else 1000)
+        return [f"model.preset={preset}", f"data.image_size={image_size}", f"data.num_frames={frames}",
+                f"model.num_classes={num_classes}", f"model.in_channels={in_channels}",
+                f"autoencoder.downsample={vae_factor}", "data.dataset=synthetic"]
+
+    def null_condition(self, cond: dict) -> dict:
+        return {**cond, **{k: torch.full_like(cond[k], self.config.num_classes) for k in ("y", "y_images")
+                           if k in cond}}
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
+        """x: (B, F, C, H, W) latents (DiT: (B, C, H, W)), t: (B,) -> (B, F, C_out, H, W)."""
+        return self.net(x, t, **cond)

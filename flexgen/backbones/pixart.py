@@ -1,0 +1,289 @@
+"""The PixArt-α family (`flexgen.t2i.pixart.FlexPixArtTransformer2DModel`, dense or FlexDiT) behind the
+`Denoiser` interface.
+
+Its exchange format is a diffusers transformer folder (config.json with the density keys + weights), which
+`flexgen generate --transformer` and `load_transformer` read; pretrained weights come from a local PixArt-α
+pipeline or transformer folder. It trains on image–caption folders with cached T5 embeddings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from flexgen.backbones.base import Denoiser
+from flexgen.density.cost import SpatialSequence
+from flexgen.density.schedules import Stage, stages
+from flexgen.flops import FlopReport, count_macs
+from flexgen.t2i.presets import PRESETS, TEXT_TOKENS
+
+
+def transformer_arguments(run: Any) -> dict:
+    """PixArtTransformer2DModel arguments of a run configuration: the preset, the size overrides, the latent size."""
+    model = run.model
+    args = dict(PRESETS[model.preset])
+    if model.depth is not None:
+        args["num_layers"] = model.depth
+    if model.num_heads is not None:
+        args["num_attention_heads"] = model.num_heads
+    if model.hidden_size is not None:
+        heads = args["num_attention_heads"]
+        if model.hidden_size % heads:
+            raise ValueError(f"model.hidden_size {model.hidden_size} is not divisible by {heads} heads")
+        args["attention_head_dim"] = model.hidden_size // heads
+        args["cross_attention_dim"] = model.hidden_size
+    if model.caption_channels is not None:
+        args["caption_channels"] = model.caption_channels
+    latent, rest = divmod(run.data.image_size, run.autoencoder.downsample)
+    if rest or latent % args["patch_size"]:
+        raise ValueError(f"data.image_size {run.data.image_size} must be a multiple of autoencoder.downsample "
+                         f"({run.autoencoder.downsample}) × patch size ({args['patch_size']})")
+    args.update(sample_size=latent, in_channels=model.in_channels,
+                out_channels=model.in_channels * (2 if model.learn_sigma else 1))
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cost: MACs of one image's forward (with TEXT_TOKENS T5 tokens) on the meta device.
+
+
+@dataclasses.dataclass(frozen=True)
+class PixArtCost:
+    """`flexgen.density.cost.CostModel` of a PixArt-α transformer (`PixArtTransformer2DModel` arguments)."""
+    arguments: dict
+    density: Any = None                     # flexgen.density.DensityConfig, or None for the dense model
+    num_timesteps: int = 1000
+    text_tokens: int = TEXT_TOKENS
+    _counted: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)   # grid -> FlopReport
+
+    @classmethod
+    def of(cls, transformer: nn.Module) -> PixArtCost:
+        """The cost of a built (Flex)PixArt transformer, from its config."""
+        from flexgen.t2i.pixart import architecture_arguments
+
+        density = transformer.density if transformer.config.get("layout") else None
+        return cls(architecture_arguments(transformer.config), density,
+                   transformer.config.get("num_train_timesteps", 1000))
+
+    @property
+    def stages(self) -> list[Stage]:
+        return stages(self.density.schedule, self.num_timesteps) if self.density is not None else []
+
+    @property
+    def layout(self) -> str:
+        from flexgen.density import parse_layout
+
+        return parse_layout(self.density.layout, self.arguments["num_layers"]) if self.density is not None else ""
+
+    def forward_macs(self, grid: int | None = None) -> FlopReport:
+        if grid not in self._counted:
+            self._counted[grid] = self._count(grid)
+        return self._counted[grid]
+
+    def _count(self, grid: int | None) -> FlopReport:
+        from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, density_config_entries
+
+        config, dense = self.arguments, self.density is None or grid is None
+
+        def build():
+            extra = {} if dense else {**density_config_entries(self.density), "num_train_timesteps": self.num_timesteps}
+            return FlexPixArtTransformer2DModel(**config, **extra)
+
+        def inputs():
+            side = config["sample_size"]
+            kwargs = {"encoder_attention_mask": torch.ones(1, self.text_tokens)}
+            if config.get("use_additional_conditions", side == 128):         # 1024-MS: resolution, aspect ratio
+                kwargs["added_cond_kwargs"] = {"resolution": torch.ones(1, 2), "aspect_ratio": torch.ones(1, 1)}
+            if not dense:
+                kwargs["grid"] = grid
+            x = torch.zeros(1, config.get("in_channels", 4), side, side)
+            text = torch.zeros(1, self.text_tokens, config["caption_channels"])
+            return (x, text, torch.zeros(1, dtype=torch.long)), kwargs
+
+        return count_macs(build, inputs)
+
+    def spatial_sequence(self) -> SpatialSequence:
+        a = self.arguments
+        width = a["num_attention_heads"] * a["attention_head_dim"]
+        return SpatialSequence(1, a["sample_size"] // a["patch_size"], width, a["num_layers"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The family's Denoiser.
+
+
+class PixArtDenoiser(Denoiser):
+    """ε-and-variance prediction `denoiser(x_t, t, text=, text_mask=)` around a (Flex)PixArt transformer, for
+    `flexgen.diffusion` and the shared training loop."""
+
+    family = "pixart"
+
+    def __init__(self, net: nn.Module, run: Any):
+        super().__init__(net, run)
+        self.vae_factor = run.autoencoder.downsample        # pixels per latent, for 1024-MS's resolution conditions
+        self.null_text: tuple[torch.Tensor, torch.Tensor] | None = None      # T5("") and its mask, for CFG dropout
+
+    @classmethod
+    def from_run(cls, run: Any) -> PixArtDenoiser:
+        from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, density_config_entries
+
+        extra = {}
+        if run.density.pool_frames:
+            raise ValueError("density.pool_frames is for video models; PixArt-α images have one frame")
+        if run.density.layout:
+            extra = {**density_config_entries(run.density), "num_train_timesteps": run.diffusion.num_timesteps}
+        return cls(FlexPixArtTransformer2DModel(**transformer_arguments(run), **extra), run)
+
+    # ---- weights ----------------------------------------------------------------------------------------
+
+    def load_pretrained(self, path: str | Path, sha256: str | None = None) -> None:
+        """Weights from a local PixArt-α folder (pipeline or transformer), converted to this model's FlexDiT layout
+        when the folder holds a dense model."""
+        from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, load_transformer
+
+        if sha256:
+            raise ValueError("a sha256 checks one weights file; a PixArt-α source is a diffusers folder")
+        t = self.net
+        source = load_transformer(path, dtype=next(t.parameters()).dtype)
+        shape_keys = ("num_layers", "num_attention_heads", "attention_head_dim", "in_channels", "out_channels",
+                      "patch_size", "cross_attention_dim", "caption_channels", "use_additional_conditions")
+        ours = {k: getattr(t, k) if k == "use_additional_conditions" else t.config[k] for k in shape_keys}
+        theirs = {k: getattr(source, k) if k == "use_additional_conditions" else source.config[k] for k in shape_keys}
+        differ = [f"{k}: {theirs[k]} there, {ours[k]} here" for k in shape_keys if ours[k] != theirs[k]]
+        if differ:
+            raise ValueError(f"{path} does not fit the configured model (model.preset and its overrides): "
+                             + "; ".join(differ))
+        source_layout = source.config.get("layout", "")
+        if self.layout and not source_layout:
+            source = FlexPixArtTransformer2DModel.from_dense(source, t.density, t.config.num_train_timesteps)
+        elif source_layout and source.roles != self.layout:
+            raise ValueError(f"{path} holds a FlexDiT model with layout {source_layout!r}; the run's layout is "
+                             f"{self.layout or 'dense'}: start from a dense folder or use its layout")
+        t.load_state_dict(source.state_dict())
+
+    export_name = "transformer"
+
+    def export(self, path: str | Path) -> Path:
+        """A diffusers transformer folder (config.json with the density keys + weights), for `flexgen generate
+        --transformer` and `load_transformer`."""
+        self.net.save_pretrained(path)
+        return Path(path)
+
+    def describe(self) -> str:
+        return (f"{self.net.config.num_layers} blocks; use it with flexgen generate --transformer")
+
+    def converted(self, density: Any) -> PixArtDenoiser:
+        from flexgen.t2i.pixart import FlexPixArtTransformer2DModel
+
+        run = dataclasses.replace(self.run, density=density)
+        return PixArtDenoiser(FlexPixArtTransformer2DModel.from_dense(self.net, density, self.num_timesteps), run)
+
+    # ---- training ---------------------------------------------------------------------------------------
+
+    @classmethod
+    def training_dataset(cls, run: Any, *, is_main: bool, device: torch.device, progress: bool = True):
+        """Images with cached T5 embeddings: rank 0 encodes the missing captions first, then the others read."""
+        from flexgen import dist
+        from flexgen.t2i.data import build_caption_dataset
+
+        dataset = None
+        if is_main:
+            dataset = build_caption_dataset(run.data, run.train.seed, fill=True, progress=progress, device=device)
+        dist.barrier()
+        if not is_main:
+            dataset = build_caption_dataset(run.data, run.train.seed, fill=False)
+        return dataset
+
+    def use_dataset(self, dataset: Any) -> None:
+        """Captions drop to the dataset's T5("") (classifier-free guidance)."""
+        self.null_text = dataset.null_text()
+
+    def shard_units(self) -> list[nn.Module]:
+        return list(self.net.transformer_blocks)
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        if enabled:
+            self.net.enable_gradient_checkpointing()
+        else:
+            self.net.disable_gradient_checkpointing()
+
+    def prepare_batch(self, batch: dict, device: torch.device, generator: torch.Generator | None = None
+                      ) -> tuple[torch.Tensor, dict]:
+        """Images (B, 3, H, W) and the T5 states and masks; a caption drops to T5("") at rate class_dropout_prob."""
+        text, mask = batch["text"].to(device), batch["text_mask"].to(device)
+        p = self.run.model.class_dropout_prob
+        if generator is not None and p > 0:
+            if self.null_text is None:
+                raise ValueError("caption dropout needs T5(\"\"): call use_dataset(dataset) first")
+            drop = (torch.rand(text.shape[0], generator=generator) < p).to(device)
+            text = torch.where(drop[:, None, None], self.null_text[0].to(device, text.dtype), text)
+            mask = torch.where(drop[:, None], self.null_text[1].to(device, mask.dtype), mask)
+        return batch["image"].to(device, non_blocking=True), {"text": text, "text_mask": mask}
+
+    # ---- cost and inputs ----------------------------------------------------------------------------------
+
+    def cost(self) -> PixArtCost:
+        return PixArtCost.of(self.net)
+
+    def latent_shape(self) -> tuple[int, ...]:
+        side = self.net.config.sample_size
+        return (self.net.config.in_channels, side, side)
+
+    @property
+    def conditional(self) -> bool:
+        return True
+
+    def example_condition(self, batch: int, device: torch.device | str = "cpu",
+                          dtype: torch.dtype = torch.float32) -> dict:
+        text = torch.randn(batch, TEXT_TOKENS, self.net.config.caption_channels, device=device, dtype=dtype)
+        return {"text": text, "text_mask": torch.ones(batch, TEXT_TOKENS, device=device, dtype=torch.long)}
+
+    def condition_summary(self) -> dict:
+        return {"text_tokens": TEXT_TOKENS}
+
+    @classmethod
+    def preset_overrides(cls, preset: str, *, image_size: int | None, frames: int | None, num_classes: int | None,
+                         in_channels: int, vae_factor: int) -> list[str]:
+        """PixArt-α: the preset's resolution unless image_size is given; 120 T5 tokens."""
+        arguments = PRESETS[preset]
+        if image_size is None:
+            image_size = arguments["sample_size"] * vae_factor
+        elif image_size % (vae_factor * arguments["patch_size"]):
+            raise ValueError(f"--image-size {image_size} is not divisible by --vae-factor × patch size")
+        return [f"model.preset={preset}", f"data.image_size={image_size}", f"model.in_channels={in_channels}",
+                f"autoencoder.downsample={vae_factor}", "data.dataset=captions"]
+
+    def set_attention(self, kind: str) -> None:
+        super().set_attention(kind)
+        if kind == "flexgen":
+            from flexgen.t2i.pixart import use_flexgen_attention
+
+            use_flexgen_attention(self.net)
+
+    def attention_processors(self) -> dict | None:
+        from flexgen.t2i.pixart import FlexgenAttnProcessor
+
+        processors = [type(p).__name__ for p in self.net.attn_processors.values()]
+        if FlexgenAttnProcessor.__name__ in processors:
+            return None
+        return {f"diffusers {name} modules": processors.count(name) for name in set(processors)}
+
+    def null_condition(self, cond: dict) -> dict:
+        if self.null_text is not None:
+            text, mask = (v.to(cond["text"].device) for v in self.null_text)
+            return {"text": text.to(cond["text"].dtype).expand_as(cond["text"]),
+                    "text_mask": mask.to(cond["text_mask"].dtype).expand_as(cond["text_mask"])}
+        return {"text": torch.zeros_like(cond["text"]), "text_mask": cond["text_mask"]}
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, *, text: torch.Tensor, text_mask: torch.Tensor,
+                **kwargs) -> torch.Tensor:
+        """x: (B, C, h, w) noisy latents, t: (B,) timesteps, text: (B, L, C_text) T5 states, text_mask: (B, L)."""
+        if self.net.use_additional_conditions:                # 1024-MS: (height, width) and aspect ratio
+            h, w = x.shape[-2] * self.vae_factor, x.shape[-1] * self.vae_factor
+            kwargs["added_cond_kwargs"] = {"resolution": x.new_tensor([[h, w]]).expand(x.shape[0], 2),
+                                           "aspect_ratio": x.new_tensor([[h / w]]).expand(x.shape[0], 1)}
+        return self.net(x, text, t, encoder_attention_mask=text_mask, return_dict=False, **kwargs)[0]

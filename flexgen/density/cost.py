@@ -1,0 +1,94 @@
+"""What a model costs: MACs per forward at each timestep's sparse grid, and per sample of a sampler run.
+
+A backbone family gives a `CostModel` of one sample's forward (its MACs counted on the meta device by
+`flexgen.flops.count_macs`); these functions turn it into the numbers every command reports (`flexgen sample`,
+`flexgen generate`, `flexgen bench`, result records), so there is one definition of "GMACs per sample".
+Papers call MACs "FLOPs"; we keep the name MACs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from flexgen.density.schedules import Stage, grid_for_timesteps, mean_over_stages
+from flexgen.flops import FlopReport
+
+
+@dataclass(frozen=True)
+class SpatialSequence:
+    """The spatial token sequence of one sample, for the released FlexDiT code's Poolingformer count."""
+    frames: int         # spatial sequences per sample (video frames; 1 for images)
+    side: int           # token grid side (N = side²)
+    width: int          # hidden size C
+    blocks: int         # spatial blocks (the layout's length)
+
+
+class CostModel(Protocol):
+    """One family's forward cost for one sample. `stages` is empty for a dense model."""
+    stages: list[Stage]
+    layout: str
+
+    def forward_macs(self, grid: int | None = None) -> FlopReport:
+        """MACs of one forward for one sample: the dense model (grid None) or its FlexDiT version at `grid`."""
+
+    def spatial_sequence(self) -> SpatialSequence: ...
+
+
+def grid_at_timestep(cost: CostModel, t: int) -> int | None:
+    """The sparse grid a FlexDiT model uses at timestep t (None for a dense model)."""
+    import torch
+
+    return grid_for_timesteps(cost.stages, torch.tensor([int(t)])) if cost.stages else None
+
+
+def forward_gmacs(cost: CostModel) -> float:
+    """GMACs of one forward for one sample: the dense model's, or a FlexDiT model's time average over t uniform in
+    [0, T) (what the papers quote as a dynamic model's FLOPs)."""
+    if not cost.stages:
+        return cost.forward_macs(None).gmacs
+    return mean_over_stages(cost.stages, lambda g: cost.forward_macs(g).gmacs)
+
+
+def sampling_cost(cost: CostModel, timesteps: Sequence[int], passes: int = 1) -> dict[str, Any]:
+    """GMACs to draw one sample: one forward per sampler timestep at that timestep's grid, `passes` forwards per
+    step (2 with classifier-free guidance's doubled batch); `gmacs_per_forward` is `forward_gmacs`. Dense numbers
+    beside; the autoencoder is excluded. `forward_macs` should cache per grid (it is asked once per step)."""
+    dense = cost.forward_macs(None).gmacs
+    grids = [grid_at_timestep(cost, t) for t in timesteps]
+    per_grid = {g: cost.forward_macs(g).gmacs for g in sorted({g for g in grids if g is not None})}
+    per_step = [dense if g is None else per_grid[g] for g in grids]
+    report: dict[str, Any] = {"model_evaluations": len(grids) * passes, "gmacs_per_forward_dense": dense,
+                              "gmacs_per_sample_dense": dense * len(grids) * passes,
+                              "gmacs_per_sample": sum(per_step) * passes,
+                              "gmacs_per_forward": forward_gmacs(cost)}
+    if per_grid:
+        report["gmacs_per_forward_by_grid"] = per_grid
+        report["steps_per_grid"] = {g: grids.count(g) for g in per_grid}
+        report["reduction"] = 1 - report["gmacs_per_sample"] / report["gmacs_per_sample_dense"]
+    return report
+
+
+def released_poolingformer_extra_gmacs(cost: CostModel) -> float:
+    """GMACs the released FlexDiT code spends beyond ours on its Poolingformers: it projects V for all N tokens,
+    multiplies an N×N all-ones softmax with V and projects all N outputs (2NC² + N²C per sequence), where we
+    project the token mean once (2C²). Per sample: one spatial sequence per frame."""
+    seq = cost.spatial_sequence()
+    N, C = seq.side ** 2, seq.width
+    return cost.layout.count("P") * seq.frames * (2 * N * C * C + N * N * C - 2 * C * C) / 1e9
+
+
+def density_report(cost: CostModel) -> dict:
+    """Dense vs FlexDiT MACs: per grid of the schedule, the time average over t uniform in [0, T), the reduction,
+    and the same average as the released code would count it."""
+    if not cost.stages:
+        raise ValueError("density_report needs a FlexDiT model (a density layout); this one is dense")
+    per_grid = {s.grid: cost.forward_macs(s.grid) for s in cost.stages}
+    dense = cost.forward_macs(None)
+    gmacs = mean_over_stages(cost.stages, lambda g: per_grid[g].gmacs)
+    released = gmacs + released_poolingformer_extra_gmacs(cost)
+    return {"params": per_grid[cost.stages[0].grid].params, "params_dense": dense.params,
+            "gmacs_dense": dense.gmacs, "gmacs": gmacs, "reduction": 1 - gmacs / dense.gmacs,
+            "gmacs_released_code": released, "reduction_released_code": 1 - released / dense.gmacs,
+            "stages": [[s.t_start, s.t_end, s.grid, per_grid[s.grid].gmacs] for s in cost.stages]}

@@ -1,0 +1,163 @@
+"""What a sampling command writes beside its samples: one manifest type for `flexgen sample` (video / DiT) and
+`flexgen generate` (PixArt-α), one seed rule and one sharding rule.
+
+- Seeds: sample i is drawn with seed `seed + i` (its own CPU generator), whatever the batch size or rank.
+- Sharding: rank r of W draws the indices i ≡ r (mod W), in increasing order (Latte's sample_ddp.py interleaving).
+- Resuming: the manifest is written (complete = false) before any sample; a re-run with the same run-defining
+  fields draws only the missing files, another run's folder is refused (unless overwriting), and the manifest is
+  rewritten complete, with the cost, once every file exists. Evaluation and result records read this type
+  (`flexgen.metrics.records`), never hard-coded keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flexgen.files import atomic_write
+
+MANIFEST_VERSION = 1
+# Fields that define a run: a folder holding another run's manifest is refused (they must all match to resume).
+RUN_FIELDS = ("command", "family", "model", "method", "checkpoint_sha256", "sampler", "steps", "cfg_scale", "seed")
+
+
+@dataclass
+class SampleEntry:
+    index: int                          # global sample index i
+    file: str                           # file name in the manifest's folder
+    seed: int                           # seed + i
+    label: int | None = None            # class label (class-conditional models)
+    prompt: str | None = None           # text prompt (text-to-image models)
+
+
+@dataclass
+class SampleManifest:
+    command: str                        # "flexgen sample" | "flexgen generate"
+    family: str                         # backbone family (flexgen.backbones.registry)
+    model: str                          # preset name (sample) or transformer folder (generate)
+    method: str                         # "baseline" or "flexdit <layout>"
+    checkpoint: str                     # weights file or folder
+    checkpoint_sha256: str              # of the weights file ("" when the weights are not one file)
+    sampler: str
+    steps: int
+    cfg_scale: float                    # classifier-free guidance scale (1 = off)
+    seed: int                           # sample i uses seed + i
+    samples: list[SampleEntry]
+    storage: str = "png"                # "mp4" or "png"
+    world_size: int = 1
+    complete: bool = False              # every file written (set last)
+    grid: str | None = None             # preview image, if any
+    cost: dict = field(default_factory=dict)        # gmacs_per_forward, gmacs_per_sample, seconds_per_sample, ...
+    settings: dict = field(default_factory=dict)    # the command's other settings (config, dtype, size, ...)
+    identity: dict = field(default_factory=dict)    # settings that must match to resume (with RUN_FIELDS)
+    version: int = MANIFEST_VERSION
+
+    # ---- files ------------------------------------------------------------------------------------------
+
+    def files(self) -> list[str]:
+        return [s.file for s in self.samples]
+
+    def write(self, path: str | Path) -> None:
+        """Write atomically (a reader never sees half a manifest)."""
+        with atomic_write(path) as tmp:
+            tmp.write_text(json.dumps(dataclasses.asdict(self), indent=1) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<dict>") -> SampleManifest:
+        names = {f.name for f in dataclasses.fields(cls)}
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING}
+        if not isinstance(data, dict) or not required <= set(data) or set(data) - names:
+            keys = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"{source} is not a sample manifest (keys {keys}; expected {sorted(names)})")
+        entries = [SampleEntry(**e) for e in data["samples"]]
+        return cls(**{**data, "samples": entries})
+
+    @classmethod
+    def read(cls, path: str | Path) -> SampleManifest:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read the sample manifest {path}: {e}") from e
+        return cls.from_dict(data, str(path))
+
+    def differences(self, other: SampleManifest) -> list[str]:
+        """The run-defining fields (and the sample list) in which `other` differs from this manifest."""
+        changed = [f"{k}: {getattr(other, k)!r} -> {getattr(self, k)!r}" for k in RUN_FIELDS
+                   if getattr(other, k) != getattr(self, k)]
+        changed += [f"{k}: {other.identity.get(k)!r} -> {self.identity.get(k)!r}"
+                    for k in sorted({*self.identity, *other.identity}) if other.identity.get(k) != self.identity.get(k)]
+        if [(s.index, s.file, s.seed, s.label, s.prompt) for s in other.samples] != \
+                [(s.index, s.file, s.seed, s.label, s.prompt) for s in self.samples]:
+            changed.append("other samples (count, seeds, labels or prompts)")
+        return changed
+
+
+def find_manifest(folder: str | Path) -> tuple[Path, SampleManifest] | None:
+    """The sample manifest in `folder` (samples.json, or FILE.json of `flexgen generate`), or None."""
+    folder = Path(folder)
+    candidates = [folder / "samples.json"] + sorted(p for p in folder.glob("*.json") if p.name != "samples.json")
+    for path in candidates:
+        if path.is_file():
+            try:
+                return path, SampleManifest.read(path)
+            except ValueError:
+                continue
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Which samples a rank draws, and resuming into a folder.
+
+
+def shard_indices(num_samples: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """The sample indices of rank `rank` of `world_size`: i ≡ rank (mod world_size), increasing."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+    if num_samples < 0:
+        raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+    return list(range(rank, num_samples, world_size))
+
+
+def start_run(manifest: SampleManifest, path: Path, overwrite: bool = False) -> None:
+    """Before sampling (rank 0): refuse a folder holding another run's manifest (unless `overwrite`), then write
+    this run's manifest with complete = false."""
+    if path.is_file() and not overwrite:
+        try:
+            previous = SampleManifest.read(path)
+        except ValueError as e:
+            raise ValueError(f"{path} exists and is not a manifest of this version ({e}); use another output "
+                             "folder, or --overwrite") from None
+        changed = manifest.differences(previous)
+        if changed:
+            raise ValueError(f"{path} belongs to another run ({'; '.join(changed)}); use another output folder, "
+                             "or --overwrite to replace its samples")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write(path)
+
+
+def todo(manifest: SampleManifest, folder: Path, rank: int, world_size: int, overwrite: bool = False) -> list[int]:
+    """This rank's sample indices still to draw (all of its shard with `overwrite`)."""
+    return [i for i in shard_indices(len(manifest.samples), rank, world_size)
+            if overwrite or not (folder / manifest.samples[i].file).is_file()]
+
+
+def finish_run(manifest: SampleManifest, path: Path) -> None:
+    """After every rank finished (rank 0): check that every file exists, then write the manifest complete."""
+    missing = [f for f in manifest.files() if not (path.parent / f).is_file()]
+    if missing:
+        raise RuntimeError(f"{len(missing)} sample file(s) were not written (e.g. {missing[0]}); run the command "
+                           "again to draw them")
+    manifest.complete = True
+    manifest.write(path)
+
+
+def entries(count: int, seed: int, file: Any, labels: list[int] | None = None,
+            prompts: list[str] | None = None) -> list[SampleEntry]:
+    """Manifest entries of `count` samples: file(i) names sample i, seed + i seeds it."""
+    return [SampleEntry(i, file(i), seed + i, None if labels is None else labels[i],
+                        None if prompts is None else prompts[i]) for i in range(count)]
