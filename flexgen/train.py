@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
@@ -235,7 +236,7 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
             loss.backward()
             clip = tc.grad_clip if tc.grad_clip > 0 and step * global_batch >= tc.clip_after_samples else math.inf
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            if hasattr(grad_norm, "full_tensor"):                          # a DTensor under FSDP
+            if isinstance(grad_norm, DTensor):                             # under FSDP
                 grad_norm = grad_norm.full_tensor()
             optimizer.step()
             # EMA warm-up (diffusers' EMAModel default): early averages do not drag the zero-initialised

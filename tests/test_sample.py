@@ -304,3 +304,30 @@ def test_save_grid_layout(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (3, 5, 4, 3), dtype=np.uint8)
     save_grid(tmp_path / "i.png", images, nrow=4)
     assert np.asarray(Image.open(tmp_path / "i.png")).shape == (5 + 4, 3 * (4 + 2) + 2, 3)
+
+
+def test_sample_resumes_and_refuses_another_runs_folder(tmp_path, capsys):
+    """Samples are written as they are made: a re-run with the same settings draws only the missing files; another
+    run's folder is refused by name unless --overwrite (evaluation would otherwise score two runs as one)."""
+    model, _ = random_model()
+    save_weights(model.net, tmp_path / "dense.safetensors")
+    out = tmp_path / "s"
+
+    def command(*extra):
+        return parse("--config", TINY, "--ckpt", tmp_path / "dense.safetensors", "--num-samples", 3, "--out", out,
+                     "--sampler", "ddim", "--steps", 2, "--no-progress", *SMALL, *extra)
+
+    first = sample_main(command())
+    files = {p.name: p.read_bytes() for p in out.glob("*.mp4")}
+    assert first["complete"] and len(files) == 3
+    (out / "0001.mp4").unlink()                                     # an interrupted run: one sample missing
+    capsys.readouterr()
+    again = sample_main(command())
+    assert "(1 drawn now on rank 0)" in capsys.readouterr().out
+    assert again["samples"] == first["samples"] and sorted(p.name for p in out.glob("*.mp4")) == sorted(files)
+    assert (out / "0000.mp4").read_bytes() == files["0000.mp4"]     # kept, not redrawn
+    with pytest.raises(ValueError, match=r"belongs to another run \(seed: 0 -> 5"):
+        sample_main(command("--seed", 5))
+    assert SampleManifest.read(out / "samples.json").seed == 0      # the refused run changed nothing
+    replaced = sample_main(command("--seed", 5, "--overwrite"))
+    assert [s["seed"] for s in replaced["samples"]] == [5, 6, 7]

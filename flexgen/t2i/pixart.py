@@ -55,6 +55,9 @@ def pixart_block(block: nn.Module, x: torch.Tensor, cond: torch.Tensor, context:
                  text: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
     """A diffusers `BasicTransformerBlock` (norm_type "ada_norm_single") on tokens x (B, N, D): self-attention with
     queries from x and keys/values from `context` (default x), text cross-attention, MLP. cond: (B, 6·D)."""
+    # Restates the "ada_norm_single" branch of diffusers 0.42 `BasicTransformerBlock.forward` (norm1 +
+    # scale_shift_table, attn1, attn2 without norm or gate, ff); guarded by
+    # tests/test_t2i_pixart.py::test_full_grid_without_poolingformers_equals_dense.
     B = x.shape[0]
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
         block.scale_shift_table[None] + cond.reshape(B, 6, -1)).chunk(6, dim=1)           # each (B, 1, D)
@@ -95,6 +98,9 @@ class FlexgenAttnProcessor:
 
     def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        # Restates diffusers 0.42 `AttnProcessor2_0.__call__` for PixArt-α's plain attention (it reads the same
+        # `Attention` attributes); guarded by
+        # tests/test_t2i_pixart.py::test_flexgen_attention_processor_matches_diffusers.
         from flexgen.attention import attention
 
         if attn.residual_connection or attn.rescale_output_factor != 1.0 or attn.norm_cross is not None or \
@@ -190,7 +196,7 @@ class FlexPixArtTransformer2DModel(PixArtTransformer2DModel):
                    num_train_timesteps: int = 1000) -> FlexPixArtTransformer2DModel:
         """Conversion: the dense model's weights, Q/K dropped for Poolingformers, fusions initialised by
         `density.fusion_init`; same device, dtype and train / eval mode as `dense`."""
-        if getattr(dense, "roles", ""):
+        if dense.config.get("layout"):
             raise ValueError(f"the model already has a FlexDiT layout ({dense.config.layout!r}); convert a dense one")
         if density.pool_frames:
             raise ValueError("pool_frames is for video models; an image model has one frame")
@@ -279,6 +285,8 @@ class FlexPixArtTransformer2DModel(PixArtTransformer2DModel):
 
     def _unpatchify(self, x, embedded_timestep, height, width):
         """PixArt-α's final layer: adaLN-single shift/scale from its own table, LayerNorm, linear, unpatchify."""
+        # Restates the end of diffusers 0.42 `PixArtTransformer2DModel.forward`; guarded by
+        # tests/test_t2i_pixart.py::test_full_grid_without_poolingformers_equals_dense.
         shift, scale = (self.scale_shift_table[None] + embedded_timestep[:, None]).chunk(2, dim=1)
         x = self.proj_out(self.norm_out(x) * (1 + scale) + shift)                          # (B, N, p·p·C)
         p, C = self.config.patch_size, self.out_channels

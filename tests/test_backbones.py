@@ -1,0 +1,141 @@
+"""The backbone interface: every family answers the engine's questions the same way (the registry builds it, the
+batch preparation drops conditions for CFG, the timestep sampler follows the density policy, the cost is counted,
+the export loads back), and the config layer refuses what a family cannot use."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from flexgen.backbones.base import Denoiser
+from flexgen.backbones.registry import FAMILIES, PRESET_FAMILY, build_denoiser, family_of
+from flexgen.config import ConfigError, load_config
+from flexgen.density.timesteps import StageTimesteps, UniformTimesteps
+from flexgen.manifest import SampleEntry, SampleManifest, find_manifest
+
+TINY = "configs/demo/tiny.yaml"
+FLEX = ["density.layout=P GSR T", "density.schedule.grid_min=2", "density.schedule.grid_max=4"]
+PIXART = ["model.depth=6", "model.hidden_size=24", "model.num_heads=3", "model.caption_channels=32",
+          "autoencoder.downsample=2", "data.image_size=16"]
+PIXART_FLEX = ["density.layout=P GSR DD", "density.schedule.grid_min=1", "density.schedule.grid_max=4"]
+
+RUNS = {
+    "Latte": (TINY, []),
+    "DiT": (TINY, ["model.preset=DiT-S/2", "model.depth=4"]),
+    "FlexLatte": (TINY, FLEX),
+    "PixArt": ("configs/t2i/pixart/pixart-xl2-256.yaml", PIXART),
+    "FlexPixArt": ("configs/t2i/pixart/flexpixart-xl2-256.yaml", [*PIXART, *PIXART_FLEX]),
+}
+
+
+def batch_for(model: Denoiser, n: int = 4) -> dict:
+    """A data-loader batch of the family's dataset, random."""
+    g = torch.Generator().manual_seed(0)
+    if model.family == "pixart":
+        L, C = 7, model.net.config.caption_channels
+        mask = torch.ones(n, L, dtype=torch.long)
+        mask[:, 5:] = 0
+        return {"image": torch.rand(n, 3, 16, 16, generator=g) * 2 - 1, "text": torch.randn(n, L, C, generator=g),
+                "text_mask": mask}
+    shape = model.latent_shape()
+    return {"video": torch.rand(n, *shape, generator=g) * 2 - 1, "label": torch.randint(0, 4, (n,), generator=g)}
+
+
+@pytest.fixture(scope="module", params=list(RUNS))
+def built(request):
+    path, overrides = RUNS[request.param]
+    run = load_config(path, overrides)
+    torch.manual_seed(0)
+    return request.param, run, build_denoiser(run).eval()
+
+
+def test_registry_maps_every_preset_to_one_family():
+    assert set(PRESET_FAMILY) == {p for f in FAMILIES.values() for p in f.presets}
+    assert family_of("Latte-XL/2").name == family_of("DiT-XL/2").name == "latte"
+    assert family_of("PixArt-XL/2-512").name == "pixart"
+    with pytest.raises(ValueError, match="unknown model preset 'Latte-XXL/2'"):
+        family_of("Latte-XXL/2")
+
+
+def test_the_contract(built, tmp_path):
+    name, run, model = built
+    assert isinstance(model, Denoiser) and model.family == family_of(run.model.preset).name
+    dynamic = bool(run.density.layout)
+    assert bool(model.layout) == dynamic
+    # batch preparation: a forward on what it returns; with the dropout generator, conditions drop to the null one
+    pixels, cond = model.prepare_batch(batch_for(model), torch.device("cpu"))
+    x = torch.randn(pixels.shape[0], *model.latent_shape(), generator=torch.Generator().manual_seed(1))
+    t = torch.full((x.shape[0],), 999)
+    with torch.no_grad():
+        out = model(x, t, **cond)
+    assert out.shape[0] == x.shape[0] and out.shape[-2:] == x.shape[-2:]
+    null = model.null_condition(cond)
+    assert null.keys() == cond.keys() and any(not torch.equal(null[k], cond[k]) for k in cond
+                                              if isinstance(cond[k], torch.Tensor))
+    # the timestep sampler follows the density policy: one stage (one grid) per micro-batch
+    sampler = model.timestep_sampler()
+    assert isinstance(sampler, StageTimesteps if dynamic else UniformTimesteps)
+    for step in range(5):
+        ts = sampler(16, torch.Generator().manual_seed(step), torch.Generator().manual_seed(100 + step))
+        assert ts.shape == (16,) and 0 <= ts.min() and ts.max() < 1000
+        if dynamic:
+            assert len({model.step_stats(ts[i:i + 1])["grid"] for i in range(16)}) == 1
+    assert bool(model.step_stats(ts)) == dynamic
+    # cost: a FlexDiT model costs less on average than its dense model, and each grid is counted once
+    cost = model.cost()
+    assert bool(cost.stages) == dynamic and cost.forward_macs(None).gmacs > 0
+    if dynamic:
+        assert min(cost.forward_macs(s.grid).gmacs for s in cost.stages) < cost.forward_macs(None).gmacs
+    assert model.shard_units() and all(isinstance(u, torch.nn.Module) for u in model.shard_units())
+    # the export loads back into a freshly built model of the same run: the same function
+    path = model.export(tmp_path / model.export_name)
+    again = build_denoiser(run).eval()
+    again.load_pretrained(path)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x, t, **cond), out, rtol=1e-5, atol=1e-6)
+
+
+def test_condition_dropout_lives_in_batch_preparation(built):
+    name, run, model = built
+    run_all = dataclasses.replace(run, model=dataclasses.replace(run.model, class_dropout_prob=1.0))
+    everything = type(model)(model.net, run_all)
+    batch = batch_for(model)
+    if model.family == "pixart":
+        everything.null_text = (torch.zeros(7, model.net.config.caption_channels), torch.tensor([1] + [0] * 6))
+    _, kept = everything.prepare_batch(batch, torch.device("cpu"))           # no generator: nothing dropped
+    _, dropped = everything.prepare_batch(batch, torch.device("cpu"), torch.Generator().manual_seed(0))
+    if model.family == "pixart":
+        assert torch.equal(kept["text"], batch["text"]) and (dropped["text"] == 0).all()
+        assert (dropped["text_mask"].sum(dim=1) == 1).all()
+    else:
+        assert torch.equal(kept["y"], batch["label"]) and (dropped["y"] == 4).all()   # 4 = the null class
+
+
+def test_a_config_field_the_family_cannot_use_is_an_error():
+    with pytest.raises(ConfigError, match="data.text_cache has no meaning for Latte-S/2"):
+        load_config(TINY, ["data.text_cache=/cache"])
+    with pytest.raises(ConfigError, match="sample.steps has no meaning for PixArt-XL/2-256"):
+        load_config("configs/t2i/pixart/pixart-xl2-256.yaml", ["sample.steps=50"])
+    with pytest.raises(ConfigError, match="model.num_classes has no meaning for PixArt"):
+        load_config("configs/t2i/pixart/pixart-xl2-256.yaml", ["model.num_classes=10"])
+    with pytest.raises(ConfigError, match=r"data.dataset \(for PixArt-XL/2-256\): 'ffs' is not one of captions"):
+        load_config("configs/t2i/pixart/pixart-xl2-256.yaml", ["data.dataset=ffs"])
+    with pytest.raises(ConfigError, match=r"sample.sampler \(for Latte-S/2\): 'euler' is not one of"):
+        load_config(TINY, ["sample.sampler=euler"])
+    # a resolved config (every field at its default where unused) loads back
+    run = load_config("configs/t2i/pixart/pixart-xl2-256.yaml")
+    assert load_config("configs/t2i/pixart/pixart-xl2-256.yaml", ["sample.steps=250"]) == run
+
+
+def test_manifest_schema_is_strict(tmp_path):
+    manifest = SampleManifest(command="flexgen sample", family="latte", model="Latte-S/2", method="baseline",
+                              checkpoint="x", checkpoint_sha256="", sampler="ddpm", steps=2, cfg_scale=1.0, seed=3,
+                              samples=[SampleEntry(0, "0000.mp4", 3)])
+    manifest.write(tmp_path / "samples.json")
+    assert SampleManifest.read(tmp_path / "samples.json") == manifest
+    assert find_manifest(tmp_path)[1] == manifest
+    (tmp_path / "other.json").write_text('{"samples": [], "images": []}')
+    with pytest.raises(ValueError, match="is not a sample manifest"):
+        SampleManifest.read(tmp_path / "other.json")
+    changed = dataclasses.replace(manifest, seed=4, samples=[SampleEntry(0, "0000.mp4", 4)])
+    assert changed.differences(manifest) == ["seed: 3 -> 4", "other samples (count, seeds, labels or prompts)"]
