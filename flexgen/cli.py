@@ -222,11 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_sample_arguments(commands.add_parser("sample", help="generate videos (images for DiT) from a checkpoint: "
                                              "mp4 files, grid.png, samples.json; sharded under torchrun"))
 
-    from flexgen.metrics.protocols import add_eval_arguments, eval_main
+    from flexgen.metrics.evaluate import add_eval_arguments, eval_main
     add_eval_arguments(commands.add_parser("eval", help="FVD / KID of generated videos, FID of images (clean-fid "
                                            "Inception), CLIP score, under a named protocol; verified detectors")
                        ).set_defaults(func=eval_main)
-    from flexgen.metrics.records import add_leaderboard_arguments
+    from flexgen.metrics.leaderboard import add_leaderboard_arguments
     add_leaderboard_arguments(commands.add_parser("leaderboard", help="render evaluation records and the published "
                                                   "anchors: Markdown, HTML, FLOPs-vs-metric plot"))
 

@@ -35,18 +35,14 @@ from flexgen.metrics.clip import (
     default_clip_path,
     variant_of,
 )
-from flexgen.metrics.protocols import (
-    PROTOCOLS,
-    Protocol,
-    add_eval_arguments,
+from flexgen.metrics.evaluate import add_eval_arguments, eval_main, evaluate, evaluate_clipscore
+from flexgen.metrics.protocols import PROTOCOLS, Protocol
+from flexgen.metrics.sources import (
     center_crop_resize,
-    eval_main,
-    evaluate,
-    evaluate_clipscore,
     generated_images,
     resolve_protocol,
-    sample_fake_images,
-    sample_real_images,
+    select_fake_images,
+    select_real_images,
 )
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -377,11 +373,11 @@ def test_generated_folder_listing(tmp_path, caplog):
     fake = write_generate_folder(tmp_path / "fake", images, PROMPTS[:3])
     (fake / "samples.json").write_text(json.dumps({"samples": [{"file": "x.png"}]}))      # other JSON: ignored
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(fake / "stray.png")
-    with caplog.at_level(logging.WARNING, logger="flexgen.metrics.protocols"):
+    with caplog.at_level(logging.WARNING, logger="flexgen.metrics.sources"):
         listed = generated_images(fake)
     assert [p.name for p in listed.paths] == ["out-000.png", "out-001.png", "out-002.png"]
     assert listed.prompts == PROMPTS[:3] and "1 images are not listed" in caplog.text
-    assert [p.name for p in sample_fake_images(fake, PROTOCOLS["fid50k"].with_counts(2, 2)).paths] == \
+    assert [p.name for p in select_fake_images(fake, PROTOCOLS["fid50k"].with_counts(2, 2)).paths] == \
         ["out-000.png", "out-001.png"]
     plain = generated_images(write_txt_folder(tmp_path / "plain", images, PROMPTS[:3]))
     assert plain.source == "same-stem .txt files"
@@ -521,7 +517,7 @@ def test_fid30k_coco_protocol_fields():
     with pytest.raises(ValueError, match="fid protocols only"):
         dataclasses.replace(PROTOCOLS["fvd2048_16f"], real_resize="center_crop")
     with pytest.raises(ValueError, match="resolve it with resolve_protocol"):
-        sample_real_images(Path("."), p)
+        select_real_images(Path("."), p)
 
 
 def test_fid30k_coco_real_selection_and_crop(tmp_path):
@@ -530,15 +526,15 @@ def test_fid30k_coco_real_selection_and_crop(tmp_path):
     protocol = resolve_protocol(PROTOCOLS["fid30k_coco"].with_counts(6, 4), fake)
     assert protocol.name == "fid6x4_coco24" and protocol.real_size == (24, 24)
 
-    chosen = sample_real_images(real, protocol, batch_size=4)
-    again = sample_real_images(real, protocol)
+    chosen = select_real_images(real, protocol, batch_size=4)
+    again = select_real_images(real, protocol)
     assert len(chosen) == 6 and chosen.num_candidates == 10 and chosen.paths == again.paths
     assert chosen.paths == sorted(chosen.paths, key=lambda p: p.relative_to(real).as_posix())
-    other_seed = sample_real_images(real, dataclasses.replace(protocol, seed=1))
+    other_seed = select_real_images(real, dataclasses.replace(protocol, seed=1))
     assert other_seed.paths != chosen.paths
     batches = list(chosen)
     assert [tuple(b.shape) for b in batches] == [(4, 3, 24, 24), (2, 3, 24, 24)]
-    every = sample_real_images(real, protocol.with_counts(10, 4))
+    every = select_real_images(real, protocol.with_counts(10, 4))
     assert len(every) == 10                                     # no more real images than the protocol asks for
 
     # The crop itself: PIL bicubic so that the image covers 24x24, centre 24x24 (offsets rounded down).

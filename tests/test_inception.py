@@ -22,6 +22,7 @@ from PIL import Image
 from torch import nn
 
 from flexgen.metrics import inception
+from flexgen.metrics.evaluate import add_eval_arguments, eval_main, evaluate, metric_name
 from flexgen.metrics.inception import (
     INCEPTION_SHA256,
     InceptionDetector,
@@ -29,15 +30,8 @@ from flexgen.metrics.inception import (
     default_inception_path,
     load_inception_torchscript,
 )
-from flexgen.metrics.protocols import (
-    Protocol,
-    add_eval_arguments,
-    eval_main,
-    evaluate,
-    metric_name,
-    sample_fake_images,
-    sample_real_images,
-)
+from flexgen.metrics.protocols import Protocol
+from flexgen.metrics.sources import select_fake_images, select_real_images
 
 TINY_FID = Protocol("fid8", "fid", num_real=8, num_fake=8, num_frames=1, real_stride=1, fake_stride=1,
                     min_real_frames=1, seed=0)
@@ -226,16 +220,16 @@ def image_sets(tmp_path: Path):
 
 def test_image_sampling(image_sets):
     real, _, _ = image_sets
-    chosen = sample_real_images(real, TINY_FID)
+    chosen = select_real_images(real, TINY_FID)
     assert len(chosen) == 8 and chosen.num_candidates == 10
-    assert chosen.paths == sorted(chosen.paths) and chosen.paths == sample_real_images(real, TINY_FID).paths
-    fake = sample_fake_images(real, TINY_FID, batch_size=3)
+    assert chosen.paths == sorted(chosen.paths) and chosen.paths == select_real_images(real, TINY_FID).paths
+    fake = select_fake_images(real, TINY_FID, batch_size=3)
     assert [p.name for p in fake.paths] == [f"img_{i:03d}.png" for i in range(8)]
     batches = list(fake)
     assert [b.shape for b in batches] == [(3, 3, 20, 24)] * 2 + [(2, 3, 20, 24)]
     assert all(b.dtype == torch.uint8 for b in batches)
     with pytest.raises(ValueError, match="needs 12 generated images"):
-        sample_fake_images(real, TINY_FID.with_counts(num_fake=12))
+        select_fake_images(real, TINY_FID.with_counts(num_fake=12))
 
 
 def test_evaluate_fid(tmp_path: Path, image_sets):

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from flexgen.dist import is_distributed
+from flexgen.files import atomic_write
 
 FORMAT_VERSION = 1
 
@@ -186,22 +185,14 @@ class FeatureStats:
         return (cov + cov.T) / 2
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write an .npz atomically (a temporary file in the same folder, then os.replace)."""
+        """Write an .npz atomically (`flexgen.files.atomic_write`: a hidden temporary file beside it, then renamed)."""
         if self.dim is None:
             raise ValueError("cannot save empty statistics (no features were added)")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         metadata_json = json.dumps(self.metadata, sort_keys=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, format_version=np.int64(FORMAT_VERSION), count=np.int64(self.count), sum=self.sum,
-                         sum_outer=self.sum_outer, features=self.features,
-                         keep_features=np.int64(self.keep_features), metadata=np.array(metadata_json))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as tmp, tmp.open("wb") as f:   # a file object: np.savez would add ".npz" to a name
+            np.savez(f, format_version=np.int64(FORMAT_VERSION), count=np.int64(self.count), sum=self.sum,
+                     sum_outer=self.sum_outer, features=self.features, keep_features=np.int64(self.keep_features),
+                     metadata=np.array(metadata_json))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> FeatureStats:

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flexgen.files import detector_path, verified_detector_file
+from flexgen.metrics.detectors import check_uint8_videos
 
 I3D_FILENAME = "i3d_torchscript.pt"
 I3D_SHA256 = "bec6519f66ea534e953026b4ae2c65553c17bf105611c746d904657e5860a5e2"
@@ -352,10 +353,7 @@ class I3DDetector:
 
     @torch.no_grad()
     def __call__(self, videos: torch.Tensor) -> torch.Tensor:
-        if videos.dtype != torch.uint8:
-            raise TypeError(f"I3DDetector takes uint8 videos (N, T, 3, H, W) in 0..255, got dtype {videos.dtype}")
-        if videos.ndim != 5 or videos.shape[2] != 3:
-            raise ValueError(f"I3DDetector takes frame-first videos (N, T, 3, H, W), got shape {tuple(videos.shape)}")
+        check_uint8_videos(videos, "I3DDetector")
         out = []
         for chunk in videos.split(self.batch_size):
             x = chunk.to(self.device).permute(0, 2, 1, 3, 4)  # (n, 3, T, H, W)

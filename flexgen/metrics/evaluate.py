@@ -1,0 +1,406 @@
+"""Evaluating under a protocol: feature statistics, cached reference statistics, `evaluate` (FVD / KID / FID),
+`evaluate_clipscore`, and the `flexgen eval` command line.
+
+- The metric name says which detector was used: only the standard detector file (I3D `bec6519f…` for fvd / kid,
+  clean-fid Inception `f58cb9b6…` for fid) earns the plain metric name ("fvd"); any other detector is named in it
+  ("fvd[random-i3d]") so such numbers can never pass for FVD. A clipscore's detector must have the protocol's CLIP
+  architecture instead (`check_clip_detector`).
+- Reference statistics are cached as `<cache_dir>/<protocol>-<key[:16]>.npz`, the key being the sha256 of the real
+  set's listing (relative paths and sizes), the detector sha256 and the protocol fields; written atomically.
+- Under torchrun each rank extracts the features of its block of clips / images and the statistics are summed
+  over ranks; rank 0 writes the cache and reports.
+
+The detectors are those of `flexgen.metrics.detectors`; the inputs those of `flexgen.metrics.sources`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flexgen.dist import barrier, init, is_distributed, shutdown
+from flexgen.files import file_sha256
+from flexgen.metrics.clip import CLIP_SCORE_WEIGHTS, CLIP_VARIANTS, ClipScoreStats, clip_score
+from flexgen.metrics.detectors import ImageDetector, ImageTextDetector, VideoDetector
+from flexgen.metrics.frechet import FeatureStats, fid_from_stats, kid_from_stats
+from flexgen.metrics.i3d import I3D_SHA256, default_i3d_path
+from flexgen.metrics.inception import INCEPTION_SHA256, default_inception_path
+from flexgen.metrics.protocols import DEFAULT_PROTOCOLS, PROTOCOLS, Protocol, get_protocol
+from flexgen.metrics.sources import (
+    DEFAULT_BATCH_SIZE,
+    ClipSet,
+    ImageSet,
+    generated_images,
+    listing,
+    prompted_batches,
+    prompts_sha256,
+    rank_block,
+    resolve_protocol,
+    select_fake,
+    select_real,
+)
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+# The detector file each metric is defined with; any other detector gets its name into the metric name.
+STANDARD_DETECTORS = {"fvd": I3D_SHA256, "kid": I3D_SHA256, "fid": INCEPTION_SHA256}
+STANDARD_DETECTOR_NAMES = {I3D_SHA256: "i3d", INCEPTION_SHA256: "inception"}
+# clipscore has no single standard file: its protocol names the CLIP architecture, which the detector must have.
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metric and detector names
+# ---------------------------------------------------------------------------------------------------------------
+def detector_name(detector: Any) -> str:
+    """The detector's `name`, else the standard name of its sha256 (I3DDetector has no `name`), else its class."""
+    name = getattr(detector, "name", None)
+    if name:
+        return str(name)
+    return STANDARD_DETECTOR_NAMES.get(getattr(detector, "sha256", None) or "", type(detector).__name__)
+
+
+def metric_name(metric: str, detector: Any) -> str:
+    """'fvd' for the standard I3D weights, 'fvd[<detector name>]' for anything else."""
+    if getattr(detector, "sha256", None) == STANDARD_DETECTORS.get(metric):
+        return metric
+    return f"{metric}[{detector_name(detector)}]"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Feature statistics of a stream of batches
+# ---------------------------------------------------------------------------------------------------------------
+def compute_stats(batches: Iterable[torch.Tensor], detector: Callable[[torch.Tensor], Any], keep_features: int = 0,
+                  progress: bool = False, metadata: dict[str, Any] | None = None,
+                  description: str = "features") -> FeatureStats:
+    """Run the detector over every batch and accumulate float64 statistics (keeping up to `keep_features` rows).
+    Under torchrun, each rank takes its block of a ClipSet / ImageSet and the statistics are summed over ranks
+    (kept features gathered in rank order, so they come in the single-process order)."""
+    stats = FeatureStats(keep_features=keep_features, metadata=metadata)
+    if is_distributed() and hasattr(batches, "shard"):
+        batches = batches.shard(torch.distributed.get_rank(), torch.distributed.get_world_size())
+        progress = progress and torch.distributed.get_rank() == 0
+    if progress:
+        from tqdm import tqdm
+
+        total = len(batches) if isinstance(batches, (ClipSet, ImageSet)) else None
+        bar = tqdm(total=total, desc=description, unit="clip")
+    for batch in batches:
+        features = detector(batch)
+        if len(features) != len(batch):
+            raise ValueError(f"the detector returned {len(features)} feature rows for a batch of {len(batch)}")
+        stats.update(features)
+        if progress:
+            bar.update(len(batch))
+    if progress:
+        bar.close()
+    return stats.all_reduce()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reference statistics, cached by (real set listing, detector, protocol)
+# ---------------------------------------------------------------------------------------------------------------
+def reference_key(root: str | Path, detector_sha256: str, protocol: Protocol, keep_features: int) -> str:
+    payload = {"version": CACHE_VERSION, "manifest": listing(root), "detector_sha256": detector_sha256,
+               "protocol": dataclasses.asdict(protocol), "keep_features": keep_features}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class Reference:
+    stats: FeatureStats
+    path: Path | None       # the cached .npz (None when not cached)
+    sha256: str | None      # sha256 of that file
+    cache_hit: bool
+    num_discarded: int
+
+
+def reference_stats(root: str | Path, protocol: str | Protocol, detector: VideoDetector | ImageDetector,
+                    cache_dir: str | Path | None = None, keep_features: int = 0,
+                    batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False) -> Reference:
+    """Statistics of the protocol's real clips: loaded from the cache when present, else computed (and cached).
+
+    A detector without a sha256 is never cached (its statistics could not be told apart from another's)."""
+    protocol = get_protocol(protocol)
+    sha = getattr(detector, "sha256", None)
+    path = None
+    barrier()                  # under torchrun: every rank decides cache hit / miss before any rank writes the file
+    if cache_dir is not None and sha:
+        key = reference_key(root, sha, protocol, keep_features)
+        path = Path(cache_dir) / f"{protocol.name}-{key[:16]}.npz"
+        if path.is_file():
+            stats = FeatureStats.load(path)
+            if stats.metadata.get("key") != key:
+                raise ValueError(f"{path}: cached statistics belong to key {stats.metadata.get('key')}, expected "
+                                 f"{key} (a 16-digit prefix collision?); delete the file")
+            return Reference(stats, path, file_sha256(path), cache_hit=True,
+                             num_discarded=int(stats.metadata["num_discarded"]))
+    elif cache_dir is not None:
+        log.warning("detector %s has no sha256: reference statistics are not cached", detector_name(detector))
+
+    clips = select_real(root, protocol, batch_size=batch_size)
+    metadata = {"protocol": dataclasses.asdict(protocol), "detector": detector_name(detector),
+                "detector_sha256": sha, "real": str(Path(root).resolve()), "num_real": len(clips),
+                "num_discarded": len(clips.discarded)}
+    if path is not None:
+        metadata["key"] = key
+    stats = compute_stats(clips, detector, keep_features=keep_features, progress=progress, metadata=metadata,
+                          description=f"real {protocol.name}")
+    if path is None:
+        return Reference(stats, None, None, cache_hit=False, num_discarded=len(clips.discarded))
+    if not is_distributed() or torch.distributed.get_rank() == 0:
+        stats.save(path)       # every rank holds the same totals after compute_stats; one writes them
+    barrier()
+    return Reference(stats, path, file_sha256(path), cache_hit=False, num_discarded=len(clips.discarded))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evaluate: one protocol, one real set, one generated set -> one record
+# ---------------------------------------------------------------------------------------------------------------
+def evaluate(protocol: str | Protocol, real: str | Path, fake: str | Path, detector: VideoDetector | ImageDetector,
+             cache_dir: str | Path | None = None, *, with_kid: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
+             progress: bool = False, kid_subsets: int = 100) -> dict[str, Any]:
+    """The protocol's metric of `fake` against `real`, with everything needed to tell numbers apart.
+
+    `with_kid` keeps the raw features (num_real / num_fake rows) so KID is reported beside the Fréchet distance;
+    a `kid` protocol always keeps them."""
+    protocol = get_protocol(protocol)
+    if protocol.metric == "clipscore":
+        raise ValueError(f"protocol {protocol.name} is a CLIP score (no real set): use evaluate_clipscore")
+    protocol = resolve_protocol(protocol, fake)
+    with_kid = with_kid or protocol.metric == "kid"
+    ref = reference_stats(real, protocol, detector, cache_dir, keep_features=protocol.num_real if with_kid else 0,
+                          batch_size=batch_size, progress=progress)
+    fake_clips = select_fake(fake, protocol, batch_size=batch_size)
+    fake_stats = compute_stats(fake_clips, detector, keep_features=protocol.num_fake if with_kid else 0,
+                               progress=progress, description=f"generated {protocol.name}")
+
+    fd = fid_from_stats(ref.stats, fake_stats)
+    result: dict[str, Any] = {
+        "metric": metric_name(protocol.metric, detector),
+        "value": fd,
+        "protocol": protocol.name,
+        "protocol_fields": dataclasses.asdict(protocol),
+        "detector": detector_name(detector),
+        "detector_sha256": getattr(detector, "sha256", None),
+        "reference_stats": str(ref.path) if ref.path else None,
+        "reference_stats_sha256": ref.sha256,
+        "reference_cache_hit": ref.cache_hit,
+        "num_real": ref.stats.count,
+        "num_real_discarded": ref.num_discarded,
+        "num_fake": fake_stats.count,
+        "real": str(Path(real).resolve()),
+        "fake": str(Path(fake).resolve()),
+        "frechet_distance": fd,
+    }
+    if protocol.metric == "fid":       # which prompts the generated images came from, when the folder says
+        result["fake_prompts_sha256"] = generated_images(fake).prompts_sha256
+    if with_kid:
+        kid_mean, kid_std = kid_from_stats(ref.stats, fake_stats, num_subsets=kid_subsets, seed=protocol.seed)
+        result.update(kid=kid_mean, kid_std=kid_std)
+        if protocol.metric == "kid":
+            result["value"] = kid_mean
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evaluate_clipscore: one clipscore protocol, one generated folder (images + prompts) -> one record
+# ---------------------------------------------------------------------------------------------------------------
+def check_clip_detector(protocol: Protocol, detector: Any) -> None:
+    """A CLIP score is that of the protocol's CLIP variant only: any other detector architecture is an error."""
+    variant = getattr(detector, "variant", None)
+    if variant != protocol.clip_variant:
+        same = [p.name for p in PROTOCOLS.values() if p.metric == "clipscore" and p.clip_variant == variant]
+        hint = f"or a protocol of {variant} ({', '.join(same)})" if same else "(no protocol uses its architecture)"
+        known = CLIP_VARIANTS.get(protocol.clip_variant)
+        raise ValueError(f"protocol {protocol.name} is the CLIP score of CLIP {protocol.clip_variant} "
+                         f"({known.hub_id if known else 'unregistered'}); the detector {detector_name(detector)} "
+                         f"({getattr(detector, 'path', '?')}) is {variant or 'not a known CLIP variant'}: use a "
+                         f"{protocol.clip_variant} folder {hint}")
+
+
+def evaluate_clipscore(protocol: str | Protocol, fake: str | Path, detector: ImageTextDetector, *,
+                       batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False) -> dict[str, Any]:
+    """The protocol's CLIP score of the generated images in `fake` against their prompts.
+
+    `detector` has `image_features(uint8 (N, 3, H, W))`, `text_features(list[str])`, `variant`, `name`, `sha256`
+    (`CLIPDetector`); its variant must be the protocol's. Every image is scored when the protocol's num_fake is 0,
+    else exactly the first num_fake (fewer is an error)."""
+    protocol = get_protocol(protocol)
+    if protocol.metric != "clipscore":
+        raise ValueError(f"protocol {protocol.name} measures {protocol.metric}, not clipscore")
+    check_clip_detector(protocol, detector)
+    generated = generated_images(fake, need_prompts=True)
+    available = len(generated.paths)
+    count = protocol.num_fake or available
+    if available < count:
+        raise ValueError(f"{fake}: protocol {protocol.name} needs {count} generated images with prompts, found "
+                         f"{available}; generate more, or pass a smaller --num-fake (renames the protocol)")
+    paths, prompts = generated.paths[:count], (generated.prompts or [])[:count]
+
+    stats = ClipScoreStats()
+    if is_distributed():                 # under torchrun: each rank scores its block, the sums are reduced
+        block = rank_block(count, torch.distributed.get_rank(), torch.distributed.get_world_size())
+        paths, prompts = paths[block], prompts[block]
+        progress = progress and torch.distributed.get_rank() == 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=count, desc=f"clipscore {protocol.name}", unit="image")
+    for images, texts in prompted_batches(paths, prompts, batch_size):
+        image_features = detector.image_features(images)
+        text_features = detector.text_features([protocol.text_prefix + t for t in texts])
+        stats.update(clip_score(image_features, text_features, protocol.clip_convention))
+        if bar is not None:
+            bar.update(len(images))
+    if bar is not None:
+        bar.close()
+    stats.all_reduce()
+    prompts = (generated.prompts or [])[:count]
+    summary = stats.to_dict()
+    return {
+        "metric": "clip_score",
+        "value": summary["mean"],
+        **summary,
+        "protocol": protocol.name,
+        "protocol_fields": dataclasses.asdict(protocol),
+        "score": f"{CLIP_SCORE_WEIGHTS[protocol.clip_convention]:g} * max(cos, 0) ({protocol.clip_convention})",
+        "clip_variant": protocol.clip_variant,
+        "detector": detector_name(detector),
+        "detector_sha256": getattr(detector, "sha256", None),
+        "num_fake": stats.count,
+        "num_fake_available": available,
+        "fake": str(Path(fake).resolve()),
+        "prompts_source": generated.source,
+        "prompts_sha256": prompts_sha256(prompts),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line: flexgen eval fvd|fid|kid --real DIR --fake DIR ... | flexgen eval clipscore --fake DIR ...
+# ---------------------------------------------------------------------------------------------------------------
+def default_stats_cache() -> Path:
+    """`$FLEXGEN_CACHE/ref_stats` (cache default ~/.cache/flexgen)."""
+    return Path(os.environ.get("FLEXGEN_CACHE", "~/.cache/flexgen")).expanduser() / "ref_stats"
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("metric", choices=sorted(DEFAULT_PROTOCOLS),
+                        help="fvd, kid (I3D video features), fid (images) or clipscore (images and their prompts)")
+    parser.add_argument("--real", default=None, help="real videos: video files or frame folders <video>/<frame> "
+                                                     "(fid: a folder of images); required except for clipscore")
+    parser.add_argument("--fake", required=True, help="generated videos (mp4), the first ones in sorted order (fid, "
+                                                      "clipscore: images; with flexgen generate's FILE.json, the "
+                                                      "images it lists and their prompts, else same-stem .txt "
+                                                      "prompts)")
+    parser.add_argument("--protocol", default=None,
+                        help=f"named protocol (default per metric: {DEFAULT_PROTOCOLS}); known: "
+                             f"{', '.join(sorted(PROTOCOLS))}")
+    parser.add_argument("--detector", default=None,
+                        help=f"detector weights: I3D TorchScript for fvd/kid (default {default_i3d_path()}, or "
+                             f"$FLEXGEN_I3D), Inception for fid (default {default_inception_path()}, or "
+                             f"$FLEXGEN_INCEPTION), a Hugging Face CLIP folder for clipscore (default "
+                             f"$FLEXGEN_CLIP, else {default_stats_cache().parent / 'detectors'}/"
+                             f"<clip-vit-large-patch14 or clip-vit-base-patch32, per the protocol's variant>)")
+    parser.add_argument("--cache", default=None, help=f"reference statistics cache (default {default_stats_cache()})")
+    parser.add_argument("--num-real", type=int, default=None, help="fewer real clips for quick runs (renames the "
+                                                                   "protocol, e.g. fvd64_16f)")
+    parser.add_argument("--num-fake", type=int, default=None, help="fewer generated clips (renames the protocol; "
+                                                                   "clipscore: the first N images)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-kid", action="store_true", help="skip KID (does not keep raw features)")
+    parser.add_argument("--progress", action="store_true", help="show progress bars")
+    parser.add_argument("--records", default=None, metavar="FILE",
+                        help="also append the result as a leaderboard record to this JSON Lines file (model, sampler, "
+                             "seeds and cost come from samples.json / the generate JSON beside the samples)")
+    parser.add_argument("--dataset", default=None, help="dataset name of the record (ffs, sky, ucf101, taichi, "
+                                                        "imagenet256, coco30k, ...); required with --records")
+    parser.add_argument("--method", default=None, help="record's method (default: baseline / flexdit <layout>)")
+    parser.add_argument("--model-name", default=None, help="record's model name (default: from the sample JSON)")
+    parser.add_argument("--note", default=None, help="free-text note stored with the record")
+    return parser
+
+
+def eval_main(args: argparse.Namespace) -> dict[str, Any]:
+    """Run one evaluation and print its record as one JSON line (and append it to --records)."""
+    if getattr(args, "records", None) and not args.dataset:
+        raise SystemExit("flexgen eval --records needs --dataset NAME (rows of different datasets never share a table)")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # torchrun: each rank its block of clips / images, on its GPU
+        args.device = str(init(None if args.device == "cuda" else args.device).device)
+    protocol = get_protocol(args.protocol or DEFAULT_PROTOCOLS[args.metric])
+    if protocol.metric != args.metric:
+        raise SystemExit(f"protocol {protocol.name} measures {protocol.metric}, not {args.metric}")
+    if args.metric == "clipscore":
+        if args.num_real is not None:
+            raise SystemExit("flexgen eval clipscore: --num-real does not apply (a CLIP score has no real images)")
+        if args.num_fake is not None and args.num_fake < 1:
+            raise SystemExit(f"flexgen eval clipscore: --num-fake must be >= 1, got {args.num_fake}")
+        return _report(_clipscore_main(protocol.with_counts(num_fake=args.num_fake), args), args)
+    if args.real is None:
+        what = "images" if args.metric == "fid" else "videos"
+        raise SystemExit(f"flexgen eval {args.metric}: --real DIR is required (the real {what} the generated ones "
+                         f"are compared with)")
+    protocol = protocol.with_counts(args.num_real, args.num_fake)
+
+    if protocol.metric == "fid":
+        from flexgen.metrics.inception import InceptionDetector
+
+        try:  # verifies sha256 before loading; never downloads
+            detector: Any = InceptionDetector(path=args.detector, device=args.device, batch_size=args.batch_size)
+        except (FileNotFoundError, ValueError) as error:
+            raise SystemExit(f"flexgen eval fid: {error}") from error
+    else:
+        from flexgen.metrics.i3d import I3DDetector
+
+        detector = I3DDetector(path=args.detector, device=args.device, batch_size=args.batch_size)  # verifies sha256
+    cache = Path(args.cache).expanduser() if args.cache else default_stats_cache()
+    result = evaluate(protocol, args.real, args.fake, detector, cache, with_kid=not args.no_kid,
+                      batch_size=args.batch_size, progress=args.progress)
+    return _report(result, args)
+
+
+def _report(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Print the result as one JSON line; with --records, also append it as a leaderboard Record (model, sampler,
+    seeds and cost read from the generator's JSON beside the samples). Under torchrun, rank 0 reports."""
+    if is_distributed():
+        world = torch.distributed.get_world_size()
+        result["world_size"] = world
+        rank = torch.distributed.get_rank()
+        shutdown()
+        if rank != 0:
+            return result
+    print(json.dumps(result, sort_keys=True))
+    if getattr(args, "records", None):
+        from flexgen.metrics.records import append_record, record_from_evaluation
+
+        record = record_from_evaluation(result, args.dataset, args.fake, method=args.method,
+                                        model_variant=args.model_name, note=args.note)
+        append_record(args.records, record)
+        print(f"appended a {record.metric} record to {args.records}", file=sys.stderr)
+    return result
+
+
+def _clipscore_main(protocol: Protocol, args: argparse.Namespace) -> dict[str, Any]:
+    """Load the protocol's CLIP variant from --detector (or its default folder) and score --fake."""
+    from flexgen.metrics import clip
+
+    try:  # local folder only; its architecture must be the protocol's variant
+        detector = clip.CLIPDetector(path=args.detector, device=args.device, batch_size=args.batch_size,
+                                     variant=protocol.clip_variant)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"flexgen eval clipscore: {error}") from error
+    return evaluate_clipscore(protocol, args.fake, detector, batch_size=args.batch_size, progress=args.progress)

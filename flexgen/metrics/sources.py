@@ -1,0 +1,489 @@
+"""What an evaluation reads: real and generated videos and images, and which of them a protocol selects.
+
+- Video folders (fvd, kid) hold video files and frame folders (a folder that directly holds image files is one
+  video), at any depth, sorted by relative path; hidden names are skipped (`flexgen.files.walk_visible`). The real
+  clips (`select_real_clips`) are a random subset of the videos long enough for the protocol (when there are more
+  than `num_real`), one clip per video from a random offset, all drawn from the protocol's seed; the generated clips
+  (`select_fake_clips`) are the first frames of the first `num_fake` videos.
+- Image folders (fid): every image file (png/jpg/..., any depth, sorted by relative path). The real images
+  (`select_real_images`) are a seeded random subset when there are more than `num_real` (kept in sorted order),
+  centre-cropped to the generated size for a `center_crop` protocol; the generated ones the first `num_fake`.
+- Generated text-to-image folders (fid, clipscore): a folder written by `flexgen generate` holds FILE.json records
+  ({"images": [{"file", "prompt", "seed", ...}], "grid", "settings"}); when the generated folder has such records,
+  the images they list (records in sorted path order, images in record order; grids left out) are the generated
+  set, otherwise every image, and the prompts come from same-stem .txt files beside the images (`generated_images`).
+
+`ClipSet` and `ImageSet` read lazily: iterating yields uint8 torch batches, (N, T, 3, H, W) clips or (N, 3, H, W)
+images, and `shard` gives one rank its contiguous block. "select" here is the seeded choice of evaluation items,
+not diffusion sampling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from flexgen.files import walk_visible
+from flexgen.metrics.protocols import Protocol, get_protocol
+
+# The only imports from the data readers in flexgen.metrics.
+from flexgen.video.data import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_frames, probe_frames, read_frame_files
+from flexgen.video.data import read_video as read_video_frames
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 8
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Listing a folder of videos: video files and frame folders
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Source:
+    """One video: a video file or a folder of frames, `rel` relative to the set's root (posix)."""
+
+    root: Path
+    rel: str
+    is_frames: bool
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.rel
+
+    def num_frames(self) -> int:
+        return len(list_frames(self.path)) if self.is_frames else probe_frames(self.path)
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        """uint8 (len(indices), H, W, 3)."""
+        if self.is_frames:
+            frames = list_frames(self.path)
+            if max(indices) >= len(frames):
+                raise ValueError(f"{self.path}: frame {max(indices)} needed, the folder has {len(frames)} frames")
+            return read_frame_files([frames[i] for i in indices])
+        return read_video_frames(self.path, list(indices))
+
+
+def list_sources(root: str | Path) -> list[Source]:
+    """Every video file (any depth) and every folder that directly holds image files, sorted by relative path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no video folder at {root}")
+    sources = []
+    for here, _, files in walk_visible(root, followlinks=False):
+        rel_folder = here.relative_to(root).as_posix()
+        if here != root and any(Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in files):
+            sources.append(Source(root, rel_folder, is_frames=True))
+        for f in files:
+            if Path(f).suffix.lower() in VIDEO_EXTENSIONS:
+                sources.append(Source(root, (here / f).relative_to(root).as_posix(), is_frames=False))
+    if not sources:
+        raise ValueError(f"{root} holds no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) and no frame folders")
+    return sorted(sources, key=lambda s: s.rel)
+
+
+def listing(root: str | Path) -> list[tuple[str, int]]:
+    """(relative path, size in bytes) of every visible video or image file under `root`, sorted: what identifies a
+    real set in the reference-statistics cache key."""
+    root = Path(root)
+    wanted = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
+    entries = []
+    for folder, _, files in walk_visible(root, followlinks=False):
+        for f in files:
+            if Path(f).suffix.lower() in wanted:
+                path = folder / f
+                entries.append((path.relative_to(root).as_posix(), path.stat().st_size))
+    return sorted(entries)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batches: uint8 channel-last arrays stacked into channel-first tensors, one shape per batch
+# ---------------------------------------------------------------------------------------------------------------
+def labelled_batches(items: Iterable[tuple[np.ndarray, T]],
+                     batch_size: int) -> Iterator[tuple[torch.Tensor, list[T]]]:
+    """(uint8 channel-last array (..., H, W, 3), label) pairs -> (channel-first tensor (N, ..., 3, H, W), the N
+    labels) of up to `batch_size`; an array of another shape starts a new batch."""
+    pending: list[np.ndarray] = []
+    labels: list[T] = []
+    for array, label in items:
+        if pending and (len(pending) == batch_size or array.shape != pending[0].shape):
+            yield _to_batch(pending), labels
+            pending, labels = [], []
+        pending.append(array)
+        labels.append(label)
+    if pending:
+        yield _to_batch(pending), labels
+
+
+def _uniform_batches(arrays: Iterable[np.ndarray], batch_size: int) -> Iterator[torch.Tensor]:
+    """`labelled_batches` without labels: tensors (N, ..., 3, H, W) of up to `batch_size`."""
+    return (batch for batch, _ in labelled_batches(((array, None) for array in arrays), batch_size))
+
+
+def _to_batch(arrays: list[np.ndarray]) -> torch.Tensor:
+    """(..., H, W, 3) uint8 arrays -> uint8 tensor (N, ..., 3, H, W): clips (N, T, 3, H, W), images (N, 3, H, W)."""
+    return torch.from_numpy(np.stack(arrays)).movedim(-1, -3).contiguous()
+
+
+def rank_block(count: int, rank: int, world_size: int) -> slice:
+    """Items [count·r/W, count·(r+1)/W) of rank r: contiguous, sizes differ by at most one, all items covered."""
+    return slice(count * rank // world_size, count * (rank + 1) // world_size)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ClipSet: which frames of which videos, read lazily in uint8 batches
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClipRef:
+    source: Source
+    indices: tuple[int, ...]     # frame indices into the source
+
+    @property
+    def offset(self) -> int:
+        return self.indices[0]
+
+
+@dataclass
+class ClipSet:
+    """The clips a protocol selected; iterating yields uint8 torch batches (N, T, 3, H, W).
+
+    `discarded` lists (relative path, frame count) of the videos too short for the protocol; `num_candidates`
+    counts the videos that were long enough (the pool the clips were drawn from)."""
+
+    clips: list[ClipRef]
+    discarded: list[tuple[str, int]] = field(default_factory=list)
+    num_candidates: int = 0
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return self.batches(self.batch_size)
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """Batches of up to `batch_size` clips; a clip of another frame size starts a new batch."""
+        return _uniform_batches((clip.source.read(clip.indices) for clip in self.clips), batch_size)
+
+    def shard(self, rank: int, world_size: int) -> ClipSet:
+        """Rank `rank`'s contiguous block of the clips (gathered in rank order, the blocks give back the order)."""
+        return dataclasses.replace(self, clips=self.clips[rank_block(len(self.clips), rank, world_size)])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real clips: random subset of the long-enough videos, one clip per video at a random offset
+# ---------------------------------------------------------------------------------------------------------------
+def select_real_clips(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ClipSet:
+    """Deterministic given the protocol: same folder + same seed -> same videos and offsets."""
+    protocol = get_protocol(protocol)
+    long_enough: list[tuple[Source, int]] = []
+    discarded: list[tuple[str, int]] = []
+    for source in list_sources(root):
+        length = source.num_frames()
+        if length < protocol.min_real_frames:
+            discarded.append((source.rel, length))
+        else:
+            long_enough.append((source, length))
+    if discarded:
+        log.info("%s: %d videos shorter than %d frames discarded", root, len(discarded), protocol.min_real_frames)
+    if not long_enough:
+        raise ValueError(f"{root}: no video has the {protocol.min_real_frames} frames protocol {protocol.name} "
+                         f"needs ({len(discarded)} shorter ones discarded)")
+
+    # One generator for the whole draw: first the subset (kept in sorted order), then one offset per chosen video.
+    rng = np.random.default_rng(protocol.seed)
+    chosen = range(len(long_enough))
+    if len(long_enough) > protocol.num_real:
+        chosen = sorted(rng.choice(len(long_enough), size=protocol.num_real, replace=False).tolist())
+    clips = []
+    for i in chosen:
+        source, length = long_enough[i]
+        offset = int(rng.integers(0, length - protocol.real_span + 1))
+        indices = tuple(range(offset, offset + protocol.real_span, protocol.real_stride))
+        clips.append(ClipRef(source, indices))
+    return ClipSet(clips, discarded=discarded, num_candidates=len(long_enough), batch_size=batch_size)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generated clips: the first frames of the first num_fake videos (sorted names)
+# ---------------------------------------------------------------------------------------------------------------
+def select_fake_clips(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ClipSet:
+    """Exactly `num_fake` clips; too few videos, or a video shorter than a clip, is an error (not a silent skip)."""
+    protocol = get_protocol(protocol)
+    sources = list_sources(root)
+    if len(sources) < protocol.num_fake:
+        raise ValueError(f"{root}: protocol {protocol.name} needs {protocol.num_fake} generated videos, found "
+                         f"{len(sources)}; generate more, or pass a smaller --num-fake (renames the protocol)")
+    indices = tuple(range(0, protocol.fake_span, protocol.fake_stride))
+    clips = []
+    for source in sources[:protocol.num_fake]:
+        length = source.num_frames()
+        if length < protocol.fake_span:
+            raise ValueError(f"{source.path}: {length} frames, protocol {protocol.name} needs {protocol.fake_span}")
+        clips.append(ClipRef(source, indices))
+    return ClipSet(clips, num_candidates=len(sources), batch_size=batch_size)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Images (fid protocols): image folders, ImageSet
+# ---------------------------------------------------------------------------------------------------------------
+def _walk_images(root: Path) -> list[Path]:
+    """Every visible image file under `root` (any depth), sorted by relative path; possibly none."""
+    images = []
+    for folder, _, files in walk_visible(root, followlinks=False):
+        images += [folder / f for f in files if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(images, key=lambda p: p.relative_to(root).as_posix())
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """Every visible image file under `root` (any depth), sorted by relative path; none is an error."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no image folder at {root}")
+    images = _walk_images(root)
+    if not images:
+        raise ValueError(f"{root} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return images
+
+
+def center_crop_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W, 3) -> uint8 (h, w, 3): resized with PIL bicubic (antialiased) so that it covers (h, w), then the
+    centre (h, w) crop (offsets rounded down). Unchanged when already (h, w)."""
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    h, w = size
+    if (height, width) == (h, w):
+        return image
+    scale = max(h / height, w / width)
+    new_w, new_h = max(w, round(width * scale)), max(h, round(height * scale))
+    resized = Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BICUBIC)
+    left, top = (new_w - w) // 2, (new_h - h) // 2
+    return np.asarray(resized.crop((left, top, left + w, top + h)))
+
+
+def read_image(path: Path) -> np.ndarray:
+    """One image file as uint8 RGB (H, W, 3)."""
+    return read_frame_files([path])[0]
+
+
+@dataclass
+class ImageSet:
+    """The images a protocol selected; iterating yields uint8 torch batches (N, 3, H, W) (an image of another size
+    starts a new batch). `crop` (H, W) centre-crops every image to that size first (`center_crop_resize`).
+    `discarded` is always empty; it mirrors `ClipSet`."""
+
+    paths: list[Path]
+    discarded: list[tuple[str, int]] = field(default_factory=list)
+    num_candidates: int = 0
+    batch_size: int = DEFAULT_BATCH_SIZE
+    crop: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return self.batches(self.batch_size)
+
+    def shard(self, rank: int, world_size: int) -> ImageSet:
+        """Rank `rank`'s contiguous block of the images."""
+        return dataclasses.replace(self, paths=self.paths[rank_block(len(self.paths), rank, world_size)])
+
+    def read(self, path: Path) -> np.ndarray:
+        """One image as uint8 RGB (H, W, 3), cropped when the set has a crop."""
+        image = read_image(path)
+        return image if self.crop is None else center_crop_resize(image, self.crop)
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        return _uniform_batches((self.read(path) for path in self.paths), batch_size)
+
+
+def prompted_batches(images: Sequence[Path], prompts: Sequence[str],
+                     batch_size: int) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    """(uint8 images (N, 3, H, W), their prompts) of up to `batch_size`; an image of another size starts a batch."""
+    return labelled_batches(((read_image(path), prompt) for path, prompt in zip(images, prompts, strict=True)),
+                            batch_size)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generated text-to-image folders: `flexgen generate` records (FILE.json) or same-stem .txt prompts
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class GeneratedImages:
+    """The images of a generated folder in evaluation order, their prompts (None when the folder has no records
+    and not every image has a .txt file) and where those came from."""
+
+    paths: list[Path]
+    prompts: list[str] | None
+    source: str
+
+    @property
+    def prompts_sha256(self) -> str | None:
+        """sha256 of the prompts as a JSON list in evaluation order (tells prompt sets apart in records)."""
+        return None if self.prompts is None else prompts_sha256(self.prompts)
+
+
+def prompts_sha256(prompts: Sequence[str]) -> str:
+    return hashlib.sha256(json.dumps(list(prompts), ensure_ascii=False).encode()).hexdigest()
+
+
+def _read_generate_record(path: Path) -> tuple[list[dict[str, Any]], str | None] | None:
+    """The "images" entries (each with "file" and "prompt") and the grid file name of a `flexgen generate` record;
+    None for other JSON."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); a generated folder's .json files are read as flexgen "
+                         f"generate records, move other files out") from error
+    entries = data.get("images") if isinstance(data, dict) else None
+    if not (isinstance(entries, list) and entries and isinstance(entries[0], dict) and "file" in entries[0]
+            and "prompt" in entries[0]):
+        return None
+    for i, entry in enumerate(entries):
+        if not (isinstance(entry, dict) and isinstance(entry.get("file"), str)
+                and isinstance(entry.get("prompt"), str)):
+            raise ValueError(f"{path}: images[{i}] is not {{'file': str, 'prompt': str, ...}} as flexgen generate "
+                             f"writes it: {entry!r}")
+    grid = data.get("grid")
+    return entries, grid if isinstance(grid, str) else None
+
+
+def generated_images(root: str | Path, need_prompts: bool = False) -> GeneratedImages:
+    """The generated images of `root`: those `flexgen generate` records list, else every image (sorted) with the
+    prompts of same-stem .txt files when every image has one. `need_prompts` makes missing prompts an error."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no generated image folder at {root}")
+    records = []
+    for folder, _, files in walk_visible(root, followlinks=False):
+        records += [folder / f for f in files if f.lower().endswith(".json")]
+    records.sort(key=lambda p: p.relative_to(root).as_posix())
+    paths: list[Path] = []
+    prompts: list[str] = []
+    used: list[Path] = []
+    grids: set[Path] = set()
+    for record in records:
+        content = _read_generate_record(record)
+        if content is None:
+            continue
+        entries, grid = content
+        used.append(record)
+        if grid is not None:
+            grids.add((record.parent / grid).resolve())
+        for entry in entries:
+            image = record.parent / entry["file"]
+            if not image.is_file():
+                raise FileNotFoundError(f"{image} is listed in {record} but missing")
+            paths.append(image)
+            prompts.append(entry["prompt"])
+    if used:
+        duplicates = [p for p, n in Counter(p.resolve() for p in paths).items() if n > 1]
+        if duplicates:
+            raise ValueError(f"{root}: images listed twice by the flexgen generate records: "
+                             f"{', '.join(map(str, duplicates[:5]))}")
+        listed = {p.resolve() for p in paths} | grids
+        unlisted = [p for p in _walk_images(root) if p.resolve() not in listed]
+        if unlisted:
+            log.warning("%s: %d images are not listed in its flexgen generate records and are not evaluated (e.g. "
+                        "%s)", root, len(unlisted), unlisted[0])
+        names = ", ".join(p.relative_to(root).as_posix() for p in used)
+        return GeneratedImages(paths, prompts, f"flexgen generate records: {names}")
+
+    images = list_images(root)
+    captions = [image.with_suffix(".txt") for image in images]
+    missing = [image for image, caption in zip(images, captions, strict=True) if not caption.is_file()]
+    if missing and need_prompts:
+        raise FileNotFoundError(
+            f"{root}: {len(missing)} of {len(images)} images have no prompt, e.g. {missing[0]} (expected "
+            f"{missing[0].with_suffix('.txt')}); give the folder the FILE.json that flexgen generate writes, or a "
+            f"same-stem .txt file with the prompt beside every image")
+    if missing:
+        return GeneratedImages(images, None, "images only (no prompts)")
+    prompts = [caption.read_text(encoding="utf-8").strip() for caption in captions]
+    empty = [c for c, text in zip(captions, prompts, strict=True) if not text]
+    if empty:
+        raise ValueError(f"{root}: {len(empty)} prompt files are empty, e.g. {empty[0]}")
+    return GeneratedImages(images, prompts, "same-stem .txt files")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Selected images: a seeded subset of the real images, the first num_fake generated ones
+# ---------------------------------------------------------------------------------------------------------------
+def select_real_images(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ImageSet:
+    """At most `num_real` images: all of them, or a subset drawn from the protocol's seed (kept in sorted order);
+    centre-cropped to `real_size` for a center_crop protocol."""
+    protocol = get_protocol(protocol)
+    if protocol.real_resize == "center_crop" and protocol.real_size is None:
+        raise ValueError(f"protocol {protocol.name} crops real images to the generated images' size, which is not "
+                         f"fixed yet: resolve it with resolve_protocol(protocol, fake_folder)")
+    images = list_images(root)
+    chosen = range(len(images))
+    if len(images) > protocol.num_real:
+        rng = np.random.default_rng(protocol.seed)
+        chosen = sorted(rng.choice(len(images), size=protocol.num_real, replace=False).tolist())
+    elif len(images) < protocol.num_real and protocol.real_resize == "center_crop":
+        log.warning("%s: %d real images, fewer than the %d protocol %s is defined with", root, len(images),
+                    protocol.num_real, protocol.name)
+    return ImageSet([images[i] for i in chosen], num_candidates=len(images), batch_size=batch_size,
+                    crop=protocol.real_size)
+
+
+def select_fake_images(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ImageSet:
+    """Exactly the first `num_fake` generated images (`generated_images` order); fewer is an error."""
+    protocol = get_protocol(protocol)
+    images = generated_images(root).paths
+    if len(images) < protocol.num_fake:
+        raise ValueError(f"{root}: protocol {protocol.name} needs {protocol.num_fake} generated images, found "
+                         f"{len(images)}; generate more, or pass a smaller --num-fake (renames the protocol)")
+    return ImageSet(images[:protocol.num_fake], num_candidates=len(images), batch_size=batch_size)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image file, from its header."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.height, image.width
+
+
+def resolve_protocol(protocol: str | Protocol, fake: str | Path) -> Protocol:
+    """A center_crop protocol with its crop size read off the generated images (all must share one), renamed
+    fid30k_coco -> fid30k_coco256 (fid30k_coco256x384 when not square); any other protocol unchanged."""
+    protocol = get_protocol(protocol)
+    if protocol.real_resize != "center_crop" or protocol.real_size is not None:
+        return protocol
+    sizes = Counter(image_size(path) for path in select_fake_images(fake, protocol).paths)
+    if len(sizes) != 1:
+        common = ", ".join(f"{h}x{w}: {n}" for (h, w), n in sizes.most_common(5))
+        raise ValueError(f"{fake}: protocol {protocol.name} crops the real images to the generated images' size, but "
+                         f"they have several sizes (H x W: count) {common}")
+    (h, w), = sizes
+    return dataclasses.replace(protocol, name=f"{protocol.name}{h if h == w else f'{h}x{w}'}", real_size=(h, w))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Either kind, by the protocol's metric
+# ---------------------------------------------------------------------------------------------------------------
+def select_real(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ClipSet | ImageSet:
+    """Real images for a fid protocol, real clips otherwise."""
+    protocol = get_protocol(protocol)
+    select = select_real_images if protocol.metric == "fid" else select_real_clips
+    return select(root, protocol, batch_size=batch_size)
+
+
+def select_fake(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ClipSet | ImageSet:
+    """Generated images for a fid protocol, generated clips otherwise."""
+    protocol = get_protocol(protocol)
+    select = select_fake_images if protocol.metric == "fid" else select_fake_clips
+    return select(root, protocol, batch_size=batch_size)

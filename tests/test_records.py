@@ -1,0 +1,150 @@
+"""Evaluation records: JSON Lines round trip, anchors, grouping rules, records built from evaluations."""
+
+import hashlib
+import json
+
+import pytest
+
+from flexgen.metrics.records import (
+    Record,
+    append_record,
+    build_tables,
+    load_anchors,
+    read_records,
+    record_from_evaluation,
+)
+from tests.metrics_helpers import ANCHORS, measured
+
+# ---------------------------------------------------------------------------------------------------------------
+# Storage
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_append_read_round_trip(tmp_path):
+    path = tmp_path / "sub" / "records.jsonl"
+    first = measured(value=41.5, value_std=0.7, seeds=[0, 1, 2], extra={"gpu": "H100"})
+    second = measured(method="flexdit", value=43.25, gflops_per_forward=830.0)
+    append_record(path, first)
+    append_record(path, second)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2 and all(json.loads(line)["schema"] == "flexgen-eval/1" for line in lines)
+    assert read_records(path) == [first, second]
+
+
+def test_append_after_truncated_line_starts_a_new_line(tmp_path):
+    path = tmp_path / "records.jsonl"
+    append_record(path, measured())
+    with path.open("a") as f:
+        f.write('{"metric": "fvd", "val')           # a writer killed mid-line
+    append_record(path, measured(value=50.0))
+    with pytest.raises(ValueError, match=r"records\.jsonl:2: malformed record"):
+        read_records(path)
+    assert json.loads(path.read_text().splitlines()[2])["value"] == 50.0
+
+
+@pytest.mark.parametrize("bad_line, reason", [
+    ("{not json", "Expecting property name"),
+    ('{"metric": "fvd"}', "missing record field"),
+    ('{"metric": "fvd", "protocol": "p", "value": 1.0, "dataset": "ffs", "colour": "red"}', "unknown record field"),
+    ('{"metric": "fvd", "protocol": "p", "value": 1.0, "dataset": "ffs"}', "needs detector_sha256"),
+    ("[1, 2]", "expected a JSON object"),
+])
+def test_malformed_line_error_names_the_line(tmp_path, bad_line, reason):
+    path = tmp_path / "records.jsonl"
+    append_record(path, measured())
+    with path.open("a") as f:
+        f.write("\n" + bad_line + "\n")              # line 2 blank (skipped), line 3 bad
+    with pytest.raises(ValueError, match=rf"records\.jsonl:3: malformed record: .*{reason}"):
+        read_records(path)
+
+
+def test_record_validation():
+    with pytest.raises(ValueError, match="finite"):
+        measured(value=float("nan"))
+    with pytest.raises(ValueError, match="source"):
+        Record(metric="fid", protocol="adm_fid50k", value=2.27, dataset="imagenet256", published=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Anchors
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_anchors_load():
+    anchors = load_anchors(ANCHORS)
+    assert anchors and all(a.published and a.source and a.confidence for a in anchors)
+    by = {(a.dataset, a.metric, a.model_variant, a.method): a for a in anchors}
+    latte = {ds: by[(ds, "fvd", "Latte-XL/2", "baseline")] for ds in ("ffs", "sky", "ucf101", "taichi")}
+    assert [latte[ds].value for ds in ("ffs", "sky", "ucf101")] == [34.00, 59.82, 477.97]
+    assert all(latte[ds].confidence == "verified" for ds in ("ffs", "sky", "ucf101"))
+    assert latte["taichi"].confidence == "recalled"
+    assert all(a.protocol == "styleganv_fvd2048_16f" and a.num_samples == 2048 for a in latte.values())
+    dit = by[("imagenet256", "fid", "DiT-XL/2", "baseline")]
+    assert (dit.value, dit.gflops_per_forward, dit.protocol) == (2.27, 118.64, "adm_fid50k")
+
+
+def test_anchor_claiming_to_be_measured_is_rejected(tmp_path):
+    path = tmp_path / "anchors.json"
+    entry = dict(metric="fid", protocol="adm_fid50k", value=2.27, dataset="imagenet256", source="DiT", published=False)
+    path.write_text(json.dumps({"schema": "flexgen-anchors/1", "anchors": [entry]}))
+    with pytest.raises(ValueError, match="anchor #0"):
+        load_anchors(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Grouping
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field, other", [
+    ("protocol", "cdfvd_videomae"), ("detector_sha256", "ff" * 32), ("reference_sha256", "ee" * 32),
+    ("num_samples", 10000), ("storage", "mp4"), ("metric", "kid"), ("dataset", "sky"),
+])
+def test_grouping_never_mixes_what_differs(field, other):
+    a, b = measured(value=40.0), measured(value=35.0, **{field: other})
+    tables = build_tables([a, b])
+    assert len(tables) == 2
+    assert sorted(len(t.rows) for t in tables) == [1, 1]
+
+
+def test_same_protocol_rows_share_a_table_best_first():
+    rows = [measured(method="a", value=45.0), measured(method="b", value=38.5), measured(method="c", value=41.0)]
+    (table,) = build_tables(rows)
+    assert [r.method for r in table.rows] == ["b", "c", "a"]
+    higher = [measured(metric="is", method="a", value=60.0), measured(metric="is", method="b", value=70.0)]
+    assert [r.method for r in build_tables(higher)[0].rows] == ["b", "a"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def test_records_from_evaluations_read_the_generators_json(tmp_path):
+    """`flexgen eval --records` turns a result into a Record whose model, sampler, seeds and cost come from what
+    the generator wrote beside its samples: samples.json (flexgen sample) or FILE.json (flexgen generate)."""
+    result = {"metric": "fvd", "protocol": "fvd2048_16f", "value": 123.4, "detector": "i3d_torchscript.pt",
+              "detector_sha256": "a" * 64, "reference_stats_sha256": "b" * 64, "num_fake": 2048, "kid": 0.01}
+    video = tmp_path / "video"
+    video.mkdir()
+    (video / "samples.json").write_text(json.dumps({
+        "config": "configs/video/ffs/flexlatte-xl2.yaml", "checkpoint_sha256": "c" * 64, "sampler": "ddpm",
+        "steps": 250, "cfg_scale": 1.0, "seed": 0, "format": "mp4", "model": {"temporal": True},
+        "density": {"layout": "Latte-XL/2"}, "run_config": {"model": {"preset": "Latte-XL/2"}},
+        "flops": {"gmacs_per_sample": 500.0, "model_evaluations": 250}}))
+    record = record_from_evaluation(result, "ffs", video)
+    assert (record.model_family, record.model_variant, record.method) == ("latte", "Latte-XL/2", "flexdit Latte-XL/2")
+    assert (record.sampler, record.steps, record.seeds, record.storage) == ("ddpm", 250, [0], "mp4")
+    assert (record.ckpt_sha256, record.reference_sha256, record.num_samples) == ("c" * 64, "b" * 64, 2048)
+    assert record.gflops_per_sample == 500.0 and record.gflops_per_forward == 2.0 and record.extra["kid"] == 0.01
+
+    images = tmp_path / "images"
+    (images / "flex" / "transformer").mkdir(parents=True)
+    (images / "flex" / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
+    (images / "coco.json").write_text(json.dumps({
+        "images": [{"file": "coco-000.png", "prompt": "a cat", "seed": 0, "index": 0}],
+        "settings": {"transformer": str(images / "flex"), "layout": "PixArt-XL/2", "scheduler": "dpm-solver",
+                     "steps": 20, "guidance": 4.5, "seed": 0},
+        "cost": {"gmacs_per_forward": 80.8, "gmacs_per_image": 3200.0, "seconds_per_image": 1.5}}))
+    result = {**result, "metric": "fid", "protocol": "fid30k_coco"}
+    record = record_from_evaluation(result, "coco30k", images, method="flexdit r=[0.75,0.90]")
+    assert (record.model_family, record.model_variant, record.method) == ("pixart-alpha", "flex",
+                                                                          "flexdit r=[0.75,0.90]")
+    assert (record.sampler, record.steps, record.cfg_scale, record.latency_s) == ("dpm-solver", 20, 4.5, 1.5)
+    assert record.ckpt_sha256 == hashlib.sha256(b"weights").hexdigest()
+    assert (record.gflops_per_forward, record.gflops_per_sample) == (80.8, 3200.0)
+    with pytest.raises(ValueError, match="detector_sha256 and reference_sha256"):
+        record_from_evaluation({**result, "reference_stats_sha256": None}, "coco30k", tmp_path)
