@@ -36,7 +36,7 @@ class SampleEntry:
 @dataclass
 class SampleManifest:
     command: str                        # "flexgen sample" | "flexgen generate"
-    family: str                         # backbone family (flexgen.backbones.registry)
+    family: str                         # model family as leaderboards name it: latte, dit, pixart-alpha
     model: str                          # preset name (sample) or transformer folder (generate)
     method: str                         # "baseline" or "flexdit <layout>"
     checkpoint: str                     # weights file or folder

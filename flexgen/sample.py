@@ -174,8 +174,8 @@ def write_sample(path: Path, pixels: torch.Tensor, fps: int = 8) -> None:
     does the same for mp4)."""
     from PIL import Image
 
+    from flexgen.data.media import write_video
     from flexgen.files import atomic_write
-    from flexgen.video.io import write_video
 
     if path.suffix == ".mp4":
         write_video(path, pixels, fps=fps)
@@ -190,7 +190,7 @@ def read_sample(path: Path):
     import numpy as np
     from PIL import Image
 
-    from flexgen.video.io import read_video
+    from flexgen.data.media import read_video
 
     if path.suffix == ".mp4":
         return read_video(path)
@@ -283,9 +283,9 @@ def _run_sampling(args: argparse.Namespace, rank: int, world_size: int, device: 
     from flexgen.autoencoder import Autoencoder
     from flexgen.backbones.registry import build_denoiser, family_of
     from flexgen.config import config_to_dict, load_config
+    from flexgen.data.media import save_grid, video_codec
     from flexgen.diffusion import linear_betas
     from flexgen.files import file_sha256
-    from flexgen.video.io import save_grid, video_codec
 
     overrides = _config_overrides(args)
     run = load_config(args.config, overrides)
@@ -304,7 +304,7 @@ def _run_sampling(args: argparse.Namespace, rank: int, world_size: int, device: 
     out = Path(args.out)
     labels = resolve_labels(s.num_samples, s.seed, model.config.num_classes)
     record = mf.SampleManifest(
-        command="flexgen sample", family=family.name, model=run.model.preset,
+        command="flexgen sample", family="latte" if video_model else "dit", model=run.model.preset,
         method=f"flexdit {run.density.layout}" if run.density.layout else "baseline",
         checkpoint=str(args.ckpt), checkpoint_sha256=file_sha256(args.ckpt), sampler=s.sampler, steps=s.steps,
         cfg_scale=s.cfg_scale, seed=s.seed, storage="mp4" if video_model else "png", world_size=world_size,

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from flexgen.manifest import SampleEntry, SampleManifest
 from flexgen.metrics.records import (
     Record,
     append_record,
@@ -114,17 +115,17 @@ def test_same_protocol_rows_share_a_table_best_first():
 
 # ---------------------------------------------------------------------------------------------------------------
 def test_records_from_evaluations_read_the_generators_json(tmp_path):
-    """`flexgen eval --records` turns a result into a Record whose model, sampler, seeds and cost come from what
-    the generator wrote beside its samples: samples.json (flexgen sample) or FILE.json (flexgen generate)."""
+    """`flexgen eval --records` turns a result into a Record whose model, sampler, seeds and cost come from the
+    sample manifest beside the samples: samples.json (flexgen sample) or FILE.json (flexgen generate)."""
     result = {"metric": "fvd", "protocol": "fvd2048_16f", "value": 123.4, "detector": "i3d_torchscript.pt",
               "detector_sha256": "a" * 64, "reference_stats_sha256": "b" * 64, "num_fake": 2048, "kid": 0.01}
     video = tmp_path / "video"
     video.mkdir()
-    (video / "samples.json").write_text(json.dumps({
-        "config": "configs/video/ffs/flexlatte-xl2.yaml", "checkpoint_sha256": "c" * 64, "sampler": "ddpm",
-        "steps": 250, "cfg_scale": 1.0, "seed": 0, "format": "mp4", "model": {"temporal": True},
-        "density": {"layout": "Latte-XL/2"}, "run_config": {"model": {"preset": "Latte-XL/2"}},
-        "flops": {"gmacs_per_sample": 500.0, "model_evaluations": 250}}))
+    SampleManifest(command="flexgen sample", family="latte", model="Latte-XL/2", method="flexdit Latte-XL/2",
+                   checkpoint="ffs.safetensors", checkpoint_sha256="c" * 64, sampler="ddpm", steps=250, cfg_scale=1.0,
+                   seed=0, storage="mp4", samples=[SampleEntry(0, "0000.mp4", 0)], complete=True,
+                   cost={"gmacs_per_sample": 500.0, "gmacs_per_forward": 2.0},
+                   settings={"config": "configs/video/ffs/flexlatte-xl2.yaml"}).write(video / "samples.json")
     record = record_from_evaluation(result, "ffs", video)
     assert (record.model_family, record.model_variant, record.method) == ("latte", "Latte-XL/2", "flexdit Latte-XL/2")
     assert (record.sampler, record.steps, record.seeds, record.storage) == ("ddpm", 250, [0], "mp4")
@@ -134,11 +135,12 @@ def test_records_from_evaluations_read_the_generators_json(tmp_path):
     images = tmp_path / "images"
     (images / "flex" / "transformer").mkdir(parents=True)
     (images / "flex" / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
-    (images / "coco.json").write_text(json.dumps({
-        "images": [{"file": "coco-000.png", "prompt": "a cat", "seed": 0, "index": 0}],
-        "settings": {"transformer": str(images / "flex"), "layout": "PixArt-XL/2", "scheduler": "dpm-solver",
-                     "steps": 20, "guidance": 4.5, "seed": 0},
-        "cost": {"gmacs_per_forward": 80.8, "gmacs_per_image": 3200.0, "seconds_per_image": 1.5}}))
+    SampleManifest(command="flexgen generate", family="pixart-alpha", model="flex", method="flexdit PixArt-XL/2",
+                   checkpoint=str(images / "flex"), checkpoint_sha256=hashlib.sha256(b"weights").hexdigest(),
+                   sampler="dpm-solver", steps=20, cfg_scale=4.5, seed=0, storage="png", complete=True,
+                   samples=[SampleEntry(0, "coco-000.png", 0, prompt="a cat")],
+                   cost={"gmacs_per_forward": 80.8, "gmacs_per_sample": 3200.0, "seconds_per_sample": 1.5},
+                   settings={"transformer": str(images / "flex")}).write(images / "coco.json")
     result = {**result, "metric": "fid", "protocol": "fid30k_coco"}
     record = record_from_evaluation(result, "coco30k", images, method="flexdit r=[0.75,0.90]")
     assert (record.model_family, record.model_variant, record.method) == ("pixart-alpha", "flex",

@@ -90,7 +90,9 @@ def test_every_scheduler_gives_images_of_the_requested_size(dense_dir, name):
     from diffusers import DPMSolverMultistepScheduler
 
     pipe = load_pipeline(dense_dir, scheduler=name)
-    assert type(pipe.scheduler).__name__ == SCHEDULERS[name]
+    from flexgen.diffusion import SCHEDULERS as CLASSES
+
+    assert type(pipe.scheduler).__name__ == CLASSES[name]
     folder = DPMSolverMultistepScheduler.from_pretrained(dense_dir / "scheduler")
     assert torch.equal(pipe.scheduler.betas, folder.betas)            # the folder's noise schedule
     with warnings.catch_warnings():
@@ -296,6 +298,9 @@ def test_cli_single_image_and_flexdit_record(tmp_path, dense_dir, flex_dir):
     assert record["settings"]["transformer_class"] == "FlexPixArtTransformer2DModel"
     assert record["settings"]["layout"] == LAYOUT and record["settings"]["schedule"]["grid_max"] == 4
     assert record["settings"]["transformer"] == str(flex_dir.resolve())
+    from flexgen.files import file_sha256
+    (weights,) = (flex_dir / "transformer").glob("*.safetensors")     # the manifest names the weights it sampled
+    assert record["checkpoint_sha256"] == file_sha256(weights) and record["method"] == f"flexdit {LAYOUT}"
     assert read_png(out).shape == (3, 16, 16)
 
 

@@ -151,43 +151,19 @@ def append_record(path: str | Path, record: Record) -> None:
 
 
 def _sample_provenance(fake: Path) -> dict[str, Any]:
-    """Record fields from what the generator wrote beside its samples: `samples.json` (`flexgen sample`) or the JSON
-    of `flexgen generate` (`images` + `settings`) in the folder. {} when there is neither."""
-    from flexgen.files import file_sha256
+    """Record fields from the sample manifest (`flexgen.manifest.SampleManifest`) that `flexgen sample`
+    (samples.json) or `flexgen generate` (FILE.json) wrote beside the samples; {} when there is none."""
+    from flexgen.manifest import find_manifest
 
-    samples = fake / "samples.json"
-    if samples.is_file():
-        s = json.loads(samples.read_text())
-        run = s.get("run_config") or {}
-        model = run.get("model", {})
-        density = s.get("density") or None
-        flops = s.get("flops") or {}
-        per_sample = flops.get("gmacs_per_sample")
-        evaluations = flops.get("model_evaluations")
-        return {"model_family": "latte" if (s.get("model") or {}).get("temporal") else "dit",
-                "model_variant": model.get("preset", ""),
-                "method": f"flexdit {density['layout']}" if density else "baseline",
-                "ckpt_sha256": s.get("checkpoint_sha256") or "", "config": str(s.get("config") or ""),
-                "sampler": s.get("sampler", ""), "steps": s.get("steps"), "cfg_scale": s.get("cfg_scale"),
-                "seeds": [s["seed"]] if "seed" in s else [], "storage": s.get("format", ""),
-                "gflops_per_sample": per_sample,
-                "gflops_per_forward": per_sample / evaluations if per_sample and evaluations else None}
-    for candidate in sorted(fake.glob("*.json")):
-        g = json.loads(candidate.read_text())
-        if not isinstance(g, dict) or "images" not in g or "settings" not in g:
-            continue
-        settings, cost = g["settings"], g.get("cost") or {}
-        transformer = Path(settings.get("transformer") or "")
-        folder = transformer / "transformer" if (transformer / "transformer").is_dir() else transformer
-        weights = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-        return {"model_family": "pixart-alpha", "model_variant": transformer.name,
-                "method": f"flexdit {settings['layout']}" if settings.get("layout") else "baseline",
-                "ckpt_sha256": file_sha256(weights[0]) if len(weights) == 1 else "",
-                "config": str(transformer), "sampler": settings.get("scheduler", ""), "steps": settings.get("steps"),
-                "cfg_scale": settings.get("guidance"), "seeds": [settings["seed"]] if "seed" in settings else [],
-                "storage": "png", "gflops_per_forward": cost.get("gmacs_per_forward"),
-                "gflops_per_sample": cost.get("gmacs_per_image"), "latency_s": cost.get("seconds_per_image")}
-    return {}
+    found = find_manifest(fake)
+    if found is None:
+        return {}
+    m = found[1]
+    return {"model_family": m.family, "model_variant": m.model, "method": m.method, "ckpt_sha256": m.checkpoint_sha256,
+            "config": str(m.settings.get("config") or m.checkpoint), "sampler": m.sampler, "steps": m.steps,
+            "cfg_scale": m.cfg_scale, "seeds": [m.seed], "storage": m.storage,
+            "gflops_per_forward": m.cost.get("gmacs_per_forward"), "gflops_per_sample": m.cost.get("gmacs_per_sample"),
+            "latency_s": m.cost.get("seconds_per_sample")}
 
 
 def record_from_evaluation(result: dict[str, Any], dataset: str, fake: str | Path | None = None,

@@ -299,9 +299,9 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
 
     from flexgen import dist
     from flexgen import manifest as mf
+    from flexgen.data.media import save_grid
     from flexgen.files import file_sha256
     from flexgen.t2i.pixart import transformer_folder
-    from flexgen.video.io import save_grid
 
     prompts = list(args.prompt) + (read_prompts(args.prompts_file) if args.prompts_file else [])
     if not prompts:
@@ -336,7 +336,7 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
     files = image_files(out, len(records))
     weights = sorted(transformer_folder(args.transformer or args.model).glob("*.safetensors"))
     manifest = mf.SampleManifest(
-        command="flexgen generate", family="pixart", model=settings["transformer"],
+        command="flexgen generate", family="pixart-alpha", model=Path(settings["transformer"]).name,
         method=f"flexdit {layout}" if layout else "baseline", checkpoint=settings["transformer"],
         checkpoint_sha256=file_sha256(weights[0]) if len(weights) == 1 else "", sampler=args.scheduler,
         steps=args.steps, cfg_scale=args.guidance, seed=args.seed, world_size=env.world_size,
