@@ -17,11 +17,11 @@ from typing import Any
 import torch
 
 from flexgen.attention import backend_counts, reset_backend_counts
-from flexgen.backbones.registry import build_denoiser, family_of
 from flexgen.density import DensityConfig
 from flexgen.density.cost import density_report, grid_at_timestep
 from flexgen.density.schedules import mean_over_stages
 from flexgen.diffusion import classifier_free_guidance, linear_betas, make_scheduler
+from flexgen.registry import build_denoiser, family_of
 
 
 def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
@@ -153,9 +153,9 @@ def latency_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float
 
 def bench_run(args) -> tuple[Any, str]:
     """(run configuration, name) from --config [KEY=VALUE ...] or from --model and the size / density flags."""
-    from flexgen.backbones.registry import denoiser_class
     from flexgen.config import load_config
     from flexgen.density import ScheduleConfig
+    from flexgen.registry import denoiser_class
 
     if args.config:
         return load_config(args.config, args.overrides), args.config

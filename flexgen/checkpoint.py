@@ -19,8 +19,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from flexgen.config import ConfigError, config_from_dict
+from flexgen.density import DensityConfig
 from flexgen.files import atomic_write, file_sha256
+from flexgen.schema import ConfigError, build_dataclass
 from flexgen.video.flex_latte import FlexLatte, dense_to_flex_state_dict
 from flexgen.video.latte import Latte, LatteConfig, sincos_1d, sincos_2d
 
@@ -164,9 +165,9 @@ def load_model(path: str | Path, sha256: str | None = None) -> Latte:
     if DENSITY_KEY in meta:
         flex = json.loads(meta[DENSITY_KEY])
         try:
-            density = config_from_dict({"density": flex["density"]}, f"{path} metadata").density
+            density = build_dataclass(DensityConfig, flex["density"], "density")
         except ConfigError as e:
-            raise CheckpointError(str(e)) from e
+            raise CheckpointError(f"{path} metadata: {e}") from e
         model = FlexLatte(config, density, flex["num_timesteps"])
     else:
         model = Latte(config)

@@ -50,8 +50,8 @@ def show_config(args: argparse.Namespace) -> None:
 def convert(args: argparse.Namespace) -> None:
     """Weights of the config's model family (official or ours) -> its exchange format; a config with a density
     layout converts dense -> FlexDiT on load."""
-    from flexgen.backbones.registry import build_denoiser
     from flexgen.config import load_config
+    from flexgen.registry import build_denoiser
 
     run = load_config(args.config, args.overrides)
     model = build_denoiser(run)
@@ -90,7 +90,7 @@ def generate_command(args: argparse.Namespace) -> None:
 
 
 def cache_text_command(args: argparse.Namespace) -> None:
-    from flexgen.t2i.data import cache_text_main
+    from flexgen.data.prepare import cache_text_main
 
     cache_text_main(args)
 
@@ -242,12 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     dem.set_defaults(func=demo)
 
     data = commands.add_parser("data", help="datasets").add_subparsers(dest="data", required=True, metavar="WHAT")
-    from flexgen.video.data import add_prepare_arguments, prepare_main
+    from flexgen.data.prepare import add_prepare_arguments, prepare_main
     prep = data.add_parser("prepare", help="check and index a downloaded dataset; convert videos to frame "
                            "folders for FVD reference sets")
     add_prepare_arguments(prep)
     prep.set_defaults(func=prepare_main)
-    from flexgen.t2i.data import add_cache_text_arguments
+    from flexgen.data.prepare import add_cache_text_arguments
     cache = data.add_parser("cache-text", help="encode every caption of an image–caption folder with T5 once into "
                             "a cache of text embeddings for PixArt-α fine-tuning",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -8,36 +8,21 @@ are expected). `save_config` writes the resolved configuration that every run di
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from flexgen.backbones.registry import PRESET_FAMILY, family_of
 from flexgen.density import DensityConfig
-
-
-class ConfigError(ValueError):
-    """A configuration file or override that does not fit the schema."""
-
+from flexgen.registry import PRESET_FAMILY, family_of
+from flexgen.schema import ConfigError, build_dataclass, choice
 
 DATASETS = ("ffs", "sky", "ucf101", "taichi", "synthetic", "captions")
 AUTOENCODERS = ("sd-vae", "pixel")
 
 # ----------------------------------------------------------------------------------------------------------
 # The schema. Defaults are the published Latte settings (Ma et al. 2024, released configs).
-
-
-def _choice(where: str, value: str, choices: tuple[str, ...] | list[str]) -> None:
-    if value not in choices:
-        close = difflib.get_close_matches(value, choices, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}{hint}")
 
 
 @dataclass
@@ -53,7 +38,7 @@ class ModelConfig:
     caption_channels: int | None = None  # PixArt-α: width of the text encoder's states (T5-XXL: 4096)
 
     def __post_init__(self):
-        _choice("preset", self.preset, list(PRESET_FAMILY))
+        choice("preset", self.preset, list(PRESET_FAMILY))
 
 
 @dataclass
@@ -64,7 +49,7 @@ class AutoencoderConfig:
     downsample: int = 8                 # spatial reduction of the autoencoder (1 for pixel space)
 
     def __post_init__(self):
-        _choice("kind", self.kind, AUTOENCODERS)
+        choice("kind", self.kind, AUTOENCODERS)
 
 
 @dataclass
@@ -83,7 +68,7 @@ class DataConfig:
     max_length: int = 120               # captions: T5 tokens (PixArt-α: 120)
 
     def __post_init__(self):
-        _choice("dataset", self.dataset, DATASETS)
+        choice("dataset", self.dataset, DATASETS)
 
 
 @dataclass
@@ -136,71 +121,13 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Validation.
-
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-def _check_value(value: Any, tp: Any, key: str) -> Any:
-    """Return `value` checked against the annotation `tp` (ints widen to floats); raise ConfigError otherwise."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(tp):
-            try:
-                return _check_value(value, option, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}: {value!r} fits none of {tp}")
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{key}: expected null, got {value!r}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_check_value(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        return build_dataclass(tp, value, key)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-        return float(value)     # PyYAML (YAML 1.1) reads `1e-4`, without a dot, as a string
-    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
-        raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def build_dataclass(cls: type, data: Any, section: str = "") -> Any:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys. `section` is the dotted path to it."""
-    prefix = f"{section}." if section else ""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{section or 'top level'}: expected a mapping of {cls.__name__} fields, "
-                          f"got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in data.items():
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-            raise ConfigError(f"unknown key {prefix}{key}{hint}; valid keys in {section or 'the top level'}: "
-                              f"{', '.join(fields)}")
-        kwargs[key] = _check_value(value, hints[key], prefix + key)
-    try:
-        return cls(**kwargs)
-    except ValueError as e:                           # a field's own check (__post_init__)
-        raise ConfigError(f"{prefix}{e}") from None
-
-
 def _check_family(config: Config, given: dict | None) -> None:
-    """The run fits its model family (`flexgen.backbones.registry`): a dataset it trains on, a sampler it offers,
+    """The run fits its model family (`flexgen.registry`): a dataset it trains on, a sampler it offers,
     and, among the keys `given` explicitly, none that means nothing for it set to anything but its default (a
     resolved config, as runs and checkpoints store it, lists every field at its default)."""
     family = family_of(config.model.preset)
-    _choice(f"data.dataset (for {config.model.preset})", config.data.dataset, list(family.datasets))
-    _choice(f"sample.sampler (for {config.model.preset})", config.sample.sampler, list(family.samplers))
+    choice(f"data.dataset (for {config.model.preset})", config.data.dataset, list(family.datasets))
+    choice(f"sample.sampler (for {config.model.preset})", config.sample.sampler, list(family.samplers))
     defaults = config_to_dict(Config())
     for section, values in (given or {}).items():
         if not isinstance(values, dict):

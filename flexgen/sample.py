@@ -281,11 +281,11 @@ def _run_sampling(args: argparse.Namespace, rank: int, world_size: int, device: 
 
     from flexgen import manifest as mf
     from flexgen.autoencoder import Autoencoder
-    from flexgen.backbones.registry import build_denoiser, family_of
     from flexgen.config import config_to_dict, load_config
     from flexgen.data.media import save_grid, video_codec
     from flexgen.diffusion import linear_betas
     from flexgen.files import file_sha256
+    from flexgen.registry import build_denoiser, family_of
 
     overrides = _config_overrides(args)
     run = load_config(args.config, overrides)

@@ -42,10 +42,10 @@ from torch.utils.data import DataLoader, Dataset
 from flexgen import dist
 from flexgen.autoencoder import Autoencoder
 from flexgen.backbones.base import Denoiser
-from flexgen.backbones.registry import build_denoiser, denoiser_class
 from flexgen.config import Config, config_from_dict, config_to_dict
 from flexgen.diffusion import GaussianDiffusion
 from flexgen.files import atomic_write
+from flexgen.registry import build_denoiser, denoiser_class
 
 # Keys that may change between the first run and a resume (everything else must match the saved config).
 RESUMABLE_CHANGES = {("train", "total_samples"), ("train", "log_every_samples"), ("train", "ckpt_every_samples"),

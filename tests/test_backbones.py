@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from flexgen.backbones.base import Denoiser
-from flexgen.backbones.registry import FAMILIES, PRESET_FAMILY, build_denoiser, family_of
 from flexgen.config import ConfigError, load_config
 from flexgen.density.timesteps import StageTimesteps, UniformTimesteps
 from flexgen.manifest import SampleEntry, SampleManifest, find_manifest
+from flexgen.registry import FAMILIES, PRESET_FAMILY, build_denoiser, family_of
 
 TINY = "configs/demo/tiny.yaml"
 FLEX = ["density.layout=P GSR T", "density.schedule.grid_min=2", "density.schedule.grid_max=4"]

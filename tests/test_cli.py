@@ -87,9 +87,9 @@ def test_bench_latency_runs_and_reports_ratios(capsys):
 def test_convert_dense_checkpoint_to_flexdit(tmp_path):
     import torch
 
-    from flexgen.backbones.registry import build_denoiser
     from flexgen.checkpoint import load_model
     from flexgen.config import load_config
+    from flexgen.registry import build_denoiser
     from flexgen.video import FlexLatte, Latte
     from tests.reference_latte import official_state_dict
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from flexgen.backbones.registry import denoiser_class
 from flexgen.config import Config, ConfigError, load_config, save_config
+from flexgen.registry import denoiser_class
 
 CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").rglob("*.yaml"))
 

@@ -364,8 +364,8 @@ def test_cli_resumes_refuses_other_runs_and_counts_cost(tmp_path, dense_dir, fle
     run's folder is refused (unless --overwrite); the grid shows the first images only; FILE.json carries the cost
     of one image (each sampling step at its timestep's grid, doubled by CFG)."""
     import flexgen.t2i.generate as gen
-    from flexgen.backbones.pixart import PixArtCost
     from flexgen.density.cost import density_report
+    from flexgen.t2i.pixart import PixArtCost
 
     monkeypatch.setattr(gen, "GRID_IMAGES", 2)
     out = tmp_path / "run" / "img.png"

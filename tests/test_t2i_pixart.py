@@ -210,8 +210,8 @@ def test_hub_style_config_converts(tmp_path):
     expected = FlexPixArtTransformer2DModel.from_dense(dense, density)(x, text, t, encoder_attention_mask=mask).sample
     torch.testing.assert_close(flex(x, text, t, encoder_attention_mask=mask).sample, expected, rtol=0, atol=1e-12)
     # the cost a `flexgen generate` record carries is counted for such a folder too
-    from flexgen.backbones.pixart import PixArtCost
     from flexgen.t2i.generate import gmacs_per_image
+    from flexgen.t2i.pixart import PixArtCost
 
     hub = load_transformer(tmp_path)
     cost = gmacs_per_image(hub, 4.5, [999, 500])
@@ -257,8 +257,8 @@ def test_gradient_checkpointing_gives_equal_gradients():
 def test_full_size_flops_match_published_counts():
     """PixArt-α XL/2 with 120 text tokens (reference/pixart.md §1.7-1.8: 610.86 M parameters, 611.35 M for
     1024-MS; 149 / 618 / 3255 GMACs); the FlexDiT presets reach the reduction targets (≥45% at 256, ≥50% at 512)."""
-    from flexgen.backbones.pixart import PixArtCost
     from flexgen.density.cost import density_report
+    from flexgen.t2i.pixart import PixArtCost
 
     torch.set_default_dtype(torch.float32)
     published = {"PixArt-XL/2-256": (610.86, 149), "PixArt-XL/2-512": (610.86, 618),

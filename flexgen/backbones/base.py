@@ -3,7 +3,7 @@
 Every family (Latte / DiT, PixArt-α; each dense or with a density policy) is a `Denoiser`: an `nn.Module` around
 its network (`self.net`) that maps noisy inputs to the diffusion output, `denoiser(x_t, t, **condition)`, as
 k-diffusion's `Denoiser` and EDM2's `Precond` wrap theirs. The training loop, sampling, bench, convert and FLOP
-counting speak only to this interface; `flexgen.backbones.registry.build_denoiser(run)` picks the family from the
+counting speak only to this interface; `flexgen.registry.build_denoiser(run)` picks the family from the
 run's preset. A density policy shows through `timestep_sampler()` (which t a micro-batch trains on), `cost()`
 (MACs at a timestep's grid) and `step_stats(t)` (what a log line says about the forward): a second policy plugs
 in by answering those, without touching the loops.

@@ -18,9 +18,9 @@ from flexgen.backbones.base import Denoiser
 from flexgen.density.cost import SpatialSequence
 from flexgen.density.schedules import Stage, stages
 from flexgen.flops import FlopReport, count_macs
+from flexgen.presets import LATTE_PRESETS as PRESETS
 from flexgen.video.flex_latte import FlexLatte
 from flexgen.video.latte import Latte, LatteConfig, latte_config
-from flexgen.video.presets import PRESETS
 
 
 def latte_config_from_run(run: Any) -> LatteConfig:
@@ -126,7 +126,7 @@ class LatteDenoiser(Denoiser):
 
     @classmethod
     def training_dataset(cls, run: Any, *, is_main: bool, device: torch.device, progress: bool = True):
-        from flexgen.video.data import build_dataset
+        from flexgen.data.video import build_dataset
 
         return build_dataset(run.data, split="train", seed=run.train.seed)
 

@@ -16,10 +16,9 @@ import torch
 from torch import nn
 
 from flexgen.backbones.base import Denoiser
-from flexgen.density.cost import SpatialSequence
-from flexgen.density.schedules import Stage, stages
-from flexgen.flops import FlopReport, count_macs
-from flexgen.t2i.presets import PRESETS, TEXT_TOKENS
+from flexgen.presets import PIXART_PRESETS as PRESETS
+from flexgen.presets import TEXT_TOKENS
+from flexgen.t2i.pixart import PixArtCost
 
 
 def transformer_arguments(run: Any) -> dict:
@@ -45,71 +44,6 @@ def transformer_arguments(run: Any) -> dict:
     args.update(sample_size=latent, in_channels=model.in_channels,
                 out_channels=model.in_channels * (2 if model.learn_sigma else 1))
     return args
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Cost: MACs of one image's forward (with TEXT_TOKENS T5 tokens) on the meta device.
-
-
-@dataclasses.dataclass(frozen=True)
-class PixArtCost:
-    """`flexgen.density.cost.CostModel` of a PixArt-α transformer (`PixArtTransformer2DModel` arguments)."""
-    arguments: dict
-    density: Any = None                     # flexgen.density.DensityConfig, or None for the dense model
-    num_timesteps: int = 1000
-    text_tokens: int = TEXT_TOKENS
-    _counted: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)   # grid -> FlopReport
-
-    @classmethod
-    def of(cls, transformer: nn.Module) -> PixArtCost:
-        """The cost of a built (Flex)PixArt transformer, from its config."""
-        from flexgen.t2i.pixart import architecture_arguments
-
-        density = transformer.density if transformer.config.get("layout") else None
-        return cls(architecture_arguments(transformer.config), density,
-                   transformer.config.get("num_train_timesteps", 1000))
-
-    @property
-    def stages(self) -> list[Stage]:
-        return stages(self.density.schedule, self.num_timesteps) if self.density is not None else []
-
-    @property
-    def layout(self) -> str:
-        from flexgen.density import parse_layout
-
-        return parse_layout(self.density.layout, self.arguments["num_layers"]) if self.density is not None else ""
-
-    def forward_macs(self, grid: int | None = None) -> FlopReport:
-        if grid not in self._counted:
-            self._counted[grid] = self._count(grid)
-        return self._counted[grid]
-
-    def _count(self, grid: int | None) -> FlopReport:
-        from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, density_config_entries
-
-        config, dense = self.arguments, self.density is None or grid is None
-
-        def build():
-            extra = {} if dense else {**density_config_entries(self.density), "num_train_timesteps": self.num_timesteps}
-            return FlexPixArtTransformer2DModel(**config, **extra)
-
-        def inputs():
-            side = config["sample_size"]
-            kwargs = {"encoder_attention_mask": torch.ones(1, self.text_tokens)}
-            if config.get("use_additional_conditions", side == 128):         # 1024-MS: resolution, aspect ratio
-                kwargs["added_cond_kwargs"] = {"resolution": torch.ones(1, 2), "aspect_ratio": torch.ones(1, 1)}
-            if not dense:
-                kwargs["grid"] = grid
-            x = torch.zeros(1, config.get("in_channels", 4), side, side)
-            text = torch.zeros(1, self.text_tokens, config["caption_channels"])
-            return (x, text, torch.zeros(1, dtype=torch.long)), kwargs
-
-        return count_macs(build, inputs)
-
-    def spatial_sequence(self) -> SpatialSequence:
-        a = self.arguments
-        width = a["num_attention_heads"] * a["attention_head_dim"]
-        return SpatialSequence(1, a["sample_size"] // a["patch_size"], width, a["num_layers"])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -188,7 +122,7 @@ class PixArtDenoiser(Denoiser):
     def training_dataset(cls, run: Any, *, is_main: bool, device: torch.device, progress: bool = True):
         """Images with cached T5 embeddings: rank 0 encodes the missing captions first, then the others read."""
         from flexgen import dist
-        from flexgen.t2i.data import build_caption_dataset
+        from flexgen.data.captions import build_caption_dataset
 
         dataset = None
         if is_main:

@@ -44,12 +44,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from flexgen.backbones.registry import FAMILIES
+from flexgen.registry import FAMILIES
 
 if TYPE_CHECKING:
     from diffusers import PixArtAlphaPipeline
 
-# The family's sampler names (flexgen.backbones.registry), each a diffusers class of flexgen.diffusion.SCHEDULERS
+# The family's sampler names (flexgen.registry), each a diffusers class of flexgen.diffusion.SCHEDULERS
 # built from the pipeline folder's scheduler config, so the betas and training timesteps are the model's.
 # PixArt-α samples with DPM-Solver, 20 steps.
 SCHEDULERS: tuple[str, ...] = FAMILIES["pixart"].samplers
@@ -241,8 +241,8 @@ def gmacs_per_image(transformer, guidance: float, scheduler_timesteps: list[int]
     """Cost of one image at the model's native size, counted on the meta device (`flexgen.density.cost`): GMACs of
     one forward (dense, or the FlexDiT time average over t) and of the whole sampling run (each step at its
     timestep's grid, doubled by classifier-free guidance)."""
-    from flexgen.backbones.pixart import PixArtCost
     from flexgen.density.cost import sampling_cost
+    from flexgen.t2i.pixart import PixArtCost
 
     return sampling_cost(PixArtCost.of(transformer), scheduler_timesteps, passes=2 if guidance > 1 else 1)
 

@@ -39,9 +39,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from flexgen.density import DensityConfig, DensityRecord, Fusion, ScheduleConfig, parse_layout, pool, stages, unpool
-from flexgen.density.schedules import grid_for_timesteps
+from flexgen.density.cost import SpatialSequence
+from flexgen.density.schedules import Stage, grid_for_timesteps
 from flexgen.density.walk import run_layout
-from flexgen.t2i.presets import PRESETS, TEXT_TOKENS  # noqa: F401  (re-exported)
+from flexgen.flops import FlopReport, count_macs
+from flexgen.presets import PIXART_PRESETS as PRESETS  # noqa: F401  (re-exported)
+from flexgen.presets import TEXT_TOKENS
 
 WEIGHT_SOURCES = ("a diffusers PixArt-α folder: PixArt-alpha/PixArt-XL-2-256x256, PixArt-XL-2-512x512 or "
                   "PixArt-XL-2-1024-MS on the Hugging Face hub, downloaded on a machine with internet access")
@@ -169,7 +172,7 @@ class FlexPixArtTransformer2DModel(PixArtTransformer2DModel):
                          norm_elementwise_affine=norm_elementwise_affine, norm_eps=norm_eps,
                          interpolation_scale=interpolation_scale, use_additional_conditions=use_additional_conditions,
                          caption_channels=caption_channels, attention_type=attention_type)
-        from flexgen.config import ConfigError, build_dataclass
+        from flexgen.schema import ConfigError, build_dataclass
 
         try:
             schedule_config = build_dataclass(ScheduleConfig, dict(schedule or {}), "schedule")
@@ -306,6 +309,65 @@ def density_config_entries(density: DensityConfig) -> dict:
     """The model-config entries of a DensityConfig (what `save_pretrained` writes to config.json)."""
     return {"layout": density.layout, "schedule": dataclasses.asdict(density.schedule),
             "fusion_init": density.fusion_init}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cost: MACs of one image's forward (with TEXT_TOKENS T5 tokens) on the meta device.
+
+
+@dataclasses.dataclass(frozen=True)
+class PixArtCost:
+    """`flexgen.density.cost.CostModel` of a PixArt-α transformer (`PixArtTransformer2DModel` arguments)."""
+    arguments: dict
+    density: DensityConfig | None = None    # None for the dense model
+    num_timesteps: int = 1000
+    text_tokens: int = TEXT_TOKENS
+    _counted: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)   # grid -> FlopReport
+
+    @classmethod
+    def of(cls, transformer: nn.Module) -> PixArtCost:
+        """The cost of a built (Flex)PixArt transformer, from its config."""
+        density = transformer.density if transformer.config.get("layout") else None
+        return cls(architecture_arguments(transformer.config), density,
+                   transformer.config.get("num_train_timesteps", 1000))
+
+    @property
+    def stages(self) -> list[Stage]:
+        return stages(self.density.schedule, self.num_timesteps) if self.density is not None else []
+
+    @property
+    def layout(self) -> str:
+        return parse_layout(self.density.layout, self.arguments["num_layers"]) if self.density is not None else ""
+
+    def forward_macs(self, grid: int | None = None) -> FlopReport:
+        if grid not in self._counted:
+            self._counted[grid] = self._count(grid)
+        return self._counted[grid]
+
+    def _count(self, grid: int | None) -> FlopReport:
+        config, dense = self.arguments, self.density is None or grid is None
+
+        def build():
+            extra = {} if dense else {**density_config_entries(self.density), "num_train_timesteps": self.num_timesteps}
+            return FlexPixArtTransformer2DModel(**config, **extra)
+
+        def inputs():
+            side = config["sample_size"]
+            kwargs = {"encoder_attention_mask": torch.ones(1, self.text_tokens)}
+            if config.get("use_additional_conditions", side == 128):         # 1024-MS: resolution, aspect ratio
+                kwargs["added_cond_kwargs"] = {"resolution": torch.ones(1, 2), "aspect_ratio": torch.ones(1, 1)}
+            if not dense:
+                kwargs["grid"] = grid
+            x = torch.zeros(1, config.get("in_channels", 4), side, side)
+            text = torch.zeros(1, self.text_tokens, config["caption_channels"])
+            return (x, text, torch.zeros(1, dtype=torch.long)), kwargs
+
+        return count_macs(build, inputs)
+
+    def spatial_sequence(self) -> SpatialSequence:
+        a = self.arguments
+        width = a["num_attention_heads"] * a["attention_head_dim"]
+        return SpatialSequence(1, a["sample_size"] // a["patch_size"], width, a["num_layers"])
 
 
 # ----------------------------------------------------------------------------------------------------------

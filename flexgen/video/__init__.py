@@ -1,11 +1,10 @@
 """Video backbones: Latte (interleaved spatial/temporal DiT blocks), DiT as its one-frame case (`latte`), and their
-FlexDiT versions (`flex_latte`); size presets (`presets`, data only). Names are imported on first use, so reading
-the presets loads no model code."""
+FlexDiT versions (`flex_latte`). Names are imported on first use."""
 
 from importlib import import_module
 
 _EXPORTS = {"Latte": "latte", "LatteConfig": "latte", "latte_config": "latte", "FlexLatte": "flex_latte",
-            "DensityRecord": "flex_latte", "PRESETS": "presets"}
+            "DensityRecord": "flex_latte"}
 
 
 def __getattr__(name: str):

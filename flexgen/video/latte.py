@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from flexgen.attention import attention
-from flexgen.video.presets import PRESETS
+from flexgen.presets import LATTE_PRESETS as PRESETS  # noqa: F401  (re-exported)
 
 # ----------------------------------------------------------------------------------------------------------
 # Configuration.
@@ -401,7 +401,7 @@ class Latte(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Size presets (flexgen/video/presets.py), keyed by the papers' names.
+# Size presets (flexgen/presets.py), keyed by the papers' names.
 
 
 def latte_config(name: str, **overrides) -> LatteConfig:

@@ -11,8 +11,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from flexgen.t2i.presets import PRESETS as PIXART_PRESETS
-from flexgen.video.presets import PRESETS as LATTE_PRESETS
+from flexgen.presets import LATTE_PRESETS, PIXART_PRESETS
 
 
 @dataclass(frozen=True)
