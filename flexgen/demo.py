@@ -45,7 +45,7 @@ def _configs(data_root: Path, out: Path, dense_samples: int, flex_samples: int) 
 
 def _heldout(model, cfg: Config) -> dict:
     """Held-out loss of `model` on every clip of cfg.data (one fixed clip window each)."""
-    from flexgen.video.data import build_dataset
+    from flexgen.data.video import build_dataset
 
     data = build_dataset(cfg.data, split="train", seed=12345)
     batch = torch.utils.data.default_collate([data[i] for i in range(len(data))])
@@ -55,8 +55,8 @@ def _heldout(model, cfg: Config) -> dict:
 
 
 def _sample(model, cfg: Config, out_dir: Path, num: int, steps: int) -> dict:
+    from flexgen.data.media import save_grid, write_video
     from flexgen.sample import generate
-    from flexgen.video.io import save_grid, write_video
 
     out_dir.mkdir(parents=True, exist_ok=True)
     videos, start = [], time.perf_counter()

@@ -4,7 +4,7 @@
     python datasets/make_synthetic.py data/synthetic ...          (the same, from a source checkout)
 
 Each motion is a class; clips are real mp4 files in the UCF101 layout that the `synthetic` preset of
-flexgen.video.data reads: `<root>/<Class>/v_<Class>_gXX_cYY.mp4` (four clips per group, like UCF's cYY).
+flexgen.data.video reads: `<root>/<Class>/v_<Class>_gXX_cYY.mp4` (four clips per group, like UCF's cYY).
 Labels are indices into the sorted class folders. Codec: MPEG-4 part 2 (FFmpeg's own `mpeg4` encoder, in
 every PyAV build) at 2 Mb/s, which is near-lossless at these sizes; yuv420p, so the side must be even. libx264 is
 also available here, but at 32×32 it does not always produce the same frames twice from the same input, while
@@ -83,7 +83,7 @@ def render_clip(motion: str, num_frames: int, size: int, rng: np.random.Generato
 def write_mp4(path: str | Path, frames: np.ndarray, codec: str = CODEC, fps: int = FPS) -> None:
     """uint8 (T, H, W, 3) -> an mp4 file (yuv420p: H and W must be even), encoded on one thread so the same
     seed gives byte-identical files."""
-    from flexgen.video.io import write_video
+    from flexgen.data.media import write_video
 
     height, width = frames.shape[1:3]
     if height % 2 or width % 2:

@@ -1,7 +1,7 @@
 """Shared by the metrics tests: index-encoded videos and a tiny random detector (test_sources, test_evaluate); a
 measured record and the anchors file (test_records, test_leaderboard).
 
-Data are made here: short mp4s (flexgen.video.io.write_video) and PNG frame folders in which every pixel of frame
+Data are made here: short mp4s (flexgen.data.media.write_video) and PNG frame folders in which every pixel of frame
 i holds a value derived from i, so the frame indices of a selected clip can be read back from its pixels. The
 detector is a fixed random projection of mean-pooled pixels with a non-standard sha256.
 """
@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from flexgen.data.media import write_video
 from flexgen.metrics.protocols import Protocol
 from flexgen.metrics.records import Record
-from flexgen.video.io import write_video
 
 SIZE = 16           # frame height and width
 LEVEL = 4           # frame i of an index-encoded video has pixel value LEVEL * i

@@ -3,7 +3,7 @@
 import json
 
 from flexgen.cli import main
-from flexgen.video.io import read_video
+from flexgen.data.media import read_video
 
 
 def test_quick_demo_runs_the_whole_loop(tmp_path, capsys):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from flexgen.data.media import write_video
 from flexgen.metrics.evaluate import add_eval_arguments, eval_main, evaluate, metric_name
 from flexgen.metrics.i3d import I3D_SHA256
-from flexgen.video.io import write_video
 from tests.metrics_helpers import SAME, RandomDetector, indexed_frames, random_videos
 
 

@@ -1,5 +1,6 @@
 """Sampling: per-sample seeds and labels independent of batch size and rank, CFG, the `flexgen sample` command
-end to end (mp4 / png files, grid, record), dense -> FlexDiT conversion on load, and video / grid files."""
+end to end (mp4 / png files, grid, record), dense -> FlexDiT conversion on load. Video / grid files:
+tests/test_data_media.py."""
 
 import argparse
 import json
@@ -16,6 +17,7 @@ from flexgen.autoencoder import Autoencoder
 from flexgen.backbones.registry import build_denoiser
 from flexgen.checkpoint import CheckpointError, file_sha256, save_weights
 from flexgen.config import load_config
+from flexgen.data.media import read_video, video_codec
 from flexgen.manifest import SampleManifest, shard_indices
 from flexgen.sample import (
     add_sample_arguments,
@@ -24,7 +26,6 @@ from flexgen.sample import (
     sample_label,
     sample_main,
 )
-from flexgen.video.io import read_video, save_grid, video_codec, write_video
 
 TINY = "configs/demo/tiny.yaml"
 SMALL = ["data.num_frames=4"]                   # 4 frames of 16×16×3, 8×8 tokens per frame
@@ -256,54 +257,6 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
                           "--no-progress"))
     assert not (tmp_path / "x").exists()
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Video files and grids.
-
-
-def smooth_clip(frames, height, width):
-    """uint8 (F, H, W, 3): gradients that drift over time, one per channel."""
-    f, y, x = np.meshgrid(np.arange(frames), np.arange(height), np.arange(width), indexing="ij")
-    channels = [60 + 120 * x / width + 8 * f, 60 + 120 * y / height, 200 - 60 * (x + y) / (width + height) - 4 * f]
-    return np.stack(channels, axis=-1).round().astype(np.uint8)
-
-
-@pytest.mark.parametrize("codec", [None, "mpeg4"])
-@pytest.mark.parametrize("size", [(16, 16), (15, 17), (9, 8)])
-def test_write_read_video_round_trip(tmp_path, codec, size):
-    clip = smooth_clip(6, *size)
-    write_video(tmp_path / "a.mp4", clip, fps=8, codec=codec)
-    back = read_video(tmp_path / "a.mp4")
-    assert back.shape == clip.shape and back.dtype == np.uint8
-    error = np.abs(back.astype(int) - clip.astype(int))
-    # lossy, and 4:2:0 chroma on a 16×16 colour gradient costs a few levels; H.264 4:4:4 (odd sizes) is tight
-    assert error.mean() < 6 and error.max() < 24
-    if (codec or video_codec()) == "libx264" and size[0] % 2:
-        assert error.mean() < 1.5
-    write_video(tmp_path / "b.mp4", torch.from_numpy(clip).permute(0, 3, 1, 2), codec=codec)   # (F, 3, H, W)
-    assert np.array_equal(read_video(tmp_path / "b.mp4"), back)
-
-
-def test_video_errors(tmp_path):
-    with pytest.raises(ValueError, match="uint8"):
-        write_video(tmp_path / "a.mp4", np.zeros((2, 8, 8, 3), dtype=np.float32))
-    with pytest.raises(ValueError, match="3 RGB channels"):
-        write_video(tmp_path / "a.mp4", np.zeros((2, 8, 8, 4), dtype=np.uint8))
-    with pytest.raises(FileNotFoundError):
-        read_video(tmp_path / "missing.mp4")
-
-
-def test_save_grid_layout(tmp_path):
-    videos = torch.randint(0, 256, (5, 7, 3, 8, 6), dtype=torch.uint8)
-    save_grid(tmp_path / "v.png", videos, nrow=2, frames_per_video=3, padding=1)
-    grid = np.asarray(Image.open(tmp_path / "v.png"))
-    assert grid.shape == (3 * 9 + 1, 2 * (3 * 6 + 1) + 1, 3)               # 3 rows of 2 cells, 3 frames per cell
-    cell = grid[1 + 9:1 + 9 + 8, 1 + 19:1 + 19 + 18]                          # sample 3: frames 0, 3, 6
-    expected = videos[3, [0, 3, 6]].permute(2, 0, 3, 1).reshape(8, 18, 3)
-    assert np.array_equal(cell, expected.numpy())
-    images = np.random.default_rng(0).integers(0, 256, (3, 5, 4, 3), dtype=np.uint8)
-    save_grid(tmp_path / "i.png", images, nrow=4)
-    assert np.asarray(Image.open(tmp_path / "i.png")).shape == (5 + 4, 3 * (4 + 2) + 2, 3)
 
 
 def test_sample_resumes_and_refuses_another_runs_folder(tmp_path, capsys):

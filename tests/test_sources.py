@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from flexgen.data.media import write_video
 from flexgen.metrics.sources import rank_block, select_fake_clips, select_real_clips
-from flexgen.video.io import write_video
 from tests.metrics_helpers import LEVEL, SIZE, TINY, all_clips, frame_indices, indexed_frames, write_frame_folder
 
 

@@ -1,100 +1,42 @@
-"""The video data layer (flexgen/video/data.py) and the synthetic clip generator (datasets/make_synthetic.py).
+"""The video clip datasets (flexgen/data/video.py) and the synthetic clip generator (datasets/make_synthetic.py).
 
-Fixture clips are written here, in tmp_path: mp4 (H.264) and avi (MPEG-4) through PyAV, png/jpg frame folders
-through PIL. Frame k of a fixture has the value 8 + 4k in its left half and 0 in its right half, so a decoded
-clip tells which frames were sampled (and whether it was flipped).
+Fixture clips are written in tmp_path by tests/data_helpers.py: frame k has the value 8 + 4k in its left half and
+0 in its right half, so a decoded clip tells which frames were sampled (and whether it was flipped).
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from flexgen.config import DATASETS as CONFIG_DATASETS
 from flexgen.config import DataConfig
-from flexgen.video import data, io
-from flexgen.video.data import (
-    DATASETS,
-    DatasetLayoutError,
-    DataWarning,
-    VideoClipDataset,
-    add_prepare_arguments,
-    build_dataset,
-    frame_number,
-    list_frames,
-    prepare,
-    prepare_main,
+from flexgen.data import media
+from flexgen.data import video as video_data
+from flexgen.data.base import DatasetLayoutError, DataWarning
+from flexgen.data.video import DATASETS, VideoClipDataset, build_dataset
+from tests.data_helpers import (
+    coded_frames,
+    decoded,
+    truncate,
+    write_avi,
+    write_folder,
+    write_garbage,
+    write_mp4,
+    write_video,
 )
 
-H, W = 32, 40                   # fixture frame size (even, for yuv420p)
 REPO = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Fixture writers.
-
-
-def coded_frames(n: int, h: int = H, w: int = W) -> np.ndarray:
-    """uint8 (n, h, w, 3): frame k is 8 + 4k in its left half, 0 in its right half (k < 62)."""
-    frames = np.zeros((n, h, w, 3), np.uint8)
-    frames[:, :, : w // 2] = (8 + 4 * np.arange(n, dtype=np.uint8))[:, None, None, None]
-    return frames
-
-
-def write_video(path: Path, frames: np.ndarray, codec: str = "libx264") -> Path:
-    """A real video file: H.264 (lossless, crf 0) or MPEG-4 part 2 at a high bit rate."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    io.write_video(path, frames, fps=25, codec=codec,
-                   options={"crf": "0"} if codec == "libx264" else {"b": "2000000"})
-    return path
-
-
-def write_mp4(path: Path, n: int) -> Path:
-    return write_video(path, coded_frames(n), "libx264")
-
-
-def write_avi(path: Path, n: int) -> Path:
-    return write_video(path, coded_frames(n), "mpeg4")
-
-
-def write_folder(folder: Path, n: int, pattern: str = "img_{k}.png") -> Path:
-    """A frame folder named e.g. img_0.png .. img_{n-1}.png (unpadded: lexicographic order would be wrong)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for k, frame in enumerate(coded_frames(n)):
-        name = pattern.format(k=k)
-        Image.fromarray(frame).save(folder / name, **({"quality": 95} if name.endswith(".jpg") else {}))
-    return folder
-
-
-def write_garbage(path: Path, size: int = 4000) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(np.random.default_rng(0).bytes(size))
-    return path
-
-
-def truncate(path: Path, keep: float = 0.5) -> Path:
-    content = path.read_bytes()
-    path.write_bytes(content[: int(len(content) * keep)])
-    return path
-
-
-def decoded(video: torch.Tensor) -> tuple[list[int], list[bool]]:
-    """Frame indices and per-frame flips read back from a (T, 3, S, S) clip of coded frames."""
-    x = (video + 1) * 127.5
-    half = x.shape[-1] // 2
-    left = x[:, :, 4:-4, 2:half - 4].mean(dim=(1, 2, 3))
-    right = x[:, :, 4:-4, half + 4:-2].mean(dim=(1, 2, 3))
-    value = torch.maximum(left, right)
-    return ((value - 8) / 4).round().long().tolist(), (right > left).tolist()
+# Fixtures.
 
 
 def make(root: Path, dataset: str, tmp_path: Path, **kwargs) -> VideoClipDataset:
@@ -122,23 +64,14 @@ def load_make_synthetic():
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Presets and frame order.
+# Presets.
 
 
 def test_presets_match_the_config_choices():
-    assert set(DATASETS) == set(CONFIG_DATASETS) - {"captions"}     # captions: flexgen.t2i.data (text-to-image)
+    assert set(DATASETS) == set(CONFIG_DATASETS) - {"captions"}     # captions: flexgen.data.captions (T2I)
     assert {name for name, p in DATASETS.items() if p.hflip} == {"ffs", "ucf101", "taichi"}
     assert {name for name, p in DATASETS.items() if p.labelled} == {"ucf101", "synthetic"}
     assert DATASETS["sky"].crop == "crop_resize"
-
-
-def test_frames_sort_by_their_integer_not_by_name(tmp_path):
-    assert frame_number("img_10.jpg") == 10 and frame_number("0000007.png") == 7
-    assert frame_number("sky_frames_00000046.jpg") == 46 and frame_number("cover.jpg") is None
-    write_folder(tmp_path / "clip", 12)
-    names = [p.name for p in list_frames(tmp_path / "clip")]
-    assert names[:3] == ["img_0.png", "img_1.png", "img_2.png"] and names[-1] == "img_11.png"
-    assert sorted(names) != names           # a lexicographic sort would put img_10 before img_2
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -270,7 +203,7 @@ def test_bad_files_are_skipped_named_and_the_epoch_completes(tmp_path):
 
 
 def test_decode_time_failures_fall_back_and_are_counted(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "decord", None)       # PyAV's probe trusts the header: 60 frames in a truncated avi
+    monkeypatch.setattr(media, "decord", None)      # PyAV's probe trusts the header: 60 frames in a truncated avi
     root = tmp_path / "ffs"
     write_mp4(root / "a.mp4", 48)
     broken = truncate(write_avi(root / "b.avi", 60), keep=0.7)      # the header survives, 23 frames decode
@@ -338,8 +271,8 @@ def test_index_is_cached_reused_and_rebuilt_after_a_change(tmp_path, monkeypatch
     first = make(root, "ucf101", tmp_path)
     assert not first.index_reused and first.index_path.is_file()
     calls = []
-    probe = data.probe_frames
-    monkeypatch.setattr(data, "probe_frames", lambda path: calls.append(Path(path).name) or probe(path))
+    probe = video_data.probe_frames
+    monkeypatch.setattr(video_data, "probe_frames", lambda path: calls.append(Path(path).name) or probe(path))
     second = make(root, "ucf101", tmp_path)
     assert second.index_reused and calls == [] and second.clips == first.clips
     write_avi(root / "Alpha" / "v_Alpha_g02_c01.avi", 20)
@@ -359,14 +292,14 @@ def test_index_lives_in_the_root_or_the_user_cache_when_the_root_is_read_only(tm
     assert VideoClipDataset(root, "sky", num_frames=4).index_reused          # the hidden cache is not a change
     ds.index_path.unlink()
 
-    write = data._write_index
+    write = video_data._write_index
 
     def read_only_root(path, content):
         if root in path.parents:
             raise PermissionError(13, "Permission denied", str(path))
         write(path, content)
 
-    monkeypatch.setattr(data, "_write_index", read_only_root)
+    monkeypatch.setattr(video_data, "_write_index", read_only_root)
     ds = VideoClipDataset(root, "sky", num_frames=4)
     assert (tmp_path / "xdg" / "flexgen" / "index") in ds.index_path.parents and not ds.index_reused
     assert VideoClipDataset(root, "sky", num_frames=4).index_reused
@@ -430,7 +363,7 @@ def test_pyav_fallback_gives_the_same_frames(tmp_path, monkeypatch):
     with_decord = make(tmp_path / "ffs", "ffs", tmp_path, num_frames=5, frame_interval=2)
     expected = [with_decord[i]["video"] for i in range(len(with_decord))]
 
-    monkeypatch.setattr(data, "decord", None)
+    monkeypatch.setattr(media, "decord", None)
     without = make(tmp_path / "ffs", "ffs", tmp_path / "other", num_frames=5, frame_interval=2)
     assert [c.frames for c in without.clips] == [30, 30]
     for i, video in enumerate(expected):
@@ -441,49 +374,11 @@ def test_pyav_fallback_gives_the_same_frames(tmp_path, monkeypatch):
             raise RuntimeError("decord cannot open this")
 
     monkeypatch.undo()
-    monkeypatch.setattr(data.decord, "VideoReader", Unopenable)
+    monkeypatch.setattr(media.decord, "VideoReader", Unopenable)
     failing = make(tmp_path / "ffs", "ffs", tmp_path / "third", num_frames=5, frame_interval=2)
     assert not failing.skipped
     for i, video in enumerate(expected):
         assert decoded(failing[i]["video"]) == decoded(video)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# prepare: index report and FVD reference frame folders.
-
-
-def test_prepare_writes_depth_two_frame_folders(tmp_path, capsys):
-    src = tmp_path / "ucf"
-    write_avi(src / "Alpha" / "v_Alpha_g01_c01.avi", 7)
-    write_mp4(src / "Beta" / "v_Beta_g01_c01.mp4", 5)
-    write_garbage(src / "Beta" / "v_Beta_g02_c01.avi")
-    dst = tmp_path / "fvd_real"
-    report = prepare("ucf101", src, dst, size=24, split="all", cache_dir=tmp_path / "cache")
-    out = capsys.readouterr().out
-    assert "2 clips, 2 classes, 12 frames" in out and "v_Beta_g02_c01.avi" in out
-    assert report.videos_written == 2 and report.frames_written == 12 and len(report.skipped) == 1
-    assert sorted(p.name for p in dst.iterdir()) == ["v_Alpha_g01_c01", "v_Beta_g01_c01"]
-    files = sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*"))
-    assert all(len(Path(f).parts) in (1, 2) for f in files)
-    frames = sorted((dst / "v_Alpha_g01_c01").iterdir())
-    assert [p.name for p in frames] == [f"{k:06d}.jpg" for k in range(7)]
-    with Image.open(frames[0]) as image:
-        assert image.size == (24, 24) and image.format == "JPEG"
-
-
-def test_prepare_command_line_on_frame_folders(tmp_path):
-    src = tmp_path / "taichi" / "train"
-    for i in range(3):
-        write_folder(src / f"vid{i}", 4, "{k:07d}.png")
-    parser = add_prepare_arguments(argparse.ArgumentParser())
-    dst = tmp_path / "real"
-    args = parser.parse_args(["taichi", "--src", str(src), "--dst", str(dst), "--size", "16", "--max-videos", "2",
-                              "--cache-dir", str(tmp_path / "cache")])
-    report = prepare_main(args)
-    assert report.clips == 3 and report.videos_written == 2 and report.frames_written == 8
-    assert len(list(dst.iterdir())) == 2 and all(len(list(d.iterdir())) == 4 for d in dst.iterdir())
-    check_only = prepare_main(parser.parse_args(["taichi", "--src", str(src), "--cache-dir", str(tmp_path / "c")]))
-    assert check_only.dst is None and check_only.frames == 12
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -510,8 +405,8 @@ def test_synthetic_clips_load_through_the_synthetic_preset(tmp_path):
         ys, xs = torch.nonzero(mass, as_tuple=True)
         return xs.float().mean().item(), ys.float().mean().item()
 
-    right = torch.from_numpy(data.read_video(tmp_path / "syn" / "MoveRight" / "v_MoveRight_g01_c01.mp4", [0, 23]))
-    up = torch.from_numpy(data.read_video(tmp_path / "syn" / "MoveUp" / "v_MoveUp_g01_c01.mp4", [0, 23]))
+    right = torch.from_numpy(media.read_video(tmp_path / "syn" / "MoveRight" / "v_MoveRight_g01_c01.mp4", [0, 23]))
+    up = torch.from_numpy(media.read_video(tmp_path / "syn" / "MoveUp" / "v_MoveUp_g01_c01.mp4", [0, 23]))
     assert centre(right[1])[0] > centre(right[0])[0] + 8 and centre(up[1])[1] < centre(up[0])[1] - 8
 
     again = module.make_synthetic(tmp_path / "again", num_classes=4, clips_per_class=3, num_frames=24, size=32)

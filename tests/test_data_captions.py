@@ -1,5 +1,6 @@
-"""Image–caption data and the T5 side of PixArt-α: layouts, bad input, the transform against torchvision, flips,
-the text-embedding cache, `encode_prompts` against diffusers' pipeline, and `flexgen data cache-text`.
+"""Image–caption data (flexgen/data/captions.py) and the T5 side of PixArt-α: layouts, bad input, the transform
+against torchvision, flips, the text-embedding cache, `encode_prompts` against diffusers' pipeline, and
+`flexgen data cache-text` (flexgen/data/prepare.py).
 
 Images are generated here (tiny PIL files); the text encoder and tokenizer are the tiny offline ones."""
 
@@ -16,16 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from flexgen.t2i.data import (
-    CaptionDataset,
-    MissingTextEmbedding,
-    TextEmbeddingCache,
-    add_cache_text_arguments,
-    cache_text_main,
-    transform_image,
-)
+from flexgen.data.base import DataWarning, MissingTextEmbedding
+from flexgen.data.captions import CaptionDataset, TextEmbeddingCache, transform_image
+from flexgen.data.prepare import add_cache_text_arguments, cache_text_main
 from flexgen.t2i.text import encode_prompts, encoder_identity, load_text_encoder, preprocess
-from flexgen.video.data import DataWarning
 from tests.t2i_helpers import CAPTION_DIM, MAX_LENGTH, save_tiny_pipeline, tiny_text_encoder, tiny_tokenizer
 
 # ----------------------------------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ not applied (as torchvision's loader). With `hflip`, item i of epoch e is mirror
 drawn from a numpy Generator seeded with (seed, e, i, attempt): items do not depend on worker or access order; call
 `set_epoch(e)` for new flips.
 
-Text embeddings are computed once per distinct caption by `flexgen data cache-text` (`cache_text`) and stored by
+Text embeddings are computed once per distinct caption by `flexgen data cache-text` (`flexgen.data.prepare`) and
+stored by
 `TextEmbeddingCache`: one safetensors file per caption, `cache_dir/<h[:2]>/<h>.safetensors` with h the sha256 of
 (encoder id, max_length, preprocessed caption), holding only the unmasked tokens (float16 by default). The null
 caption "" is always cached: training replaces dropped captions with T5("") (diffusers' PixArt convention).
@@ -35,13 +36,10 @@ caption "" is always cached: training replaces dropped captions with T5("") (dif
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
-import os
-import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,10 +49,11 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save as save_safetensors
 from torch import nn
-from torch.utils.data import Dataset
 
+from flexgen.data.base import DatasetLayoutError, MissingTextEmbedding, SkipAndReplaceDataset, Skipped, describe_error
+from flexgen.data.media import IMAGE_EXTENSIONS
+from flexgen.files import atomic_write, walk_visible
 from flexgen.t2i.text import MAX_LENGTH, encode_prompts, encoder_identity, load_text_encoder, preprocess
-from flexgen.video.data import IMAGE_EXTENSIONS, DatasetLayoutError, DataWarning, Skipped, _describe
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +68,6 @@ EXPECTED_LAYOUT = ("image files (.jpg .jpeg .png .webp .bmp, any depth) each wit
                    f"it, or a JSONL manifest ({MANIFEST_NAME} in the root, or --manifest) with one "
                    '{"file_name": "<path relative to the root>", "text": "<caption>"} object per line')
 WARN_LINES = 50                                 # skipped items named in one warning (all are in `skipped`)
-
-
-class MissingTextEmbedding(FileNotFoundError):
-    """A caption whose T5 embedding is not in the cache (fill it with `flexgen data cache-text`)."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -114,7 +109,7 @@ def _verify_image(path: Path) -> str | None:
         with Image.open(path) as image:
             image.verify()
     except Exception as e:                                      # UnidentifiedImageError, OSError, SyntaxError, ...
-        return f"unreadable image ({_describe(e)})"
+        return f"unreadable image ({describe_error(e)})"
     return None
 
 
@@ -129,14 +124,11 @@ def _scan_folder(root: Path) -> tuple[list[CaptionItem], list[Skipped], int]:
     unreadable: list[Skipped] = []
 
     def failed(error: OSError) -> None:
-        unreadable.append(Skipped(str(error.filename or root), f"unreadable folder ({_describe(error)})"))
+        unreadable.append(Skipped(str(error.filename or root), f"unreadable folder ({describe_error(error)})"))
 
-    for dirpath, dirnames, filenames in os.walk(root, onerror=failed, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel_dir = Path(dirpath).relative_to(root)
+    for folder, _, filenames in walk_visible(root, onerror=failed, followlinks=True):
+        rel_dir = folder.relative_to(root)
         for name in filenames:
-            if name.startswith("."):
-                continue
             rel = (rel_dir / name).as_posix()
             suffix = Path(name).suffix.lower()
             if suffix in IMAGE_EXTENSIONS:
@@ -153,7 +145,7 @@ def _scan_folder(root: Path) -> tuple[list[CaptionItem], list[Skipped], int]:
         try:
             caption = (root / caption_rel).read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as e:
-            skipped.append(Skipped(str(root / rel), f"unreadable caption {caption_rel} ({_describe(e)})"))
+            skipped.append(Skipped(str(root / rel), f"unreadable caption {caption_rel} ({describe_error(e)})"))
             continue
         if not caption:
             skipped.append(Skipped(str(root / rel), f"empty caption ({caption_rel})"))
@@ -177,7 +169,7 @@ def _scan_manifest(root: Path, manifest: Path) -> tuple[list[CaptionItem], list[
     try:
         lines = manifest.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise DatasetLayoutError(f"cannot read the manifest {manifest} ({_describe(e)})") from e
+        raise DatasetLayoutError(f"cannot read the manifest {manifest} ({describe_error(e)})") from e
     items: list[CaptionItem] = []
     skipped: list[Skipped] = []
     entries = 0
@@ -189,7 +181,7 @@ def _scan_manifest(root: Path, manifest: Path) -> tuple[list[CaptionItem], list[
         try:
             record = json.loads(line)
         except ValueError as e:
-            skipped.append(Skipped(where, f"malformed JSON ({_describe(e)})"))
+            skipped.append(Skipped(where, f"malformed JSON ({describe_error(e)})"))
             continue
         if not isinstance(record, dict):
             skipped.append(Skipped(where, f"not a JSON object but {type(record).__name__}"))
@@ -297,7 +289,7 @@ class TextEmbeddingCache:
                 meta = f.metadata() or {}
                 tokens = f.get_tensor("embeds")                                        # (n, C)
         except Exception as e:                                  # SafetensorError, OSError: a damaged file
-            raise RuntimeError(f"cannot read the cached text embedding {path} ({_describe(e)}); delete it and "
+            raise RuntimeError(f"cannot read the cached text embedding {path} ({describe_error(e)}); delete it and "
                                f"{self.hint()}") from e
         expected = {"format": CACHE_FORMAT, "encoder_id": self.encoder_id, "max_length": str(self.max_length)}
         wrong = {k: meta.get(k) for k, v in expected.items() if meta.get(k) != v}
@@ -329,14 +321,8 @@ class TextEmbeddingCache:
         meta = {"format": CACHE_FORMAT, "encoder_id": self.encoder_id, "max_length": str(self.max_length),
                 "caption": preprocess(caption)}
         path = self.path(caption)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-        try:
+        with atomic_write(path) as tmp:
             tmp.write_bytes(save_safetensors({"embeds": tokens}, metadata=meta))
-            os.replace(tmp, path)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
         return path
 
     def fill(self, captions: Iterable[str], tokenizer, text_encoder: nn.Module, batch_size: int = 16,
@@ -366,7 +352,7 @@ class TextEmbeddingCache:
 # The dataset.
 
 
-class CaptionDataset(Dataset):
+class CaptionDataset(SkipAndReplaceDataset):
     """Image–caption pairs under `root` (a folder of images with .txt captions, or a JSONL manifest); see the
     module docstring for layouts, the transform and the bad-input rules.
 
@@ -374,27 +360,29 @@ class CaptionDataset(Dataset):
     Attributes: `items` (usable pairs), `skipped` (everything left out, with reasons), `manifest` (the manifest
     read, or None), `text_cache` (attached with `attach_text_cache`, or None)."""
 
+    item_name = "image"
+    exhausted_error = OSError
+
     def __init__(self, root: str | Path, image_size: int = 256, hflip: bool = False, manifest: str | Path = "",
                  seed: int = 0, *, interpolation: str = "bicubic", verify: bool = True):
         if image_size < 1 or seed < 0:
             raise ValueError(f"image_size must be positive and seed non-negative, got {image_size} and {seed}")
         if interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation {interpolation!r}: choose one of {', '.join(INTERPOLATIONS)}")
-        self.root = Path(root).expanduser().absolute()
+        super().__init__(Path(root).expanduser().absolute(), seed)
         if not self.root.is_dir():
             raise DatasetLayoutError(f"image–caption root {self.root} is not a folder; expected {EXPECTED_LAYOUT}")
-        self.image_size, self.hflip, self.seed, self.interpolation = image_size, hflip, seed, interpolation
-        self.epoch = 0
+        self.image_size, self.hflip, self.interpolation = image_size, hflip, interpolation
         self.text_cache: TextEmbeddingCache | None = None
-        self._failed: set[int] = set()                          # items that failed to decode in this process
 
         self.manifest = _find_manifest(self.root, manifest)
         if self.manifest is not None:
-            candidates, self.skipped, seen = _scan_manifest(self.root, self.manifest)
+            candidates, skipped, seen = _scan_manifest(self.root, self.manifest)
             source = f"manifest {self.manifest}: {seen} entries"
         else:
-            candidates, self.skipped, seen = _scan_folder(self.root)
+            candidates, skipped, seen = _scan_folder(self.root)
             source = f"{seen} image files"
+        self.skipped.extend(skipped)
         self.items: list[CaptionItem] = []
         reasons: dict[str, str | None] = {}                     # an image listed twice is verified once
         for item in candidates:
@@ -406,12 +394,7 @@ class CaptionDataset(Dataset):
             else:
                 self.skipped.append(Skipped(item.path, reason))
 
-        if self.skipped:
-            lines = "\n".join(f"  {s.path}: {s.reason}" for s in self.skipped[:WARN_LINES])
-            more = f"\n  ... and {len(self.skipped) - WARN_LINES} more (see dataset.skipped)" \
-                if len(self.skipped) > WARN_LINES else ""
-            warnings.warn(f"{self.root}: skipped {len(self.skipped)} item(s), kept {len(self.items)} image–caption "
-                          f"pairs:\n{lines}{more}", DataWarning, stacklevel=2)
+        self.warn_skipped(f"{len(self.items)} image–caption pairs", limit=WARN_LINES)
         if not self.items:
             raise DatasetLayoutError(f"{self.root} has no usable image–caption pair ({source}, {len(self.skipped)} "
                                      f"item(s) skipped, see the warning above); expected {EXPECTED_LAYOUT}")
@@ -443,47 +426,28 @@ class CaptionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def set_epoch(self, epoch: int) -> None:
-        """New flips for every item (same epoch + seed = same items)."""
-        self.epoch = int(epoch)
-
-    def _rng(self, index: int, attempt: int = 0) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, index, attempt])
+    def item_path(self, j: int) -> str:
+        return self.items[j].path
 
     def flips(self, index: int, attempt: int = 0) -> bool:
         """Whether item `index` (its `attempt`-th replacement) is mirrored in the current epoch."""
-        return bool(self._rng(index, attempt).random() < 0.5) and self.hflip
+        return bool(self.rng(index, attempt).random() < 0.5) and self.hflip
 
     def _load(self, j: int, flip: bool) -> torch.Tensor:
         with Image.open(self.items[j].path) as image:
             image.load()
             return transform_image(image, self.image_size, flip, self.interpolation)
 
-    def _fail(self, j: int, error: Exception) -> None:
-        self._failed.add(j)
-        skipped = Skipped(self.items[j].path, f"decoding failed ({_describe(error)})")
-        self.skipped.append(skipped)
-        warnings.warn(f"{skipped.path}: {skipped.reason}; another image is used instead", DataWarning, stacklevel=3)
-
     def __getitem__(self, index: int) -> dict:
         n = len(self.items)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} items")
         index %= n
-        for attempt in range(n):
-            j = (index + attempt) % n
-            if j in self._failed:
-                continue
-            try:
-                image = self._load(j, self.flips(index, attempt))                      # (3, S, S)
-            except Exception as e:                              # counted, warned, replaced by the next image
-                self._fail(j, e)
-                continue
-            item = {"image": image, "caption": self.items[j].caption, "index": j}
-            if self.text_cache is not None:
-                item["text"], item["text_mask"] = self.text_cache.get(self.items[j].caption)   # (L, C), (L,)
-            return item
-        raise OSError(f"none of the {n} images of {self.root} could be decoded; see dataset.skipped")
+        image, j = self.first_readable(index, lambda j, attempt: self._load(j, self.flips(index, attempt)))
+        item = {"image": image, "caption": self.items[j].caption, "index": j}                  # (3, S, S)
+        if self.text_cache is not None:
+            item["text"], item["text_mask"] = self.text_cache.get(self.items[j].caption)   # (L, C), (L,)
+        return item
 
     def __repr__(self) -> str:
         source = f"manifest={self.manifest}" if self.manifest is not None else "folder"
@@ -492,76 +456,7 @@ class CaptionDataset(Dataset):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Filling the cache for a dataset, and its command line (`flexgen data cache-text`, wired in flexgen/cli.py).
-
-
-@dataclass
-class CacheTextReport:
-    root: str
-    items: int              # usable image–caption pairs
-    skipped: int
-    captions: int           # distinct preprocessed captions, the null caption included
-    written: int            # entries encoded and written now
-    cached: int             # entries that were already there
-    cache_dir: str
-    encoder_id: str
-
-
-def cache_text(root: str | Path, text_encoder: str | Path, cache_dir: str | Path, *, manifest: str | Path = "",
-               max_length: int = MAX_LENGTH, batch_size: int = 16, device: str = "cpu",
-               dtype: torch.dtype = torch.float32, cache_dtype: torch.dtype | str = torch.float16,
-               progress: bool = True, out: Callable[[str], None] = print) -> CacheTextReport:
-    """Encode every caption of the dataset at `root` (and "") with the T5 encoder at `text_encoder` (a pipeline or
-    T5 folder) into `cache_dir`, skipping captions already cached. Counts are printed through `out`."""
-    with warnings.catch_warnings():                             # the report below names every skipped item
-        warnings.simplefilter("ignore", DataWarning)
-        data = CaptionDataset(root, manifest=manifest)
-    encoder_id = encoder_identity(text_encoder)
-    cache = TextEmbeddingCache(cache_dir, encoder_id, max_length, cache_dtype)
-    captions = [NULL_CAPTION, *data.captions]
-    distinct = len({cache.key(c) for c in captions})
-    source = f"manifest {data.manifest}" if data.manifest is not None else "caption files"
-    out(f"{data.root} ({source}): {len(data.items)} items, {distinct} distinct captions with \"\"; "
-        f"skipped {len(data.skipped)} item(s)" + "".join(f"\n  {s.path}: {s.reason}" for s in data.skipped))
-    written = 0
-    if cache.missing(captions):
-        tokenizer, encoder = load_text_encoder(text_encoder, device=device, dtype=dtype)
-        written = cache.fill(captions, tokenizer, encoder, batch_size=batch_size, device=device, progress=progress)
-    out(f"wrote {written} embedding(s), {distinct - written} already cached, in {cache.cache_dir} (encoder "
-        f"{encoder_id}, max_length {max_length}, {str(cache.dtype).removeprefix('torch.')})")
-    return CacheTextReport(str(data.root), len(data.items), len(data.skipped), distinct, written, distinct - written,
-                           str(cache.cache_dir), encoder_id)
-
-
-ENCODER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def add_cache_text_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the arguments of `flexgen data cache-text` to `parser` (returned)."""
-    parser.add_argument("--root", required=True, help="the image–caption folder (images with same-stem .txt "
-                        f"captions, or a {MANIFEST_NAME} manifest in it)")
-    parser.add_argument("--manifest", default="", help="a JSONL manifest ({\"file_name\": ..., \"text\": ...} per "
-                        f"line; paths relative to --root); default: --root/{MANIFEST_NAME} when present")
-    parser.add_argument("--text-encoder", required=True, help="a PixArt-α pipeline folder (text_encoder/ + "
-                        "tokenizer/) or a T5 encoder folder with its tokenizer files")
-    parser.add_argument("--cache", required=True, help="the cache folder (one file per distinct caption)")
-    parser.add_argument("--max-length", type=int, default=MAX_LENGTH, help="T5 tokens per caption (PixArt-α: 120)")
-    parser.add_argument("--batch-size", type=int, default=16, help="captions per encoder forward")
-    parser.add_argument("--device", default="cpu", help="where the encoder runs (cpu, cuda, cuda:1, ...)")
-    parser.add_argument("--dtype", choices=list(ENCODER_DTYPES), default="float32", help="encoder precision")
-    parser.add_argument("--cache-dtype", choices=list(CACHE_DTYPES), default="float16",
-                        help="precision of the stored embeddings")
-    return parser
-
-
-def cache_text_main(args: argparse.Namespace) -> CacheTextReport:
-    """Run `cache_text` from parsed `add_cache_text_arguments` arguments."""
-    if args.max_length < 1 or args.batch_size < 1:
-        raise ValueError(f"--max-length and --batch-size must be positive (got {args.max_length}, "
-                         f"{args.batch_size})")
-    return cache_text(args.root, args.text_encoder, args.cache, manifest=args.manifest, max_length=args.max_length,
-                      batch_size=args.batch_size, device=args.device, dtype=ENCODER_DTYPES[args.dtype],
-                      cache_dtype=args.cache_dtype)
+# The training set of a run.
 
 
 def build_caption_dataset(data_cfg, seed: int = 0, fill: bool = True, progress: bool = True,
