@@ -258,7 +258,6 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-
 def test_sample_resumes_and_refuses_another_runs_folder(tmp_path, capsys):
     """Samples are written as they are made: a re-run with the same settings draws only the missing files; another
     run's folder is refused by name unless --overwrite (evaluation would otherwise score two runs as one)."""
