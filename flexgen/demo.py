@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from flexgen.autoencoder import Autoencoder
-from flexgen.backbones.registry import build_denoiser
 from flexgen.config import Config, load_config
 from flexgen.diffusion import GaussianDiffusion
+from flexgen.registry import build_denoiser
 from flexgen.sample import flops_per_sample
 from flexgen.synthetic import make_synthetic
 from flexgen.train import heldout_loss, train

@@ -31,7 +31,7 @@ Model = Callable[..., Tensor]
 # The one table of sampler names -> diffusers scheduler classes. `make_scheduler` builds the first three as the
 # IDDPM / Latte / DiT protocols define them (`SAMPLERS`, what `sample` and `flexgen sample` use); PixArt-α's
 # `flexgen generate` builds any of them from its pipeline's scheduler config ("dpm-solver" is PixArt-α's name for
-# DPM-Solver++ with the pipeline's settings). Which names a family offers: `flexgen.backbones.registry`.
+# DPM-Solver++ with the pipeline's settings). Which names a family offers: `flexgen.registry`.
 SCHEDULERS: dict[str, str] = {
     "ddpm": "DDPMScheduler",
     "ddim": "DDIMScheduler",

@@ -134,16 +134,19 @@ def random_images(count: int, size: tuple[int, int], seed: int = 0) -> torch.Ten
 
 def write_generate_folder(folder: Path, images: torch.Tensor, prompts: list[str], stem: str = "out") -> Path:
     """Images, a grid and FILE.json as `flexgen generate --out folder/out.png` writes them (several images:
-    out-000.png, ... beside the grid out.png; the record lists file, prompt, seed and index per image)."""
+    out-000.png, ... beside the grid out.png; the sample manifest lists file, prompt, seed and index per image)."""
+    from flexgen.manifest import SampleEntry, SampleManifest
+
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
     for i, (image, prompt) in enumerate(zip(images, prompts, strict=True)):
         name = f"{stem}-{i:03d}.png"
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / name)
-        entries.append({"file": name, "prompt": prompt, "seed": i, "index": i})
+        entries.append(SampleEntry(i, name, i, prompt=prompt))
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(folder / f"{stem}.png")           # the grid
-    record = {"grid": f"{stem}.png", "images": entries, "settings": {"steps": 20, "guidance": 4.5}}
-    (folder / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
+    SampleManifest(command="flexgen generate", family="pixart-alpha", model="tiny", method="baseline",
+                   checkpoint="tiny", checkpoint_sha256="", sampler="dpm-solver", steps=20, cfg_scale=4.5, seed=0,
+                   samples=entries, grid=f"{stem}.png", complete=True).write(folder / f"{stem}.json")
     return folder
 
 

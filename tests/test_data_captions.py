@@ -20,7 +20,7 @@ from PIL import Image
 from flexgen.data.base import DataWarning, MissingTextEmbedding
 from flexgen.data.captions import CaptionDataset, TextEmbeddingCache, transform_image
 from flexgen.data.prepare import add_cache_text_arguments, cache_text_main
-from flexgen.t2i.text import encode_prompts, encoder_identity, load_text_encoder, preprocess
+from flexgen.text_encoder import encode_prompts, encoder_identity, load_text_encoder, preprocess
 from tests.t2i_helpers import CAPTION_DIM, MAX_LENGTH, save_tiny_pipeline, tiny_text_encoder, tiny_tokenizer
 
 # ----------------------------------------------------------------------------------------------------------

@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 from flexgen.autoencoder import Autoencoder
-from flexgen.backbones.registry import build_denoiser
 from flexgen.checkpoint import CheckpointError, file_sha256, save_weights
 from flexgen.config import load_config
 from flexgen.data.media import read_video, video_codec
 from flexgen.manifest import SampleManifest, shard_indices
+from flexgen.registry import build_denoiser
 from flexgen.sample import (
     add_sample_arguments,
     generate,

@@ -94,8 +94,8 @@ def test_bf16_autocast_trains(tmp_path):
 
 def test_heldout_loss_is_the_same_measure_for_every_model():
     cfg = tiny()
-    from flexgen.backbones.registry import build_denoiser
     from flexgen.diffusion import GaussianDiffusion
+    from flexgen.registry import build_denoiser
     model = build_denoiser(cfg)
     x0 = Clips().video[:4]
     kwargs = {"y": torch.tensor([0, 1, 2, 3])}

@@ -53,7 +53,7 @@ from torch import nn
 from flexgen.data.base import DatasetLayoutError, MissingTextEmbedding, SkipAndReplaceDataset, Skipped, describe_error
 from flexgen.data.media import IMAGE_EXTENSIONS
 from flexgen.files import atomic_write, walk_visible
-from flexgen.t2i.text import MAX_LENGTH, encode_prompts, encoder_identity, load_text_encoder, preprocess
+from flexgen.text_encoder import MAX_LENGTH, encode_prompts, encoder_identity, load_text_encoder, preprocess
 
 log = logging.getLogger(__name__)
 

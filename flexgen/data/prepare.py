@@ -28,7 +28,7 @@ from flexgen.data.base import DataWarning, Skipped, describe_error
 from flexgen.data.captions import CACHE_DTYPES, MANIFEST_NAME, NULL_CAPTION, CaptionDataset, TextEmbeddingCache
 from flexgen.data.media import iter_video, list_frames, read_frame_files
 from flexgen.data.video import DATASETS, Clip, VideoClipDataset, clip_span, too_short
-from flexgen.t2i.text import MAX_LENGTH, encoder_identity, load_text_encoder
+from flexgen.text_encoder import MAX_LENGTH, encoder_identity, load_text_encoder
 
 # ----------------------------------------------------------------------------------------------------------
 # Preparation: check and index a downloaded dataset; write FVD reference frame folders.

@@ -8,8 +8,8 @@
 - Image folders (fid): every image file (png/jpg/..., any depth, sorted by relative path). The real images
   (`select_real_images`) are a seeded random subset when there are more than `num_real` (kept in sorted order),
   centre-cropped to the generated size for a `center_crop` protocol; the generated ones the first `num_fake`.
-- Generated text-to-image folders (fid, clipscore): a folder written by `flexgen generate` holds FILE.json records
-  ({"images": [{"file", "prompt", "seed", ...}], "grid", "settings"}); when the generated folder has such records,
+- Generated text-to-image folders (fid, clipscore): a folder written by `flexgen generate` holds FILE.json sample
+  manifests (`flexgen.manifest.SampleManifest`: samples with file, prompt and seed, the grid); when it has such,
   the images they list (records in sorted path order, images in record order; grids left out) are the generated
   set, otherwise every image, and the prompts come from same-stem .txt files beside the images (`generated_images`).
 
@@ -33,12 +33,17 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+# The only imports from the data readers in flexgen.metrics.
+from flexgen.data.media import (
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    list_frames,
+    probe_frames,
+    read_frame_files,
+    read_video,
+)
 from flexgen.files import walk_visible
 from flexgen.metrics.protocols import Protocol, get_protocol
-
-# The only imports from the data readers in flexgen.metrics.
-from flexgen.video.data import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_frames, probe_frames, read_frame_files
-from flexgen.video.data import read_video as read_video_frames
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +77,7 @@ class Source:
             if max(indices) >= len(frames):
                 raise ValueError(f"{self.path}: frame {max(indices)} needed, the folder has {len(frames)} frames")
             return read_frame_files([frames[i] for i in indices])
-        return read_video_frames(self.path, list(indices))
+        return read_video(self.path, list(indices))
 
 
 def list_sources(root: str | Path) -> list[Source]:
@@ -339,24 +344,23 @@ def prompts_sha256(prompts: Sequence[str]) -> str:
 
 
 def _read_generate_record(path: Path) -> tuple[list[dict[str, Any]], str | None] | None:
-    """The "images" entries (each with "file" and "prompt") and the grid file name of a `flexgen generate` record;
-    None for other JSON."""
+    """The entries (each with "file" and "prompt") and the grid file name of a text-to-image sample manifest
+    (`flexgen.manifest.SampleManifest`, the FILE.json of `flexgen generate`); None for other JSON, or for a
+    manifest without prompts."""
+    from flexgen.manifest import SampleManifest
+
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error}); a generated folder's .json files are read as flexgen "
-                         f"generate records, move other files out") from error
-    entries = data.get("images") if isinstance(data, dict) else None
-    if not (isinstance(entries, list) and entries and isinstance(entries[0], dict) and "file" in entries[0]
-            and "prompt" in entries[0]):
+        raise ValueError(f"{path}: not valid JSON ({error}); a generated folder's .json files are read as sample "
+                         f"manifests of flexgen generate, move other files out") from error
+    try:
+        manifest = SampleManifest.from_dict(data, str(path))
+    except (ValueError, TypeError):
         return None
-    for i, entry in enumerate(entries):
-        if not (isinstance(entry, dict) and isinstance(entry.get("file"), str)
-                and isinstance(entry.get("prompt"), str)):
-            raise ValueError(f"{path}: images[{i}] is not {{'file': str, 'prompt': str, ...}} as flexgen generate "
-                             f"writes it: {entry!r}")
-    grid = data.get("grid")
-    return entries, grid if isinstance(grid, str) else None
+    if not manifest.samples or any(entry.prompt is None for entry in manifest.samples):
+        return None
+    return [{"file": e.file, "prompt": e.prompt} for e in manifest.samples], manifest.grid
 
 
 def generated_images(root: str | Path, need_prompts: bool = False) -> GeneratedImages:

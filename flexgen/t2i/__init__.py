@@ -1,13 +1,12 @@
-"""Text-to-image: FlexDiT on PixArt-α through diffusers (`pixart`), the T5 text side (`text`), and generation
-(`generate`); image–caption data with cached text embeddings is `flexgen.data.captions`. Submodules import
+"""Text-to-image: FlexDiT on PixArt-α through diffusers (`pixart`) and generation (`generate`); the T5 text side
+is `flexgen.text_encoder`, image–caption data with cached text embeddings `flexgen.data.captions`. Submodules import
 diffusers / transformers, so this package imports them only when one of its names is used."""
 
 from importlib import import_module
 
 _EXPORTS = {"FlexPixArtTransformer2DModel": "pixart", "FlexPixArtBlock": "pixart",
             "load_transformer": "pixart", "pixart_block": "pixart",
-            "load_pipeline": "generate", "iter_generate": "generate", "load_text_encoder": "text",
-            "encode_prompts": "text"}
+            "load_pipeline": "generate", "iter_generate": "generate"}
 
 
 def __getattr__(name: str):

@@ -148,7 +148,7 @@ def load_pipeline(model: str | Path, *, transformer: str | Path | None = None,
     from diffusers import AutoencoderKL, PixArtAlphaPipeline
 
     from flexgen.t2i.pixart import load_transformer
-    from flexgen.t2i.text import load_text_encoder
+    from flexgen.text_encoder import load_text_encoder
 
     root = Path(model).expanduser()
     _check_pipeline_folder(root)
