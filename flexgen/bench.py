@@ -20,7 +20,7 @@ from flexgen.attention import backend_counts, reset_backend_counts
 from flexgen.density import DensityConfig
 from flexgen.density.cost import density_report, grid_at_timestep
 from flexgen.density.schedules import mean_over_stages
-from flexgen.diffusion import classifier_free_guidance, linear_betas, make_scheduler
+from flexgen.diffusion import any_scheduler, classifier_free_guidance, linear_betas
 from flexgen.registry import build_denoiser, family_of
 
 
@@ -78,12 +78,12 @@ def latency_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float
     dev = torch.device(device)
     torch.manual_seed(seed)
     num_timesteps = run.diffusion.num_timesteps
-    dense, flex, call, x = _models(run, dev, dtype, batch, cfg_scale, attention)
     family = family_of(run.model.preset)
     sampler = sampler or family.default_sampler
     if sampler not in family.samplers:
         raise ValueError(f"{run.model.preset} samples with {', '.join(family.samplers)}, not {sampler!r}")
     steps = steps or family.default_steps
+    dense, flex, call, x = _models(run, dev, dtype, batch, cfg_scale, attention)
     flex_stages = flex.cost().stages
     grids = sorted({s.grid for s in flex_stages})
     t_of = {s.grid: (s.t_start + s.t_end) // 2 for s in flex_stages}     # a timestep inside each grid's stage
@@ -96,7 +96,7 @@ def latency_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float
     def cfg_step(model, grid=None):
         # One sampling step: the doubled CFG batch through the model, guidance, then the scheduler's update
         # (a fresh scheduler each time, made outside the timed call: multistep solvers keep state).
-        scheduler = make_scheduler(sampler, linear_betas(num_timesteps), steps)
+        scheduler = any_scheduler(sampler, linear_betas(num_timesteps), steps)
         t_value = t_of[grid] if grid else 500
         t_step = scheduler.timesteps[(scheduler.timesteps - t_value).abs().argmin()]
         t = torch.full((batch,), int(t_step), device=dev, dtype=torch.long)
@@ -136,7 +136,7 @@ def latency_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float
         result[kind] = {"dense_s": median["dense"], "dynamic_s": dynamic, "per_grid_s": {g: median[g] for g in grids},
                         "latency_ratio": ratio, "speedup": 1 / ratio, "latency_over_flops": ratio / flops_ratio}
     if cfg_scale is not None:          # a whole sampling run: each step at the grid of its own timestep
-        timesteps = make_scheduler(sampler, linear_betas(num_timesteps), steps).timesteps
+        timesteps = any_scheduler(sampler, linear_betas(num_timesteps), steps).timesteps
         step_grids = [grid_at_timestep(flex.cost(), int(t)) for t in timesteps]
         median = result["cfg_step"]
         dense_s = median["dense_s"] * len(step_grids)

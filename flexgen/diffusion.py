@@ -231,6 +231,23 @@ class GaussianDiffusion:
 # ----------------------------------------------------------------------------------------------------------------
 # diffusers schedulers, configured to reproduce the IDDPM / DiT sampling protocol.
 
+def any_scheduler(name: str, betas: Tensor, num_steps: int):
+    """Any sampler of SCHEDULERS on `betas`: the protocol constructions of `make_scheduler` for SAMPLERS (and
+    "dpm-solver"), diffusers' defaults otherwise (SA-Solver, Euler), with set_timesteps(num_steps) done. For timing
+    (`flexgen bench latency`); PixArt-α's `flexgen generate` builds them from its pipeline's config instead."""
+    if name in (*SAMPLERS, "dpm-solver"):
+        return make_scheduler("dpm-solver++" if name == "dpm-solver" else name, betas, num_steps)
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SCHEDULERS)}")
+    import diffusers
+
+    betas_np = torch.as_tensor(betas, dtype=torch.float64).detach().cpu().numpy()
+    scheduler = getattr(diffusers, SCHEDULERS[name])(num_train_timesteps=len(betas_np), trained_betas=betas_np,
+                                                     prediction_type="epsilon", timestep_spacing="linspace")
+    scheduler.set_timesteps(num_steps)
+    return scheduler
+
+
 def make_scheduler(name: str, betas: Tensor, num_steps: int, learned_sigma: bool = True, clip_denoised: bool = False
                    ) -> DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler:
     """A diffusers scheduler for `betas` (num_train_timesteps = len(betas)) with set_timesteps(num_steps) done.
@@ -251,19 +268,14 @@ def make_scheduler(name: str, betas: Tensor, num_steps: int, learned_sigma: bool
         # Song et al. 2021, Eq. 12 with η = 0; "leading" + set_alpha_to_one == IDDPM "ddimN"
         scheduler = DDIMScheduler(**common, set_alpha_to_one=True, timestep_spacing="leading", steps_offset=0,
                                   **clip)
-    elif name in ("dpm-solver++", "dpm-solver"):
+    elif name == "dpm-solver++":
         # Lu et al. 2022b, DPM-Solver++(2M), data-prediction multistep solver
         # It has no static clipping; thresholding with sample_max_value = 1 clips x_0 to [-1, 1] exactly.
         threshold = {"thresholding": True, "sample_max_value": 1.0} if clip_denoised else {}
         scheduler = DPMSolverMultistepScheduler(**{**common, **threshold}, algorithm_type="dpmsolver++",
                                                 solver_order=2, lower_order_final=True, timestep_spacing="linspace")
-    elif name in SCHEDULERS:            # SA-Solver, Euler: diffusers' defaults on these betas (PixArt-α timing)
-        import diffusers
-
-        scheduler = getattr(diffusers, SCHEDULERS[name])(num_train_timesteps=num_train, trained_betas=betas_np,
-                                                         prediction_type="epsilon", timestep_spacing="linspace")
     else:
-        raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SCHEDULERS)}")
+        raise ValueError(f"unknown sampler {name!r}; expected one of {SAMPLERS}")
     scheduler.set_timesteps(num_steps)
     if name == "ddpm" and num_steps > 1:
         # respacing is exact only if a step goes to the next listed timestep (older diffusers stepped to t - T // N)

@@ -82,6 +82,11 @@ def test_bench_latency_runs_and_reports_ratios(capsys):
     assert set(report["attention_calls"]) == {"sdpa"} and report["attention_calls"]["sdpa"] > 0
     assert main(["bench", "latency", "--config", "configs/demo/tiny.yaml"]) == 2     # no density: nothing to compare
     assert "compares dense with FlexDiT" in capsys.readouterr().err
+    # --sampler offers what the model's family offers (Latte / DiT: the IDDPM-exact ddpm, ddim, dpm-solver++)
+    assert main(["bench", "latency", "--config", "configs/demo/tiny.yaml", "density.layout=PGSRT",
+                 "density.schedule.grid_min=2", "density.schedule.grid_max=4", "--cfg-scale", "3", "--sampler",
+                 "euler"]) == 2
+    assert "samples with ddpm, ddim, dpm-solver++, not 'euler'" in capsys.readouterr().err
 
 
 def test_convert_dense_checkpoint_to_flexdit(tmp_path):

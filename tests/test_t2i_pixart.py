@@ -306,6 +306,14 @@ def test_bench_cli_covers_pixart(capsys, tmp_path):
                  "density.layout=P GSR DD", "density.schedule.grid_min=2", "density.schedule.grid_max=4",
                  "--repeats", "1", "--warmup", "0", "--attention", "flexgen", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["attention_calls"]["sdpa"] > 0     # flexgen.attention ran
+    # PixArt-α offers its pipeline's samplers: a whole SA-Solver run is timed too
+    assert main(["bench", "latency", "--config", "configs/t2i/pixart/flexpixart-xl2-256.yaml", "model.depth=6",
+                 "model.hidden_size=24", "model.num_heads=3", "model.caption_channels=32", "data.image_size=64",
+                 "density.layout=P GSR DD", "density.schedule.grid_min=2", "density.schedule.grid_max=4",
+                 "--repeats", "1", "--warmup", "0", "--cfg-scale", "4.5", "--sampler", "sa-solver", "--steps", "5",
+                 "--json"]) == 0
+    sampling = json.loads(capsys.readouterr().out)["sampling"]
+    assert sampling["sampler"] == "sa-solver" and sampling["steps"] == 5
 
 
 def test_flexgen_attention_processor_matches_diffusers():
