@@ -1,4 +1,5 @@
-"""The video clip datasets (flexgen/data/video.py) and the synthetic clip generator (datasets/make_synthetic.py).
+"""The video clip datasets (flexgen/data/video.py) and the synthetic clip generator (flexgen/synthetic.py,
+run through its command line datasets/make_synthetic.py).
 
 Fixture clips are written in tmp_path by tests/data_helpers.py: frame k has the value 8 + 4k in its left half and
 0 in its right half, so a decoded clip tells which frames were sampled (and whether it was flipped).
@@ -57,9 +58,13 @@ def layout(root: Path, dataset: str, n: int = 30) -> list[Path]:
 
 
 def load_make_synthetic():
+    """datasets/make_synthetic.py, the command line of the generator that ships in the package."""
+    import flexgen.synthetic
+
     spec = importlib.util.spec_from_file_location("make_synthetic", REPO / "datasets" / "make_synthetic.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    assert module.make_synthetic is flexgen.synthetic.make_synthetic and module.main is flexgen.synthetic.main
     return module
 
 
