@@ -107,6 +107,14 @@ def _save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
+def _denoiser_keys(state: dict) -> dict:
+    """Checkpoints hold the Denoiser's state (`net.` + the network's keys); a latest.pt written before the
+    backbone interface held the bare network (Latte) or `transformer.` + its keys (PixArt-α): renamed on load."""
+    if any(k.startswith("net.") for k in state):
+        return state
+    return {"net." + k.removeprefix("transformer."): v for k, v in state.items()}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # FSDP (train.fsdp under torchrun): every transformer block is a shard unit, then the whole model.
 
@@ -180,8 +188,8 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
     latest = ckpt_dir / "latest.pt"
     if latest.is_file():                                  # resume: full weights are loaded before any sharding
         state = torch.load(latest, map_location=env.device, weights_only=True)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
+        model.load_state_dict(_denoiser_keys(state["model"]))
+        ema.load_state_dict(_denoiser_keys(state["ema"]))
         step = state["step"]
     fsdp = tc.fsdp and env.world_size > 1
     if fsdp:
