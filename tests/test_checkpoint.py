@@ -112,6 +112,10 @@ def test_atomic_write_and_visible_walk(tmp_path):
         tmp.write_text("one")
         assert not target.exists() and tmp.name.startswith(".")       # nothing under the final name yet
     assert target.read_text() == "one"
+    plain = tmp_path / "b" / "plain.txt"
+    plain.parent.mkdir()
+    plain.write_text("x")
+    assert target.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777      # not mkstemp's 0600
     with pytest.raises(RuntimeError), atomic_write(target) as tmp:
         tmp.write_text("half")
         raise RuntimeError("killed")
@@ -119,6 +123,5 @@ def test_atomic_write_and_visible_walk(tmp_path):
     (tmp_path / "sub" / ".hidden").mkdir()
     (tmp_path / "sub" / ".hidden" / "x.txt").write_text("")
     (tmp_path / "sub" / ".a.json.123.tmp").write_text("")
-    (tmp_path / "b").mkdir()
     walked = [(folder.relative_to(tmp_path).as_posix(), dirs, files) for folder, dirs, files in walk_visible(tmp_path)]
-    assert walked == [(".", ["b", "sub"], []), ("b", [], []), ("sub", [], ["a.json"])]
+    assert walked == [(".", ["b", "sub"], []), ("b", [], ["plain.txt"]), ("sub", [], ["a.json"])]
