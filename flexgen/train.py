@@ -191,6 +191,10 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
         model.load_state_dict(_denoiser_keys(state["model"]))
         ema.load_state_dict(_denoiser_keys(state["ema"]))
         step = state["step"]
+    if step >= math.ceil(tc.total_samples / (tc.batch_size * env.world_size)) and env.is_main:
+        # A finished run: its export is its final EMA, written again (a kill between the last checkpoint and
+        # the export would otherwise leave an older export, or none, for sampling and init_from).
+        ema.export(run_dir / ema.export_name)
     fsdp = tc.fsdp and env.world_size > 1
     if fsdp:
         shard(model)

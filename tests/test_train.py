@@ -56,6 +56,30 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
               progress=False)
 
 
+def test_a_kill_before_the_final_export_is_repaired_by_the_rerun(tmp_path, monkeypatch):
+    from flexgen.backbones.latte import LatteDenoiser
+
+    cfg = tiny("train.total_samples=32")                             # 16 steps, checkpoint + export every 8
+    original, calls = LatteDenoiser.export, []
+
+    def killed_at_the_second_export(self, path):
+        calls.append(path)
+        if len(calls) == 2:                                          # after the final latest.pt was written
+            raise KeyboardInterrupt("killed before the final export")
+        return original(self, path)
+
+    monkeypatch.setattr(LatteDenoiser, "export", killed_at_the_second_export)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run", dataset=Clips(), progress=False)
+    assert torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)["step"] == 16
+    stale = load_model(tmp_path / "run" / "ema.safetensors")        # the step-8 export
+    monkeypatch.setattr(LatteDenoiser, "export", original)
+    again = train(cfg, tmp_path / "run", dataset=Clips(), progress=False)   # the same command: nothing to train
+    assert again["finished"] and again["step"] == 16
+    exported = load_model(tmp_path / "run" / "ema.safetensors")
+    assert params_digest(exported) == params_digest(again["ema"].net) != params_digest(stale)
+
+
 def test_resume_reads_a_checkpoint_of_the_bare_network(tmp_path):
     # latest.pt files written before the backbone interface hold the network's keys without the Denoiser's "net."
     cfg = tiny("train.total_samples=32")
