@@ -388,6 +388,14 @@ def test_generated_folder_listing(tmp_path, caplog):
     (fake / "out-001.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"out-001\.png is listed in .*out\.json"):
         generated_images(fake)
+    from flexgen.manifest import SampleManifest
+
+    unfinished = write_generate_folder(tmp_path / "unfinished", images, PROMPTS[:3])
+    manifest = SampleManifest.read(unfinished / "out.json")
+    manifest.complete = False                                    # a killed flexgen generate run
+    manifest.write(unfinished / "out.json")
+    with pytest.raises(ValueError, match="did not complete"):
+        generated_images(unfinished)
     (fake / "broken.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         generated_images(fake)

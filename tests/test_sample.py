@@ -283,3 +283,29 @@ def test_sample_resumes_and_refuses_another_runs_folder(tmp_path, capsys):
     assert SampleManifest.read(out / "samples.json").seed == 0      # the refused run changed nothing
     replaced = sample_main(command("--seed", 5, "--overwrite"))
     assert [s["seed"] for s in replaced["samples"]] == [5, 6, 7]
+
+
+def test_evaluation_refuses_a_folder_its_manifest_does_not_describe(tmp_path):
+    """Issue 11, item 1: samples of two runs in one folder, or of an unfinished run, are never scored as one set."""
+    import shutil
+
+    from flexgen.metrics.sources import check_sample_manifest, select_fake_clips
+
+    model, _ = random_model()
+    save_weights(model.net, tmp_path / "dense.safetensors")
+    out = tmp_path / "s"
+    sample_main(parse("--config", TINY, "--ckpt", tmp_path / "dense.safetensors", "--num-samples", 2, "--out", out,
+                      "--sampler", "ddim", "--steps", 2, "--no-progress", *SMALL))
+    check_sample_manifest(out)                                       # exactly its files: accepted
+    shutil.copy(out / "0000.mp4", out / "0007.mp4")                  # a file another run left
+    with pytest.raises(ValueError, match=r"does not list exactly .*1 not listed \(e.g. 0007.mp4\)"):
+        select_fake_clips(out, "fvd2048_16f")
+    (out / "0007.mp4").unlink()
+    (out / "0001.mp4").unlink()
+    with pytest.raises(ValueError, match=r"1 listed but missing \(e.g. 0001.mp4\)"):
+        check_sample_manifest(out)
+    manifest = SampleManifest.read(out / "samples.json")
+    manifest.complete = False
+    manifest.write(out / "samples.json")
+    with pytest.raises(ValueError, match="did not complete"):
+        check_sample_manifest(out)

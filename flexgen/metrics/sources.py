@@ -223,9 +223,40 @@ def select_real_clips(root: str | Path, protocol: str | Protocol, batch_size: in
 # ---------------------------------------------------------------------------------------------------------------
 # Generated clips: the first frames of the first num_fake videos (sorted names)
 # ---------------------------------------------------------------------------------------------------------------
+def check_sample_manifest(root: str | Path) -> None:
+    """A folder `flexgen sample` wrote (samples.json) is evaluated only when its run completed and the manifest lists
+    exactly the sample files it holds: two runs in one folder, or files of a killed run, are refused by name."""
+    from flexgen.manifest import SampleManifest
+
+    root = Path(root)
+    path = root / "samples.json"
+    if not path.is_file():
+        return
+    try:
+        manifest = SampleManifest.read(path)
+    except ValueError:                      # another tool's samples.json: other JSON is ignored, as in listings
+        return
+    if not manifest.complete:
+        raise ValueError(f"{path}: the sampling run that wrote this folder did not complete; re-run its command to "
+                         "finish it, then evaluate")
+    media = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
+    present = {(here / f).relative_to(root).as_posix() for here, _, files in walk_visible(root, followlinks=False)
+               for f in files if Path(f).suffix.lower() in media}
+    listed = set(manifest.files())
+    extra = sorted(present - listed - ({manifest.grid} if manifest.grid else set()))
+    missing = sorted(listed - present)
+    if extra or missing:
+        parts = [f"{len(extra)} not listed (e.g. {', '.join(extra[:3])})"] if extra else []
+        parts += [f"{len(missing)} listed but missing (e.g. {', '.join(missing[:3])})"] if missing else []
+        raise ValueError(f"{root}: its manifest samples.json does not list exactly the sample files it holds "
+                         f"({'; '.join(parts)}); a folder must hold the samples of one complete run")
+
+
 def select_fake_clips(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ClipSet:
-    """Exactly `num_fake` clips; too few videos, or a video shorter than a clip, is an error (not a silent skip)."""
+    """Exactly `num_fake` clips; too few videos, or a video shorter than a clip, is an error (not a silent skip).
+    A `flexgen sample` folder must hold exactly its manifest's files (`check_sample_manifest`)."""
     protocol = get_protocol(protocol)
+    check_sample_manifest(root)
     sources = list_sources(root)
     if len(sources) < protocol.num_fake:
         raise ValueError(f"{root}: protocol {protocol.name} needs {protocol.num_fake} generated videos, found "
@@ -360,6 +391,9 @@ def _read_generate_record(path: Path) -> tuple[list[dict[str, Any]], str | None]
         return None
     if not manifest.samples or any(entry.prompt is None for entry in manifest.samples):
         return None
+    if not manifest.complete:
+        raise ValueError(f"{path}: the flexgen generate run that wrote it did not complete; re-run its command to "
+                         "finish it, then evaluate")
     return [{"file": e.file, "prompt": e.prompt} for e in manifest.samples], manifest.grid
 
 
@@ -444,8 +478,10 @@ def select_real_images(root: str | Path, protocol: str | Protocol, batch_size: i
 
 
 def select_fake_images(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ImageSet:
-    """Exactly the first `num_fake` generated images (`generated_images` order); fewer is an error."""
+    """Exactly the first `num_fake` generated images (`generated_images` order); fewer is an error. A
+    `flexgen sample` folder must hold exactly its manifest's files (`check_sample_manifest`)."""
     protocol = get_protocol(protocol)
+    check_sample_manifest(root)
     images = generated_images(root).paths
     if len(images) < protocol.num_fake:
         raise ValueError(f"{root}: protocol {protocol.name} needs {protocol.num_fake} generated images, found "
