@@ -16,7 +16,7 @@ import yaml
 
 from flexgen.density import DensityConfig
 from flexgen.registry import PRESET_FAMILY, family_of
-from flexgen.schema import ConfigError, build_dataclass, choice
+from flexgen.schema import ConfigError, build_dataclass, check_range, choice
 
 DATASETS = ("ffs", "sky", "ucf101", "taichi", "synthetic", "captions")
 AUTOENCODERS = ("sd-vae", "pixel")
@@ -39,6 +39,8 @@ class ModelConfig:
 
     def __post_init__(self):
         choice("preset", self.preset, list(PRESET_FAMILY))
+        check_range(self, num_classes=(0, None), class_dropout_prob=(0, 1), in_channels=(1, None), depth=(1, None),
+                    hidden_size=(1, None), num_heads=(1, None), caption_channels=(1, None))
 
 
 @dataclass
@@ -50,6 +52,7 @@ class AutoencoderConfig:
 
     def __post_init__(self):
         choice("kind", self.kind, AUTOENCODERS)
+        check_range(self, scale_factor=(1e-12, None), downsample=(1, None))
 
 
 @dataclass
@@ -69,6 +72,8 @@ class DataConfig:
 
     def __post_init__(self):
         choice("dataset", self.dataset, DATASETS)
+        check_range(self, num_frames=(1, None), frame_interval=(1, None), image_size=(1, None), num_images=(0, None),
+                    num_workers=(0, None), max_length=(1, None))
 
 
 @dataclass
@@ -77,6 +82,10 @@ class DiffusionConfig:
     beta_start: float = 1e-4            # linear β schedule (Ho et al. 2020)
     beta_end: float = 0.02
     min_snr_gamma: float | None = None  # Min-SNR-γ weighting of the ε loss (Hang et al. 2023); None = off
+
+    def __post_init__(self):
+        check_range(self, num_timesteps=(2, None), beta_start=(1e-12, 1), beta_end=(self.beta_start, 1),
+                    min_snr_gamma=(1e-12, None))
 
 
 @dataclass
@@ -97,6 +106,11 @@ class TrainConfig:
     results_dir: str = "results"       # runs go to results_dir/<config name> unless --run-dir is given
     init_from: str = ""                 # weights to start from (official or ours); dense -> FlexDiT converts
 
+    def __post_init__(self):
+        check_range(self, lr=(1e-12, None), weight_decay=(0, None), ema_decay=(0, 1), batch_size=(1, None),
+                    total_samples=(0, None), grad_clip=(0, None), clip_after_samples=(0, None),
+                    log_every_samples=(1, None), ckpt_every_samples=(1, None))
+
 
 @dataclass
 class SampleConfig:
@@ -107,6 +121,10 @@ class SampleConfig:
     num_samples: int = 2048             # FVD protocol: 2048 videos
     batch_size: int = 2                 # per device
     clip_denoised: bool = False         # clip predicted x_0 to [-1, 1]: for pixel-space models, not latents
+
+    def __post_init__(self):
+        check_range(self, steps=(1, None), cfg_scale=(0, None), seed=(0, None), num_samples=(0, None),
+                    batch_size=(1, None))
 
 
 

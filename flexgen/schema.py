@@ -55,9 +55,25 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
         return float(value)
     if tp is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
         return float(value)     # PyYAML (YAML 1.1) reads `1e-4`, without a dot, as a string
+    if tp is int and not isinstance(value, bool) and isinstance(value, str | float):
+        number = float(value) if isinstance(value, float) or _FLOAT.fullmatch(value.strip()) else None
+        if number is not None and number.is_integer():
+            return int(number)  # `total_samples: 1e9` (a str to PyYAML) or `4.0e6` means the integer written
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
         raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     return value
+
+
+def check_range(obj: Any, **bounds: tuple[float | None, float | None]) -> None:
+    """Each named field of `obj` lies in [low, high] (None: unbounded; a None value is not checked); a ValueError
+    naming the field otherwise (build_dataclass adds the section and the file)."""
+    for name, (low, high) in bounds.items():
+        value = getattr(obj, name)
+        if value is None:
+            continue
+        if (low is not None and value < low) or (high is not None and value > high):
+            want = f">= {low}" if high is None else f"<= {high}" if low is None else f"in [{low}, {high}]"
+            raise ValueError(f"{name}: must be {want}, got {value!r}")
 
 
 def build_dataclass(cls: type, data: Any, section: str = "") -> Any:

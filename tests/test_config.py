@@ -87,3 +87,29 @@ def test_missing_file_and_round_trip(tmp_path):
     save_config(cfg, tmp_path / "resolved.yaml")
     assert load_config(tmp_path / "resolved.yaml") == cfg
     assert load_config() == Config()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.batch_size=-8", r"train\.batch_size: must be >= 1, got -8"),
+    ("train.batch_size=0", r"train\.batch_size: must be >= 1, got 0"),
+    ("train.total_samples=-5", r"train\.total_samples: must be >= 0"),
+    ("train.ema_decay=-1", r"train\.ema_decay: must be in \[0, 1\], got -1\.0"),
+    ("train.ema_decay=1.5", r"train\.ema_decay: must be in \[0, 1\]"),
+    ("model.class_dropout_prob=2", r"model\.class_dropout_prob: must be in \[0, 1\]"),
+    ("model.num_classes=-3", r"model\.num_classes: must be >= 0, got -3"),
+    ("sample.steps=0", r"sample\.steps: must be >= 1"),
+    ("data.frame_interval=0", r"data\.frame_interval: must be >= 1"),
+    ("diffusion.beta_end=1e-5", r"diffusion\.beta_end: must be in"),
+])
+def test_numbers_are_range_checked_at_load_time(override, message):
+    # Issue 11, item 5: a bad number is a load-time error naming the key and the file, not a silent no-op or a
+    # traceback later.
+    with pytest.raises(ConfigError, match=rf"configs/demo/tiny\.yaml with overrides .*{message}"):
+        load_config("configs/demo/tiny.yaml", [override])
+
+
+def test_an_integral_number_in_float_notation_is_accepted_for_an_int():
+    assert load_config("configs/demo/tiny.yaml", ["train.total_samples=1e9"]).train.total_samples == 10 ** 9
+    assert load_config("configs/demo/tiny.yaml", ["train.total_samples=4.0e6"]).train.total_samples == 4 * 10 ** 6
+    with pytest.raises(ConfigError, match=r"train\.total_samples: expected int, got float 2\.5"):
+        load_config("configs/demo/tiny.yaml", ["train.total_samples=2.5"])
