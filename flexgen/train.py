@@ -166,7 +166,6 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
     if env.is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         _check_resumable(run_dir, cfg)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     dist.barrier()
 
     # The data first: a wrong folder is reported before a large model is built.
@@ -227,6 +226,9 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
         bar = tqdm(total=total_steps * global_batch, initial=step * global_batch, unit="clip", desc="train")
 
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=tc.bf16)
+    if env.is_main:       # the run's identity is committed once training starts (a failed set-up locks nothing)
+        with atomic_write(run_dir / "config.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     model.train()
     window: list[dict] = []
     started = time.perf_counter()

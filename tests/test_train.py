@@ -80,6 +80,17 @@ def test_a_kill_before_the_final_export_is_repaired_by_the_rerun(tmp_path, monke
     assert params_digest(exported) == params_digest(again["ema"].net) != params_digest(stale)
 
 
+def test_a_run_that_fails_before_its_first_step_does_not_lock_its_directory(tmp_path):
+    # Issue 11, item 7: the corrected command must not be refused as "a different configuration".
+    bad = tiny("train.total_samples=8", f"train.init_from={tmp_path / 'missing.safetensors'}")
+    with pytest.raises(ValueError, match="weights file not found"):
+        train(bad, tmp_path / "run", dataset=Clips(), progress=False)
+    assert not (tmp_path / "run" / "config.yaml").exists()
+    fixed = tiny("train.total_samples=8")
+    assert train(fixed, tmp_path / "run", dataset=Clips(), progress=False)["finished"]
+    assert load_config(tmp_path / "run" / "config.yaml") == fixed
+
+
 def test_resume_reads_a_checkpoint_of_the_bare_network(tmp_path):
     # latest.pt files written before the backbone interface hold the network's keys without the Denoiser's "net."
     cfg = tiny("train.total_samples=32")
