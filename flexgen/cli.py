@@ -63,10 +63,16 @@ def convert(args: argparse.Namespace) -> None:
 
 
 def default_run_dir(config_path: str, overrides: list[str], results_dir: str) -> Path:
-    """results_dir/<config name>[-<hash of the overrides>]: the same command finds the same run (and resumes)."""
+    """results_dir/<config name>, or results_dir/<config name>-<hash> when the overrides change the run's identity
+    (`flexgen.train.run_identity`: the resolved config without the resumable keys). The same run finds the same
+    directory whatever the order of its overrides, and extending `train.total_samples` resumes it."""
+    from flexgen.config import load_config
+    from flexgen.train import run_identity
+
     name = Path(config_path).stem
-    if overrides:
-        name += "-" + hashlib.sha256(" ".join(overrides).encode()).hexdigest()[:8]
+    identity = run_identity(load_config(config_path, overrides))
+    if identity != run_identity(load_config(config_path)):
+        name += "-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
     return Path(results_dir) / name
 
 

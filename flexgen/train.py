@@ -52,6 +52,16 @@ RESUMABLE_CHANGES = {("train", "total_samples"), ("train", "log_every_samples"),
                      ("data", "num_workers"), ("data", "root")}
 
 
+def run_identity(cfg: Config) -> dict:
+    """What makes a run this run: the resolved configuration without the keys a resume may change (and without
+    where results go). The default run directory is named by it, so extending a run or reordering overrides finds
+    the same directory."""
+    data = config_to_dict(cfg)
+    for section, key in (*RESUMABLE_CHANGES, ("train", "results_dir")):
+        data[section].pop(key, None)
+    return data
+
+
 def _seed(*parts: int) -> int:
     """A 63-bit seed from integers (a simple polynomial mix; distinct tuples give distinct streams)."""
     h = 0
@@ -226,6 +236,9 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
         bar = tqdm(total=total_steps * global_batch, initial=step * global_batch, unit="clip", desc="train")
 
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=tc.bf16)
+    if env.is_main and progress:
+        print(f"resuming {run_dir} from step {step} ({step * tc.batch_size * env.world_size} clips)" if step
+              else f"starting a new run in {run_dir}")
     if env.is_main:       # the run's identity is committed once training starts (a failed set-up locks nothing)
         with atomic_write(run_dir / "config.yaml") as tmp:
             tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,17 @@ def test_convert_dense_checkpoint_to_flexdit(tmp_path):
     with pytest.raises(ValueError, match="unexpected keys: fusions"):
         from flexgen.checkpoint import load_weights
         load_weights(build_denoiser(load_config("configs/demo/tiny.yaml")).net, tmp_path / "flex.safetensors")
+
+
+def test_default_run_dir_follows_the_runs_identity():
+    # Issue 11, item 4: reordered overrides, or a longer run, find the same directory; another run another one.
+    from flexgen.cli import default_run_dir
+
+    tiny = "configs/demo/tiny.yaml"
+    plain = default_run_dir(tiny, [], "results")
+    assert plain == Path("results/tiny")
+    assert default_run_dir(tiny, ["train.total_samples=99999", "data.num_workers=2"], "results") == plain
+    a = default_run_dir(tiny, ["train.lr=2e-3", "train.seed=5"], "results")
+    assert a != plain and a == default_run_dir(tiny, ["train.seed=5", "train.lr=2e-3"], "results")
+    assert default_run_dir(tiny, ["train.seed=5", "train.lr=2e-3", "train.total_samples=1"], "results") == a
+    assert default_run_dir(tiny, ["train.lr=3e-3", "train.seed=5"], "results") != a
