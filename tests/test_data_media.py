@@ -92,7 +92,13 @@ def test_write_read_video_round_trip(tmp_path, codec, size):
     if (codec or video_codec()) == "libx264" and size[0] % 2:
         assert error.mean() < 1.5
     write_video(tmp_path / "b.mp4", torch.from_numpy(clip).permute(0, 3, 1, 2), codec=codec)   # (F, 3, H, W)
-    assert np.array_equal(read_video(tmp_path / "b.mp4"), back)
+    # The (F, 3, H, W) layout reaches the encoder as the same frames. Not compared bit for bit: libx264 with
+    # threads does not always encode the same input to the same bytes (seen once in five CI runs), so the second
+    # encode meets the same bounds and agrees with the first far inside them (a layout bug misses by tens of levels).
+    again = read_video(tmp_path / "b.mp4")
+    error_b = np.abs(again.astype(int) - clip.astype(int))
+    assert again.shape == clip.shape and error_b.mean() < 6 and error_b.max() < 24
+    assert np.abs(again.astype(int) - back.astype(int)).mean() < 1
 
 
 def test_video_errors(tmp_path):
