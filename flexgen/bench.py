@@ -182,12 +182,11 @@ def _meta_denoiser(run):
 def bench_flops(args) -> dict:
     run, name = bench_run(args)
     model = _meta_denoiser(run)
-    dense = _meta_denoiser(dataclasses.replace(run, density=DensityConfig())) if run.density.layout else model
-    result = {"model": name, "latent": list(dense.latent_shape() if len(dense.latent_shape()) == 4
-                                            else (1, *dense.latent_shape())), **dense.condition_summary()}
-    result.update(dense.cost().forward_macs(None).to_dict())
+    cost, shape = model.cost(), model.latent_shape()       # forward_macs(None): the dense network, counted once
+    result = {"model": name, "latent": list(shape if len(shape) == 4 else (1, *shape)), **model.condition_summary()}
+    result.update(cost.forward_macs(None).to_dict())
     if run.density.layout:
-        flex = density_report(model.cost())
+        flex = density_report(cost)
         result.update(layout=run.density.layout, params=flex["params"], params_dense=flex["params_dense"],
                       gmacs_dense=flex["gmacs_dense"], gmacs=flex["gmacs"], reduction=flex["reduction"],
                       gmacs_released_code=flex["gmacs_released_code"],

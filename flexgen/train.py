@@ -193,6 +193,8 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     autoencoder = Autoencoder.from_config(cfg.autoencoder).to(env.device)
 
+    global_batch = tc.batch_size * env.world_size
+    total_steps = math.ceil(tc.total_samples / global_batch)
     step, state = 0, None
     latest = ckpt_dir / "latest.pt"
     if latest.is_file():                                  # resume: full weights are loaded before any sharding
@@ -200,7 +202,7 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
         model.load_state_dict(_denoiser_keys(state["model"]))
         ema.load_state_dict(_denoiser_keys(state["ema"]))
         step = state["step"]
-    if step >= math.ceil(tc.total_samples / (tc.batch_size * env.world_size)) and env.is_main:
+    if step >= total_steps and env.is_main:
         # A finished run: its export is its final EMA, written again (a kill between the last checkpoint and
         # the export would otherwise leave an older export, or none, for sampling and init_from).
         ema.export(run_dir / ema.export_name)
@@ -217,11 +219,9 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
     if state is not None:
         load_optimizer_state(model, optimizer, state["opt"], fsdp)
 
-    global_batch = tc.batch_size * env.world_size
     steps_per_epoch = len(dataset) // global_batch
     if steps_per_epoch == 0:
         raise ValueError(f"the dataset has {len(dataset)} clips, fewer than one global batch of {global_batch}")
-    total_steps = math.ceil(tc.total_samples / global_batch)
     last_step = total_steps if stop_after_steps is None else min(total_steps, step + stop_after_steps)
     log_every = max(1, tc.log_every_samples // global_batch)
     ckpt_every = max(1, tc.ckpt_every_samples // global_batch)
@@ -237,7 +237,7 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
 
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=tc.bf16)
     if env.is_main and progress:
-        print(f"resuming {run_dir} from step {step} ({step * tc.batch_size * env.world_size} clips)" if step
+        print(f"resuming {run_dir} from step {step} ({step * global_batch} clips)" if step
               else f"starting a new run in {run_dir}")
     if env.is_main:       # the run's identity is committed once training starts (a failed set-up locks nothing)
         with atomic_write(run_dir / "config.yaml") as tmp:

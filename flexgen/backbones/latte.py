@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 from flexgen.backbones.base import Denoiser
-from flexgen.density.cost import SpatialSequence
-from flexgen.density.schedules import Stage, stages
+from flexgen.density.cost import CountedCost, SpatialSequence
 from flexgen.flops import FlopReport, count_macs
 from flexgen.presets import LATTE_PRESETS as PRESETS
 from flexgen.video.flex_latte import FlexLatte
@@ -44,7 +43,7 @@ def latte_config_from_run(run: Any) -> LatteConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class LatteCost:
+class LatteCost(CountedCost):
     """`flexgen.density.cost.CostModel` of a Latte / DiT network, dense or with a FlexDiT density."""
     config: LatteConfig
     density: Any = None                     # flexgen.density.DensityConfig, or None for the dense model
@@ -52,19 +51,8 @@ class LatteCost:
     _counted: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)   # grid -> FlopReport
 
     @property
-    def stages(self) -> list[Stage]:
-        return stages(self.density.schedule, self.num_timesteps) if self.density is not None else []
-
-    @property
-    def layout(self) -> str:
-        from flexgen.density import parse_layout
-
-        return parse_layout(self.density.layout, self.config.num_spatial) if self.density is not None else ""
-
-    def forward_macs(self, grid: int | None = None) -> FlopReport:
-        if grid not in self._counted:
-            self._counted[grid] = self._count(grid)
-        return self._counted[grid]
+    def num_blocks(self) -> int:
+        return self.config.num_spatial
 
     def _count(self, grid: int | None) -> FlopReport:
         c = self.config

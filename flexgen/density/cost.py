@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from flexgen.density.schedules import Stage, grid_for_timesteps, mean_over_stages
+from flexgen.density.layouts import parse_layout
+from flexgen.density.schedules import Stage, grid_for_timesteps, mean_over_stages, stages
 from flexgen.flops import FlopReport
 
 
@@ -34,6 +35,36 @@ class CostModel(Protocol):
         """MACs of one forward for one sample: the dense model (grid None) or its FlexDiT version at `grid`."""
 
     def spatial_sequence(self) -> SpatialSequence: ...
+
+
+class CountedCost:
+    """What the families' cost models share (mixed into their dataclasses, which have the fields `density`,
+    `num_timesteps` and `_counted`): the schedule's stages and the layout's roles from `density`, and each grid's
+    MAC count done once (`_count(grid)`, the family's meta-device count; `num_blocks`, its spatial blocks)."""
+
+    density: Any                    # flexgen.density.DensityConfig, or None for the dense model
+    num_timesteps: int
+    _counted: dict                  # grid -> FlopReport
+
+    @property
+    def num_blocks(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def stages(self) -> list[Stage]:
+        return stages(self.density.schedule, self.num_timesteps) if self.density is not None else []
+
+    @property
+    def layout(self) -> str:
+        return parse_layout(self.density.layout, self.num_blocks) if self.density is not None else ""
+
+    def forward_macs(self, grid: int | None = None) -> FlopReport:
+        if grid not in self._counted:
+            self._counted[grid] = self._count(grid)
+        return self._counted[grid]
+
+    def _count(self, grid: int | None) -> FlopReport:
+        raise NotImplementedError
 
 
 def grid_at_timestep(cost: CostModel, t: int) -> int | None:

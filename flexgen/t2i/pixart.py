@@ -39,8 +39,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from flexgen.density import DensityConfig, DensityRecord, Fusion, ScheduleConfig, parse_layout, pool, stages, unpool
-from flexgen.density.cost import SpatialSequence
-from flexgen.density.schedules import Stage, grid_for_timesteps
+from flexgen.density.cost import CountedCost, SpatialSequence
+from flexgen.density.schedules import grid_for_timesteps
 from flexgen.density.walk import run_layout
 from flexgen.flops import FlopReport, count_macs
 from flexgen.presets import PIXART_PRESETS as PRESETS  # noqa: F401  (re-exported)
@@ -316,7 +316,7 @@ def density_config_entries(density: DensityConfig) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
-class PixArtCost:
+class PixArtCost(CountedCost):
     """`flexgen.density.cost.CostModel` of a PixArt-α transformer (`PixArtTransformer2DModel` arguments)."""
     arguments: dict
     density: DensityConfig | None = None    # None for the dense model
@@ -332,17 +332,8 @@ class PixArtCost:
                    transformer.config.get("num_train_timesteps", 1000))
 
     @property
-    def stages(self) -> list[Stage]:
-        return stages(self.density.schedule, self.num_timesteps) if self.density is not None else []
-
-    @property
-    def layout(self) -> str:
-        return parse_layout(self.density.layout, self.arguments["num_layers"]) if self.density is not None else ""
-
-    def forward_macs(self, grid: int | None = None) -> FlopReport:
-        if grid not in self._counted:
-            self._counted[grid] = self._count(grid)
-        return self._counted[grid]
+    def num_blocks(self) -> int:
+        return self.arguments["num_layers"]
 
     def _count(self, grid: int | None) -> FlopReport:
         config, dense = self.arguments, self.density is None or grid is None
