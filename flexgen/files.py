@@ -1,5 +1,5 @@
-"""Files on local disk: atomic writes, the folder walk that skips hidden names, sha256 digests, the detector cache
-location, and verification before loading.
+"""Files on local disk: atomic writes (of files and of folders), the folder walk that skips hidden names, sha256
+digests, the detector cache location, and verification before loading.
 
 Nothing here downloads. A detector file is looked up at an explicit path, else `$<ENV_VAR>`, else
 `$FLEXGEN_CACHE/detectors/<file>` (cache default ~/.cache/flexgen), and its sha256 is checked before anything
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +33,37 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield a new hidden temporary folder beside `path` to fill; when the block succeeds it takes the place of
+    `path`, when it fails it is removed. A folder already at `path` is renamed aside to a hidden `.NAME.*.old`,
+    the new one renamed into place, then the old one removed (restored if the second rename fails). A reader never
+    sees a half-written folder under the final name: a killed write leaves only hidden `.NAME.*.tmp` (or, killed
+    between the two renames, `.NAME.*.old` and no `path`), which folder walks skip."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())          # mkdtemp makes 0700; the folder gets what mkdir would give it
+        if path.is_symlink() or path.exists():
+            if not path.is_dir() or path.is_symlink():
+                raise FileExistsError(f"{path} exists and is not a folder; not replacing it")
+            old = tmp.with_name(tmp.name[:-len(".tmp")] + ".old")    # unique: tmp's random part is
+            os.rename(path, old)
+            try:
+                os.rename(tmp, path)
+            except BaseException:
+                os.rename(old, path)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

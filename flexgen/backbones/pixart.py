@@ -103,9 +103,19 @@ class PixArtDenoiser(Denoiser):
 
     def export(self, path: str | Path) -> Path:
         """A diffusers transformer folder (config.json with the density keys + weights), for `flexgen generate
-        --transformer` and `load_transformer`."""
-        self.net.save_pretrained(path)
-        return Path(path)
+        --transformer` and `load_transformer`. Written into a hidden folder beside `path`, renamed into place when
+        complete (`flexgen.files.atomic_directory`): a killed export never leaves a half-written folder to load. An
+        existing transformer folder (with a config.json) is replaced whole; any other non-empty folder is refused
+        rather than deleted."""
+        from flexgen.files import atomic_directory
+
+        path = Path(path)
+        if path.is_dir() and any(path.iterdir()) and not (path / "config.json").is_file():
+            raise FileExistsError(f"{path} is a non-empty folder that is not a transformer folder (no config.json); "
+                                  "the export replaces its folder whole: choose a new or empty folder")
+        with atomic_directory(path) as tmp:
+            self.net.save_pretrained(tmp)
+        return path
 
     def describe(self) -> str:
         return (f"{self.net.config.num_layers} blocks; use it with flexgen generate --transformer")

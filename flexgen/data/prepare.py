@@ -28,6 +28,7 @@ from flexgen.data.base import DataWarning, Skipped, describe_error
 from flexgen.data.captions import CACHE_DTYPES, MANIFEST_NAME, NULL_CAPTION, CaptionDataset, TextEmbeddingCache
 from flexgen.data.media import iter_video, list_frames, read_frame_files
 from flexgen.data.video import DATASETS, Clip, VideoClipDataset, clip_span, too_short
+from flexgen.files import atomic_directory
 from flexgen.text_encoder import MAX_LENGTH, encoder_identity, load_text_encoder
 
 # ----------------------------------------------------------------------------------------------------------
@@ -50,30 +51,38 @@ class PrepareReport:
     too_short: list[Skipped] = field(default_factory=list)     # clips the training loader would drop (still written)
 
 
+class _NoFrames(Exception):
+    """A clip that decoded to no frames (its folder is not written)."""
+
+
 def _convert_clip(job: tuple[str, bool, str, int, int]) -> tuple[int, str | None]:
     """Write one clip as dst/<video>/000000.jpg, ...: centre square crop of the short side, LANCZOS resize, JPEG
     (the order and rounding of Latte's tools/convert_videos_to_frames.py). Returns (frames written, None) or
-    (0, reason); a failed clip's folder is removed so the reference set stays clean."""
+    (0, reason). The frames go into a hidden folder beside dst/<video>, renamed into place (replacing an earlier
+    one) when the clip is complete (`flexgen.files.atomic_directory`): a killed conversion leaves no partial
+    frame folder for FVD to read as a video. A failed clip's folder (an earlier one too) is removed so the
+    reference set stays clean."""
     source, is_folder, out_dir, size, quality = job
     out = Path(out_dir)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     count = 0
     try:
-        frames = (read_frame_files([p])[0] for p in list_frames(source)) if is_folder else iter_video(source)
-        for count, frame in enumerate(frames, start=1):
-            image = Image.fromarray(frame)
-            side = min(image.size)
-            left, top = int(round((image.width - side) / 2.0)), int(round((image.height - side) / 2.0))
-            image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.LANCZOS)
-            image.save(out / f"{count - 1:06d}.jpg", quality=quality)
+        with atomic_directory(out) as tmp:
+            frames = (read_frame_files([p])[0] for p in list_frames(source)) if is_folder else iter_video(source)
+            for count, frame in enumerate(frames, start=1):
+                image = Image.fromarray(frame)
+                side = min(image.size)
+                left, top = int(round((image.width - side) / 2.0)), int(round((image.height - side) / 2.0))
+                image = image.crop((left, top, left + side, top + side)).resize((size, size),
+                                                                                Image.Resampling.LANCZOS)
+                image.save(tmp / f"{count - 1:06d}.jpg", quality=quality)
+            if count == 0:
+                raise _NoFrames
+    except _NoFrames:
+        shutil.rmtree(out, ignore_errors=True)
+        return 0, "no frames decoded"
     except Exception as e:                                      # reported by prepare, folder removed
         shutil.rmtree(out, ignore_errors=True)
         return 0, f"conversion failed after {count} frames ({describe_error(e)})"
-    if count == 0:
-        shutil.rmtree(out, ignore_errors=True)
-        return 0, "no frames decoded"
     return count, None
 
 

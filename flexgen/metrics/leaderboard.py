@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from flexgen.files import atomic_write
 from flexgen.metrics.records import Record, Table, build_tables, load_anchors, read_records
 
 FORMATS = ("md", "html", "png")
@@ -231,8 +232,8 @@ def render_png(tables: list[Table], path: str | Path, size: tuple[int, int] = (1
             cx, cy = (i % cols) * cell_w, 30 + (i // cols) * cell_h
             _draw_panel(draw, (cx + 4, cy + 4, cx + cell_w - 4, cy + cell_h - 4), table, font)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="PNG")
+    with atomic_write(path) as tmp:                 # a killed write never leaves a truncated png under `path`
+        image.save(tmp, format="PNG")
     return path
 
 
@@ -271,7 +272,8 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
 
 
 def leaderboard_main(args: argparse.Namespace) -> dict[str, Path]:
-    """Read records and anchors, write the requested reports into args.out; returns {format: path}."""
+    """Read records and anchors, write the requested reports into args.out (each atomically: a hidden temporary
+    file renamed into place); returns {format: path}."""
     records: list[Record] = []
     records_path = Path(args.records)
     if records_path.exists():
@@ -287,10 +289,12 @@ def leaderboard_main(args: argparse.Namespace) -> dict[str, Path]:
     formats = parse_formats(args.format) if isinstance(args.format, str) else args.format
     if "md" in formats:
         written["md"] = out / "leaderboard.md"
-        written["md"].write_text(render_markdown(tables), encoding="utf-8")
+        with atomic_write(written["md"]) as tmp:
+            tmp.write_text(render_markdown(tables), encoding="utf-8")
     if "html" in formats:
         written["html"] = out / "leaderboard.html"
-        written["html"].write_text(render_html(tables), encoding="utf-8")
+        with atomic_write(written["html"]) as tmp:
+            tmp.write_text(render_html(tables), encoding="utf-8")
     if "png" in formats:
         size = parse_size(args.png_size) if isinstance(args.png_size, str) else args.png_size
         written["png"] = render_png(tables, out / "leaderboard.png", size)
