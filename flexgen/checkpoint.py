@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from flexgen.density import DensityConfig
@@ -70,11 +72,11 @@ def read_state_dict(path: str | Path, sha256: str | None = None) -> dict[str, to
     path = Path(path)
     _require_file(path, sha256)
     if path.suffix == ".safetensors":
-        return load_file(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:   # torch raises several types for corrupt or code-carrying files; add the file name
-        raise CheckpointError(f"cannot read {path} as a weights-only torch checkpoint: {e}") from e
+        try:
+            return load_file(path)
+        except SafetensorError as e:
+            raise _unreadable_safetensors(path, e) from e
+    obj = load_torch_checkpoint(path)
     for key in ("ema", "model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -84,12 +86,40 @@ def read_state_dict(path: str | Path, sha256: str | None = None) -> dict[str, to
     return obj
 
 
+def load_torch_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", hint: str = "") -> Any:
+    """`torch.load(path, weights_only=True)`, its failures as one CheckpointError naming the file: a damaged or
+    truncated file, or one that carries objects other than tensors and plain containers (which weights_only
+    refuses to unpickle: it could run code). `hint` says what to do about it."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:       # weights_only refused a global: the file would run code when loaded
+        lines = [line for line in str(e).splitlines() if "GLOBAL" in line] or [_first_sentence(e)]
+        raise CheckpointError(f"{path} holds objects other than tensors and is not loaded (weights_only=True: it "
+                              f"could run code): {lines[0].strip()}{hint}") from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:     # torch's zip reader, a short pickle stream
+        raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated or damaged: "
+                              f"{_first_sentence(e)}){hint}") from e
+
+
+def _first_sentence(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text.split(". ")[0].rstrip(".")
+
+
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The string metadata of a safetensors file (empty for other files)."""
     if Path(path).suffix != ".safetensors":
         return {}
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except SafetensorError as e:
+        raise _unreadable_safetensors(path, e) from e
+
+
+def _unreadable_safetensors(path: Path, error: Exception) -> CheckpointError:
+    return CheckpointError(f"{path} is not a readable safetensors file ({error}): truncated or damaged; copy it "
+                           "again")
 
 
 def convert_official_state_dict(sd: dict[str, torch.Tensor], config: LatteConfig) -> dict[str, torch.Tensor]:

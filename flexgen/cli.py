@@ -83,7 +83,7 @@ def train_command(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(args.config, args.overrides,
                                                                       cfg.train.results_dir)
-    summary = train(cfg, run_dir, device=args.device)
+    summary = train(cfg, run_dir, device=args.device, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         state = "finished" if summary["finished"] else "stopped"
         print(f"{state} at {summary['samples']} clips ({summary['step']} steps); run directory {run_dir}")
@@ -156,6 +156,8 @@ def demo(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flexgen", description="Token-density control for diffusion transformers.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or set "
+                        "FLEXGEN_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     bench = commands.add_parser("bench", help="measure models: FLOPs, latency").add_subparsers(
@@ -221,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", required=True, help="run config, e.g. configs/video/ffs/latte-xl2.yaml")
     tr.add_argument("--run-dir", default=None, help="run directory (default: train.results_dir/<config name>)")
     tr.add_argument("--device", default=None, help="cpu, cuda (default: cuda:LOCAL_RANK if available)")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar (the resume / start line and "
+                    "stats.jsonl are written all the same)")
     tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=2e-4")
     tr.set_defaults(func=train_command)
 
@@ -262,11 +266,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """What bad input raises (a missing, corrupt or wrong file, a bad value, a wrong layout): reported as one line
+    `flexgen COMMAND: error: ...`, exit status 2. Anything else is a bug and keeps its traceback."""
+    from flexgen.attention import BackendUnavailableError
+    from flexgen.data.base import VideoDecodeError
+    return (ValueError, OSError, VideoDecodeError, BackendUnavailableError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may follow options too (argparse takes one run of positionals only); in order.
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    debug = args.debug or os.environ.get("FLEXGEN_DEBUG", "") not in ("", "0")
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as e:    # bad input or missing files: a message, not a traceback
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"flexgen {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug or not isinstance(e, expected_errors()):
+            raise
         print(f"flexgen {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

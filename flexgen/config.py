@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from flexgen.density import DensityConfig
+from flexgen.files import atomic_write
 from flexgen.registry import PRESET_FAMILY, family_of
 from flexgen.schema import ConfigError, build_dataclass, check_range, choice
 
@@ -123,7 +124,7 @@ class SampleConfig:
     clip_denoised: bool = False         # clip predicted x_0 to [-1, 1]: for pixel-space models, not latents
 
     def __post_init__(self):
-        check_range(self, steps=(1, None), cfg_scale=(0, None), seed=(0, None), num_samples=(0, None),
+        check_range(self, steps=(1, None), cfg_scale=(0, None), seed=(0, None), num_samples=(1, None),
                     batch_size=(1, None))
 
 
@@ -164,6 +165,9 @@ def config_from_dict(data: dict, source: str = "<dict>", *, strict_family: bool 
     try:
         config = build_dataclass(Config, data or {}, "")
         _check_family(config, data if strict_family else None)
+        if config.sample.steps > config.diffusion.num_timesteps:   # a sampler respaces the training steps
+            raise ConfigError(f"sample.steps: must be <= diffusion.num_timesteps ({config.diffusion.num_timesteps}),"
+                              f" got {config.sample.steps}")
         return config
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
@@ -181,8 +185,18 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "command lin
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{source}: override {item!r}: {part!r} is not a section")
-        node[leaf] = yaml.safe_load(text)
+        try:
+            node[leaf] = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: override {item!r}: the value is not valid YAML ({_yaml_problem(e)})") from e
     return data
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's message on one line: the problem and where (line, column, 1-based)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -196,10 +210,13 @@ def _merge(base: dict, over: dict) -> dict:
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """A YAML mapping; a top-level `base: other.yaml` (relative to this file) is read first and merged under it."""
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{path} is not a file" if path.exists() else f"config file not found: {path}")
     if path.resolve() in seen:
         raise ConfigError(f"{path}: `base` files form a cycle: {' -> '.join(map(str, seen))}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     base = data.pop("base", None)
@@ -223,4 +240,5 @@ def config_to_dict(config: Any) -> dict:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    with atomic_write(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -24,6 +24,7 @@ import torch
 from flexgen.autoencoder import Autoencoder
 from flexgen.config import Config, load_config
 from flexgen.diffusion import GaussianDiffusion
+from flexgen.files import atomic_write
 from flexgen.registry import build_denoiser
 from flexgen.sample import flops_per_sample
 from flexgen.synthetic import make_synthetic
@@ -117,8 +118,10 @@ def run_demo(out: str | Path = "results/demo", quick: bool = False, progress: bo
               "note": "Held-out loss is the ε-MSE + VLB on 20 fixed timesteps with fixed noise over held-out "
                       "synthetic clips. FVD is not computed here (it needs the standard I3D weights and thousands of "
                       "videos: flexgen eval fvd)."}
-    (out / "leaderboard.json").write_text(json.dumps(result, indent=2))
-    (out / "leaderboard.md").write_text(leaderboard_markdown(result))
+    for name, text in (("leaderboard.json", json.dumps(result, indent=2)), ("leaderboard.md",
+                                                                           leaderboard_markdown(result))):
+        with atomic_write(out / name) as tmp:
+            tmp.write_text(text)
     return result
 
 

@@ -126,6 +126,8 @@ def shard_indices(num_samples: int, rank: int = 0, world_size: int = 1) -> list[
 def start_run(manifest: SampleManifest, path: Path, overwrite: bool = False) -> None:
     """Before sampling (rank 0): refuse a folder holding another run's manifest (unless `overwrite`), then write
     this run's manifest with complete = false."""
+    if path.parent.exists() and not path.parent.is_dir():
+        raise NotADirectoryError(f"{path.parent} is a file; the samples go into a folder: give another output path")
     if path.is_file() and not overwrite:
         try:
             previous = SampleManifest.read(path)
@@ -150,7 +152,7 @@ def finish_run(manifest: SampleManifest, path: Path) -> None:
     """After every rank finished (rank 0): check that every file exists, then write the manifest complete."""
     missing = [f for f in manifest.files() if not (path.parent / f).is_file()]
     if missing:
-        raise RuntimeError(f"{len(missing)} sample file(s) were not written (e.g. {missing[0]}); run the command "
+        raise FileNotFoundError(f"{len(missing)} sample file(s) were not written (e.g. {missing[0]}); run the command "
                            "again to draw them")
     manifest.complete = True
     manifest.write(path)

@@ -91,6 +91,15 @@ class SampleBatch(NamedTuple):
     videos: torch.Tensor            # uint8 on the CPU: (B, F, 3, H, W) for video models, (B, 3, H, W) for DiT
 
 
+def check_options(model: LatteDenoiser, cfg_scale: float, batch_size: int) -> None:
+    """Options `generate` refuses, checked before anything is written."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if cfg_scale != 1 and not model.config.num_classes:
+        raise ValueError(f"classifier-free guidance (cfg_scale = {cfg_scale}) needs a class-conditional model; "
+                         "this one is unconditional: use cfg_scale 1")
+
+
 def generate(model: LatteDenoiser, autoencoder: Autoencoder, *, num_samples: int, seed: int = 0, sampler: str = "ddpm",
              steps: int = 250, cfg_scale: float = 1.0, batch_size: int = 1,
              labels: int | Sequence[int] | None = None, rank: int = 0, world_size: int = 1,
@@ -113,11 +122,7 @@ def generate(model: LatteDenoiser, autoencoder: Autoencoder, *, num_samples: int
     from flexgen.manifest import shard_indices
 
     config = model.config
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if cfg_scale != 1 and not config.num_classes:
-        raise ValueError(f"classifier-free guidance (cfg_scale = {cfg_scale}) needs a class-conditional model; "
-                         "this one is unconditional: use cfg_scale 1")
+    check_options(model, cfg_scale, batch_size)
     mine = shard_indices(num_samples, rank, world_size) if indices is None else list(indices)
     all_labels = resolve_labels(num_samples, seed, config.num_classes, labels)
     shape = model.latent_shape()
@@ -317,6 +322,7 @@ def _run_sampling(args: argparse.Namespace, rank: int, world_size: int, device: 
                   "run_config": config_to_dict(run)},
         identity={"model": dataclasses.asdict(model.config), "clip_denoised": s.clip_denoised, "dtype": args.dtype,
                   "density": dataclasses.asdict(run.density) if run.density.layout else None})
+    check_options(model, s.cfg_scale, s.batch_size)
     path = out / "samples.json"
     if rank == 0:
         mf.start_run(record, path, overwrite=args.overwrite)
@@ -343,5 +349,6 @@ def _run_sampling(args: argparse.Namespace, rank: int, world_size: int, device: 
     if mine:
         record.cost["seconds_per_sample"] = seconds / len(mine)           # rank 0's wall time, batch_size samples
     mf.finish_run(record, path)
-    print(f"wrote {s.num_samples} samples ({len(mine)} drawn now on rank 0), grid.png and samples.json to {out}")
+    grid = ", grid.png" if record.grid else ""
+    print(f"wrote {s.num_samples} samples ({len(mine)} drawn now on rank 0){grid} and samples.json to {out}")
     return dataclasses.asdict(record)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flexgen.files import atomic_write
+
 # Class name -> ("move", dx, dy): direction of travel (y down); ("spin", ±1, 0): +1 turns clockwise on screen.
 MOTIONS: dict[str, tuple[str, float, float]] = {
     "MoveRight": ("move", 1.0, 0.0),
@@ -133,8 +135,9 @@ def write_split_lists(root: Path, paths: list[Path], classes: list[str]) -> None
             test.append(rel)
         else:
             train.append(f"{rel} {classes.index(path.parent.name) + 1}")
-    (root / "trainlist01.txt").write_text("".join(line + "\n" for line in train))
-    (root / "testlist01.txt").write_text("".join(line + "\n" for line in test))
+    for name, lines in (("trainlist01.txt", train), ("testlist01.txt", test)):
+        with atomic_write(root / name) as tmp:
+            tmp.write_text("".join(line + "\n" for line in lines))
 
 
 # ----------------------------------------------------------------------------------------------------------

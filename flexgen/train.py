@@ -42,7 +42,8 @@ from torch.utils.data import DataLoader, Dataset
 from flexgen import dist
 from flexgen.autoencoder import Autoencoder
 from flexgen.backbones.base import Denoiser
-from flexgen.config import Config, config_from_dict, config_to_dict
+from flexgen.checkpoint import load_torch_checkpoint
+from flexgen.config import Config, config_from_dict, config_to_dict, save_config
 from flexgen.diffusion import GaussianDiffusion
 from flexgen.files import atomic_write
 from flexgen.registry import build_denoiser, denoiser_class
@@ -117,6 +118,23 @@ def _save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
+def drop_logged_after(path: Path, step: int) -> None:
+    """Remove the records of steps after `step` from a stats.jsonl (rewritten atomically; a torn last line of a
+    killed write goes too)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
+    with atomic_write(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in kept))
+
+
 def _denoiser_keys(state: dict) -> dict:
     """Checkpoints hold the Denoiser's state (`net.` + the network's keys); a latest.pt written before the
     backbone interface held the bare network (Latte) or `transformer.` + its keys (PixArt-α): renamed on load."""
@@ -173,6 +191,9 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
     env = dist.init(device)
     run_dir, tc = Path(run_dir), cfg.train
     ckpt_dir = run_dir / "checkpoints"
+    for folder in (run_dir, ckpt_dir):
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"run directory {folder} is a file, not a folder; pass another --run-dir")
     if env.is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         _check_resumable(run_dir, cfg)
@@ -198,7 +219,10 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
     step, state = 0, None
     latest = ckpt_dir / "latest.pt"
     if latest.is_file():                                  # resume: full weights are loaded before any sharding
-        state = torch.load(latest, map_location=env.device, weights_only=True)
+        state = load_torch_checkpoint(latest, env.device, hint=(
+            f"; latest.pt is written atomically, so the file was damaged or replaced after it was written: restore "
+            f"it from a copy, or move it away to start this run again from step 0 ({ema.export_name} beside it "
+            f"holds the EMA weights of the last checkpoint, usable as train.init_from)"))
         model.load_state_dict(_denoiser_keys(state["model"]))
         ema.load_state_dict(_denoiser_keys(state["ema"]))
         step = state["step"]
@@ -229,19 +253,21 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
     writer = None
     if env.is_main:
         from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+        # A run killed after logging past its last checkpoint replays those steps: their first records go.
+        drop_logged_after(run_dir / "stats.jsonl", step)
+        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step * global_batch + 1 if step else None)
     bar = None
     if env.is_main and progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=total_steps * global_batch, initial=step * global_batch, unit="clip", desc="train")
 
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=tc.bf16)
-    if env.is_main and progress:
+    if env.is_main:
         print(f"resuming {run_dir} from step {step} ({step * global_batch} clips)" if step
               else f"starting a new run in {run_dir}")
     if env.is_main:       # the run's identity is committed once training starts (a failed set-up locks nothing)
-        with atomic_write(run_dir / "config.yaml") as tmp:
-            tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        save_config(cfg, run_dir / "config.yaml")
     model.train()
     window: list[dict] = []
     started = time.perf_counter()

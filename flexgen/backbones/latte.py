@@ -118,6 +118,20 @@ class LatteDenoiser(Denoiser):
 
         return build_dataset(run.data, split="train", seed=run.train.seed)
 
+    def use_dataset(self, dataset: Any) -> None:
+        """A class-conditional model needs a labelled training set with no more classes than it embeds (more
+        embeddings than classes is allowed: fine-tuning a 1000-class model on a subset)."""
+        classes = getattr(dataset, "classes", None)     # a VideoClipDataset's sorted class folders; None: unknown
+        n, where = self.config.num_classes, getattr(dataset, "root", "the training set")
+        if classes is None or not n:
+            return
+        if not classes:
+            raise ValueError(f"model.num_classes={n}, but {where} is unlabelled (0 classes): set "
+                             "model.num_classes=0 for an unconditional model, or use a labelled dataset")
+        if len(classes) > n:
+            raise ValueError(f"model.num_classes={n} does not fit the {len(classes)} classes of {where}: set "
+                             f"model.num_classes={len(classes)}")
+
     def shard_units(self) -> list[nn.Module]:
         return [*self.net.spatial_blocks, *self.net.temporal_blocks]
 

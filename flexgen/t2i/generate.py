@@ -175,6 +175,23 @@ def image_records(prompts: list[str], num_images: int = 1, seed: int = 0) -> lis
     return [{"prompt": p, "seed": seed + i, "index": i} for i, p in enumerate(prompts_per_image)]
 
 
+def check_options(pipe: PixArtAlphaPipeline, *, steps: int, batch_size: int, max_sequence_length: int,
+                  height: int | None, width: int | None) -> None:
+    """Options `iter_generate` refuses, checked before anything is written."""
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("max_sequence_length", max_sequence_length)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    num_train = pipe.scheduler.config.get("num_train_timesteps", 1000)
+    if steps > num_train:
+        raise ValueError(f"steps must be at most the scheduler's {num_train} training timesteps, got {steps}")
+    config = pipe.transformer.config
+    unit = math.lcm(8, pipe.vae_scale_factor * config.patch_size)      # the pipeline checks 8; patches need more
+    for name, value in (("height", height), ("width", width)):
+        if value is not None and (value < unit or value % unit):
+            raise ValueError(f"{name} {value} must be a positive multiple of {unit} (autoencoder factor "
+                             f"{pipe.vae_scale_factor} × patch {config.patch_size}, and 8)")
+
+
 def iter_generate(pipe: PixArtAlphaPipeline, records: list[dict[str, Any]], *, steps: int = 20,
                   guidance: float = 4.5, height: int | None = None, width: int | None = None, batch_size: int = 4,
                   negative_prompt: str = "", max_sequence_length: int = 120, progress: bool = True
@@ -184,15 +201,9 @@ def iter_generate(pipe: PixArtAlphaPipeline, records: list[dict[str, Any]], *, s
     `batch_size` or which records are asked for, so a run can be sharded over ranks or resumed."""
     from tqdm.auto import tqdm
 
-    for name, value in (("steps", steps), ("batch_size", batch_size), ("max_sequence_length", max_sequence_length)):
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
+    check_options(pipe, steps=steps, batch_size=batch_size, max_sequence_length=max_sequence_length, height=height,
+                  width=width)
     config = pipe.transformer.config
-    unit = math.lcm(8, pipe.vae_scale_factor * config.patch_size)      # the pipeline checks 8; patches need more
-    for name, value in (("height", height), ("width", width)):
-        if value is not None and (value < unit or value % unit):
-            raise ValueError(f"{name} {value} must be a positive multiple of {unit} (autoencoder factor "
-                             f"{pipe.vae_scale_factor} × patch {config.patch_size}, and 8)")
     binning = height is None and width is None and config.sample_size in BINNING_SAMPLE_SIZES
     pipe.set_progress_bar_config(disable=True)
     with tqdm(total=len(records), desc=f"generate ({steps} steps)", unit="image", disable=not progress) as bar:
@@ -342,6 +353,8 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
         steps=args.steps, cfg_scale=args.guidance, seed=args.seed, world_size=env.world_size,
         samples=mf.entries(len(records), args.seed, lambda i: files[i].name, prompts=[r["prompt"] for r in records]),
         settings=settings, identity={k: settings[k] for k in RUN_KEYS})
+    check_options(pipe, steps=args.steps, batch_size=args.batch_size, max_sequence_length=args.max_length,
+                  height=args.height, width=args.width)
     json_file = out.with_suffix(".json")
     if env.is_main:
         mf.start_run(manifest, json_file, overwrite=args.overwrite)
@@ -364,7 +377,8 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
 
     missing = [f.name for f in files if not f.is_file()]
     if missing:
-        raise RuntimeError(f"{len(missing)} image(s) were not written (e.g. {missing[0]}); run the command again")
+        raise FileNotFoundError(f"{len(missing)} image(s) were not written (e.g. {missing[0]}); run the command "
+                                "again")
     shown = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files[:GRID_IMAGES]])
     grid = None
     if len(files) > 1:
