@@ -1,9 +1,10 @@
-"""Shared by the metrics tests: index-encoded videos and a tiny random detector (test_sources, test_evaluate); a
-measured record and the anchors file (test_records, test_leaderboard).
+"""Shared by the metrics tests: index-encoded videos, image folders and tiny random detectors (test_sources,
+test_evaluate); a measured record and the anchors file (test_records, test_leaderboard).
 
 Data are made here: short mp4s (flexgen.data.media.write_video) and PNG frame folders in which every pixel of frame
-i holds a value derived from i, so the frame indices of a selected clip can be read back from its pixels. The
-detector is a fixed random projection of mean-pooled pixels with a non-standard sha256.
+i holds a value derived from i, so the frame indices of a selected clip can be read back from its pixels; folders
+of random PNG images. The detectors are fixed random projections of mean-pooled pixels with non-standard sha256s.
+Corrupt files are made with tests/data_helpers.py (`write_garbage`, `truncate`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ TINY = Protocol("fvd6_4f", "fvd", num_real=6, num_fake=6, num_frames=4, real_str
 # Real clips are the whole 4-frame videos, like generated ones (test_evaluate's video_sets).
 SAME = Protocol("fvd8_4f", "fvd", num_real=8, num_fake=8, num_frames=4, real_stride=1, fake_stride=1,
                 min_real_frames=4)
+# Image FID on 8 real and 8 generated images.
+FID8 = Protocol("fid8", "fid", num_real=8, num_fake=8, num_frames=1, real_stride=1, fake_stride=1, min_real_frames=1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -50,6 +53,35 @@ class RandomDetector:
         x = videos.double().mean(dim=1) / 255.0                                     # (N, 3, H, W)
         pooled = torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)          # (N, 12)
         return pooled @ self.weight
+
+
+class RandomImageDetector:
+    """`RandomDetector` for images: (N, 3, H, W) uint8 -> (N, 8) float64."""
+
+    name = "random-inception"
+
+    def __init__(self, seed: int = 0, dim: int = 8):
+        generator = torch.Generator().manual_seed(seed)
+        self.weight = torch.randn(3 * 2 * 2, dim, generator=generator, dtype=torch.float64)
+        self.sha256 = hashlib.sha256(f"random-inception seed={seed} dim={dim}".encode()).hexdigest()
+        self.calls = 0
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        assert images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] == 3
+        self.calls += 1
+        pooled = torch.nn.functional.adaptive_avg_pool2d(images.double() / 255.0, 2).flatten(1)     # (N, 12)
+        return pooled @ self.weight
+
+
+def random_images(folder: Path, count: int, seed: int, size: int = SIZE, suffix: str = ".png") -> Path:
+    """`count` images img_000.png, ... of random 2 x 2 colour blocks, `size` pixels square."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        coarse = rng.integers(0, 256, size=(2, 2, 3)).astype(np.uint8)
+        image = coarse.repeat(size // 2, axis=0).repeat(size // 2, axis=1)
+        Image.fromarray(image).save(folder / f"img_{i:03d}{suffix}", **({"quality": 95} if suffix == ".jpg" else {}))
+    return folder
 
 
 def indexed_frames(num_frames: int, base: int = 0) -> np.ndarray:

@@ -1,6 +1,8 @@
-"""Evaluation under a protocol: metric names, evaluate (values, reference statistics cache), eval_main, torchrun.
+"""Evaluation under a protocol: metric names, evaluate (values, reference statistics cache, fewer real items refused
+or renamed, corrupt files), eval_main and its errors, torchrun.
 
-Videos are smooth random colour blobs; the detector is a fixed random projection (tests/metrics_helpers.py).
+Videos are smooth random colour blobs, images random colour blocks; the detectors are fixed random projections
+(tests/metrics_helpers.py).
 """
 
 from __future__ import annotations
@@ -12,10 +14,22 @@ from pathlib import Path
 
 import pytest
 
+from flexgen import cli
 from flexgen.data.media import write_video
+from flexgen.metrics import i3d
 from flexgen.metrics.evaluate import add_eval_arguments, eval_main, evaluate, metric_name
 from flexgen.metrics.i3d import I3D_SHA256
-from tests.metrics_helpers import SAME, RandomDetector, indexed_frames, random_videos
+from flexgen.metrics.protocols import PROTOCOLS
+from tests.data_helpers import truncate, write_garbage
+from tests.metrics_helpers import (
+    FID8,
+    SAME,
+    RandomDetector,
+    RandomImageDetector,
+    indexed_frames,
+    random_images,
+    random_videos,
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -77,6 +91,90 @@ def test_reference_cache_reuse_and_invalidation(video_sets, tmp_path: Path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Fewer real items than the protocol: refused, or evaluated under the renamed protocol
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def short_real(tmp_path: Path) -> Path:
+    """5 usable real 4-frame videos, one too short (3 frames) and one that is not a video: 7 found."""
+    real = random_videos(tmp_path / "real", 5, 4, seed=0)
+    write_video(real / "short.mp4", indexed_frames(3))
+    write_garbage(real / "junk.mp4")
+    return real
+
+
+FEWER = (r"real: protocol fvd8_4f needs 8 real videos, only 5 are usable \(7 found, 2 discarded: 1 shorter than 4 "
+         r"frames \(e\.g\. short\.mp4 \(3 frames\)\), 1 corrupt or unreadable \(e\.g\. junk\.mp4\)\); pass "
+         r"--allow-fewer \(allow_fewer=True in Python\) to evaluate on these 5 under the name fvd5x8_4f, or "
+         r"--num-real 5")
+
+
+def test_fewer_real_videos_are_refused_before_any_feature(short_real, video_sets, tmp_path: Path):
+    _, shifted = video_sets
+    detector = RandomDetector()
+    with pytest.raises(ValueError, match=FEWER):
+        evaluate(SAME, short_real, shifted, detector, tmp_path / "cache")
+    assert detector.calls == 0 and not (tmp_path / "cache").exists()          # refused, not computed then refused
+
+
+def test_allow_fewer_renames_the_protocol_on_cache_miss_and_hit(short_real, video_sets, tmp_path: Path):
+    _, shifted = video_sets
+    cache = tmp_path / "cache"
+    detector = RandomDetector()
+    first = evaluate(SAME, short_real, shifted, detector, cache, allow_fewer=True)
+    assert not first["reference_cache_hit"] and first["protocol"] == "fvd5x8_4f"
+    assert (first["protocol_fields"]["num_real"], first["protocol_fields"]["num_fake"]) == (5, 8)
+    assert (first["num_real"], first["num_fake"], first["num_real_discarded"]) == (5, 8, 2)
+    assert first["real_discarded"] == {"found": 7, "too_short": 1, "corrupt": 1, "corrupt_files": ["junk.mp4"],
+                                       "too_short_files": ["short.mp4 (3 frames)"]}
+    assert Path(first["reference_stats"]).name.startswith("fvd8_4f-")       # keyed by the requested protocol
+
+    calls = detector.calls
+    with pytest.raises(ValueError, match=FEWER):                               # cache hit: the cached count
+        evaluate(SAME, short_real, shifted, detector, cache)
+    assert detector.calls == calls
+    again = evaluate(SAME, short_real, shifted, detector, cache, allow_fewer=True)
+    assert again["reference_cache_hit"] and again["protocol"] == "fvd5x8_4f" and again["value"] == first["value"]
+    assert again["protocol_fields"] == first["protocol_fields"] and again["real_discarded"] == first["real_discarded"]
+    assert detector.calls == calls + 1                                         # the generated batch only
+
+    exact = evaluate(SAME.with_counts(num_real=5), short_real, shifted, detector, cache)   # --num-real 5
+    assert exact["protocol"] == "fvd5x8_4f" and exact["value"] == pytest.approx(first["value"])
+
+
+def test_fewer_real_images_are_refused_or_renamed(tmp_path: Path):
+    """fid (and fid30k_coco, which used to warn only): the same rule; a corrupt real image counts as discarded."""
+    real = random_images(tmp_path / "real", 7, seed=0)
+    truncate(real / "img_001.png")
+    fake = random_images(tmp_path / "fake", 8, seed=1)
+    detector = RandomImageDetector()
+    with pytest.raises(ValueError, match=r"real: protocol fid8 needs 8 real images, only 6 are usable \(7 found, 1 "
+                                         r"discarded: 1 corrupt or unreadable \(e\.g\. img_001\.png\)\); pass "
+                                         r"--allow-fewer .* under the name fid6x8, or --num-real 6"):
+        evaluate(FID8, real, fake, detector, tmp_path / "cache")
+    assert detector.calls == 0
+    result = evaluate(FID8, real, fake, detector, tmp_path / "cache", allow_fewer=True)
+    assert result["protocol"] == "fid6x8" and result["num_real"] == 6 and result["num_real_discarded"] == 1
+    assert result["metric"] == "fid[random-inception]" and result["value"] > 0
+
+    coco = PROTOCOLS["fid30k_coco"].with_counts(num_fake=8)
+    with pytest.raises(ValueError, match=r"protocol fid30000x8_coco16 needs 30000 real images, only 6 are usable .*"
+                                         r"under the name fid6x8_coco16"):
+        evaluate(coco, real, fake, detector, tmp_path / "cache")
+    renamed = evaluate(coco, real, fake, detector, tmp_path / "cache", allow_fewer=True)
+    assert renamed["protocol"] == "fid6x8_coco16" and renamed["protocol_fields"]["real_size"] == (16, 16)
+
+
+def test_a_corrupt_generated_video_is_refused_before_the_real_features(video_sets, tmp_path: Path):
+    real, shifted = video_sets
+    truncate(shifted / "sample_004.mp4")
+    detector = RandomDetector()
+    with pytest.raises(ValueError, match=r"sample_004\.mp4 is corrupt or unreadable .*delete it and re-run the "
+                                         r"sampling command"):
+        evaluate(SAME, real, shifted, detector, tmp_path / "cache")
+    assert detector.calls == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------------------
 def test_eval_main_missing_weights(tmp_path: Path, video_sets):
@@ -87,8 +185,47 @@ def test_eval_main_missing_weights(tmp_path: Path, video_sets):
                               "--num-real", "8", "--num-fake", "8", "--device", "cpu"])
     with pytest.raises(FileNotFoundError, match="I3D detector weights not found"):
         eval_main(args)
-    with pytest.raises(SystemExit, match="Inception"):
+    with pytest.raises(FileNotFoundError, match="Inception"):
         eval_main(parser.parse_args(["fid", "--real", str(real), "--fake", str(shifted)]))
+
+
+def test_eval_main_errors_are_value_errors(tmp_path: Path, video_sets):
+    real, shifted = video_sets
+    parser = add_eval_arguments(argparse.ArgumentParser())
+    cases = [(["fvd", "--real", str(real), "--fake", str(shifted), "--protocol", "fvd9999"],
+              r"^unknown protocol 'fvd9999'; known: clips_b32_hessel, .*fvd2048_16f"),
+             (["fvd", "--real", str(real), "--fake", str(shifted), "--protocol", "fid50k"],
+              r"^protocol fid50k measures fid, not fvd$"),
+             (["fvd", "--fake", str(shifted)], r"^--real DIR is required for fvd \(the real videos"),
+             (["fvd", "--real", str(real), "--fake", str(shifted), "--records", "r.jsonl"],
+              r"^--records needs --dataset NAME"),
+             (["clipscore", "--fake", str(shifted), "--allow-fewer"], r"^--allow-fewer does not apply to clipscore")]
+    for argv, message in cases:
+        with pytest.raises(ValueError, match=message):
+            eval_main(parser.parse_args(argv))
+
+
+def test_flexgen_eval_fewer_real_videos(tmp_path: Path, monkeypatch, capsys):
+    """`flexgen eval fvd` on 5 usable real videos with a protocol of 8: one line `flexgen eval: error: ...` naming
+    both counts and --allow-fewer, exit status 2; with --allow-fewer, the renamed protocol."""
+    real = random_videos(tmp_path / "real", 5, 48, seed=0)                      # fvd8_16f: 16 frames, stride 3
+    write_garbage(real / "broken.mp4")
+    fake = random_videos(tmp_path / "fake", 8, 16, seed=1)
+    monkeypatch.setattr(i3d, "I3DDetector", lambda path=None, device="cpu", batch_size=8: RandomDetector())
+    argv = ["eval", "fvd", "--real", str(real), "--fake", str(fake), "--num-real", "8", "--num-fake", "8",
+            "--cache", str(tmp_path / "cache"), "--device", "cpu", "--no-kid"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"flexgen eval: error: {real}: protocol fvd8_16f needs 8 real videos, only 5 are usable "
+                          f"(6 found, 1 discarded: 1 corrupt or unreadable (e.g. broken.mp4)); pass --allow-fewer")
+    assert "under the name fvd5x8_16f, or --num-real 5" in err and "Traceback" not in err
+
+    assert cli.main([*argv, "--allow-fewer"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["protocol"] == "fvd5x8_16f" and result["num_real"] == 5 and result["num_real_discarded"] == 1
+
+    assert cli.main(["eval", "fvd", "--real", str(real), "--fake", str(fake), "--protocol", "fvd9999"]) == 2
+    assert capsys.readouterr().err.startswith("flexgen eval: error: unknown protocol 'fvd9999'; known: ")
 
 
 TORCHRUN_WORKER = """

@@ -150,3 +150,16 @@ def test_records_from_evaluations_read_the_generators_json(tmp_path):
     assert (record.gflops_per_forward, record.gflops_per_sample) == (80.8, 3200.0)
     with pytest.raises(ValueError, match="detector_sha256 and reference_sha256"):
         record_from_evaluation({**result, "reference_stats_sha256": None}, "coco30k", tmp_path)
+
+
+def test_a_record_of_fewer_real_videos_keeps_the_renamed_protocol(tmp_path):
+    """An evaluation allowed on 16 real videos is named fvd16x2048_16f (flexgen.metrics.evaluate): its record keeps
+    that name and the counts, and never shares a table with fvd2048_16f rows."""
+    base = {"metric": "fvd", "value": 123.4, "detector": "i3d", "detector_sha256": "a" * 64, "num_fake": 2048}
+    full = record_from_evaluation({**base, "protocol": "fvd2048_16f", "reference_stats_sha256": "b" * 64,
+                                   "num_real": 2048, "num_real_discarded": 0}, "ffs", tmp_path)
+    fewer = record_from_evaluation({**base, "protocol": "fvd16x2048_16f", "reference_stats_sha256": "b" * 64,
+                                    "num_real": 16, "num_real_discarded": 4}, "ffs", tmp_path)
+    assert fewer.protocol == "fvd16x2048_16f" and (fewer.extra["num_real"], fewer.extra["num_real_discarded"]) == \
+        (16, 4)
+    assert sorted(t.key.protocol for t in build_tables([full, fewer])) == ["fvd16x2048_16f", "fvd2048_16f"]

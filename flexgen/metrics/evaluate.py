@@ -7,6 +7,11 @@
   architecture instead (`check_clip_detector`).
 - Reference statistics are cached as `<cache_dir>/<protocol>-<key[:16]>.npz`, the key being the sha256 of the real
   set's listing (relative paths and sizes), the detector sha256 and the protocol fields; written atomically.
+- A real set with fewer usable items than the protocol's `num_real` (too-short or corrupt ones discarded) is refused
+  before any feature is computed, and on a cache hit from the cached count, naming both counts and what was
+  discarded. With `allow_fewer` it is evaluated on the M usable items under the protocol
+  `protocol.with_counts(num_real=M)` (fvd2048_16f on 16 videos: fvd16x2048_16f), which the result names; the cache
+  stays keyed by the requested protocol, so the same file is found either way.
 - Under torchrun each rank extracts the features of its block of clips / images and the statistics are summed
   over ranks; rank 0 writes the cache and reports.
 
@@ -41,6 +46,8 @@ from flexgen.metrics.sources import (
     DEFAULT_BATCH_SIZE,
     ClipSet,
     ImageSet,
+    check_generated_images,
+    describe_discards,
     generated_images,
     listing,
     prompted_batches,
@@ -125,14 +132,47 @@ class Reference:
     sha256: str | None      # sha256 of that file
     cache_hit: bool
     num_discarded: int
+    protocol: Protocol      # what was computed: the requested protocol, renamed when allow_fewer gave fewer items
+    discarded: dict[str, Any] = dataclasses.field(default_factory=dict)   # `Discards.discard_summary()`
+
+
+def counted_protocol(root: str | Path, protocol: Protocol, usable: int, num_discarded: int,
+                     discarded: dict[str, Any], allow_fewer: bool) -> Protocol:
+    """The protocol that `usable` real items compute: `protocol` when there are num_real of them; with fewer, a
+    ValueError naming the folder, the protocol, both counts and the discarded items (`discarded`: a
+    `Discards.discard_summary()`, or {} for statistics cached without one), unless `allow_fewer`, which gives
+    `protocol.with_counts(num_real=usable)` (renamed, e.g. fvd2048_16f -> fvd16x2048_16f)."""
+    if usable >= protocol.num_real:
+        return protocol
+    renamed = protocol.with_counts(num_real=usable)
+    if allow_fewer:
+        log.warning("%s: %d usable real items, fewer than the %d of protocol %s: evaluated as %s", root, usable,
+                    protocol.num_real, protocol.name, renamed.name)
+        return renamed
+    items = "images" if protocol.metric == "fid" else "videos"
+    found = int(discarded.get("found", usable + num_discarded))
+    counts = f"{found} found, "
+    if not num_discarded:
+        counts += "none discarded"
+    elif discarded:
+        counts += f"{num_discarded} discarded: {describe_discards(discarded, protocol.min_real_frames)}"
+    else:
+        counts += f"{num_discarded} discarded"
+    raise ValueError(f"{root}: protocol {protocol.name} needs {protocol.num_real} real {items}, only {usable} are "
+                     f"usable ({counts}); pass --allow-fewer (allow_fewer=True in Python) to evaluate on these "
+                     f"{usable} under the name {renamed.name}, or --num-real {usable}, or add real {items}")
 
 
 def reference_stats(root: str | Path, protocol: str | Protocol, detector: VideoDetector | ImageDetector,
                     cache_dir: str | Path | None = None, keep_features: int = 0,
-                    batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False) -> Reference:
+                    batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False, *,
+                    allow_fewer: bool = False) -> Reference:
     """Statistics of the protocol's real clips: loaded from the cache when present, else computed (and cached).
 
-    A detector without a sha256 is never cached (its statistics could not be told apart from another's)."""
+    Fewer usable real items than the protocol's num_real is refused before any feature is computed (and on a
+    cache hit), unless `allow_fewer`: then `Reference.protocol` is the protocol renamed by that count
+    (`counted_protocol`). The cache is keyed by the requested protocol either way. A detector without a sha256 is
+    never cached (its statistics could not be told apart from another's)."""
     protocol = get_protocol(protocol)
     sha = getattr(detector, "sha256", None)
     path = None
@@ -145,25 +185,33 @@ def reference_stats(root: str | Path, protocol: str | Protocol, detector: VideoD
             if stats.metadata.get("key") != key:
                 raise ValueError(f"{path}: cached statistics belong to key {stats.metadata.get('key')}, expected "
                                  f"{key} (a 16-digit prefix collision?); delete the file")
-            return Reference(stats, path, file_sha256(path), cache_hit=True,
-                             num_discarded=int(stats.metadata["num_discarded"]))
+            num_discarded = int(stats.metadata["num_discarded"])
+            discarded = dict(stats.metadata.get("discarded", {}))
+            computed = counted_protocol(root, protocol, stats.count, num_discarded, discarded, allow_fewer)
+            return Reference(stats, path, file_sha256(path), cache_hit=True, num_discarded=num_discarded,
+                             protocol=computed, discarded=discarded)
     elif cache_dir is not None:
         log.warning("detector %s has no sha256: reference statistics are not cached", detector_name(detector))
 
     clips = select_real(root, protocol, batch_size=batch_size)
+    discarded = clips.discard_summary()
+    computed = counted_protocol(root, protocol, len(clips), clips.num_discarded, discarded,
+                                allow_fewer)                                  # refused before any feature
     metadata = {"protocol": dataclasses.asdict(protocol), "detector": detector_name(detector),
                 "detector_sha256": sha, "real": str(Path(root).resolve()), "num_real": len(clips),
-                "num_discarded": len(clips.discarded)}
+                "num_discarded": clips.num_discarded, "discarded": discarded}
     if path is not None:
         metadata["key"] = key
     stats = compute_stats(clips, detector, keep_features=keep_features, progress=progress, metadata=metadata,
-                          description=f"real {protocol.name}")
+                          description=f"real {computed.name}")
+    reference = Reference(stats, None, None, cache_hit=False, num_discarded=clips.num_discarded, protocol=computed,
+                          discarded=discarded)
     if path is None:
-        return Reference(stats, None, None, cache_hit=False, num_discarded=len(clips.discarded))
+        return reference
     if not is_distributed() or torch.distributed.get_rank() == 0:
         stats.save(path)       # every rank holds the same totals after compute_stats; one writes them
     barrier()
-    return Reference(stats, path, file_sha256(path), cache_hit=False, num_discarded=len(clips.discarded))
+    return dataclasses.replace(reference, path=path, sha256=file_sha256(path))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -171,19 +219,23 @@ def reference_stats(root: str | Path, protocol: str | Protocol, detector: VideoD
 # ---------------------------------------------------------------------------------------------------------------
 def evaluate(protocol: str | Protocol, real: str | Path, fake: str | Path, detector: VideoDetector | ImageDetector,
              cache_dir: str | Path | None = None, *, with_kid: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
-             progress: bool = False, kid_subsets: int = 100) -> dict[str, Any]:
+             progress: bool = False, kid_subsets: int = 100, allow_fewer: bool = False) -> dict[str, Any]:
     """The protocol's metric of `fake` against `real`, with everything needed to tell numbers apart.
 
     `with_kid` keeps the raw features (num_real / num_fake rows) so KID is reported beside the Fréchet distance;
-    a `kid` protocol always keeps them."""
+    a `kid` protocol always keeps them. The generated set must have exactly num_fake readable items (else an
+    error naming the file); a real set with fewer usable items than num_real is refused unless `allow_fewer`, which
+    renames the protocol by the count (`counted_protocol`): "protocol" and "protocol_fields" of the result are
+    those of what was computed."""
     protocol = get_protocol(protocol)
     if protocol.metric == "clipscore":
         raise ValueError(f"protocol {protocol.name} is a CLIP score (no real set): use evaluate_clipscore")
     protocol = resolve_protocol(protocol, fake)
     with_kid = with_kid or protocol.metric == "kid"
+    fake_clips = select_fake(fake, protocol, batch_size=batch_size)    # a corrupt generated file: refused first
     ref = reference_stats(real, protocol, detector, cache_dir, keep_features=protocol.num_real if with_kid else 0,
-                          batch_size=batch_size, progress=progress)
-    fake_clips = select_fake(fake, protocol, batch_size=batch_size)
+                          batch_size=batch_size, progress=progress, allow_fewer=allow_fewer)
+    protocol = ref.protocol
     fake_stats = compute_stats(fake_clips, detector, keep_features=protocol.num_fake if with_kid else 0,
                                progress=progress, description=f"generated {protocol.name}")
 
@@ -200,6 +252,7 @@ def evaluate(protocol: str | Protocol, real: str | Path, fake: str | Path, detec
         "reference_cache_hit": ref.cache_hit,
         "num_real": ref.stats.count,
         "num_real_discarded": ref.num_discarded,
+        "real_discarded": ref.discarded,
         "num_fake": fake_stats.count,
         "real": str(Path(real).resolve()),
         "fake": str(Path(fake).resolve()),
@@ -249,6 +302,7 @@ def evaluate_clipscore(protocol: str | Protocol, fake: str | Path, detector: Ima
         raise ValueError(f"{fake}: protocol {protocol.name} needs {count} generated images with prompts, found "
                          f"{available}; generate more, or pass a smaller --num-fake (renames the protocol)")
     paths, prompts = generated.paths[:count], (generated.prompts or [])[:count]
+    check_generated_images(paths)            # a corrupt image is refused by name before any feature
 
     stats = ClipScoreStats()
     if is_distributed():                 # under torchrun: each rank scores its block, the sums are reduced
@@ -317,7 +371,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                              f"<clip-vit-large-patch14 or clip-vit-base-patch32, per the protocol's variant>)")
     parser.add_argument("--cache", default=None, help=f"reference statistics cache (default {default_stats_cache()})")
     parser.add_argument("--num-real", type=int, default=None, help="fewer real clips for quick runs (renames the "
-                                                                   "protocol, e.g. fvd64_16f)")
+                                                                   "protocol, e.g. fvd64_16f); a real folder with "
+                                                                   "fewer usable ones is refused unless "
+                                                                   "--allow-fewer")
+    parser.add_argument("--allow-fewer", action="store_true",
+                        help="when the real folder has fewer usable videos / images than the protocol's num_real "
+                             "(too short or corrupt ones are discarded), evaluate on those M under the renamed "
+                             "protocol (e.g. fvd16x2048_16f) instead of refusing")
     parser.add_argument("--num-fake", type=int, default=None, help="fewer generated clips (renames the protocol; "
                                                                    "clipscore: the first N images)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
@@ -336,40 +396,45 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 
 
 def eval_main(args: argparse.Namespace) -> dict[str, Any]:
-    """Run one evaluation and print its record as one JSON line (and append it to --records)."""
+    """Run one evaluation and print its record as one JSON line (and append it to --records).
+
+    Expected failures (bad arguments, missing or corrupt files, too few items) are ValueError or FileNotFoundError
+    with a message naming the file or option; the `flexgen` command line prints it as `flexgen eval: error: ...`."""
     if getattr(args, "records", None) and not args.dataset:
-        raise SystemExit("flexgen eval --records needs --dataset NAME (rows of different datasets never share a table)")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # torchrun: each rank its block of clips / images, on its GPU
-        args.device = str(init(None if args.device == "cuda" else args.device).device)
+        raise ValueError("--records needs --dataset NAME (rows of different datasets never share a table)")
     protocol = get_protocol(args.protocol or DEFAULT_PROTOCOLS[args.metric])
     if protocol.metric != args.metric:
-        raise SystemExit(f"protocol {protocol.name} measures {protocol.metric}, not {args.metric}")
+        raise ValueError(f"protocol {protocol.name} measures {protocol.metric}, not {args.metric}")
     if args.metric == "clipscore":
         if args.num_real is not None:
-            raise SystemExit("flexgen eval clipscore: --num-real does not apply (a CLIP score has no real images)")
+            raise ValueError("--num-real does not apply to clipscore (a CLIP score has no real images)")
+        if getattr(args, "allow_fewer", False):
+            raise ValueError("--allow-fewer does not apply to clipscore (a CLIP score has no real images)")
         if args.num_fake is not None and args.num_fake < 1:
-            raise SystemExit(f"flexgen eval clipscore: --num-fake must be >= 1, got {args.num_fake}")
-        return _report(_clipscore_main(protocol.with_counts(num_fake=args.num_fake), args), args)
-    if args.real is None:
+            raise ValueError(f"--num-fake must be >= 1, got {args.num_fake}")
+    elif args.real is None:
         what = "images" if args.metric == "fid" else "videos"
-        raise SystemExit(f"flexgen eval {args.metric}: --real DIR is required (the real {what} the generated ones "
-                         f"are compared with)")
+        raise ValueError(f"--real DIR is required for {args.metric} (the real {what} the generated ones are "
+                         f"compared with)")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # torchrun: each rank its block of clips / images, on its GPU
+        args.device = str(init(None if args.device == "cuda" else args.device).device)
+    if args.metric == "clipscore":
+        return _report(_clipscore_main(protocol.with_counts(num_fake=args.num_fake), args), args)
     protocol = protocol.with_counts(args.num_real, args.num_fake)
 
     if protocol.metric == "fid":
         from flexgen.metrics.inception import InceptionDetector
 
-        try:  # verifies sha256 before loading; never downloads
-            detector: Any = InceptionDetector(path=args.detector, device=args.device, batch_size=args.batch_size)
-        except (FileNotFoundError, ValueError) as error:
-            raise SystemExit(f"flexgen eval fid: {error}") from error
+        # verifies sha256 before loading; never downloads
+        detector: Any = InceptionDetector(path=args.detector, device=args.device, batch_size=args.batch_size)
     else:
         from flexgen.metrics.i3d import I3DDetector
 
         detector = I3DDetector(path=args.detector, device=args.device, batch_size=args.batch_size)  # verifies sha256
     cache = Path(args.cache).expanduser() if args.cache else default_stats_cache()
     result = evaluate(protocol, args.real, args.fake, detector, cache, with_kid=not args.no_kid,
-                      batch_size=args.batch_size, progress=args.progress)
+                      batch_size=args.batch_size, progress=args.progress,
+                      allow_fewer=getattr(args, "allow_fewer", False))
     return _report(result, args)
 
 
@@ -398,9 +463,7 @@ def _clipscore_main(protocol: Protocol, args: argparse.Namespace) -> dict[str, A
     """Load the protocol's CLIP variant from --detector (or its default folder) and score --fake."""
     from flexgen.metrics import clip
 
-    try:  # local folder only; its architecture must be the protocol's variant
-        detector = clip.CLIPDetector(path=args.detector, device=args.device, batch_size=args.batch_size,
-                                     variant=protocol.clip_variant)
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"flexgen eval clipscore: {error}") from error
+    # local folder only; its architecture must be the protocol's variant (else a ValueError naming both)
+    detector = clip.CLIPDetector(path=args.detector, device=args.device, batch_size=args.batch_size,
+                                 variant=protocol.clip_variant)
     return evaluate_clipscore(protocol, args.fake, detector, batch_size=args.batch_size, progress=args.progress)

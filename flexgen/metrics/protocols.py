@@ -5,6 +5,15 @@ count, which videos, which offset, frame stride), which generated clips, and whi
 names all of that; `flexgen.metrics.evaluate` records it next to the value, `flexgen.metrics.sources` selects the
 clips and images it names.
 
+The name says what was computed. A protocol's `num_fake` is exact (fewer generated items is an error) and so is its
+`num_real`: a real set with fewer usable items (videos long enough and readable, readable images) than `num_real`
+is refused, naming both counts and what was discarded, unless the evaluation is asked to allow fewer
+(`flexgen eval --allow-fewer`, `evaluate(..., allow_fewer=True)`); then it is computed on the M usable items under
+the name `with_counts(num_real=M)` gives (fvd2048_16f on 16 videos: `fvd16x2048_16f`), so two different
+computations never share a name. A real set with more usable items than `num_real` gives a seeded subset. A
+corrupt or unreadable real video or image is discarded and counted like a too-short video; a corrupt generated
+file is refused by name (`flexgen.metrics.sources`).
+
 - `fvd2048_16f` follows StyleGAN-V / Latte (`tools/metrics/frechet_video_distance.py`): 2048 real clips of 16
   frames taken every 3rd frame, one per video, from a random offset; videos shorter than 16 x 3 = 48 frames are
   discarded; 2048 generated clips made of their first 16 consecutive frames; no horizontal flips; the I3D detector
@@ -15,9 +24,10 @@ clips and images it names.
   are a seeded random subset when there are more than `num_real`, the generated ones the first `num_fake`.
 - `fid30k_coco` (PixArt-α / ToCa FID-30K): 30,000 generated images, one per caption of the 30k COCO-2014-val
   captions, against COCO val2014 real images. Fixed here: the real images are a seed-0 random subset of 30,000 of
-  the real folder (val2014 has 40,504; all of them when the folder holds at most 30,000, with a warning), each
-  resized (PIL bicubic, antialiased, on uint8 RGB) so that it covers the generated images' size and centre-cropped
-  to it, kept as uint8 like a PNG; then both sides go through the same clean-fid "clean" Inception path. The crop
+  the real folder (val2014 has 40,504; a folder with fewer usable images is refused, or evaluated on all of them
+  under a renamed protocol, e.g. fid20000x30000_coco256, when fewer are allowed), each resized (PIL bicubic,
+  antialiased, on uint8 RGB) so that it covers the generated images' size and centre-cropped to it, kept as uint8
+  like a PNG; then both sides go through the same clean-fid "clean" Inception path. The crop
   size is read from the generated images (all must share one size) and enters the name and the cache key:
   `fid30k_coco` at 256 px is recorded as `fid30k_coco256` (`sources.resolve_protocol`).
 - `clipscore_l14` / `clipscore_b32` (all generated images), `clipscore30k_l14` (exactly 30,000, the FID-30K
@@ -47,8 +57,9 @@ REAL_RESIZES = ("none", "center_crop")
 class Protocol:
     name: str
     metric: str             # "fvd", "kid" (both on I3D video features), "fid" (images) or "clipscore" (images+prompts)
-    num_real: int           # real clips: at most this many (fewer when the real set has fewer usable videos); 0 for
-                            # clipscore, which has no real set
+    num_real: int           # real clips: exactly this many (a seeded subset when there are more usable videos or
+                            # images; fewer is refused, or renamed by with_counts when allowed); 0 for clipscore,
+                            # which has no real set
     num_fake: int           # generated clips: exactly this many (clipscore: 0 = every generated image)
     num_frames: int         # frames per clip (1 for images)
     real_stride: int        # frame step inside a real clip
@@ -178,5 +189,5 @@ def get_protocol(protocol: str | Protocol) -> Protocol:
     if isinstance(protocol, Protocol):
         return protocol
     if protocol not in PROTOCOLS:
-        raise KeyError(f"unknown protocol {protocol!r}; known: {', '.join(sorted(PROTOCOLS))}")
+        raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(sorted(PROTOCOLS))}")
     return PROTOCOLS[protocol]

@@ -169,12 +169,15 @@ def _sample_provenance(fake: Path) -> dict[str, Any]:
 def record_from_evaluation(result: dict[str, Any], dataset: str, fake: str | Path | None = None,
                            **fields: Any) -> Record:
     """A Record of one `flexgen eval` result (`evaluate` / `eval_main` output), with the model, sampler and cost
-    read from the generator's JSON beside the samples in `fake`; `fields` override any of them (e.g. method)."""
+    read from the generator's JSON beside the samples in `fake`; `fields` override any of them (e.g. method).
+    Its protocol is the result's: the one computed (renamed by its real count when fewer real items were allowed,
+    e.g. fvd16x2048_16f), so it never shares a table with the full protocol's rows."""
     fake = Path(fake if fake is not None else result.get("fake", "."))
     provenance = _sample_provenance(fake) if fake.is_dir() else {}
     reference = result.get("reference_stats_sha256") or result.get("prompts_sha256") or ""
     detector = result.get("detector", "")
-    extra = {k: result[k] for k in ("kid", "kid_std", "value_std", "frechet_distance", "num_real") if k in result}
+    extra = {k: result[k] for k in ("kid", "kid_std", "value_std", "frechet_distance", "num_real",
+                                    "num_real_discarded") if k in result}
     data = {"metric": result["metric"], "protocol": result["protocol"], "value": result["value"], "dataset": dataset,
             "detector_file": str(detector), "detector_sha256": result.get("detector_sha256") or "",
             "reference_sha256": reference, "num_samples": result.get("num_fake", result.get("count")),

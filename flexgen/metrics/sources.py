@@ -13,6 +13,15 @@
   the images they list (records in sorted path order, images in record order; grids left out) are the generated
   set, otherwise every image, and the prompts come from same-stem .txt files beside the images (`generated_images`).
 
+Corrupt files. A real video file that no decoder opens (it fails when its frames are counted), a frame folder with
+an unreadable frame among those of its chosen clip, and a real image that PIL cannot identify or verify (checked
+for every real image at selection) are discarded and counted like a too-short video (`ClipSet.corrupt`,
+`ImageSet.corrupt`, named in a logged warning); they count against the protocol's `num_real`, which
+`flexgen.metrics.evaluate` then enforces. A corrupt or unreadable generated file (probed or verified at selection)
+is refused, naming it: the fix is to delete it and re-run the sampling command, which draws the missing files.
+A file that passes these checks but fails to decode when its frames are read (e.g. a truncated JPEG, which
+`verify` does not decode) is refused by name then, real or generated.
+
 `ClipSet` and `ImageSet` read lazily: iterating yields uint8 torch batches, (N, T, 3, H, W) clips or (N, 3, H, W)
 images, and `shard` gives one rank its contiguous block. "select" here is the seeded choice of evaluation items,
 not diffusion sampling.
@@ -24,8 +33,10 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,6 +45,7 @@ import numpy as np
 import torch
 
 # The only imports from the data readers in flexgen.metrics.
+from flexgen.data.base import VideoDecodeError, describe_error
 from flexgen.data.media import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
@@ -48,8 +60,100 @@ from flexgen.metrics.protocols import Protocol, get_protocol
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 8
+EXAMPLES = 5            # discarded or refused files named in a message (all are counted)
+
+# What reading a corrupt file raises: VideoDecodeError (a RuntimeError) from the video readers; OSError
+# (UnidentifiedImageError, truncated data), SyntaxError or ValueError from PIL.
+READ_ERRORS = (RuntimeError, OSError, SyntaxError, ValueError)
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Corrupt files: checks, the record of what was discarded, and the refusal of a generated file
+# ---------------------------------------------------------------------------------------------------------------
+def image_problem(path: Path) -> str | None:
+    """None when PIL identifies the image file and verifies it (a PNG's chunks and CRCs; a JPEG is only identified,
+    so a truncated one fails later, when read), else the reason."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as error:                          # UnidentifiedImageError, OSError, SyntaxError, ...
+        return describe_error(error)
+    return None
+
+
+def _checked(check: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """`check` of every item, in order; threads for many (the checks mostly read files)."""
+    if len(items) < 64:
+        return [check(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(check, items, chunksize=16))
+
+
+def generated_file_error(bad: Sequence[tuple[Path, str]], kind: str) -> ValueError:
+    """The refusal of generated files that are corrupt or unreadable: (path, reason) of each, `kind` video or
+    image."""
+    (path, reason), rest = bad[0], bad[1:]
+    more = ""
+    if rest:
+        names = ", ".join(str(p) for p, _ in rest[:EXAMPLES - 1]) + (", ..." if len(rest) > EXAMPLES - 1 else "")
+        more = f" (and {len(rest)} more generated {kind}s: {names})"
+    return ValueError(f"{path} is corrupt or unreadable ({reason}){more}; a generated {kind} must be complete: "
+                      f"delete {'them' if rest else 'it'} and re-run the sampling command that wrote the folder "
+                      f"(flexgen sample and flexgen generate draw only the missing files)")
+
+
+def read_error(path: Path, role: str, kind: str, error: BaseException) -> ValueError:
+    """The refusal of a file that passed the selection checks but fails when read; `role` real or generated."""
+    if role == "generated":
+        return generated_file_error([(path, describe_error(error))], kind)
+    return ValueError(f"{path}: this real {kind} is corrupt or unreadable ({describe_error(error)}); it failed "
+                      f"only when read, after passing the checks made when the real set was selected: delete or "
+                      f"replace it and evaluate again (the real set is then selected anew)")
+
+
+class Discards:
+    """What a real selection left out, and why (mixed into `ClipSet` and `ImageSet`): `too_short` (relative path,
+    frame count), `corrupt` (relative path, reason), of the `num_found` items the folder holds."""
+
+    too_short: list[tuple[str, int]]
+    corrupt: list[tuple[str, str]]
+    num_found: int
+
+    @property
+    def num_discarded(self) -> int:
+        return len(self.too_short) + len(self.corrupt)
+
+    def discard_summary(self) -> dict[str, Any]:
+        """The counts and the first few names, as JSON (kept with the reference statistics, reported by evaluate)."""
+        return {"found": self.num_found, "too_short": len(self.too_short), "corrupt": len(self.corrupt),
+                "too_short_files": [f"{rel} ({n} frames)" for rel, n in self.too_short[:EXAMPLES]],
+                "corrupt_files": [rel for rel, _ in self.corrupt[:EXAMPLES]]}
+
+
+def describe_discards(summary: dict[str, Any], min_frames: int | None = None) -> str:
+    """'3 shorter than 48 frames (e.g. a.mp4 (20 frames), ...), 1 corrupt or unreadable (e.g. b.mp4)' from a
+    `discard_summary`; 'none discarded' when nothing was."""
+    parts = []
+    for key, what, files in (("too_short", f"shorter than {min_frames} frames", "too_short_files"),
+                             ("corrupt", "corrupt or unreadable", "corrupt_files")):
+        count = int(summary.get(key, 0))
+        if count:
+            names = list(summary.get(files, []))
+            shown = f" (e.g. {', '.join(names)}{', ...' if count > len(names) else ''})" if names else ""
+            parts.append(f"{count} {what}{shown}")
+    return ", ".join(parts) or "none discarded"
+
+
+def _warn_corrupt(root: str | Path, corrupt: list[tuple[str, str]], kind: str) -> None:
+    if corrupt:
+        log.warning("%s: %d corrupt or unreadable real %ss discarded: %s%s", root, len(corrupt), kind,
+                    "; ".join(f"{rel} ({reason})" for rel, reason in corrupt[:EXAMPLES]),
+                    "; ..." if len(corrupt) > EXAMPLES else "")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -160,16 +264,21 @@ class ClipRef:
 
 
 @dataclass
-class ClipSet:
+class ClipSet(Discards):
     """The clips a protocol selected; iterating yields uint8 torch batches (N, T, 3, H, W).
 
-    `discarded` lists (relative path, frame count) of the videos too short for the protocol; `num_candidates`
-    counts the videos that were long enough (the pool the clips were drawn from)."""
+    `too_short` lists (relative path, frame count) of the real videos too short for the protocol, `corrupt`
+    (relative path, reason) those no decoder could read, of the `num_found` videos of the folder; `num_candidates`
+    counts the videos that were usable (the pool the clips were drawn from). `role` ("real" or "generated") says
+    how a file that fails when read is reported (`read_error`)."""
 
     clips: list[ClipRef]
-    discarded: list[tuple[str, int]] = field(default_factory=list)
+    too_short: list[tuple[str, int]] = field(default_factory=list)
+    corrupt: list[tuple[str, str]] = field(default_factory=list)
+    num_found: int = 0
     num_candidates: int = 0
     batch_size: int = DEFAULT_BATCH_SIZE
+    role: str = "real"
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -177,9 +286,16 @@ class ClipSet:
     def __iter__(self) -> Iterator[torch.Tensor]:
         return self.batches(self.batch_size)
 
+    def read(self, clip: ClipRef) -> np.ndarray:
+        """One clip, uint8 (T, H, W, 3); a file that fails to decode is a ValueError naming it."""
+        try:
+            return clip.source.read(clip.indices)
+        except READ_ERRORS as error:
+            raise read_error(clip.source.path, self.role, "video", error) from error
+
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         """Batches of up to `batch_size` clips; a clip of another frame size starts a new batch."""
-        return _uniform_batches((clip.source.read(clip.indices) for clip in self.clips), batch_size)
+        return _uniform_batches((self.read(clip) for clip in self.clips), batch_size)
 
     def shard(self, rank: int, world_size: int) -> ClipSet:
         """Rank `rank`'s contiguous block of the clips (gathered in rank order, the blocks give back the order)."""
@@ -189,35 +305,68 @@ class ClipSet:
 # ---------------------------------------------------------------------------------------------------------------
 # Real clips: random subset of the long-enough videos, one clip per video at a random offset
 # ---------------------------------------------------------------------------------------------------------------
+def _frame_problem(clip: ClipRef) -> str | None:
+    """None unless the clip comes from a frame folder and one of its frames is unreadable (`image_problem`)."""
+    if not clip.source.is_frames:
+        return None
+    frames = list_frames(clip.source.path)
+    for i in clip.indices:
+        problem = image_problem(frames[i])
+        if problem is not None:
+            return f"frame {frames[i].name}: {problem}"
+    return None
+
+
 def select_real_clips(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ClipSet:
-    """Deterministic given the protocol: same folder + same seed -> same videos and offsets."""
+    """Deterministic given the protocol: same folder + same seed -> same videos and offsets.
+
+    At most `num_real` clips: fewer when the folder has fewer usable videos (`flexgen.metrics.evaluate` decides
+    whether that is allowed). Videos too short, and video files no decoder opens, are left out before the draw;
+    a frame folder whose chosen clip has an unreadable frame is left out after it (its place is not redrawn)."""
     protocol = get_protocol(protocol)
+    sources = list_sources(root)
     long_enough: list[tuple[Source, int]] = []
-    discarded: list[tuple[str, int]] = []
-    for source in list_sources(root):
-        length = source.num_frames()
+    too_short: list[tuple[str, int]] = []
+    corrupt: list[tuple[str, str]] = []
+    for source in sources:
+        try:
+            length = source.num_frames()
+        except (VideoDecodeError, OSError) as error:        # no decoder opens it, or it cannot be read at all
+            corrupt.append((source.rel, describe_error(error)))
+            continue
         if length < protocol.min_real_frames:
-            discarded.append((source.rel, length))
+            too_short.append((source.rel, length))
         else:
             long_enough.append((source, length))
-    if discarded:
-        log.info("%s: %d videos shorter than %d frames discarded", root, len(discarded), protocol.min_real_frames)
-    if not long_enough:
-        raise ValueError(f"{root}: no video has the {protocol.min_real_frames} frames protocol {protocol.name} "
-                         f"needs ({len(discarded)} shorter ones discarded)")
 
     # One generator for the whole draw: first the subset (kept in sorted order), then one offset per chosen video.
     rng = np.random.default_rng(protocol.seed)
     chosen = range(len(long_enough))
     if len(long_enough) > protocol.num_real:
         chosen = sorted(rng.choice(len(long_enough), size=protocol.num_real, replace=False).tolist())
-    clips = []
+    drawn = []
     for i in chosen:
         source, length = long_enough[i]
         offset = int(rng.integers(0, length - protocol.real_span + 1))
         indices = tuple(range(offset, offset + protocol.real_span, protocol.real_stride))
-        clips.append(ClipRef(source, indices))
-    return ClipSet(clips, discarded=discarded, num_candidates=len(long_enough), batch_size=batch_size)
+        drawn.append(ClipRef(source, indices))
+    clips = []
+    for clip, problem in zip(drawn, _checked(_frame_problem, drawn), strict=True):
+        if problem is None:
+            clips.append(clip)
+        else:
+            corrupt.append((clip.source.rel, problem))
+
+    if too_short:
+        log.info("%s: %d videos shorter than %d frames discarded", root, len(too_short), protocol.min_real_frames)
+    _warn_corrupt(root, corrupt, "video")
+    selected = ClipSet(clips, too_short=too_short, corrupt=corrupt, num_found=len(sources),
+                       num_candidates=len(long_enough), batch_size=batch_size)
+    if not clips:
+        raise ValueError(f"{root}: no usable video for protocol {protocol.name}, which needs videos of at least "
+                         f"{protocol.min_real_frames} frames ({len(sources)} found: "
+                         f"{describe_discards(selected.discard_summary(), protocol.min_real_frames)})")
+    return selected
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -253,8 +402,9 @@ def check_sample_manifest(root: str | Path) -> None:
 
 
 def select_fake_clips(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ClipSet:
-    """Exactly `num_fake` clips; too few videos, or a video shorter than a clip, is an error (not a silent skip).
-    A `flexgen sample` folder must hold exactly its manifest's files (`check_sample_manifest`)."""
+    """Exactly `num_fake` clips; too few videos, a video shorter than a clip, or one no decoder opens is an error
+    naming it (not a silent skip). A `flexgen sample` folder must hold exactly its manifest's files
+    (`check_sample_manifest`)."""
     protocol = get_protocol(protocol)
     check_sample_manifest(root)
     sources = list_sources(root)
@@ -263,12 +413,20 @@ def select_fake_clips(root: str | Path, protocol: str | Protocol, batch_size: in
                          f"{len(sources)}; generate more, or pass a smaller --num-fake (renames the protocol)")
     indices = tuple(range(0, protocol.fake_span, protocol.fake_stride))
     clips = []
+    bad: list[tuple[Path, str]] = []
     for source in sources[:protocol.num_fake]:
-        length = source.num_frames()
+        try:
+            length = source.num_frames()
+        except (VideoDecodeError, OSError) as error:        # a corrupt generated video is refused, never skipped
+            bad.append((source.path, describe_error(error)))
+            continue
         if length < protocol.fake_span:
             raise ValueError(f"{source.path}: {length} frames, protocol {protocol.name} needs {protocol.fake_span}")
         clips.append(ClipRef(source, indices))
-    return ClipSet(clips, num_candidates=len(sources), batch_size=batch_size)
+    if bad:
+        raise generated_file_error(bad, "video")
+    return ClipSet(clips, num_found=len(sources), num_candidates=len(sources), batch_size=batch_size,
+                   role="generated")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -315,16 +473,20 @@ def read_image(path: Path) -> np.ndarray:
 
 
 @dataclass
-class ImageSet:
+class ImageSet(Discards):
     """The images a protocol selected; iterating yields uint8 torch batches (N, 3, H, W) (an image of another size
     starts a new batch). `crop` (H, W) centre-crops every image to that size first (`center_crop_resize`).
-    `discarded` is always empty; it mirrors `ClipSet`."""
+    `corrupt` lists (relative path, reason) of the real images PIL could not identify or verify, of the `num_found`
+    images of the folder; `too_short` is always empty (it mirrors `ClipSet`); `role` as in `ClipSet`."""
 
     paths: list[Path]
-    discarded: list[tuple[str, int]] = field(default_factory=list)
+    too_short: list[tuple[str, int]] = field(default_factory=list)
+    corrupt: list[tuple[str, str]] = field(default_factory=list)
+    num_found: int = 0
     num_candidates: int = 0
     batch_size: int = DEFAULT_BATCH_SIZE
     crop: tuple[int, int] | None = None
+    role: str = "real"
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -337,8 +499,12 @@ class ImageSet:
         return dataclasses.replace(self, paths=self.paths[rank_block(len(self.paths), rank, world_size)])
 
     def read(self, path: Path) -> np.ndarray:
-        """One image as uint8 RGB (H, W, 3), cropped when the set has a crop."""
-        image = read_image(path)
+        """One image as uint8 RGB (H, W, 3), cropped when the set has a crop; a file that fails to decode is a
+        ValueError naming it."""
+        try:
+            image = read_image(path)
+        except READ_ERRORS as error:
+            raise read_error(path, self.role, "image", error) from error
         return image if self.crop is None else center_crop_resize(image, self.crop)
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
@@ -347,9 +513,18 @@ class ImageSet:
 
 def prompted_batches(images: Sequence[Path], prompts: Sequence[str],
                      batch_size: int) -> Iterator[tuple[torch.Tensor, list[str]]]:
-    """(uint8 images (N, 3, H, W), their prompts) of up to `batch_size`; an image of another size starts a batch."""
-    return labelled_batches(((read_image(path), prompt) for path, prompt in zip(images, prompts, strict=True)),
+    """(uint8 images (N, 3, H, W), their prompts) of up to `batch_size`; an image of another size starts a batch.
+    The images are generated ones: one that fails to decode is a ValueError naming it."""
+    reader = ImageSet([], role="generated")
+    return labelled_batches(((reader.read(path), prompt) for path, prompt in zip(images, prompts, strict=True)),
                             batch_size)
+
+
+def check_generated_images(paths: Sequence[Path]) -> None:
+    """Every generated image identified and verified by PIL (`image_problem`); the corrupt ones are refused by name."""
+    bad = [(path, problem) for path, problem in zip(paths, _checked(image_problem, paths), strict=True) if problem]
+    if bad:
+        raise generated_file_error(bad, "image")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -459,42 +634,64 @@ def generated_images(root: str | Path, need_prompts: bool = False) -> GeneratedI
 # Selected images: a seeded subset of the real images, the first num_fake generated ones
 # ---------------------------------------------------------------------------------------------------------------
 def select_real_images(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ImageSet:
-    """At most `num_real` images: all of them, or a subset drawn from the protocol's seed (kept in sorted order);
-    centre-cropped to `real_size` for a center_crop protocol."""
+    """At most `num_real` images: all the usable ones, or a subset of them drawn from the protocol's seed (kept in
+    sorted order); centre-cropped to `real_size` for a center_crop protocol. Every image is checked first
+    (`image_problem`): the unreadable ones are left out and counted (`corrupt`), before the draw. Fewer than
+    `num_real` is for `flexgen.metrics.evaluate` to allow or refuse."""
     protocol = get_protocol(protocol)
     if protocol.real_resize == "center_crop" and protocol.real_size is None:
         raise ValueError(f"protocol {protocol.name} crops real images to the generated images' size, which is not "
                          f"fixed yet: resolve it with resolve_protocol(protocol, fake_folder)")
+    root = Path(root)
     images = list_images(root)
-    chosen = range(len(images))
-    if len(images) > protocol.num_real:
+    usable: list[Path] = []
+    corrupt: list[tuple[str, str]] = []
+    for path, problem in zip(images, _checked(image_problem, images), strict=True):
+        if problem is None:
+            usable.append(path)
+        else:
+            corrupt.append((path.relative_to(root).as_posix(), problem))
+    _warn_corrupt(root, corrupt, "image")
+    if not usable:
+        raise ValueError(f"{root}: no usable image for protocol {protocol.name} ({len(images)} found, all corrupt "
+                         f"or unreadable, e.g. {corrupt[0][0]}: {corrupt[0][1]})")
+    chosen = range(len(usable))
+    if len(usable) > protocol.num_real:
         rng = np.random.default_rng(protocol.seed)
-        chosen = sorted(rng.choice(len(images), size=protocol.num_real, replace=False).tolist())
-    elif len(images) < protocol.num_real and protocol.real_resize == "center_crop":
-        log.warning("%s: %d real images, fewer than the %d protocol %s is defined with", root, len(images),
-                    protocol.num_real, protocol.name)
-    return ImageSet([images[i] for i in chosen], num_candidates=len(images), batch_size=batch_size,
-                    crop=protocol.real_size)
+        chosen = sorted(rng.choice(len(usable), size=protocol.num_real, replace=False).tolist())
+    return ImageSet([usable[i] for i in chosen], corrupt=corrupt, num_found=len(images), num_candidates=len(usable),
+                    batch_size=batch_size, crop=protocol.real_size)
 
 
-def select_fake_images(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ImageSet:
-    """Exactly the first `num_fake` generated images (`generated_images` order); fewer is an error. A
-    `flexgen sample` folder must hold exactly its manifest's files (`check_sample_manifest`)."""
-    protocol = get_protocol(protocol)
+def _fake_image_paths(root: str | Path, protocol: Protocol) -> tuple[list[Path], int]:
+    """The first `num_fake` generated images (fewer is an error), not yet checked, and how many the folder has."""
     check_sample_manifest(root)
     images = generated_images(root).paths
     if len(images) < protocol.num_fake:
         raise ValueError(f"{root}: protocol {protocol.name} needs {protocol.num_fake} generated images, found "
                          f"{len(images)}; generate more, or pass a smaller --num-fake (renames the protocol)")
-    return ImageSet(images[:protocol.num_fake], num_candidates=len(images), batch_size=batch_size)
+    return images[:protocol.num_fake], len(images)
+
+
+def select_fake_images(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ImageSet:
+    """Exactly the first `num_fake` generated images (`generated_images` order); fewer is an error, and so is one
+    that PIL cannot identify or verify (named). A `flexgen sample` folder must hold exactly its manifest's files
+    (`check_sample_manifest`)."""
+    protocol = get_protocol(protocol)
+    paths, available = _fake_image_paths(root, protocol)
+    check_generated_images(paths)
+    return ImageSet(paths, num_found=available, num_candidates=available, batch_size=batch_size, role="generated")
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(H, W) of an image file, from its header."""
+    """(H, W) of a generated image file, from its header; a file PIL cannot identify is refused by name."""
     from PIL import Image
 
-    with Image.open(path) as image:
-        return image.height, image.width
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except READ_ERRORS as error:
+        raise generated_file_error([(path, describe_error(error))], "image") from error
 
 
 def resolve_protocol(protocol: str | Protocol, fake: str | Path) -> Protocol:
@@ -503,7 +700,7 @@ def resolve_protocol(protocol: str | Protocol, fake: str | Path) -> Protocol:
     protocol = get_protocol(protocol)
     if protocol.real_resize != "center_crop" or protocol.real_size is not None:
         return protocol
-    sizes = Counter(image_size(path) for path in select_fake_images(fake, protocol).paths)
+    sizes = Counter(image_size(path) for path in _fake_image_paths(fake, protocol)[0])
     if len(sizes) != 1:
         common = ", ".join(f"{h}x{w}: {n}" for (h, w), n in sizes.most_common(5))
         raise ValueError(f"{fake}: protocol {protocol.name} crops the real images to the generated images' size, but "
