@@ -257,7 +257,7 @@ def test_eval_main_fid(tmp_path: Path, image_sets, monkeypatch, capsys):
     argv = ["fid", "--real", str(real), "--fake", str(shifted), "--protocol", "fid50k", "--num-real", "8",
             "--num-fake", "8", "--cache", str(tmp_path / "cache"), "--device", "cpu", "--batch-size", "4"]
     monkeypatch.setenv("FLEXGEN_INCEPTION", str(tmp_path / "absent.pt"))
-    with pytest.raises(SystemExit, match="Inception detector weights not found"):
+    with pytest.raises(FileNotFoundError, match="Inception detector weights not found"):
         eval_main(parser.parse_args(argv))
 
     made = []

@@ -18,6 +18,16 @@ def tiny(*overrides):
     return load_config("configs/demo/tiny.yaml", [*TINY, *overrides])
 
 
+def logged_steps(run_dir):
+    """(steps of stats.jsonl, sample counts of the train/loss TensorBoard scalars as TensorBoard shows them)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    stats = [json.loads(line)["step"] for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(run_dir / "tensorboard"), purge_orphaned_data=True)
+    events.Reload()
+    return stats, [e.step for e in events.Scalars("train/loss")]
+
+
 def test_epoch_batches_shard_one_permutation():
     one = epoch_batches(20, 4, seed=3, epoch=1, rank=0, world_size=1)
     two = [epoch_batches(20, 2, seed=3, epoch=1, rank=r, world_size=2) for r in range(2)]
@@ -44,10 +54,14 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
     with pytest.raises(KeyboardInterrupt):                           # crash during step 13 (after the step-8 save)
         train(cfg, tmp_path / "crash", dataset=Clips(crash_at=2 * 12 + 1), progress=False)
     assert torch.load(tmp_path / "crash" / "checkpoints" / "latest.pt", weights_only=True)["step"] == 8
+    assert logged_steps(tmp_path / "crash") == ([4, 8, 12], [8, 16, 24])    # step 12 was logged, then lost
     resumed = train(cfg, tmp_path / "crash", dataset=Clips(), progress=False)   # the same command again
     assert resumed["step"] == full["step"] == 24
     assert params_digest(resumed["model"]) == params_digest(full["model"])
     assert params_digest(resumed["ema"]) == params_digest(full["ema"])
+    # The replayed steps 9-12 are logged once: stats.jsonl and TensorBoard read like the uninterrupted run's.
+    assert logged_steps(tmp_path / "crash") == logged_steps(tmp_path / "full")
+    assert logged_steps(tmp_path / "full") == (list(range(4, 25, 4)), list(range(8, 49, 8)))
     # More samples later extends the same run; a changed model does not fit it.
     longer = train(tiny("train.total_samples=64"), tmp_path / "crash", dataset=Clips(), progress=False)
     assert longer["step"] == 32
