@@ -283,16 +283,17 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     debug = args.debug or os.environ.get("FLEXGEN_DEBUG", "") not in ("", "0")
+    command = " ".join(filter(None, (args.command, getattr(args, "bench", None), getattr(args, "data", None))))
     try:
         args.func(args)
     except KeyboardInterrupt:
         if debug:
             raise
-        print(f"flexgen {args.command}: interrupted", file=sys.stderr)
+        print(f"flexgen {command}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
         if debug or not isinstance(e, expected_errors()):
             raise
-        print(f"flexgen {args.command}: error: {e}", file=sys.stderr)
+        print(f"flexgen {command}: error: {e}", file=sys.stderr)
         return 2
     return 0

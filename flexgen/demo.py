@@ -76,6 +76,8 @@ def _sample(model, cfg: Config, out_dir: Path, num: int, steps: int) -> dict:
 
 def run_demo(out: str | Path = "results/demo", quick: bool = False, progress: bool = True) -> dict:
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} is a file; the demo writes a folder: give another --out")
     per_class, heldout_per_class, dense_samples, flex_samples, num_videos, steps = BUDGETS["quick" if quick else "full"]
     timings = {}
     t0 = time.perf_counter()

@@ -44,7 +44,7 @@ class RandomDetector:
     def __init__(self, seed: int = 0, dim: int = 8):
         generator = torch.Generator().manual_seed(seed)
         self.weight = torch.randn(3 * 2 * 2, dim, generator=generator, dtype=torch.float64)
-        self.sha256 = hashlib.sha256(f"random-i3d seed={seed} dim={dim}".encode()).hexdigest()
+        self.sha256 = hashlib.sha256(f"{self.name} seed={seed} dim={dim}".encode()).hexdigest()
         self.calls = 0
 
     def __call__(self, videos: torch.Tensor) -> torch.Tensor:
@@ -55,16 +55,10 @@ class RandomDetector:
         return pooled @ self.weight
 
 
-class RandomImageDetector:
+class RandomImageDetector(RandomDetector):
     """`RandomDetector` for images: (N, 3, H, W) uint8 -> (N, 8) float64."""
 
     name = "random-inception"
-
-    def __init__(self, seed: int = 0, dim: int = 8):
-        generator = torch.Generator().manual_seed(seed)
-        self.weight = torch.randn(3 * 2 * 2, dim, generator=generator, dtype=torch.float64)
-        self.sha256 = hashlib.sha256(f"random-inception seed={seed} dim={dim}".encode()).hexdigest()
-        self.calls = 0
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         assert images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] == 3

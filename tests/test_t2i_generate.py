@@ -128,11 +128,12 @@ def test_image_independent_of_batch_size(dense_dir, name):
 
 
 class RecordingPipe:
-    """Stands in for a pipeline: the transformer config and autoencoder factor `generate` reads, and a __call__
-    that records its arguments."""
+    """Stands in for a pipeline: the transformer config, scheduler config and autoencoder factor `generate`
+    reads, and a __call__ that records its arguments."""
 
     def __init__(self, sample_size: int):
         self.transformer = SimpleNamespace(config=SimpleNamespace(sample_size=sample_size, patch_size=2))
+        self.scheduler = SimpleNamespace(config={"num_train_timesteps": 1000})
         self.vae_scale_factor = 8
         self.calls = []
 
@@ -162,6 +163,8 @@ def test_bad_arguments(dense_pipe):
         generate(dense_pipe, "a red cat", **FAST)
     with pytest.raises(ValueError, match="steps must be at least 1"):
         generate(dense_pipe, PROMPTS, steps=0, max_sequence_length=MAX_LENGTH, progress=False)
+    with pytest.raises(ValueError, match="at most the scheduler's 1000 training timesteps, got 1001"):
+        generate(dense_pipe, PROMPTS, steps=1001, max_sequence_length=MAX_LENGTH, progress=False)
     with pytest.raises(ValueError, match="unknown scheduler 'plms'"):
         set_scheduler(dense_pipe, "plms")
 

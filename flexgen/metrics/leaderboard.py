@@ -17,6 +17,8 @@ from typing import Any
 from flexgen.files import atomic_write
 from flexgen.metrics.records import Record, Table, build_tables, load_anchors, read_records
 
+ANCHORS = Path(__file__).with_name("anchors.json")     # the published numbers (package data)
+
 FORMATS = ("md", "html", "png")
 
 
@@ -261,7 +263,8 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
     """Add the options of `flexgen leaderboard` to `parser` and set `func=leaderboard_main`; returns the parser."""
     parser.add_argument("--records", default="eval/records.jsonl", help="JSON Lines file of measured records "
                         "(a missing file means no measured rows)")
-    parser.add_argument("--anchors", default="eval/anchors.json", help="published numbers; '' for none")
+    parser.add_argument("--anchors", default=str(ANCHORS), help="published numbers (default: the ones shipped "
+                        "with flexgen, eval/anchors.json in a checkout); '' for none")
     parser.add_argument("--out", default="eval/leaderboard", help="output folder: leaderboard.{md,html,png}")
     parser.add_argument("--format", default=",".join(FORMATS), type=parse_formats,
                         help="comma-separated subset of md,html,png (default: all)")

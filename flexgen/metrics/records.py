@@ -7,8 +7,9 @@ compared. Rendering them is `flexgen.metrics.leaderboard`.
   cost (GFLOPs per forward and per sample, latency). Published numbers from papers are records too, with
   `published=True`, a `source` and a `confidence` tag ("verified", "recalled", "fig", ...).
 - `append_record` / `read_records` keep records as JSON Lines (one object per line, appended and fsynced);
-  `load_anchors` reads the published numbers from `eval/anchors.json`; `record_from_evaluation` makes a record of
-  one `flexgen eval` result and what the generator wrote beside its samples.
+  `load_anchors` reads the published numbers from `flexgen/metrics/anchors.json` (`eval/anchors.json` links to
+  it); `record_from_evaluation` makes a record of one `flexgen eval` result and what the generator wrote beside
+  its samples.
 - `build_tables` groups records into comparable tables. Rows share a table only when dataset, metric, protocol,
   detector sha256, reference-statistics sha256, N and storage are all identical; published rows never share a table
   with measured ones (their detector is "published"). FID/FVD from different pipelines are different numbers.

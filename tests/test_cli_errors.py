@@ -1,0 +1,174 @@
+"""Every subcommand turns an expected failure (a missing, corrupt or wrong file, a bad value, a wrong layout) into
+one line `flexgen COMMAND: error: ...` that names the file or key, exit status 2, no traceback; `--debug` or
+FLEXGEN_DEBUG=1 shows the traceback; a bug keeps its traceback. Issue 11 ("poor messages")."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from flexgen import cli
+from flexgen.config import load_config
+from flexgen.registry import build_denoiser
+from flexgen.schema import ConfigError
+from flexgen.synthetic import make_synthetic
+
+TINY = str(Path("configs/demo/tiny.yaml").resolve())
+SMALL = ["data.num_frames=4"]
+
+
+class Payload:
+    """A pickled object that weights_only refuses (a real attack would name os.system here)."""
+
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli_errors")
+    build_denoiser(load_config(TINY, SMALL)).export(d / "weights.safetensors")
+    build_denoiser(load_config(TINY, [*SMALL, "model.num_classes=0"])).export(d / "unconditional.safetensors")
+    (d / "junk.safetensors").write_bytes(b"\x05not a safetensors file")
+    torch.save({"ema": {"w": torch.zeros(2)}}, d / "good.pt")
+    (d / "truncated.pt").write_bytes((d / "good.pt").read_bytes()[:40])
+    torch.save({"ema": Payload()}, d / "payload.pt")          # weights_only refuses to unpickle it
+    (d / "bad.yaml").write_text("model:\n  preset: Latte-S/2\n   depth: 3\n")
+    (d / "a_file").write_text("not a folder")
+    (d / "bad.jsonl").write_text("{not json\n")
+    make_synthetic(d / "data", num_classes=4, clips_per_class=2, num_frames=12, size=16)
+    return d
+
+
+def run_cli(capsys, *argv):
+    """(exit status, stderr) of `flexgen ARGV` in this process."""
+    capsys.readouterr()
+    status = cli.main([str(a) for a in argv])
+    return status, capsys.readouterr().err
+
+
+def assert_one_line_error(status, err, command, *named):
+    lines = [line for line in err.splitlines() if line.startswith("flexgen ")]
+    assert status == 2, err
+    assert "Traceback" not in err, err
+    assert lines and lines[-1].startswith(f"flexgen {command}: error: "), err
+    for text in named:
+        assert str(text) in err, f"{text!r} not named in: {err}"
+
+
+def train_args(files, *extra):
+    return ["train", "--config", TINY, "--no-progress", *SMALL, f"data.root={files / 'data'}",
+            "train.batch_size=2", "train.total_samples=4", *extra]
+
+
+def test_config_and_bench(files, capsys):
+    assert_one_line_error(*run_cli(capsys, "config", files / "bad.yaml"), "config", files / "bad.yaml",
+                          "not valid YAML", "line 3")
+    assert_one_line_error(*run_cli(capsys, "config", TINY, "train.batch_size=-8"), "config", "tiny.yaml",
+                          "train.batch_size", ">= 1")
+    assert_one_line_error(*run_cli(capsys, "config", TINY, "train.lr=["), "config", "train.lr=[", "not valid YAML")
+    assert_one_line_error(*run_cli(capsys, "config", files / "missing.yaml"), "config", files / "missing.yaml")
+    assert_one_line_error(*run_cli(capsys, "bench", "flops", "--model", "Nope/2"), "bench flops", "'Nope/2'")
+    assert_one_line_error(*run_cli(capsys, "bench", "latency", "--config", files / "missing.yaml"), "bench latency",
+                          files / "missing.yaml")
+
+
+def test_convert(files, capsys):
+    base = ["convert", "--config", TINY, "--out", files / "out.safetensors", *SMALL]
+    assert_one_line_error(*run_cli(capsys, *base, "--from", files / "junk.safetensors"), "convert",
+                          files / "junk.safetensors", "not a readable safetensors file")
+    assert_one_line_error(*run_cli(capsys, *base, "--from", files / "truncated.pt"), "convert",
+                          files / "truncated.pt", "truncated or damaged")
+    assert_one_line_error(*run_cli(capsys, *base, "--from", files / "payload.pt"), "convert",
+                          files / "payload.pt", "weights_only")
+    assert_one_line_error(*run_cli(capsys, *base, "--from", files / "ffs.pt"), "convert", files / "ffs.pt",
+                          "huggingface.co/maxin-cn/Latte")
+    assert not (files / "out.safetensors").exists()
+
+
+def test_train(files, capsys, tmp_path):
+    assert_one_line_error(*run_cli(capsys, *train_args(files, "--run-dir", files / "a_file")), "train",
+                          files / "a_file")
+    assert_one_line_error(*run_cli(capsys, *train_args(files, "--run-dir", tmp_path / "r1", "model.num_classes=2")),
+                          "train", "model.num_classes=2", "4 classes", files / "data")
+    assert_one_line_error(*run_cli(capsys, *train_args(files, "--run-dir", tmp_path / "r2", "train.total_samples=-1")),
+                          "train", "train.total_samples")
+    assert_one_line_error(*run_cli(capsys, *train_args(files, "--run-dir", tmp_path / "r3", f"data.root={tmp_path}")),
+                          "train", tmp_path)
+    latest = tmp_path / "r4" / "checkpoints" / "latest.pt"         # damaged after it was written: resume names it
+    latest.parent.mkdir(parents=True)
+    latest.write_bytes((files / "good.pt").read_bytes()[:100])
+    assert_one_line_error(*run_cli(capsys, *train_args(files, "--run-dir", tmp_path / "r4")), "train", latest,
+                          "move it away", "ema.safetensors")
+
+
+def test_sample(files, capsys, tmp_path):
+    base = ["sample", "--config", TINY, "--ckpt", files / "weights.safetensors", "--num-samples", "1", "--steps", "2",
+            "--no-progress", *SMALL]
+    assert_one_line_error(*run_cli(capsys, *base, "--out", files / "a_file"), "sample", files / "a_file")
+    assert_one_line_error(*run_cli(capsys, *base, "--out", tmp_path / "s1", "--ckpt", files / "junk.safetensors"),
+                          "sample", files / "junk.safetensors")
+    # Invalid values are refused before the output folder exists (nothing is left behind).
+    for option, key in (("--steps=5000", "sample.steps"), ("--num-samples=0", "sample.num_samples"),
+                        ("--sampler=euler", "sample.sampler")):
+        assert_one_line_error(*run_cli(capsys, *base, option, "--out", tmp_path / "s2"), "sample", key)
+    assert_one_line_error(*run_cli(capsys, *base, "--out", tmp_path / "s2", "model.num_classes=0", "--ckpt",
+                                   files / "unconditional.safetensors", "--cfg-scale", "2"), "sample", "cfg_scale")
+    assert not (tmp_path / "s2").exists()
+
+
+def test_eval_and_leaderboard(files, capsys, tmp_path):
+    assert_one_line_error(*run_cli(capsys, "eval", "fvd", "--real", tmp_path, "--fake", tmp_path, "--protocol",
+                                   "fvd9999"), "eval", "fvd9999", "fvd2048_16f")
+    assert_one_line_error(*run_cli(capsys, "eval", "fvd", "--real", tmp_path, "--fake", tmp_path, "--detector",
+                                   files / "i3d.pt"), "eval", files / "i3d.pt", "sha256")
+    assert_one_line_error(*run_cli(capsys, "eval", "fid", "--fake", tmp_path), "eval", "--real")
+    assert_one_line_error(*run_cli(capsys, "leaderboard", "--records", files / "bad.jsonl", "--out", tmp_path / "lb"),
+                          "leaderboard", files / "bad.jsonl")
+
+
+def test_generate_demo_and_data(files, capsys, tmp_path):
+    from tests.t2i_helpers import save_tiny_pipeline
+
+    assert_one_line_error(*run_cli(capsys, "generate", "a cat", "--model", tmp_path / "none", "--out",
+                                   tmp_path / "g" / "x.png"), "generate", tmp_path / "none")
+    pipe = save_tiny_pipeline(tmp_path / "pipe")
+    assert_one_line_error(*run_cli(capsys, "generate", "a cat", "--model", pipe, "--steps", "0", "--no-progress",
+                                   "--out", tmp_path / "g" / "x.png"), "generate", "steps")
+    assert not (tmp_path / "g").exists()
+    assert_one_line_error(*run_cli(capsys, "demo", "--quick", "--no-progress", "--out", files / "a_file"), "demo",
+                          files / "a_file")
+    assert_one_line_error(*run_cli(capsys, "data", "prepare", "ffs", "--src", tmp_path / "none"), "data prepare",
+                          tmp_path / "none")
+    assert_one_line_error(*run_cli(capsys, "data", "cache-text", "--root", tmp_path / "none", "--text-encoder", pipe,
+                                   "--cache", tmp_path / "cache"), "data cache-text", tmp_path / "none")
+
+
+def test_debug_shows_the_traceback_and_bugs_keep_theirs(files, capsys, monkeypatch):
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        cli.main(["--debug", "config", str(files / "bad.yaml")])
+    monkeypatch.setenv("FLEXGEN_DEBUG", "1")
+    with pytest.raises(ConfigError):
+        cli.main(["config", str(files / "bad.yaml")])
+    monkeypatch.delenv("FLEXGEN_DEBUG")
+
+    def bug(args):
+        raise TypeError("a bug, not bad input")
+
+    monkeypatch.setattr(cli, "show_config", bug)
+    with pytest.raises(TypeError):
+        cli.main(["config", TINY])
+
+
+def test_the_installed_command_prints_one_line(files):
+    env = {**os.environ, "FLEXGEN_DEBUG": ""}
+    done = subprocess.run([sys.executable, "-m", "flexgen", "config", str(files / "bad.yaml")], capture_output=True,
+                          text=True, env=env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("flexgen config: error: ")
+    debug = subprocess.run([sys.executable, "-m", "flexgen", "--debug", "config", str(files / "bad.yaml")],
+                           capture_output=True, text=True, env=env)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
