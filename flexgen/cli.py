@@ -142,12 +142,13 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
 
 
 def demo(args: argparse.Namespace) -> None:
-    from flexgen.demo import leaderboard_markdown, run_demo
+    from flexgen.demo import run_demo, summary_markdown
 
     result = run_demo(args.out, quick=args.quick, progress=not args.no_progress)
     print()
-    print(leaderboard_markdown(result), end="")
-    print(f"samples, checkpoints and leaderboard.md in {args.out}")
+    print(summary_markdown(result), end="")
+    print(f"the board (leaderboard.md / .html / .png), samples.png, records.jsonl, samples and checkpoints in "
+          f"{args.out}")
 
 
 # ----------------------------------------------------------------------------------------------------------

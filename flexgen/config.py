@@ -21,6 +21,9 @@ from flexgen.schema import ConfigError, build_dataclass, check_range, choice
 
 DATASETS = ("ffs", "sky", "ucf101", "taichi", "synthetic", "captions")
 AUTOENCODERS = ("sd-vae", "pixel")
+# What the network's first C output channels predict (diffusers' prediction_type names): the noise ε (DDPM, DiT,
+# Latte) or v = sqrt(ᾱ) ε - sqrt(1 - ᾱ) x_0 (Salimans & Ho 2022), whose x_0 estimate stays bounded at high noise.
+PREDICTIONS = ("epsilon", "v_prediction")
 
 # ----------------------------------------------------------------------------------------------------------
 # The schema. Defaults are the published Latte settings (Ma et al. 2024, released configs).
@@ -66,6 +69,7 @@ class DataConfig:
     hflip: bool = True                  # random horizontal flip
     num_images: int = 0                 # extra still images per clip for joint image-video training
     num_workers: int = 4                # data-loader processes per rank
+    cache_videos: bool = False          # keep each decoded video in memory (small sets such as the demo's)
     manifest: str = ""                  # captions: JSONL manifest (default: root/metadata.jsonl, else .txt files)
     text_encoder: str = ""              # captions: local T5 folder (or PixArt-α pipeline folder) for the cache
     text_cache: str = ""                # captions: folder of cached T5 embeddings (flexgen data cache-text)
@@ -83,8 +87,10 @@ class DiffusionConfig:
     beta_start: float = 1e-4            # linear β schedule (Ho et al. 2020)
     beta_end: float = 0.02
     min_snr_gamma: float | None = None  # Min-SNR-γ weighting of the ε loss (Hang et al. 2023); None = off
+    prediction: str = "epsilon"         # the network predicts ε (DiT, Latte) or v ("v_prediction", Salimans & Ho)
 
     def __post_init__(self):
+        choice("prediction", self.prediction, list(PREDICTIONS))
         check_range(self, num_timesteps=(2, None), beta_start=(1e-12, 1), beta_end=(self.beta_start, 1),
                     min_snr_gamma=(1e-12, None))
 

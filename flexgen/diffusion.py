@@ -26,6 +26,8 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from flexgen.config import PREDICTIONS
+
 Model = Callable[..., Tensor]
 
 # The one table of sampler names -> diffusers scheduler classes. `make_scheduler` builds the first three as the
@@ -41,6 +43,7 @@ SCHEDULERS: dict[str, str] = {
     "euler": "EulerDiscreteScheduler",
 }
 SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
+
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -106,13 +109,16 @@ def _discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Ten
 class GaussianDiffusion:
     """Forward process tables and the DiT / IDDPM hybrid loss (ε-prediction MSE + VLB on the learned variance)."""
 
-    def __init__(self, betas: Tensor, min_snr_gamma: float | None = None) -> None:
+    def __init__(self, betas: Tensor, min_snr_gamma: float | None = None, prediction: str = "epsilon") -> None:
         betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu()
         if betas.ndim != 1 or betas.numel() < 2 or not bool(((betas > 0) & (betas <= 1)).all()):
             raise ValueError("betas must be a 1-D schedule of >= 2 values in (0, 1]")
         if min_snr_gamma is not None and min_snr_gamma <= 0:
             raise ValueError(f"min_snr_gamma must be positive, got {min_snr_gamma}")
         self.min_snr_gamma = min_snr_gamma
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; expected one of {', '.join(PREDICTIONS)}")
+        self.prediction = prediction
         self.num_timesteps = int(betas.numel())
         self.betas = betas
         self.log_betas = torch.log(betas)
@@ -137,9 +143,9 @@ class GaussianDiffusion:
 
     @classmethod
     def from_config(cls, cfg: Any) -> GaussianDiffusion:
-        """From any object with num_timesteps, beta_start, beta_end, min_snr_gamma attributes."""
+        """From any object with num_timesteps, beta_start, beta_end, min_snr_gamma (and prediction) attributes."""
         betas = linear_betas(cfg.num_timesteps, cfg.beta_start, cfg.beta_end)
-        return cls(betas, min_snr_gamma=cfg.min_snr_gamma)
+        return cls(betas, min_snr_gamma=cfg.min_snr_gamma, prediction=getattr(cfg, "prediction", "epsilon"))
 
     # ------------------------------------------------------------------------------------------------------------
     # Table lookup: float64 gather at t, cast to the data dtype, shaped to broadcast against x.
@@ -207,10 +213,16 @@ class GaussianDiffusion:
             noise = torch.randn_like(x0)
         x_t = self.q_sample(x0, t, noise)
         out = model(x_t, t, **dict(model_kwargs or {}))
-        eps, v = _split_output(out, x0)
+        pred, v = _split_output(out, x0)
         dtype = torch.promote_types(x0.dtype, torch.float32)
-        x0, x_t, noise, eps = x0.to(dtype), x_t.to(dtype), noise.to(dtype), eps.to(dtype)
-        mse = _mean_flat((noise - eps) ** 2)
+        x0, x_t, noise, pred = x0.to(dtype), x_t.to(dtype), noise.to(dtype), pred.to(dtype)
+        if self.prediction == "epsilon":
+            eps, target = pred, noise
+        else:
+            # Salimans & Ho 2022, Sec. 4: v = sqrt(ᾱ) ε - sqrt(1 - ᾱ) x_0, hence ε = sqrt(ᾱ) v + sqrt(1 - ᾱ) x_t
+            a, b = self._at(self.sqrt_alphas_cumprod, t, x0), self._at(self.sqrt_one_minus_alphas_cumprod, t, x0)
+            eps, target = a * pred + b * x_t, a * noise - b * x0
+        mse = _mean_flat((target - pred) ** 2)
         if v is None:
             vb = torch.zeros_like(mse)
         else:
@@ -220,9 +232,10 @@ class GaussianDiffusion:
         if self.min_snr_gamma is None:
             terms["loss"] = mse + vb
         else:
-            # Hang et al. 2023, Min-SNR-γ for ε-prediction: w_t = min(SNR_t, γ) / SNR_t
+            # Hang et al. 2023, Min-SNR-γ: w_t = min(SNR_t, γ) / SNR_t for ε, min(SNR_t, γ) / (SNR_t + 1) for v
             snr = self.snr(t)
-            weight = (snr.clamp(max=self.min_snr_gamma) / snr).to(device=mse.device, dtype=mse.dtype)
+            weight = snr.clamp(max=self.min_snr_gamma) / (snr if self.prediction == "epsilon" else snr + 1)
+            weight = weight.to(device=mse.device, dtype=mse.dtype)
             terms["weight"] = weight
             terms["loss"] = weight * mse + vb
         return terms
@@ -248,16 +261,19 @@ def any_scheduler(name: str, betas: Tensor, num_steps: int):
     return scheduler
 
 
-def make_scheduler(name: str, betas: Tensor, num_steps: int, learned_sigma: bool = True, clip_denoised: bool = False
-                   ) -> DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler:
+def make_scheduler(name: str, betas: Tensor, num_steps: int, learned_sigma: bool = True, clip_denoised: bool = False,
+                   prediction: str = "epsilon") -> DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler:
     """A diffusers scheduler for `betas` (num_train_timesteps = len(betas)) with set_timesteps(num_steps) done.
     `clip_denoised` clips each predicted x_0 to [-1, 1] (IDDPM's clip_denoised, for pixel-space models; latent
-    models such as Latte sample without it)."""
+    models such as Latte sample without it). `prediction`: what the model predicts, "epsilon" or "v_prediction"
+    (diffusers' prediction_type names)."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {prediction!r}; expected one of {', '.join(PREDICTIONS)}")
     betas_np = torch.as_tensor(betas, dtype=torch.float64).detach().cpu().numpy()
     num_train = len(betas_np)
     if not 1 <= num_steps <= num_train:
         raise ValueError(f"num_steps must be in [1, {num_train}], got {num_steps}")
-    common = {"num_train_timesteps": num_train, "trained_betas": betas_np, "prediction_type": "epsilon",
+    common = {"num_train_timesteps": num_train, "trained_betas": betas_np, "prediction_type": prediction,
               "thresholding": False}
     clip = {"clip_sample": clip_denoised, "clip_sample_range": 1.0}
     if name == "ddpm":
@@ -312,7 +328,7 @@ def seeded_noise(shape_per_sample: Sequence[int], seeds: Sequence[int], device: 
 @torch.no_grad()
 def sample(model: Model, shape: Sequence[int], seeds: Sequence[int], *, sampler: str = "ddpm", steps: int = 250,
            betas: Tensor | None = None, learned_sigma: bool = True, clip_denoised: bool = False,
-           model_kwargs: Mapping[str, Any] | None = None,
+           prediction: str = "epsilon", model_kwargs: Mapping[str, Any] | None = None,
            device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, progress: bool = False) -> Tensor:
     """Draw len(seeds) samples of per-sample `shape` (channels on dim -3); returns x_0 in the model's layout.
 
@@ -325,7 +341,8 @@ def sample(model: Model, shape: Sequence[int], seeds: Sequence[int], *, sampler:
     if len(shape) < 3:
         raise ValueError(f"shape must be per-sample (..., C, H, W), got {tuple(shape)}")
     betas = linear_betas() if betas is None else betas
-    scheduler = make_scheduler(sampler, betas, steps, learned_sigma=learned_sigma, clip_denoised=clip_denoised)
+    scheduler = make_scheduler(sampler, betas, steps, learned_sigma=learned_sigma, clip_denoised=clip_denoised,
+                               prediction=prediction)
     model_kwargs = dict(model_kwargs or {})
     generators = make_generators(seeds)
     x = _noise_from(generators, shape, device, dtype)
@@ -333,7 +350,7 @@ def sample(model: Model, shape: Sequence[int], seeds: Sequence[int], *, sampler:
     for t in tqdm(scheduler.timesteps, desc=sampler, disable=not progress):
         t_batch = torch.full((batch,), int(t), device=device, dtype=torch.long)
         out = model(x, t_batch, **model_kwargs)
-        eps, v = _split_output(out, x)
+        pred, v = _split_output(out, x)          # ε or v, and the variance channels
         if (v is not None) != learned_sigma:
             raise ValueError(f"learned_sigma={learned_sigma} but the model output has {out.shape[-3]} channels "
                              f"for C={x.shape[-3]}")
@@ -343,9 +360,9 @@ def sample(model: Model, shape: Sequence[int], seeds: Sequence[int], *, sampler:
             # DDPM splits [ε, v] itself on dim 1; its per-step noise is drawn per sample from the list of generators
             x_s = scheduler.step(out.movedim(-3, 1), t, x_s, generator=generators).prev_sample
         elif sampler == "ddim":
-            x_s = scheduler.step(eps.movedim(-3, 1), t, x_s, eta=0.0).prev_sample
+            x_s = scheduler.step(pred.movedim(-3, 1), t, x_s, eta=0.0).prev_sample
         else:
-            x_s = scheduler.step(eps.movedim(-3, 1), t, x_s).prev_sample
+            x_s = scheduler.step(pred.movedim(-3, 1), t, x_s).prev_sample
         x = x_s.movedim(1, -3)
     return x
 

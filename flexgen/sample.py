@@ -138,7 +138,8 @@ def generate(model: LatteDenoiser, autoencoder: Autoencoder, *, num_samples: int
                 cond = {"y": torch.tensor(batch_labels, dtype=torch.long, device=device)}        # (B,)
                 net = classifier_free_guidance(model, cfg_scale, cond, model.null_condition(cond))
             latents = sample(net, shape, [seed + i for i in indices], sampler=sampler, steps=steps, betas=betas,
-                             learned_sigma=config.learn_sigma, clip_denoised=clip_denoised, device=device,
+                             learned_sigma=config.learn_sigma, clip_denoised=clip_denoised,
+                             prediction=model.run.diffusion.prediction, device=device,
                              dtype=dtype)                                                      # (B, *shape)
             videos = to_uint8(autoencoder.decode(latents)).cpu()        # (B, F, 3, H, W) or (B, 3, H, W)
             bar.update(len(indices))

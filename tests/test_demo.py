@@ -1,26 +1,44 @@
-"""`flexgen demo --quick`: the whole loop on generated mp4 files, end to end (the CI's reduced demo)."""
+"""`flexgen demo --quick`: the whole loop on generated mp4 files, end to end (the CI's reduced demo): data, the
+SynthMotion yardstick, dense training, FlexDiT fine-tuning, sampling, records, the board."""
 
 import json
 
 from flexgen.cli import main
 from flexgen.data.media import read_video
+from flexgen.files import file_sha256
+from flexgen.manifest import SampleManifest
+from flexgen.metrics.records import read_records
 
 
 def test_quick_demo_runs_the_whole_loop(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "| Latte (dense) |" in printed and "| FlexDiT-Latte |" in printed
-    result = json.loads((out / "leaderboard.json").read_text())
+    assert "| Latte (dense) |" in printed and "| FlexDiT-Latte |" in printed and "fd_synthmotion" in printed
+    result = json.loads((out / "demo.json").read_text())
     dense, flex = result["rows"]
     assert flex["gmacs_per_video"] < 0.8 * dense["gmacs_per_video"]          # FlexDiT is cheaper per video
-    for row, run in ((dense, "dense"), (flex, "flexdit")):
-        assert 0 < row["heldout_mse"] < 2 and row["seconds_per_video"] > 0
-        videos = sorted((out / run / "samples").glob("*.mp4"))
-        assert len(videos) == 4                                                 # BUDGETS["quick"]: 4 videos
-        assert read_video(videos[0]).shape == (8, 16, 16, 3)                # 8 frames of 16×16 (tiny.yaml)
-        assert (out / run / "samples" / "grid.png").is_file()
-        assert (out / run / "ema.safetensors").is_file()
-    assert (out / "leaderboard.md").read_text().startswith("| model |")
+    detector = result["detector"]
+    assert file_sha256(detector["path"]) == detector["sha256"] and 0 <= detector["heldout_accuracy"] <= 1
+    for row in (dense, flex):
+        assert row["fd_synthmotion"] > 0 and 0 <= row["acc_synthmotion"] <= 1 and row["seconds_per_video"] > 0
+        folder = out / row["run"] / "samples"
+        manifest = SampleManifest.read(folder / "samples.json")
+        assert manifest.complete and len(manifest.samples) == 16            # BUDGETS["quick"]: 16 videos
+        assert read_video(folder / manifest.samples[0].file).shape == (8, 16, 16, 3)
+        assert (out / row["run"] / "ema.safetensors").is_file()
+    # The same seeds and labels for every model; the records feed the board.
+    labels = [[s.label for s in SampleManifest.read(out / r["run"] / "samples" / "samples.json").samples]
+              for r in (dense, flex)]
+    assert labels[0] == labels[1]
+    records = read_records(out / "records.jsonl")
+    assert sorted((r.model_variant, r.metric) for r in records) == sorted(
+        (name, metric) for name in ("Latte (dense)", "FlexDiT-Latte") for metric in ("fd_synthmotion",
+                                                                                     "acc_synthmotion"))
+    assert all(r.detector_sha256 == detector["sha256"] and r.protocol == "synthmotion16_8f" for r in records)
+    board = (out / "leaderboard.md").read_text()
+    assert "FD_SYNTHMOTION · synthmotion · synthmotion16_8f" in board and "ACC_SYNTHMOTION" in board
+    assert (out / "leaderboard.html").is_file() and (out / "leaderboard.png").is_file()
+    assert (out / "samples.png").is_file()
     # The training data were real mp4 files in the UCF101 layout: four motion classes.
     assert len([p for p in (out / "data" / "train").iterdir() if p.is_dir()]) == 4

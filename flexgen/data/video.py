@@ -449,7 +449,8 @@ class VideoClipDataset(SkipAndReplaceDataset):
 
     def __init__(self, root: str | Path, dataset: str, *, num_frames: int = 16, frame_interval: int = 3,
                  image_size: int = 256, hflip: bool = True, num_images: int = 0, split: str = "train",
-                 seed: int = 0, cache_dir: str | Path | None = None, split_dir: str | Path | None = None):
+                 seed: int = 0, cache_dir: str | Path | None = None, split_dir: str | Path | None = None,
+                 cache_videos: bool = False):
         if dataset not in DATASETS:
             raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
         for name, value, least in (("num_frames", num_frames, 1), ("frame_interval", frame_interval, 1),
@@ -463,6 +464,7 @@ class VideoClipDataset(SkipAndReplaceDataset):
         self.span = clip_span(num_frames, frame_interval)      # frames a clip must have
         self.image_size, self.num_images, self.split = image_size, num_images, split
         self.flip = hflip and self.preset.hflip
+        self.cache_videos, self._videos = cache_videos, {}      # path -> uint8 (frames, H, W, 3), every frame
         self.classes = index.classes
         self.index_path, self.index_reused = index.path, index.reused
         self.skipped.extend(index.skipped)
@@ -507,6 +509,10 @@ class VideoClipDataset(SkipAndReplaceDataset):
 
     def _decode(self, clip: Clip, indices: Sequence[int]) -> np.ndarray:
         """uint8 (len(indices), H, W, 3) of a clip; raises on any failure."""
+        if self.cache_videos and self.preset.layout != "frames":   # the same reader, all frames, decoded once
+            if clip.path not in self._videos:
+                self._videos[clip.path] = read_video(clip.path, list(range(clip.frames)))
+            return self._videos[clip.path][list(indices)]
         if self.preset.layout != "frames":
             return read_video(clip.path, indices)
         paths = list_frames(clip.path)
@@ -582,4 +588,4 @@ def build_dataset(cfg: DataConfig, split: str = "train", seed: int = 0, *, cache
                          " see datasets/README.md)")
     return VideoClipDataset(cfg.root, cfg.dataset, num_frames=cfg.num_frames, frame_interval=cfg.frame_interval,
                             image_size=cfg.image_size, hflip=cfg.hflip, num_images=cfg.num_images, split=split,
-                            seed=seed, cache_dir=cache_dir, split_dir=split_dir)
+                            seed=seed, cache_dir=cache_dir, split_dir=split_dir, cache_videos=cfg.cache_videos)

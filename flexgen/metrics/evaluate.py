@@ -80,10 +80,12 @@ def detector_name(detector: Any) -> str:
 
 
 def metric_name(metric: str, detector: Any) -> str:
-    """'fvd' for the standard I3D weights, 'fvd[<detector name>]' for anything else."""
+    """'fvd' for the standard I3D weights; the detector's own name for it where it has one (`metric_names`:
+    SynthMotion's Fréchet distance is 'fd_synthmotion'); 'fvd[<detector name>]' for anything else."""
     if getattr(detector, "sha256", None) == STANDARD_DETECTORS.get(metric):
         return metric
-    return f"{metric}[{detector_name(detector)}]"
+    own = getattr(detector, "metric_names", {}).get(metric)
+    return own or f"{metric}[{detector_name(detector)}]"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ SCHEMA = "flexgen-eval/1"
 ANCHORS_SCHEMA = "flexgen-anchors/1"
 
 # Metrics where a larger value is better; every other metric (fid, fvd, kid, sfid, ...) is "lower is better".
-HIGHER_IS_BETTER = frozenset({"is", "clip", "clip_score", "precision", "recall"})
+HIGHER_IS_BETTER = frozenset({"is", "clip", "clip_score", "precision", "recall", "acc_synthmotion"})
 
 PUBLISHED = "published"
 
