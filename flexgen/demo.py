@@ -16,8 +16,14 @@
 Design (issue 12): 16×16 frames, 8 frames every 2nd, 4×4 patches (16 tokens per frame: 4× fewer than 2×2
 patches, so about 2.5× the training steps in the same time), v-prediction (Salimans & Ho 2022: the x_0 estimate
 stays bounded at high noise, where ε-prediction's error is amplified by 1/sqrt(ᾱ); with ε the dense model's
-samples stayed noise at this budget), DDIM-50 with CFG 2. `--quick` runs the same steps with tiny budgets (the
-tests run it). Everything it needs ships inside the package, so it runs from an installed wheel in any folder.
+samples stayed noise at this budget, even on four clips) with Min-SNR-5 weighting, EMA 0.995 (2k steps), DDIM-50
+with CFG 2; the dynamic models get a quarter of the dense budget each. `--quick` runs the same steps with tiny
+budgets (the tests run it). Everything it needs ships inside the package, so it runs from an installed wheel in any
+folder.
+
+Measured (README): the classifier is right on every held-out real clip, but at this budget the dense model's samples
+show the backgrounds and bright blobs, not yet one coherent shape moving the way its class says (sample accuracy
+near chance; doubling the dense budget did not raise it): the bar of issue 12 is not met yet.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ class Budget:
     detector_steps: int         # classifier training steps
 
 
-BUDGETS = {"full": Budget(32, 16, 32000, 8000, 64, 50, 300), "quick": Budget(4, 4, 64, 32, 16, 5, 20)}
+BUDGETS = {"full": Budget(32, 16, 36000, 9000, 64, 50, 300), "quick": Budget(4, 4, 64, 32, 16, 5, 20)}
 
 # The dense model, then one row per density policy: (row name, run folder, config). A later policy (DyDiT, the
 # composed model) adds its line here and is fine-tuned, sampled and rated exactly like FlexDiT.

@@ -174,6 +174,23 @@ def test_same_seed_same_items_other_seed_other_clips(tmp_path):
     assert not torch.equal(first, a[0]["video"])
 
 
+def test_cached_videos_give_the_same_items_and_decode_each_video_once(tmp_path, monkeypatch):
+    import flexgen.data.video as video_module
+
+    layout(tmp_path / "syn", "synthetic", n=30)
+    plain, cached = (make(tmp_path / "syn", "synthetic", tmp_path, cache_videos=c) for c in (False, True))
+    reads = []
+    original = video_module.read_video
+    monkeypatch.setattr(video_module, "read_video", lambda path, indices=None: reads.append(path) or
+                        original(path, indices))
+    for epoch in range(3):                       # other windows every epoch, from the frames decoded once
+        plain.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        for i in range(len(plain)):
+            assert torch.equal(plain[i]["video"], cached[i]["video"])
+    assert len(reads) == 3 * len(plain) + len(cached)      # the plain set decodes every item, the cached one once
+
+
 def test_worker_processes_give_the_same_items(tmp_path):
     layout(tmp_path / "ffs", "ffs", n=30)
     ds = make(tmp_path / "ffs", "ffs", tmp_path)
