@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from flexgen.density import DensityConfig
-from flexgen.files import atomic_write
+from flexgen.files import atomic_write_text
 from flexgen.registry import PRESET_FAMILY, family_of
 from flexgen.schema import ConfigError, build_dataclass, check_range, choice
 
@@ -246,5 +246,4 @@ def config_to_dict(config: Any) -> dict:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from flexgen.config import Config, load_config
-from flexgen.files import atomic_write
+from flexgen.files import atomic_write_text
 from flexgen.registry import build_denoiser
 from flexgen.synthetic import make_synthetic
 from flexgen.train import train
@@ -99,13 +99,12 @@ def _sample(config_name: str, overrides: list[str], ckpt: Path, folder: Path, bu
         fps=8, sha256=None, no_progress=not progress, overwrite=True, overrides=overrides))
 
 
-def _rate(folder: Path, name: str, data_root: Path, out: Path, detector, i3d) -> list:
+def _rate(folder: Path, count: int, name: str, data_root: Path, out: Path, detector, i3d) -> list:
     """The records of one sample folder: fd_synthmotion, acc_synthmotion (and fvd with the standard I3D)."""
     from flexgen.metrics import synthmotion as sm
     from flexgen.metrics.evaluate import evaluate
     from flexgen.metrics.records import record_from_evaluation
 
-    count = len(list(folder.glob("*.mp4")))
     protocol = sm.protocol(detector.config, num_real=count)
     result = evaluate(protocol, data_root / "heldout", folder, detector, out / "ref_stats", with_kid=False)
     fd = record_from_evaluation(result, DATASET, folder, model_variant=name)
@@ -182,7 +181,7 @@ def run_demo(out: str | Path = "results/demo", quick: bool = False, progress: bo
         t = time.perf_counter()
         _sample(config, overrides, out / run / "ema.safetensors", folder, budget, progress)
         timings[f"sample_{run}_s"] = time.perf_counter() - t
-        records = _rate(folder, name, data_root, out, detector["detector"], i3d)
+        records = _rate(folder, budget.num_samples, name, data_root, out, detector["detector"], i3d)
         for record in records:
             append_record(records_path, record)
         rows.append({"model": name, "run": run,
@@ -202,8 +201,7 @@ def run_demo(out: str | Path = "results/demo", quick: bool = False, progress: bo
     result = {"rows": rows, "timings": timings, "quick": quick, "budget": dataclasses.asdict(budget),
               "detector": {k: v for k, v in detector.items() if k != "detector"},
               "standard_fvd": i3d is not None}
-    with atomic_write(out / "demo.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=2))
+    atomic_write_text(out / "demo.json", json.dumps(result, indent=2))
     return result
 
 

@@ -45,6 +45,10 @@ SCHEDULERS: dict[str, str] = {
 SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
 
 
+def _check_prediction(prediction: str) -> None:
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {prediction!r}; expected one of {', '.join(PREDICTIONS)}")
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Noise schedule.
@@ -116,8 +120,7 @@ class GaussianDiffusion:
         if min_snr_gamma is not None and min_snr_gamma <= 0:
             raise ValueError(f"min_snr_gamma must be positive, got {min_snr_gamma}")
         self.min_snr_gamma = min_snr_gamma
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"unknown prediction {prediction!r}; expected one of {', '.join(PREDICTIONS)}")
+        _check_prediction(prediction)
         self.prediction = prediction
         self.num_timesteps = int(betas.numel())
         self.betas = betas
@@ -267,8 +270,7 @@ def make_scheduler(name: str, betas: Tensor, num_steps: int, learned_sigma: bool
     `clip_denoised` clips each predicted x_0 to [-1, 1] (IDDPM's clip_denoised, for pixel-space models; latent
     models such as Latte sample without it). `prediction`: what the model predicts, "epsilon" or "v_prediction"
     (diffusers' prediction_type names)."""
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"unknown prediction {prediction!r}; expected one of {', '.join(PREDICTIONS)}")
+    _check_prediction(prediction)
     betas_np = torch.as_tensor(betas, dtype=torch.float64).detach().cpu().numpy()
     num_train = len(betas_np)
     if not 1 <= num_steps <= num_train:

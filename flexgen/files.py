@@ -67,6 +67,12 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """`text` written to `path` through `atomic_write` (UTF-8)."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flexgen.files import atomic_write
+from flexgen.files import atomic_write_text
 
 MANIFEST_VERSION = 1
 # Fields that define a run: a folder holding another run's manifest is refused (they must all match to resume).
@@ -62,8 +62,7 @@ class SampleManifest:
 
     def write(self, path: str | Path) -> None:
         """Write atomically (a reader never sees half a manifest)."""
-        with atomic_write(path) as tmp:
-            tmp.write_text(json.dumps(dataclasses.asdict(self), indent=1) + "\n")
+        atomic_write_text(path, json.dumps(dataclasses.asdict(self), indent=1) + "\n")
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "<dict>") -> SampleManifest:
@@ -152,8 +151,8 @@ def finish_run(manifest: SampleManifest, path: Path) -> None:
     """After every rank finished (rank 0): check that every file exists, then write the manifest complete."""
     missing = [f for f in manifest.files() if not (path.parent / f).is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} sample file(s) were not written (e.g. {missing[0]}); run the command "
-                           "again to draw them")
+        raise FileNotFoundError(f"{len(missing)} sample file(s) were not written (e.g. {missing[0]}); run the "
+                                "command again to draw them")
     manifest.complete = True
     manifest.write(path)
 

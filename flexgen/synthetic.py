@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flexgen.files import atomic_write
+from flexgen.files import atomic_write_text
 
 # Class name -> ("move", dx, dy): direction of travel (y down); ("spin", ±1, 0): +1 turns clockwise on screen.
 MOTIONS: dict[str, tuple[str, float, float]] = {
@@ -136,8 +136,7 @@ def write_split_lists(root: Path, paths: list[Path], classes: list[str]) -> None
         else:
             train.append(f"{rel} {classes.index(path.parent.name) + 1}")
     for name, lines in (("trainlist01.txt", train), ("testlist01.txt", test)):
-        with atomic_write(root / name) as tmp:
-            tmp.write_text("".join(line + "\n" for line in lines))
+        atomic_write_text(root / name, "".join(line + "\n" for line in lines))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ from flexgen.backbones.base import Denoiser
 from flexgen.checkpoint import load_torch_checkpoint
 from flexgen.config import Config, config_from_dict, config_to_dict, save_config
 from flexgen.diffusion import GaussianDiffusion
-from flexgen.files import atomic_write
+from flexgen.files import atomic_write, atomic_write_text
 from flexgen.registry import build_denoiser, denoiser_class
 
 # Keys that may change between the first run and a resume (everything else must match the saved config).
@@ -131,8 +131,7 @@ def drop_logged_after(path: Path, step: int) -> None:
             continue
         if isinstance(record, dict) and record.get("step", 0) <= step:
             kept.append(line)
-    with atomic_write(path) as tmp:
-        tmp.write_text("".join(line + "\n" for line in kept))
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _denoiser_keys(state: dict) -> dict:
@@ -266,8 +265,7 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
     if env.is_main:
         print(f"resuming {run_dir} from step {step} ({step * global_batch} clips)" if step
               else f"starting a new run in {run_dir}")
-    if env.is_main:       # the run's identity is committed once training starts (a failed set-up locks nothing)
-        save_config(cfg, run_dir / "config.yaml")
+        save_config(cfg, run_dir / "config.yaml")    # the run's identity, committed once training starts
     model.train()
     window: list[dict] = []
     started = time.perf_counter()

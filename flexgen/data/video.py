@@ -77,7 +77,7 @@ from flexgen.data.media import (
     read_frame_files,
     read_video,
 )
-from flexgen.files import atomic_write, walk_visible
+from flexgen.files import atomic_write_text, walk_visible
 
 log = logging.getLogger(__name__)
 
@@ -315,8 +315,7 @@ def _index_locations(root: Path, dataset: str, cache_dir: str | Path | None) -> 
 
 def _write_index(path: Path, data: dict) -> None:
     """Write atomically (a hidden temporary file, then rename), so readers never see half an index."""
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(data))
+    atomic_write_text(path, json.dumps(data))
 
 
 def index_clips(root: str | Path, dataset: str, cache_dir: str | Path | None = None) -> ClipIndex:

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from flexgen.files import atomic_write
+from flexgen.files import atomic_write, atomic_write_text
 from flexgen.metrics.records import Record, Table, build_tables, load_anchors, read_records
 
 ANCHORS = Path(__file__).with_name("anchors.json")     # the published numbers (package data)
@@ -292,12 +292,10 @@ def leaderboard_main(args: argparse.Namespace) -> dict[str, Path]:
     formats = parse_formats(args.format) if isinstance(args.format, str) else args.format
     if "md" in formats:
         written["md"] = out / "leaderboard.md"
-        with atomic_write(written["md"]) as tmp:
-            tmp.write_text(render_markdown(tables), encoding="utf-8")
+        atomic_write_text(written["md"], render_markdown(tables))
     if "html" in formats:
         written["html"] = out / "leaderboard.html"
-        with atomic_write(written["html"]) as tmp:
-            tmp.write_text(render_html(tables), encoding="utf-8")
+        atomic_write_text(written["html"], render_html(tables))
     if "png" in formats:
         size = parse_size(args.png_size) if isinstance(args.png_size, str) else args.png_size
         written["png"] = render_png(tables, out / "leaderboard.png", size)

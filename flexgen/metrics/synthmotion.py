@@ -87,18 +87,16 @@ class SynthMotionNet(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 def read_clip_set(root: str | Path) -> tuple[list[np.ndarray], list[int], list[str]]:
     """Every video of a `<root>/<Class>/<video>.mp4` folder, uint8 (F, H, W, 3) each, with its label (index into
-    the sorted class folders) and the classes."""
-    from flexgen.data.media import read_video
+    the sorted class folders) and the classes; read through `flexgen.metrics.sources` (sorted by relative path)."""
+    from flexgen.metrics.sources import list_sources
 
     root = Path(root)
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    sources = [s for s in list_sources(root) if s.rel.count("/") == 1 and s.rel.endswith(".mp4")]
+    classes = sorted({s.rel.split("/")[0] for s in sources})
     if not classes:
         raise ValueError(f"{root}: no class folders (expected <root>/<Class>/<video>.mp4)")
-    videos, labels = [], []
-    for label, name in enumerate(classes):
-        for path in sorted((root / name).glob("*.mp4")):
-            videos.append(read_video(path))
-            labels.append(label)
+    videos = [s.read(range(s.num_frames())) for s in sources]
+    labels = [classes.index(s.rel.split("/")[0]) for s in sources]
     return videos, labels, classes
 
 
@@ -160,10 +158,7 @@ class SynthMotionDetector:
     metric_names = {"fvd": "fd_synthmotion", "kid": "kid_synthmotion"}
 
     def __init__(self, path: str | Path, sha256: str | None = None, batch_size: int = 64):
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        from flexgen.checkpoint import CheckpointError
+        from flexgen.checkpoint import CheckpointError, read_metadata, read_state_dict
 
         path = Path(path)
         if not path.is_file():
@@ -172,28 +167,29 @@ class SynthMotionDetector:
         self.sha256 = file_sha256(path)
         if sha256 is not None and self.sha256 != sha256:
             raise CheckpointError(f"{path}: sha256 {self.sha256} does not match the expected {sha256}")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = read_metadata(path)                      # a damaged file: a CheckpointError naming it
         if CONFIG_KEY not in meta:
             raise CheckpointError(f"{path} is not a SynthMotion detector (no {CONFIG_KEY} metadata)")
         fields = json.loads(meta[CONFIG_KEY])
         self.config = SynthMotionConfig(**{**fields, "classes": tuple(fields["classes"])})
         self.net = SynthMotionNet(self.config).eval()
-        self.net.load_state_dict(load_file(path))
+        self.net.load_state_dict(read_state_dict(path))
         self.path, self.batch_size = path, batch_size
 
     @torch.no_grad()
-    def logits(self, videos: torch.Tensor) -> torch.Tensor:
+    def _batched(self, head, videos: torch.Tensor) -> torch.Tensor:
+        """`head` (the network or its features) of uint8 videos, `batch_size` at a time."""
         check_uint8_videos(videos, "SynthMotionDetector")
-        return torch.cat([self.net(self.net.preprocess(videos[i:i + self.batch_size]))
+        return torch.cat([head(self.net.preprocess(videos[i:i + self.batch_size]))
                           for i in range(0, len(videos), self.batch_size)])
 
-    @torch.no_grad()
+    def logits(self, videos: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, T, 3, H, W) -> class logits (N, classes)."""
+        return self._batched(self.net, videos)
+
     def __call__(self, videos: torch.Tensor) -> torch.Tensor:
         """uint8 (N, T, 3, H, W) -> float64 features (N, width)."""
-        check_uint8_videos(videos, "SynthMotionDetector")
-        return torch.cat([self.net.features(self.net.preprocess(videos[i:i + self.batch_size]))
-                          for i in range(0, len(videos), self.batch_size)]).double()
+        return self._batched(self.net.features, videos).double()
 
     def accuracy(self, videos: torch.Tensor, labels: Sequence[int]) -> float:
         """Share of `videos` whose predicted class is `labels`."""
