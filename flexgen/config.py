@@ -23,6 +23,7 @@ DATASETS = ("ffs", "sky", "ucf101", "taichi", "synthetic", "captions")
 AUTOENCODERS = ("sd-vae", "pixel")
 # What the network's first C output channels predict (diffusers' prediction_type names): the noise ε (DDPM, DiT,
 # Latte) or v = sqrt(ᾱ) ε - sqrt(1 - ᾱ) x_0 (Salimans & Ho 2022), whose x_0 estimate stays bounded at high noise.
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
 PREDICTIONS = ("epsilon", "v_prediction")
 
 # ----------------------------------------------------------------------------------------------------------
@@ -88,11 +89,15 @@ class DiffusionConfig:
     beta_end: float = 0.02
     min_snr_gamma: float | None = None  # Min-SNR-γ weighting of the ε loss (Hang et al. 2023); None = off
     prediction: str = "epsilon"         # the network predicts ε (DiT, Latte) or v ("v_prediction", Salimans & Ho)
+    timestep_sampling: str = "uniform"  # training t: uniform (DDPM) or logit_normal (Esser et al. 2024, SD3)
+    logit_mean: float = 0.0             # logit_normal: logit(t / T) ~ N(logit_mean, logit_std²)
+    logit_std: float = 1.0
 
     def __post_init__(self):
         choice("prediction", self.prediction, list(PREDICTIONS))
+        choice("timestep_sampling", self.timestep_sampling, list(TIMESTEP_SAMPLINGS))
         check_range(self, num_timesteps=(2, None), beta_start=(1e-12, 1), beta_end=(self.beta_start, 1),
-                    min_snr_gamma=(1e-12, None))
+                    min_snr_gamma=(1e-12, None), logit_std=(1e-3, None))
 
 
 @dataclass

@@ -9,7 +9,7 @@ import torch
 
 from flexgen.backbones.base import Denoiser
 from flexgen.config import ConfigError, load_config
-from flexgen.density.timesteps import StageTimesteps, UniformTimesteps
+from flexgen.density.timesteps import StageTimesteps, UniformTimesteps, WeightedTimesteps
 from flexgen.manifest import SampleEntry, SampleManifest, find_manifest
 from flexgen.registry import FAMILIES, PRESET_FAMILY, build_denoiser, family_of
 
@@ -47,6 +47,17 @@ def built(request):
     run = load_config(path, overrides)
     torch.manual_seed(0)
     return request.param, run, build_denoiser(run).eval()
+
+
+@pytest.mark.parametrize("flex", [False, True])
+def test_the_timestep_sampler_follows_the_runs_training_density(flex):
+    run = load_config(TINY, [*(FLEX if flex else []), "diffusion.timestep_sampling=logit_normal",
+                             "diffusion.logit_mean=1.5"])
+    sampler = build_denoiser(run).timestep_sampler()
+    assert isinstance(sampler, StageTimesteps if flex else WeightedTimesteps) and sampler.weights is not None
+    t = torch.cat([sampler(16, torch.Generator().manual_seed(i), torch.Generator().manual_seed(99 + i))
+                   for i in range(50)])
+    assert float((t >= 500).float().mean()) > 0.85                      # logit mean 1.5: mostly the noisy half
 
 
 def test_registry_maps_every_preset_to_one_family():

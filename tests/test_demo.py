@@ -40,5 +40,11 @@ def test_quick_demo_runs_the_whole_loop(tmp_path, capsys):
     assert "FD_SYNTHMOTION · synthmotion · synthmotion16_8f" in board and "ACC_SYNTHMOTION" in board
     assert (out / "leaderboard.html").is_file() and (out / "leaderboard.png").is_file()
     assert (out / "samples.png").is_file()
-    # The training data were real mp4 files in the UCF101 layout: four motion classes.
-    assert len([p for p in (out / "data" / "train").iterdir() if p.is_dir()]) == 4
+    # The training data were real mp4 files in the UCF101 layout: four motion classes, each video exactly one clip
+    # (8 frames every 2nd: 15 frames), so every clip shows the whole crossing.
+    classes = sorted(p for p in (out / "data" / "train").iterdir() if p.is_dir())
+    assert len(classes) == 4
+    assert read_video(next(classes[0].glob("*.mp4"))).shape[0] == 15
+    # Both models trained on logit-normal timesteps (the run's stored config).
+    for run in ("dense", "flexdit"):
+        assert "timestep_sampling: logit_normal" in (out / run / "config.yaml").read_text()

@@ -111,6 +111,60 @@ def test_stage_shares_match_stage_lengths():
         sum(grid_at(ScheduleConfig(grid_min=6, grid_max=10), t, 1000) ** 2 for t in range(1000)) / 1000)
 
 
+def _logit_normal(mean=0.0, std=1.0):
+    from flexgen.config import DiffusionConfig
+    from flexgen.density.timesteps import timestep_weights
+
+    return timestep_weights(DiffusionConfig(timestep_sampling="logit_normal", logit_mean=mean, logit_std=std))
+
+
+def test_logit_normal_weights_follow_the_sd3_density():
+    from flexgen.config import DiffusionConfig
+    from flexgen.density.timesteps import timestep_weights
+
+    assert timestep_weights(DiffusionConfig()) is None                       # uniform: the DDPM default
+    w = _logit_normal()
+    assert w.shape == (1000,) and w.dtype == torch.float64 and float(w.sum()) == pytest.approx(1.0)
+    # Esser et al. 2024, Eq. 19 at u = 1/2 (logit 0): 1 / (s sqrt(2π) · 1/4) = 1.5958 for m = 0, s = 1;
+    # weight × T is the density at the cell's midpoint
+    assert float(w[499] + w[500]) / 2 * 1000 == pytest.approx(4 / math.sqrt(2 * math.pi), rel=1e-3)
+    assert float(w[:100].sum()) == pytest.approx(scipy_stats.norm.cdf(math.log(0.1 / 0.9)), abs=2e-3)
+    assert torch.allclose(w, w.flip(0))                                      # symmetric about T/2 for m = 0
+    shifted = _logit_normal(mean=1.0)                                        # m > 0: more training at high noise
+    assert int(shifted.argmax()) > 600 and float(shifted[500:].sum()) > 0.75
+    with pytest.raises(ValueError, match="timestep_sampling"):
+        DiffusionConfig(timestep_sampling="lognormal")
+    with pytest.raises(ValueError, match="logit_std"):
+        DiffusionConfig(timestep_sampling="logit_normal", logit_std=0.0)
+
+
+@pytest.mark.parametrize("world", [1, 4])
+def test_stage_draws_follow_a_logit_normal_density(world):
+    # FlexDiT fine-tuning on logit-normal timesteps: stages are drawn by their weight, t inside a stage by the
+    # weights, so pooled t follows the density (a draw by stage length would put ~3x too much at the ends).
+    from flexgen.density.timesteps import StageTimesteps, WeightedTimesteps
+
+    w = _logit_normal()
+    stage_list = tuple(stages(ScheduleConfig(grid_min=6, grid_max=10)))
+    sampler = StageTimesteps(stage_list, w)
+    shared = torch.Generator().manual_seed(7)
+    local = [torch.Generator().manual_seed(200 + r) for r in range(world)]
+    drawn = []
+    for _ in range(8000 // world):
+        state = shared.get_state()
+        for rank in range(world):
+            shared.set_state(state)
+            t = sampler(4, local[rank], shared, rank, world)
+            assert grid_for_timesteps(list(stage_list), t) in {s.grid for s in stage_list}
+            assert len({grid_at(ScheduleConfig(grid_min=6, grid_max=10), int(x), 1000) for x in t}) == 1
+            drawn.extend(t.tolist())
+    dense = WeightedTimesteps(w)(len(drawn), torch.Generator().manual_seed(3), shared)
+    for sample in (drawn, dense.tolist()):
+        u = (torch.tensor(sample, dtype=torch.float64) + 0.5) / 1000
+        logit = torch.log(u) - torch.log1p(-u)                               # ~ N(0, 1) if t follows the density
+        assert scipy_stats.kstest(logit.numpy(), "norm").pvalue > 1e-3
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Layouts
 

@@ -30,7 +30,13 @@ import torch
 from torch import nn
 
 from flexgen.density.cost import CostModel
-from flexgen.density.timesteps import StageTimesteps, TimestepSampler, UniformTimesteps
+from flexgen.density.timesteps import (
+    StageTimesteps,
+    TimestepSampler,
+    UniformTimesteps,
+    WeightedTimesteps,
+    timestep_weights,
+)
 
 
 class Denoiser(nn.Module):
@@ -94,9 +100,13 @@ class Denoiser(nn.Module):
         raise NotImplementedError
 
     def timestep_sampler(self) -> TimestepSampler:
-        """Uniform timesteps, or one density stage per micro-batch for a model with a density schedule."""
+        """Timesteps from the run's training density (`diffusion.timestep_sampling`: uniform or logit-normal), one
+        density stage per micro-batch for a model with a density schedule."""
+        weights = timestep_weights(self.run.diffusion)
         stage_list = self.cost().stages
-        return StageTimesteps(tuple(stage_list)) if stage_list else UniformTimesteps(self.num_timesteps)
+        if stage_list:
+            return StageTimesteps(tuple(stage_list), weights)
+        return UniformTimesteps(self.num_timesteps) if weights is None else WeightedTimesteps(weights)
 
     @property
     def num_timesteps(self) -> int:

@@ -127,22 +127,29 @@ def mean_over_stages(stage_list: list[Stage], value) -> float:
 # Training: one stage per micro-batch, timesteps uniform overall.
 
 
-def draw_stage(stage_list: list[Stage], generator: torch.Generator, rank: int = 0, world_size: int = 1) -> Stage:
+def draw_stage(stage_list: list[Stage], generator: torch.Generator, rank: int = 0, world_size: int = 1,
+               weights: torch.Tensor | None = None) -> Stage:
     """The stage of this rank's micro-batch. All ranks share one uniform offset u (same generator state on every
     rank); rank r takes the stage holding quantile (r + u) / world_size of [0, T). So ranks are spread over the
     stages in proportion to their lengths (rank <-> stage), and for t drawn uniformly inside the stage, t is
-    uniform over [0, T) overall — with one grid per forward pass."""
+    uniform over [0, T) overall — with one grid per forward pass. With `weights` (T,), the training density of t
+    (`flexgen.density.timesteps.timestep_weights`), a stage's share is its weight instead of its length, and t
+    drawn inside it with those weights follows that density overall."""
     u = torch.rand((), generator=generator).item()
-    total = sum(s.length for s in stage_list)
-    target = (rank + u) / world_size * total
-    acc = 0
-    for s in stage_list:
-        acc += s.length
+    masses = [float(weights[s.t_start:s.t_end].sum()) if weights is not None else s.length for s in stage_list]
+    target = (rank + u) / world_size * sum(masses)
+    acc = 0.0
+    for s, mass in zip(stage_list, masses, strict=True):
+        acc += mass
         if target < acc:
             return s
     return stage_list[-1]
 
 
-def sample_timesteps_in_stage(stage: Stage, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-    """Uniform integer timesteps in [stage.t_start, stage.t_end), a LongTensor (B,)."""
-    return torch.randint(stage.t_start, stage.t_end, (batch_size,), generator=generator)
+def sample_timesteps_in_stage(stage: Stage, batch_size: int, generator: torch.Generator,
+                              weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Integer timesteps in [stage.t_start, stage.t_end), a LongTensor (B,): uniform, or drawn with `weights` (T,)."""
+    if weights is None:
+        return torch.randint(stage.t_start, stage.t_end, (batch_size,), generator=generator)
+    inside = weights[stage.t_start:stage.t_end].double()
+    return stage.t_start + torch.multinomial(inside, batch_size, replacement=True, generator=generator)

@@ -2,12 +2,15 @@
 model is dynamic (the pattern of DiT's `diffusion/timestep_sampler.py`).
 
 - `UniformTimesteps`: t uniform in [0, T) per sample (a dense model).
+- `WeightedTimesteps`: t drawn with a training density over [0, T) (`timestep_weights`: logit-normal).
 - `StageTimesteps`: one density stage per micro-batch (`draw_stage`: rank <-> stage, shared offset), t uniform
-  inside it, so every forward pass has one token count while t stays uniform over all ranks and steps.
+  inside it (or with the density's weights), so every forward pass has one token count while t follows the
+  training density over all ranks and steps.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,6 +26,22 @@ class TimestepSampler(Protocol):
         `shared` one that every rank seeds alike for the step."""
 
 
+def timestep_weights(diffusion) -> torch.Tensor | None:
+    """The training density of t over [0, T) as float64 weights (T,) summing to 1, or None for uniform t.
+    `diffusion`: a flexgen.config.DiffusionConfig (num_timesteps, timestep_sampling, logit_mean, logit_std)."""
+    if diffusion.timestep_sampling == "uniform":
+        return None
+    if diffusion.timestep_sampling != "logit_normal":
+        raise ValueError(f"unknown timestep_sampling {diffusion.timestep_sampling!r}")
+    # Esser et al. 2024 (SD3), Eq. 19: π_ln(u; m, s) = exp(-(logit u - m)² / 2s²) / (s sqrt(2π) u (1 - u)),
+    # here u = (t + 1/2) / T, the midpoint of timestep t's cell of [0, 1]
+    T, m, std = diffusion.num_timesteps, diffusion.logit_mean, diffusion.logit_std
+    u = (torch.arange(T, dtype=torch.float64) + 0.5) / T
+    logit = torch.log(u) - torch.log1p(-u)
+    density = torch.exp(-((logit - m) ** 2) / (2 * std ** 2)) / (std * math.sqrt(2 * math.pi) * u * (1 - u))
+    return density / density.sum()
+
+
 @dataclass(frozen=True)
 class UniformTimesteps:
     num_timesteps: int
@@ -32,11 +51,21 @@ class UniformTimesteps:
         return torch.randint(0, self.num_timesteps, (batch_size,), generator=own)
 
 
-@dataclass(frozen=True)
-class StageTimesteps:
-    stages: tuple[Stage, ...]
+@dataclass(frozen=True, eq=False)
+class WeightedTimesteps:
+    weights: torch.Tensor                # (T,) float64, from timestep_weights
 
     def __call__(self, batch_size: int, own: torch.Generator, shared: torch.Generator, rank: int = 0,
                  world_size: int = 1) -> torch.Tensor:
-        stage = draw_stage(list(self.stages), shared, rank, world_size)          # the same draw on every rank
-        return sample_timesteps_in_stage(stage, batch_size, own)
+        return torch.multinomial(self.weights, batch_size, replacement=True, generator=own)
+
+
+@dataclass(frozen=True, eq=False)
+class StageTimesteps:
+    stages: tuple[Stage, ...]
+    weights: torch.Tensor | None = None  # (T,) the training density of t; None: uniform
+
+    def __call__(self, batch_size: int, own: torch.Generator, shared: torch.Generator, rank: int = 0,
+                 world_size: int = 1) -> torch.Tensor:
+        stage = draw_stage(list(self.stages), shared, rank, world_size, self.weights)   # the same on every rank
+        return sample_timesteps_in_stage(stage, batch_size, own, self.weights)
