@@ -1,0 +1,72 @@
+"""Structured width (flexgen.density.width): the importance criterion and the function-preserving reordering of
+heads and MLP groups that DyDiT's conversion needs (head 0 and group 0 always on must be the most important)."""
+
+import pytest
+import torch
+
+from flexgen.config import load_config
+from flexgen.density.width import group_importance, head_importance, reorder_block
+from flexgen.registry import build_denoiser
+
+TINY = "configs/demo/tiny.yaml"
+
+
+def randomised(overrides):
+    """A tiny model in float64 with every parameter random (adaLN-Zero would otherwise make blocks identities)."""
+    torch.manual_seed(0)
+    model = build_denoiser(load_config(TINY, overrides)).double().eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.2)
+    return model
+
+
+def blocks(model):
+    net = model.net
+    return [*net.spatial_blocks, *getattr(net, "temporal_blocks", [])]
+
+
+@pytest.mark.parametrize("name,overrides", [
+    ("Latte", []),
+    ("DiT", ["model.preset=DiT-S/2", "model.depth=4"]),
+    ("FlexLatte", ["density.layout=P GSR T", "density.schedule.grid_min=2", "density.schedule.grid_max=4"]),
+])
+def test_reordering_preserves_the_function_and_sorts_the_units(name, overrides):
+    model = randomised(overrides)
+    shape = model.latent_shape()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, *shape, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 2, 4])                                               # 4: the null class
+    steps = [torch.full((3,), t) for t in (10, 500, 990)]                     # one grid per forward (FlexDiT)
+    with torch.no_grad():
+        before = [model(x, t, y=y) for t in steps]
+        moved = 0
+        for block in blocks(model):
+            heads, groups = reorder_block(block)
+            moved += int((heads != torch.arange(len(heads))).sum() + (groups != torch.arange(len(groups))).sum())
+            h, m = head_importance(block.attn), group_importance(block.mlp, block.attn.num_heads)
+            assert torch.all(h[:-1] >= h[1:]) and torch.all(m[:-1] >= m[1:])          # most important first
+        after = [model(x, t, y=y) for t in steps]
+    assert moved > 0                                                          # the test permuted something
+    for a, b in zip(after, before, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    if name == "FlexLatte":                                                   # a Poolingformer block was reordered
+        assert any(block.attn.qkv is None for block in blocks(model))
+
+
+def test_importance_is_the_magnitude_of_each_units_path():
+    model = randomised([])
+    block = blocks(model)[0]
+    attn, mlp = block.attn, block.mlp
+    D, H = attn.proj.in_features, attn.num_heads
+    Dh = D // H
+    with torch.no_grad():
+        attn.proj.weight[:, 2 * Dh:3 * Dh] *= 10                              # head 2's output columns
+        mlp.fc2.weight[:, : mlp.fc1.out_features // H] = 0                    # group 0 writes nothing
+    h, m = head_importance(attn), group_importance(mlp, H)
+    assert int(h.argmax()) == 2 and float(m[0]) == 0.0
+    heads, groups = reorder_block(block)
+    assert int(heads[0]) == 2 and int(groups[-1]) == 0
+    with pytest.raises(ValueError, match="equal groups"):
+        group_importance(mlp, 7)
