@@ -70,3 +70,48 @@ def test_importance_is_the_magnitude_of_each_units_path():
     assert int(heads[0]) == 2 and int(groups[-1]) == 0
     with pytest.raises(ValueError, match="equal groups"):
         group_importance(mlp, 7)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Skipping computes the masked definition.
+
+from flexgen.density.width import (  # noqa: E402
+    SlicedWeights,
+    masked_attention,
+    masked_mlp,
+    packed_tokens_mlp,
+    sliced_attention,
+    sliced_mlp,
+)
+
+
+def test_sliced_heads_groups_and_packed_tokens_equal_the_masked_definition():
+    model = randomised([])
+    block = blocks(model)[0]
+    H = block.attn.num_heads
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 16, block.attn.proj.in_features, generator=g, dtype=torch.float64)   # (S, N, D)
+    cache = SlicedWeights(block)
+    patterns = [torch.tensor([1, 0, 1, 0]), torch.tensor([1, 1, 1, 1]), torch.tensor([1, 0, 0, 0])]
+    assert len(patterns[0]) == H
+    with torch.no_grad():
+        for step in range(6):                                                 # six steps, three patterns
+            heads = patterns[step % 3]
+            groups = patterns[(step + 1) % 3]
+            sliced = cache.get(heads, groups)
+            torch.testing.assert_close(sliced_attention(block.attn, x, sliced),
+                                       masked_attention(block.attn, x, heads), rtol=0, atol=1e-10)
+            torch.testing.assert_close(sliced_mlp(block.mlp, x, sliced), masked_mlp(block.mlp, x, groups),
+                                       rtol=0, atol=1e-10)
+            # tokens: a different number kept per sample (one sample keeps none); skipped tokens get zeros
+            tokens = (torch.rand(6, 16, generator=g) < 0.4).double()
+            tokens[2] = 0
+            expected = masked_mlp(block.mlp, x, groups) * tokens[..., None]
+            torch.testing.assert_close(packed_tokens_mlp(block.mlp, x, tokens, sliced), expected, rtol=0, atol=1e-10)
+        # all heads on: the plain attention; the cache holds one copy per pattern and was hit across steps
+        torch.testing.assert_close(masked_attention(block.attn, x, patterns[1]), block.attn(x), rtol=0, atol=1e-12)
+    assert cache.patterns == 3 and cache.hits == 3
+    # skipping does less work: a quarter of the heads is a quarter of qkv's rows
+    assert cache.get(patterns[2], patterns[2])[1].shape[0] == 3 * block.attn.proj.in_features // H
+    with pytest.raises(ValueError, match="shared by the batch"):
+        cache.get(torch.ones(2, H), patterns[1])

@@ -14,12 +14,19 @@ criterion is ours):
 groups (fc1 rows and bias, fc2 columns; units keep their order inside a group) into that order. It changes no
 function: attention and the MLP are sums over heads and hidden units (tests/test_width.py, float64, 1e-12).
 Blocks follow the layout of `flexgen.video.latte.LatteBlock` (timm's fused qkv; a Poolingformer has `attn.v`).
+
+Then the two ways to run part of a block: the masked definition that DyDiT trains with (`masked_attention`,
+`masked_mlp`: everything computed, gated by 0/1) and the computation that skips (`SlicedWeights`,
+`sliced_attention`, `sliced_mlp`, `packed_tokens_mlp`), equal to it to float64 rounding.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from flexgen.attention import attention
 
 
 def _head_rows(dim: int, num_heads: int, order: torch.Tensor) -> torch.Tensor:
@@ -82,3 +89,91 @@ def reorder_block(block: nn.Module, num_groups: int | None = None) -> tuple[torc
     mlp.fc1.bias.copy_(mlp.fc1.bias[units])
     mlp.fc2.weight.copy_(mlp.fc2.weight[:, units])
     return heads, group_order
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running part of a block: the masked definition (what DyDiT trains) and the skipping computation (what it buys).
+# A width mask is one (H,) 0/1 vector per sampler step (a function of t alone), so the skipping path slices the
+# active heads' and groups' weights once per distinct mask and reuses them (`SlicedWeights`).
+
+
+def _active(mask: torch.Tensor) -> torch.Tensor:
+    if mask.ndim != 1:
+        raise ValueError(f"a width mask is one (units,) 0/1 vector shared by the batch, got shape {tuple(mask.shape)}")
+    return mask.nonzero().squeeze(1)
+
+
+class SlicedWeights:
+    """The active slices of one block's qkv / proj and fc1 / fc2, cached per distinct (head, group) mask pattern:
+    a sampler run holds one copy per pattern it used, not one per step. `patterns` counts them."""
+
+    def __init__(self, block: nn.Module) -> None:
+        self.block = block
+        self._cache: dict[tuple, tuple] = {}
+        self.hits = 0
+
+    @property
+    def patterns(self) -> int:
+        return len(self._cache)
+
+    def get(self, heads: torch.Tensor, groups: torch.Tensor) -> tuple:
+        """(active heads, qkv weight, qkv bias, proj weight, fc1 weight, fc1 bias, fc2 weight) for 0/1 masks
+        heads (H,) and groups (G,)."""
+        key = (tuple(int(v) for v in _active(heads).tolist()), tuple(int(v) for v in _active(groups).tolist()))
+        if key in self._cache:
+            self.hits += 1
+            return self._cache[key]
+        attn, mlp = self.block.attn, self.block.mlp
+        dim, H = attn.proj.in_features, attn.num_heads
+        rows = _head_rows(dim, H, _active(heads))                             # active features of q, k and v
+        qkv_rows = torch.cat([rows + i * dim for i in range(3)])
+        units = _head_rows(mlp.fc1.out_features, len(groups), _active(groups))
+        with torch.no_grad():
+            sliced = (int(_active(heads).numel()),
+                      attn.qkv.weight[qkv_rows].clone(), attn.qkv.bias[qkv_rows].clone(),
+                      attn.proj.weight[:, rows].clone(),
+                      mlp.fc1.weight[units].clone(), mlp.fc1.bias[units].clone(), mlp.fc2.weight[:, units].clone())
+        self._cache[key] = sliced
+        return sliced
+
+
+def masked_attention(attn: nn.Module, x: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+    """The definition: every head computed, each head's output times its gate, then proj. x (S, N, D)."""
+    S, N, D = x.shape
+    H = attn.num_heads
+    q, k, v = attn.qkv(x).reshape(S, N, 3, H, D // H).unbind(2)               # 3 × (S, N, H, Dh)
+    out = attention(q, k, v) * heads.to(x.dtype)[:, None]                    # (S, N, H, Dh), heads (H,)
+    return attn.proj(out.reshape(S, N, D))
+
+
+def sliced_attention(attn: nn.Module, x: torch.Tensor, sliced: tuple) -> torch.Tensor:
+    """The same with only the active heads computed (weights from `SlicedWeights.get`). x (S, N, D)."""
+    S, N, D = x.shape
+    h, qkv_w, qkv_b, proj_w = sliced[:4]
+    Dh = D // attn.num_heads
+    q, k, v = F.linear(x, qkv_w, qkv_b).reshape(S, N, 3, h, Dh).unbind(2)     # 3 × (S, N, h, Dh)
+    return F.linear(attention(q, k, v).reshape(S, N, h * Dh), proj_w, attn.proj.bias)
+
+
+def masked_mlp(mlp: nn.Module, x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """The definition: fc1's output times its group's gate before the activation (GELU(0) = 0), then fc2."""
+    hidden = mlp.fc1(x)
+    gate = groups.to(x.dtype).repeat_interleave(hidden.shape[-1] // len(groups))  # (hidden,)
+    return mlp.fc2(mlp.act(hidden * gate))
+
+
+def sliced_mlp(mlp: nn.Module, x: torch.Tensor, sliced: tuple) -> torch.Tensor:
+    """The same with only the active groups' hidden units computed. x (..., D)."""
+    fc1_w, fc1_b, fc2_w = sliced[4:]
+    return F.linear(mlp.act(F.linear(x, fc1_w, fc1_b)), fc2_w, mlp.fc2.bias)
+
+
+def packed_tokens_mlp(mlp: nn.Module, x: torch.Tensor, tokens: torch.Tensor, sliced: tuple) -> torch.Tensor:
+    """The MLP on the kept tokens only (gather over the whole batch, no padding: each sample keeps its own
+    count), scattered back into zeros; no MLP call when no token is kept. x (..., N, D), tokens (..., N) 0/1."""
+    flat = x.reshape(-1, x.shape[-1])                                         # (S·N, D)
+    index = tokens.reshape(-1).nonzero().squeeze(1)                           # (M,)
+    out = torch.zeros_like(flat)
+    if index.numel():
+        out[index] = sliced_mlp(mlp, flat[index], sliced)                     # (M, D) -> rows of (S·N, D)
+    return out.reshape(x.shape)
