@@ -1,0 +1,67 @@
+"""DyDiT's compute budget (Zhao et al. 2024, arXiv 2410.03456; the released `DyDiT/loss.py`): what fraction of a
+block's MACs its router masks keep, and the loss that pulls the batch mean of that fraction to a target λ.
+DyDiT groundwork (issue 13): the training loop that uses it comes next.
+
+Per block l, A_l (attention) and P_l (MLP) are MACs per sample derived from the dimensions (DiT's convention:
+qkv and proj, QKᵀ and AV; fc1 and fc2). For sample b,
+
+    F_b = Σ_l [A_l · mean(heads_l,b) + P_l · mean(groups_l,b) · mean(tokens_l,b)] / Σ_l (A_l + P_l),
+
+means over every mask entry, the always-on unit included; token masks do not reduce attention (every token
+attends). Loss: (mean_b F_b − λ)², with λ held at 1 for the first steps and then annealed linearly to its target.
+For DiT-XL/2 at 256 px (N = 256, D = 1152) this gives the reference's A = 1.5099 and P = 2.7179 GMACs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class BlockCost:
+    attention: float    # MACs per sample of the attention branch (all heads)
+    mlp: float          # MACs per sample of the MLP branch (all hidden units, all tokens)
+
+
+def block_cost(seq_len: int, dim: int, num_seqs: int = 1, mlp_ratio: float = 4.0) -> BlockCost:
+    """MACs per sample of a block over `num_seqs` sequences of `seq_len` tokens (a Latte temporal block: one
+    sequence of F frames per token position; a spatial block: one sequence of N tokens per frame)."""
+    if seq_len < 1 or dim < 1 or num_seqs < 1:
+        raise ValueError(f"seq_len, dim and num_seqs must be >= 1, got {seq_len}, {dim}, {num_seqs}")
+    tokens = seq_len * num_seqs
+    # DyDiT loss.py: attention 4·N·D² (qkv, proj) + 2·N²·D (QKᵀ, AV); MLP 2·N·D·(r·D)
+    attention = 4 * tokens * dim ** 2 + 2 * num_seqs * seq_len ** 2 * dim
+    return BlockCost(float(attention), float(2 * tokens * dim * round(mlp_ratio * dim)))
+
+
+def flops_fraction(costs: Sequence[BlockCost], heads: Sequence[torch.Tensor], groups: Sequence[torch.Tensor],
+                   tokens: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """F_b (B,) from per-block masks: heads (B, H), groups (B, G), tokens (B, ...) or None (every token runs the
+    MLP). Gradients flow through the masks (straight-through gates)."""
+    if not len(costs) == len(heads) == len(groups) == len(tokens):
+        raise ValueError(f"one cost and one mask of each kind per block: got {len(costs)} costs, {len(heads)} "
+                         f"head, {len(groups)} group and {len(tokens)} token masks")
+    total = sum(c.attention + c.mlp for c in costs)
+    kept = 0
+    for cost, h, g, tok in zip(costs, heads, groups, tokens, strict=True):
+        mlp_share = g.mean(dim=-1) if tok is None else g.mean(dim=-1) * tok.flatten(1).mean(dim=1)
+        kept = kept + cost.attention * h.mean(dim=-1) + cost.mlp * mlp_share
+    return kept / total
+
+
+def target_at(step: int, target: float, hold_steps: int = 100, anneal_steps: int = 1000) -> float:
+    """λ at a training step: 1 for `hold_steps`, then linear to `target` over `anneal_steps` (DyDiT train.py)."""
+    if not 0 < target <= 1:
+        raise ValueError(f"the FLOPs target λ must be in (0, 1], got {target}")
+    if step < hold_steps:
+        return 1.0
+    progress = min(1.0, (step - hold_steps) / anneal_steps) if anneal_steps > 0 else 1.0
+    return 1.0 + (target - 1.0) * progress
+
+
+def budget_loss(fraction: torch.Tensor, target: float) -> torch.Tensor:
+    """(mean_b F_b − λ)²: the batch mean is held to the target, so some timesteps may spend more than others."""
+    return (fraction.mean() - target) ** 2
