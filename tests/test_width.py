@@ -115,3 +115,37 @@ def test_sliced_heads_groups_and_packed_tokens_equal_the_masked_definition():
     assert cache.get(patterns[2], patterns[2])[1].shape[0] == 3 * block.attn.proj.in_features // H
     with pytest.raises(ValueError, match="shared by the batch"):
         cache.get(torch.ones(2, H), patterns[1])
+
+
+def test_a_block_at_partial_width():
+    from flexgen.density.routers import TokenRouter
+    from flexgen.density.width import run_block
+
+    model = randomised([])
+    block = blocks(model)[0]
+    H, D = block.attn.num_heads, block.attn.proj.in_features
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(6, 16, D, generator=g, dtype=torch.float64)
+    cond = torch.randn(3, D, generator=g, dtype=torch.float64)               # one row per 2 sequences
+    torch.manual_seed(5)
+    router = TokenRouter(D).double().eval()                                  # bias 35: every token on
+    on = torch.ones(H)
+    with torch.no_grad():
+        dense = block(x, cond)
+        for sliced in (None, SlicedWeights(block)):                          # all on: the dense block exactly
+            out, tokens = run_block(block, x, cond, on, on, router, sliced=sliced)
+            torch.testing.assert_close(out, dense, rtol=0, atol=1e-12)
+            assert bool((tokens == 1).all())
+        router.mlp[2].bias.zero_()                                           # now some tokens are off
+        heads, groups = torch.tensor([1, 0, 1, 1]), torch.tensor([1, 1, 0, 0])
+        masked, tokens = run_block(block, x, cond, heads, groups, router)
+        skipped, tokens2 = run_block(block, x, cond, heads, groups, router, sliced=SlicedWeights(block))
+        assert torch.equal(tokens, tokens2) and 0 < float(tokens.mean()) < 1
+        assert len(set(tokens.sum(dim=1).tolist())) > 1                      # kept counts differ per sequence
+        torch.testing.assert_close(skipped, masked, rtol=0, atol=1e-10)
+        assert not torch.allclose(masked, dense, atol=1e-3)                  # the masks changed the output
+        # training: one mask per sequence; each row as if run alone with its own mask
+        per_row = torch.stack([heads, on, heads, on, heads, on])
+        batch, _ = run_block(block, x, cond, per_row, groups, None)
+        alone, _ = run_block(block, x[1:2], cond[0:1], on, groups, None)
+        torch.testing.assert_close(batch[1:2], alone, rtol=0, atol=1e-12)

@@ -137,12 +137,24 @@ class SlicedWeights:
         return sliced
 
 
+def _per_sequence(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A mask (U,) shared by every sequence, or (S, U) one per sequence of x (S, N, ·), as (S or 1, 1, U)."""
+    mask = mask.to(x.dtype)
+    if mask.ndim == 1:
+        return mask[None, None]
+    if mask.ndim != 2 or mask.shape[0] != x.shape[0]:
+        raise ValueError(f"a mask is (units,) or (sequences, units) for {x.shape[0]} sequences, got "
+                         f"{tuple(mask.shape)}")
+    return mask[:, None]
+
+
 def masked_attention(attn: nn.Module, x: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
-    """The definition: every head computed, each head's output times its gate, then proj. x (S, N, D)."""
+    """The definition: every head computed, each head's output times its gate, then proj. x (S, N, D), heads (H,)
+    or (S, H) (training: each sample has its own t, so its own mask)."""
     S, N, D = x.shape
     H = attn.num_heads
     q, k, v = attn.qkv(x).reshape(S, N, 3, H, D // H).unbind(2)               # 3 × (S, N, H, Dh)
-    out = attention(q, k, v) * heads.to(x.dtype)[:, None]                    # (S, N, H, Dh), heads (H,)
+    out = attention(q, k, v) * _per_sequence(heads, x)[..., None]            # (S, N, H, Dh)
     return attn.proj(out.reshape(S, N, D))
 
 
@@ -156,10 +168,11 @@ def sliced_attention(attn: nn.Module, x: torch.Tensor, sliced: tuple) -> torch.T
 
 
 def masked_mlp(mlp: nn.Module, x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """The definition: fc1's output times its group's gate before the activation (GELU(0) = 0), then fc2."""
-    hidden = mlp.fc1(x)
-    gate = groups.to(x.dtype).repeat_interleave(hidden.shape[-1] // len(groups))  # (hidden,)
-    return mlp.fc2(mlp.act(hidden * gate))
+    """The definition: fc1's output times its group's gate before the activation (GELU(0) = 0), then fc2.
+    x (S, N, D), groups (G,) or (S, G)."""
+    hidden = mlp.fc1(x)                                                       # (S, N, hidden)
+    gate = _per_sequence(groups, x)
+    return mlp.fc2(mlp.act(hidden * gate.repeat_interleave(hidden.shape[-1] // gate.shape[-1], dim=-1)))
 
 
 def sliced_mlp(mlp: nn.Module, x: torch.Tensor, sliced: tuple) -> torch.Tensor:
@@ -177,3 +190,34 @@ def packed_tokens_mlp(mlp: nn.Module, x: torch.Tensor, tokens: torch.Tensor, sli
     if index.numel():
         out[index] = sliced_mlp(mlp, flat[index], sliced)                     # (M, D) -> rows of (S·N, D)
     return out.reshape(x.shape)
+
+
+def run_block(block: nn.Module, x: torch.Tensor, cond: torch.Tensor, heads: torch.Tensor, groups: torch.Tensor,
+              token_router: nn.Module | None = None, *, sliced: SlicedWeights | None = None,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One `LatteBlock` at partial width (DyDiT, Fig. 2): attention on the gated heads, then the token router on
+    the residual stream after the attention update, then the MLP on the gated groups of the kept tokens; a token
+    it turns off keeps its value through the MLP half. Returns (x, token gates (S, N) or None).
+
+    With `sliced` (a `SlicedWeights` of this block; width masks (H,) / (G,) shared by the batch) only the active
+    heads, groups and tokens are computed; without it, the masked definition (masks may be per sequence)."""
+    from flexgen.video.latte import modulate
+
+    mod = block.adaLN_modulation(cond).unsqueeze(1)                           # (G, 1, 6D)
+    if mod.shape[0] != x.shape[0]:
+        mod = mod.repeat_interleave(x.shape[0] // mod.shape[0], dim=0)        # (S, 1, 6D)
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
+    h = modulate(block.norm1(x), shift_msa, scale_msa)                        # (S, N, D)
+    weights = None if sliced is None else sliced.get(heads, groups)
+    attn = masked_attention(block.attn, h, heads) if weights is None else sliced_attention(block.attn, h, weights)
+    x = x + gate_msa * attn                                                   # (S, N, D)
+    tokens = None if token_router is None else token_router(x, generator=generator)   # (S, N)
+    h = modulate(block.norm2(x), shift_mlp, scale_mlp)                        # (S, N, D)
+    if weights is None:
+        mlp = masked_mlp(block.mlp, h, groups)
+        if tokens is not None:
+            mlp = mlp * tokens[..., None]
+    else:
+        kept = torch.ones(h.shape[:-1], dtype=h.dtype, device=h.device) if tokens is None else tokens
+        mlp = packed_tokens_mlp(block.mlp, h, kept, weights)
+    return x + gate_mlp * mlp, tokens                                         # (S, N, D)
