@@ -354,10 +354,15 @@ class Latte(nn.Module):
         Returns (B, F + num_images, C_out, H, W) (or (B, C_out, H, W))."""
         x, frames = self.embed(x, t, y, num_images, y_images)                # (B·FI, N, D)
         for i, block in enumerate(self.spatial_blocks):
-            x = block(x, frames.cond)                                         # (B·FI, N, D)
+            x = self.run_block(block, i, x, frames.cond)                      # (B·FI, N, D)
             if i < len(self.temporal_blocks):
                 x = self.temporal(x, i, frames)                               # (B·FI, N, D)
         return self.head(x, frames)
+
+    def run_block(self, block: LatteBlock, index: int, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Block `index` of [*spatial_blocks, *temporal_blocks] on x (S, N, D): the whole block here; DyDiT
+        (`flexgen.video.dy_latte`) runs part of it."""
+        return block(x, cond)
 
     def embed(self, x, t, y, num_images, y_images) -> tuple[torch.Tensor, Frames]:
         """Check the inputs; patch tokens with the 2-D position embedding, and the conditions."""
@@ -387,7 +392,8 @@ class Latte(nn.Module):
         if i == 0:
             seq = seq + self.temp_embed
         # One modulation per sample for its N sequences (Latte recomputes it N times).
-        seq = self.temporal_blocks[i](seq, frames.sample_cond)                # (B·N, Fv, D)
+        seq = self.run_block(self.temporal_blocks[i], len(self.spatial_blocks) + i, seq,
+                             frames.sample_cond)                              # (B·N, Fv, D)
         video = seq.reshape(B, N, Fv, D).transpose(1, 2)                      # (B, Fv, N, D)
         return torch.cat([video, images], dim=1).flatten(0, 1)                # (B·FI, N, D)
 
