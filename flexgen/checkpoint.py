@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from flexgen.density import DensityConfig
 from flexgen.files import atomic_write, file_sha256
 from flexgen.schema import ConfigError, build_dataclass
+from flexgen.video.dy_latte import DyLatte
 from flexgen.video.flex_latte import FlexLatte, dense_to_flex_state_dict
 from flexgen.video.latte import Latte, LatteConfig, sincos_1d, sincos_2d
 
@@ -146,12 +147,39 @@ def convert_official_state_dict(sd: dict[str, torch.Tensor], config: LatteConfig
     return out
 
 
+# DyDiT's released layout (DyDiT/models.py), per block after the DiT keys are mapped: attn_rate.router (heads),
+# mlp_rate.router (MLP groups), token_selection.mlp_head.{0,2} (tokens) -> DyLatte's router lists.
+_DYDIT_ROUTER = re.compile(r"(spatial|temporal)_blocks\.(\d+)\.(attn_rate\.router|mlp_rate\.router|"
+                           r"token_selection\.mlp_head)\.(.+)")
+
+
+def dydit_router_keys(sd: dict[str, torch.Tensor], model: DyLatte) -> dict[str, torch.Tensor]:
+    """Move the routers of a state dict in the released DyDiT layout (its block keys already mapped by
+    `convert_official_state_dict`) to DyLatte's `width_routers.k` / `token_routers.k` (k indexes
+    [*spatial_blocks, *temporal_blocks])."""
+    out = {}
+    for key, value in sd.items():
+        match = _DYDIT_ROUTER.fullmatch(key)
+        if match is None:
+            out[key] = value
+            continue
+        kind, i, part, rest = match.groups()
+        k = int(i) + (len(model.spatial_blocks) if kind == "temporal" else 0)
+        if part == "token_selection.mlp_head":
+            out[f"token_routers.{k}.mlp.{rest}"] = value
+        else:
+            out[f"width_routers.{k}.{'heads' if part == 'attn_rate.router' else 'groups'}.{rest}"] = value
+    return out
+
+
 def load_weights(model: Latte, path: str | Path, sha256: str | None = None) -> None:
     """Load our safetensors or an official checkpoint into `model`, strictly. A FlexLatte also loads the
     weights of its dense model (official or ours): that is the conversion dense -> FlexDiT."""
     sd = read_state_dict(path, sha256)
     if any(k.removeprefix("module.").startswith(("blocks.", "pos_embed")) for k in sd):
         sd = convert_official_state_dict(sd, model.config)
+    if isinstance(model, DyLatte):
+        sd = dydit_router_keys(sd, model)
     if isinstance(model, FlexLatte) and not any(k.startswith("fusions.") for k in sd):
         sd = dense_to_flex_state_dict(sd, model)
     expected = model.state_dict()

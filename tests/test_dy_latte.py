@@ -73,3 +73,50 @@ def test_the_skipping_forward_is_the_masked_definition(kind):
     assert sum(cache.hits for cache in dy._sliced) >= 2 * len(dy._sliced)      # t = 500 and 10 came back
     with pytest.raises(ValueError, match="one timestep"):
         dy(x, torch.tensor([10, 10, 500, 500]), y)
+
+
+def released_layout(dy):
+    """A state dict in the released DyDiT key layout (flat `blocks.i`, Latte: blocks[2i] spatial, [2i+1] temporal),
+    with DiT's keys and the three routers of each block, built from DyLatte's own tensors."""
+    ns, temporal = len(dy.spatial_blocks), dy.config.temporal
+    sd = {}
+    for key, value in dy.state_dict().items():
+        kind, _, rest = key.partition(".")
+        if kind in ("spatial_blocks", "temporal_blocks"):
+            i, _, rest = rest.partition(".")
+            flat = 2 * int(i) + (kind == "temporal_blocks") if temporal else int(i)
+            sd[f"blocks.{flat}.{rest}"] = value
+        elif kind in ("width_routers", "token_routers"):
+            k, _, rest = rest.partition(".")
+            k = int(k)
+            flat = (2 * k if k < ns else 2 * (k - ns) + 1) if temporal else k
+            part = {"heads": "attn_rate.router", "groups": "mlp_rate.router", "mlp": "token_selection.mlp_head"}
+            head, _, rest = rest.partition(".")
+            sd[f"blocks.{flat}.{part[head]}.{rest}"] = value
+        else:
+            sd[key] = value
+    return sd
+
+
+@pytest.mark.parametrize("kind", list(CONFIGS))
+def test_the_released_dydit_layout_loads_strictly(kind, tmp_path):
+    from flexgen.checkpoint import CheckpointError, load_weights
+
+    _, trained = models(kind)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():                                       # routers that matter
+        for p in [*trained.width_routers.parameters(), *trained.token_routers.parameters()]:
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+    path = tmp_path / "new_dydit0.5.pt"
+    torch.save({"model": {k: v * 0 for k, v in released_layout(trained).items()},
+                "ema": released_layout(trained)}, path)         # EMA preferred
+    loaded = DyLatte(trained.config).double().eval()
+    load_weights(loaded, path)
+    x, t, y = inputs(trained, 500)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t, y), trained(x, t, y), rtol=0, atol=1e-12)
+    # a dense checkpoint has no routers: refused, naming them
+    dense_only = {k: v for k, v in released_layout(trained).items() if "rate" not in k and "token_sel" not in k}
+    torch.save(dense_only, tmp_path / "dense.pt")
+    with pytest.raises(CheckpointError, match="missing keys: token_routers"):
+        load_weights(DyLatte(trained.config).double(), tmp_path / "dense.pt")
