@@ -203,10 +203,7 @@ def run_block(block: nn.Module, x: torch.Tensor, cond: torch.Tensor, heads: torc
     heads, groups and tokens are computed; without it, the masked definition (masks may be per sequence)."""
     from flexgen.video.latte import modulate
 
-    mod = block.adaLN_modulation(cond).unsqueeze(1)                           # (G, 1, 6D)
-    if mod.shape[0] != x.shape[0]:
-        mod = mod.repeat_interleave(x.shape[0] // mod.shape[0], dim=0)        # (S, 1, 6D)
-    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.modulation(cond, x.shape[0])
     h = modulate(block.norm1(x), shift_msa, scale_msa)                        # (S, N, D)
     weights = None if sliced is None else sliced.get(heads, groups)
     attn = masked_attention(block.attn, h, heads) if weights is None else sliced_attention(block.attn, h, weights)

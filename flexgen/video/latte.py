@@ -226,11 +226,15 @@ class LatteBlock(nn.Module):
             return checkpoint(self._forward, x, cond, context, use_reentrant=False)
         return self._forward(x, cond, context)
 
-    def _forward(self, x: torch.Tensor, cond: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    def modulation(self, cond: torch.Tensor, sequences: int) -> tuple[torch.Tensor, ...]:
+        """(shift, scale, gate) of attention, then of the MLP, each (S, 1, D), from cond (G, D) with G | S."""
         mod = self.adaLN_modulation(cond).unsqueeze(1)                        # (G, 1, 6D)
-        if mod.shape[0] != x.shape[0]:
-            mod = mod.repeat_interleave(x.shape[0] // mod.shape[0], dim=0)    # (S, 1, 6D)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
+        if mod.shape[0] != sequences:
+            mod = mod.repeat_interleave(sequences // mod.shape[0], dim=0)     # (S, 1, 6D)
+        return mod.chunk(6, dim=-1)
+
+    def _forward(self, x: torch.Tensor, cond: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(cond, x.shape[0])
         h = modulate(self.norm1(x), shift_msa, scale_msa)                     # (S, N, D)
         kv = None if context is None else modulate(self.norm1(context), shift_msa, scale_msa)  # (S, M, D)
         x = x + gate_msa * self.attn(h, kv)                                   # (S, N, D)
