@@ -23,8 +23,9 @@ DATASETS = ("ffs", "sky", "ucf101", "taichi", "synthetic", "captions")
 AUTOENCODERS = ("sd-vae", "pixel")
 # What the network's first C output channels predict (diffusers' prediction_type names): the noise ε (DDPM, DiT,
 # Latte) or v = sqrt(ᾱ) ε - sqrt(1 - ᾱ) x_0 (Salimans & Ho 2022), whose x_0 estimate stays bounded at high noise.
-TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
 PREDICTIONS = ("epsilon", "v_prediction")
+# How training draws t: uniformly (DDPM) or logit-normal (Esser et al. 2024), most often at the middle noise levels.
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
 
 # ----------------------------------------------------------------------------------------------------------
 # The schema. Defaults are the published Latte settings (Ma et al. 2024, released configs).

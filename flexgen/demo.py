@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from flexgen.config import Config, load_config
+from flexgen.data.video import clip_span
 from flexgen.files import atomic_write_text
 from flexgen.registry import build_denoiser
 from flexgen.synthetic import make_synthetic
@@ -163,7 +164,7 @@ def run_demo(out: str | Path = "results/demo", quick: bool = False, progress: bo
     # class and the frame, which the model learns far sooner than from clips cut at random points of a longer one.
     data_root = out / "data"
     dense_cfg, dense_overrides = _config(DENSE[2], data_root, out, budget.dense_samples)
-    frames = (dense_cfg.data.num_frames - 1) * dense_cfg.data.frame_interval + 1
+    frames = clip_span(dense_cfg.data.num_frames, dense_cfg.data.frame_interval)
     make_synthetic(data_root / "train", clips_per_class=budget.train_per_class, num_frames=frames, seed=0)
     make_synthetic(data_root / "heldout", clips_per_class=budget.heldout_per_class, num_frames=frames, seed=1)
     timings["data_s"] = time.perf_counter() - t0

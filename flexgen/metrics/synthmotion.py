@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from flexgen.data.video import clip_span
 from flexgen.files import atomic_write, file_sha256
 from flexgen.metrics.detectors import check_uint8_videos
 from flexgen.metrics.protocols import Protocol
@@ -46,7 +47,7 @@ def protocol(config: SynthMotionConfig, num_real: int, num_fake: int | None = No
     seeded offset; the first `num_frames` frames of each generated video."""
     num_fake = num_real if num_fake is None else num_fake
     counts = str(num_real) if num_real == num_fake else f"{num_real}x{num_fake}"
-    span = (config.num_frames - 1) * config.stride + 1
+    span = clip_span(config.num_frames, config.stride)
     return Protocol(f"synthmotion{counts}_{config.num_frames}f", "fvd", num_real=num_real, num_fake=num_fake,
                     num_frames=config.num_frames, real_stride=config.stride, fake_stride=1, min_real_frames=span)
 
@@ -103,7 +104,7 @@ def read_clip_set(root: str | Path) -> tuple[list[np.ndarray], list[int], list[s
 def random_clips(videos: Sequence[np.ndarray], config: SynthMotionConfig, generator: np.random.Generator
                  ) -> torch.Tensor:
     """One clip per video, from a random offset: uint8 (N, num_frames, 3, H, W)."""
-    span = (config.num_frames - 1) * config.stride + 1
+    span = clip_span(config.num_frames, config.stride)
     clips = []
     for video in videos:
         if len(video) < span:
