@@ -112,9 +112,19 @@ def test_sliced_heads_groups_and_packed_tokens_equal_the_masked_definition():
         torch.testing.assert_close(masked_attention(block.attn, x, patterns[1]), block.attn(x), rtol=0, atol=1e-12)
     assert cache.patterns == 3 and cache.hits == 3
     # skipping does less work: a quarter of the heads is a quarter of qkv's rows
-    assert cache.get(patterns[2], patterns[2])[1].shape[0] == 3 * block.attn.proj.in_features // H
+    assert cache.get(patterns[2], patterns[2]).qkv_weight.shape[0] == 3 * block.attn.proj.in_features // H
     with pytest.raises(ValueError, match="shared by the batch"):
         cache.get(torch.ones(2, H), patterns[1])
+    # weights changed after slicing (loaded, trained): the slices are taken again, never stale
+    with torch.no_grad():
+        block.mlp.fc1.weight.mul_(2)
+        block.attn.qkv.weight.mul_(2)
+    sliced = cache.get(patterns[0], patterns[0])
+    assert cache.patterns == 1
+    torch.testing.assert_close(sliced_attention(block.attn, x, sliced),
+                               masked_attention(block.attn, x, patterns[0]), rtol=0, atol=1e-10)
+    torch.testing.assert_close(sliced_mlp(block.mlp, x, sliced), masked_mlp(block.mlp, x, patterns[0]),
+                               rtol=0, atol=1e-10)
 
 
 def test_a_block_at_partial_width():

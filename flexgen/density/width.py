@@ -22,6 +22,8 @@ Then the two ways to run part of a block: the masked definition that DyDiT train
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -33,6 +35,16 @@ def _head_rows(dim: int, num_heads: int, order: torch.Tensor) -> torch.Tensor:
     """Row indices of a (dim, ·) weight whose rows are num_heads consecutive head slices, heads in `order`."""
     head_dim = dim // num_heads
     return (order[:, None] * head_dim + torch.arange(head_dim)).reshape(-1)
+
+
+def _unit_rows(block: nn.Module, heads: torch.Tensor, groups: torch.Tensor, num_groups: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For head indices `heads` and group indices `groups` (in that order): the feature rows of those heads in
+    q / k / v and proj's columns (D_h,), the rows of the fused qkv (3·D_h,), and the MLP hidden units (U,)."""
+    dim, H = block.attn.proj.in_features, block.attn.num_heads
+    rows = _head_rows(dim, H, heads)
+    qkv_rows = torch.cat([rows + i * dim for i in range(3)])                  # q, k, v blocks alike
+    return rows, qkv_rows, _head_rows(block.mlp.fc1.out_features, num_groups, groups)
 
 
 def _value_rows(attn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,22 +81,19 @@ def reorder_block(block: nn.Module, num_groups: int | None = None) -> tuple[torc
     """Permute `block`'s heads and MLP groups (num_groups defaults to the number of heads, as DyDiT) in place into
     descending importance. Returns (head order, group order): new unit i is old unit order[i]."""
     attn, mlp = block.attn, block.mlp
-    H, dim = attn.num_heads, attn.proj.in_features
-    groups = H if num_groups is None else num_groups
+    groups = attn.num_heads if num_groups is None else num_groups
     heads = torch.argsort(head_importance(attn), descending=True, stable=True)
     group_order = torch.argsort(group_importance(mlp, groups), descending=True, stable=True)
 
-    rows = _head_rows(dim, H, heads)                                          # (D,) new -> old feature index
+    rows, qkv_rows, units = _unit_rows(block, heads, group_order, groups)     # new -> old index
     if attn.qkv is None:
         attn.v.weight.copy_(attn.v.weight[rows])
         attn.v.bias.copy_(attn.v.bias[rows])
     else:
-        qkv_rows = torch.cat([rows + i * dim for i in range(3)])              # q, k, v blocks alike
         attn.qkv.weight.copy_(attn.qkv.weight[qkv_rows])
         attn.qkv.bias.copy_(attn.qkv.bias[qkv_rows])
     attn.proj.weight.copy_(attn.proj.weight[:, rows])
 
-    units = _head_rows(mlp.fc1.out_features, groups, group_order)             # (hidden,) new -> old unit
     mlp.fc1.weight.copy_(mlp.fc1.weight[units])
     mlp.fc1.bias.copy_(mlp.fc1.bias[units])
     mlp.fc2.weight.copy_(mlp.fc2.weight[:, units])
@@ -103,36 +112,54 @@ def _active(mask: torch.Tensor) -> torch.Tensor:
     return mask.nonzero().squeeze(1)
 
 
+class Slices(NamedTuple):
+    """The weights of a block's active heads and MLP groups."""
+    heads: int                  # active heads
+    qkv_weight: torch.Tensor
+    qkv_bias: torch.Tensor
+    proj_weight: torch.Tensor   # its input columns of the active heads
+    fc1_weight: torch.Tensor
+    fc1_bias: torch.Tensor
+    fc2_weight: torch.Tensor    # its input columns of the active units
+
+
 class SlicedWeights:
     """The active slices of one block's qkv / proj and fc1 / fc2, cached per distinct (head, group) mask pattern:
-    a sampler run holds one copy per pattern it used, not one per step. `patterns` counts them."""
+    a sampler run holds one copy per pattern it used, not one per step. `patterns` counts them. The cache is
+    dropped when the block's weights change (loaded, trained, moved or cast), so a slice is never stale."""
 
     def __init__(self, block: nn.Module) -> None:
         self.block = block
-        self._cache: dict[tuple, tuple] = {}
+        self._cache: dict[tuple, Slices] = {}
+        self._weights_seen: tuple = ()
         self.hits = 0
 
     @property
     def patterns(self) -> int:
         return len(self._cache)
 
-    def get(self, heads: torch.Tensor, groups: torch.Tensor) -> tuple:
-        """(active heads, qkv weight, qkv bias, proj weight, fc1 weight, fc1 bias, fc2 weight) for 0/1 masks
-        heads (H,) and groups (G,)."""
-        key = (tuple(int(v) for v in _active(heads).tolist()), tuple(int(v) for v in _active(groups).tolist()))
+    def _weights(self) -> tuple:
+        attn, mlp = self.block.attn, self.block.mlp
+        return tuple((w.data_ptr(), w._version, w.dtype) for w in (attn.qkv.weight, attn.qkv.bias, attn.proj.weight,
+                                                                   mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight))
+
+    def get(self, heads: torch.Tensor, groups: torch.Tensor) -> Slices:
+        """The slices for 0/1 masks heads (H,) and groups (G,)."""
+        head_index, group_index = _active(heads), _active(groups)
+        key = (tuple(head_index.tolist()), tuple(group_index.tolist()))
+        weights = self._weights()
+        if weights != self._weights_seen:
+            self._cache.clear()
+            self._weights_seen = weights
         if key in self._cache:
             self.hits += 1
             return self._cache[key]
         attn, mlp = self.block.attn, self.block.mlp
-        dim, H = attn.proj.in_features, attn.num_heads
-        rows = _head_rows(dim, H, _active(heads))                             # active features of q, k and v
-        qkv_rows = torch.cat([rows + i * dim for i in range(3)])
-        units = _head_rows(mlp.fc1.out_features, len(groups), _active(groups))
+        rows, qkv_rows, units = _unit_rows(self.block, head_index, group_index, len(groups))
         with torch.no_grad():
-            sliced = (int(_active(heads).numel()),
-                      attn.qkv.weight[qkv_rows].clone(), attn.qkv.bias[qkv_rows].clone(),
-                      attn.proj.weight[:, rows].clone(),
-                      mlp.fc1.weight[units].clone(), mlp.fc1.bias[units].clone(), mlp.fc2.weight[:, units].clone())
+            sliced = Slices(len(head_index), attn.qkv.weight[qkv_rows].clone(), attn.qkv.bias[qkv_rows].clone(),
+                            attn.proj.weight[:, rows].clone(), mlp.fc1.weight[units].clone(),
+                            mlp.fc1.bias[units].clone(), mlp.fc2.weight[:, units].clone())
         self._cache[key] = sliced
         return sliced
 
@@ -158,13 +185,12 @@ def masked_attention(attn: nn.Module, x: torch.Tensor, heads: torch.Tensor) -> t
     return attn.proj(out.reshape(S, N, D))
 
 
-def sliced_attention(attn: nn.Module, x: torch.Tensor, sliced: tuple) -> torch.Tensor:
+def sliced_attention(attn: nn.Module, x: torch.Tensor, sliced: Slices) -> torch.Tensor:
     """The same with only the active heads computed (weights from `SlicedWeights.get`). x (S, N, D)."""
     S, N, D = x.shape
-    h, qkv_w, qkv_b, proj_w = sliced[:4]
-    Dh = D // attn.num_heads
-    q, k, v = F.linear(x, qkv_w, qkv_b).reshape(S, N, 3, h, Dh).unbind(2)     # 3 × (S, N, h, Dh)
-    return F.linear(attention(q, k, v).reshape(S, N, h * Dh), proj_w, attn.proj.bias)
+    h, Dh = sliced.heads, D // attn.num_heads
+    q, k, v = F.linear(x, sliced.qkv_weight, sliced.qkv_bias).reshape(S, N, 3, h, Dh).unbind(2)  # 3 × (S, N, h, Dh)
+    return F.linear(attention(q, k, v).reshape(S, N, h * Dh), sliced.proj_weight, attn.proj.bias)
 
 
 def masked_mlp(mlp: nn.Module, x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
@@ -175,13 +201,13 @@ def masked_mlp(mlp: nn.Module, x: torch.Tensor, groups: torch.Tensor) -> torch.T
     return mlp.fc2(mlp.act(hidden * gate.repeat_interleave(hidden.shape[-1] // gate.shape[-1], dim=-1)))
 
 
-def sliced_mlp(mlp: nn.Module, x: torch.Tensor, sliced: tuple) -> torch.Tensor:
+def sliced_mlp(mlp: nn.Module, x: torch.Tensor, sliced: Slices) -> torch.Tensor:
     """The same with only the active groups' hidden units computed. x (..., D)."""
-    fc1_w, fc1_b, fc2_w = sliced[4:]
-    return F.linear(mlp.act(F.linear(x, fc1_w, fc1_b)), fc2_w, mlp.fc2.bias)
+    hidden = mlp.act(F.linear(x, sliced.fc1_weight, sliced.fc1_bias))
+    return F.linear(hidden, sliced.fc2_weight, mlp.fc2.bias)
 
 
-def packed_tokens_mlp(mlp: nn.Module, x: torch.Tensor, tokens: torch.Tensor, sliced: tuple) -> torch.Tensor:
+def packed_tokens_mlp(mlp: nn.Module, x: torch.Tensor, tokens: torch.Tensor, sliced: Slices) -> torch.Tensor:
     """The MLP on the kept tokens only (gather over the whole batch, no padding: each sample keeps its own
     count), scattered back into zeros; no MLP call when no token is kept. x (..., N, D), tokens (..., N) 0/1."""
     flat = x.reshape(-1, x.shape[-1])                                         # (S·N, D)
