@@ -41,6 +41,8 @@ OFFICIAL_CHECKPOINTS = {
 
 CONFIG_KEY = "flexgen_model_config"
 DENSITY_KEY = "flexgen_density_config"      # FlexDiT models: their DensityConfig and num_timesteps
+ROUTERS_KEY = "flexgen_routers"             # DyDiT models: "dydit" (width and token routers in every block)
+ROUTER_PREFIXES = ("width_routers.", "token_routers.")
 
 
 class CheckpointError(ValueError):
@@ -172,14 +174,28 @@ def dydit_router_keys(sd: dict[str, torch.Tensor], model: DyLatte) -> dict[str, 
     return out
 
 
-def load_weights(model: Latte, path: str | Path, sha256: str | None = None) -> None:
+def load_weights(model: Latte, path: str | Path, sha256: str | None = None, *, routers_required: bool = False) -> None:
     """Load our safetensors or an official checkpoint into `model`, strictly. A FlexLatte also loads the
-    weights of its dense model (official or ours): that is the conversion dense -> FlexDiT."""
+    weights of its dense model (official or ours): that is the conversion dense -> FlexDiT. A DyLatte loads
+    DyDiT files (ours or the released layout) and dense ones: that conversion keeps the model's fresh routers and
+    puts every block's heads and MLP groups in importance order; `routers_required` refuses dense files."""
     sd = read_state_dict(path, sha256)
     if any(k.removeprefix("module.").startswith(("blocks.", "pos_embed")) for k in sd):
         sd = convert_official_state_dict(sd, model.config)
+    converting = False
     if isinstance(model, DyLatte):
         sd = dydit_router_keys(sd, model)
+        if not any(k.startswith(ROUTER_PREFIXES) for k in sd):
+            if routers_required:
+                raise CheckpointError(
+                    f"{path} holds no DyDiT routers (a dense model), and fresh routers would only run the dense "
+                    f"model: fine-tune it into DyDiT first (train.init_from: {path} in a run with a dydit section), "
+                    "then sample the run's ema.safetensors")
+            sd = {**sd, **{k: v for k, v in model.state_dict().items() if k.startswith(ROUTER_PREFIXES)}}
+            converting = True
+    elif any(k.startswith(ROUTER_PREFIXES) for k in sd):
+        raise CheckpointError(f"{path} holds a DyDiT model (width and token routers): load it with a config that "
+                              "sets dydit.target, or into a DyLatte")
     if isinstance(model, FlexLatte) and not any(k.startswith("fusions.") for k in sd):
         sd = dense_to_flex_state_dict(sd, model)
     expected = model.state_dict()
@@ -194,6 +210,8 @@ def load_weights(model: Latte, path: str | Path, sha256: str | None = None) -> N
                     (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if items]
         raise CheckpointError(f"{path} does not fit the model {model.config}:\n  " + "\n  ".join(problems))
     model.load_state_dict(sd, strict=True)
+    if converting:
+        model.order_by_importance()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -207,12 +225,14 @@ def save_weights(model: Latte, path: str | Path) -> None:
     if isinstance(model, FlexLatte):
         metadata[DENSITY_KEY] = json.dumps({"density": dataclasses.asdict(model.density),
                                             "num_timesteps": model.num_timesteps})
+    if isinstance(model, DyLatte):
+        metadata[ROUTERS_KEY] = "dydit"
     with atomic_write(path) as tmp:                   # a killed write never leaves a truncated file under `path`
         save_file(tensors, str(tmp), metadata=metadata)
 
 
 def load_model(path: str | Path, sha256: str | None = None) -> Latte:
-    """Rebuild a model (dense or FlexDiT) from one of our safetensors files alone."""
+    """Rebuild a model (dense, FlexDiT or DyDiT) from one of our safetensors files alone."""
     path = Path(path)
     _require_file(path, sha256)
     meta = read_metadata(path)
@@ -227,6 +247,8 @@ def load_model(path: str | Path, sha256: str | None = None) -> Latte:
         except ConfigError as e:
             raise CheckpointError(f"{path} metadata: {e}") from e
         model = FlexLatte(config, density, flex["num_timesteps"])
+    elif meta.get(ROUTERS_KEY) == "dydit":
+        model = DyLatte(config)
     else:
         model = Latte(config)
     load_weights(model, path)

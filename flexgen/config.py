@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from flexgen.density import DensityConfig
+from flexgen.density.dydit import DyDiTConfig
 from flexgen.files import atomic_write_text
 from flexgen.registry import PRESET_FAMILY, family_of
 from flexgen.schema import ConfigError, build_dataclass, check_range, choice
@@ -109,6 +110,7 @@ class TrainConfig:
     batch_size: int = 5                 # per device (Latte: 5 per GPU × 8 GPUs)
     total_samples: int = 40_000_000     # training length in clips seen (Latte: ~1M steps × 40 is a cap)
     grad_clip: float = 0.1              # max gradient norm, applied once clip_after_samples clips were seen
+    skip_on_spike: bool = False         # skip the update when the pre-clip norm exceeds grad_clip (DyDiT's rule)
     clip_after_samples: int = 800_000   # Latte FFS/Sky: step 20k × global batch 40
     seed: int = 3407
     bf16: bool = False                  # bf16 autocast (Latte trained in fp32)
@@ -134,10 +136,11 @@ class SampleConfig:
     num_samples: int = 2048             # FVD protocol: 2048 videos
     batch_size: int = 2                 # per device
     clip_denoised: bool = False         # clip predicted x_0 to [-1, 1]: for pixel-space models, not latents
+    cfg_channels: int | None = None     # guide only the first k ε channels (DiT's release: 3); None = all
 
     def __post_init__(self):
         check_range(self, steps=(1, None), cfg_scale=(0, None), seed=(0, None), num_samples=(1, None),
-                    batch_size=(1, None))
+                    batch_size=(1, None), cfg_channels=(1, None))
 
 
 
@@ -145,6 +148,7 @@ class SampleConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     density: DensityConfig = field(default_factory=DensityConfig)    # FlexDiT layout and schedule; empty = dense
+    dydit: DyDiTConfig = field(default_factory=DyDiTConfig)          # DyDiT routers and budget; no target = off
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -177,6 +181,9 @@ def config_from_dict(data: dict, source: str = "<dict>", *, strict_family: bool 
     try:
         config = build_dataclass(Config, data or {}, "")
         _check_family(config, data if strict_family else None)
+        if config.dydit.enabled and config.density.layout:
+            raise ConfigError("dydit.target and density.layout together (FlexDiT and DyDiT composed) are not "
+                              "supported yet: choose one policy")
         if config.sample.steps > config.diffusion.num_timesteps:   # a sampler respaces the training steps
             raise ConfigError(f"sample.steps: must be <= diffusion.num_timesteps ({config.diffusion.num_timesteps}),"
                               f" got {config.sample.steps}")

@@ -40,7 +40,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("pixart", tuple(PIXART_PRESETS), "flexgen.backbones.pixart:PixArtDenoiser",
            datasets=("captions",),
            unused=("model.num_classes", "data.num_frames", "data.frame_interval", "data.num_images",
-                   "density.pool_frames", "sample"),
+                   "density.pool_frames", "dydit", "sample"),
            samplers=("dpm-solver++", "dpm-solver", "sa-solver", "ddim", "euler", "ddpm"), default_steps=20,
            sample_command="flexgen generate"),   # PixArt-α: DPM-20
 )}

@@ -21,7 +21,11 @@ timesteps and exports its weights.
   checkpoints hold full, unsharded state either way.
 - The model's `timestep_sampler()` draws each micro-batch's timesteps: uniform for a dense model, one density
   stage per micro-batch for FlexDiT (`flexgen.density.timesteps`): one token count per forward, timesteps
-  uniform over all ranks and steps.
+  uniform over all ranks and steps; stratified for DyDiT.
+- The model's `training_losses` is the objective: the diffusion loss, and for DyDiT also its FLOPs budget (and
+  the complete model's loss in the warm-up stage); every term it returns is logged, with DyDiT's realised FLOPs
+  fraction, λ target and keep rates per block (`keep/h03`: heads of block 3). `train.skip_on_spike` skips an
+  update whose pre-clip gradient norm exceeds `grad_clip` (DyDiT's rule) and logs the share skipped.
 """
 
 from __future__ import annotations
@@ -280,8 +284,8 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
             t = timesteps(x0.shape[0], _generator(tc.seed, 1, env.rank, step), _generator(tc.seed, 2, step),
                           env.rank, env.world_size)                       # (B,): one density stage per micro-batch
             noise = torch.randn(x0.shape, generator=_generator(tc.seed, 5, env.rank, step)).to(env.device, x0.dtype)
-            with autocast:
-                terms = diffusion.training_losses(net, x0, t.to(env.device), noise, kwargs)
+            with autocast:                                                # the model's objective (DyDiT: + budget)
+                terms = model.training_losses(diffusion, net, x0, t.to(env.device), noise, kwargs, step)
             loss = terms["loss"].mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -289,14 +293,18 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             if isinstance(grad_norm, DTensor):                             # under FSDP
                 grad_norm = grad_norm.full_tensor()
-            optimizer.step()
-            # EMA warm-up (diffusers' EMAModel default): early averages do not drag the zero-initialised
-            # output layers along for thousands of steps; negligible for Latte's 1M-step runs.
-            update_ema(ema, model, min(tc.ema_decay, (1 + step) / (10 + step)))
+            # DyDiT train_without_completemodel.py: a gradient whose pre-clip norm exceeds the limit is not applied
+            skipped = tc.skip_on_spike and bool(grad_norm > clip)
+            if not skipped:
+                optimizer.step()
+                # EMA warm-up (diffusers' EMAModel default): early averages do not drag the zero-initialised
+                # output layers along for thousands of steps; negligible for Latte's 1M-step runs.
+                update_ema(ema, model, min(tc.ema_decay, (1 + step) / (10 + step)))
             step += 1
 
-            window.append({"loss": loss.detach(), "mse": terms["mse"].mean().detach(),
-                           "vb": terms["vb"].mean().detach(), "grad_norm": grad_norm.detach()})
+            logged = {k: v.detach().float().mean() for k, v in terms.items()}
+            logged.update(grad_norm=grad_norm.detach(), skipped=torch.tensor(float(skipped), device=grad_norm.device))
+            window.append(logged)
             if bar is not None:
                 bar.update(global_batch)
             if step % log_every == 0 or step == last_step:

@@ -15,7 +15,7 @@ in by answering those, without touching the loops.
 | `training_dataset(run, ...)`, `use_dataset(dataset)` | train: the run's data, what dropout needs from it |
 | `shard_units()` | FSDP (train.fsdp) |
 | `prepare_batch(batch, device, generator)` | train: data batch -> (pixels, condition); CFG condition dropout |
-| `timestep_sampler()` | train |
+| `timestep_sampler()`, `training_losses(...)` | train |
 | `cost()`, `step_stats(t)` | sample / generate / bench / records cost; train logs |
 | `example_condition(batch, device, dtype)`, `null_condition(cond)`, `latent_shape()` | bench, FLOP counts, CFG |
 | `converted(density)` | bench (dense -> FlexDiT on the same weights) |
@@ -56,9 +56,10 @@ class Denoiser(nn.Module):
         """The model of a run configuration with random weights: dense, or with the run's density policy."""
         raise NotImplementedError
 
-    def load_pretrained(self, path: str | Path, sha256: str | None = None) -> None:
+    def load_pretrained(self, path: str | Path, sha256: str | None = None, *, routers_required: bool = False) -> None:
         """Weights from `path` (official release or ours), converted to this model's density policy when the
-        file holds the dense model."""
+        file holds the dense model. `routers_required` (sampling): a policy with learned routers (DyDiT) refuses
+        a file without them, whose fresh routers would just run the dense model."""
         raise NotImplementedError
 
     export_name: str = ""           # the export's name in a run directory (a file or a folder)
@@ -98,6 +99,13 @@ class Denoiser(nn.Module):
         condition dropout (rate `model.class_dropout_prob`) drawn from `generator` when one is given (training);
         without a generator nothing is dropped (evaluation)."""
         raise NotImplementedError
+
+    def training_losses(self, diffusion: Any, net: nn.Module, x0: torch.Tensor, t: torch.Tensor,
+                        noise: torch.Tensor, cond: dict, step: int) -> dict[str, torch.Tensor]:
+        """The loss terms of one micro-batch at training step `step`: `loss` (per sample or a scalar) is minimised,
+        every other term is logged (its mean). `net` is this model or its DDP / FSDP wrapper: forwards go through
+        it. The diffusion loss here; a policy with its own objective (DyDiT's budget) overrides."""
+        return diffusion.training_losses(net, x0, t, noise, cond)
 
     def timestep_sampler(self) -> TimestepSampler:
         """Timesteps from the run's training density (`diffusion.timestep_sampling`: uniform or logit-normal), one

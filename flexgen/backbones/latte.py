@@ -1,6 +1,7 @@
-"""The Latte / DiT family (`flexgen.video.latte`, `flexgen.video.flex_latte`) behind the `Denoiser` interface.
+"""The Latte / DiT family (`flexgen.video.latte`, `flexgen.video.flex_latte`, `flexgen.video.dy_latte`) behind the
+`Denoiser` interface.
 
-The network is `Latte` (dense) or `FlexLatte` (FlexDiT); its exchange format is our safetensors file with the
+The network is `Latte` (dense), `FlexLatte` (FlexDiT) or `DyLatte` (DyDiT: `dydit.target` set); its exchange format is our safetensors file with the
 model configuration in its metadata (`flexgen.checkpoint`), which `flexgen sample` and `load_model` read, and it
 loads the official Latte / DiT checkpoints too.
 """
@@ -16,8 +17,11 @@ from torch import nn
 
 from flexgen.backbones.base import Denoiser
 from flexgen.density.cost import CountedCost, SpatialSequence
+from flexgen.density.dydit import dydit_losses, routed_macs
+from flexgen.density.timesteps import StratifiedTimesteps, TimestepSampler, timestep_weights
 from flexgen.flops import FlopReport, count_macs
 from flexgen.presets import LATTE_PRESETS as PRESETS
+from flexgen.video.dy_latte import DyLatte
 from flexgen.video.flex_latte import FlexLatte
 from flexgen.video.latte import Latte, LatteConfig, latte_config
 
@@ -84,17 +88,25 @@ class LatteDenoiser(Denoiser):
     @classmethod
     def from_run(cls, run: Any) -> LatteDenoiser:
         config = latte_config_from_run(run)
+        if run.dydit.enabled:
+            return cls(DyLatte(config), run)
         net = FlexLatte(config, run.density, run.diffusion.num_timesteps) if run.density.layout else Latte(config)
         return cls(net, run)
+
+    @property
+    def routed(self) -> bool:
+        """Whether the network has DyDiT's routers (its cost depends on the gates each forward used)."""
+        return isinstance(self.net, DyLatte)
 
     @property
     def config(self) -> LatteConfig:
         return self.net.config
 
-    def load_pretrained(self, path: str | Path, sha256: str | None = None) -> None:
+    def load_pretrained(self, path: str | Path, sha256: str | None = None, *, routers_required: bool = False) -> None:
         from flexgen.checkpoint import load_weights
 
-        load_weights(self.net, path, sha256=sha256)         # dense weights into a FlexLatte: the conversion
+        # dense weights into a FlexLatte or a DyLatte: the conversion
+        load_weights(self.net, path, sha256=sha256, routers_required=routers_required)
 
     export_name = "ema.safetensors"
 
@@ -159,6 +171,32 @@ class LatteDenoiser(Denoiser):
                 value = torch.where(drop, torch.full_like(value, c.num_classes), value)
             cond[key] = value.to(device)
         return video, cond
+
+    def training_losses(self, diffusion: Any, net: nn.Module, x0: torch.Tensor, t: torch.Tensor,
+                        noise: torch.Tensor, cond: dict, step: int) -> dict[str, torch.Tensor]:
+        if not self.routed:
+            return super().training_losses(diffusion, net, x0, t, noise, cond, step)
+        return dydit_losses(diffusion, net, self.net, x0, t, noise, cond, step, self.run.dydit,
+                            self.net.block_costs())
+
+    def timestep_sampler(self) -> TimestepSampler:
+        """DyDiT: stratified t (its budget holds the batch mean, so each batch covers t evenly)."""
+        if self.routed and self.run.dydit.strata > 1:
+            return StratifiedTimesteps(self.num_timesteps, self.run.dydit.strata, timestep_weights(self.run.diffusion))
+        return super().timestep_sampler()
+
+    def routed_forward_macs(self) -> torch.Tensor:
+        """(B,) MACs per sample of the last forward of a DyDiT model, from the gates it used: what its skipping
+        forward computes (`flexgen.density.dydit.routed_macs`)."""
+        if not self.routed or not self.net.routing or self.net.routing[0] is None:
+            raise ValueError("routed_forward_macs needs a DyDiT model after a forward")
+        shapes = self.net.block_shapes()
+        if self._dense_macs is None:
+            self._dense_macs = self.cost().forward_macs(None).gmacs * 1e9
+        other = self._dense_macs - sum(b.cost.attention + b.cost.mlp for b in shapes)
+        return routed_macs(shapes, self.net.routing, other, self.net.token_routers[0].hidden)
+
+    _dense_macs: float | None = None
 
     def cost(self) -> LatteCost:
         density = self.net.density if isinstance(self.net, FlexLatte) else None

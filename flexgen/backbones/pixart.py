@@ -74,7 +74,7 @@ class PixArtDenoiser(Denoiser):
 
     # ---- weights ----------------------------------------------------------------------------------------
 
-    def load_pretrained(self, path: str | Path, sha256: str | None = None) -> None:
+    def load_pretrained(self, path: str | Path, sha256: str | None = None, *, routers_required: bool = False) -> None:
         """Weights from a local PixArt-α folder (pipeline or transformer), converted to this model's FlexDiT layout
         when the folder holds a dense model."""
         from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, load_transformer

@@ -71,8 +71,9 @@ class TokenRouter(nn.Module):
 
     def __init__(self, dim: int, reduction: int = 16):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(dim, max(1, dim // reduction)), nn.ReLU(),
-                                 nn.Linear(max(1, dim // reduction), 1))     # DyDiT `token_selection.mlp_head`
+        self.hidden = max(1, dim // reduction)
+        self.mlp = nn.Sequential(nn.Linear(dim, self.hidden), nn.ReLU(),
+                                 nn.Linear(self.hidden, 1))                  # DyDiT `token_selection.mlp_head`
         nn.init.constant_(self.mlp[2].bias, TOKEN_BIAS)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:

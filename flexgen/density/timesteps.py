@@ -3,6 +3,8 @@ model is dynamic (the pattern of DiT's `diffusion/timestep_sampler.py`).
 
 - `UniformTimesteps`: t uniform in [0, T) per sample (a dense model).
 - `WeightedTimesteps`: t drawn with a training density over [0, T) (`timestep_weights`: logit-normal).
+- `StratifiedTimesteps`: sample i of a micro-batch draws from stratum i mod k of the density (DyDiT), so every
+  batch covers t evenly.
 - `StageTimesteps`: one density stage per micro-batch (`draw_stage`: rank <-> stage, shared offset), t uniform
   inside it (or with the density's weights), so every forward pass has one token count while t follows the
   training density over all ranks and steps.
@@ -69,3 +71,21 @@ class StageTimesteps:
                  world_size: int = 1) -> torch.Tensor:
         stage = draw_stage(list(self.stages), shared, rank, world_size, self.weights)   # the same on every rank
         return sample_timesteps_in_stage(stage, batch_size, own, self.weights)
+
+
+@dataclass(frozen=True, eq=False)
+class StratifiedTimesteps:
+    num_timesteps: int
+    strata: int
+    weights: torch.Tensor | None = None  # (T,) the training density of t; None: uniform
+
+    def __call__(self, batch_size: int, own: torch.Generator, shared: torch.Generator, rank: int = 0,
+                 world_size: int = 1) -> torch.Tensor:
+        # DyDiT train.py (--t_sample): local sample i draws t ~ U[T/k · (i mod k), T/k · (i mod k + 1)); here the
+        # strata are quantiles of the training density, equal slices of [0, T) for uniform t
+        u = (torch.arange(batch_size) % self.strata + torch.rand(batch_size, generator=own, dtype=torch.float64))
+        u = u / self.strata                                                   # (B,) in [0, 1)
+        if self.weights is None:
+            return (u * self.num_timesteps).long().clamp(max=self.num_timesteps - 1)
+        cdf = self.weights.cumsum(0)
+        return torch.searchsorted(cdf, u * cdf[-1], right=True).clamp(max=self.num_timesteps - 1)

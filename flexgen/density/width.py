@@ -220,7 +220,8 @@ def packed_tokens_mlp(mlp: nn.Module, x: torch.Tensor, tokens: torch.Tensor, sli
 
 def run_block(block: nn.Module, x: torch.Tensor, cond: torch.Tensor, heads: torch.Tensor, groups: torch.Tensor,
               token_router: nn.Module | None = None, *, sliced: SlicedWeights | None = None,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+              complete: torch.Tensor | None = None, generator: torch.Generator | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One `LatteBlock` at partial width (DyDiT, Fig. 2): attention on the gated heads, then the token router on
     the residual stream after the attention update, then the MLP on the gated groups of the kept tokens; a token
     it turns off keeps its value through the MLP half. Returns (x, token gates (S, N) or None).
@@ -235,6 +236,8 @@ def run_block(block: nn.Module, x: torch.Tensor, cond: torch.Tensor, heads: torc
     attn = masked_attention(block.attn, h, heads) if weights is None else sliced_attention(block.attn, h, weights)
     x = x + gate_msa * attn                                                   # (S, N, D)
     tokens = None if token_router is None else token_router(x, generator=generator)   # (S, N)
+    if tokens is not None and complete is not None:
+        tokens = torch.where(complete[:, None], 1.0, tokens).to(tokens.dtype)
     h = modulate(block.norm2(x), shift_mlp, scale_mlp)                        # (S, N, D)
     if weights is None:
         mlp = masked_mlp(block.mlp, h, groups)

@@ -1,23 +1,31 @@
 """DyDiT on Latte and DiT (Zhao et al. 2024, arXiv 2410.03456; DyDiT++ names Latte but publishes no design, so the
 Latte part is ours): every spatial and temporal block gets a width router (heads, MLP groups; from the timestep
-embedding only) and a token router (which tokens run its MLP). DyDiT groundwork (issue 13): not yet reachable
-from a config, training or sampling.
+embedding only) and a token router (which tokens run its MLP).
 
 - Width masks are a function of t: in a spatial block every frame of a sample shares its sample's mask, in a
-  temporal block every token position does (one mask per sample, repeated over its sequences).
-- `skip = False` (training, and the definition): everything computed and gated (`flexgen.density.width`).
-  `skip = True` (inference): the batch must share t; only the active heads, groups and tokens are computed, with
-  each block's sliced weights cached per distinct mask pattern (`patterns()` says how many a run used).
+  temporal block every token position does (one mask per sample, repeated over its sequences). Token masks are
+  per token in both kinds of block (a temporal block's token is one frame at one position).
+- The masked forward (training, and the definition): everything computed and gated (`flexgen.density.width`).
+  The skipping forward (inference: eval mode and one t for the whole batch, as every sampler step; or `skip =
+  True`): only the active heads, groups and tokens are computed, each block's sliced weights cached per distinct
+  mask pattern (`patterns()` says how many a run used).
+- `complete` (B,) bool runs those samples through the complete model (every unit and token on): DyDiT's warm-up
+  loss, on the same forward as the dynamic samples.
+- Every forward leaves the gates it used in `routing` (one `flexgen.density.dydit.BlockRouting` per block, in
+  [*spatial_blocks, *temporal_blocks] order): the budget loss, the keep-rate statistics and the cost read it.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from flexgen.density.budget import BlockCost, block_cost
+from flexgen.density.dydit import BlockRouting, RoutedBlock
 from flexgen.density.routers import TokenRouter, WidthRouter
-from flexgen.density.width import SlicedWeights, run_block
-from flexgen.video.latte import Latte, LatteBlock, LatteConfig
+from flexgen.density.width import SlicedWeights, reorder_block, run_block
+from flexgen.video.latte import Frames, Latte, LatteBlock, LatteConfig
 
 
 class DyLatte(Latte):
@@ -25,39 +33,94 @@ class DyLatte(Latte):
 
     def __init__(self, config: LatteConfig):
         super().__init__(config)
-        blocks = [*self.spatial_blocks, *self.temporal_blocks]
+        blocks = self.blocks()
         D, H = config.hidden_size, config.num_heads
         self.width_routers = nn.ModuleList(WidthRouter(D, H) for _ in blocks)
         self.token_routers = nn.ModuleList(TokenRouter(D) for _ in blocks)
-        self.skip = False
+        self.skip: bool | None = None       # None: skip in eval mode when the batch shares t; True / False: force
         self._sliced = [SlicedWeights(block) for block in blocks]            # not modules: caches, not weights
+        self.routing: list[BlockRouting | None] = []
         self._masks: list | None = None
+        self._complete: torch.Tensor | None = None
+        self._skipping = False
+
+    def blocks(self) -> list[LatteBlock]:
+        """[*spatial_blocks, *temporal_blocks]: the order of the routers, `routing` and `block_shapes`."""
+        return [*self.spatial_blocks, *self.temporal_blocks]
 
     def patterns(self) -> list[int]:
         """Distinct (head, group) mask patterns each block has sliced weights for."""
         return [cache.patterns for cache in self._sliced]
 
+    def order_by_importance(self) -> None:
+        """DyDiT's importance ordering (`flexgen.density.width.reorder_block`) of every block: function-preserving,
+        done once when dense weights are converted, so the always-on head and group are the most important."""
+        for block in self.blocks():
+            reorder_block(block)
+
+    def block_shapes(self) -> list[RoutedBlock]:
+        """Each block's full-width cost per sample and its units: spatial blocks run F sequences of N tokens,
+        temporal blocks N sequences of F frames."""
+        c = self.config
+        N, F = c.grid_size ** 2, c.num_frames
+        shapes = [(N, F)] * len(self.spatial_blocks) + [(F, N)] * len(self.temporal_blocks)
+        return [RoutedBlock(block_cost(length, c.hidden_size, seqs, c.mlp_ratio), c.num_heads, c.num_heads,
+                            length * seqs, c.hidden_size) for length, seqs in shapes]
+
+    def block_costs(self) -> list[BlockCost]:
+        return [b.cost for b in self.block_shapes()]
+
+    # ---- forward ----------------------------------------------------------------------------------------
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, *, num_images: int = 0,
-                y_images: torch.Tensor | None = None) -> torch.Tensor:
-        """As `Latte.forward`, each block at the width its routers choose for t (joint image-video input is not
-        supported yet)."""
+                y_images: torch.Tensor | None = None, complete: torch.Tensor | None = None) -> torch.Tensor:
+        """As `Latte.forward`, each block at the width its routers choose for t; `complete` (B,) bool: samples run
+        by the complete model (joint image-video input is not supported yet)."""
         if num_images:
             raise ValueError("DyLatte does not take still images (num_images > 0) yet")
-        if self.skip and bool((t != t[0]).any()):
+        shared_t = not bool((t != t[0]).any())
+        if self.skip and not shared_t:
             raise ValueError("the skipping forward needs one timestep for the whole batch (masks are per step)")
-        t_emb = self.t_embedder(t)                                            # (B, D): the routers' input
-        self._masks = [router(t_emb) for router in self.width_routers]       # per block: (B, H), (B, G)
+        self._skipping = self.skip if self.skip is not None else (not self.training and shared_t)
+        if complete is not None:
+            if complete.shape != t.shape:
+                raise ValueError(f"complete must be one flag per sample {tuple(t.shape)}, got {tuple(complete.shape)}")
+            if self._skipping and bool(complete.any()):
+                raise ValueError("the skipping forward runs the routed model: complete=True needs skip=False")
+        self._complete, self.routing = complete, [None] * len(self._sliced)
         try:
             return super().forward(x, t, y)
         finally:
-            self._masks = None
+            self._masks = self._complete = None
+
+    def embed(self, x, t, y, num_images, y_images) -> tuple[torch.Tensor, Frames]:
+        tokens, frames = super().embed(x, t, y, num_images, y_images)
+        on = None if self._complete is None else self._complete[:, None]
+        masks = []
+        for router in self.width_routers:
+            heads, groups = router(frames.t_emb)                              # (B, H), (B, G): a function of t
+            masks.append((heads, groups) if on is None else
+                         (torch.where(on, 1.0, heads).to(heads.dtype), torch.where(on, 1.0, groups).to(heads.dtype)))
+        self._masks = masks
+        return tokens, frames
 
     def run_block(self, block: LatteBlock, index: int, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         heads, groups = self._masks[index]                                    # (B, H), (B, G)
-        if self.skip:
-            heads, groups, sliced = heads[0], groups[0], self._sliced[index]  # one t: one mask for the batch
+        B = heads.shape[0]
+        per = x.shape[0] // B                                                 # sequences per sample
+        complete = None if self._complete is None else self._complete.repeat_interleave(per)      # (S,)
+        if self._skipping:
+            out, tokens = run_block(block, x, cond, heads[0], groups[0], self.token_routers[index],
+                                    sliced=self._sliced[index])               # one t: one mask for the batch
+        elif block.grad_checkpointing and self.training and torch.is_grad_enabled():
+            out, tokens = checkpoint(self._masked_block, block, index, x, cond, heads, groups, complete, per,
+                                     use_reentrant=False)
         else:
-            per = x.shape[0] // heads.shape[0]                                # sequences per sample
-            heads, groups, sliced = heads.repeat_interleave(per, 0), groups.repeat_interleave(per, 0), None
-        out, _ = run_block(block, x, cond, heads, groups, self.token_routers[index], sliced=sliced)
+            out, tokens = self._masked_block(block, index, x, cond, heads, groups, complete, per)
+        self.routing[index] = BlockRouting(heads, groups, tokens.reshape(B, -1))
         return out
+
+    def _masked_block(self, block, index, x, cond, heads, groups, complete, per):
+        out, tokens = run_block(block, x, cond, heads.repeat_interleave(per, 0), groups.repeat_interleave(per, 0),
+                                self.token_routers[index], complete=complete)
+        return out, tokens

@@ -269,6 +269,7 @@ class Frames:
     cond: torch.Tensor          # (B·FI, D) one condition per frame, for spatial blocks and the final layer
     sample_cond: torch.Tensor   # (B, D) one per sample, for temporal blocks
     image_input: bool           # the input was (B, C, H, W)
+    t_emb: torch.Tensor         # (B, D) the timestep embedding alone (DyDiT's width routers read it)
 
 
 
@@ -383,7 +384,7 @@ class Latte(nn.Module):
         if y_images is not None:
             image_cond = t_emb[:, None] + self.y_embedder(y_images)           # (B, num_images, D)
             frame_cond = torch.cat([frame_cond[:, :FI - num_images], image_cond], dim=1)
-        frames = Frames(B, FI - num_images, num_images, frame_cond.reshape(B * FI, -1), cond, image_input)
+        frames = Frames(B, FI - num_images, num_images, frame_cond.reshape(B * FI, -1), cond, image_input, t_emb)
         return tokens, frames
 
     def temporal(self, x: torch.Tensor, i: int, frames: Frames) -> torch.Tensor:
