@@ -193,7 +193,7 @@ def load_weights(model: Latte, path: str | Path, sha256: str | None = None, *, r
                     "then sample the run's ema.safetensors")
             sd = {**sd, **{k: v for k, v in model.state_dict().items() if k.startswith(ROUTER_PREFIXES)}}
             converting = True
-    elif any(k.startswith(ROUTER_PREFIXES) for k in sd):
+    elif any(k.startswith(ROUTER_PREFIXES) or _DYDIT_ROUTER.fullmatch(k) for k in sd):
         raise CheckpointError(f"{path} holds a DyDiT model (width and token routers): load it with a config that "
                               "sets dydit.target, or into a DyLatte")
     if isinstance(model, FlexLatte) and not any(k.startswith("fusions.") for k in sd):

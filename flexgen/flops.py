@@ -14,7 +14,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+
+def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    # torch 2.14's FlopCounterMode has no formula for SDPA's CPU flash kernel (it counts SDPA on the meta device and
+    # on CUDA): the same product as `_scaled_dot_product_flash_attention`, counted by the same `sdpa_flop_count`
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+_CPU_SDPA = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flop}
+
+
+def flop_counter() -> FlopCounterMode:
+    """`FlopCounterMode` (no display) that also counts SDPA on the CPU, so a real CPU forward and a meta-device one
+    count the same attention products."""
+    return FlopCounterMode(display=False, custom_mapping=_CPU_SDPA)
 
 
 @dataclass
@@ -35,7 +50,7 @@ def count_macs(build: Callable[[], torch.nn.Module], inputs: Callable[[], tuple[
         model = build().eval()
         args, kwargs = inputs()
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), flop_counter() as counter:
         model(*args, **kwargs)
     per_module = {name: sum(ops.values()) / 2e9 for name, ops in counter.get_flop_counts().items()}
     root = type(model).__name__

@@ -308,7 +308,9 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
             if bar is not None:
                 bar.update(global_batch)
             if step % log_every == 0 or step == last_step:
-                stats = {k: dist.all_reduce_mean(torch.stack([w[k] for w in window]).mean()).item() for k in window[0]}
+                keys = dict.fromkeys(k for w in window for k in w)              # a term may start or stop mid-window
+                stats = {k: dist.all_reduce_mean(torch.stack([w[k] for w in window if k in w]).mean()).item()
+                         for k in keys}
                 stats.update(step=step, samples=step * global_batch, epoch=epoch, lr=tc.lr,
                              samples_per_s=len(window) * global_batch / (time.perf_counter() - started))
                 stats.update(model.step_stats(t))

@@ -115,8 +115,32 @@ def test_the_released_dydit_layout_loads_strictly(kind, tmp_path):
     x, t, y = inputs(trained, 500)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, t, y), trained(x, t, y), rtol=0, atol=1e-12)
-    # a dense checkpoint has no routers: refused, naming them
-    dense_only = {k: v for k, v in released_layout(trained).items() if "rate" not in k and "token_sel" not in k}
-    torch.save(dense_only, tmp_path / "dense.pt")
-    with pytest.raises(CheckpointError, match="missing keys: token_routers"):
-        load_weights(DyLatte(trained.config).double(), tmp_path / "dense.pt")
+    # a DyDiT file does not go into a dense model; router shapes that do not fit are named
+    with pytest.raises(CheckpointError, match="holds a DyDiT model"):
+        load_weights(Latte(trained.config).double(), path)
+    other = latte_config(**{**dict(CONFIGS[kind], name=CONFIGS[kind]["name"]), "num_heads": 2})
+    with pytest.raises(CheckpointError, match=r"shape mismatches: .*width_routers\.0\.heads\.weight"):
+        load_weights(DyLatte(other).double(), path)
+
+
+@pytest.mark.parametrize("kind", list(CONFIGS))
+def test_dense_weights_convert_with_importance_ordering(kind, tmp_path):
+    from flexgen.checkpoint import CheckpointError, load_weights
+    from flexgen.density.width import head_importance
+
+    dense, _ = models(kind)
+    dense_only = {k: v for k, v in released_layout(dense).items() if "rate" not in k and "token_sel" not in k}
+    path = tmp_path / "dense.pt"
+    torch.save(dense_only, path)
+    converted = DyLatte(dense.config).double().eval()
+    load_weights(converted, path)                               # fresh routers (all on) + reordering
+    for block in converted.blocks():
+        importance = head_importance(block.attn)
+        assert bool((importance[:-1] >= importance[1:]).all())  # most important head first
+    x, t, y = inputs(dense, 300)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x, t, y), dense(x, t, y), rtol=0, atol=1e-12)
+    assert any(not torch.equal(a.attn.qkv.weight, b.attn.qkv.weight)
+               for a, b in zip(converted.blocks(), [*dense.spatial_blocks, *dense.temporal_blocks], strict=True))
+    with pytest.raises(CheckpointError, match="holds no DyDiT routers"):   # sampling needs trained routers
+        load_weights(DyLatte(dense.config).double(), path, routers_required=True)

@@ -1,0 +1,182 @@
+"""DyDiT as a policy (flexgen.density.dydit, the Latte family's DyDiT path): configs, stratified timesteps, the
+complete-model rows, MACs from real kept counts = FlopCounterMode of the skipping forward, the published router
+overhead, a short fine-tune that meets its λ, and the errors for bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from flexgen.config import load_config
+from flexgen.density.budget import flops_fraction
+from flexgen.density.timesteps import StratifiedTimesteps, timestep_weights
+from flexgen.diffusion import GaussianDiffusion
+from flexgen.flops import flop_counter
+from flexgen.registry import build_denoiser
+from flexgen.schema import ConfigError
+from flexgen.synthetic import MOTIONS, render_clip
+from flexgen.train import heldout_loss, train
+
+SMALL = ["model.depth=4", "data.num_frames=4", "data.image_size=8", "model.hidden_size=64"]
+DIT = ["model.preset=DiT-S/2", "model.depth=3", "data.num_frames=1", "data.image_size=8", "model.hidden_size=32"]
+
+
+def run_config(*overrides):
+    return load_config("configs/demo/tiny.yaml", list(overrides))
+
+
+def randomise_routers(model, seed=0, token_bias=-0.05):
+    """Routers that turn many heads, groups and tokens off, differently at each t."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for router in model.net.width_routers:
+            for layer in (router.heads, router.groups):
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=g, dtype=layer.weight.dtype) * 2)
+                layer.bias.zero_()
+        for router in model.net.token_routers:
+            router.mlp[2].bias.fill_(token_bias)
+    return model
+
+
+def test_config_section_and_bad_values():
+    assert not run_config().dydit.enabled
+    run = run_config("dydit.target=0.5")
+    assert run.dydit.enabled and type(build_denoiser(run).net).__name__ == "DyLatte"
+    for bad in ("0", "1.5", "-0.2"):
+        with pytest.raises(ConfigError, match=r"dydit\.target.*\(0, 1\]"):
+            run_config(f"dydit.target={bad}")
+    with pytest.raises(ConfigError, match="dydit.*unknown|unknown.*dydit|not a field|no field"):
+        run_config("dydit.lambda=0.5")
+    with pytest.raises(ConfigError, match="density.layout together"):
+        run_config("dydit.target=0.5", "density.layout=P GSR T")
+
+
+def test_stratified_timesteps_cover_each_stratum():
+    own = torch.Generator().manual_seed(0)
+    t = StratifiedTimesteps(1000, 4)(4000, own, own)
+    for k in range(4):                                            # sample i lies in [250 k, 250 (k + 1)), k = i mod 4
+        stratum = t[k::4]
+        assert int(stratum.min()) >= 250 * k and int(stratum.max()) < 250 * (k + 1)
+        assert float(stratum.float().std()) > 60                  # spread over its stratum (uniform: 72)
+    run = run_config("diffusion.timestep_sampling=logit_normal")
+    weights = timestep_weights(run.diffusion)
+    t = StratifiedTimesteps(1000, 4, weights)(4000, own, own)
+    cdf = weights.cumsum(0)
+    for k in range(4):                                            # strata are quantiles of the density
+        mass = cdf[t[k::4]]
+        assert float(mass.min()) >= k / 4 - 1e-9 and float(mass.max()) <= (k + 1) / 4 + 2e-3
+
+
+@pytest.mark.parametrize("extra", [SMALL, DIT], ids=["Latte", "DiT"])
+def test_complete_rows_run_the_dense_model(extra):
+    model = randomise_routers(build_denoiser(run_config(*extra, "dydit.target=0.5")).double().train())
+    dense = build_denoiser(run_config(*extra)).double().train()
+    dense.net.load_state_dict({k: v for k, v in model.net.state_dict().items() if "routers" not in k})
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, *model.latent_shape(), generator=g, dtype=torch.float64)
+    t, y = torch.tensor([900, 900, 10, 10]), torch.tensor([0, 1, 2, 4])
+    complete = torch.tensor([False, True, False, True])
+    torch.manual_seed(0)
+    out = model(x, t, y=y, complete=complete)
+    torch.testing.assert_close(out[complete], dense(x, t, y=y)[complete], rtol=0, atol=1e-12)
+    heads = torch.stack([r.heads for r in model.net.routing])          # (blocks, B, H)
+    tokens = torch.stack([r.tokens.mean(1) for r in model.net.routing])
+    assert bool((heads[:, complete] == 1).all()) and bool((tokens[:, complete] == 1).all())
+    assert float(heads[:, ~complete].detach().mean()) < 0.9                    # the routed rows did turn heads off
+
+
+@pytest.mark.parametrize("extra", [SMALL, DIT], ids=["Latte", "DiT"])
+def test_macs_from_kept_counts_equal_flop_counter_of_the_skipping_forward(extra):
+    model = randomise_routers(build_denoiser(run_config(*extra, "dydit.target=0.5")).double().eval())
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(6, *model.latent_shape(), generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 4, 4])
+    for t_value in (50, 600, 950):
+        with torch.no_grad(), flop_counter() as counter:
+            model(x, torch.full((6,), t_value), y=y)
+        per_sample = model.routed_forward_macs()                         # (6,) from the gates the forward used
+        assert per_sample.sum().item() == pytest.approx(counter.get_total_flops() / 2, rel=1e-12)
+        kept = torch.stack([r.tokens.sum(1) for r in model.net.routing])
+        assert len(set(kept[:, 0].tolist())) > 1 or len(set(kept[0].tolist())) > 1   # counts differ: real data
+    dense_macs = model.cost().forward_macs(None).gmacs * 1e9       # counted on the meta device, one sample
+    assert float(per_sample.max()) < dense_macs
+    dense = build_denoiser(run_config(*extra)).double().eval()
+    with torch.no_grad(), flop_counter() as counter:               # the CPU SDPA kernel is counted like meta's
+        dense(x, torch.full((6,), 50), y=y)
+    assert counter.get_total_flops() / 2 == pytest.approx(6 * dense_macs, rel=1e-12)
+
+
+def test_router_parameters_match_the_published_count():
+    """DyDiT-XL/2: 675 M -> 678 M parameters (paper Table 1)."""
+    overrides = ["model.preset=DiT-XL/2", "model.num_classes=1000", "data.num_frames=1", "data.image_size=256",
+                 "model.in_channels=4", "autoencoder.kind=sd-vae", "autoencoder.downsample=8"]
+    with torch.device("meta"):
+        dense = build_denoiser(load_config(None, overrides + ["data.dataset=synthetic"]))
+        dy = build_denoiser(load_config(None, overrides + ["data.dataset=synthetic", "dydit.target=0.5"]))
+    n_dense = sum(p.numel() for p in dense.parameters())
+    n_dy = sum(p.numel() for p in dy.parameters())
+    assert round(n_dense / 1e6) == 675 and round(n_dy / 1e6) == 678
+    costs = dy.net.block_costs()                                  # the reference's A and P (DyDiT loss.py)
+    assert costs[0].attention / 1e9 == pytest.approx(1.5099, abs=1e-4)
+    assert costs[0].mlp / 1e9 == pytest.approx(2.7179, abs=1e-4)
+
+
+class SynthClips(torch.utils.data.Dataset):
+    """The demo's synthetic motions rendered in memory (F frames of size² pixels in [-1, 1]), labelled."""
+
+    def __init__(self, n, frames=4, size=8, seed=0):
+        motions = list(MOTIONS)[:4]
+        clips, labels = [], []
+        for i in range(n):
+            rng = np.random.default_rng([seed, i])
+            clips.append(render_clip(motions[i % 4], frames, size, rng))
+            labels.append(i % 4)
+        self.video = torch.from_numpy(np.stack(clips)).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+        self.label = torch.tensor(labels)
+
+    def __len__(self):
+        return len(self.video)
+
+    def set_epoch(self, epoch):
+        pass
+
+    def __getitem__(self, i):
+        return {"video": self.video[i], "label": int(self.label[i]), "path": f"clip{i}"}
+
+
+def test_a_short_fine_tune_meets_its_target_and_keeps_the_loss(tmp_path):
+    """Dense tiny Latte -> DyDiT at λ = 0.5 on the synthetic motions: the eval-mode FLOPs fraction over t is within
+    ±0.05 of λ, and the held-out loss within 3% of the dense model's (measured: 0.51 and +0.3% on random clips)."""
+    common = [*SMALL, "train.batch_size=8", "train.log_every_samples=80", "train.ckpt_every_samples=100000"]
+    data = SynthClips(32)
+    train(run_config(*common, "train.total_samples=1600", "train.lr=2e-3"), tmp_path / "dense", dataset=data,
+          progress=False)
+    dy_run = run_config(*common, "train.total_samples=1600", "train.lr=1e-3", "dydit.target=0.5",
+                        "dydit.hold_steps=10", "dydit.anneal_steps=100", "dydit.complete_steps=45",
+                        f"train.init_from={tmp_path / 'dense' / 'ema.safetensors'}")
+    train(dy_run, tmp_path / "dy", dataset=data, progress=False)
+    stats = [json.loads(line) for line in (tmp_path / "dy" / "stats.jsonl").read_text().splitlines()]
+    assert stats[0]["flops_target"] == pytest.approx(1.0, abs=0.1) and stats[-1]["flops_target"] == 0.5
+    assert "loss_complete" in stats[0] and "loss_complete" not in stats[-1]      # the warm-up stage ended
+    assert "keep/h03" in stats[-1] and "skipped" in stats[-1]
+
+    dense = build_denoiser(run_config(*SMALL))
+    dense.load_pretrained(tmp_path / "dense" / "ema.safetensors")
+    dy = build_denoiser(dy_run)
+    dy.load_pretrained(tmp_path / "dy" / "ema.safetensors", routers_required=True)
+    held = SynthClips(16, seed=1)
+    diffusion = GaussianDiffusion.from_config(dy_run.diffusion)
+    dense_loss = heldout_loss(dense, held.video, diffusion, {"y": held.label})["loss"]
+    dy_loss = heldout_loss(dy, held.video, diffusion, {"y": held.label})["loss"]
+    fractions = []
+    with torch.no_grad():
+        for t in range(0, 1000, 50):                              # the eval (hard, noiseless) gates at each t
+            dy(held.video, torch.full((16,), t), y=held.label)
+            r = dy.net.routing
+            fractions.append(flops_fraction(dy.net.block_costs(), [b.heads for b in r], [b.groups for b in r],
+                                            [b.tokens for b in r]).mean().item())
+    assert abs(np.mean(fractions) - 0.5) <= 0.05
+    assert fractions[0] > fractions[-1]                           # the model spends more near the data (DyDiT Fig. 1)
+    assert dy_loss <= 1.03 * dense_loss
+    assert 1 <= max(dy.net.patterns()) <= len(fractions)
