@@ -1,4 +1,4 @@
-"""Latency of dense vs FlexDiT models, measured in one process on the same inputs.
+"""Cost and latency of dense vs FlexDiT and DyDiT models, measured in one process on the same inputs.
 
 Dense and dynamic passes alternate inside every repeat (so drifting clocks and other load hit both alike), each
 number is a median over repeats, and the dynamic model is timed at every grid of its schedule and averaged with
@@ -19,6 +19,7 @@ import torch
 from flexgen.attention import backend_counts, reset_backend_counts
 from flexgen.density import DensityConfig
 from flexgen.density.cost import density_report, grid_at_timestep
+from flexgen.density.dydit import DyDiTConfig
 from flexgen.density.schedules import mean_over_stages
 from flexgen.diffusion import any_scheduler, classifier_free_guidance, linear_betas
 from flexgen.registry import build_denoiser, family_of
@@ -43,38 +44,86 @@ def _randomised(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def _models(run, dev: torch.device, dtype: torch.dtype, batch: int, cfg_scale: float | None,
-            attention: str = "diffusers"):
-    """(dense, FlexDiT, call(model, x, t, grid, cfg), latent x) for a run configuration with a density section.
-    `call` runs one forward, or with `cfg` the doubled classifier-free-guidance batch and the guided ε."""
-    dense = build_denoiser(dataclasses.replace(run, density=DensityConfig())).to(device=dev)
-    if next(dense.parameters()).dtype != dtype:            # (diffusers warns on every dtype cast)
-        dense = dense.to(dtype=dtype)
-    dense = _randomised(dense.eval())
-    flex = dense.converted(run.density).eval()
-    dense.set_attention(attention)
-    flex.set_attention(attention)
-    x = torch.randn(batch, *dense.latent_shape(), device=dev, dtype=dtype)
-    cond = dense.example_condition(batch, dev, dtype)
-
-    def call(model, x, t, grid, cfg):
-        net = model if not grid else (lambda *a, **k: model(*a, **k, grid=grid))
+def _call(model, cond, cfg_scale, cfg_channels=None):
+    """call(x, t, extra, cfg): one forward of `model` on condition `cond` (extra: e.g. a FlexDiT grid), or with
+    `cfg` the doubled classifier-free-guidance batch and the guided ε."""
+    def call(x, t, extra, cfg):
+        net = model if not extra else (lambda *a, **k: model(*a, **k, **extra))
         if cfg and model.conditional:
-            net = classifier_free_guidance(net, cfg_scale, cond, model.null_condition(cond))
+            net = classifier_free_guidance(net, cfg_scale, cond, model.null_condition(cond), cfg_channels)
             return net(x, t)
         return net(x, t, **cond)
-    return dense, flex, call, x
+    return call
+
+
+@dataclasses.dataclass
+class _Dynamic:
+    """What the latency bench times of a dynamic model: its forward at each key (a FlexDiT grid, or a DyDiT
+    timestep), the timestep of each key, how a sampler step maps to a key, and how key times average into what
+    a sampler spending equal time per timestep sees."""
+    model: Any
+    keys: list
+    t_of: dict
+    extra: Callable[[Any], dict]                 # key -> forward kwargs
+    key_of_t: Callable[[int], Any]               # sampler timestep -> key
+    average: Callable[[dict], float]             # {key: seconds} -> time average over t
+    gmacs: float                                 # MACs per forward, time average
+    gmacs_dense: float
+    name: str
+    key_name: str                                # what a key is: "grid" or "timestep"
+
+
+def _flexdit_plan(run, dense) -> _Dynamic:
+    flex = dense.converted(run.density).eval()
+    stages = flex.cost().stages
+    grids = sorted({s.grid for s in stages})
+    flops = density_report(flex.cost())
+    return _Dynamic(flex, grids, {s.grid: (s.t_start + s.t_end) // 2 for s in stages},   # a t inside each stage
+                    lambda g: {"grid": g}, lambda t: grid_at_timestep(flex.cost(), t),
+                    lambda median: mean_over_stages(stages, median.__getitem__), flops["gmacs"], flops["gmacs_dense"],
+                    "FlexDiT", "grid")
+
+
+def _dydit_plan(run, dense, dev, dtype, x, cond, ckpt, target, sampler, steps, points: int = 5) -> _Dynamic:
+    """DyDiT: the model with trained routers (`ckpt`) or the synthetic setting for λ = `target` on the dense model's
+    weights, timed at `points` timesteps spread over the sampler's (synthetic routers are the same at every t)."""
+    from flexgen.density.dydit import set_synthetic_routers
+
+    dy = build_denoiser(run).to(device=dev)
+    if ckpt:
+        dy.load_pretrained(ckpt, routers_required=True)
+        dense.net.load_state_dict({k: v for k, v in dy.net.state_dict().items() if "_routers." not in k})
+    else:
+        dy.net.load_state_dict(dense.net.state_dict(), strict=False)
+        set_synthetic_routers(dy.net.width_routers, dy.net.token_routers, target)
+    dy = dy.to(dtype=dtype).eval()
+    timesteps = [int(t) for t in any_scheduler(sampler, linear_betas(run.diffusion.num_timesteps), steps).timesteps]
+    picked = [timesteps[0]] if not ckpt else sorted({timesteps[round(i * (len(timesteps) - 1) / max(1, points - 1))]
+                                                     for i in range(points)})
+    macs = {}
+    for t in picked:                                   # the MACs of each timed forward, from its kept counts
+        dy(x, torch.full((x.shape[0],), t, device=dev, dtype=torch.long), **cond)
+        macs[t] = float(dy.routed_forward_macs().mean()) / 1e9
+    dense_gmacs = dense.cost().forward_macs(None).gmacs
+    nearest = (lambda t: min(picked, key=lambda p: abs(p - t)))
+    weights = {p: sum(1 for t in timesteps if nearest(t) == p) / len(timesteps) for p in picked}
+    return _Dynamic(dy, picked, {p: p for p in picked}, lambda _: {}, nearest,
+                    lambda median: sum(weights[p] * median[p] for p in picked),
+                    sum(weights[p] * macs[p] for p in picked), dense_gmacs, "DyDiT", "timestep")
 
 
 @torch.no_grad()
 def latency_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float32, batch: int = 1,
                    repeats: int = 3, warmup: int = 1, cfg_scale: float | None = None, sampler: str | None = None,
-                   steps: int | None = None, seed: int = 0, attention: str = "diffusers") -> dict:
+                   steps: int | None = None, seed: int = 0, attention: str = "diffusers", ckpt: str | None = None,
+                   target: float | None = None) -> dict:
     """Median seconds per forward (and per sampling step with CFG, with `cfg_scale`) of the dense model and of its
-    FlexDiT conversion at each grid, their time averages over the schedule, and the ratios beside MAC ratios.
-    `run` is a run configuration (`flexgen.config.Config`) with a density section. With `cfg_scale`, the whole
-    sampling run of `sampler` (default: the family's, DDPM 250 steps for Latte / DiT, DPM-Solver++ 20 steps for
-    PixArt-α) is also timed, as the sum of its steps, each at the grid of its timestep."""
+    dynamic version, their time averages over t, and the ratios beside MAC ratios. `run` is a run configuration
+    (`flexgen.config.Config`) with a density section (FlexDiT: timed at each grid of its schedule) or a dydit one
+    (DyDiT: the trained routers of `ckpt`, or the synthetic setting for λ = `target`, on the same weights; its MAC
+    ratio comes from the kept counts of the timed forwards). With `cfg_scale`, the whole sampling run of `sampler`
+    (default: the family's, DDPM 250 steps for Latte / DiT, DPM-Solver++ 20 steps for PixArt-α) is also timed, as
+    the sum of its steps, each at its timestep's key."""
     dev = torch.device(device)
     torch.manual_seed(seed)
     num_timesteps = run.diffusion.num_timesteps
@@ -83,27 +132,37 @@ def latency_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float
     if sampler not in family.samplers:
         raise ValueError(f"{run.model.preset} samples with {', '.join(family.samplers)}, not {sampler!r}")
     steps = steps or family.default_steps
-    dense, flex, call, x = _models(run, dev, dtype, batch, cfg_scale, attention)
-    flex_stages = flex.cost().stages
-    grids = sorted({s.grid for s in flex_stages})
-    t_of = {s.grid: (s.t_start + s.t_end) // 2 for s in flex_stages}     # a timestep inside each grid's stage
+    dense = build_denoiser(dataclasses.replace(run, density=DensityConfig(), dydit=DyDiTConfig())).to(device=dev)
+    if next(dense.parameters()).dtype != dtype:            # (diffusers warns on every dtype cast)
+        dense = dense.to(dtype=dtype)
+    dense = _randomised(dense.eval())
+    x = torch.randn(batch, *dense.latent_shape(), device=dev, dtype=dtype)
+    cond = dense.example_condition(batch, dev, dtype)
+    if run.dydit.enabled:
+        plan = _dydit_plan(run, dense, dev, dtype, x, cond, ckpt, target or run.dydit.target, sampler, steps)
+    else:
+        plan = _flexdit_plan(run, dense)
+    dense.set_attention(attention)
+    plan.model.set_attention(attention)
+    channels = run.sample.cfg_channels
+    calls = {"dense": _call(dense, cond, cfg_scale, channels), "dynamic": _call(plan.model, cond, cfg_scale, channels)}
     timer = _timer(dev)
 
-    def forward(model, grid=None):
-        t = torch.full((batch,), t_of[grid] if grid else 500, device=dev, dtype=torch.long)
-        return lambda: call(model, x, t, grid, False)
+    def forward(which, key=None):
+        t = torch.full((batch,), plan.t_of[key] if key is not None else 500, device=dev, dtype=torch.long)
+        return lambda: calls[which](x, t, plan.extra(key) if key is not None else {}, False)
 
-    def cfg_step(model, grid=None):
+    def cfg_step(which, key=None):
         # One sampling step: the doubled CFG batch through the model, guidance, then the scheduler's update
         # (a fresh scheduler each time, made outside the timed call: multistep solvers keep state).
         scheduler = any_scheduler(sampler, linear_betas(num_timesteps), steps)
-        t_value = t_of[grid] if grid else 500
+        t_value = plan.t_of[key] if key is not None else 500
         t_step = scheduler.timesteps[(scheduler.timesteps - t_value).abs().argmin()]
         t = torch.full((batch,), int(t_step), device=dev, dtype=torch.long)
         latents = x.movedim(-3, 1).float()              # (B, C, F, H, W) for video; images unchanged
 
         def run():
-            eps = call(model, x, t, grid, True).movedim(-3, 1)
+            eps = calls[which](x, t, plan.extra(key) if key is not None else {}, True).movedim(-3, 1)
             channels = latents.shape[1]
             model_output = eps.float() if sampler == "ddpm" and eps.shape[1] == 2 * channels else eps[:, :channels]
             scheduler.step(model_output.float(), t_step, latents)
@@ -112,38 +171,41 @@ def latency_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float
     kinds = {"forward": forward}
     if cfg_scale is not None:
         kinds["cfg_step"] = cfg_step
-    times: dict[str, dict] = {k: {"dense": [], **{g: [] for g in grids}} for k in kinds}
+    times: dict[str, dict] = {k: {"dense": [], **{key: [] for key in plan.keys}} for k in kinds}
     reset_backend_counts()
     for r in range(warmup + repeats):
         for kind, make in kinds.items():
-            for key in ["dense", *grids]:
-                seconds = timer(make(dense) if key == "dense" else make(flex, key))
+            for key in ["dense", *plan.keys]:
+                seconds = timer(make("dense") if key == "dense" else make("dynamic", key))
                 if r >= warmup:
                     times[kind][key].append(seconds)
 
-    flops = density_report(flex.cost())
-    flops_ratio = flops["gmacs"] / flops["gmacs_dense"]
+    flops_ratio = plan.gmacs / plan.gmacs_dense
     result = {"device": str(dev), "dtype": str(dtype).removeprefix("torch."), "batch": batch, "repeats": repeats,
-              "gmacs_dense": flops["gmacs_dense"], "gmacs": flops["gmacs"], "flops_ratio": flops_ratio,
+              "policy": plan.name, "gmacs_dense": plan.gmacs_dense, "gmacs": plan.gmacs, "flops_ratio": flops_ratio,
               "attention_calls": backend_counts()}
+    if run.dydit.enabled:
+        result["router_setting"] = f"trained ({ckpt})" if ckpt else f"synthetic λ={target or run.dydit.target:g}"
+        result["sliced_weight_patterns"] = plan.model.sliced_weight_patterns()
     processors = dense.attention_processors()    # diffusers' own processors (SDPA) where flexgen.attention is not used
     if processors is not None:
         result["attention_calls"] = processors
     for kind in kinds:
         median = {key: statistics.median(v) for key, v in times[kind].items()}
-        dynamic = mean_over_stages(flex_stages, median.__getitem__)
+        dynamic = plan.average(median)
         ratio = dynamic / median["dense"]
-        result[kind] = {"dense_s": median["dense"], "dynamic_s": dynamic, "per_grid_s": {g: median[g] for g in grids},
+        result[kind] = {"dense_s": median["dense"], "dynamic_s": dynamic,
+                        f"per_{plan.key_name}_s": {key: median[key] for key in plan.keys},
                         "latency_ratio": ratio, "speedup": 1 / ratio, "latency_over_flops": ratio / flops_ratio}
-    if cfg_scale is not None:          # a whole sampling run: each step at the grid of its own timestep
+    if cfg_scale is not None:          # a whole sampling run: each step at its timestep's key
         timesteps = any_scheduler(sampler, linear_betas(num_timesteps), steps).timesteps
-        step_grids = [grid_at_timestep(flex.cost(), int(t)) for t in timesteps]
+        step_keys = [plan.key_of_t(int(t)) for t in timesteps]
         median = result["cfg_step"]
-        dense_s = median["dense_s"] * len(step_grids)
-        dynamic_s = sum(median["per_grid_s"][g] for g in step_grids)
-        result["sampling"] = {"sampler": sampler, "steps": len(step_grids), "dense_s": dense_s,
+        dense_s = median["dense_s"] * len(step_keys)
+        dynamic_s = sum(median[f"per_{plan.key_name}_s"][key] for key in step_keys)
+        result["sampling"] = {"sampler": sampler, "steps": len(step_keys), "dense_s": dense_s,
                               "dynamic_s": dynamic_s, "speedup": dense_s / dynamic_s,
-                              "grids": {g: step_grids.count(g) for g in grids if g in step_grids}}
+                              f"{plan.key_name}s": {key: step_keys.count(key) for key in plan.keys if key in step_keys}}
     return result
 
 
@@ -158,13 +220,18 @@ def bench_run(args) -> tuple[Any, str]:
     from flexgen.registry import denoiser_class
 
     if args.config:
-        return load_config(args.config, args.overrides), args.config
+        run = load_config(args.config, args.overrides)
+        if getattr(args, "target", None) is not None and not run.dydit.enabled:
+            raise ValueError(f"--target is DyDiT's λ, but {args.config} has no dydit section (dydit.target)")
+        return run, args.config
     if args.overrides:
         raise ValueError("KEY=VALUE overrides apply to --config only")
     family = denoiser_class(args.model)                  # an unknown preset: an error listing them
     overrides = family.preset_overrides(args.model, image_size=args.image_size, frames=args.frames,
                                         num_classes=args.num_classes, in_channels=args.in_channels,
                                         vae_factor=args.vae_factor)
+    if getattr(args, "target", None) is not None:                # DyDiT at λ = --target (synthetic routers)
+        overrides.append(f"dydit.target={args.target}")
     run = load_config(None, overrides)
     if args.layout:
         schedule = ScheduleConfig(kind="constant", grid=args.grid) if args.grid else ScheduleConfig(
@@ -179,8 +246,63 @@ def _meta_denoiser(run):
         return build_denoiser(run)
 
 
+def dydit_flops(run, name: str, *, ckpt: str | None = None, target: float | None = None, num_samples: int = 8,
+                device: str = "cpu", dtype: torch.dtype = torch.float32) -> dict:
+    """A DyDiT model's cost: parameters and router overhead beside the dense model, and MACs per forward from kept
+    counts: of the synthetic router setting for λ = `target` (no weights, counted on the meta device), or of a
+    trained checkpoint's sampling run (`run.sample`'s sampler, steps, CFG and guidance channels) on `num_samples`
+    fixed seeds and labels (sample i: seed sample.seed + i, its label from that seed, as `flexgen sample`), each
+    sampler step's MACs per sample and the total."""
+    from flexgen.density.dydit import RoutedCostMeter, router_macs, synthetic_routing
+
+    dense_run = dataclasses.replace(run, dydit=DyDiTConfig())
+    dense, dy = _meta_denoiser(dense_run), _meta_denoiser(run)
+    dense_gmacs = dense.cost().forward_macs(None).gmacs
+    shapes = dy.net.block_shapes()
+    params_dense, params = (sum(p.numel() for p in m.parameters()) for m in (dense, dy))
+    result = {"model": name, "policy": "DyDiT", "dydit_target": run.dydit.target, "params_dense": params_dense,
+              "params": params, "router_params": params - params_dense, "gmacs_dense": dense_gmacs,
+              "router_gmacs": router_macs(shapes, dy.net.token_routers[0].hidden) / 1e9,
+              "block_gmacs": [[b.cost.attention / 1e9, b.cost.mlp / 1e9] for b in shapes]}
+    if ckpt is None:
+        target = target if target is not None else run.dydit.target
+        gmacs = float(dy.routed_forward_macs(synthetic_routing(shapes, target))) / 1e9
+        result.update(router_setting=f"synthetic λ={target:g}", gmacs=gmacs, flops_ratio=gmacs / dense_gmacs)
+        return result
+    from flexgen.diffusion import sample
+    from flexgen.sample import resolve_labels
+
+    s, dev = run.sample, torch.device(device)
+    model = build_denoiser(run)
+    model.load_pretrained(ckpt, routers_required=True)
+    model = model.eval().to(device=dev, dtype=dtype)
+    meter = RoutedCostMeter(model)
+    net, labels = meter, resolve_labels(num_samples, s.seed, model.config.num_classes)
+    if labels is not None:
+        cond = {"y": torch.tensor(labels, device=dev)}
+        net = classifier_free_guidance(meter, s.cfg_scale, cond, model.null_condition(cond), s.cfg_channels)
+    d = run.diffusion
+    sample(net, model.latent_shape(), [s.seed + i for i in range(num_samples)], sampler=s.sampler, steps=s.steps,
+           betas=linear_betas(d.num_timesteps, d.beta_start, d.beta_end), learned_sigma=model.config.learn_sigma,
+           prediction=d.prediction, device=dev, dtype=dtype)
+    report = meter.report(num_samples, dense_gmacs)
+    result.update(router_setting=f"trained ({ckpt})", gmacs=report["gmacs_per_forward_measured"],
+                  flops_ratio=report["flops_fraction"], sampler=s.sampler, steps=s.steps, cfg_scale=s.cfg_scale,
+                  num_samples=num_samples, gmacs_per_sample=report["gmacs_per_sample_measured"],
+                  gmacs_per_sample_dense=report["gmacs_per_sample_dense"],
+                  gmacs_per_sample_at_t=report["gmacs_per_sample_at_t"],
+                  sliced_weight_patterns=model.sliced_weight_patterns())
+    return result
+
+
 def bench_flops(args) -> dict:
     run, name = bench_run(args)
+    if run.dydit.enabled:
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+        return dydit_flops(run, name, ckpt=args.ckpt, target=args.target, num_samples=args.num_samples,
+                           device=args.device, dtype=dtype)
+    if args.ckpt:
+        raise ValueError("--ckpt measures a DyDiT checkpoint's routers: give a config with a dydit section")
     model = _meta_denoiser(run)
     cost, shape = model.cost(), model.latent_shape()       # forward_macs(None): the dense network, counted once
     result = {"model": name, "latent": list(shape if len(shape) == 4 else (1, *shape)), **model.condition_summary()}
@@ -194,7 +316,26 @@ def bench_flops(args) -> dict:
     return result
 
 
+def print_dydit_flops(result: dict) -> None:
+    print(f"{result['model']}: DyDiT λ = {result['dydit_target']:g}, routers {result['router_setting']}")
+    print(f"  parameters  {result['params_dense'] / 1e6:10.2f} M dense, {result['params'] / 1e6:.2f} M with routers "
+          f"(+{result['router_params'] / 1e6:.2f} M)")
+    print(f"  MACs        {result['gmacs_dense']:10.2f} G per forward dense, {result['gmacs']:.2f} G DyDiT "
+          f"(ratio {result['flops_ratio']:.3f}; routers {result['router_gmacs']:.3f} G)")
+    if "gmacs_per_sample" in result:
+        at_t = result["gmacs_per_sample_at_t"]
+        shown = list(at_t.items())[:: max(1, len(at_t) // 10)]
+        print(f"  per sample ({result['sampler']}, {result['steps']} steps, CFG {result['cfg_scale']}, "
+              f"{result['num_samples']} seeds): {result['gmacs_per_sample']:.1f} G vs "
+              f"{result['gmacs_per_sample_dense']:.1f} G dense")
+        print("  at t: " + ", ".join(f"{t}: {g:.2f} G" for t, g in shown))
+        print(f"  sliced-weight patterns per block: {result['sliced_weight_patterns']}")
+
+
 def print_flops(result: dict) -> None:
+    if result.get("policy") == "DyDiT":
+        print_dydit_flops(result)
+        return
     condition = f"text tokens = {result['text_tokens']}" if "text_tokens" in result else \
         f"classes = {result['num_classes']}"
     print(f"{result['model']}: latent (F, C, H, W) = {tuple(result['latent'])}, {condition}")
@@ -215,29 +356,37 @@ def print_flops(result: dict) -> None:
 
 def bench_latency(args) -> dict:
     run, name = bench_run(args)
-    if not run.density.layout:
-        raise ValueError("bench latency compares dense with FlexDiT: give --layout (and a schedule) or a --config "
-                         "with a density section")
+    if not run.density.layout and not run.dydit.enabled:
+        raise ValueError("bench latency compares dense with FlexDiT or DyDiT: give --layout (and a schedule) or "
+                         "--target, or a --config with a density or dydit section")
+    if args.ckpt and not run.dydit.enabled:
+        raise ValueError("--ckpt times a DyDiT checkpoint's routers: give a config with a dydit section")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    return {"model": name, "layout": run.density.layout,
+    policy = {"layout": run.density.layout} if run.density.layout else {"dydit_target": run.dydit.target}
+    return {"model": name, **policy,
             **latency_report(run, device=args.device, dtype=dtype, batch=args.batch, repeats=args.repeats,
                              warmup=args.warmup, cfg_scale=args.cfg_scale, sampler=args.sampler, steps=args.steps,
-                             attention=args.attention)}
+                             attention=args.attention, ckpt=args.ckpt, target=args.target)}
 
 
 def print_latency(result: dict) -> None:
-    print(f"{result['model']}, layout {result['layout']}, {result['device']} {result['dtype']}, batch "
-          f"{result['batch']}, median of {result['repeats']}")
-    print(f"  MACs: dense {result['gmacs_dense']:.1f} G, FlexDiT {result['gmacs']:.1f} G "
+    policy = f"layout {result['layout']}" if "layout" in result else \
+        f"DyDiT λ = {result['dydit_target']:g}, routers {result['router_setting']}"
+    name, key = result["policy"], "grid" if "layout" in result else "timestep"
+    print(f"{result['model']}, {policy}, {result['device']} {result['dtype']}, batch {result['batch']}, median of "
+          f"{result['repeats']}")
+    print(f"  MACs: dense {result['gmacs_dense']:.2f} G, {name} {result['gmacs']:.2f} G "
           f"(ratio {result['flops_ratio']:.3f}); attention backend calls: {result['attention_calls']}")
+    if "sliced_weight_patterns" in result:
+        print(f"  sliced-weight patterns per block: {result['sliced_weight_patterns']}")
     for kind in ("forward", "cfg_step"):
         if kind in result:
             r = result[kind]
-            grids = ", ".join(f"{g}: {s * 1e3:.0f} ms" for g, s in r["per_grid_s"].items())
-            print(f"  {kind}: dense {r['dense_s'] * 1e3:.0f} ms, FlexDiT {r['dynamic_s'] * 1e3:.0f} ms "
-                  f"(per grid {grids}); latency ratio {r['latency_ratio']:.3f} = {r['latency_over_flops']:.2f} × "
+            keys = ", ".join(f"{g}: {s * 1e3:.0f} ms" for g, s in r[f"per_{key}_s"].items())
+            print(f"  {kind}: dense {r['dense_s'] * 1e3:.0f} ms, {name} {r['dynamic_s'] * 1e3:.0f} ms "
+                  f"(per {key} {keys}); latency ratio {r['latency_ratio']:.3f} = {r['latency_over_flops']:.2f} × "
                   f"the MAC ratio; speed-up {r['speedup']:.2f}×")
     if "sampling" in result:
         r = result["sampling"]
-        print(f"  sampling ({r['sampler']}, {r['steps']} steps with CFG, each at its timestep's grid {r['grids']}): "
-              f"dense {r['dense_s']:.2f} s, FlexDiT {r['dynamic_s']:.2f} s; speed-up {r['speedup']:.2f}×")
+        print(f"  sampling ({r['sampler']}, {r['steps']} steps with CFG, each at its timestep's {key} {r[key + 's']}): "
+              f"dense {r['dense_s']:.2f} s, {name} {r['dynamic_s']:.2f} s; speed-up {r['speedup']:.2f}×")

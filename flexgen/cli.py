@@ -5,6 +5,8 @@
     flexgen bench flops --config configs/t2i/pixart/flexpixart-xl2-512.yaml
     flexgen bench latency --model PixArt-XL/2-256 --layout PixArt-XL/2 --grid-min 5 --grid-max 8 --cfg-scale 4.5
     flexgen bench latency --config configs/video/ffs/flexlatte-xl2.yaml model.preset=Latte-B/2
+    flexgen bench flops --model DiT-XL/2 --target 0.5
+    flexgen bench latency --model DiT-XL/2 --target 0.5 --cfg-scale 1.5
     flexgen config configs/video/ucf101/latte-xl2.yaml sample.cfg_scale=4.0
     flexgen convert --from ffs.pt --config configs/video/ffs/latte-xl2.yaml --out ffs.safetensors
     flexgen demo
@@ -164,9 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure models: FLOPs, latency").add_subparsers(
         dest="bench", required=True, metavar="WHAT")
     flops = bench.add_parser("flops", help="parameters and MACs per forward, counted on the meta device (no "
-                             "weights); dense vs FlexDiT with --layout",
+                             "weights); dense vs FlexDiT with --layout, vs DyDiT with --target or --ckpt",
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    latency = bench.add_parser("latency", help="dense vs FlexDiT latency in one process, beside the MAC ratio",
+    latency = bench.add_parser("latency", help="dense vs FlexDiT or DyDiT latency in one process, beside the MAC "
+                               "ratio",
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for sub in (flops, latency):
         sub.add_argument("--model", default="Latte-XL/2", help="preset name, e.g. Latte-XL/2, DiT-XL/2, "
@@ -186,8 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", default=None, help="take model and density from a run config instead")
         sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of --config")
         sub.add_argument("--json", action="store_true", help="print one JSON object")
-    latency.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    latency.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+        sub.add_argument("--target", type=float, default=None, help="DyDiT λ: with --model, a DyDiT model; its "
+                         "routers set to keep round(λ·H) heads and MLP groups and every token (no weights needed)")
+        sub.add_argument("--ckpt", default=None, help="a trained DyDiT checkpoint (with --config of a dydit run): "
+                         "its real routers")
+        sub.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+        sub.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    flops.add_argument("--num-samples", type=int, default=8, help="DyDiT --ckpt: seeds whose sampling runs are "
+                       "counted (sample i: seed sample.seed + i and its label)")
     latency.add_argument("--batch", type=int, default=1, help="samples per forward")
     latency.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
     latency.add_argument("--warmup", type=int, default=1, help="untimed repeats first")

@@ -373,11 +373,13 @@ def sample(model: Model, shape: Sequence[int], seeds: Sequence[int], *, sampler:
 # Classifier-free guidance as a model wrapper.
 
 def classifier_free_guidance(model: Model, scale: float, cond_kwargs: Mapping[str, Any],
-                             uncond_kwargs: Mapping[str, Any]) -> Model:
+                             uncond_kwargs: Mapping[str, Any], channels: int | None = None) -> Model:
     """A model(x, t) that returns ε_u + s (ε_c - ε_u) on the ε channels and the conditional variance channels.
 
     One forward pass on the batch doubled along dim 0 (tensor kwargs concatenated cond ‖ uncond); non-tensor kwargs
-    must be equal in both. scale == 1 runs the conditional model alone.
+    must be equal in both. scale == 1 runs the conditional model alone. `channels` = k guides only the first k ε
+    channels, the rest come from the conditional half: DiT's released `forward_with_cfg` (k = 3, "for exact
+    reproducibility"), which the DiT, FlexDiT and DyDiT ImageNet numbers use.
     """
     # Ho & Salimans 2022, Eq. 6: ε̃ = ε_u + s (ε_c - ε_u); variance from the conditional half as in DiT / Latte
     if set(cond_kwargs) != set(uncond_kwargs):
@@ -400,7 +402,12 @@ def classifier_free_guidance(model: Model, scale: float, cond_kwargs: Mapping[st
         out_c, out_u = out.chunk(2, dim=0)
         eps_c, v_c = _split_output(out_c, x)
         eps_u, _ = _split_output(out_u, x)
-        eps = eps_u + scale * (eps_c - eps_u)
-        return eps if v_c is None else torch.cat([eps, v_c], dim=-3)
+        guided_eps = eps_u + scale * (eps_c - eps_u)
+        if channels is not None:                         # DiT models.py: guide eps[:, :3], keep the rest conditional
+            k = channels
+            if k > eps_c.shape[-3]:
+                raise ValueError(f"cfg channels {k} > the model's {eps_c.shape[-3]} ε channels")
+            guided_eps = torch.cat([guided_eps.narrow(-3, 0, k), eps_c.narrow(-3, k, eps_c.shape[-3] - k)], dim=-3)
+        return guided_eps if v_c is None else torch.cat([guided_eps, v_c], dim=-3)
 
     return guided

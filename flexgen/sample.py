@@ -91,10 +91,13 @@ class SampleBatch(NamedTuple):
     videos: torch.Tensor            # uint8 on the CPU: (B, F, 3, H, W) for video models, (B, 3, H, W) for DiT
 
 
-def check_options(model: LatteDenoiser, cfg_scale: float, batch_size: int) -> None:
+def check_options(model: LatteDenoiser, cfg_scale: float, batch_size: int, cfg_channels: int | None = None) -> None:
     """Options `generate` refuses, checked before anything is written."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if cfg_channels is not None and cfg_channels > model.config.in_channels:
+        raise ValueError(f"sample.cfg_channels = {cfg_channels} exceeds the model's {model.config.in_channels} "
+                         "ε channels")
     if cfg_scale != 1 and not model.config.num_classes:
         raise ValueError(f"classifier-free guidance (cfg_scale = {cfg_scale}) needs a class-conditional model; "
                          "this one is unconditional: use cfg_scale 1")
@@ -105,15 +108,17 @@ def generate(model: LatteDenoiser, autoencoder: Autoencoder, *, num_samples: int
              labels: int | Sequence[int] | None = None, rank: int = 0, world_size: int = 1,
              indices: Sequence[int] | None = None,
              betas: torch.Tensor | None = None, clip_denoised: bool = False, device: torch.device | str = "cpu",
-             dtype: torch.dtype | None = None, progress: bool = False) -> Iterator[SampleBatch]:
+             dtype: torch.dtype | None = None, progress: bool = False, cfg_channels: int | None = None,
+             meter: Any = None) -> Iterator[SampleBatch]:
     """Draw this rank's share of `num_samples` samples in batches of up to `batch_size` and decode them.
 
     `model` (the Denoiser of a Latte / DiT / FlexLatte, in eval mode) and `autoencoder` must already be on `device`; the
     diffusion runs in `dtype` (default: the model's). Latents have the model's shape per sample, (F, C, h, w)
     for video models and (C, h, w) for DiT. `betas` defaults to the linear DDPM schedule of 1000 steps.
     `labels`: None draws a label per sample from its seed; an int or one label per index fixes them. `indices`
-    (default: this rank's shard) are the samples to draw. See the module docstring for seeds, labels and
-    sharding."""
+    (default: this rank's shard) are the samples to draw. `cfg_channels` guides only the first k ε channels
+    (DiT's release: 3). `meter` (a `flexgen.density.dydit.RoutedCostMeter` of `model`) runs in its place and adds
+    up the MACs of a DyDiT model's forwards. See the module docstring for seeds, labels and sharding."""
     import torch
     from tqdm.auto import tqdm
 
@@ -122,7 +127,7 @@ def generate(model: LatteDenoiser, autoencoder: Autoencoder, *, num_samples: int
     from flexgen.manifest import shard_indices
 
     config = model.config
-    check_options(model, cfg_scale, batch_size)
+    check_options(model, cfg_scale, batch_size, cfg_channels)
     mine = shard_indices(num_samples, rank, world_size) if indices is None else list(indices)
     all_labels = resolve_labels(num_samples, seed, config.num_classes, labels)
     shape = model.latent_shape()
@@ -133,10 +138,10 @@ def generate(model: LatteDenoiser, autoencoder: Autoencoder, *, num_samples: int
         for start in range(0, len(mine), batch_size):
             indices = mine[start:start + batch_size]
             batch_labels = None if all_labels is None else [all_labels[i] for i in indices]
-            net = model
+            net = model if meter is None else meter
             if batch_labels is not None:
                 cond = {"y": torch.tensor(batch_labels, dtype=torch.long, device=device)}        # (B,)
-                net = classifier_free_guidance(model, cfg_scale, cond, model.null_condition(cond))
+                net = classifier_free_guidance(net, cfg_scale, cond, model.null_condition(cond), cfg_channels)
             latents = sample(net, shape, [seed + i for i in indices], sampler=sampler, steps=steps, betas=betas,
                              learned_sigma=config.learn_sigma, clip_denoised=clip_denoised,
                              prediction=model.run.diffusion.prediction, device=device,
@@ -163,6 +168,25 @@ def flops_per_sample(model, sampler: str, steps: int, cfg_scale: float,
     timesteps = [int(t) for t in make_scheduler(sampler, betas, steps, learned_sigma=learned_sigma).timesteps]
     passes = 2 if cfg_scale != 1 and model.conditional else 1
     return sampling_cost(model.cost(), timesteps, passes)
+
+
+def routed_cost(model, meter, num_samples: int) -> dict[str, Any]:
+    """A DyDiT model's measured cost over `num_samples` samples of a run (`RoutedCostMeter`): GMACs per sample
+    from the real kept counts (which replace the dense count), the realised FLOPs fraction, the sliced-weight
+    patterns per block."""
+    report = meter.report(num_samples, model.cost().forward_macs(None).gmacs)
+    report["gmacs_per_sample"] = report["gmacs_per_sample_measured"]
+    report["gmacs_per_forward"] = report["gmacs_per_forward_measured"]
+    report["reduction"] = 1 - report["flops_fraction"]
+    report["sliced_weight_patterns"] = model.sliced_weight_patterns()
+    return report
+
+
+def method_name(run) -> str:
+    """What a sample record calls the run's method: baseline, `flexdit LAYOUT` or `dydit λ`."""
+    if run.dydit.enabled:
+        return f"dydit {run.dydit.target:g}"
+    return f"flexdit {run.density.layout}" if run.density.layout else "baseline"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -291,6 +315,7 @@ def _run_sampling(args: argparse.Namespace, rank: int, world_size: int, device: 
     from flexgen.data.media import save_grid, video_codec
     from flexgen.diffusion import linear_betas
     from flexgen.files import file_sha256
+    from flexgen.density.dydit import RoutedCostMeter
     from flexgen.registry import build_denoiser, family_of
 
     overrides = _config_overrides(args)
@@ -302,7 +327,7 @@ def _run_sampling(args: argparse.Namespace, rank: int, world_size: int, device: 
                          "not `flexgen sample`")
     dtype = getattr(torch, args.dtype)
     model = build_denoiser(run)
-    model.load_pretrained(args.ckpt, sha256=args.sha256)
+    model.load_pretrained(args.ckpt, sha256=args.sha256, routers_required=True)
     model = model.eval().to(device=device, dtype=dtype)
     autoencoder = Autoencoder.from_config(run.autoencoder).to(device).eval()
     betas = linear_betas(diffusion.num_timesteps, diffusion.beta_start, diffusion.beta_end)
@@ -311,7 +336,7 @@ def _run_sampling(args: argparse.Namespace, rank: int, world_size: int, device: 
     labels = resolve_labels(s.num_samples, s.seed, model.config.num_classes)
     record = mf.SampleManifest(
         command="flexgen sample", family="latte" if video_model else "dit", model=run.model.preset,
-        method=f"flexdit {run.density.layout}" if run.density.layout else "baseline",
+        method=method_name(run),
         checkpoint=str(args.ckpt), checkpoint_sha256=file_sha256(args.ckpt), sampler=s.sampler, steps=s.steps,
         cfg_scale=s.cfg_scale, seed=s.seed, storage="mp4" if video_model else "png", world_size=world_size,
         samples=mf.entries(s.num_samples, s.seed, lambda i: sample_file(out, i, video_model).name, labels),
@@ -320,21 +345,23 @@ def _run_sampling(args: argparse.Namespace, rank: int, world_size: int, device: 
                   "codec": video_codec() if video_model else "png", "model_class": type(model.net).__name__,
                   "model": dataclasses.asdict(model.config),
                   "density": dataclasses.asdict(run.density) if run.density.layout else None,
-                  "run_config": config_to_dict(run)},
+                  "dydit": dataclasses.asdict(run.dydit) if run.dydit.enabled else None,
+                  "cfg_channels": s.cfg_channels, "run_config": config_to_dict(run)},
         identity={"model": dataclasses.asdict(model.config), "clip_denoised": s.clip_denoised, "dtype": args.dtype,
                   "density": dataclasses.asdict(run.density) if run.density.layout else None})
-    check_options(model, s.cfg_scale, s.batch_size)
+    check_options(model, s.cfg_scale, s.batch_size, s.cfg_channels)
     path = out / "samples.json"
     if rank == 0:
         mf.start_run(record, path, overwrite=args.overwrite)
     _barrier(world_size, device)
 
     mine = mf.todo(record, out, rank, world_size, overwrite=args.overwrite)
+    meter = RoutedCostMeter(model) if model.routed else None
     started = time.perf_counter()
     for batch in generate(model, autoencoder, num_samples=s.num_samples, seed=s.seed, sampler=s.sampler,
                           steps=s.steps, cfg_scale=s.cfg_scale, batch_size=s.batch_size, indices=mine,
                           betas=betas, clip_denoised=s.clip_denoised, device=device, dtype=dtype,
-                          progress=rank == 0 and not args.no_progress):
+                          progress=rank == 0 and not args.no_progress, cfg_channels=s.cfg_channels, meter=meter):
         for index, pixels in zip(batch.indices, batch.videos, strict=True):
             write_sample(sample_file(out, index, video_model), pixels, fps=args.fps)
     seconds = time.perf_counter() - started
@@ -349,6 +376,8 @@ def _run_sampling(args: argparse.Namespace, rank: int, world_size: int, device: 
     record.cost = flops_per_sample(model, s.sampler, s.steps, s.cfg_scale, betas)
     if mine:
         record.cost["seconds_per_sample"] = seconds / len(mine)           # rank 0's wall time, batch_size samples
+    if meter is not None and mine:                                       # DyDiT: the cost of rank 0's samples
+        record.cost.update(routed_cost(model, meter, len(mine)))
     mf.finish_run(record, path)
     grid = ", grid.png" if record.grid else ""
     print(f"wrote {s.num_samples} samples ({len(mine)} drawn now on rank 0){grid} and samples.json to {out}")

@@ -17,6 +17,7 @@ in by answering those, without touching the loops.
 | `prepare_batch(batch, device, generator)` | train: data batch -> (pixels, condition); CFG condition dropout |
 | `timestep_sampler()`, `training_losses(...)` | train |
 | `cost()`, `step_stats(t)` | sample / generate / bench / records cost; train logs |
+| `routed`, `routed_forward_macs()`, `sliced_weight_patterns()` | sample / bench: a DyDiT model's measured cost |
 | `example_condition(batch, device, dtype)`, `null_condition(cond)`, `latent_shape()` | bench, FLOP counts, CFG |
 | `converted(density)` | bench (dense -> FlexDiT on the same weights) |
 """
@@ -130,6 +131,19 @@ class Denoiser(nn.Module):
     def layout(self) -> str:
         """The density layout's role string ("" for a dense model)."""
         return self.cost().layout
+
+    @property
+    def routed(self) -> bool:
+        """Whether the model has learned routers (DyDiT), so its cost is measured from each forward's gates."""
+        return False
+
+    def routed_forward_macs(self) -> torch.Tensor:
+        """(B,) MACs per sample of the last forward, from the gates it used (routed models only)."""
+        raise NotImplementedError(f"{type(self).__name__} has no routers")
+
+    def sliced_weight_patterns(self) -> list[int]:
+        """Distinct width patterns each block holds sliced weights for (routed models only)."""
+        raise NotImplementedError(f"{type(self).__name__} has no routers")
 
     def step_stats(self, t: torch.Tensor) -> dict[str, float]:
         """What a training log line records about a forward at timesteps `t` (the sparse grid, for FlexDiT)."""

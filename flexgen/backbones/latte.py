@@ -185,18 +185,22 @@ class LatteDenoiser(Denoiser):
             return StratifiedTimesteps(self.num_timesteps, self.run.dydit.strata, timestep_weights(self.run.diffusion))
         return super().timestep_sampler()
 
-    def routed_forward_macs(self) -> torch.Tensor:
-        """(B,) MACs per sample of the last forward of a DyDiT model, from the gates it used: what its skipping
-        forward computes (`flexgen.density.dydit.routed_macs`)."""
-        if not self.routed or not self.net.routing or self.net.routing[0] is None:
+    def routed_forward_macs(self, routing: list | None = None) -> torch.Tensor:
+        """(B,) MACs per sample of the last forward of a DyDiT model (or of gates `routing`), from the gates it
+        used: what its skipping forward computes (`flexgen.density.dydit.routed_macs`)."""
+        routing = self.net.routing if routing is None and self.routed else routing
+        if not routing or routing[0] is None:
             raise ValueError("routed_forward_macs needs a DyDiT model after a forward")
         shapes = self.net.block_shapes()
         if self._dense_macs is None:
             self._dense_macs = self.cost().forward_macs(None).gmacs * 1e9
         other = self._dense_macs - sum(b.cost.attention + b.cost.mlp for b in shapes)
-        return routed_macs(shapes, self.net.routing, other, self.net.token_routers[0].hidden)
+        return routed_macs(shapes, routing, other, self.net.token_routers[0].hidden)
 
     _dense_macs: float | None = None
+
+    def sliced_weight_patterns(self) -> list[int]:
+        return self.net.patterns()
 
     def cost(self) -> LatteCost:
         density = self.net.density if isinstance(self.net, FlexLatte) else None

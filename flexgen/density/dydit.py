@@ -120,11 +120,82 @@ def routed_macs(blocks: Sequence[RoutedBlock], routing: Sequence[BlockRouting], 
                 router_hidden: int) -> torch.Tensor:
     """(B,) MACs per sample of the skipping forward that produced `routing`. `other_macs`: the forward outside the
     blocks' attention and MLP (embeddings, modulation, final layer); `router_hidden`: the token router's width."""
-    total = torch.full((routing[0].heads.shape[0],), float(other_macs), dtype=torch.float64)
+    total = torch.full((routing[0].heads.shape[0],), float(other_macs + router_macs(blocks, router_hidden)),
+                       dtype=torch.float64)
     for block, r in zip(blocks, routing, strict=True):
         heads, units = r.heads.double().mean(1), r.groups.double().mean(1)    # equal heads, equal groups
         kept = r.tokens.double().sum(1)                                       # tokens that ran the MLP
         total += block.cost.attention * heads + block.cost.mlp * units * kept / block.tokens
-        # DyDiT's routers: width D -> H - 1 and D -> G - 1 per sample, tokens D -> D/16 -> 1 on every token
-        total += block.dim * (block.heads + block.groups - 2) + block.tokens * (block.dim + 1) * router_hidden
     return total
+
+
+def router_macs(blocks: Sequence[RoutedBlock], router_hidden: int) -> float:
+    """MACs per sample of DyDiT's routers: width D -> H - 1 and D -> G - 1, tokens D -> D/16 -> 1 on every token."""
+    return float(sum(b.dim * (b.heads + b.groups - 2) + b.tokens * (b.dim + 1) * router_hidden for b in blocks))
+
+
+class RoutedCostMeter:
+    """A DyDiT model as a sampler's `model(x, t, **cond)` that adds up the MACs of every forward from the gates it
+    used (`Denoiser.routed_forward_macs`): the cost of a sampling run from its real kept counts."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.macs_at: dict[int, float] = {}         # timestep -> MACs of every forward at it (all rows, all calls)
+        self.forwards = 0                           # sample rows forwarded (a CFG step forwards 2 per sample)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
+        out = self.model(x, t, **cond)
+        macs = self.model.routed_forward_macs()
+        key = int(t[0])
+        self.macs_at[key] = self.macs_at.get(key, 0.0) + float(macs.sum())
+        self.forwards += macs.shape[0]
+        return out
+
+    def report(self, num_samples: int, dense_gmacs_per_forward: float) -> dict[str, Any]:
+        """GMACs per sample of the run (and at each sampler timestep), per forward, and against the dense model."""
+        total = sum(self.macs_at.values())
+        per_sample = total / num_samples / 1e9
+        steps = len(self.macs_at)
+        dense = dense_gmacs_per_forward * self.forwards / num_samples
+        return {"gmacs_per_sample_measured": per_sample, "gmacs_per_forward_measured": total / self.forwards / 1e9,
+                "gmacs_per_sample_dense": dense, "flops_fraction": per_sample / dense, "sampler_steps": steps,
+                "gmacs_per_sample_at_t": {t: m / num_samples / 1e9 for t, m in sorted(self.macs_at.items())}}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A deterministic router setting for untrained models (bench without weights).
+
+
+def synthetic_width(num_units: int, target: float) -> int:
+    """Units kept per block by `set_synthetic_routers`: round(λ·H), at least the always-on one."""
+    return max(1, min(num_units, round(target * num_units)))
+
+
+@torch.no_grad()
+def set_synthetic_routers(width_routers: Sequence[Any], token_routers: Sequence[Any], target: float) -> float:
+    """Routers that keep the first round(λ·H) heads and MLP groups of every block at every t and every token
+    (weights 0, biases ±15 / +35): a fixed sub-network whose blocks cost λ of their MACs when λ·H is an integer.
+    Returns the blocks' realised fraction."""
+    if not 0 < target <= 1:
+        raise ValueError(f"the FLOPs target λ must be in (0, 1], got {target}")
+    kept = []
+    for router in width_routers:
+        for layer, units in ((router.heads, router.num_heads), (router.groups, router.num_groups)):
+            k = synthetic_width(units, target)
+            layer.weight.zero_()
+            layer.bias.copy_(torch.where(torch.arange(units - 1) < k - 1, 15.0, -15.0))   # units 1..k-1 on
+            kept.append(k / units)
+    for router in token_routers:
+        router.mlp[2].weight.zero_()
+        router.mlp[2].bias.fill_(35.0)
+    return sum(kept) / len(kept)
+
+
+def synthetic_routing(blocks: Sequence[RoutedBlock], target: float, batch: int = 1) -> list[BlockRouting]:
+    """The gates `set_synthetic_routers` produces, without running the model (for counting on the meta device)."""
+    out = []
+    for b in blocks:
+        heads = (torch.arange(b.heads) < synthetic_width(b.heads, target)).double().expand(batch, -1)
+        groups = (torch.arange(b.groups) < synthetic_width(b.groups, target)).double().expand(batch, -1)
+        out.append(BlockRouting(heads, groups, torch.ones(batch, b.tokens, dtype=torch.float64)))
+    return out

@@ -212,6 +212,8 @@ def packed_tokens_mlp(mlp: nn.Module, x: torch.Tensor, tokens: torch.Tensor, sli
     count), scattered back into zeros; no MLP call when no token is kept. x (..., N, D), tokens (..., N) 0/1."""
     flat = x.reshape(-1, x.shape[-1])                                         # (S·N, D)
     index = tokens.reshape(-1).nonzero().squeeze(1)                           # (M,)
+    if index.numel() == flat.shape[0]:                                        # every token kept: no gather
+        return sliced_mlp(mlp, x, sliced)
     out = torch.zeros_like(flat)
     if index.numel():
         out[index] = sliced_mlp(mlp, flat[index], sliced)                     # (M, D) -> rows of (S·N, D)
