@@ -284,7 +284,7 @@ def dydit_flops(run, name: str, *, ckpt: str | None = None, target: float | None
     d = run.diffusion
     sample(net, model.latent_shape(), [s.seed + i for i in range(num_samples)], sampler=s.sampler, steps=s.steps,
            betas=linear_betas(d.num_timesteps, d.beta_start, d.beta_end), learned_sigma=model.config.learn_sigma,
-           prediction=d.prediction, device=dev, dtype=dtype)
+           clip_denoised=s.clip_denoised, prediction=d.prediction, device=dev, dtype=dtype)
     report = meter.report(num_samples, dense_gmacs)
     result.update(router_setting=f"trained ({ckpt})", gmacs=report["gmacs_per_forward_measured"],
                   flops_ratio=report["flops_fraction"], sampler=s.sampler, steps=s.steps, cfg_scale=s.cfg_scale,

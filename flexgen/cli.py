@@ -51,7 +51,8 @@ def show_config(args: argparse.Namespace) -> None:
 
 def convert(args: argparse.Namespace) -> None:
     """Weights of the config's model family (official or ours) -> its exchange format; a config with a density
-    layout converts dense -> FlexDiT on load."""
+    layout converts dense -> FlexDiT on load, one with a dydit section dense -> DyDiT (fresh routers, importance
+    ordering)."""
     from flexgen.config import load_config
     from flexgen.registry import build_denoiser
 
@@ -60,6 +61,8 @@ def convert(args: argparse.Namespace) -> None:
     model.load_pretrained(args.src, sha256=args.sha256)
     written = model.export(args.out)
     layout = f", FlexDiT layout {model.layout}" if model.layout else ""
+    if model.routed:
+        layout = f", DyDiT routers (λ = {run.dydit.target:g}; heads and MLP groups in importance order)"
     print(f"wrote {written} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
           f"{model.describe()}{layout})")
 

@@ -180,3 +180,103 @@ def test_a_short_fine_tune_meets_its_target_and_keeps_the_loss(tmp_path):
     assert fractions[0] > fractions[-1]                           # the model spends more near the data (DyDiT Fig. 1)
     assert dy_loss <= 1.03 * dense_loss
     assert 1 <= max(dy.net.patterns()) <= len(fractions)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Conversion, sampling and bench on DyDiT models.
+
+
+def test_convert_then_sample_a_dydit_model(tmp_path, capsys):
+    from flexgen.checkpoint import load_model, save_weights
+    from flexgen.cli import main
+    from flexgen.video.dy_latte import DyLatte
+
+    dense = build_denoiser(run_config(*SMALL))
+    with torch.no_grad():
+        for p in dense.parameters():
+            p.normal_(0, 0.05)
+    save_weights(dense.net, tmp_path / "dense.safetensors")
+    assert main(["convert", "--from", str(tmp_path / "dense.safetensors"), "--config", "configs/demo/tiny.yaml",
+                 *SMALL, "dydit.target=0.5", "--out", str(tmp_path / "dy.safetensors")]) == 0
+    assert "DyDiT routers" in capsys.readouterr().out
+    converted = load_model(tmp_path / "dy.safetensors").eval()
+    assert isinstance(converted, DyLatte)
+    x = torch.randn(2, 4, 3, 8, 8)
+    t, y = torch.tensor([300, 300]), torch.tensor([1, 2])
+    with torch.no_grad():                                         # fresh routers all on: the dense model
+        torch.testing.assert_close(converted(x, t, y), dense.net.eval()(x, t, y), rtol=0, atol=1e-5)
+
+    trained = randomise_routers(build_denoiser(run_config(*SMALL, "dydit.target=0.5")))
+    trained.net.load_state_dict(converted.state_dict(), strict=False)
+    randomise_routers(trained)
+    save_weights(trained.net, tmp_path / "trained.safetensors")
+    out = tmp_path / "samples"
+    common = ["--config", "configs/demo/tiny.yaml", "--num-samples", "3", "--sampler", "ddim", "--steps", "4",
+              "--cfg-scale", "2", "--batch-size", "2", "--no-progress", *SMALL, "dydit.target=0.5"]
+    assert main(["sample", "--ckpt", str(tmp_path / "trained.safetensors"), "--out", str(out), *common]) == 0
+    record = json.loads((out / "samples.json").read_text())
+    cost = record["cost"]
+    assert record["method"] == "dydit 0.5" and record["settings"]["model_class"] == "DyLatte"
+    assert len(cost["gmacs_per_sample_at_t"]) == 4 and 0 < cost["flops_fraction"] < 1
+    assert cost["gmacs_per_sample"] == pytest.approx(sum(cost["gmacs_per_sample_at_t"].values()))
+    assert cost["gmacs_per_sample_dense"] == pytest.approx(8 * cost["gmacs_per_forward_dense"])   # 4 steps × CFG
+    assert all(1 <= n <= 4 for n in cost["sliced_weight_patterns"])   # at most one per step
+    # a dense checkpoint under a DyDiT config: its fresh routers would run the dense model
+    assert main(["sample", "--ckpt", str(tmp_path / "dense.safetensors"), "--out", str(tmp_path / "no"),
+                 *common]) == 2
+    assert "holds no DyDiT routers" in capsys.readouterr().err and not (tmp_path / "no").exists()
+
+    # bench flops on the trained checkpoint: the sampler's MACs per step from its kept counts
+    assert main(["bench", "flops", "--config", "configs/demo/tiny.yaml", *SMALL, "dydit.target=0.5",
+                 "sample.sampler=ddim", "sample.steps=4", "--ckpt", str(tmp_path / "trained.safetensors"),
+                 "--num-samples", "3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    # the same seeds, labels and sampler as `flexgen sample` (batch shapes differ: a token gate near 0 may flip;
+    # a different protocol, e.g. without clip_denoised, differs by ~6%)
+    assert report["gmacs_per_sample"] == pytest.approx(cost["gmacs_per_sample"], rel=0.01)
+    assert report["router_params"] > 0 and len(report["gmacs_per_sample_at_t"]) == 4
+
+
+def test_bench_dydit_without_weights(capsys):
+    from flexgen.cli import main
+
+    assert main(["bench", "flops", "--model", "DiT-XL/2", "--target", "0.5", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert round(report["params_dense"] / 1e6) == 675 and round(report["params"] / 1e6) == 678
+    assert report["router_gmacs"] == pytest.approx(0.6, abs=0.01)       # DyDiT: ~0.6 GMACs of routers (XL)
+    blocks = sum(a + p for a, p in report["block_gmacs"])
+    expected = report["gmacs_dense"] - blocks / 2 + report["router_gmacs"]   # 8 of 16 heads and groups
+    assert report["gmacs"] == pytest.approx(expected, rel=1e-9)
+    tiny = ["--config", "configs/demo/tiny.yaml", *SMALL, "dydit.target=0.5"]
+    assert main(["bench", "flops", *tiny, "--json"]) == 0
+    counted = json.loads(capsys.readouterr().out)                  # the synthetic setting, counted on meta
+    assert main(["bench", "latency", *tiny, "--repeats", "1", "--warmup", "0", "--cfg-scale", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)                   # MACs of the timed forwards' kept counts
+    assert report["policy"] == "DyDiT" and report["gmacs"] == pytest.approx(counted["gmacs"], rel=1e-9)
+    assert report["flops_ratio"] == pytest.approx(counted["flops_ratio"], rel=1e-9)
+    assert report["forward"]["dense_s"] > 0 and report["sampling"]["steps"] == 250
+    assert report["sliced_weight_patterns"] == [1] * 4
+    assert main(["bench", "flops", "--config", "configs/demo/tiny.yaml", "--target", "0.5"]) == 2
+    assert "no dydit section" in capsys.readouterr().err
+
+
+def test_dit_guidance_channels():
+    """sample.cfg_channels = 3 guides ε channels 0-2 only (DiT's forward_with_cfg); channel 3 and the variance
+    come from the conditional half."""
+    from flexgen.diffusion import classifier_free_guidance
+
+    eps_c, eps_u, var = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
+
+    def model(x, t, y):
+        cond = y[:, None, None, None] == 0
+        return torch.cat([torch.where(cond, eps_c.repeat(2, 1, 1, 1)[: len(y)], eps_u.repeat(2, 1, 1, 1)[: len(y)]),
+                          var.repeat(2, 1, 1, 1)[: len(y)]], dim=1)
+
+    guided = classifier_free_guidance(model, 4.0, {"y": torch.zeros(2, dtype=torch.long)},
+                                      {"y": torch.ones(2, dtype=torch.long)}, channels=3)
+    out = guided(torch.zeros(2, 4, 4, 4), torch.zeros(2, dtype=torch.long))
+    torch.testing.assert_close(out[:, :3], eps_u[:, :3] + 4 * (eps_c[:, :3] - eps_u[:, :3]))
+    torch.testing.assert_close(out[:, 3], eps_c[:, 3])
+    torch.testing.assert_close(out[:, 4:], var)
+    with pytest.raises(ConfigError, match="cfg_channels"):
+        run_config("sample.cfg_channels=0")
