@@ -3,6 +3,8 @@ SynthMotion yardstick, dense training, FlexDiT fine-tuning, sampling, records, t
 
 import json
 
+import pytest
+
 from flexgen.cli import main
 from flexgen.data.media import read_video
 from flexgen.files import file_sha256
@@ -15,12 +17,18 @@ def test_quick_demo_runs_the_whole_loop(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "| Latte (dense) |" in printed and "| FlexDiT-Latte |" in printed and "fd_synthmotion" in printed
+    assert "| DyDiT-Latte |" in printed
     result = json.loads((out / "demo.json").read_text())
-    dense, flex = result["rows"]
+    dense, flex, dy = result["rows"]
     assert flex["gmacs_per_video"] < 0.8 * dense["gmacs_per_video"]          # FlexDiT is cheaper per video
+    # DyDiT's cost is measured from its kept counts (two quick steps barely move the routers: dense + routers)
+    dy_cost = SampleManifest.read(out / "dydit" / "samples" / "samples.json").cost
+    assert dy["gmacs_per_video"] == dy_cost["gmacs_per_sample"]
+    assert dy_cost["flops_fraction"] == pytest.approx(dy["gmacs_per_video"] / dense["gmacs_per_video"])
+    assert "sliced_weight_patterns" in dy_cost
     detector = result["detector"]
     assert file_sha256(detector["path"]) == detector["sha256"] and 0 <= detector["heldout_accuracy"] <= 1
-    for row in (dense, flex):
+    for row in (dense, flex, dy):
         assert row["fd_synthmotion"] > 0 and 0 <= row["acc_synthmotion"] <= 1 and row["seconds_per_video"] > 0
         folder = out / row["run"] / "samples"
         manifest = SampleManifest.read(folder / "samples.json")
@@ -29,11 +37,11 @@ def test_quick_demo_runs_the_whole_loop(tmp_path, capsys):
         assert (out / row["run"] / "ema.safetensors").is_file()
     # The same seeds and labels for every model; the records feed the board.
     labels = [[s.label for s in SampleManifest.read(out / r["run"] / "samples" / "samples.json").samples]
-              for r in (dense, flex)]
-    assert labels[0] == labels[1]
+              for r in (dense, flex, dy)]
+    assert labels[0] == labels[1] == labels[2]
     records = read_records(out / "records.jsonl")
     assert sorted((r.model_variant, r.metric) for r in records) == sorted(
-        (name, metric) for name in ("Latte (dense)", "FlexDiT-Latte") for metric in ("fd_synthmotion",
+        (name, metric) for name in ("Latte (dense)", "FlexDiT-Latte", "DyDiT-Latte") for metric in ("fd_synthmotion",
                                                                                      "acc_synthmotion"))
     assert all(r.detector_sha256 == detector["sha256"] and r.protocol == "synthmotion16_8f" for r in records)
     board = (out / "leaderboard.md").read_text()
@@ -46,5 +54,5 @@ def test_quick_demo_runs_the_whole_loop(tmp_path, capsys):
     assert len(classes) == 4
     assert read_video(next(classes[0].glob("*.mp4"))).shape[0] == 15
     # Both models trained on logit-normal timesteps (the run's stored config).
-    for run in ("dense", "flexdit"):
+    for run in ("dense", "flexdit", "dydit"):
         assert "timestep_sampling: logit_normal" in (out / run / "config.yaml").read_text()
