@@ -105,7 +105,10 @@ def _dydit_plan(run, dense, dev, dtype, x, cond, ckpt, target, sampler, steps, p
         dy(x, torch.full((x.shape[0],), t, device=dev, dtype=torch.long), **cond)
         macs[t] = float(dy.routed_forward_macs().mean()) / 1e9
     dense_gmacs = dense.cost().forward_macs(None).gmacs
-    nearest = (lambda t: min(picked, key=lambda p: abs(p - t)))
+
+    def nearest(t: int) -> int:                        # a sampler step is timed at the nearest timed timestep
+        return min(picked, key=lambda p: abs(p - t))
+
     weights = {p: sum(1 for t in timesteps if nearest(t) == p) / len(timesteps) for p in picked}
     return _Dynamic(dy, picked, {p: p for p in picked}, lambda _: {}, nearest,
                     lambda median: sum(weights[p] * median[p] for p in picked),

@@ -313,9 +313,9 @@ def _run_sampling(args: argparse.Namespace, rank: int, world_size: int, device: 
     from flexgen.autoencoder import Autoencoder
     from flexgen.config import config_to_dict, load_config
     from flexgen.data.media import save_grid, video_codec
+    from flexgen.density.dydit import RoutedCostMeter
     from flexgen.diffusion import linear_betas
     from flexgen.files import file_sha256
-    from flexgen.density.dydit import RoutedCostMeter
     from flexgen.registry import build_denoiser, family_of
 
     overrides = _config_overrides(args)

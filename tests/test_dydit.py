@@ -280,3 +280,57 @@ def test_dit_guidance_channels():
     torch.testing.assert_close(out[:, 4:], var)
     with pytest.raises(ConfigError, match="cfg_channels"):
         run_config("sample.cfg_channels=0")
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    model = randomise_routers(build_denoiser(run_config(*SMALL, "dydit.target=0.5")).double().train())
+    x = torch.randn(3, *model.latent_shape(), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    t, y = torch.tensor([100, 500, 900]), torch.tensor([0, 1, 2])
+    results = []
+    for enabled in (False, True):
+        model.set_grad_checkpointing(enabled)
+        model.zero_grad()
+        torch.manual_seed(7)                                       # the same Gumbel noise (recomputation keeps it)
+        out = model(x, t, y=y, complete=torch.tensor([False, True, False]))
+        r = model.net.routing
+        fraction = flops_fraction(model.net.block_costs(), [b.heads for b in r], [b.groups for b in r],
+                                  [b.tokens for b in r])
+        (out.square().mean() + fraction.mean()).backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (out_a, grads_a), (out_b, grads_b) = results
+    torch.testing.assert_close(out_b, out_a, rtol=0, atol=1e-12)
+    assert grads_a.keys() == grads_b.keys() and any("width_routers" in n for n in grads_a)   # routers learn
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=0, atol=1e-12)
+
+
+def test_ddp_and_fsdp_train_dydit_alike(tmp_path):
+    from tests.test_train import torchrun
+
+    dydit = ["dydit.target=0.5", "dydit.hold_steps=0", "dydit.anneal_steps=4", "dydit.complete_steps=4"]
+    torchrun(tmp_path / "ddp", *dydit, port=29527)
+    torchrun(tmp_path / "fsdp", *dydit, "train.fsdp=true", port=29528)
+    ddp = torch.load(tmp_path / "ddp" / "final.pt", weights_only=True)
+    fsdp = torch.load(tmp_path / "fsdp" / "final.pt", weights_only=True)
+    assert ddp.keys() == fsdp.keys() and any("token_routers" in k for k in ddp)
+    for key in ddp:
+        torch.testing.assert_close(fsdp[key], ddp[key], rtol=1e-4, atol=1e-5)
+    stats = [json.loads(line) for line in (tmp_path / "ddp" / "stats.jsonl").read_text().splitlines()]
+    assert "flops_fraction" in stats[-1] and "loss_complete" in stats[0]
+
+
+def test_resume_after_a_crash_matches_and_bf16_runs(tmp_path):
+    from tests.test_train import tiny
+    from tests.train_helpers import Clips, params_digest
+
+    cfg = tiny("train.total_samples=48", "dydit.target=0.5", "dydit.hold_steps=2", "dydit.anneal_steps=8",
+               "dydit.complete_steps=10")                          # 24 steps, a checkpoint every 8
+    full = train(cfg, tmp_path / "full", dataset=Clips(), progress=False)
+    with pytest.raises(KeyboardInterrupt):                           # crash during step 13 (after the step-8 save)
+        train(cfg, tmp_path / "crash", dataset=Clips(crash_at=2 * 12 + 1), progress=False)
+    resumed = train(cfg, tmp_path / "crash", dataset=Clips(), progress=False)
+    assert params_digest(resumed["model"]) == params_digest(full["model"])       # Gumbel draws re-seeded per step
+    bf16 = train(tiny("train.total_samples=8", "train.bf16=true", "dydit.target=0.5"), tmp_path / "bf16",
+                 dataset=Clips(), progress=False)
+    stats = [json.loads(line) for line in (tmp_path / "bf16" / "stats.jsonl").read_text().splitlines()]
+    assert bf16["finished"] and all(np.isfinite(s["loss"]) and 0 < s["flops_fraction"] <= 1 for s in stats)

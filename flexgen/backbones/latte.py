@@ -1,9 +1,9 @@
 """The Latte / DiT family (`flexgen.video.latte`, `flexgen.video.flex_latte`, `flexgen.video.dy_latte`) behind the
 `Denoiser` interface.
 
-The network is `Latte` (dense), `FlexLatte` (FlexDiT) or `DyLatte` (DyDiT: `dydit.target` set); its exchange format is our safetensors file with the
-model configuration in its metadata (`flexgen.checkpoint`), which `flexgen sample` and `load_model` read, and it
-loads the official Latte / DiT checkpoints too.
+The network is `Latte` (dense), `FlexLatte` (FlexDiT) or `DyLatte` (DyDiT: `dydit.target` set); its exchange
+format is our safetensors file with the model configuration in its metadata (`flexgen.checkpoint`), which
+`flexgen sample` and `load_model` read, and it loads the official Latte / DiT / DyDiT checkpoints too.
 """
 
 from __future__ import annotations

@@ -178,11 +178,7 @@ def _per_sequence(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def masked_attention(attn: nn.Module, x: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
     """The definition: every head computed, each head's output times its gate, then proj. x (S, N, D), heads (H,)
     or (S, H) (training: each sample has its own t, so its own mask)."""
-    S, N, D = x.shape
-    H = attn.num_heads
-    q, k, v = attn.qkv(x).reshape(S, N, 3, H, D // H).unbind(2)               # 3 × (S, N, H, Dh)
-    out = attention(q, k, v) * _per_sequence(heads, x)[..., None]            # (S, N, H, Dh)
-    return attn.proj(out.reshape(S, N, D))
+    return attn(x, head_gates=_per_sequence(heads, x)[..., None])            # gates (S or 1, 1, H, 1)
 
 
 def sliced_attention(attn: nn.Module, x: torch.Tensor, sliced: Slices) -> torch.Tensor:
@@ -196,9 +192,8 @@ def sliced_attention(attn: nn.Module, x: torch.Tensor, sliced: Slices) -> torch.
 def masked_mlp(mlp: nn.Module, x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     """The definition: fc1's output times its group's gate before the activation (GELU(0) = 0), then fc2.
     x (S, N, D), groups (G,) or (S, G)."""
-    hidden = mlp.fc1(x)                                                       # (S, N, hidden)
-    gate = _per_sequence(groups, x)
-    return mlp.fc2(mlp.act(hidden * gate.repeat_interleave(hidden.shape[-1] // gate.shape[-1], dim=-1)))
+    gate = _per_sequence(groups, x)                                           # (S or 1, 1, G)
+    return mlp(x, unit_gates=gate.repeat_interleave(mlp.fc1.out_features // gate.shape[-1], dim=-1))
 
 
 def sliced_mlp(mlp: nn.Module, x: torch.Tensor, sliced: Slices) -> torch.Tensor:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from flexgen.density.budget import BlockCost, block_cost
 from flexgen.density.dydit import BlockRouting, RoutedBlock
@@ -108,19 +107,16 @@ class DyLatte(Latte):
         heads, groups = self._masks[index]                                    # (B, H), (B, G)
         B = heads.shape[0]
         per = x.shape[0] // B                                                 # sequences per sample
-        complete = None if self._complete is None else self._complete.repeat_interleave(per)      # (S,)
-        if self._skipping:
-            out, tokens = run_block(block, x, cond, heads[0], groups[0], self.token_routers[index],
-                                    sliced=self._sliced[index])               # one t: one mask for the batch
-        elif block.grad_checkpointing and self.training and torch.is_grad_enabled():
-            out, tokens = checkpoint(self._masked_block, block, index, x, cond, heads, groups, complete, per,
-                                     use_reentrant=False)
+        router = self.token_routers[index]
+        if self._skipping:                                                    # one t: one mask for the batch
+            def partial_width(block, x, cond):
+                return run_block(block, x, cond, heads[0], groups[0], router, sliced=self._sliced[index])
         else:
-            out, tokens = self._masked_block(block, index, x, cond, heads, groups, complete, per)
+            complete = None if self._complete is None else self._complete.repeat_interleave(per)   # (S,)
+
+            def partial_width(block, x, cond):
+                return run_block(block, x, cond, heads.repeat_interleave(per, 0), groups.repeat_interleave(per, 0),
+                                 router, complete=complete)
+        out, tokens = block(x, cond, run=partial_width)                       # through the block's hooks
         self.routing[index] = BlockRouting(heads, groups, tokens.reshape(B, -1))
         return out
-
-    def _masked_block(self, block, index, x, cond, heads, groups, complete, per):
-        out, tokens = run_block(block, x, cond, heads.repeat_interleave(per, 0), groups.repeat_interleave(per, 0),
-                                self.token_routers[index], complete=complete)
-        return out, tokens

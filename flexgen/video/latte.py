@@ -15,7 +15,9 @@ Naming differs from the released checkpoints in one place: spatial and temporal 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -177,7 +179,10 @@ class Attention(nn.Module):
             self.v.bias.copy_(self.qkv.bias[2 * D:])
         self.qkv = None
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                head_gates: torch.Tensor | None = None) -> torch.Tensor:
+        """`head_gates` (broadcastable to (S, N, H, 1)): each head's output times its gate before `proj` (DyDiT's
+        masked definition of partial width)."""
         S, N, D = x.shape
         if self.qkv is None:                                                  # Poolingformer: token mean of V
             if context is not None:
@@ -190,7 +195,10 @@ class Attention(nn.Module):
             w, b = self.qkv.weight, self.qkv.bias
             q = F.linear(x, w[:D], b[:D]).reshape(S, N, H, D // H)             # (S, N, H, Dh)
             k, v = F.linear(context, w[D:], b[D:]).reshape(S, context.shape[1], 2, H, D // H).unbind(2)
-        return self.proj(attention(q, k, v).reshape(S, N, D))                 # (S, N, D)
+        out = attention(q, k, v)                                              # (S, N, H, Dh)
+        if head_gates is not None:
+            out = out * head_gates
+        return self.proj(out.reshape(S, N, D))                                # (S, N, D)
 
 
 class Mlp(nn.Module):
@@ -200,8 +208,11 @@ class Mlp(nn.Module):
         self.act = nn.GELU(approximate="tanh")
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+    def forward(self, x: torch.Tensor, unit_gates: torch.Tensor | None = None) -> torch.Tensor:
+        """`unit_gates` (broadcastable to fc1's output): hidden units times their gate before the activation
+        (GELU(0) = 0: DyDiT's masked definition of partial width)."""
+        hidden = self.fc1(x)
+        return self.fc2(self.act(hidden if unit_gates is None else hidden * unit_gates))
 
 
 class LatteBlock(nn.Module):
@@ -221,10 +232,16 @@ class LatteBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         self.grad_checkpointing = False     # recompute activations in backward instead of storing them
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, context: torch.Tensor | None = None, *,
+                run: Callable | None = None) -> Any:
+        """`run(block, x, cond)` replaces the block's computation (DyDiT's partial width) inside this call, so module
+        hooks (FSDP's parameter gathering) and gradient checkpointing apply to it as to the dense block."""
+        if run is not None and context is not None:
+            raise ValueError("a replaced block computation takes no context")
+        compute = self._forward if run is None else (lambda x, cond, context: run(self, x, cond))
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, cond, context, use_reentrant=False)
-        return self._forward(x, cond, context)
+            return checkpoint(compute, x, cond, context, use_reentrant=False)
+        return compute(x, cond, context)
 
     def modulation(self, cond: torch.Tensor, sequences: int) -> tuple[torch.Tensor, ...]:
         """(shift, scale, gate) of attention, then of the MLP, each (S, 1, D), from cond (G, D) with G | S."""
