@@ -65,9 +65,27 @@ class Autoencoder(nn.Module):
         """Pixels in [-1, 1] -> latents (a sample of the posterior, scaled), frame by frame."""
         if self.vae is None:
             return x
+        return self.sample_moments(self.encode_moments(x), self.scale_factor, generator, self.chunk).to(x.dtype)
+
+    @torch.no_grad()
+    def encode_moments(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels in [-1, 1] -> the posterior's parameters (mean ‖ log-variance, 2C channels), frame by frame: what a
+        latent store keeps (`flexgen.data.latents`)."""
         dtype = next(self.vae.parameters()).dtype
-        return self._frames(x, lambda f: self.vae.encode(f.to(dtype)).latent_dist.sample(generator)
-                            * self.scale_factor).to(x.dtype)
+        return self._frames(x, lambda f: self.vae.encode(f.to(dtype)).latent_dist.parameters)
+
+    @staticmethod
+    def sample_moments(moments: torch.Tensor, scale_factor: float, generator: torch.Generator | None = None,
+                       chunk: int = 16) -> torch.Tensor:
+        """A posterior sample × scale_factor from its parameters, by diffusers' own `DiagonalGaussianDistribution`,
+        in the frame chunks `encode` uses (so the same generator draws the same noise)."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        lead = moments.shape[:-3]
+        flat = moments.reshape(-1, *moments.shape[-3:])
+        out = torch.cat([DiagonalGaussianDistribution(part).sample(generator) * scale_factor
+                         for part in flat.split(chunk)])
+        return out.reshape(*lead, *out.shape[1:])
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:

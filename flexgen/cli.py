@@ -276,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_cache_text_arguments(cache)
     cache.set_defaults(func=cache_text_command)
+    from flexgen.data.latents import add_encode_arguments, encode_main
+    enc = data.add_parser("encode", help="encode an image dataset (ImageNet layout) with the run's VAE once into a "
+                          "sharded latent store (data.dataset latents), resumable, under torchrun across GPUs",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_encode_arguments(enc)
+    enc.set_defaults(func=encode_main)
     return parser
 
 

@@ -20,7 +20,7 @@ from flexgen.files import atomic_write_text
 from flexgen.registry import PRESET_FAMILY, family_of
 from flexgen.schema import ConfigError, build_dataclass, check_range, choice
 
-DATASETS = ("ffs", "sky", "ucf101", "taichi", "synthetic", "captions")
+DATASETS = ("ffs", "sky", "ucf101", "taichi", "synthetic", "captions", "imagenet", "latents")
 AUTOENCODERS = ("sd-vae", "pixel")
 # What the network's first C output channels predict (diffusers' prediction_type names): the noise ε (DDPM, DiT,
 # Latte) or v = sqrt(ᾱ) ε - sqrt(1 - ᾱ) x_0 (Salimans & Ho 2022), whose x_0 estimate stays bounded at high noise.
@@ -65,7 +65,9 @@ class AutoencoderConfig:
 @dataclass
 class DataConfig:
     dataset: str = "ffs"                # ffs | sky | ucf101 | taichi | synthetic | captions (image–caption, T2I)
+                                        # | imagenet (class folders, DiT) | latents (a `flexgen data encode` store)
     root: str = ""                      # dataset folder
+    class_list: str = ""                # imagenet: a text file of class folders to train on (labels stay global)
     num_frames: int = 16                # frames per clip (F)
     frame_interval: int = 3             # stride between sampled frames
     image_size: int = 256               # pixels; the latent side is image_size / autoencoder.downsample

@@ -215,7 +215,9 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
     model.set_grad_checkpointing(tc.grad_checkpointing)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
-    autoencoder = Autoencoder.from_config(cfg.autoencoder).to(env.device)
+    # A latent store (data.dataset latents) brings its own encoder: stored posteriors, no VAE is loaded.
+    autoencoder = getattr(dataset, "encoder", None) or Autoencoder.from_config(cfg.autoencoder)
+    autoencoder = autoencoder.to(env.device)
 
     global_batch = tc.batch_size * env.world_size
     total_steps = math.ceil(tc.total_samples / global_batch)
@@ -270,6 +272,8 @@ def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, d
         print(f"resuming {run_dir} from step {step} ({step * global_batch} clips)" if step
               else f"starting a new run in {run_dir}")
         save_config(cfg, run_dir / "config.yaml")    # the run's identity, committed once training starts
+        if hasattr(dataset, "describe"):             # e.g. which VAE made a latent store
+            atomic_write_text(run_dir / "data.json", json.dumps(dataset.describe(), indent=1))
     model.train()
     window: list[dict] = []
     started = time.perf_counter()

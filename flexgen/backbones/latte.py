@@ -126,6 +126,13 @@ class LatteDenoiser(Denoiser):
 
     @classmethod
     def training_dataset(cls, run: Any, *, is_main: bool, device: torch.device, progress: bool = True):
+        if run.data.dataset in ("imagenet", "latents"):
+            from flexgen.data.latents import build_image_dataset
+
+            if PRESETS[run.model.preset]["temporal"]:
+                raise ValueError(f"data.dataset {run.data.dataset} holds images: train a DiT preset on it, not "
+                                 f"{run.model.preset}")
+            return build_image_dataset(run.data, run.autoencoder, seed=run.train.seed)
         from flexgen.data.video import build_dataset
 
         return build_dataset(run.data, split="train", seed=run.train.seed)
