@@ -227,6 +227,36 @@ def read_sample(path: Path):
     return np.asarray(Image.open(path).convert("RGB"))[None]
 
 
+ADM_NPZ = "samples.npz"
+
+
+def write_adm_npz(path: Path, files: Sequence[Path], labels: Sequence[int] | None = None) -> Path:
+    """The batch file ADM's evaluator (guided-diffusion `evaluations/evaluator.py`) reads: `arr_0` uint8 (N, H, W, 3)
+    in sample-index order (and `arr_1` the labels, as DiT's sample_ddp.py omits but ADM's own sampler writes),
+    streamed image by image into the zip so 50k samples never sit in memory; written atomically."""
+    import zipfile
+
+    import numpy as np
+
+    from flexgen.files import atomic_write
+
+    first = read_sample(files[0])[0]
+    shape = (len(files), *first.shape)
+    with atomic_write(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zf.open("arr_0.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+                                                     "fortran_order": False, "shape": shape})
+            for file in files:
+                image = read_sample(file)[0]
+                if image.shape != first.shape:
+                    raise ValueError(f"{file}: shape {image.shape}, expected {first.shape} like {files[0]}")
+                f.write(np.ascontiguousarray(image, dtype=np.uint8).tobytes())
+        if labels is not None:
+            with zf.open("arr_1.npy", "w") as f:
+                np.lib.format.write_array(f, np.asarray(labels, dtype=np.int64))
+    return path
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The `flexgen sample` command: arguments.
 
@@ -252,6 +282,8 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--fps", type=int, default=8, help="frame rate of the mp4 files")
     parser.add_argument("--sha256", default=None, help="expected sha256 of the checkpoint file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--npz", action="store_true", help="one-frame models: also write DIR/samples.npz (arr_0 "
+                        "uint8 N×H×W×3, arr_1 labels) for ADM's evaluation suite once every sample exists")
     parser.add_argument("--overwrite", action="store_true", help="draw every sample again (default: a re-run with "
                         "the same settings keeps the samples already written and draws the rest; another run's "
                         "folder is refused)")
@@ -350,6 +382,8 @@ def _run_sampling(args: argparse.Namespace, rank: int, world_size: int, device: 
         identity={"model": dataclasses.asdict(model.config), "clip_denoised": s.clip_denoised, "dtype": args.dtype,
                   "density": dataclasses.asdict(run.density) if run.density.layout else None})
     check_options(model, s.cfg_scale, s.batch_size, s.cfg_channels)
+    if getattr(args, "npz", False) and video_model:
+        raise ValueError("--npz writes ADM's image batch: it is for one-frame (DiT) models")
     path = out / "samples.json"
     if rank == 0:
         mf.start_run(record, path, overwrite=args.overwrite)
@@ -379,6 +413,9 @@ def _run_sampling(args: argparse.Namespace, rank: int, world_size: int, device: 
     if meter is not None and mine:                                       # DyDiT: the cost of rank 0's samples
         record.cost.update(routed_cost(model, meter, len(mine)))
     mf.finish_run(record, path)
+    if getattr(args, "npz", False):
+        write_adm_npz(out / ADM_NPZ, [sample_file(out, i, video_model) for i in range(s.num_samples)], labels)
+        print(f"wrote {out / ADM_NPZ} ({s.num_samples} samples, ADM's arr_0 layout)")
     grid = ", grid.png" if record.grid else ""
     print(f"wrote {s.num_samples} samples ({len(mine)} drawn now on rank 0){grid} and samples.json to {out}")
     return dataclasses.asdict(record)

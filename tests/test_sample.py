@@ -224,6 +224,26 @@ def test_one_frame_model_writes_png(tmp_path):
     assert (tmp_path / "dit" / "grid.png").is_file()
 
 
+def test_npz_for_adms_evaluator(tmp_path):
+    dit = ["model.preset=DiT-S/2", "model.depth=2"]
+    model, _ = random_model(dit)
+    save_weights(model.net, tmp_path / "dit.safetensors")
+    out = tmp_path / "dit"
+    record = sample_main(parse("--config", TINY, "--ckpt", tmp_path / "dit.safetensors", "--num-samples", 3,
+                               "--out", out, "--sampler", "ddim", "--steps", 2, "--batch-size", 2, "--no-progress",
+                               "--npz", *SMALL, *dit))
+    with np.load(out / "samples.npz") as npz:
+        assert npz["arr_0"].dtype == np.uint8 and npz["arr_0"].shape == (3, 16, 16, 3)
+        for i in range(3):                                                  # sample-index order, the PNGs' pixels
+            assert np.array_equal(npz["arr_0"][i], np.asarray(Image.open(out / f"{i:04d}.png")))
+        assert npz["arr_1"].tolist() == [s["label"] for s in record["samples"]]
+    with pytest.raises(ValueError, match="one-frame"):                     # a video model has no ADM batch
+        video, _ = random_model()
+        save_weights(video.net, tmp_path / "video.safetensors")
+        sample_main(parse("--config", TINY, "--ckpt", tmp_path / "video.safetensors", "--num-samples", 1, "--out",
+                          tmp_path / "v", "--steps", 2, "--no-progress", "--npz", *SMALL))
+
+
 TORCHRUN_SCRIPT = """
 import argparse, sys
 from flexgen.sample import add_sample_arguments, sample_main
