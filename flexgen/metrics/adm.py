@@ -1,0 +1,164 @@
+"""The numbers of OpenAI's ADM evaluation suite (guided-diffusion `evaluations/evaluator.py`), which the DiT,
+FlexDiT and DyDiT ImageNet tables report: FID, sFID, Inception Score, precision and recall of a sample batch
+against a reference batch (`VIRTUAL_imagenet256_labeled.npz`, `VIRTUAL_imagenet512.npz`).
+
+Definitions, as the evaluator computes them (each restated below with the line of the evaluator it follows):
+- FID: Fréchet distance of pool_3 (2048-d) Gaussians; the reference's `mu` / `sigma` from its `.npz` when the file
+  carries them, else from its images (our float64 statistics and `frechet.frechet_distance`).
+- sFID: the same on `mixed_6/conv` spatial features, first 7 channels, flattened (17·17·7 = 2023-d), with the
+  reference's `mu_s` / `sigma_s` when present.
+- IS: softmax over the 1008 classes of the Inception head (without its output bias), exp of the mean KL between each
+  prediction and the mean prediction, per split of 5000 samples, averaged over splits.
+- Precision / recall (Kynkäänniemi et al. 2019, ADM's `ManifoldEstimator`, k = 3): a point's radius is its squared
+  distance to its 3rd nearest neighbour in its own set (itself excluded); precision is the share of samples within
+  the radius of some reference point, recall the share of reference points within the radius of some sample. Here
+  in float64, in row / column batches of 10000 as ADM's.
+
+The batches are uint8 N×H×W×3 (`arr_0`), as `flexgen sample --npz` writes them; the detector is a `AdmDetector`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from flexgen.metrics.frechet import FeatureStats, frechet_distance
+
+SPLIT_SIZE = 5000           # ADM compute_inception_score(split_size=5000)
+NEIGHBOURHOOD = 3           # ADM ManifoldEstimator(nhood_sizes=(3,))
+DISTANCE_BATCH = 10000      # ADM ManifoldEstimator(row_batch_size=10000, col_batch_size=10000)
+SPATIAL_CHANNELS = 7        # ADM: spatial features [..., :7]
+
+
+class AdmDetector(Protocol):
+    """uint8 images (n, 3, H, W) -> {"pool": (n, 2048), "probs": (n, classes), "spatial": (n, D) or None}."""
+    sha256: str | None
+    spatial_reason: str     # why "spatial" is None (empty when the detector gives it)
+
+    def __call__(self, images: torch.Tensor) -> dict: ...
+
+
+def spatial_features(mixed_6_conv: torch.Tensor) -> torch.Tensor:
+    """(n, C, 17, 17) channels-first `mixed_6/conv` -> (n, 17·17·7): its first 7 channels, flattened in TF's
+    (h, w, c) order (ADM: `spatial[..., :7]` then reshape)."""
+    return mixed_6_conv[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).reshape(len(mixed_6_conv), -1)
+
+
+def inception_score(probs: np.ndarray, split_size: int = SPLIT_SIZE) -> float:
+    """ADM compute_inception_score: mean over splits of exp(mean_i KL(p_i ‖ mean_split p))."""
+    probs = np.asarray(probs, dtype=np.float64)
+    scores = []
+    for start in range(0, len(probs), split_size):
+        part = probs[start:start + split_size]
+        kl = part * (np.log(part) - np.log(part.mean(axis=0, keepdims=True)))
+        scores.append(np.exp(kl.sum(axis=1).mean()))
+    return float(np.mean(scores))
+
+
+def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # ADM batch_pairwise_distances: ‖u‖² − 2 u·v + ‖v‖², clamped at 0
+    d = (a * a).sum(1)[:, None] - 2 * a @ b.T + (b * b).sum(1)[None]
+    return np.maximum(d, 0.0)
+
+
+def manifold_radii(features: np.ndarray, k: int = NEIGHBOURHOOD, batch: int = DISTANCE_BATCH) -> np.ndarray:
+    """Each point's squared distance to its k-th nearest neighbour in `features` (itself at index 0 excluded)."""
+    features = np.asarray(features, dtype=np.float64)
+    radii = np.empty(len(features))
+    for start in range(0, len(features), batch):
+        d = _squared_distances(features[start:start + batch], features)
+        radii[start:start + batch] = np.partition(d, k, axis=1)[:, k]
+    return radii
+
+
+def precision_recall(reference: np.ndarray, samples: np.ndarray, k: int = NEIGHBOURHOOD,
+                     batch: int = DISTANCE_BATCH) -> tuple[float, float]:
+    """ADM evaluate_pr: (precision, recall) of `samples` against `reference` (feature rows)."""
+    reference, samples = np.asarray(reference, np.float64), np.asarray(samples, np.float64)
+    radii_ref, radii_sample = manifold_radii(reference, k, batch), manifold_radii(samples, k, batch)
+    ref_in = np.zeros(len(reference), bool)          # a reference point inside some sample's ball: recall
+    sample_in = np.zeros(len(samples), bool)         # a sample inside some reference point's ball: precision
+    for i in range(0, len(reference), batch):
+        for j in range(0, len(samples), batch):
+            d = _squared_distances(reference[i:i + batch], samples[j:j + batch])
+            ref_in[i:i + batch] |= (d <= radii_sample[None, j:j + batch]).any(axis=1)
+            sample_in[j:j + batch] |= (d <= radii_ref[i:i + batch, None]).any(axis=0)
+    return float(sample_in.mean()), float(ref_in.mean())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batches and the whole evaluation.
+
+
+@dataclass
+class Batch:
+    """An ADM batch file: images `arr_0` (N, H, W, 3) uint8, and a reference batch's precomputed statistics."""
+    path: Path
+    images: np.ndarray
+    mu: np.ndarray | None = None
+    sigma: np.ndarray | None = None
+    mu_s: np.ndarray | None = None
+    sigma_s: np.ndarray | None = None
+    sha256: str = ""
+
+
+def read_batch(path: str | Path) -> Batch:
+    """An `.npz` with `arr_0` uint8 N×H×W×3 (and `mu`, `sigma`, `mu_s`, `sigma_s` where present)."""
+    from flexgen.files import file_sha256
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ADM batch not found: {path} (a reference batch such as "
+                                "VIRTUAL_imagenet256_labeled.npz comes from guided-diffusion's evaluations README; "
+                                "a sample batch from `flexgen sample --npz`)")
+    with np.load(path) as npz:
+        if "arr_0" not in npz:
+            raise ValueError(f"{path} has no arr_0 (the images of an ADM batch): keys {sorted(npz.keys())}")
+        images = npz["arr_0"]
+        stats = {k: npz[k].astype(np.float64) for k in ("mu", "sigma", "mu_s", "sigma_s") if k in npz}
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"{path}: arr_0 must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+    return Batch(path, images, sha256=file_sha256(path), **stats)
+
+
+def _activations(detector: AdmDetector, images: np.ndarray, batch_size: int) -> dict:
+    out: dict[str, list] = {"pool": [], "probs": [], "spatial": []}
+    for start in range(0, len(images), batch_size):
+        chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).permute(0, 3, 1, 2)
+        got = detector(chunk)
+        for key, parts in out.items():
+            if got.get(key) is not None:
+                parts.append(np.asarray(got[key], dtype=np.float64))
+    return {k: np.concatenate(v) if v else None for k, v in out.items()}
+
+
+def _gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    stats = FeatureStats.from_batches([features])
+    return stats.mean, stats.cov
+
+
+def evaluate_adm(reference: Batch, samples: Batch | Iterable, detector: AdmDetector, batch_size: int = 64) -> dict:
+    """FID, sFID (None when the detector has no spatial features, with the reason), IS, precision and recall."""
+    images = samples.images if isinstance(samples, Batch) else np.asarray(samples)
+    ref = _activations(detector, reference.images, batch_size)
+    fake = _activations(detector, images, batch_size)
+    # ADM read_statistics: the reference's precomputed mu / sigma (mu_s / sigma_s) when the .npz has them
+    mu, sigma = (reference.mu, reference.sigma) if reference.mu is not None else _gaussian(ref["pool"])
+    result = {"fid": frechet_distance(mu, sigma, *_gaussian(fake["pool"])),
+              "inception_score": inception_score(fake["probs"]), "num_samples": len(images),
+              "num_reference": len(reference.images), "reference_sha256": reference.sha256,
+              "reference_stats": "npz" if reference.mu is not None else "images",
+              "detector_sha256": detector.sha256}
+    if fake["spatial"] is None:
+        result.update(sfid=None, sfid_unavailable=detector.spatial_reason)
+    else:
+        mu_s, sigma_s = (reference.mu_s, reference.sigma_s) if reference.mu_s is not None else _gaussian(
+            ref["spatial"])
+        result["sfid"] = frechet_distance(mu_s, sigma_s, *_gaussian(fake["spatial"]))
+    result["precision"], result["recall"] = precision_recall(ref["pool"], fake["pool"])
+    return result
