@@ -73,7 +73,8 @@ def load_make_synthetic():
 
 
 def test_presets_match_the_config_choices():
-    assert set(DATASETS) == set(CONFIG_DATASETS) - {"captions"}     # captions: flexgen.data.captions (T2I)
+    # captions: flexgen.data.captions (T2I); imagenet, latents: flexgen.data.images / latents (DiT)
+    assert set(DATASETS) == set(CONFIG_DATASETS) - {"captions", "imagenet", "latents"}
     assert {name for name, p in DATASETS.items() if p.hflip} == {"ffs", "ucf101", "taichi"}
     assert {name for name, p in DATASETS.items() if p.labelled} == {"ucf101", "synthetic"}
     assert DATASETS["sky"].crop == "crop_resize"
