@@ -131,3 +131,73 @@ def test_reference_statistics_from_the_npz_and_the_whole_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="VIRTUAL_imagenet256_labeled"):
         read_batch(tmp_path / "missing.npz")
     assert isinstance(ref, Batch)
+
+
+class TinyInceptionScript(torch.nn.Module):
+    """The interface of inception-2015-12-05.pt: uint8 images of any size, resized inside; pool features or
+    class probabilities (with or without the head's bias)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(3 * 8 * 8, 16)
+        self.head = torch.nn.Linear(16, 6)
+
+    def forward(self, img: torch.Tensor, return_features: bool = False, no_output_bias: bool = False):
+        x = torch.nn.functional.interpolate(img.float(), size=(8, 8), mode="bilinear", align_corners=False)
+        features = self.proj(x.flatten(1) / 255.0)
+        if return_features:
+            return features
+        logits = features @ self.head.weight.t()
+        if not no_output_bias:
+            logits = logits + self.head.bias
+        return torch.softmax(logits, dim=1)
+
+
+def test_torchscript_detector_end_to_end_and_errors(tmp_path, capsys):
+    from flexgen.cli import main
+    from flexgen.files import file_sha256
+    from flexgen.metrics.adm import InceptionADM
+
+    torch.manual_seed(0)
+    script = torch.jit.script(TinyInceptionScript())
+    path = tmp_path / "tiny.pt"
+    script.save(str(path))
+    detector = InceptionADM(path, sha256=file_sha256(path))
+    rng = np.random.default_rng(3)
+    ref = Batch(tmp_path / "r", rng.integers(0, 256, (20, 12, 12, 3), dtype=np.uint8))
+    fake = Batch(tmp_path / "f", rng.integers(0, 256, (18, 12, 12, 3), dtype=np.uint8))
+    result = evaluate_adm(ref, fake, detector, batch_size=5)
+    with torch.no_grad():
+        probs = script(torch.from_numpy(fake.images).permute(0, 3, 1, 2), no_output_bias=True).double().numpy()
+    assert result["inception_score"] == pytest.approx(inception_score(probs), rel=1e-9)    # bias-free softmax
+    assert result["sfid"] is None and "mixed_6/conv" in result["sfid_unavailable"]
+    assert 0 <= result["precision"] <= 1 and result["fid"] > 0
+    # the command: a missing detector or reference batch is named, with where it comes from
+    np.savez(tmp_path / "fake.npz", arr_0=fake.images)
+    np.savez(tmp_path / "ref.npz", arr_0=ref.images)
+    assert main(["eval", "adm", "--ref", str(tmp_path / "ref.npz"), "--fake", str(tmp_path / "fake.npz"),
+                 "--detector", str(tmp_path / "none.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "none.pt" in err and "f58cb9b6" in err
+    assert main(["eval", "adm", "--ref", str(tmp_path / "VIRTUAL_imagenet256_labeled.npz"), "--fake",
+                 str(tmp_path / "fake.npz")]) == 2
+    assert "guided-diffusion" in capsys.readouterr().err
+
+
+def test_real_inception_matches_clean_fids_tensorflow_mode():
+    """With the real file: ADM's pool_3 features = clean-fid's legacy_tensorflow features (the TF graph's resize)."""
+    from flexgen.metrics.inception import INCEPTION_SHA256, default_inception_path
+
+    path = default_inception_path()
+    if not path.is_file():
+        pytest.skip(f"Inception weights absent at {path} (sha256 {INCEPTION_SHA256}); ADM parity not checked")
+    from cleanfid.inception_torchscript import InceptionV3W
+
+    from flexgen.metrics.adm import InceptionADM
+
+    ours = InceptionADM(path)
+    theirs = InceptionV3W(str(path.parent), download=False, resize_inside=True).eval()
+    images = torch.from_numpy(np.random.default_rng(4).integers(0, 256, (3, 3, 64, 80), dtype=np.uint8))
+    with torch.no_grad():
+        expected = theirs(images.float()).double()
+    torch.testing.assert_close(ours(images)["pool"], expected, rtol=1e-5, atol=1e-5)

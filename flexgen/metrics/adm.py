@@ -14,7 +14,15 @@ Definitions, as the evaluator computes them (each restated below with the line o
   the radius of some reference point, recall the share of reference points within the radius of some sample. Here
   in float64, in row / column batches of 10000 as ADM's.
 
-The batches are uint8 N×H×W×3 (`arr_0`), as `flexgen sample --npz` writes them; the detector is a `AdmDetector`.
+The batches are uint8 N×H×W×3 (`arr_0`), as `flexgen sample --npz` writes them; the detector is an `AdmDetector`:
+`InceptionADM` is ADM's TF-Inception as the TorchScript conversion `inception-2015-12-05.pt` (the file clean-fid and
+StyleGAN2-ADA use; sha256 checked before loading), called as StyleGAN2-ADA calls it: uint8 images at their own size
+(the network resizes inside, as TF's graph), `return_features=True` for pool_3, `no_output_bias=True` for the
+bias-free softmax ADM's IS uses. That TorchScript's forward exposes no `mixed_6/conv`, so its sFID is reported
+unavailable, never replaced by another feature. (The file is absent on the machines this was written on: the
+parity test with clean-fid's `legacy_tensorflow` features runs where it is present.)
+
+    flexgen eval adm --ref VIRTUAL_imagenet256_labeled.npz --fake samples/dit-xl2/samples.npz
 """
 
 from __future__ import annotations
@@ -161,4 +169,51 @@ def evaluate_adm(reference: Batch, samples: Batch | Iterable, detector: AdmDetec
             ref["spatial"])
         result["sfid"] = frechet_distance(mu_s, sigma_s, *_gaussian(fake["spatial"]))
     result["precision"], result["recall"] = precision_recall(ref["pool"], fake["pool"])
+    return result
+
+
+class InceptionADM:
+    """ADM's Inception numbers through the verified TorchScript file (see the module docstring)."""
+
+    spatial_reason = ("the TorchScript inception-2015-12-05.pt returns pool_3 features or class probabilities only; "
+                      "ADM's mixed_6/conv spatial features are not an output of it")
+
+    def __init__(self, path: str | Path | None = None, device: str = "cpu", sha256: str | None = None):
+        """`sha256` replaces the published file's digest (a test's tiny TorchScript of the same interface)."""
+        from flexgen.files import verified_detector_file
+        from flexgen.metrics.inception import INCEPTION_FILENAME, INCEPTION_SHA256, INCEPTION_SOURCE
+
+        self.sha256 = sha256 or INCEPTION_SHA256
+        path = verified_detector_file(path, label="Inception", filename=INCEPTION_FILENAME, env_var="FLEXGEN_INCEPTION",
+                                      sha256=self.sha256, source=INCEPTION_SOURCE)
+        self.net = torch.jit.load(str(path), map_location=device).eval()
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> dict:
+        from flexgen.metrics.detectors import check_uint8_images
+
+        check_uint8_images(images, "InceptionADM")
+        x = images.to(self.device).float()                                   # 0..255, as clean-fid feeds it
+        pool = self.net(x, return_features=True)
+        probs = self.net(x, return_features=False, no_output_bias=True)
+        return {"pool": pool.double().cpu(), "probs": probs.double().cpu(), "spatial": None}
+
+
+def adm_main(args) -> dict:
+    """`flexgen eval adm --ref REF.npz --fake FAKE.npz|FOLDER`: one JSON line of FID, sFID, IS, precision, recall."""
+    import json
+
+    if getattr(args, "records", None):
+        raise ValueError("--records for ADM numbers is not supported yet (their protocols are not on the board); "
+                         "the printed JSON carries the reference batch's sha256")
+    if not getattr(args, "ref", None):
+        raise ValueError("flexgen eval adm needs --ref, the reference batch (e.g. VIRTUAL_imagenet256_labeled.npz)")
+    fake = Path(args.fake)
+    fake = fake / "samples.npz" if fake.is_dir() else fake
+    reference, samples = read_batch(args.ref), read_batch(fake)
+    detector = InceptionADM(args.detector, device=args.device)
+    result = {"metric": "adm", **evaluate_adm(reference, samples, detector, batch_size=args.batch_size),
+              "reference": str(reference.path), "samples": str(samples.path)}
+    print(json.dumps(result))
     return result

@@ -354,8 +354,10 @@ def default_stats_cache() -> Path:
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("metric", choices=sorted(DEFAULT_PROTOCOLS),
-                        help="fvd, kid (I3D video features), fid (images) or clipscore (images and their prompts)")
+    parser.add_argument("metric", choices=sorted([*DEFAULT_PROTOCOLS, "adm"]),
+                        help="fvd, kid (I3D video features), fid (images), clipscore (images and their prompts), or "
+                             "adm (ADM's FID, sFID, IS, precision, recall of an .npz batch against --ref)")
+    parser.add_argument("--ref", default=None, help="adm: the reference batch .npz (VIRTUAL_imagenet256_labeled.npz)")
     parser.add_argument("--real", default=None, help="real videos: video files or frame folders <video>/<frame> "
                                                      "(fid: a folder of images); required except for clipscore")
     parser.add_argument("--fake", required=True, help="generated videos (mp4), the first ones in sorted order (fid, "
@@ -402,6 +404,10 @@ def eval_main(args: argparse.Namespace) -> dict[str, Any]:
 
     Expected failures (bad arguments, missing or corrupt files, too few items) are ValueError or FileNotFoundError
     with a message naming the file or option; the `flexgen` command line prints it as `flexgen eval: error: ...`."""
+    if args.metric == "adm":
+        from flexgen.metrics.adm import adm_main
+
+        return adm_main(args)
     if getattr(args, "records", None) and not args.dataset:
         raise ValueError("--records needs --dataset NAME (rows of different datasets never share a table)")
     protocol = get_protocol(args.protocol or DEFAULT_PROTOCOLS[args.metric])
