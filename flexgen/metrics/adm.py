@@ -200,13 +200,42 @@ class InceptionADM:
         return {"pool": pool.double().cpu(), "probs": probs.double().cpu(), "spatial": None}
 
 
+# The record's metric name and protocol stem of each ADM number: adm_fid50k is FID over 50k samples (the dataset
+# name carries the resolution: imagenet256, imagenet512), never in one table with clean-fid's fid50k.
+RECORD_METRICS = {"fid": ("fid", "fid"), "sfid": ("sfid", "sfid"), "inception_score": ("is", "is"),
+                  "precision": ("precision", "prec"), "recall": ("recall", "rec")}
+
+
+def adm_protocol(stem: str, num_samples: int) -> str:
+    count = f"{num_samples // 1000}k" if num_samples % 1000 == 0 else str(num_samples)
+    return f"adm_{stem}{count}"
+
+
+def adm_records(result: dict, dataset: str, fake_folder: Path, detector_file: str = "", **fields) -> list:
+    """One leaderboard Record per ADM number (sFID only when computed), with the model, sampler and cost from the
+    samples.json beside the batch."""
+    from flexgen.metrics.records import record_from_evaluation
+
+    records = []
+    for key, (metric, stem) in RECORD_METRICS.items():
+        if result.get(key) is None:
+            continue
+        records.append(record_from_evaluation(
+            {"metric": metric, "protocol": adm_protocol(stem, result["num_samples"]), "value": result[key],
+             "detector": detector_file, "detector_sha256": result["detector_sha256"],
+             "reference_stats_sha256": result["reference_sha256"], "num_fake": result["num_samples"]},
+            dataset, fake_folder, **fields))
+    return records
+
+
 def adm_main(args) -> dict:
-    """`flexgen eval adm --ref REF.npz --fake FAKE.npz|FOLDER`: one JSON line of FID, sFID, IS, precision, recall."""
+    """`flexgen eval adm --ref REF.npz --fake FAKE.npz|FOLDER`: one JSON line of FID, sFID, IS, precision, recall
+    (and with --records, one leaderboard record per number)."""
     import json
 
-    if getattr(args, "records", None):
-        raise ValueError("--records for ADM numbers is not supported yet (their protocols are not on the board); "
-                         "the printed JSON carries the reference batch's sha256")
+    if getattr(args, "records", None) and not getattr(args, "dataset", None):
+        raise ValueError("--records needs --dataset NAME (imagenet256, imagenet512: rows of different datasets never "
+                         "share a table)")
     if not getattr(args, "ref", None):
         raise ValueError("flexgen eval adm needs --ref, the reference batch (e.g. VIRTUAL_imagenet256_labeled.npz)")
     fake = Path(args.fake)
@@ -215,5 +244,12 @@ def adm_main(args) -> dict:
     detector = InceptionADM(args.detector, device=args.device)
     result = {"metric": "adm", **evaluate_adm(reference, samples, detector, batch_size=args.batch_size),
               "reference": str(reference.path), "samples": str(samples.path)}
+    if getattr(args, "records", None):
+        from flexgen.metrics.records import append_record
+
+        fields = {k: getattr(args, a, None) for k, a in (("method", "method"), ("model_variant", "model_name"),
+                                                           ("note", "note"))}
+        for record in adm_records(result, args.dataset, samples.path.parent, "inception-2015-12-05.pt", **fields):
+            append_record(args.records, record)
     print(json.dumps(result))
     return result
