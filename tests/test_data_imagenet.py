@@ -166,3 +166,29 @@ def train_start(run):
 
     torch.manual_seed(run.train.seed)
     return build_denoiser(run).state_dict()
+
+
+def test_two_ranks_encode_their_shards_into_one_store(imagenet, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    vae_folder = tmp_path / "vae"
+    tiny_vae().save_pretrained(vae_folder)
+    args = ["--config", "configs/demo/tiny.yaml", "--shard-size", "4", "--no-progress", "model.preset=DiT-S/2",
+            "model.in_channels=4", "autoencoder.kind=sd-vae", f"autoencoder.path={vae_folder}",
+            "autoencoder.downsample=2", "data.dataset=imagenet", f"data.root={imagenet}", "data.image_size=16",
+            "data.num_frames=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             "--master_port=29541", "-m", "flexgen", "data", "encode", "--out", str(tmp_path / "two"),
+                             *args], capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from flexgen.cli import main
+
+    with pytest.warns(DataWarning):
+        assert main(["data", "encode", "--out", str(tmp_path / "one"), *args]) == 0
+    two, one = (LatentDataset(tmp_path / d, image_size=16, scale_factor=0.18215) for d in ("two", "one"))
+    assert json.loads((tmp_path / "two" / "manifest.json").read_text())["num_skipped"] == 1
+    assert torch.equal(two.source_index, one.source_index) and torch.equal(two.labels, one.labels)
+    torch.testing.assert_close(two.moments, one.moments, rtol=0, atol=1e-5)
