@@ -393,3 +393,36 @@ def print_latency(result: dict) -> None:
         r = result["sampling"]
         print(f"  sampling ({r['sampler']}, {r['steps']} steps with CFG, each at its timestep's {key} {r[key + 's']}): "
               f"dense {r['dense_s']:.2f} s, {name} {r['dynamic_s']:.2f} s; speed-up {r['speedup']:.2f}×")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# `flexgen bench plan`: schedules that meet a budget (flexgen.plan).
+
+
+def bench_plan(args) -> dict:
+    from flexgen.plan import plan
+    from flexgen.registry import family_of
+
+    run, name = bench_run(args)
+    family = family_of(run.model.preset)
+    sampler = args.sampler or family.default_sampler
+    if sampler not in family.samplers:
+        raise ValueError(f"{run.model.preset} samples with {', '.join(family.samplers)}, not {sampler!r}")
+    return {"model_name": name, **plan(run, args.budget, sampler, args.steps or family.default_steps, top=args.top)}
+
+
+def print_plan(result: dict) -> None:
+    print(f"{result['model_name']}: budget {result['budget']:.3f} of dense MACs per sample under {result['sampler']}-"
+          f"{result['steps']} (dense {result['gmacs_per_sample_dense']:.2f} G per sample); "
+          f"{result['schedules_within_budget']} of {result['schedules_considered']} FlexDiT schedules fit")
+    print("  layout            grids     reading  pool  tokens kept  MACs / dense  GMACs / sample")
+    for r in result["flexdit"]:
+        pool = r["pool_frames"] or "-"
+        print(f"  {r['layout']:<17} {r['grid_min']:>2}->{r['grid_max']:<2}     {r['reading']:<7}  {pool!s:<4}  "
+              f"{r['tokens_kept']:11.3f}  {r['flops_fraction']:12.3f}  {r['gmacs_per_sample']:14.2f}")
+    dy = result["dydit"]
+    if dy is not None:
+        lam = f"λ = {dy['target']:.3f}" if dy["reachable"] else "no λ in (0, 1] reaches it"
+        print(f"  DyDiT: {lam} (blocks {dy['blocks_gmacs']:.2f} G, fixed costs and routers {dy['fixed_gmacs']:.2f} "
+              "G per forward); what a sampler realises depends on how the trained routers spread λ over t: measure "
+              "it with flexgen bench flops --ckpt")

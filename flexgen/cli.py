@@ -7,6 +7,7 @@
     flexgen bench latency --config configs/video/ffs/flexlatte-xl2.yaml model.preset=Latte-B/2
     flexgen bench flops --model DiT-XL/2 --target 0.5
     flexgen bench latency --model DiT-XL/2 --target 0.5 --cfg-scale 1.5
+    flexgen bench plan --model DiT-XL/2 --budget 0.5 --sampler ddim --steps 50
     flexgen config configs/video/ucf101/latte-xl2.yaml sample.cfg_scale=4.0
     flexgen convert --from ffs.pt --config configs/video/ffs/latte-xl2.yaml --out ffs.safetensors
     flexgen demo
@@ -174,7 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     latency = bench.add_parser("latency", help="dense vs FlexDiT or DyDiT latency in one process, beside the MAC "
                                "ratio",
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for sub in (flops, latency):
+    plan = bench.add_parser("plan", help="FlexDiT schedules that meet a MACs budget under a sampler (most tokens "
+                            "first), and the DyDiT λ for it", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    plan.add_argument("--budget", type=float, required=True, help="fraction of the dense model's MACs per sample")
+    plan.add_argument("--sampler", default=None, help="the sampler whose timesteps count (default: the family's)")
+    plan.add_argument("--steps", type=int, default=None, help="its steps (default: the family's)")
+    plan.add_argument("--top", type=int, default=20, help="schedules listed")
+    for sub in (flops, latency, plan):
         sub.add_argument("--model", default="Latte-XL/2", help="preset name, e.g. Latte-XL/2, DiT-XL/2, "
                          "PixArt-XL/2-512")
         sub.add_argument("--image-size", type=int, default=None, help="image side in pixels (default 256; PixArt-α: "
@@ -214,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="PixArt-α: diffusers' attention processors or flexgen.attention (packed text)")
     flops.set_defaults(func=run_bench("bench_flops", "print_flops"))
     latency.set_defaults(func=run_bench("bench_latency", "print_latency"))
+    plan.set_defaults(func=run_bench("bench_plan", "print_plan"))
 
     cfg = commands.add_parser("config", help="validate a config file and print it resolved")
     cfg.add_argument("path", help="YAML file, e.g. configs/video/ffs/latte-xl2.yaml")

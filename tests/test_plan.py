@@ -1,0 +1,52 @@
+"""`flexgen bench plan` (flexgen.plan): schedules within a MACs budget under a sampler, and the DyDiT λ for it."""
+
+import json
+
+import pytest
+
+from flexgen.config import load_config
+from flexgen.density.cost import sampling_cost
+from flexgen.plan import plan, sampler_timesteps
+from flexgen.registry import build_denoiser
+
+
+def tiny(*overrides):
+    return load_config("configs/demo/tiny.yaml", ["density.layout=PGSRT", *overrides])
+
+
+def test_plans_meet_the_budget_and_cost_what_the_sampler_visits():
+    run = tiny()
+    result = plan(run, 0.7, "ddim", 50, top=500)
+    rows = result["flexdit"]
+    assert rows and all(r["flops_fraction"] <= 0.7 for r in rows)
+    assert [r["tokens_kept"] for r in rows] == sorted((r["tokens_kept"] for r in rows), reverse=True)
+    assert {r["pool_frames"] for r in rows} == {0, 4}                         # per frame and across frames
+    best = rows[0]
+    density = [f"density.schedule.grid_min={best['grid_min']}", f"density.schedule.grid_max={best['grid_max']}",
+               f"density.schedule.reading={best['reading']}", f"density.pool_frames={best['pool_frames']}"]
+    model = build_denoiser(tiny(*density))
+    cost = sampling_cost(model.cost(), sampler_timesteps(run, "ddim", 50))    # the sample command's own count
+    assert best["gmacs_per_sample"] == pytest.approx(cost["gmacs_per_sample"], rel=1e-9)
+    assert best["flops_fraction"] == pytest.approx(1 - cost["reduction"], rel=1e-9)
+    # another sampler visits other timesteps: the same schedule costs another share of dense
+    same = {(r["grid_min"], r["grid_max"], r["reading"], r["pool_frames"]): r["flops_fraction"] for r in rows}
+    other = {(r["grid_min"], r["grid_max"], r["reading"], r["pool_frames"]): r["flops_fraction"]
+             for r in plan(run, 1.0, "dpm-solver++", 20, top=500)["flexdit"]}
+    assert any(abs(same[k] - other[k]) > 1e-3 for k in same)
+
+
+def test_dydit_target_and_bad_budget(capsys):
+    from flexgen.cli import main
+
+    run = tiny()
+    result = plan(run, 0.5, "ddim", 50)
+    dy = result["dydit"]
+    dense = result["gmacs_per_forward_dense"]
+    assert dy["reachable"] and dy["fixed_gmacs"] + dy["target"] * dy["blocks_gmacs"] == pytest.approx(0.5 * dense)
+    assert plan(run, 0.001, "ddim", 50)["dydit"]["reachable"] is False        # below the fixed costs
+    with pytest.raises(ValueError, match="budget"):
+        plan(run, 1.5, "ddim", 50)
+    assert main(["bench", "plan", "--config", "configs/demo/tiny.yaml", "density.layout=PGSRT", "--budget", "0.6",
+                 "--sampler", "ddim", "--steps", "50", "--top", "3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["flexdit"]) == 3 and report["steps"] == 50
