@@ -408,7 +408,26 @@ def bench_plan(args) -> dict:
     sampler = args.sampler or family.default_sampler
     if sampler not in family.samplers:
         raise ValueError(f"{run.model.preset} samples with {', '.join(family.samplers)}, not {sampler!r}")
-    return {"model_name": name, **plan(run, args.budget, sampler, args.steps or family.default_steps, top=args.top)}
+    result = {"model_name": name, **plan(run, args.budget, sampler, args.steps or family.default_steps, top=args.top)}
+    if args.ckpt:                  # a trained DyDiT: what each sampler realises, beside the λ it was trained for
+        if not run.dydit.enabled:
+            raise ValueError("--ckpt reports a trained DyDiT's realised fraction: give a config with a dydit section")
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+        realised = []
+        for name_, steps in SAMPLER_PROTOCOLS:
+            if name_ not in family.samplers:
+                continue
+            sampled = dataclasses.replace(run, sample=dataclasses.replace(run.sample, sampler=name_, steps=steps))
+            cost = dydit_flops(sampled, name, ckpt=args.ckpt, num_samples=args.num_samples, device=args.device,
+                               dtype=dtype)
+            realised.append({"sampler": name_, "steps": steps, "flops_fraction": cost["flops_ratio"],
+                             "gmacs_per_sample": cost["gmacs_per_sample"]})
+        result["trained"] = {"target": run.dydit.target, "checkpoint": args.ckpt, "realised": realised}
+    return result
+
+
+# The samplers and steps the papers evaluate with: DiT / Latte DDPM-250, DDIM-50, DPM-Solver++-20 (PixArt-α).
+SAMPLER_PROTOCOLS = (("ddpm", 250), ("ddim", 50), ("dpm-solver++", 20))
 
 
 def print_plan(result: dict) -> None:
@@ -420,6 +439,10 @@ def print_plan(result: dict) -> None:
         pool = r["pool_frames"] or "-"
         print(f"  {r['layout']:<17} {r['grid_min']:>2}->{r['grid_max']:<2}     {r['reading']:<7}  {pool!s:<4}  "
               f"{r['tokens_kept']:11.3f}  {r['flops_fraction']:12.3f}  {r['gmacs_per_sample']:14.2f}")
+    if "trained" in result:
+        t = result["trained"]
+        print(f"  trained DyDiT (λ = {t['target']:g}, {t['checkpoint']}): realised " + ", ".join(
+            f"{r['sampler']}-{r['steps']} {r['flops_fraction']:.3f}" for r in t["realised"]))
     dy = result["dydit"]
     if dy is not None:
         lam = f"λ = {dy['target']:.3f}" if dy["reachable"] else "no λ in (0, 1] reaches it"

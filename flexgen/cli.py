@@ -181,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--sampler", default=None, help="the sampler whose timesteps count (default: the family's)")
     plan.add_argument("--steps", type=int, default=None, help="its steps (default: the family's)")
     plan.add_argument("--top", type=int, default=20, help="schedules listed")
+    plan.add_argument("--num-samples", type=int, default=4, help="with --ckpt (a trained DyDiT): seeds per sampler "
+                      "whose kept counts give its realised FLOPs fraction")
     for sub in (flops, latency, plan):
         sub.add_argument("--model", default="Latte-XL/2", help="preset name, e.g. Latte-XL/2, DiT-XL/2, "
                          "PixArt-XL/2-512")

@@ -50,3 +50,23 @@ def test_dydit_target_and_bad_budget(capsys):
                  "--sampler", "ddim", "--steps", "50", "--top", "3", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert len(report["flexdit"]) == 3 and report["steps"] == 50
+
+
+def test_a_trained_dydit_reports_what_each_sampler_realises(tmp_path, capsys):
+    from flexgen.checkpoint import save_weights
+    from flexgen.cli import main
+    from tests.test_dydit import SMALL, randomise_routers, run_config
+
+    model = randomise_routers(build_denoiser(run_config(*SMALL, "dydit.target=0.5")))
+    save_weights(model.net, tmp_path / "dy.safetensors")
+    assert main(["bench", "plan", "--config", "configs/demo/tiny.yaml", *SMALL, "dydit.target=0.5", "--budget", "0.6",
+                 "--ckpt", str(tmp_path / "dy.safetensors"), "--num-samples", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    realised = {r["sampler"]: r for r in report["trained"]["realised"]}
+    assert set(realised) == {"ddpm", "ddim", "dpm-solver++"} and realised["ddpm"]["steps"] == 250
+    assert all(0 < r["flops_fraction"] < 1 for r in realised.values())
+    assert len({round(r["flops_fraction"], 6) for r in realised.values()}) > 1   # the samplers visit other t
+    assert main(["bench", "flops", "--config", "configs/demo/tiny.yaml", *SMALL, "dydit.target=0.5",
+                 "sample.sampler=ddim", "sample.steps=50", "--ckpt", str(tmp_path / "dy.safetensors"),
+                 "--num-samples", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["flops_ratio"] == pytest.approx(realised["ddim"]["flops_fraction"])
