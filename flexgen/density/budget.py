@@ -1,6 +1,6 @@
 """DyDiT's compute budget (Zhao et al. 2024, arXiv 2410.03456; the released `DyDiT/loss.py`): what fraction of a
 block's MACs its router masks keep, and the loss that pulls the batch mean of that fraction to a target λ.
-DyDiT groundwork (issue 13): the training loop that uses it comes next.
+`flexgen.density.dydit.dydit_losses` uses it in training.
 
 Per block l, A_l (attention) and P_l (MLP) are MACs per sample derived from the dimensions (DiT's convention:
 qkv and proj, QKᵀ and AV; fc1 and fc2). For sample b,

@@ -1,6 +1,6 @@
 """DyDiT's routers (Zhao et al. 2024, arXiv 2410.03456; the released `DyDiT/models.py`): which heads and MLP groups
 of a block run at a timestep (timestep-wise dynamic width, TDW) and which tokens run the block's MLP
-(spatial-wise dynamic tokens, SDT). DyDiT groundwork (issue 13): the model that uses them comes next.
+(spatial-wise dynamic tokens, SDT). `flexgen.video.dy_latte.DyLatte` puts both in every block.
 
 - `gumbel_sigmoid`: training draws hard 0/1 gates with a straight-through gradient, sigmoid((logit + L) / τ) > 1/2
   with L ~ Logistic(0, 1) (the difference of two Gumbel(0, 1) draws), so a gate is on with probability
