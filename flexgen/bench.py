@@ -301,7 +301,7 @@ def dydit_flops(run, name: str, *, ckpt: str | None = None, target: float | None
 def bench_flops(args) -> dict:
     run, name = bench_run(args)
     if run.dydit.enabled:
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+        dtype = getattr(torch, args.dtype)
         return dydit_flops(run, name, ckpt=args.ckpt, target=args.target, num_samples=args.num_samples,
                            device=args.device, dtype=dtype)
     if args.ckpt:
@@ -364,7 +364,7 @@ def bench_latency(args) -> dict:
                          "--target, or a --config with a density or dydit section")
     if args.ckpt and not run.dydit.enabled:
         raise ValueError("--ckpt times a DyDiT checkpoint's routers: give a config with a dydit section")
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    dtype = getattr(torch, args.dtype)
     policy = {"layout": run.density.layout} if run.density.layout else {"dydit_target": run.dydit.target}
     return {"model": name, **policy,
             **latency_report(run, device=args.device, dtype=dtype, batch=args.batch, repeats=args.repeats,
@@ -412,7 +412,7 @@ def bench_plan(args) -> dict:
     if args.ckpt:                  # a trained DyDiT: what each sampler realises, beside the λ it was trained for
         if not run.dydit.enabled:
             raise ValueError("--ckpt reports a trained DyDiT's realised fraction: give a config with a dydit section")
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+        dtype = getattr(torch, args.dtype)
         realised = []
         for name_, steps in SAMPLER_PROTOCOLS:
             if name_ not in family.samplers:
