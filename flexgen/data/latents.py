@@ -172,7 +172,7 @@ class LatentDataset(SkipAndReplaceDataset):
 
     def __init__(self, root: str | Path, *, image_size: int, scale_factor: float, vae_folder: str | Path | None = None,
                  hflip: bool = True, seed: int = 0):
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
         super().__init__(root, seed)
         path = self.root / MANIFEST
@@ -190,16 +190,36 @@ class LatentDataset(SkipAndReplaceDataset):
         if vae_folder and Path(vae_folder).exists() and vae_identity(vae_folder) != m["vae_sha256"]:
             raise DatasetLayoutError(f"{self.root} was encoded by another VAE (sha256 {m['vae_sha256'][:12]}…) than "
                                      f"autoencoder.path = {vae_folder}: decode-time samples would not match")
-        parts = [load_file(self.root / s["file"]) for s in m["shards"]]
-        parts = [p for p in parts if p["labels"].numel()]
-        self.moments = torch.cat([p["moments"] for p in parts])                       # (N, 2, 2C, h, w)
-        self.labels = torch.cat([p["labels"] for p in parts])
-        self.source_index = torch.cat([p["source_index"] for p in parts])
+        # Only the small per-image tables are read here; an item's moments are read from its shard when it is asked
+        # for (a 256 px ImageNet store is ~84 GB: no process, and no data-loader worker, holds it in memory).
+        labels, sources, where = [], [], []
+        for k, shard in enumerate(m["shards"]):
+            if not shard["count"]:
+                continue
+            with safe_open(str(self.root / shard["file"]), framework="pt") as f:
+                labels.append(f.get_tensor("labels"))
+                sources.append(f.get_tensor("source_index"))
+            where.append(torch.stack([torch.full((shard["count"],), k), torch.arange(shard["count"])], dim=1))
+        self.labels, self.source_index = torch.cat(labels), torch.cat(sources)
+        self._where = torch.cat(where)                                               # (N, 2): shard, row
+        self._shards: dict[int, Any] = {}                                            # opened lazily, per process
         self.classes, self.hflip = m["classes"], hflip
         self.skipped = [Skipped(s["path"], s["reason"]) for s in m["skipped"]]
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def moments(self, index: int) -> torch.Tensor:
+        """(2, 2C, h, w): the posterior parameters of item `index` and of its mirror, read from its shard."""
+        from safetensors import safe_open
+
+        shard, row = (int(v) for v in self._where[index])
+        if shard not in self._shards:
+            self._shards[shard] = safe_open(str(self.root / self.manifest["shards"][shard]["file"]), framework="pt")
+        return self._shards[shard].get_slice("moments")[row]
+
+    def __getstate__(self) -> dict:               # data-loader workers open their own shard handles
+        return {**self.__dict__, "_shards": {}}
 
     def item_path(self, j: int) -> str:
         return f"{self.root}#{int(self.source_index[j])}"
@@ -218,7 +238,7 @@ class LatentDataset(SkipAndReplaceDataset):
     def __getitem__(self, index: int) -> dict:
         source = int(self.source_index[index])
         mirror = self.hflip and flip_of(self.seed, self.epoch, source)
-        return {"video": self.moments[index, int(mirror)].float(), "label": int(self.labels[index]),
+        return {"video": self.moments(index)[int(mirror)].float(), "label": int(self.labels[index]),
                 "path": self.item_path(index)}
 
 
