@@ -265,7 +265,7 @@ def dydit_flops(run, name: str, *, ckpt: str | None = None, target: float | None
     params_dense, params = (sum(p.numel() for p in m.parameters()) for m in (dense, dy))
     result = {"model": name, "policy": "DyDiT", "dydit_target": run.dydit.target, "params_dense": params_dense,
               "params": params, "router_params": params - params_dense, "gmacs_dense": dense_gmacs,
-              "router_gmacs": router_macs(shapes, dy.net.token_routers[0].hidden) / 1e9,
+              "router_gmacs": router_macs(shapes, dy.net.token_router_hidden) / 1e9,
               "block_gmacs": [[b.cost.attention / 1e9, b.cost.mlp / 1e9] for b in shapes]}
     if ckpt is None:
         target = target if target is not None else run.dydit.target

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from flexgen.density import DensityConfig
 from flexgen.files import atomic_write, file_sha256
 from flexgen.schema import ConfigError, build_dataclass
-from flexgen.video.dy_latte import DyLatte
+from flexgen.video.dy_latte import DyLatte, FlexDyLatte
 from flexgen.video.flex_latte import FlexLatte, dense_to_flex_state_dict
 from flexgen.video.latte import Latte, LatteConfig, sincos_1d, sincos_2d
 
@@ -246,7 +246,8 @@ def load_model(path: str | Path, sha256: str | None = None) -> Latte:
             density = build_dataclass(DensityConfig, flex["density"], "density")
         except ConfigError as e:
             raise CheckpointError(f"{path} metadata: {e}") from e
-        model = FlexLatte(config, density, flex["num_timesteps"])
+        cls = FlexDyLatte if meta.get(ROUTERS_KEY) == "dydit" else FlexLatte
+        model = cls(config, density, flex["num_timesteps"])
     elif meta.get(ROUTERS_KEY) == "dydit":
         model = DyLatte(config)
     else:

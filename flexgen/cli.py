@@ -63,7 +63,7 @@ def convert(args: argparse.Namespace) -> None:
     written = model.export(args.out)
     layout = f", FlexDiT layout {model.layout}" if model.layout else ""
     if model.routed:
-        layout = f", DyDiT routers (λ = {run.dydit.target:g}; heads and MLP groups in importance order)"
+        layout += f", DyDiT routers (λ = {run.dydit.target:g}; heads and MLP groups in importance order)"
     print(f"wrote {written} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
           f"{model.describe()}{layout})")
 

@@ -183,9 +183,6 @@ def config_from_dict(data: dict, source: str = "<dict>", *, strict_family: bool 
     try:
         config = build_dataclass(Config, data or {}, "")
         _check_family(config, data if strict_family else None)
-        if config.dydit.enabled and config.density.layout:
-            raise ConfigError("dydit.target and density.layout together (FlexDiT and DyDiT composed) are not "
-                              "supported yet: choose one policy")
         if config.sample.steps > config.diffusion.num_timesteps:   # a sampler respaces the training steps
             raise ConfigError(f"sample.steps: must be <= diffusion.num_timesteps ({config.diffusion.num_timesteps}),"
                               f" got {config.sample.steps}")

@@ -102,7 +102,7 @@ def dydit_target(run, budget: float, dense_gmacs: float) -> dict[str, Any] | Non
     except (ValueError, AttributeError):
         return None
     blocks = sum(b.cost.attention + b.cost.mlp for b in shapes) / 1e9
-    fixed = dense_gmacs - blocks + router_macs(shapes, dy.net.token_routers[0].hidden) / 1e9
+    fixed = dense_gmacs - blocks + router_macs(shapes, dy.net.token_router_hidden) / 1e9
     lam = (budget * dense_gmacs - fixed) / blocks
     return {"target": lam if 0 < lam <= 1 else None, "blocks_gmacs": blocks, "fixed_gmacs": fixed,
             "reachable": 0 < lam <= 1}

@@ -183,10 +183,14 @@ def routed_cost(model, meter, num_samples: int) -> dict[str, Any]:
 
 
 def method_name(run) -> str:
-    """What a sample record calls the run's method: baseline, `flexdit LAYOUT` or `dydit λ`."""
+    """What a sample record calls the run's method: baseline, `flexdit LAYOUT`, `dydit λ` or both composed,
+    `flexdit LAYOUT + dydit λ`."""
+    parts = []
+    if run.density.layout:
+        parts.append(f"flexdit {run.density.layout}")
     if run.dydit.enabled:
-        return f"dydit {run.dydit.target:g}"
-    return f"flexdit {run.density.layout}" if run.density.layout else "baseline"
+        parts.append(f"dydit {run.dydit.target:g}")
+    return " + ".join(parts) or "baseline"
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -48,8 +48,9 @@ def test_config_section_and_bad_values():
             run_config(f"dydit.target={bad}")
     with pytest.raises(ConfigError, match="dydit.*unknown|unknown.*dydit|not a field|no field"):
         run_config("dydit.lambda=0.5")
-    with pytest.raises(ConfigError, match="density.layout together"):
-        run_config("dydit.target=0.5", "density.layout=P GSR T")
+    composed = build_denoiser(run_config("dydit.target=0.5", "density.layout=P GSR T", "density.schedule.kind=constant",
+                                         "density.schedule.grid=4")).net
+    assert type(composed).__name__ == "FlexDyLatte"
 
 
 def test_stratified_timesteps_cover_each_stratum():

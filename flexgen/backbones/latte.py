@@ -21,7 +21,7 @@ from flexgen.density.dydit import dydit_losses, routed_macs
 from flexgen.density.timesteps import StratifiedTimesteps, TimestepSampler, timestep_weights
 from flexgen.flops import FlopReport, count_macs
 from flexgen.presets import LATTE_PRESETS as PRESETS
-from flexgen.video.dy_latte import DyLatte
+from flexgen.video.dy_latte import DyLatte, FlexDyLatte
 from flexgen.video.flex_latte import FlexLatte
 from flexgen.video.latte import Latte, LatteConfig, latte_config
 
@@ -87,11 +87,10 @@ class LatteDenoiser(Denoiser):
 
     @classmethod
     def from_run(cls, run: Any) -> LatteDenoiser:
-        config = latte_config_from_run(run)
+        config, density, T = latte_config_from_run(run), run.density, run.diffusion.num_timesteps
         if run.dydit.enabled:
-            return cls(DyLatte(config), run)
-        net = FlexLatte(config, run.density, run.diffusion.num_timesteps) if run.density.layout else Latte(config)
-        return cls(net, run)
+            return cls(FlexDyLatte(config, density, T) if density.layout else DyLatte(config), run)
+        return cls(FlexLatte(config, density, T) if density.layout else Latte(config), run)
 
     @property
     def routed(self) -> bool:
@@ -183,35 +182,39 @@ class LatteDenoiser(Denoiser):
                         noise: torch.Tensor, cond: dict, step: int) -> dict[str, torch.Tensor]:
         if not self.routed:
             return super().training_losses(diffusion, net, x0, t, noise, cond, step)
-        return dydit_losses(diffusion, net, self.net, x0, t, noise, cond, step, self.run.dydit,
-                            self.net.block_costs())
+        return dydit_losses(diffusion, net, self.net, x0, t, noise, cond, step, self.run.dydit)
 
     def timestep_sampler(self) -> TimestepSampler:
-        """DyDiT: stratified t (its budget holds the batch mean, so each batch covers t evenly)."""
-        if self.routed and self.run.dydit.strata > 1:
+        """DyDiT: stratified t (its budget holds the batch mean, so each batch covers t evenly); composed with
+        FlexDiT, one schedule stage per micro-batch as FlexDiT (one grid per forward)."""
+        if self.routed and self.run.dydit.strata > 1 and not self.cost().stages:
             return StratifiedTimesteps(self.num_timesteps, self.run.dydit.strata, timestep_weights(self.run.diffusion))
         return super().timestep_sampler()
 
-    def routed_forward_macs(self, routing: list | None = None) -> torch.Tensor:
-        """(B,) MACs per sample of the last forward of a DyDiT model (or of gates `routing`), from the gates it
-        used: what its skipping forward computes (`flexgen.density.dydit.routed_macs`)."""
-        routing = self.net.routing if routing is None and self.routed else routing
+    def routed_forward_macs(self, routing: list | None = None, grid: int | None = None) -> torch.Tensor:
+        """(B,) MACs per sample of the last forward of a DyDiT model (or of gates `routing` at FlexDiT grid
+        `grid`), from the gates it used: what its skipping forward computes (`flexgen.density.dydit.routed_macs`);
+        composed with FlexDiT, at the grid that forward ran at."""
+        if routing is None:
+            routing, grid = (self.net.routing, self.net.last_grid) if self.routed else (None, None)
         if not routing or routing[0] is None:
             raise ValueError("routed_forward_macs needs a DyDiT model after a forward")
-        shapes = self.net.block_shapes()
-        if self._dense_macs is None:
-            self._dense_macs = self.cost().forward_macs(None).gmacs * 1e9
-        other = self._dense_macs - sum(b.cost.attention + b.cost.mlp for b in shapes)
-        return routed_macs(shapes, routing, other, self.net.token_routers[0].hidden)
-
-    _dense_macs: float | None = None
+        shapes = self.net.block_shapes(grid)
+        # the model outside its blocks' attention and MLP: embeddings, modulation, fusions, final layer
+        other = self.cost().forward_macs(grid).gmacs * 1e9 - sum(b.cost.attention + b.cost.mlp for b in shapes)
+        return routed_macs(shapes, routing, other, self.net.token_router_hidden)
 
     def sliced_weight_patterns(self) -> list[int]:
         return self.net.patterns()
 
     def cost(self) -> LatteCost:
-        density = self.net.density if isinstance(self.net, FlexLatte) else None
-        return LatteCost(self.config, density, self.num_timesteps)
+        """The network's cost model, made once (it caches each grid's count)."""
+        if self._cost is None:
+            density = self.net.density if isinstance(self.net, FlexLatte) else None
+            self._cost = LatteCost(self.config, density, self.num_timesteps)
+        return self._cost
+
+    _cost: LatteCost | None = None
 
     def latent_shape(self) -> tuple[int, ...]:
         c = self.config

@@ -26,15 +26,23 @@ class BlockCost:
     mlp: float          # MACs per sample of the MLP branch (all hidden units, all tokens)
 
 
-def block_cost(seq_len: int, dim: int, num_seqs: int = 1, mlp_ratio: float = 4.0) -> BlockCost:
-    """MACs per sample of a block over `num_seqs` sequences of `seq_len` tokens (a Latte temporal block: one
-    sequence of F frames per token position; a spatial block: one sequence of N tokens per frame)."""
+def block_cost(seq_len: int, dim: int, num_seqs: int = 1, mlp_ratio: float = 4.0, *, kv_len: int | None = None,
+               pooled: bool = False) -> BlockCost:
+    """MACs per sample of a block over `num_seqs` sequences of `seq_len` query tokens (a Latte temporal block: one
+    sequence of F frames per token position; a spatial block: one sequence of N tokens per frame). FlexDiT's roles:
+    keys and values from `kv_len` tokens per sequence (sparse generation reads the dense tokens, dense recovery the
+    sparse ones); `pooled`, a Poolingformer (V and the output projection of one token mean per sequence)."""
     if seq_len < 1 or dim < 1 or num_seqs < 1:
         raise ValueError(f"seq_len, dim and num_seqs must be >= 1, got {seq_len}, {dim}, {num_seqs}")
+    kv = seq_len if kv_len is None else kv_len
     tokens = seq_len * num_seqs
-    # DyDiT loss.py: attention 4·N·D² (qkv, proj) + 2·N²·D (QKᵀ, AV); MLP 2·N·D·(r·D)
-    attention = 4 * tokens * dim ** 2 + 2 * num_seqs * seq_len ** 2 * dim
-    return BlockCost(float(attention), float(2 * tokens * dim * round(mlp_ratio * dim)))
+    mlp = float(2 * tokens * dim * round(mlp_ratio * dim))
+    if pooled:
+        return BlockCost(float(2 * num_seqs * dim ** 2), mlp)
+    # DyDiT loss.py: attention 4·N·D² (qkv, proj) + 2·N²·D (QKᵀ, AV); MLP 2·N·D·(r·D). With M keys: q and proj
+    # 2·N·D², k and v 2·M·D², QKᵀ and AV 2·N·M·D.
+    attention = 2 * tokens * dim ** 2 + 2 * num_seqs * kv * dim ** 2 + 2 * num_seqs * seq_len * kv * dim
+    return BlockCost(float(attention), mlp)
 
 
 def flops_fraction(costs: Sequence[BlockCost], heads: Sequence[torch.Tensor], groups: Sequence[torch.Tensor],

@@ -46,10 +46,10 @@ class DyDiTConfig:
 
 class BlockRouting(NamedTuple):
     """The gates one block used in a forward, per sample: heads (B, H), MLP groups (B, G) and tokens (B, n) over
-    the n tokens of the sample the block saw (all ones where a token router is absent)."""
+    the n tokens of the sample the block saw (None: the block has no token router, every token ran its MLP)."""
     heads: torch.Tensor
     groups: torch.Tensor
-    tokens: torch.Tensor
+    tokens: torch.Tensor | None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -63,10 +63,11 @@ def _doubled(cond: dict, batch: int) -> dict:
 
 
 def dydit_losses(diffusion: Any, net: Callable, routed: Any, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                 cond: dict, step: int, config: DyDiTConfig, costs: Sequence[BlockCost]) -> dict[str, torch.Tensor]:
+                 cond: dict, step: int, config: DyDiTConfig) -> dict[str, torch.Tensor]:
     """The loss terms of one micro-batch (`loss` is minimised, the rest logged). `net` is the model (or its DDP /
     FSDP wrapper) taking `complete=` (B,) bool in its condition; `routed` is the network whose `routing` the
-    forward fills; `costs` are its blocks' `BlockCost`s in `routing` order."""
+    forward fills and whose `block_costs()` are its blocks' `BlockCost`s in `routing` order at the tokens that
+    forward processed (FlexDiT ∘ DyDiT: λ is a fraction of the FlexDiT forward at its grid)."""
     B = x0.shape[0]
     complete = step < config.complete_steps
     if complete:                                        # rows B.. run the complete model on the same x_t and noise
@@ -76,8 +77,9 @@ def dydit_losses(diffusion: Any, net: Callable, routed: Any, x0: torch.Tensor, t
     else:
         terms = diffusion.training_losses(net, x0, t, noise, cond)
     routing = routed.routing
+    costs = routed.block_costs()                        # at the token counts of this forward (FlexDiT's grid)
     fraction = flops_fraction(costs, [r.heads[:B] for r in routing], [r.groups[:B] for r in routing],
-                              [r.tokens[:B] for r in routing])                                      # (B,)
+                              [None if r.tokens is None else r.tokens[:B] for r in routing])        # (B,)
     target = target_at(step, config.target, config.hold_steps, config.anneal_steps)
     budget = budget_loss(fraction, target)
     loss = terms["loss"][:B].mean() + config.loss_weight * budget
@@ -96,9 +98,11 @@ def keep_rates(routing: Sequence[BlockRouting], batch: int | None = None) -> dic
     rows = slice(None, batch)
     out = {}
     for kind, i in (("heads", 0), ("groups", 1), ("tokens", 2)):
-        rates = [r[i][rows].detach().float().mean() for r in routing]
-        out[f"keep_{kind}"] = torch.stack(rates).mean()
-        out.update({f"keep/{kind[0]}{b:02d}": rate for b, rate in enumerate(rates)})
+        rates = {b: r[i][rows].detach().float().mean() for b, r in enumerate(routing) if r[i] is not None}
+        if not rates:                               # (no block routes tokens)
+            continue
+        out[f"keep_{kind}"] = torch.stack(list(rates.values())).mean()
+        out.update({f"keep/{kind[0]}{b:02d}": rate for b, rate in rates.items()})
     return out
 
 
@@ -108,12 +112,14 @@ def keep_rates(routing: Sequence[BlockRouting], batch: int | None = None) -> dic
 
 @dataclass(frozen=True)
 class RoutedBlock:
-    """A block's shape for counting: `cost` at full width, its heads, MLP groups and tokens per sample."""
+    """A block's shape for counting: `cost` at full width, its heads, MLP groups and (query) tokens per sample, and
+    whether a token router picks which of them run the MLP."""
     cost: BlockCost
     heads: int
     groups: int
     tokens: int
     dim: int
+    token_router: bool = True
 
 
 def routed_macs(blocks: Sequence[RoutedBlock], routing: Sequence[BlockRouting], other_macs: float,
@@ -124,14 +130,15 @@ def routed_macs(blocks: Sequence[RoutedBlock], routing: Sequence[BlockRouting], 
                        dtype=torch.float64)
     for block, r in zip(blocks, routing, strict=True):
         heads, units = r.heads.double().mean(1), r.groups.double().mean(1)    # equal heads, equal groups
-        kept = r.tokens.double().sum(1)                                       # tokens that ran the MLP
+        kept = block.tokens if r.tokens is None else r.tokens.double().sum(1)   # tokens that ran the MLP
         total += block.cost.attention * heads + block.cost.mlp * units * kept / block.tokens
     return total
 
 
 def router_macs(blocks: Sequence[RoutedBlock], router_hidden: int) -> float:
     """MACs per sample of DyDiT's routers: width D -> H - 1 and D -> G - 1, tokens D -> D/16 -> 1 on every token."""
-    return float(sum(b.dim * (b.heads + b.groups - 2) + b.tokens * (b.dim + 1) * router_hidden for b in blocks))
+    return float(sum(b.dim * (b.heads + b.groups - 2) + b.token_router * b.tokens * (b.dim + 1) * router_hidden
+                     for b in blocks))
 
 
 class RoutedCostMeter:
@@ -197,5 +204,6 @@ def synthetic_routing(blocks: Sequence[RoutedBlock], target: float, batch: int =
     for b in blocks:
         heads = (torch.arange(b.heads) < synthetic_width(b.heads, target)).double().expand(batch, -1)
         groups = (torch.arange(b.groups) < synthetic_width(b.groups, target)).double().expand(batch, -1)
-        out.append(BlockRouting(heads, groups, torch.ones(batch, b.tokens, dtype=torch.float64)))
+        out.append(BlockRouting(heads, groups, torch.ones(batch, b.tokens, dtype=torch.float64)
+                                if b.token_router else None))
     return out

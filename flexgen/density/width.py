@@ -40,9 +40,12 @@ def _head_rows(dim: int, num_heads: int, order: torch.Tensor) -> torch.Tensor:
 def _unit_rows(block: nn.Module, heads: torch.Tensor, groups: torch.Tensor, num_groups: int
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For head indices `heads` and group indices `groups` (in that order): the feature rows of those heads in
-    q / k / v and proj's columns (D_h,), the rows of the fused qkv (3·D_h,), and the MLP hidden units (U,)."""
+    q / k / v and proj's columns (D_h,), the rows of the fused qkv (3·D_h,; a Poolingformer's `v`: D_h,), and the
+    MLP hidden units (U,)."""
     dim, H = block.attn.proj.in_features, block.attn.num_heads
     rows = _head_rows(dim, H, heads)
+    if block.attn.qkv is None:                                                # a Poolingformer: its value rows
+        return rows, rows, _head_rows(block.mlp.fc1.out_features, num_groups, groups)
     qkv_rows = torch.cat([rows + i * dim for i in range(3)])                  # q, k, v blocks alike
     return rows, qkv_rows, _head_rows(block.mlp.fc1.out_features, num_groups, groups)
 
@@ -115,7 +118,7 @@ def _active(mask: torch.Tensor) -> torch.Tensor:
 class Slices(NamedTuple):
     """The weights of a block's active heads and MLP groups."""
     heads: int                  # active heads
-    qkv_weight: torch.Tensor
+    qkv_weight: torch.Tensor    # q, k, v rows of the active heads (a Poolingformer: v rows)
     qkv_bias: torch.Tensor
     proj_weight: torch.Tensor   # its input columns of the active heads
     fc1_weight: torch.Tensor
@@ -140,7 +143,8 @@ class SlicedWeights:
 
     def _weights(self) -> tuple:
         attn, mlp = self.block.attn, self.block.mlp
-        return tuple((w.data_ptr(), w._version, w.dtype) for w in (attn.qkv.weight, attn.qkv.bias, attn.proj.weight,
+        qkv = attn.v if attn.qkv is None else attn.qkv
+        return tuple((w.data_ptr(), w._version, w.dtype) for w in (qkv.weight, qkv.bias, attn.proj.weight,
                                                                    mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight))
 
     def get(self, heads: torch.Tensor, groups: torch.Tensor) -> Slices:
@@ -155,9 +159,10 @@ class SlicedWeights:
             self.hits += 1
             return self._cache[key]
         attn, mlp = self.block.attn, self.block.mlp
+        qkv = attn.v if attn.qkv is None else attn.qkv
         rows, qkv_rows, units = _unit_rows(self.block, head_index, group_index, len(groups))
         with torch.no_grad():
-            sliced = Slices(len(head_index), attn.qkv.weight[qkv_rows].clone(), attn.qkv.bias[qkv_rows].clone(),
+            sliced = Slices(len(head_index), qkv.weight[qkv_rows].clone(), qkv.bias[qkv_rows].clone(),
                             attn.proj.weight[:, rows].clone(), mlp.fc1.weight[units].clone(),
                             mlp.fc1.bias[units].clone(), mlp.fc2.weight[:, units].clone())
         self._cache[key] = sliced
@@ -175,17 +180,28 @@ def _per_sequence(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return mask[:, None]
 
 
-def masked_attention(attn: nn.Module, x: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+def masked_attention(attn: nn.Module, x: torch.Tensor, heads: torch.Tensor,
+                     context: torch.Tensor | None = None) -> torch.Tensor:
     """The definition: every head computed, each head's output times its gate, then proj. x (S, N, D), heads (H,)
-    or (S, H) (training: each sample has its own t, so its own mask)."""
-    return attn(x, head_gates=_per_sequence(heads, x)[..., None])            # gates (S or 1, 1, H, 1)
+    or (S, H) (training: each sample has its own t, so its own mask); keys and values from `context` (S, M, D)
+    when given (FlexDiT's sparse generation and dense recovery)."""
+    return attn(x, context, head_gates=_per_sequence(heads, x)[..., None])   # gates (S or 1, 1, H, 1)
 
 
-def sliced_attention(attn: nn.Module, x: torch.Tensor, sliced: Slices) -> torch.Tensor:
-    """The same with only the active heads computed (weights from `SlicedWeights.get`). x (S, N, D)."""
+def sliced_attention(attn: nn.Module, x: torch.Tensor, sliced: Slices,
+                     context: torch.Tensor | None = None) -> torch.Tensor:
+    """The same with only the active heads computed (weights from `SlicedWeights.get`). x (S, N, D), context
+    (S, M, D) or None; a Poolingformer projects the token mean through its active value rows."""
     S, N, D = x.shape
     h, Dh = sliced.heads, D // attn.num_heads
-    q, k, v = F.linear(x, sliced.qkv_weight, sliced.qkv_bias).reshape(S, N, 3, h, Dh).unbind(2)  # 3 × (S, N, h, Dh)
+    w, b = sliced.qkv_weight, sliced.qkv_bias
+    if attn.qkv is None:                                                      # Poolingformer: token mean of V
+        return F.linear(F.linear(x.mean(dim=1, keepdim=True), w, b), sliced.proj_weight, attn.proj.bias)  # (S, 1, D)
+    if context is None:
+        q, k, v = F.linear(x, w, b).reshape(S, N, 3, h, Dh).unbind(2)        # 3 × (S, N, h, Dh)
+    else:
+        q = F.linear(x, w[:h * Dh], b[:h * Dh]).reshape(S, N, h, Dh)          # (S, N, h, Dh)
+        k, v = F.linear(context, w[h * Dh:], b[h * Dh:]).reshape(S, context.shape[1], 2, h, Dh).unbind(2)
     return F.linear(attention(q, k, v).reshape(S, N, h * Dh), sliced.proj_weight, attn.proj.bias)
 
 
@@ -216,12 +232,13 @@ def packed_tokens_mlp(mlp: nn.Module, x: torch.Tensor, tokens: torch.Tensor, sli
 
 
 def run_block(block: nn.Module, x: torch.Tensor, cond: torch.Tensor, heads: torch.Tensor, groups: torch.Tensor,
-              token_router: nn.Module | None = None, *, sliced: SlicedWeights | None = None,
-              complete: torch.Tensor | None = None, generator: torch.Generator | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+              token_router: nn.Module | None = None, *, context: torch.Tensor | None = None,
+              sliced: SlicedWeights | None = None, complete: torch.Tensor | None = None,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One `LatteBlock` at partial width (DyDiT, Fig. 2): attention on the gated heads, then the token router on
     the residual stream after the attention update, then the MLP on the gated groups of the kept tokens; a token
-    it turns off keeps its value through the MLP half. Returns (x, token gates (S, N) or None).
+    it turns off keeps its value through the MLP half. Returns (x, token gates (S, N) or None). Keys and values
+    come from `context` (normalised and modulated like x) when given, as in `LatteBlock`'s block protocol.
 
     With `sliced` (a `SlicedWeights` of this block; width masks (H,) / (G,) shared by the batch) only the active
     heads, groups and tokens are computed; without it, the masked definition (masks may be per sequence)."""
@@ -229,8 +246,10 @@ def run_block(block: nn.Module, x: torch.Tensor, cond: torch.Tensor, heads: torc
 
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.modulation(cond, x.shape[0])
     h = modulate(block.norm1(x), shift_msa, scale_msa)                        # (S, N, D)
+    kv = None if context is None else modulate(block.norm1(context), shift_msa, scale_msa)     # (S, M, D)
     weights = None if sliced is None else sliced.get(heads, groups)
-    attn = masked_attention(block.attn, h, heads) if weights is None else sliced_attention(block.attn, h, weights)
+    attn = (masked_attention(block.attn, h, heads, kv) if weights is None else
+            sliced_attention(block.attn, h, weights, kv))
     x = x + gate_msa * attn                                                   # (S, N, D)
     tokens = None if token_router is None else token_router(x, generator=generator)   # (S, N)
     if tokens is not None and complete is not None:

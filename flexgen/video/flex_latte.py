@@ -14,6 +14,7 @@ read the dense tokens of its F/n frames, and the temporal blocks run over n fram
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 from torch import nn
@@ -88,7 +89,9 @@ class FlexLatte(Latte):
         def temporal(i, x, sparse):
             return self.temporal(x, i, sparse_frames if sparse else frames) if i < len(self.temporal_blocks) else x
 
-        x = run_layout(self.roles, self.spatial_blocks, self.fusions, x, dense_cond=frames.cond,
+        # each spatial block through `run_block` (index i of [*spatial, *temporal]), the hook DyDiT's routing uses
+        blocks = [functools.partial(self.run_block, block, i) for i, block in enumerate(self.spatial_blocks)]
+        x = run_layout(self.roles, blocks, self.fusions, x, dense_cond=frames.cond,
                        sparse_cond=sparse_frames.cond, to_sparse=to_sparse, to_dense=to_dense,
                        # a sparse frame reads the tokens of its `group` dense frames, and they read it back
                        dense_kv=lambda x: x.reshape(-1, group * x.shape[1], x.shape[2]),

@@ -184,11 +184,14 @@ class Attention(nn.Module):
         """`head_gates` (broadcastable to (S, N, H, 1)): each head's output times its gate before `proj` (DyDiT's
         masked definition of partial width)."""
         S, N, D = x.shape
+        H = self.num_heads
         if self.qkv is None:                                                  # Poolingformer: token mean of V
             if context is not None:
                 raise ValueError("a Poolingformer attends to its own tokens only")
-            return self.proj(self.v(x.mean(dim=1, keepdim=True)))             # (S, 1, D), broadcasts over N
-        H = self.num_heads
+            out = self.v(x.mean(dim=1, keepdim=True))                         # (S, 1, D), broadcasts over N
+            if head_gates is not None:
+                out = (out.reshape(S, 1, H, D // H) * head_gates).reshape(S, 1, D)
+            return self.proj(out)
         if context is None:
             q, k, v = self.qkv(x).reshape(S, N, 3, H, D // H).unbind(2)       # 3 × (S, N, H, Dh)
         else:
@@ -234,11 +237,9 @@ class LatteBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, context: torch.Tensor | None = None, *,
                 run: Callable | None = None) -> Any:
-        """`run(block, x, cond)` replaces the block's computation (DyDiT's partial width) inside this call, so module
-        hooks (FSDP's parameter gathering) and gradient checkpointing apply to it as to the dense block."""
-        if run is not None and context is not None:
-            raise ValueError("a replaced block computation takes no context")
-        compute = self._forward if run is None else (lambda x, cond, context: run(self, x, cond))
+        """`run(block, x, cond, context)` replaces the block's computation (DyDiT's partial width) inside this call,
+        so module hooks (FSDP's parameter gathering) and gradient checkpointing apply to it as to the dense block."""
+        compute = self._forward if run is None else (lambda x, cond, context: run(self, x, cond, context))
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(compute, x, cond, context, use_reentrant=False)
         return compute(x, cond, context)
@@ -381,10 +382,11 @@ class Latte(nn.Module):
                 x = self.temporal(x, i, frames)                               # (B·FI, N, D)
         return self.head(x, frames)
 
-    def run_block(self, block: LatteBlock, index: int, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Block `index` of [*spatial_blocks, *temporal_blocks] on x (S, N, D): the whole block here; DyDiT
-        (`flexgen.video.dy_latte`) runs part of it."""
-        return block(x, cond)
+    def run_block(self, block: LatteBlock, index: int, x: torch.Tensor, cond: torch.Tensor,
+                  context: torch.Tensor | None = None) -> torch.Tensor:
+        """Block `index` of [*spatial_blocks, *temporal_blocks] on x (S, N, D) (keys and values from `context`
+        when given): the whole block here; DyDiT (`flexgen.video.dy_latte`) runs part of it."""
+        return block(x, cond, context=context)
 
     def embed(self, x, t, y, num_images, y_images) -> tuple[torch.Tensor, Frames]:
         """Check the inputs; patch tokens with the 2-D position embedding, and the conditions."""
