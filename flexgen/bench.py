@@ -86,7 +86,9 @@ def _flexdit_plan(run, dense) -> _Dynamic:
 
 def _dydit_plan(run, dense, dev, dtype, x, cond, ckpt, target, sampler, steps, points: int = 5) -> _Dynamic:
     """DyDiT: the model with trained routers (`ckpt`) or the synthetic setting for λ = `target` on the dense model's
-    weights, timed at `points` timesteps spread over the sampler's (synthetic routers are the same at every t)."""
+    weights, timed at `points` timesteps spread over the sampler's (synthetic routers are the same at every t, so one
+    suffices). Composed with FlexDiT: as many in every stage of its schedule the sampler visits, and a sampler step
+    is timed at the nearest timed timestep of its own stage (so at its own grid)."""
     from flexgen.density.dydit import set_synthetic_routers
 
     dy = build_denoiser(run).to(device=dev)
@@ -94,12 +96,24 @@ def _dydit_plan(run, dense, dev, dtype, x, cond, ckpt, target, sampler, steps, p
         dy.load_pretrained(ckpt, routers_required=True)
         dense.net.load_state_dict({k: v for k, v in dy.net.state_dict().items() if "_routers." not in k})
     else:
-        dy.net.load_state_dict(dense.net.state_dict(), strict=False)
+        dense_weights = dy.net.state_dict() | dense.net.state_dict()       # (FlexDiT's fusions stay fresh)
+        if dy.cost().stages:
+            from flexgen.video.flex_latte import dense_to_flex_state_dict
+
+            dense_weights = dense_to_flex_state_dict(dense_weights, dy.net)
+        dy.net.load_state_dict(dense_weights)
         set_synthetic_routers(dy.net.width_routers, dy.net.token_routers, target)
     dy = dy.to(dtype=dtype).eval()
     timesteps = [int(t) for t in any_scheduler(sampler, linear_betas(run.diffusion.num_timesteps), steps).timesteps]
-    picked = [timesteps[0]] if not ckpt else sorted({timesteps[round(i * (len(timesteps) - 1) / max(1, points - 1))]
-                                                     for i in range(points)})
+
+    def stage(t: int):                                 # the FlexDiT grid at t (None: DyDiT alone)
+        return grid_at_timestep(dy.cost(), t)
+
+    picked = []
+    for grid in dict.fromkeys(stage(t) for t in timesteps):
+        inside = [t for t in timesteps if stage(t) == grid]
+        count = points if ckpt else 1
+        picked += sorted({inside[round(i * (len(inside) - 1) / max(1, count - 1))] for i in range(count)})
     macs = {}
     for t in picked:                                   # the MACs of each timed forward, from its kept counts
         dy(x, torch.full((x.shape[0],), t, device=dev, dtype=torch.long), **cond)
@@ -107,12 +121,13 @@ def _dydit_plan(run, dense, dev, dtype, x, cond, ckpt, target, sampler, steps, p
     dense_gmacs = dense.cost().forward_macs(None).gmacs
 
     def nearest(t: int) -> int:                        # a sampler step is timed at the nearest timed timestep
-        return min(picked, key=lambda p: abs(p - t))
+        return min((p for p in picked if stage(p) == stage(t)), key=lambda p: abs(p - t))
 
     weights = {p: sum(1 for t in timesteps if nearest(t) == p) / len(timesteps) for p in picked}
     return _Dynamic(dy, picked, {p: p for p in picked}, lambda _: {}, nearest,
                     lambda median: sum(weights[p] * median[p] for p in picked),
-                    sum(weights[p] * macs[p] for p in picked), dense_gmacs, "DyDiT", "timestep")
+                    sum(weights[p] * macs[p] for p in picked), dense_gmacs,
+                    "FlexDiT ∘ DyDiT" if dy.cost().stages else "DyDiT", "timestep")
 
 
 @torch.no_grad()
@@ -258,18 +273,33 @@ def dydit_flops(run, name: str, *, ckpt: str | None = None, target: float | None
     sampler step's MACs per sample and the total."""
     from flexgen.density.dydit import RoutedCostMeter, router_macs, synthetic_routing
 
-    dense_run = dataclasses.replace(run, dydit=DyDiTConfig())
+    dense_run = dataclasses.replace(run, dydit=DyDiTConfig(), density=DensityConfig())
     dense, dy = _meta_denoiser(dense_run), _meta_denoiser(run)
     dense_gmacs = dense.cost().forward_macs(None).gmacs
-    shapes = dy.net.block_shapes()
+    stages = dy.cost().stages                          # FlexDiT ∘ DyDiT: its schedule's grids
+    shapes = dy.net.block_shapes(stages[0].grid if stages else None)
     params_dense, params = (sum(p.numel() for p in m.parameters()) for m in (dense, dy))
-    result = {"model": name, "policy": "DyDiT", "dydit_target": run.dydit.target, "params_dense": params_dense,
-              "params": params, "router_params": params - params_dense, "gmacs_dense": dense_gmacs,
-              "router_gmacs": router_macs(shapes, dy.net.token_router_hidden) / 1e9,
+    result = {"model": name, "policy": "FlexDiT ∘ DyDiT" if stages else "DyDiT", "dydit_target": run.dydit.target,
+              "params_dense": params_dense, "params": params, "router_params": params - params_dense,
+              "gmacs_dense": dense_gmacs, "router_gmacs": router_macs(shapes, dy.net.token_router_hidden) / 1e9,
               "block_gmacs": [[b.cost.attention / 1e9, b.cost.mlp / 1e9] for b in shapes]}
+    if stages:
+        flex = density_report(dy.cost())
+        result.update(layout=run.density.layout, gmacs_flexdit=flex["gmacs"], flexdit_ratio=1 - flex["reduction"])
     if ckpt is None:
         target = target if target is not None else run.dydit.target
-        gmacs = float(dy.routed_forward_macs(synthetic_routing(shapes, target))) / 1e9
+
+        def synthetic(grid):                           # GMACs of one forward at `grid` with the λ setting
+            routing = synthetic_routing(dy.net.block_shapes(grid), target)
+            return float(dy.routed_forward_macs(routing, grid)) / 1e9
+
+        if stages:
+            per_grid = {s.grid: synthetic(s.grid) for s in stages}
+            gmacs = mean_over_stages(stages, per_grid.__getitem__)
+            result["stages"] = [[s.t_start, s.t_end, s.grid, flex["stages"][i][3], per_grid[s.grid]]
+                                for i, s in enumerate(stages)]
+        else:
+            gmacs = synthetic(None)
         result.update(router_setting=f"synthetic λ={target:g}", gmacs=gmacs, flops_ratio=gmacs / dense_gmacs)
         return result
     from flexgen.diffusion import sample
@@ -320,11 +350,18 @@ def bench_flops(args) -> dict:
 
 
 def print_dydit_flops(result: dict) -> None:
-    print(f"{result['model']}: DyDiT λ = {result['dydit_target']:g}, routers {result['router_setting']}")
+    layout = f"FlexDiT layout {result['layout']} ∘ " if "layout" in result else ""
+    print(f"{result['model']}: {layout}DyDiT λ = {result['dydit_target']:g}, routers {result['router_setting']}")
     print(f"  parameters  {result['params_dense'] / 1e6:10.2f} M dense, {result['params'] / 1e6:.2f} M with routers "
           f"(+{result['router_params'] / 1e6:.2f} M)")
-    print(f"  MACs        {result['gmacs_dense']:10.2f} G per forward dense, {result['gmacs']:.2f} G DyDiT "
-          f"(ratio {result['flops_ratio']:.3f}; routers {result['router_gmacs']:.3f} G)")
+    if "layout" in result:
+        print(f"  FlexDiT alone {result['gmacs_flexdit']:8.2f} G per forward (ratio {result['flexdit_ratio']:.3f})")
+        for t_start, t_end, grid, flex, composed in result.get("stages", []):
+            print(f"    t in [{t_start:4d}, {t_end:4d})  grid {grid:2d}×{grid:<2d} FlexDiT {flex:9.2f} G, "
+                  f"composed {composed:9.2f} G")
+    print(f"  MACs        {result['gmacs_dense']:10.2f} G per forward dense, {result['gmacs']:.2f} G "
+          f"{result['policy']} (ratio {result['flops_ratio']:.3f}, {100 * (1 - result['flops_ratio']):.1f}% fewer; "
+          f"routers {result['router_gmacs']:.3f} G)")
     if "gmacs_per_sample" in result:
         at_t = result["gmacs_per_sample_at_t"]
         shown = list(at_t.items())[:: max(1, len(at_t) // 10)]
@@ -336,7 +373,7 @@ def print_dydit_flops(result: dict) -> None:
 
 
 def print_flops(result: dict) -> None:
-    if result.get("policy") == "DyDiT":
+    if "dydit_target" in result:
         print_dydit_flops(result)
         return
     condition = f"text tokens = {result['text_tokens']}" if "text_tokens" in result else \
@@ -365,7 +402,9 @@ def bench_latency(args) -> dict:
     if args.ckpt and not run.dydit.enabled:
         raise ValueError("--ckpt times a DyDiT checkpoint's routers: give a config with a dydit section")
     dtype = getattr(torch, args.dtype)
-    policy = {"layout": run.density.layout} if run.density.layout else {"dydit_target": run.dydit.target}
+    policy = {"layout": run.density.layout} if run.density.layout else {}
+    if run.dydit.enabled:
+        policy["dydit_target"] = run.dydit.target
     return {"model": name, **policy,
             **latency_report(run, device=args.device, dtype=dtype, batch=args.batch, repeats=args.repeats,
                              warmup=args.warmup, cfg_scale=args.cfg_scale, sampler=args.sampler, steps=args.steps,
@@ -373,9 +412,11 @@ def bench_latency(args) -> dict:
 
 
 def print_latency(result: dict) -> None:
-    policy = f"layout {result['layout']}" if "layout" in result else \
-        f"DyDiT λ = {result['dydit_target']:g}, routers {result['router_setting']}"
-    name, key = result["policy"], "grid" if "layout" in result else "timestep"
+    parts = [f"layout {result['layout']}"] if "layout" in result else []
+    if "dydit_target" in result:
+        parts.append(f"DyDiT λ = {result['dydit_target']:g}, routers {result['router_setting']}")
+    policy = ", ".join(parts)
+    name, key = result["policy"], "timestep" if "dydit_target" in result else "grid"
     print(f"{result['model']}, {policy}, {result['device']} {result['dtype']}, batch {result['batch']}, median of "
           f"{result['repeats']}")
     print(f"  MACs: dense {result['gmacs_dense']:.2f} G, {name} {result['gmacs']:.2f} G "
@@ -443,9 +484,12 @@ def print_plan(result: dict) -> None:
         t = result["trained"]
         print(f"  trained DyDiT (λ = {t['target']:g}, {t['checkpoint']}): realised " + ", ".join(
             f"{r['sampler']}-{r['steps']} {r['flops_fraction']:.3f}" for r in t["realised"]))
-    dy = result["dydit"]
-    if dy is not None:
-        lam = f"λ = {dy['target']:.3f}" if dy["reachable"] else "no λ in (0, 1] reaches it"
-        print(f"  DyDiT: {lam} (blocks {dy['blocks_gmacs']:.2f} G, fixed costs and routers {dy['fixed_gmacs']:.2f} "
-              "G per forward); what a sampler realises depends on how the trained routers spread λ over t: measure "
-              "it with flexgen bench flops --ckpt")
+    for key, name in (("dydit", "DyDiT"), ("composed", "FlexDiT ∘ DyDiT on the config's schedule")):
+        dy = result.get(key)
+        if dy is not None:
+            lam = f"λ = {dy['target']:.3f}" if dy["reachable"] else "no λ in (0, 1] reaches it"
+            print(f"  {name}: {lam} (blocks {dy['blocks_gmacs']:.2f} G, fixed costs and routers "
+                  f"{dy['fixed_gmacs']:.2f} G per forward)")
+    if result.get("dydit") is not None:
+        print("  what a sampler realises depends on how the trained routers spread λ over t: measure it with "
+              "flexgen bench flops --ckpt")

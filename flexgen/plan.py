@@ -10,7 +10,9 @@ those that keep the most tokens first.
 For DyDiT the budget is on the blocks' mean FLOPs fraction λ over training timesteps; the plan gives the λ whose
 blocks plus the model's fixed costs (embeddings, final layer, routers) meet the budget. How a trained model spreads
 that λ over t decides what a sampler realises (the demo's λ = 0.5 model realises 0.57 under DDIM-50): measure a
-trained checkpoint with `flexgen bench flops --ckpt`.
+trained checkpoint with `flexgen bench flops --ckpt`. For a run with a FlexDiT layout and schedule, the plan also
+gives the λ of FlexDiT ∘ DyDiT on that schedule (a fraction of each FlexDiT forward) that meets the budget under the
+sampler's timesteps.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import torch
 
 from flexgen.density import DensityConfig, ScheduleConfig
+from flexgen.density.cost import grid_at_timestep
 from flexgen.density.dydit import DyDiTConfig, router_macs
 from flexgen.density.layouts import LAYOUTS, parse_layout
 from flexgen.density.schedules import grid_at
@@ -90,19 +93,30 @@ def plan(run, budget: float, sampler: str, steps: int, top: int = 20) -> dict[st
               "gmacs_per_forward_dense": dense_gmacs, "gmacs_per_sample_dense": dense_gmacs * len(timesteps),
               "schedules_considered": considered, "schedules_within_budget": len(rows), "flexdit": rows[:top]}
     result["dydit"] = dydit_target(plain, budget, dense_gmacs)
+    if run.density.layout:           # the run's own FlexDiT schedule composed with DyDiT under this sampler
+        result["composed"] = dydit_target(dataclasses.replace(run, dydit=DyDiTConfig()), budget, dense_gmacs,
+                                          timesteps)
     return result
 
 
-def dydit_target(run, budget: float, dense_gmacs: float) -> dict[str, Any] | None:
+def dydit_target(run, budget: float, dense_gmacs: float, timesteps: list[int] | None = None
+                 ) -> dict[str, Any] | None:
     """The λ (mean FLOPs fraction of the blocks) whose model costs `budget` of dense per forward, routers included;
-    None for a family without DyDiT."""
+    None for a family without DyDiT. With `run`'s FlexDiT density (FlexDiT ∘ DyDiT, whose λ is a fraction of each
+    FlexDiT forward), blocks and fixed costs are averaged over the sampler's `timesteps` at their grids."""
     try:
         dy = _meta(dataclasses.replace(run, dydit=DyDiTConfig(target=1.0)))
-        shapes = dy.net.block_shapes()
+        cost = dy.cost()
+        grids = [grid_at_timestep(cost, t) for t in timesteps or range(run.diffusion.num_timesteps)] \
+            if cost.stages else [None]
+        shapes = {g: dy.net.block_shapes(g) for g in set(grids)}
     except (ValueError, AttributeError):
         return None
-    blocks = sum(b.cost.attention + b.cost.mlp for b in shapes) / 1e9
-    fixed = dense_gmacs - blocks + router_macs(shapes, dy.net.token_router_hidden) / 1e9
+    forward_at = {g: dense_gmacs if g is None else cost.forward_macs(g).gmacs for g in shapes}
+    block_at = {g: sum(b.cost.attention + b.cost.mlp for b in sh) / 1e9 for g, sh in shapes.items()}
+    blocks = sum(block_at[g] for g in grids) / len(grids)
+    fixed = sum(forward_at[g] - block_at[g] + router_macs(shapes[g], dy.net.token_router_hidden) / 1e9
+                for g in grids) / len(grids)
     lam = (budget * dense_gmacs - fixed) / blocks
     return {"target": lam if 0 < lam <= 1 else None, "blocks_gmacs": blocks, "fixed_gmacs": fixed,
             "reachable": 0 < lam <= 1}

@@ -70,3 +70,20 @@ def test_a_trained_dydit_reports_what_each_sampler_realises(tmp_path, capsys):
                  "sample.sampler=ddim", "sample.steps=50", "--ckpt", str(tmp_path / "dy.safetensors"),
                  "--num-samples", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["flops_ratio"] == pytest.approx(realised["ddim"]["flops_fraction"])
+
+
+def test_the_composed_lambda_meets_the_budget_it_was_planned_for():
+    # FlexDiT ∘ DyDiT: the planned λ is a fraction of each FlexDiT forward; with every timestep visited (DDPM-1000)
+    # the synthetic λ setting of `bench flops` (mean over the schedule's stages) costs the budget, up to the rounding
+    # of heads and MLP groups to whole units (16 heads here, so a unit is 1/16 of a block)
+    from flexgen.bench import dydit_flops
+
+    composed = ["density.schedule.kind=constant", "density.schedule.grid=4", "model.num_heads=16", "dydit.target=0.5"]
+    run = tiny(*composed)
+    result = plan(run, 0.45, "ddpm", 1000)
+    assert result["composed"]["reachable"] and result["dydit"]["reachable"]
+    lam = result["composed"]["target"]
+    assert lam > result["dydit"]["target"]                  # FlexDiT already removed part of the budget
+    measured = dydit_flops(tiny(*composed[:3], f"dydit.target={lam}"), "tiny")
+    assert measured["policy"] == "FlexDiT ∘ DyDiT" and measured["flexdit_ratio"] < 1
+    assert measured["flops_ratio"] == pytest.approx(0.45, abs=0.02)
