@@ -94,14 +94,13 @@ def _dydit_plan(run, dense, dev, dtype, x, cond, ckpt, target, sampler, steps, p
     dy = build_denoiser(run).to(device=dev)
     if ckpt:
         dy.load_pretrained(ckpt, routers_required=True)
-        dense.net.load_state_dict({k: v for k, v in dy.net.state_dict().items() if "_routers." not in k})
-    else:
-        dense_weights = dy.net.state_dict() | dense.net.state_dict()       # (FlexDiT's fusions stay fresh)
-        if dy.cost().stages:
-            from flexgen.video.flex_latte import dense_to_flex_state_dict
-
-            dense_weights = dense_to_flex_state_dict(dense_weights, dy.net)
-        dy.net.load_state_dict(dense_weights)
+        if not dy.cost().stages:                       # (the dense model's time does not depend on its weights)
+            dense.net.load_state_dict({k: v for k, v in dy.net.state_dict().items() if "_routers." not in k})
+    else:                                              # the dense weights (FlexDiT-converted when composed)
+        source = dense.converted(run.density) if dy.cost().stages else dense
+        missing, unexpected = dy.net.load_state_dict(source.net.state_dict(), strict=False)
+        if unexpected or any("_routers." not in k for k in missing):
+            raise ValueError(f"the dense weights do not fit the DyDiT model: {unexpected[:3]} {missing[:3]}")
         set_synthetic_routers(dy.net.width_routers, dy.net.token_routers, target)
     dy = dy.to(dtype=dtype).eval()
     timesteps = [int(t) for t in any_scheduler(sampler, linear_betas(run.diffusion.num_timesteps), steps).timesteps]

@@ -6,7 +6,7 @@
    training clips, saved and hashed; its held-out accuracy on real clips is reported.
 3. A dense Latte (`flexgen/configs/demo/demo-dense.yaml`; `configs/demo` in a checkout), then each density policy
    of `POLICIES` fine-tuned from the dense EMA weights with the same budget (FlexDiT: `demo-flex.yaml`, DyDiT:
-   `demo-dydit.yaml`).
+   `demo-dydit.yaml`, the two composed: `demo-flexdydit.yaml`).
 4. Every model samples the same seeds and labels with `flexgen sample` (mp4 files + samples.json).
 5. Every sample folder goes through `flexgen eval`'s statistics: the Fréchet distance to held-out real clips in
    the classifier's feature space (`fd_synthmotion`, never "FVD"), the class accuracy of the samples
@@ -74,7 +74,8 @@ BUDGETS = {"full": Budget(32, 16, 34000, 8500, 64, 50, 300), "quick": Budget(4, 
 # The dense model, then one row per density policy: (row name, run folder, config). A later policy (DyDiT, the
 # composed model) adds its line here and is fine-tuned, sampled and rated exactly like FlexDiT.
 DENSE = ("Latte (dense)", "dense", "demo-dense.yaml")
-POLICIES = [("FlexDiT-Latte", "flexdit", "demo-flex.yaml"), ("DyDiT-Latte", "dydit", "demo-dydit.yaml")]
+POLICIES = [("FlexDiT-Latte", "flexdit", "demo-flex.yaml"), ("DyDiT-Latte", "dydit", "demo-dydit.yaml"),
+            ("FlexDiT∘DyDiT-Latte", "flexdydit", "demo-flexdydit.yaml")]
 
 
 def _config(name: str, data_root: Path, out: Path, samples: int, init_from: Path | None = None) -> tuple[Config,

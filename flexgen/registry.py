@@ -34,13 +34,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("latte", tuple(LATTE_PRESETS), "flexgen.backbones.latte:LatteDenoiser",
            datasets=("ffs", "sky", "ucf101", "taichi", "synthetic", "imagenet", "latents"),
            unused=("model.caption_channels", "data.manifest", "data.text_encoder", "data.text_cache",
-                   "data.max_length"),
+                   "data.max_length", "dydit.cross_attention"),
            samplers=("ddpm", "ddim", "dpm-solver++"), default_steps=250,
            sample_command="flexgen sample"),        # Latte / DiT: DDPM-250
     Family("pixart", tuple(PIXART_PRESETS), "flexgen.backbones.pixart:PixArtDenoiser",
            datasets=("captions",),
            unused=("model.num_classes", "data.num_frames", "data.frame_interval", "data.num_images", "data.class_list",
-                   "density.pool_frames", "dydit", "sample"),
+                   "density.pool_frames", "sample"),
            samplers=("dpm-solver++", "dpm-solver", "sa-solver", "ddim", "euler", "ddpm"), default_steps=20,
            sample_command="flexgen generate"),   # PixArt-α: DPM-20
 )}

@@ -1,5 +1,5 @@
 """`flexgen demo --quick`: the whole loop on generated mp4 files, end to end (the CI's reduced demo): data, the
-SynthMotion yardstick, dense training, FlexDiT fine-tuning, sampling, records, the board."""
+SynthMotion yardstick, dense training, FlexDiT / DyDiT / composed fine-tuning, sampling, records, the board."""
 
 import json
 
@@ -17,18 +17,22 @@ def test_quick_demo_runs_the_whole_loop(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "| Latte (dense) |" in printed and "| FlexDiT-Latte |" in printed and "fd_synthmotion" in printed
-    assert "| DyDiT-Latte |" in printed
+    assert "| DyDiT-Latte |" in printed and "| FlexDiT∘DyDiT-Latte |" in printed
     result = json.loads((out / "demo.json").read_text())
-    dense, flex, dy = result["rows"]
+    dense, flex, dy, composed = result["rows"]
     assert flex["gmacs_per_video"] < 0.8 * dense["gmacs_per_video"]          # FlexDiT is cheaper per video
     # DyDiT's cost is measured from its kept counts (two quick steps barely move the routers: dense + routers)
     dy_cost = SampleManifest.read(out / "dydit" / "samples" / "samples.json").cost
     assert dy["gmacs_per_video"] == dy_cost["gmacs_per_sample"]
     assert dy_cost["flops_fraction"] == pytest.approx(dy["gmacs_per_video"] / dense["gmacs_per_video"])
     assert "sliced_weight_patterns" in dy_cost
+    # the composed model's cost too; its token counts follow FlexDiT's schedule, so it costs less than DyDiT alone
+    composed_cost = SampleManifest.read(out / "flexdydit" / "samples" / "samples.json").cost
+    assert composed["gmacs_per_video"] == composed_cost["gmacs_per_sample"]
+    assert composed["gmacs_per_video"] < min(flex["gmacs_per_video"], dy["gmacs_per_video"])
     detector = result["detector"]
     assert file_sha256(detector["path"]) == detector["sha256"] and 0 <= detector["heldout_accuracy"] <= 1
-    for row in (dense, flex, dy):
+    for row in (dense, flex, dy, composed):
         assert row["fd_synthmotion"] > 0 and 0 <= row["acc_synthmotion"] <= 1 and row["seconds_per_video"] > 0
         folder = out / row["run"] / "samples"
         manifest = SampleManifest.read(folder / "samples.json")
@@ -37,12 +41,12 @@ def test_quick_demo_runs_the_whole_loop(tmp_path, capsys):
         assert (out / row["run"] / "ema.safetensors").is_file()
     # The same seeds and labels for every model; the records feed the board.
     labels = [[s.label for s in SampleManifest.read(out / r["run"] / "samples" / "samples.json").samples]
-              for r in (dense, flex, dy)]
-    assert labels[0] == labels[1] == labels[2]
+              for r in (dense, flex, dy, composed)]
+    assert labels[0] == labels[1] == labels[2] == labels[3]
     records = read_records(out / "records.jsonl")
     assert sorted((r.model_variant, r.metric) for r in records) == sorted(
-        (name, metric) for name in ("Latte (dense)", "FlexDiT-Latte", "DyDiT-Latte") for metric in ("fd_synthmotion",
-                                                                                     "acc_synthmotion"))
+        (name, metric) for name in ("Latte (dense)", "FlexDiT-Latte", "DyDiT-Latte", "FlexDiT∘DyDiT-Latte")
+        for metric in ("fd_synthmotion", "acc_synthmotion"))
     assert all(r.detector_sha256 == detector["sha256"] and r.protocol == "synthmotion16_8f" for r in records)
     board = (out / "leaderboard.md").read_text()
     assert "FD_SYNTHMOTION · synthmotion · synthmotion16_8f" in board and "ACC_SYNTHMOTION" in board
@@ -54,5 +58,5 @@ def test_quick_demo_runs_the_whole_loop(tmp_path, capsys):
     assert len(classes) == 4
     assert read_video(next(classes[0].glob("*.mp4"))).shape[0] == 15
     # Both models trained on logit-normal timesteps (the run's stored config).
-    for run in ("dense", "flexdit", "dydit"):
+    for run in ("dense", "flexdit", "dydit", "flexdydit"):
         assert "timestep_sampling: logit_normal" in (out / run / "config.yaml").read_text()

@@ -33,6 +33,7 @@ from torch import nn
 from flexgen.density.cost import CostModel
 from flexgen.density.timesteps import (
     StageTimesteps,
+    StratifiedTimesteps,
     TimestepSampler,
     UniformTimesteps,
     WeightedTimesteps,
@@ -105,14 +106,21 @@ class Denoiser(nn.Module):
                         noise: torch.Tensor, cond: dict, step: int) -> dict[str, torch.Tensor]:
         """The loss terms of one micro-batch at training step `step`: `loss` (per sample or a scalar) is minimised,
         every other term is logged (its mean). `net` is this model or its DDP / FSDP wrapper: forwards go through
-        it. The diffusion loss here; a policy with its own objective (DyDiT's budget) overrides."""
+        it. The diffusion loss; with DyDiT's routers, + the budget (`flexgen.density.dydit.dydit_losses`)."""
+        if self.routed:
+            from flexgen.density.dydit import dydit_losses
+
+            return dydit_losses(diffusion, net, self.net, x0, t, noise, cond, step, self.run.dydit)
         return diffusion.training_losses(net, x0, t, noise, cond)
 
     def timestep_sampler(self) -> TimestepSampler:
         """Timesteps from the run's training density (`diffusion.timestep_sampling`: uniform or logit-normal), one
-        density stage per micro-batch for a model with a density schedule."""
+        density stage per micro-batch for a model with a density schedule. DyDiT alone: stratified t (its budget
+        holds the batch mean, so each batch covers t evenly); composed with FlexDiT, one stage per micro-batch."""
         weights = timestep_weights(self.run.diffusion)
         stage_list = self.cost().stages
+        if self.routed and self.run.dydit.strata > 1 and not stage_list:
+            return StratifiedTimesteps(self.num_timesteps, self.run.dydit.strata, weights)
         if stage_list:
             return StageTimesteps(tuple(stage_list), weights)
         return UniformTimesteps(self.num_timesteps) if weights is None else WeightedTimesteps(weights)
@@ -134,16 +142,25 @@ class Denoiser(nn.Module):
 
     @property
     def routed(self) -> bool:
-        """Whether the model has learned routers (DyDiT), so its cost is measured from each forward's gates."""
-        return False
+        """Whether the network has DyDiT's routers (`width_routers`, `token_routers`, `routing` after a forward,
+        `block_shapes(grid)`, `patterns()`), so its cost is measured from each forward's gates."""
+        return hasattr(self.net, "width_routers")
 
-    def routed_forward_macs(self) -> torch.Tensor:
-        """(B,) MACs per sample of the last forward, from the gates it used (routed models only)."""
-        raise NotImplementedError(f"{type(self).__name__} has no routers")
+    def routed_forward_macs(self, routing: list | None = None, grid: int | None = None) -> torch.Tensor:
+        """(B,) MACs per sample of the last forward of a DyDiT model (or of gates `routing` at FlexDiT grid
+        `grid`), from the gates it used: what its skipping forward computes (`flexgen.density.dydit.routed_macs`);
+        composed with FlexDiT, at the grid that forward ran at."""
+        from flexgen.density.dydit import forward_macs
+
+        if not self.routed:
+            raise NotImplementedError(f"{type(self).__name__} has no routers")
+        return forward_macs(self.net, self.cost(), routing, grid)
 
     def sliced_weight_patterns(self) -> list[int]:
         """Distinct width patterns each block holds sliced weights for (routed models only)."""
-        raise NotImplementedError(f"{type(self).__name__} has no routers")
+        if not self.routed:
+            raise NotImplementedError(f"{type(self).__name__} has no routers")
+        return self.net.patterns()
 
     def step_stats(self, t: torch.Tensor) -> dict[str, float]:
         """What a training log line records about a forward at timesteps `t` (the sparse grid, for FlexDiT)."""

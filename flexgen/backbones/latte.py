@@ -17,8 +17,6 @@ from torch import nn
 
 from flexgen.backbones.base import Denoiser
 from flexgen.density.cost import CountedCost, SpatialSequence
-from flexgen.density.dydit import dydit_losses, routed_macs
-from flexgen.density.timesteps import StratifiedTimesteps, TimestepSampler, timestep_weights
 from flexgen.flops import FlopReport, count_macs
 from flexgen.presets import LATTE_PRESETS as PRESETS
 from flexgen.video.dy_latte import DyLatte, FlexDyLatte
@@ -91,11 +89,6 @@ class LatteDenoiser(Denoiser):
         if run.dydit.enabled:
             return cls(FlexDyLatte(config, density, T) if density.layout else DyLatte(config), run)
         return cls(FlexLatte(config, density, T) if density.layout else Latte(config), run)
-
-    @property
-    def routed(self) -> bool:
-        """Whether the network has DyDiT's routers (its cost depends on the gates each forward used)."""
-        return isinstance(self.net, DyLatte)
 
     @property
     def config(self) -> LatteConfig:
@@ -177,35 +170,6 @@ class LatteDenoiser(Denoiser):
                 value = torch.where(drop, torch.full_like(value, c.num_classes), value)
             cond[key] = value.to(device)
         return video, cond
-
-    def training_losses(self, diffusion: Any, net: nn.Module, x0: torch.Tensor, t: torch.Tensor,
-                        noise: torch.Tensor, cond: dict, step: int) -> dict[str, torch.Tensor]:
-        if not self.routed:
-            return super().training_losses(diffusion, net, x0, t, noise, cond, step)
-        return dydit_losses(diffusion, net, self.net, x0, t, noise, cond, step, self.run.dydit)
-
-    def timestep_sampler(self) -> TimestepSampler:
-        """DyDiT: stratified t (its budget holds the batch mean, so each batch covers t evenly); composed with
-        FlexDiT, one schedule stage per micro-batch as FlexDiT (one grid per forward)."""
-        if self.routed and self.run.dydit.strata > 1 and not self.cost().stages:
-            return StratifiedTimesteps(self.num_timesteps, self.run.dydit.strata, timestep_weights(self.run.diffusion))
-        return super().timestep_sampler()
-
-    def routed_forward_macs(self, routing: list | None = None, grid: int | None = None) -> torch.Tensor:
-        """(B,) MACs per sample of the last forward of a DyDiT model (or of gates `routing` at FlexDiT grid
-        `grid`), from the gates it used: what its skipping forward computes (`flexgen.density.dydit.routed_macs`);
-        composed with FlexDiT, at the grid that forward ran at."""
-        if routing is None:
-            routing, grid = (self.net.routing, self.net.last_grid) if self.routed else (None, None)
-        if not routing or routing[0] is None:
-            raise ValueError("routed_forward_macs needs a DyDiT model after a forward")
-        shapes = self.net.block_shapes(grid)
-        # the model outside its blocks' attention and MLP: embeddings, modulation, fusions, final layer
-        other = self.cost().forward_macs(grid).gmacs * 1e9 - sum(b.cost.attention + b.cost.mlp for b in shapes)
-        return routed_macs(shapes, routing, other, self.net.token_router_hidden)
-
-    def sliced_weight_patterns(self) -> list[int]:
-        return self.net.patterns()
 
     def cost(self) -> LatteCost:
         """The network's cost model, made once (it caches each grid's count)."""

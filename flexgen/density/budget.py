@@ -45,6 +45,21 @@ def block_cost(seq_len: int, dim: int, num_seqs: int = 1, mlp_ratio: float = 4.0
     return BlockCost(float(attention), mlp)
 
 
+def role_block_cost(role: str, dense_len: int, sparse_len: int, dim: int, mlp_ratio: float = 4.0, *,
+                    frames: int = 1, sparse_frames: int = 1) -> tuple[BlockCost, int, bool]:
+    """A FlexDiT role's spatial block (flexgen.density.walk): (cost per sample, query tokens per sample, whether it
+    runs on the sparse set), with `dense_len` / `sparse_len` tokens per frame over `frames` / `sparse_frames`
+    frames (pooling across frames: each sparse frame reads the dense tokens of its frames / sparse_frames)."""
+    N, M, F, Fs = dense_len, sparse_len, frames, sparse_frames
+    if role == "G":                      # sparse queries read the dense tokens of their group of frames
+        return block_cost(M, dim, Fs, mlp_ratio, kv_len=F // Fs * N), M * Fs, True
+    if role == "S":
+        return block_cost(M, dim, Fs, mlp_ratio), M * Fs, True
+    if role == "R":                      # dense queries read their frame's sparse tokens
+        return block_cost(N, dim, F, mlp_ratio, kv_len=M), N * F, False
+    return block_cost(N, dim, F, mlp_ratio, pooled=role == "P"), N * F, False
+
+
 def flops_fraction(costs: Sequence[BlockCost], heads: Sequence[torch.Tensor], groups: Sequence[torch.Tensor],
                    tokens: Sequence[torch.Tensor | None]) -> torch.Tensor:
     """F_b (B,) from per-block masks: heads (B, H), groups (B, G), tokens (B, ...) or None (every token runs the

@@ -32,6 +32,7 @@ class DyDiTConfig:
     anneal_steps: int = 1000        # ... to `target` over these (DyDiT `warmup_step`)
     complete_steps: int = 0         # steps that add the complete model's diffusion loss (DyDiT's warm-up stage)
     strata: int = 4                 # stratified training t: local sample i draws from stratum i mod strata (1 = off)
+    cross_attention: bool = True    # PixArt-α: its text cross-attention's heads routed with the self-attention's
 
     def __post_init__(self):
         if self.target is not None and not 0 < self.target <= 1:
@@ -135,6 +136,20 @@ def routed_macs(blocks: Sequence[RoutedBlock], routing: Sequence[BlockRouting], 
     return total
 
 
+def forward_macs(net: Any, cost: Any, routing: Sequence[BlockRouting] | None = None,
+                 grid: int | None = None) -> torch.Tensor:
+    """(B,) MACs per sample of a routed network's last forward (or of gates `routing` at FlexDiT grid `grid`):
+    `routed_macs` over `net.block_shapes(grid)`, with everything outside the blocks' attention and MLP
+    (embeddings, modulation, fusions, final layer) from the family's cost model `cost` at that grid."""
+    if routing is None:
+        routing, grid = net.routing, net.last_grid
+    if not routing or routing[0] is None:
+        raise ValueError("the MACs of a routed forward need a DyDiT model after a forward")
+    shapes = net.block_shapes(grid)
+    other = cost.forward_macs(grid).gmacs * 1e9 - sum(b.cost.attention + b.cost.mlp for b in shapes)
+    return routed_macs(shapes, routing, other, net.token_router_hidden)
+
+
 def router_macs(blocks: Sequence[RoutedBlock], router_hidden: int) -> float:
     """MACs per sample of DyDiT's routers: width D -> H - 1 and D -> G - 1, tokens D -> D/16 -> 1 on every token."""
     return float(sum(b.dim * (b.heads + b.groups - 2) + b.token_router * b.tokens * (b.dim + 1) * router_hidden
@@ -143,20 +158,32 @@ def router_macs(blocks: Sequence[RoutedBlock], router_hidden: int) -> float:
 
 class RoutedCostMeter:
     """A DyDiT model as a sampler's `model(x, t, **cond)` that adds up the MACs of every forward from the gates it
-    used (`Denoiser.routed_forward_macs`): the cost of a sampling run from its real kept counts."""
+    used (`Denoiser.routed_forward_macs`): the cost of a sampling run from its real kept counts. With `model`
+    None, forwards are added with `add` (`flexgen generate`'s hook on the pipeline's transformer)."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any = None):
         self.model = model
         self.macs_at: dict[int, float] = {}         # timestep -> MACs of every forward at it (all rows, all calls)
         self.forwards = 0                           # sample rows forwarded (a CFG step forwards 2 per sample)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
         out = self.model(x, t, **cond)
-        macs = self.model.routed_forward_macs()
-        key = int(t[0])
-        self.macs_at[key] = self.macs_at.get(key, 0.0) + float(macs.sum())
-        self.forwards += macs.shape[0]
+        self.add(int(t[0]), self.model.routed_forward_macs())
         return out
+
+    def add(self, t: int, macs: torch.Tensor) -> None:
+        """A forward at timestep t whose rows cost `macs` (B,) (a forward hook can call this directly)."""
+        self.macs_at[t] = self.macs_at.get(t, 0.0) + float(macs.sum())
+        self.forwards += macs.shape[0]
+
+    def cost(self, num_samples: int, dense_gmacs_per_forward: float, patterns: list[int]) -> dict[str, Any]:
+        """`report` as a sample record's cost: the measured GMACs per sample and per forward replace the dense
+        count; the realised reduction and the sliced-weight patterns per block beside them."""
+        report = self.report(num_samples, dense_gmacs_per_forward)
+        report.update(gmacs_per_sample=report["gmacs_per_sample_measured"],
+                      gmacs_per_forward=report["gmacs_per_forward_measured"], reduction=1 - report["flops_fraction"],
+                      sliced_weight_patterns=patterns)
+        return report
 
     def report(self, num_samples: int, dense_gmacs_per_forward: float) -> dict[str, Any]:
         """GMACs per sample of the run (and at each sampler timestep), per forward, and against the dense model."""

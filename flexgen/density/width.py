@@ -22,7 +22,8 @@ Then the two ways to run part of a block: the masked definition that DyDiT train
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ from torch.nn import functional as F
 from flexgen.attention import attention
 
 
-def _head_rows(dim: int, num_heads: int, order: torch.Tensor) -> torch.Tensor:
+def head_rows(dim: int, num_heads: int, order: torch.Tensor) -> torch.Tensor:
     """Row indices of a (dim, ·) weight whose rows are num_heads consecutive head slices, heads in `order`."""
     head_dim = dim // num_heads
     return (order[:, None] * head_dim + torch.arange(head_dim)).reshape(-1)
@@ -43,11 +44,11 @@ def _unit_rows(block: nn.Module, heads: torch.Tensor, groups: torch.Tensor, num_
     q / k / v and proj's columns (D_h,), the rows of the fused qkv (3·D_h,; a Poolingformer's `v`: D_h,), and the
     MLP hidden units (U,)."""
     dim, H = block.attn.proj.in_features, block.attn.num_heads
-    rows = _head_rows(dim, H, heads)
+    rows = head_rows(dim, H, heads)
     if block.attn.qkv is None:                                                # a Poolingformer: its value rows
-        return rows, rows, _head_rows(block.mlp.fc1.out_features, num_groups, groups)
+        return rows, rows, head_rows(block.mlp.fc1.out_features, num_groups, groups)
     qkv_rows = torch.cat([rows + i * dim for i in range(3)])                  # q, k, v blocks alike
-    return rows, qkv_rows, _head_rows(block.mlp.fc1.out_features, num_groups, groups)
+    return rows, qkv_rows, head_rows(block.mlp.fc1.out_features, num_groups, groups)
 
 
 def _value_rows(attn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,24 +60,30 @@ def _value_rows(attn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
+def unit_importance(in_weight: torch.Tensor, in_bias: torch.Tensor | None, out_weight: torch.Tensor,
+                    num_units: int) -> torch.Tensor:
+    """(num_units,) float64: ‖W_in[u] | b_in[u]‖_F · ‖W_out[:, u]‖_F for units of equal consecutive rows of
+    `in_weight` (U·R, D) and columns of `out_weight` (D', U·R): a head (value rows, output-projection columns) or
+    an MLP group (fc1 rows, fc2 columns)."""
+    rows = in_weight if in_bias is None else torch.cat([in_weight, in_bias[:, None]], dim=1)
+    if rows.shape[0] % num_units:
+        raise ValueError(f"{rows.shape[0]} rows do not split into {num_units} equal units")
+    rows = rows.double().reshape(num_units, -1)
+    cols = out_weight.double().reshape(out_weight.shape[0], num_units, -1).transpose(0, 1).flatten(1)
+    return rows.norm(dim=1) * cols.norm(dim=1)
+
+
 def head_importance(attn: nn.Module) -> torch.Tensor:
     """(num_heads,) float64: ‖W_v[h] | b_v[h]‖_F · ‖W_proj[:, h]‖_F for each head h."""
-    H, dim = attn.num_heads, attn.proj.in_features
     weight, bias = _value_rows(attn)
-    value = torch.cat([weight, bias[:, None]], dim=1).double().reshape(H, dim // H, -1)   # (H, Dh, D + 1)
-    proj = attn.proj.weight.double().reshape(-1, H, dim // H)                             # (D, H, Dh)
-    return value.flatten(1).norm(dim=1) * proj.transpose(0, 1).flatten(1).norm(dim=1)
+    return unit_importance(weight, bias, attn.proj.weight, attn.num_heads)
 
 
-@torch.no_grad()
 def group_importance(mlp: nn.Module, num_groups: int) -> torch.Tensor:
     """(num_groups,) float64: ‖W_fc1[g] | b_fc1[g]‖_F · ‖W_fc2[:, g]‖_F for each group g of hidden units."""
-    hidden = mlp.fc1.out_features
-    if hidden % num_groups:
-        raise ValueError(f"the MLP's {hidden} hidden units do not split into {num_groups} equal groups")
-    fc1 = torch.cat([mlp.fc1.weight, mlp.fc1.bias[:, None]], dim=1).double().reshape(num_groups, -1)
-    fc2 = mlp.fc2.weight.double().reshape(-1, num_groups, hidden // num_groups).transpose(0, 1).flatten(1)
-    return fc1.norm(dim=1) * fc2.norm(dim=1)
+    if mlp.fc1.out_features % num_groups:
+        raise ValueError(f"the MLP's {mlp.fc1.out_features} hidden units do not split into {num_groups} equal groups")
+    return unit_importance(mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, num_groups)
 
 
 @torch.no_grad()
@@ -126,14 +133,16 @@ class Slices(NamedTuple):
     fc2_weight: torch.Tensor    # its input columns of the active units
 
 
-class SlicedWeights:
-    """The active slices of one block's qkv / proj and fc1 / fc2, cached per distinct (head, group) mask pattern:
-    a sampler run holds one copy per pattern it used, not one per step. `patterns` counts them. The cache is
-    dropped when the block's weights change (loaded, trained, moved or cast), so a slice is never stale."""
+class SliceCache:
+    """Slices of one block's weights, cached per distinct (head, group) mask pattern: a sampler run holds one copy
+    per pattern it used, not one per step. `patterns` counts them. `weights()` lists the tensors the slices come
+    from: the cache is dropped when any of them changes (loaded, trained, moved or cast), so a slice is never stale.
+    `take(head_index, group_index, num_groups)` makes the slices of the active units."""
 
-    def __init__(self, block: nn.Module) -> None:
-        self.block = block
-        self._cache: dict[tuple, Slices] = {}
+    def __init__(self, weights: Callable[[], Sequence[torch.Tensor]],
+                 take: Callable[[torch.Tensor, torch.Tensor, int], Any]) -> None:
+        self._weights, self._take = weights, take
+        self._cache: dict[tuple, Any] = {}
         self._weights_seen: tuple = ()
         self.hits = 0
 
@@ -141,32 +150,41 @@ class SlicedWeights:
     def patterns(self) -> int:
         return len(self._cache)
 
-    def _weights(self) -> tuple:
-        attn, mlp = self.block.attn, self.block.mlp
-        qkv = attn.v if attn.qkv is None else attn.qkv
-        return tuple((w.data_ptr(), w._version, w.dtype) for w in (qkv.weight, qkv.bias, attn.proj.weight,
-                                                                   mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight))
-
-    def get(self, heads: torch.Tensor, groups: torch.Tensor) -> Slices:
+    def get(self, heads: torch.Tensor, groups: torch.Tensor) -> Any:
         """The slices for 0/1 masks heads (H,) and groups (G,)."""
         head_index, group_index = _active(heads), _active(groups)
         key = (tuple(head_index.tolist()), tuple(group_index.tolist()))
-        weights = self._weights()
+        weights = tuple((w.data_ptr(), w._version, w.dtype) for w in self._weights())
         if weights != self._weights_seen:
             self._cache.clear()
             self._weights_seen = weights
         if key in self._cache:
             self.hits += 1
             return self._cache[key]
+        with torch.no_grad():
+            self._cache[key] = self._take(head_index, group_index, len(groups))
+        return self._cache[key]
+
+
+class SlicedWeights(SliceCache):
+    """The active slices of one `LatteBlock`'s qkv / proj and fc1 / fc2 (`Slices`), per mask pattern."""
+
+    def __init__(self, block: nn.Module) -> None:
+        self.block = block
+        super().__init__(self._tensors, self._slices)
+
+    def _tensors(self) -> tuple:
         attn, mlp = self.block.attn, self.block.mlp
         qkv = attn.v if attn.qkv is None else attn.qkv
-        rows, qkv_rows, units = _unit_rows(self.block, head_index, group_index, len(groups))
-        with torch.no_grad():
-            sliced = Slices(len(head_index), qkv.weight[qkv_rows].clone(), qkv.bias[qkv_rows].clone(),
-                            attn.proj.weight[:, rows].clone(), mlp.fc1.weight[units].clone(),
-                            mlp.fc1.bias[units].clone(), mlp.fc2.weight[:, units].clone())
-        self._cache[key] = sliced
-        return sliced
+        return qkv.weight, qkv.bias, attn.proj.weight, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight
+
+    def _slices(self, head_index: torch.Tensor, group_index: torch.Tensor, num_groups: int) -> Slices:
+        attn, mlp = self.block.attn, self.block.mlp
+        qkv = attn.v if attn.qkv is None else attn.qkv
+        rows, qkv_rows, units = _unit_rows(self.block, head_index, group_index, num_groups)
+        return Slices(len(head_index), qkv.weight[qkv_rows].clone(), qkv.bias[qkv_rows].clone(),
+                      attn.proj.weight[:, rows].clone(), mlp.fc1.weight[units].clone(), mlp.fc1.bias[units].clone(),
+                      mlp.fc2.weight[:, units].clone())
 
 
 def _per_sequence(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -218,17 +236,23 @@ def sliced_mlp(mlp: nn.Module, x: torch.Tensor, sliced: Slices) -> torch.Tensor:
     return F.linear(hidden, sliced.fc2_weight, mlp.fc2.bias)
 
 
-def packed_tokens_mlp(mlp: nn.Module, x: torch.Tensor, tokens: torch.Tensor, sliced: Slices) -> torch.Tensor:
-    """The MLP on the kept tokens only (gather over the whole batch, no padding: each sample keeps its own
-    count), scattered back into zeros; no MLP call when no token is kept. x (..., N, D), tokens (..., N) 0/1."""
+def packed_tokens(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """`fn` (a per-token map D -> D) on the kept tokens only (gathered over the whole batch, no padding: each sample
+    keeps its own count), scattered back into zeros; no call when no token is kept. x (..., N, D), tokens (..., N)
+    0/1."""
     flat = x.reshape(-1, x.shape[-1])                                         # (S·N, D)
     index = tokens.reshape(-1).nonzero().squeeze(1)                           # (M,)
     if index.numel() == flat.shape[0]:                                        # every token kept: no gather
-        return sliced_mlp(mlp, x, sliced)
+        return fn(x)
     out = torch.zeros_like(flat)
     if index.numel():
-        out[index] = sliced_mlp(mlp, flat[index], sliced)                     # (M, D) -> rows of (S·N, D)
+        out[index] = fn(flat[index])                                          # (M, D) -> rows of (S·N, D)
     return out.reshape(x.shape)
+
+
+def packed_tokens_mlp(mlp: nn.Module, x: torch.Tensor, tokens: torch.Tensor, sliced: Slices) -> torch.Tensor:
+    """The MLP at its sliced width on the kept tokens only (`packed_tokens`)."""
+    return packed_tokens(lambda h: sliced_mlp(mlp, h, sliced), x, tokens)
 
 
 def run_block(block: nn.Module, x: torch.Tensor, cond: torch.Tensor, heads: torch.Tensor, groups: torch.Tensor,

@@ -1,4 +1,4 @@
-"""Text-to-image sampling with PixArt-α (dense or FlexDiT) through diffusers' `PixArtAlphaPipeline`.
+"""Text-to-image sampling with PixArt-α (dense, FlexDiT, DyDiT or both) through diffusers' `PixArtAlphaPipeline`.
 
     flexgen generate "a red cat on a tree" --model /models/PixArt-XL-2-512x512 --out cat.png
     flexgen generate --prompts prompts.txt --num-images 4 --model /models/PixArt-XL-2-512x512 \\
@@ -12,9 +12,10 @@ Everything comes from local folders (nothing is downloaded):
 - `model`: a diffusers PixArt-α pipeline folder (model_index.json, vae/, scheduler/, transformer/ and, usually,
   text_encoder/ + tokenizer/). The pipeline is assembled from its components rather than by
   `PixArtAlphaPipeline.from_pretrained`, so each missing piece is named, and the transformer is read by
-  `flexgen.t2i.pixart.load_transformer` (dense `PixArtTransformer2DModel` or `FlexPixArtTransformer2DModel`, by its
-  config). Its density schedule reads the `timestep` the pipeline passes, so every scheduler and step count uses
-  the grids of its own timesteps.
+  `flexgen.t2i.pixart.load_transformer` (dense `PixArtTransformer2DModel`, `FlexPixArtTransformer2DModel` or
+  `DyPixArtTransformer2DModel`, by its config). Its density schedule reads the `timestep` the pipeline passes, so
+  every scheduler and step count uses the grids of its own timesteps; a DyDiT model's masks are per step (its
+  skipping forward runs there) and its cost is measured from the kept counts of the forwards it made.
 - `transformer`: a transformer or pipeline folder replacing the pipeline's (e.g. a fine-tuned FlexDiT export).
 - `text_encoder`: a T5 folder (or a pipeline folder holding one), for pipeline folders kept without their T5-XXL;
   when given it is used even if the pipeline folder has its own.
@@ -258,6 +259,23 @@ def gmacs_per_image(transformer, guidance: float, scheduler_timesteps: list[int]
     return sampling_cost(PixArtCost.of(transformer), scheduler_timesteps, passes=2 if guidance > 1 else 1)
 
 
+def _meter_routed_forwards(transformer):
+    """A `RoutedCostMeter` fed by a forward hook on a DyDiT transformer: every forward the pipeline makes adds the
+    MACs its rows ran, from the kept counts, counted at the model's native size with 120 text tokens (as
+    `gmacs_per_image`)."""
+    from flexgen.density.dydit import RoutedCostMeter, forward_macs
+    from flexgen.t2i.pixart import PixArtCost
+
+    meter, cost = RoutedCostMeter(), PixArtCost.of(transformer)
+
+    def hook(module, args, kwargs, output):
+        timestep = kwargs["timestep"] if "timestep" in kwargs else args[2]
+        meter.add(int(torch.as_tensor(timestep).reshape(-1)[0]), forward_macs(module, cost))
+
+    transformer.register_forward_hook(hook, with_kwargs=True)
+    return meter
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The `flexgen generate` command.
 
@@ -335,10 +353,13 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
         use_flexgen_attention(pipe.transformer)
     config = pipe.transformer.config
     layout = config.get("layout", "")
+    dydit = getattr(pipe.transformer, "width_routers", None) is not None
+    meter = _meter_routed_forwards(pipe.transformer) if dydit else None
     settings = {"model": _folder(args.model), "transformer": _folder(args.transformer or args.model),
                 "text_encoder": _folder(args.text_encoder or args.model),
                 "transformer_class": type(pipe.transformer).__name__,
                 "layout": layout, "schedule": config.get("schedule") if layout else None,
+                "dydit_target": config.get("dydit_target") if dydit else None,
                 "scheduler": args.scheduler, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
                 "num_images": args.num_images, "requested_size": [args.height, args.width],
                 "negative_prompt": args.negative_prompt, "max_length": args.max_length, "dtype": args.dtype,
@@ -348,7 +369,8 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
     weights = sorted(transformer_folder(args.transformer or args.model).glob("*.safetensors"))
     manifest = mf.SampleManifest(
         command="flexgen generate", family="pixart-alpha", model=Path(settings["transformer"]).name,
-        method=f"flexdit {layout}" if layout else "baseline", checkpoint=settings["transformer"],
+        method=" + ".join([f"flexdit {layout}"] * bool(layout) + [f"dydit {config.get('dydit_target')}"] * dydit)
+        or "baseline", checkpoint=settings["transformer"],
         checkpoint_sha256=file_sha256(weights[0]) if len(weights) == 1 else "", sampler=args.scheduler,
         steps=args.steps, cfg_scale=args.guidance, seed=args.seed, world_size=env.world_size,
         samples=mf.entries(len(records), args.seed, lambda i: files[i].name, prompts=[r["prompt"] for r in records]),
@@ -392,6 +414,8 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
         scheduler = build_scheduler(args.scheduler, pipe.scheduler.config)
         scheduler.set_timesteps(args.steps)
         cost = gmacs_per_image(pipe.transformer, args.guidance, [int(t) for t in scheduler.timesteps])
+        if meter is not None and drawn:           # DyDiT: the MACs of the forwards this run made, from kept counts
+            cost.update(meter.cost(drawn, cost["gmacs_per_forward_dense"], pipe.transformer.patterns()))
     if drawn:
         cost["seconds_per_sample"] = seconds / drawn                  # this rank's wall time, batch_size images
     manifest.grid, manifest.cost, manifest.settings = grid, cost, settings

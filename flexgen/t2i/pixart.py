@@ -82,15 +82,17 @@ def pixart_block(block: nn.Module, x: torch.Tensor, cond: torch.Tensor, context:
 
 class FlexPixArtBlock(BasicTransformerBlock):
     """diffusers' PixArt block (same parameters and names), also callable in the density engine's protocol:
-    `block(x, cond=..., context=..., text=..., text_mask=...)` runs `pixart_block`. Going through the module call
-    (not a free function) keeps module hooks working, e.g. FSDP2's parameter gathering."""
+    `block(x, cond=..., context=..., text=..., text_mask=...)` runs `pixart_block` (or `run`, same arguments).
+    Going through the module call (not a free function) keeps module hooks working, e.g. FSDP2's parameter
+    gathering."""
 
     def forward(self, hidden_states: torch.Tensor, *args, cond: torch.Tensor | None = None,
                 context: torch.Tensor | None = None, text: torch.Tensor | None = None,
-                text_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+                text_mask: torch.Tensor | None = None, run=None, **kwargs):
         if cond is None:                                          # diffusers' own call (the dense forward)
             return super().forward(hidden_states, *args, **kwargs)
-        return pixart_block(self, hidden_states, cond, context, text=text, text_mask=text_mask)
+        run = pixart_block if run is None else run                # DyDiT: the block at partial width
+        return run(self, hidden_states, cond, context, text=text, text_mask=text_mask)
 
 
 class FlexgenAttnProcessor:
@@ -104,8 +106,6 @@ class FlexgenAttnProcessor:
         # Restates diffusers 0.42 `AttnProcessor2_0.__call__` for PixArt-α's plain attention (it reads the same
         # `Attention` attributes); guarded by
         # tests/test_t2i_pixart.py::test_flexgen_attention_processor_matches_diffusers.
-        from flexgen.attention import attention
-
         if attn.residual_connection or attn.rescale_output_factor != 1.0 or attn.norm_cross is not None or \
                 attn.group_norm is not None or attn.spatial_norm is not None or attn.norm_q is not None:
             raise ValueError("FlexgenAttnProcessor runs PixArt-α's plain attention only (no residual, rescale, "
@@ -117,16 +117,25 @@ class FlexgenAttnProcessor:
             return t.reshape(t.shape[0], t.shape[1], attn.heads, -1)
 
         q, k, v = heads(attn.to_q(hidden_states)), heads(attn.to_k(context)), heads(attn.to_v(context))
-        if attention_mask is None:
-            out = attention(q, k, v)                                                  # (B, N, H, Dh)
-        else:                       # diffusers' additive bias (B, 1, L): 0 keeps a key, -10000 drops it
-            keep = attention_mask.reshape(B, -1) > -1                                 # (B, L)
-            lengths = keep.sum(dim=1).tolist()
-            if min(lengths) < 1:
-                raise ValueError("a sample's attention mask drops every key (an empty caption mask)")
-            out = attention(q.reshape(1, B * N, *q.shape[2:]), k[keep][None], v[keep][None],
-                            seqlens_q=[N] * B, seqlens_kv=lengths).reshape(B, N, *q.shape[2:])
+        out = attention_with_key_bias(q, k, v, attention_mask)                        # (B, N, H, Dh)
         return attn.to_out[1](attn.to_out[0](out.reshape(B, N, -1)))
+
+
+def attention_with_key_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """`flexgen.attention` of q (B, N, H, Dh) on k, v (B, L, H, Dh). With diffusers' additive key bias (B, 1, L) or
+    (B, L) (0 keeps a key, -10000 drops it) each sample's kept keys are packed, block-diagonally."""
+    from flexgen.attention import attention
+
+    if attention_mask is None:
+        return attention(q, k, v)
+    B, N = q.shape[:2]
+    keep = attention_mask.reshape(B, -1) > -1                                         # (B, L)
+    lengths = keep.sum(dim=1).tolist()
+    if min(lengths) < 1:
+        raise ValueError("a sample's attention mask drops every key (an empty caption mask)")
+    return attention(q.reshape(1, B * N, *q.shape[2:]), k[keep][None], v[keep][None],
+                     seqlens_q=[N] * B, seqlens_kv=lengths).reshape(B, N, *q.shape[2:])
 
 
 def use_flexgen_attention(model: nn.Module) -> nn.Module:
@@ -237,7 +246,7 @@ class FlexPixArtTransformer2DModel(PixArtTransformer2DModel):
                 grid: int | None = None, record: DensityRecord | None = None):
         """As `PixArtTransformer2DModel.forward`; the sparse side comes from the schedule at `timestep` unless
         `grid` is given. `record`, if given, is filled with the grid and the tokens each block processed."""
-        if not self.roles:
+        if not self.roles and not self.walks_blocks:
             return super().forward(hidden_states, encoder_hidden_states, timestep, added_cond_kwargs,
                                    cross_attention_kwargs, attention_mask, encoder_attention_mask, return_dict)
         if attention_mask is not None:
@@ -252,17 +261,18 @@ class FlexPixArtTransformer2DModel(PixArtTransformer2DModel):
             encoder_attention_mask = ((1 - encoder_attention_mask.to(hidden_states.dtype)) * -10000.0).unsqueeze(1)
         B, p = hidden_states.shape[0], self.config.patch_size
         height, width = hidden_states.shape[-2] // p, hidden_states.shape[-1] // p
-        side = self.grid_for(timestep) if grid is None else grid
+        side = self.base_grid if not self.roles else self.grid_for(timestep) if grid is None else grid
         if not 1 <= side <= self.base_grid:
             raise ValueError(f"sparse grid {side} outside [1, {self.base_grid}]")
         sparse = self.sparse_size(height, width, side)
         if record is not None:
-            record.grid, record.sparse_frames = side, 1
+            record.grid, record.sparse_frames = (side if self.roles else None), 1
 
         x = self.pos_embed(hidden_states)                                                  # (B, N, D)
         D = x.shape[-1]
         cond, embedded_timestep = self.adaln_single(timestep, added_cond_kwargs, batch_size=B,
                                                     hidden_dtype=x.dtype)                  # (B, 6·D), (B, D)
+        self.embedded(embedded_timestep, (height, width))
         text = encoder_hidden_states
         if self.caption_projection is not None:
             text = self.caption_projection(text).view(B, -1, D)                            # (B, L, D)
@@ -273,15 +283,22 @@ class FlexPixArtTransformer2DModel(PixArtTransformer2DModel):
         def to_dense(x):                                                                   # (B, M, D) -> (B, N, D)
             return unpool(x.reshape(B, 1, *sparse, D), (1, height, width)).reshape(B, -1, D)
 
-        blocks = [partial(self._run_block, block) for block in self.transformer_blocks]
-        x = run_layout(self.roles, blocks, self.fusions, x, dense_cond=cond, sparse_cond=cond, to_sparse=to_sparse,
-                       to_dense=to_dense, tokens=None if record is None else record.blocks, text=text,
-                       text_mask=encoder_attention_mask)                                   # (B, N, D)
+        blocks = [partial(self._run_block, i) for i in range(len(self.transformer_blocks))]
+        x = run_layout(self.roles or "D" * len(blocks), blocks, self.fusions, x, dense_cond=cond, sparse_cond=cond,
+                       to_sparse=to_sparse, to_dense=to_dense, tokens=None if record is None else record.blocks,
+                       text=text, text_mask=encoder_attention_mask)                        # (B, N, D)
         output = self._unpatchify(x, embedded_timestep, height, width)                     # (B, C_out, H, W)
         return Transformer2DModelOutput(sample=output) if return_dict else (output,)
 
-    def _run_block(self, block, x, cond, context=None, *, text, text_mask):
-        kwargs = {"cond": cond, "context": context, "text": text, "text_mask": text_mask}
+    walks_blocks = False     # DyDiT: walk the blocks (all dense) even without a layout, through `_run_block`
+
+    def embedded(self, embedded_timestep: torch.Tensor, token_grid: tuple[int, int]) -> None:
+        """Hook after adaLN-single: the (B, D) timestep embedding (1024-MS: with the size conditions) and this
+        forward's (height, width) token grid. DyDiT's width routers read it; nothing here."""
+
+    def _run_block(self, index, x, cond, context=None, *, text, text_mask, run=None):
+        block = self.transformer_blocks[index]
+        kwargs = {"cond": cond, "context": context, "text": text, "text_mask": text_mask, "run": run}
         if self.gradient_checkpointing and torch.is_grad_enabled():
             return checkpoint(block, x, use_reentrant=False, **kwargs)
         return block(x, **kwargs)
@@ -379,12 +396,15 @@ def transformer_folder(path: str | Path) -> Path:
 def load_transformer(path: str | Path, density: DensityConfig | None = None, *, device: str | torch.device = "cpu",
                      dtype: torch.dtype = torch.float32,
                      num_train_timesteps: int = 1000) -> PixArtTransformer2DModel:
-    """A dense or FlexDiT PixArt-α transformer from a local folder (pipeline or transformer folder). With a
+    """A dense, FlexDiT or DyDiT PixArt-α transformer from a local folder (pipeline or transformer folder). With a
     `density` whose layout is set, a dense model is converted (FlexDiT fine-tuning starts here)."""
+    from flexgen.t2i.dy_pixart import DyPixArtTransformer2DModel
+
     folder = transformer_folder(path)
     saved = json.loads((folder / "config.json").read_text())
-    flex = saved.get("_class_name") == FlexPixArtTransformer2DModel.__name__
-    cls = FlexPixArtTransformer2DModel if flex else PixArtTransformer2DModel
+    classes = {c.__name__: c for c in (FlexPixArtTransformer2DModel, DyPixArtTransformer2DModel)}
+    cls = classes.get(saved.get("_class_name"), PixArtTransformer2DModel)
+    flex = cls is not PixArtTransformer2DModel
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
         raise FileNotFoundError(f"{folder} has a config.json but no weights (*.safetensors or *.bin); copy the "
                                 f"weights of {WEIGHT_SOURCES}")

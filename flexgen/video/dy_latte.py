@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from flexgen.density import DensityConfig, DensityRecord
-from flexgen.density.budget import BlockCost, block_cost
+from flexgen.density.budget import BlockCost, block_cost, role_block_cost
 from flexgen.density.dydit import BlockRouting, RoutedBlock
 from flexgen.density.routers import TokenRouter, WidthRouter
 from flexgen.density.width import SlicedWeights, reorder_block, run_block
@@ -182,17 +182,9 @@ class FlexDyLatte(DyLatte, FlexLatte):
         N, M, D, r = c.grid_size ** 2, grid ** 2, c.hidden_size, c.mlp_ratio
         F = c.num_frames
         Fs = d.pool_frames or F                                               # sparse frames
-        group = F // Fs
         spatial, temporal = [], []
         for i, role in enumerate(self.roles):
-            if role == "G":                      # sparse queries read the dense tokens of their `group` frames
-                cost, tokens, sparse = block_cost(M, D, Fs, r, kv_len=group * N), M * Fs, True
-            elif role == "S":
-                cost, tokens, sparse = block_cost(M, D, Fs, r), M * Fs, True
-            elif role == "R":                    # dense queries read their frame's sparse tokens
-                cost, tokens, sparse = block_cost(N, D, F, r, kv_len=M), N * F, False
-            else:
-                cost, tokens, sparse = block_cost(N, D, F, r, pooled=role == "P"), N * F, False
+            cost, tokens, sparse = role_block_cost(role, N, M, D, r, frames=F, sparse_frames=Fs)
             spatial.append(RoutedBlock(cost, c.num_heads, c.num_heads, tokens, D, not sparse))
             if i < len(self.temporal_blocks):
                 frames, positions = (Fs, M) if sparse else (F, N)
