@@ -26,10 +26,11 @@ def test_quick_demo_runs_the_whole_loop(tmp_path, capsys):
     assert dy["gmacs_per_video"] == dy_cost["gmacs_per_sample"]
     assert dy_cost["flops_fraction"] == pytest.approx(dy["gmacs_per_video"] / dense["gmacs_per_video"])
     assert "sliced_weight_patterns" in dy_cost
-    # the composed model's cost too; its token counts follow FlexDiT's schedule, so it costs less than DyDiT alone
+    # the composed model's cost too, from its kept counts on FlexDiT's token sets: at most FlexDiT's and its
+    # routers' (two quick steps barely move the routers), less than DyDiT alone
     composed_cost = SampleManifest.read(out / "flexdydit" / "samples" / "samples.json").cost
     assert composed["gmacs_per_video"] == composed_cost["gmacs_per_sample"]
-    assert composed["gmacs_per_video"] < min(flex["gmacs_per_video"], dy["gmacs_per_video"])
+    assert composed["gmacs_per_video"] < min(1.02 * flex["gmacs_per_video"], dy["gmacs_per_video"])
     detector = result["detector"]
     assert file_sha256(detector["path"]) == detector["sha256"] and 0 <= detector["heldout_accuracy"] <= 1
     for row in (dense, flex, dy, composed):
