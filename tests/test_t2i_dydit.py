@@ -260,3 +260,23 @@ def test_a_tiny_pipeline_fine_tunes_to_its_lambda(tmp_path):
     assert all(s["flops_target"] == pytest.approx(0.5) for s in stats[-40:])
     exported = load_transformer(tmp_path / "run" / "transformer")
     assert type(exported) is DyPixArtTransformer2DModel and exported.config.dydit_target == 0.5
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    """The presets train with gradient checkpointing: the recomputed forward draws the same router noise."""
+    dy = randomise_routers(routed(composed_parent(tiny_transformer()))).train()
+    args, kwargs = inputs()
+    args = (args[0], args[1], torch.tensor([100, 800]))
+
+    def gradients():
+        torch.manual_seed(0)
+        dy.zero_grad()
+        dy(*args, **kwargs).sample.square().mean().backward()
+        return {n: p.grad.clone() for n, p in dy.named_parameters() if p.grad is not None}
+
+    plain = gradients()
+    dy.enable_gradient_checkpointing()
+    checkpointed = gradients()
+    assert plain.keys() == checkpointed.keys() and any(n.startswith("width_routers.") for n in plain)
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=0, atol=1e-12)

@@ -362,7 +362,8 @@ class PixArtCost(CountedCost):
         def inputs():
             side = config["sample_size"]
             kwargs = {"encoder_attention_mask": torch.ones(1, self.text_tokens)}
-            if config.get("use_additional_conditions", side == 128):         # 1024-MS: resolution, aspect ratio
+            conditions = config.get("use_additional_conditions")
+            if conditions or (conditions is None and side == 128):          # 1024-MS: resolution, aspect ratio
                 kwargs["added_cond_kwargs"] = {"resolution": torch.ones(1, 2), "aspect_ratio": torch.ones(1, 1)}
             if not dense:
                 kwargs["grid"] = grid
