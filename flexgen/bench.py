@@ -9,7 +9,9 @@ ratios (dynamic / dense) printed beside the MAC ratio; nothing here is asserted 
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -129,41 +131,120 @@ def _dydit_plan(run, dense, dev, dtype, x, cond, ckpt, target, sampler, steps, p
                     "FlexDiT ∘ DyDiT" if dy.cost().stages else "DyDiT", "timestep")
 
 
-@torch.no_grad()
-def latency_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float32, batch: int = 1,
-                   repeats: int = 3, warmup: int = 1, cfg_scale: float | None = None, sampler: str | None = None,
-                   steps: int | None = None, seed: int = 0, attention: str = "diffusers", ckpt: str | None = None,
-                   target: float | None = None) -> dict:
-    """Median seconds per forward (and per sampling step with CFG, with `cfg_scale`) of the dense model and of its
-    dynamic version, their time averages over t, and the ratios beside MAC ratios. `run` is a run configuration
-    (`flexgen.config.Config`) with a density section (FlexDiT: timed at each grid of its schedule) or a dydit one
-    (DyDiT: the trained routers of `ckpt`, or the synthetic setting for λ = `target`, on the same weights; its MAC
-    ratio comes from the kept counts of the timed forwards). With `cfg_scale`, the whole sampling run of `sampler`
-    (default: the family's, DDPM 250 steps for Latte / DiT, DPM-Solver++ 20 steps for PixArt-α) is also timed, as
-    the sum of its steps, each at its timestep's key."""
+@dataclasses.dataclass
+class _Bench:
+    """The dense model and the inputs every timed model of one configuration shares."""
+    run: Any
+    dense: Any
+    x: torch.Tensor
+    cond: dict
+    device: torch.device
+    dtype: torch.dtype
+    sampler: str
+    steps: int
+
+
+def _bench_setup(run, *, device: str, dtype: torch.dtype, batch: int, seed: int, sampler: str | None,
+                 steps: int | None) -> _Bench:
+    """The dense network of `run` (its density and dydit sections dropped) with random weights, and its inputs."""
     dev = torch.device(device)
     torch.manual_seed(seed)
-    num_timesteps = run.diffusion.num_timesteps
     family = family_of(run.model.preset)
     sampler = sampler or family.default_sampler
     if sampler not in family.samplers:
         raise ValueError(f"{run.model.preset} samples with {', '.join(family.samplers)}, not {sampler!r}")
-    steps = steps or family.default_steps
     dense = build_denoiser(dataclasses.replace(run, density=DensityConfig(), dydit=DyDiTConfig())).to(device=dev)
     if next(dense.parameters()).dtype != dtype:            # (diffusers warns on every dtype cast)
         dense = dense.to(dtype=dtype)
     dense = _randomised(dense.eval())
     x = torch.randn(batch, *dense.latent_shape(), device=dev, dtype=dtype)
-    cond = dense.example_condition(batch, dev, dtype)
+    return _Bench(run, dense, x, dense.example_condition(batch, dev, dtype), dev, dtype, sampler,
+                  steps or family.default_steps)
+
+
+def _dynamic_plan(bench: _Bench, run, ckpt: str | None = None, target: float | None = None) -> _Dynamic:
+    """The dynamic model of `run` (a variant of the bench's: FlexDiT with a density section, DyDiT or composed
+    with a dydit one) on the bench's dense weights."""
     if run.dydit.enabled:
-        plan = _dydit_plan(run, dense, dev, dtype, x, cond, ckpt, target or run.dydit.target, sampler, steps)
-    else:
-        plan = _flexdit_plan(run, dense)
+        return _dydit_plan(run, bench.dense, bench.device, bench.dtype, bench.x, bench.cond, ckpt,
+                           target or run.dydit.target, bench.sampler, bench.steps)
+    if not run.density.layout:
+        raise ValueError("a dynamic model needs a density layout or a dydit section")
+    return _flexdit_plan(run, bench.dense)
+
+
+class _PeakMemory:
+    """Peak memory of one call above what was allocated before it: CUDA's max_memory_allocated, or on the CPU the
+    peak resident-set growth, sampled every millisecond from /proc/self/statm by a thread while the call runs."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __call__(self, fn) -> int:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            fn()
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) - before
+        return self._resident_growth(fn)
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _resident_growth(self, fn) -> int:
+        if not os.path.exists("/proc/self/statm"):           # (not Linux: unmeasured)
+            fn()
+            return 0
+        before, peak, done = self._rss(), [0], threading.Event()
+
+        def watch():
+            while not done.is_set():
+                peak[0] = max(peak[0], self._rss())
+                done.wait(0.001)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            fn()
+        finally:
+            done.set()
+            watcher.join()
+        return max(0, max(peak[0], self._rss()) - before)
+
+
+def _compiled(model):
+    """torch.compile of a model's forward, one graph per input shape or weight-slice pattern (dynamic=False), with
+    room for every grid and pattern of a schedule before dynamo gives up recompiling."""
+    import torch._dynamo
+
+    if not getattr(model, "_flexgen_compiled", False):
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+        model.forward = torch.compile(model.forward, dynamic=False)
+        model._flexgen_compiled = True
+    return model
+
+
+@torch.no_grad()
+def measure(bench: _Bench, plan: _Dynamic, *, repeats: int = 3, warmup: int = 1, cfg_scale: float | None = None,
+            attention: str = "diffusers", compile: bool = False) -> dict:
+    """Dense vs `plan`'s dynamic model, alternating inside every repeat: median seconds per forward (and per CFG
+    sampling step with `cfg_scale`) at each key, their time averages over t, ratios beside the MAC ratio, the peak
+    memory of each (resident weights + the largest call's growth, measured after the timed repeats), and the
+    achieved TFLOP/s (2 FLOPs per MAC)."""
+    dense, x, cond, dev, batch = bench.dense, bench.x, bench.cond, bench.device, bench.x.shape[0]
+    sampler, steps, num_timesteps = bench.sampler, bench.steps, bench.run.diffusion.num_timesteps
     dense.set_attention(attention)
     plan.model.set_attention(attention)
-    channels = run.sample.cfg_channels
-    calls = {"dense": _call(dense, cond, cfg_scale, channels), "dynamic": _call(plan.model, cond, cfg_scale, channels)}
-    timer = _timer(dev)
+    channels = bench.run.sample.cfg_channels
+    models = {"dense": dense, "dynamic": plan.model}
+    if compile:
+        models = {k: _compiled(m) for k, m in models.items()}
+    calls = {k: _call(m, cond, cfg_scale, channels) for k, m in models.items()}
+    timer, peak = _timer(dev), _PeakMemory(dev)
 
     def forward(which, key=None):
         t = torch.full((batch,), plan.t_of[key] if key is not None else 500, device=dev, dtype=torch.long)
@@ -188,21 +269,31 @@ def latency_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float
     kinds = {"forward": forward}
     if cfg_scale is not None:
         kinds["cfg_step"] = cfg_step
+
+    def make(kind, key):
+        return kinds[kind]("dense") if key == "dense" else kinds[kind]("dynamic", key)
+
     times: dict[str, dict] = {k: {"dense": [], **{key: [] for key in plan.keys}} for k in kinds}
     reset_backend_counts()
     for r in range(warmup + repeats):
-        for kind, make in kinds.items():
+        for kind in kinds:
             for key in ["dense", *plan.keys]:
-                seconds = timer(make("dense") if key == "dense" else make("dynamic", key))
+                seconds = timer(make(kind, key))
                 if r >= warmup:
                     times[kind][key].append(seconds)
+    calls_per_backend = backend_counts()
+    growth = {key: max(peak(make(kind, key)) for kind in kinds) for key in ["dense", *plan.keys]}
 
     flops_ratio = plan.gmacs / plan.gmacs_dense
-    result = {"device": str(dev), "dtype": str(dtype).removeprefix("torch."), "batch": batch, "repeats": repeats,
-              "policy": plan.name, "gmacs_dense": plan.gmacs_dense, "gmacs": plan.gmacs, "flops_ratio": flops_ratio,
-              "attention_calls": backend_counts()}
-    if run.dydit.enabled:
-        result["router_setting"] = f"trained ({ckpt})" if ckpt else f"synthetic λ={target or run.dydit.target:g}"
+    peak_dense = dense.resident_bytes() + growth["dense"]
+    peak_dynamic = plan.model.resident_bytes() + max(growth[key] for key in plan.keys)
+    result = {"device": str(dev), "dtype": str(bench.dtype).removeprefix("torch."), "batch": batch,
+              "repeats": repeats, "compiled": compile, "policy": plan.name, "gmacs_dense": plan.gmacs_dense,
+              "gmacs": plan.gmacs, "flops_ratio": flops_ratio, "attention_calls": calls_per_backend,
+              "peak_memory": {"dense_bytes": peak_dense, "dynamic_bytes": peak_dynamic,
+                              "ratio": peak_dynamic / peak_dense,
+                              "measured": "max_memory_allocated" if dev.type == "cuda" else "resident-set growth"}}
+    if plan.model.routed:
         result["sliced_weight_patterns"] = plan.model.sliced_weight_patterns()
     processors = dense.attention_processors()    # diffusers' own processors (SDPA) where flexgen.attention is not used
     if processors is not None:
@@ -211,9 +302,12 @@ def latency_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float
         median = {key: statistics.median(v) for key, v in times[kind].items()}
         dynamic = plan.average(median)
         ratio = dynamic / median["dense"]
+        passes = 2 if kind == "cfg_step" else 1           # a CFG step runs the model on the doubled batch
         result[kind] = {"dense_s": median["dense"], "dynamic_s": dynamic,
                         f"per_{plan.key_name}_s": {key: median[key] for key in plan.keys},
-                        "latency_ratio": ratio, "speedup": 1 / ratio, "latency_over_flops": ratio / flops_ratio}
+                        "latency_ratio": ratio, "speedup": 1 / ratio, "latency_over_flops": ratio / flops_ratio,
+                        "tflops_dense": 2 * passes * batch * plan.gmacs_dense / median["dense"] / 1e3,
+                        "tflops_dynamic": 2 * passes * batch * plan.gmacs / dynamic / 1e3}
     if cfg_scale is not None:          # a whole sampling run: each step at its timestep's key
         timesteps = any_scheduler(sampler, linear_betas(num_timesteps), steps).timesteps
         step_keys = [plan.key_of_t(int(t)) for t in timesteps]
@@ -223,6 +317,26 @@ def latency_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float
         result["sampling"] = {"sampler": sampler, "steps": len(step_keys), "dense_s": dense_s,
                               "dynamic_s": dynamic_s, "speedup": dense_s / dynamic_s,
                               f"{plan.key_name}s": {key: step_keys.count(key) for key in plan.keys if key in step_keys}}
+    return result
+
+
+def latency_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float32, batch: int = 1,
+                   repeats: int = 3, warmup: int = 1, cfg_scale: float | None = None, sampler: str | None = None,
+                   steps: int | None = None, seed: int = 0, attention: str = "diffusers", ckpt: str | None = None,
+                   target: float | None = None, compile: bool = False) -> dict:
+    """Median seconds per forward (and per sampling step with CFG, with `cfg_scale`) of the dense model and of its
+    dynamic version, their time averages over t, and the ratios beside MAC ratios. `run` is a run configuration
+    (`flexgen.config.Config`) with a density section (FlexDiT: timed at each grid of its schedule) or a dydit one
+    (DyDiT: the trained routers of `ckpt`, or the synthetic setting for λ = `target`, on the same weights; its MAC
+    ratio comes from the kept counts of the timed forwards). With `cfg_scale`, the whole sampling run of `sampler`
+    (default: the family's, DDPM 250 steps for Latte / DiT, DPM-Solver++ 20 steps for PixArt-α) is also timed, as
+    the sum of its steps, each at its timestep's key."""
+    bench = _bench_setup(run, device=device, dtype=dtype, batch=batch, seed=seed, sampler=sampler, steps=steps)
+    plan = _dynamic_plan(bench, run, ckpt, target)
+    result = measure(bench, plan, repeats=repeats, warmup=warmup, cfg_scale=cfg_scale, attention=attention,
+                     compile=compile)
+    if run.dydit.enabled:
+        result["router_setting"] = f"trained ({ckpt})" if ckpt else f"synthetic λ={target or run.dydit.target:g}"
     return result
 
 
@@ -407,7 +521,7 @@ def bench_latency(args) -> dict:
     return {"model": name, **policy,
             **latency_report(run, device=args.device, dtype=dtype, batch=args.batch, repeats=args.repeats,
                              warmup=args.warmup, cfg_scale=args.cfg_scale, sampler=args.sampler, steps=args.steps,
-                             attention=args.attention, ckpt=args.ckpt, target=args.target)}
+                             attention=args.attention, ckpt=args.ckpt, target=args.target, compile=args.compile)}
 
 
 def print_latency(result: dict) -> None:
@@ -429,6 +543,11 @@ def print_latency(result: dict) -> None:
             print(f"  {kind}: dense {r['dense_s'] * 1e3:.0f} ms, {name} {r['dynamic_s'] * 1e3:.0f} ms "
                   f"(per {key} {keys}); latency ratio {r['latency_ratio']:.3f} = {r['latency_over_flops']:.2f} × "
                   f"the MAC ratio; speed-up {r['speedup']:.2f}×")
+    if "peak_memory" in result:
+        m = result["peak_memory"]
+        print(f"  peak memory ({m['measured']} + resident weights): dense {m['dense_bytes'] / 2**20:.0f} MiB, {name} "
+              f"{m['dynamic_bytes'] / 2**20:.0f} MiB (ratio {m['ratio']:.3f}); achieved TFLOP/s per forward: dense "
+              f"{result['forward']['tflops_dense']:.2f}, {name} {result['forward']['tflops_dynamic']:.2f}")
     if "sampling" in result:
         r = result["sampling"]
         print(f"  sampling ({r['sampler']}, {r['steps']} steps with CFG, each at its timestep's {key} {r[key + 's']}): "

@@ -8,6 +8,8 @@
     flexgen bench flops --model DiT-XL/2 --target 0.5
     flexgen bench latency --model DiT-XL/2 --target 0.5 --cfg-scale 1.5
     flexgen bench plan --model DiT-XL/2 --budget 0.5 --sampler ddim --steps 50
+    flexgen bench suite                                   # CPU: small models within 540 s
+    flexgen bench suite --device cuda --dtype bfloat16    # the full table at batch 8
     flexgen config configs/video/ucf101/latte-xl2.yaml sample.cfg_scale=4.0
     flexgen convert --from ffs.pt --config configs/video/ffs/latte-xl2.yaml --out ffs.safetensors
     flexgen demo
@@ -33,13 +35,14 @@ from pathlib import Path
 def run_bench(compute: str, show: str):
     """A bench command: flexgen.bench.<compute>(args), printed as JSON or by flexgen.bench.<show>."""
     def run(args: argparse.Namespace) -> None:
-        from flexgen import bench
+        from flexgen import bench, bench_suite
 
-        result = getattr(bench, compute)(args)
+        module = bench_suite if compute == "bench_suite" else bench
+        result = getattr(module, compute)(args)
         if args.json:
             print(json.dumps(result))
         else:
-            getattr(bench, show)(result)
+            getattr(module, show)(result)
     return run
 
 
@@ -219,8 +222,29 @@ def build_parser() -> argparse.ArgumentParser:
                          "sa-solver | ddim | euler | ddpm for PixArt-α (default dpm-solver++)")
     latency.add_argument("--steps", type=int, default=None, help="its steps (default: the family's, 250 for ddpm on "
                          "Latte / DiT, 20 for PixArt-α)")
+    latency.add_argument("--compile", action="store_true", help="torch.compile dense and dynamic models alike (one "
+                         "graph per grid or mask pattern)")
     latency.add_argument("--attention", choices=("diffusers", "flexgen"), default="diffusers",
                          help="PixArt-α: diffusers' attention processors or flexgen.attention (packed text)")
+    suite = bench.add_parser("suite", help="the standard speed table: dense vs FlexDiT vs DyDiT vs both on the "
+                             "papers' models, with latency, memory and TFLOP/s; writes suite.json, suite.md, suite.svg",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    suite.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    suite.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    suite.add_argument("--batch", type=int, default=None, help="samples per forward (default 8 on CUDA, 1 on CPU)")
+    suite.add_argument("--set", choices=("full", "small"), default=None, help="the models: full (DiT-XL/2 256 / 512, "
+                       "Latte-XL/2, PixArt-α 256 / 512 / 1024-MS) or small (default: full on CUDA, small on CPU)")
+    suite.add_argument("--models", nargs="+", default=None, metavar="KEY", help="these models instead, e.g. "
+                       "dit-xl2-512 pixart-512 (see flexgen.bench_suite.MODELS)")
+    suite.add_argument("--time-budget", type=float, default=None, help="seconds for the whole suite: rows whose "
+                       "estimated time does not fit are skipped and listed (default 540 on CPU, none on CUDA; 0: none)")
+    suite.add_argument("--repeats", type=int, default=2, help="timed repeats (median)")
+    suite.add_argument("--warmup", type=int, default=1, help="untimed repeats first")
+    suite.add_argument("--compile", action="store_true", help="torch.compile dense and dynamic models alike")
+    suite.add_argument("--out", default=None, help="output folder (default results/bench-suite-<device>-<dtype>)")
+    suite.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    suite.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every model")
+    suite.set_defaults(func=run_bench("bench_suite", "print_suite"))
     flops.set_defaults(func=run_bench("bench_flops", "print_flops"))
     latency.set_defaults(func=run_bench("bench_latency", "print_latency"))
     plan.set_defaults(func=run_bench("bench_plan", "print_plan"))

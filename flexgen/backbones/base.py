@@ -18,6 +18,7 @@ in by answering those, without touching the loops.
 | `timestep_sampler()`, `training_losses(...)` | train |
 | `cost()`, `step_stats(t)` | sample / generate / bench / records cost; train logs |
 | `routed`, `routed_forward_macs()`, `sliced_weight_patterns()` | sample / bench: a DyDiT model's measured cost |
+| `resident_bytes()` | bench: memory kept between forwards |
 | `example_condition(batch, device, dtype)`, `null_condition(cond)`, `latent_shape()` | bench, FLOP counts, CFG |
 | `converted(density)` | bench (dense -> FlexDiT on the same weights) |
 """
@@ -161,6 +162,11 @@ class Denoiser(nn.Module):
         if not self.routed:
             raise NotImplementedError(f"{type(self).__name__} has no routers")
         return self.net.patterns()
+
+    def resident_bytes(self) -> int:
+        """Bytes the model keeps between forwards: parameters, buffers and (routed models) its sliced weights."""
+        tensors = {t.data_ptr(): t.nbytes for t in (*self.parameters(), *self.buffers())}
+        return sum(tensors.values()) + (self.net.sliced_bytes() if self.routed else 0)
 
     def step_stats(self, t: torch.Tensor) -> dict[str, float]:
         """What a training log line records about a forward at timesteps `t` (the sparse grid, for FlexDiT)."""

@@ -150,6 +150,15 @@ class SliceCache:
     def patterns(self) -> int:
         return len(self._cache)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the cached slices hold (memory a skipping forward keeps besides the weights)."""
+        def size(value) -> int:
+            if isinstance(value, torch.Tensor):
+                return value.nbytes
+            return sum(size(v) for v in value) if isinstance(value, (tuple, list)) else 0
+        return sum(size(v) for v in self._cache.values())
+
     def get(self, heads: torch.Tensor, groups: torch.Tensor) -> Any:
         """The slices for 0/1 masks heads (H,) and groups (G,)."""
         head_index, group_index = _active(heads), _active(groups)

@@ -257,6 +257,10 @@ class DyPixArtTransformer2DModel(FlexPixArtTransformer2DModel):
         """Distinct (head, group) mask patterns each block has sliced weights for."""
         return [cache.patterns for cache in self._sliced]
 
+    def sliced_bytes(self) -> int:
+        """Bytes of the sliced weights the blocks hold (`patterns()` copies)."""
+        return sum(cache.nbytes for cache in self._sliced)
+
     def order_by_importance(self) -> None:
         """DyDiT's importance ordering of every block (done once, when dense or FlexDiT weights are converted)."""
         for block in self.transformer_blocks:

@@ -74,6 +74,10 @@ class DyLatte(Latte):
         """Distinct (head, group) mask patterns each block has sliced weights for."""
         return [cache.patterns for cache in self._sliced]
 
+    def sliced_bytes(self) -> int:
+        """Bytes of the sliced weights the blocks hold (`patterns()` copies)."""
+        return sum(cache.nbytes for cache in self._sliced)
+
     def order_by_importance(self) -> None:
         """DyDiT's importance ordering (`flexgen.density.width.reorder_block`) of every block: function-preserving,
         done once when dense weights are converted, so the always-on head and group are the most important."""

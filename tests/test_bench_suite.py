@@ -1,0 +1,87 @@
+"""`flexgen bench suite`: every policy's row on a tiny model (MACs from the counts the other benches give, latency
+and memory fields consistent, the three files), the time budget skips and lists rows but still counts their MACs, the
+targets are judged from the rows, the peak-memory meter sees an allocation."""
+
+import json
+
+import pytest
+import torch
+
+from flexgen.bench import _PeakMemory, dydit_flops
+from flexgen.bench_suite import SuiteModel, device_peak, markdown, suite_report, svg, targets, write_outputs
+from flexgen.cli import main
+from flexgen.config import load_config
+
+TINY = SuiteModel("tiny", "tiny DiT", "DiT-S/2", "P GSR D T", (2, 4), 3.0, 0.6, image_size=64, num_classes=4)
+SHRINK = ("model.depth=6", "model.hidden_size=32", "model.num_heads=4")
+POLICIES = ["dense", "FlexDiT", "DyDiT λ=0.5", "DyDiT λ=0.7", "FlexDiT ∘ DyDiT λ=0.6"]
+
+
+@pytest.fixture(scope="module")
+def tiny_report():
+    return suite_report([TINY], overrides=SHRINK, repeats=1, warmup=0, log=lambda line: None)
+
+
+def test_every_policy_is_timed_beside_dense(tiny_report, tmp_path):
+    rows = tiny_report["rows"]
+    assert [r["policy"] for r in rows] == POLICIES and not tiny_report["skipped"]
+    dense, dynamic = rows[0], rows[1:]
+    assert dense["flops_ratio"] == 1 and dense["forward_ms"] > 0 and dense["cfg_step_ms"] > 0
+    assert dense["attention"] == "sdpa" and dense["batch"] == 1 and dense["dtype"] == "float32"
+    for r in dynamic:
+        assert 0 < r["flops_ratio"] < 1 and r["gmacs"] == pytest.approx(r["flops_ratio"] * dense["gmacs"])
+        assert r["latency_over_flops"] == pytest.approx(r["latency_ratio"] / r["flops_ratio"])
+        assert r["tflops"] == pytest.approx(2 * r["gmacs"] / r["forward_ms"], rel=1e-9)   # GMAC/ms = TMAC/s
+        assert r["peak_mib"] > 0 and r["peak_ratio"] > 0 and "cfg_latency_ratio" in r
+    # the MACs are the other benches' counts: DyDiT alone as `bench flops --target` counts it
+    run = load_config(None, [*TINY.overrides(), *SHRINK, "dydit.target=0.5"])
+    assert rows[2]["gmacs"] == pytest.approx(dydit_flops(run, "tiny")["gmacs"], rel=1e-9)
+    assert rows[4]["flops_ratio"] < rows[1]["flops_ratio"]                 # composed below FlexDiT alone
+
+    files = write_outputs(tiny_report, tmp_path / "suite")
+    assert json.loads(open(files["json"]).read())["rows"] == json.loads(json.dumps(rows))
+    table = open(files["markdown"]).read()
+    assert sum(line.startswith("| tiny DiT |") for line in table.splitlines()) == 5
+    assert open(files["plot"]).read().count("<circle") == 2 * 4           # forward and CFG step per dynamic row
+
+
+def test_the_time_budget_skips_and_lists_rows_but_counts_their_macs():
+    report = suite_report([TINY], overrides=SHRINK, time_budget=1e-3, log=lambda line: None)
+    assert [s["policy"] for s in report["skipped"]] == ["all"] and "s left" in report["skipped"][0]["why"]
+    rows = report["rows"]
+    assert [r["policy"] for r in rows] == POLICIES
+    assert all("forward_ms" not in r for r in rows) and all(0 < r["flops_ratio"] <= 1 for r in rows)
+    assert "Skipped (time budget" in markdown(report) and "<circle" not in svg(report)
+
+
+def row(model, policy, speedup, over, peak_ratio):
+    return {"model": model, "policy": policy, "latency_ratio": 1 / speedup, "speedup": speedup,
+            "latency_over_flops": over, "cfg_latency_over_flops": over, "peak_ratio": peak_ratio}
+
+
+def test_targets_are_judged_from_the_rows():
+    rows = [row("DiT-XL/2 512", "FlexDiT", 2.7, 1.05, 0.9), row("PixArt-α 512", "FlexDiT", 2.2, 1.2, 1.1)]
+    gpu = targets(rows, torch.device("cuda"), torch.bfloat16, 8)
+    assert [t["met"] for t in gpu] == [True, False, False, False]
+    assert gpu[2]["measured"] == "1 of 2" and "PixArt-α 512 FlexDiT" in gpu[2]["note"]
+    assert gpu[3]["note"] == "PixArt-α 512 FlexDiT (1.10×)"
+    cpu = targets(rows, torch.device("cpu"), torch.float32, 1)
+    assert cpu[0]["met"] is None and cpu[0]["measured"] == 2.7            # measured, not judged off the GPU protocol
+
+
+def test_peak_memory_sees_an_allocation():
+    meter = _PeakMemory(torch.device("cpu"))
+    grown = meter(lambda: torch.ones(64, 2 ** 20, dtype=torch.float32).sum())    # 256 MiB, touched
+    assert grown > 200 * 2 ** 20
+    assert meter(lambda: None) < 64 * 2 ** 20
+
+
+def test_device_peak_on_the_cpu():
+    name, peak, source = device_peak(torch.device("cpu"), torch.float32)
+    assert name and (peak is None or peak > 0) and source
+
+
+def test_cli_rejects_unknown_models(capsys):
+    assert main(["bench", "suite", "--models", "dit-xl2-512", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown suite model(s) nope" in err and "pixart-1024-ms" in err
