@@ -254,6 +254,7 @@ HAS_CUDA = torch.cuda.is_available()
 HAS_XFORMERS_CUDA = HAS_CUDA and "xformers" in available_backends("cuda")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 def test_cuda_sdpa_matches_reference_dense_and_packed():
     q, k, v = qkv(sum(SEQLENS_Q), sum(SEQLENS_KV), device="cuda")
@@ -264,6 +265,7 @@ def test_cuda_sdpa_matches_reference_dense_and_packed():
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not HAS_XFORMERS_CUDA, reason="needs a CUDA device on which xformers' kernels run")
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 2e-2), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("seqlens_q,seqlens_kv", [(None, None), (SEQLENS_Q, SEQLENS_KV), ([4, 4, 4], None)])
@@ -277,6 +279,7 @@ def test_xformers_matches_sdpa_on_cuda(dtype, tol, seqlens_q, seqlens_kv):
     torch.testing.assert_close(fast, attention(q, k, v, backend="sdpa", **kwargs), atol=tol, rtol=tol)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not HAS_XFORMERS_CUDA, reason="needs a CUDA device on which xformers' kernels run")
 def test_cuda_defaults_to_xformers_and_falls_back_for_float64():
     assert default_backend("cuda") == "xformers"

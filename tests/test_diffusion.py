@@ -431,6 +431,7 @@ def test_seeded_noise_row_i_comes_from_seed_i():
     assert torch.equal(seeded_noise(shape, [9], "cpu", torch.float64)[0], noise[1])
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_seeded_noise_is_device_independent():
     shape = (2, 3, 4, 4)

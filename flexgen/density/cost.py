@@ -44,7 +44,7 @@ class CountedCost:
 
     density: Any                    # flexgen.density.DensityConfig, or None for the dense model
     num_timesteps: int
-    _counted: dict                  # grid -> FlopReport
+    _counted: dict                  # grid -> FlopReport (and the stages, under a tuple key)
 
     @property
     def num_blocks(self) -> int:
@@ -52,7 +52,12 @@ class CountedCost:
 
     @property
     def stages(self) -> list[Stage]:
-        return stages(self.density.schedule, self.num_timesteps) if self.density is not None else []
+        if self.density is None:
+            return []
+        key = ("stages", repr(self.density.schedule), self.num_timesteps)   # (the schedule is a mutable dataclass)
+        if key not in self._counted:                   # one pass over [0, T) per schedule, not per lookup
+            self._counted[key] = stages(self.density.schedule, self.num_timesteps)
+        return list(self._counted[key])
 
     @property
     def layout(self) -> str:
