@@ -164,9 +164,11 @@ def _row(model: SuiteModel, policy: str, result: dict | None, gmacs: float, gmac
     if not dense:
         row.update(flops_ratio=result["flops_ratio"], gmacs=result["gmacs"], latency_ratio=forward["latency_ratio"],
                    latency_over_flops=forward["latency_over_flops"], speedup=forward["speedup"],
+                   paired_dense_forward_ms=forward["dense_s"] * 1e3,
                    peak_ratio=result["peak_memory"]["ratio"])
         if cfg:
-            row.update(cfg_latency_ratio=cfg["latency_ratio"], cfg_latency_over_flops=cfg["latency_over_flops"])
+            row.update(cfg_latency_ratio=cfg["latency_ratio"], cfg_latency_over_flops=cfg["latency_over_flops"],
+                       paired_dense_cfg_step_ms=cfg["dense_s"] * 1e3)
     return row
 
 
@@ -292,8 +294,10 @@ def markdown(report: dict) -> str:
              f"{report['dtype']}, batch {report['batch']}, median of {report['repeats']} (after {report['warmup']} "
              f"warm-up), {'compiled' if report['compiled'] else 'eager'}, torch {report['torch']}; device peak "
              f"{_fmt(peak, '.1f')} TFLOP/s ({report['device_peak_source']}); {report['elapsed_s']:.0f} s. Dynamic "
-             f"rows: synthetic routers on the dense model's random weights, timed beside it in one process; the "
-             f"ratios are dynamic / dense.",
+             f"rows: synthetic routers on the dense model's random weights, timed beside it in one process; each "
+             f"ratio is dynamic / the dense model timed in the same repeats (suite.json has both), the dense row's "
+             f"ms the median over those runs. Peak memory: resident weights (and sliced-weight caches) + the "
+             f"largest call's growth.",
              "",
              "| model | policy | GMACs / fwd | MAC ratio | ms / fwd | latency ratio (× MAC) | ms / CFG step | "
              "CFG ratio (× MAC) | peak MiB (ratio) | TFLOP/s | % of peak | attention |",

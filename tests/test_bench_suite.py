@@ -31,6 +31,7 @@ def test_every_policy_is_timed_beside_dense(tiny_report, tmp_path):
     for r in dynamic:
         assert 0 < r["flops_ratio"] < 1 and r["gmacs"] == pytest.approx(r["flops_ratio"] * dense["gmacs"])
         assert r["latency_over_flops"] == pytest.approx(r["latency_ratio"] / r["flops_ratio"])
+        assert r["latency_ratio"] == pytest.approx(r["forward_ms"] / r["paired_dense_forward_ms"])
         assert r["tflops"] == pytest.approx(2 * r["gmacs"] / r["forward_ms"], rel=1e-9)   # GMAC/ms = TMAC/s
         assert r["peak_mib"] > 0 and r["peak_ratio"] > 0 and "cfg_latency_ratio" in r
     # the MACs are the other benches' counts: DyDiT alone as `bench flops --target` counts it
