@@ -13,6 +13,7 @@ from flexgen.config import load_config
 from flexgen.diffusion import classifier_free_guidance, linear_betas, sample
 from flexgen.registry import build_denoiser
 from tests.test_attention import SEQLENS_KV, SEQLENS_Q, qkv, reference
+from tests.test_dydit import randomise_routers
 from tests.test_flex_dy_latte import GRIDS, inputs, models
 
 DEVICE = os.environ.get("FLEXGEN_TEST_DEVICE", "cuda")
@@ -44,23 +45,11 @@ def test_sdpa_matches_the_float64_reference(dtype, tol):
     assert relative_error(packed, expected) < tol
 
 
-def random_routers(net, seed=3):
-    """Routers that turn many heads, groups and tokens off (as tests/test_flex_dy_latte.py sets them)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for router in net.width_routers:
-            for layer in (router.heads, router.groups):
-                layer.weight.copy_(torch.randn(layer.weight.shape, generator=g, dtype=torch.float64) * 2)
-                layer.bias.zero_()
-        for router in net.token_routers:
-            router.mlp[2].bias.fill_(-0.05)
-
-
 @pytest.mark.parametrize("case", ["DiT", "Latte", "Latte-cross-frame"])
 def test_flexdit_and_composed_paths_match_their_definitions_on_the_device(case):
     flex64, _ = models(case)                                  # float64 on the CPU: FlexDiT's definition there
     flex, composed = (m.to(DEVICE, torch.float32) for m in models(case))
-    random_routers(composed)
+    randomise_routers(composed, seed=3)
     with torch.no_grad():
         for grid, t in zip(GRIDS, (990, 10, 500), strict=True):
             x, tt, y = inputs(flex64, t)

@@ -27,14 +27,14 @@ def run_config(*overrides):
 
 
 def randomise_routers(model, seed=0, token_bias=-0.05):
-    """Routers that turn many heads, groups and tokens off, differently at each t."""
-    g = torch.Generator().manual_seed(seed)
+    """Routers that turn many heads, groups and tokens off, differently at each t (`model`: a denoiser or its net)."""
+    g, net = torch.Generator().manual_seed(seed), getattr(model, "net", model)
     with torch.no_grad():
-        for router in model.net.width_routers:
+        for router in net.width_routers:
             for layer in (router.heads, router.groups):
                 layer.weight.copy_(torch.randn(layer.weight.shape, generator=g, dtype=layer.weight.dtype) * 2)
                 layer.bias.zero_()
-        for router in model.net.token_routers:
+        for router in net.token_routers:
             router.mlp[2].bias.fill_(token_bias)
     return model
 
