@@ -4,6 +4,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-results}"
+mkdir -p "$out"
 python -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py tests/test_attention.py tests/test_diffusion.py \
     2>&1 | tee "$out/pytest-cuda.txt" | tail -20
 python -m flexgen bench suite --device cuda --dtype bfloat16 --batch 8 --time-budget "${BUDGET:-420}" \
