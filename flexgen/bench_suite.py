@@ -94,16 +94,19 @@ def device_peak(device: torch.device, dtype: torch.dtype) -> tuple[str, float | 
                 return name, half if low else single, "datasheet, dense"
         return name, None, "unknown device"
     flags, mhz, model = set(), None, platform.processor() or "cpu"
+    lines = []
     if os.path.exists("/proc/cpuinfo"):
-        for line in open("/proc/cpuinfo"):
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "flags" and not flags:
-                flags = set(value.split())
-            elif key == "cpu MHz" and mhz is None:
-                mhz = float(value)
-            elif key == "model name":
-                model = value.strip()
+        with open("/proc/cpuinfo") as f:
+            lines = f.readlines()
+    for line in lines:
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "flags" and not flags:
+            flags = set(value.split())
+        elif key == "cpu MHz" and mhz is None:
+            mhz = float(value)
+        elif key == "model name":
+            model = value.strip()
     if mhz is None:
         return model, None, "unknown clock"
     # FLOPs per cycle per core: two FMA units × vector lanes × 2; AMX tiles for bf16 / fp16 (oneDNN uses them)
@@ -197,14 +200,14 @@ def suite_report(models, *, device: str = "cpu", dtype: torch.dtype = torch.floa
         dense_meta = _meta_denoiser(base)
         gmacs_dense = dense_meta.cost().forward_macs(None).gmacs
         params = sum(p.numel() for p in dense_meta.parameters())
-        counted = {policy: _counted(load_config(None, [*model.overrides(), *extra, *overrides]), model.name)
-                   for policy, extra in _policies(model)}
+        runs = {policy: load_config(None, [*model.overrides(), *extra, *overrides])
+                for policy, extra in _policies(model)}
+        counted = {policy: _counted(run, model.name) for policy, run in runs.items()}
         cfg = model.cfg_scale if dense_meta.conditional else None
-        first = next(iter(counted.values()))
-        if estimate(gmacs_dense, first[1], cfg is not None, 2 * params) > left():
+        first = estimate(gmacs_dense, next(iter(counted.values()))[1], cfg is not None, 2 * params)
+        if first > left():
             skipped.append({"model": model.name, "policy": "all",
-                            "why": f"estimated {estimate(gmacs_dense, first[1], cfg is not None, 2 * params):.0f} s "
-                                   f"for its first row, {max(0.0, left()):.0f} s left"})
+                            "why": f"estimated {first:.0f} s for its first row, {max(0.0, left()):.0f} s left"})
             rows += [_row(model, "dense", None, gmacs_dense, gmacs_dense, peak)]
             rows += [_row(model, p, None, g, gmacs_dense, peak) for p, (g, _) in counted.items()]
             log(f"skipped {model.name}: {skipped[-1]['why']}")
@@ -213,16 +216,14 @@ def suite_report(models, *, device: str = "cpu", dtype: torch.dtype = torch.floa
         bench = _bench_setup(base, device=device, dtype=dtype, batch=batch, seed=0, sampler=None, steps=None)
         build_s_per_param = (time.perf_counter() - built) / params
         results, dense_results = {}, []
-        for policy, extra in _policies(model):
-            gmacs, keys = counted[policy]
-            need = estimate(gmacs_dense, keys, cfg is not None, params)
+        for policy, run in runs.items():
+            need = estimate(gmacs_dense, counted[policy][1], cfg is not None, params)
             if need > left():
                 skipped.append({"model": model.name, "policy": policy,
                                 "why": f"estimated {need:.0f} s, {max(0.0, left()):.0f} s left"})
                 results[policy] = None
                 log(f"skipped {model.name} {policy}: {skipped[-1]['why']}")
                 continue
-            run = load_config(None, [*model.overrides(), *extra, *overrides])
             plan = _dynamic_plan(bench, run)
             result = measure(bench, plan, repeats=repeats, warmup=warmup, cfg_scale=cfg, compile=compile)
             del plan

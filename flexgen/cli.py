@@ -32,17 +32,17 @@ from pathlib import Path
 # bench (flexgen/bench.py), config, convert, demo
 
 
-def run_bench(compute: str, show: str):
-    """A bench command: flexgen.bench.<compute>(args), printed as JSON or by flexgen.bench.<show>."""
+def run_bench(compute: str, show: str, module: str = "flexgen.bench"):
+    """A bench command: <module>.<compute>(args), printed as JSON or by <module>.<show>."""
     def run(args: argparse.Namespace) -> None:
-        from flexgen import bench, bench_suite
+        import importlib
 
-        module = bench_suite if compute == "bench_suite" else bench
-        result = getattr(module, compute)(args)
+        module_ = importlib.import_module(module)
+        result = getattr(module_, compute)(args)
         if args.json:
             print(json.dumps(result))
         else:
-            getattr(module, show)(result)
+            getattr(module_, show)(result)
     return run
 
 
@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--out", default=None, help="output folder (default results/bench-suite-<device>-<dtype>)")
     suite.add_argument("--json", action="store_true", help="print the report as one JSON object")
     suite.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every model")
-    suite.set_defaults(func=run_bench("bench_suite", "print_suite"))
+    suite.set_defaults(func=run_bench("bench_suite", "print_suite", "flexgen.bench_suite"))
     flops.set_defaults(func=run_bench("bench_flops", "print_flops"))
     latency.set_defaults(func=run_bench("bench_latency", "print_latency"))
     plan.set_defaults(func=run_bench("bench_plan", "print_plan"))
