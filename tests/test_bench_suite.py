@@ -77,6 +77,21 @@ def test_peak_memory_sees_an_allocation():
     assert meter(lambda: None) < 64 * 2 ** 20
 
 
+def test_peak_memory_sees_a_warmed_up_calls_temporaries():
+    # What a timed forward looks like: temporaries of a few MiB each, freed, then allocated again by the next call.
+    # The allocator keeps the freed chunks, so the resident set does not grow the second time; malloc's bytes in
+    # use do (glibc's mallinfo2).
+    meter = _PeakMemory(torch.device("cpu"))
+    if meter.measured != "malloc bytes in use":
+        pytest.skip(f"this C library has no mallinfo2 (measuring {meter.measured})")
+
+    def call():
+        held = [torch.ones(2 ** 21) for _ in range(32)]                          # 32 × 8 MiB = 256 MiB
+        return sum(float(t[0]) for t in held)
+    call()
+    assert meter(call) > 200 * 2 ** 20
+
+
 def test_device_peak_on_the_cpu():
     name, peak, source = device_peak(torch.device("cpu"), torch.float32)
     assert name and (peak is None or peak > 0) and source

@@ -108,11 +108,28 @@ def test_sliced_heads_groups_and_packed_tokens_equal_the_masked_definition():
             tokens[2] = 0
             expected = masked_mlp(block.mlp, x, groups) * tokens[..., None]
             torch.testing.assert_close(packed_tokens_mlp(block.mlp, x, tokens, sliced), expected, rtol=0, atol=1e-10)
-        # all heads on: the plain attention; the cache holds one copy per pattern and was hit across steps
+        # all heads on: the plain attention
         torch.testing.assert_close(masked_attention(block.attn, x, patterns[1]), block.attn(x), rtol=0, atol=1e-12)
-    assert cache.patterns == 3 and cache.hits == 3
-    # skipping does less work: a quarter of the heads is a quarter of qkv's rows
-    assert cache.get(patterns[2], patterns[2]).qkv_weight.shape[0] == 3 * block.attn.proj.in_features // H
+    # three patterns used; pattern 1 (heads all on, groups a prefix) is views, kept and hit; patterns 0 and 2
+    # have a non-prefix set, so they are copies, and only the latest copy is held (max_copies = 1)
+    assert cache.patterns == 3 and cache.hits == 1
+    dim = block.attn.proj.in_features
+    held = cache.get(patterns[2], patterns[0])          # the last step's (heads a prefix, groups [0, 2]): held
+    assert cache.hits == 2 and cache.nbytes == sum(t.nbytes for t in held[4:])
+    assert held.qkv_weight.untyped_storage().data_ptr() == block.attn.qkv.weight.untyped_storage().data_ptr()
+    # skipping does less work: a quarter of the heads is a quarter of each of q, k and v's rows
+    assert held.qkv_weight.shape == (3, dim // H, dim)
+    prefix = cache.get(torch.tensor([1, 1, 0, 0]), torch.tensor([1, 1, 1, 0]))   # prefixes: views, no bytes held
+    assert cache.nbytes == sum(t.nbytes for t in held[4:])
+    first = cache.get(patterns[0], patterns[1])         # evicted by the later copy: taken again, replaces it
+    assert cache.hits == 2 and cache.nbytes == sum(t.nbytes for t in first[1:4])
+    assert all(t.untyped_storage().data_ptr() in {p.untyped_storage().data_ptr() for p in block.parameters()}
+               for t in prefix[1:])
+    with torch.no_grad():
+        torch.testing.assert_close(sliced_attention(block.attn, x, prefix),
+                                   masked_attention(block.attn, x, torch.tensor([1, 1, 0, 0])), rtol=0, atol=1e-10)
+        torch.testing.assert_close(sliced_mlp(block.mlp, x, prefix),
+                                   masked_mlp(block.mlp, x, torch.tensor([1, 1, 1, 0])), rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match="shared by the batch"):
         cache.get(torch.ones(2, H), patterns[1])
     # weights changed after slicing (loaded, trained): the slices are taken again, never stale

@@ -35,7 +35,7 @@ from flexgen.attention import attention
 def head_rows(dim: int, num_heads: int, order: torch.Tensor) -> torch.Tensor:
     """Row indices of a (dim, ·) weight whose rows are num_heads consecutive head slices, heads in `order`."""
     head_dim = dim // num_heads
-    return (order[:, None] * head_dim + torch.arange(head_dim)).reshape(-1)
+    return (order[:, None] * head_dim + torch.arange(head_dim, device=order.device)).reshape(-1)
 
 
 def _unit_rows(block: nn.Module, heads: torch.Tensor, groups: torch.Tensor, num_groups: int
@@ -119,45 +119,64 @@ def reorder_block(block: nn.Module, num_groups: int | None = None) -> tuple[torc
 def _active(mask: torch.Tensor) -> torch.Tensor:
     if mask.ndim != 1:
         raise ValueError(f"a width mask is one (units,) 0/1 vector shared by the batch, got shape {tuple(mask.shape)}")
-    return mask.nonzero().squeeze(1)
+    return mask.nonzero().squeeze(1).cpu()
+
+
+def take_units(weight: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """`weight`'s entries `index` (ascending) along `dim`: a view when they are one contiguous run (the first k
+    heads or groups: the synthetic routers, and what importance ordering favours), else a copy."""
+    n = index.numel()
+    if n and int(index[-1]) - int(index[0]) == n - 1:                      # ascending and unique: one run
+        return weight.narrow(dim, int(index[0]), n)
+    return weight.index_select(dim, index.to(weight.device))
 
 
 class Slices(NamedTuple):
-    """The weights of a block's active heads and MLP groups."""
+    """The weights of a block's active heads and MLP groups (views of the block's weights where the active units
+    are one contiguous run, copies otherwise)."""
     heads: int                  # active heads
-    qkv_weight: torch.Tensor    # q, k, v rows of the active heads (a Poolingformer: v rows)
-    qkv_bias: torch.Tensor
+    qkv_weight: torch.Tensor    # (3, h·Dh, D): q, k, v rows of the active heads (a Poolingformer: v rows (h·Dh, D))
+    qkv_bias: torch.Tensor      # (3, h·Dh) (a Poolingformer: (h·Dh,))
     proj_weight: torch.Tensor   # its input columns of the active heads
     fc1_weight: torch.Tensor
     fc1_bias: torch.Tensor
     fc2_weight: torch.Tensor    # its input columns of the active units
 
 
+def _held_bytes(value: Any, shared: set[int]) -> int:
+    """Bytes of the tensors in `value` (nested tuples) whose storage is not one of `shared` (views cost none)."""
+    if isinstance(value, torch.Tensor):
+        return 0 if value.untyped_storage().data_ptr() in shared else value.nbytes
+    return sum(_held_bytes(v, shared) for v in value) if isinstance(value, (tuple, list)) else 0
+
+
 class SliceCache:
-    """Slices of one block's weights, cached per distinct (head, group) mask pattern: a sampler run holds one copy
-    per pattern it used, not one per step. `patterns` counts them. `weights()` lists the tensors the slices come
-    from: the cache is dropped when any of them changes (loaded, trained, moved or cast), so a slice is never stale.
-    `take(head_index, group_index, num_groups)` makes the slices of the active units."""
+    """Slices of one block's weights per distinct (head, group) mask pattern. Where every active set is one
+    contiguous run the slices are views of the weights and cost no memory; other patterns (a trained router's) are
+    copies, and at most `max_copies` of those are held (least recently used dropped): a sampler walks t in order,
+    so consecutive steps share a pattern and a copy is made once per change. `patterns` counts the distinct
+    patterns used, `hits` the lookups served from the cache, `nbytes` the bytes held beside the weights.
+    `weights()` lists the tensors the slices come from: the cache is dropped when any of them changes (loaded,
+    trained, moved or cast), so a slice is never stale. `take(head_index, group_index, num_groups)` makes the
+    slices of the active units."""
 
     def __init__(self, weights: Callable[[], Sequence[torch.Tensor]],
-                 take: Callable[[torch.Tensor, torch.Tensor, int], Any]) -> None:
-        self._weights, self._take = weights, take
-        self._cache: dict[tuple, Any] = {}
+                 take: Callable[[torch.Tensor, torch.Tensor, int], Any], max_copies: int = 1) -> None:
+        self._weights, self._take, self.max_copies = weights, take, max_copies
+        self._cache: dict[tuple, Any] = {}                  # key -> slices, least recently used first
+        self._copied: dict[tuple, int] = {}                 # key -> bytes it holds beside the weights
+        self._seen: set[tuple] = set()
         self._weights_seen: tuple = ()
         self.hits = 0
 
     @property
     def patterns(self) -> int:
-        return len(self._cache)
+        return len(self._seen)
 
     @property
     def nbytes(self) -> int:
-        """Bytes the cached slices hold (memory a skipping forward keeps besides the weights)."""
-        def size(value) -> int:
-            if isinstance(value, torch.Tensor):
-                return value.nbytes
-            return sum(size(v) for v in value) if isinstance(value, (tuple, list)) else 0
-        return sum(size(v) for v in self._cache.values())
+        """Bytes the cached slices hold beside the weights (memory a skipping forward keeps)."""
+        return sum(self._copied.values())
 
     def get(self, heads: torch.Tensor, groups: torch.Tensor) -> Any:
         """The slices for 0/1 masks heads (H,) and groups (G,)."""
@@ -166,21 +185,34 @@ class SliceCache:
         weights = tuple((w.data_ptr(), w._version, w.dtype) for w in self._weights())
         if weights != self._weights_seen:
             self._cache.clear()
+            self._copied.clear()
+            self._seen.clear()
             self._weights_seen = weights
+        self._seen.add(key)
         if key in self._cache:
             self.hits += 1
+            self._cache[key] = self._cache.pop(key)         # most recently used last
             return self._cache[key]
         with torch.no_grad():
-            self._cache[key] = self._take(head_index, group_index, len(groups))
-        return self._cache[key]
+            slices = self._take(head_index, group_index, len(groups))
+        held = _held_bytes(slices, {w.untyped_storage().data_ptr() for w in self._weights()})
+        if held:
+            while self._copied and len(self._copied) >= self.max_copies:
+                oldest = next(iter(self._copied))
+                del self._copied[oldest], self._cache[oldest]
+            if self.max_copies < 1:
+                return slices
+            self._copied[key] = held
+        self._cache[key] = slices
+        return slices
 
 
 class SlicedWeights(SliceCache):
     """The active slices of one `LatteBlock`'s qkv / proj and fc1 / fc2 (`Slices`), per mask pattern."""
 
-    def __init__(self, block: nn.Module) -> None:
+    def __init__(self, block: nn.Module, max_copies: int = 1) -> None:
         self.block = block
-        super().__init__(self._tensors, self._slices)
+        super().__init__(self._tensors, self._slices, max_copies)
 
     def _tensors(self) -> tuple:
         attn, mlp = self.block.attn, self.block.mlp
@@ -189,11 +221,17 @@ class SlicedWeights(SliceCache):
 
     def _slices(self, head_index: torch.Tensor, group_index: torch.Tensor, num_groups: int) -> Slices:
         attn, mlp = self.block.attn, self.block.mlp
-        qkv = attn.v if attn.qkv is None else attn.qkv
-        rows, qkv_rows, units = _unit_rows(self.block, head_index, group_index, num_groups)
-        return Slices(len(head_index), qkv.weight[qkv_rows].clone(), qkv.bias[qkv_rows].clone(),
-                      attn.proj.weight[:, rows].clone(), mlp.fc1.weight[units].clone(), mlp.fc1.bias[units].clone(),
-                      mlp.fc2.weight[:, units].clone())
+        dim = attn.proj.in_features
+        rows = head_rows(dim, attn.num_heads, head_index)
+        units = head_rows(mlp.fc1.out_features, num_groups, group_index)
+        if attn.qkv is None:                                                  # a Poolingformer: its value rows
+            qkv_weight, qkv_bias = take_units(attn.v.weight, 0, rows), take_units(attn.v.bias, 0, rows)
+        else:                                                                 # the q, k and v sections alike
+            qkv_weight = take_units(attn.qkv.weight.view(3, dim, -1), 1, rows)
+            qkv_bias = take_units(attn.qkv.bias.view(3, dim), 1, rows)
+        return Slices(len(head_index), qkv_weight, qkv_bias, take_units(attn.proj.weight, 1, rows),
+                      take_units(mlp.fc1.weight, 0, units), take_units(mlp.fc1.bias, 0, units),
+                      take_units(mlp.fc2.weight, 1, units))
 
 
 def _per_sequence(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -224,11 +262,17 @@ def sliced_attention(attn: nn.Module, x: torch.Tensor, sliced: Slices,
     w, b = sliced.qkv_weight, sliced.qkv_bias
     if attn.qkv is None:                                                      # Poolingformer: token mean of V
         return F.linear(F.linear(x.mean(dim=1, keepdim=True), w, b), sliced.proj_weight, attn.proj.bias)  # (S, 1, D)
-    if context is None:
-        q, k, v = F.linear(x, w, b).reshape(S, N, 3, h, Dh).unbind(2)        # 3 × (S, N, h, Dh)
-    else:
-        q = F.linear(x, w[:h * Dh], b[:h * Dh]).reshape(S, N, h, Dh)          # (S, N, h, Dh)
-        k, v = F.linear(context, w[h * Dh:], b[h * Dh:]).reshape(S, context.shape[1], 2, h, Dh).unbind(2)
+    kv = x if context is None else context
+    if w.is_contiguous():                           # a copy (3, h·Dh, D): q, k and v in one product when self-attn
+        w, b = w.reshape(3 * h * Dh, D), b.reshape(3 * h * Dh)
+        if context is None:
+            q, k, v = F.linear(x, w, b).reshape(S, N, 3, h, Dh).unbind(2)    # 3 × (S, N, h, Dh)
+        else:
+            q = F.linear(x, w[:h * Dh], b[:h * Dh]).reshape(S, N, h, Dh)      # (S, N, h, Dh)
+            k, v = F.linear(kv, w[h * Dh:], b[h * Dh:]).reshape(S, kv.shape[1], 2, h, Dh).unbind(2)
+    else:                                           # views of the three sections: one product each
+        q = F.linear(x, w[0], b[0]).reshape(S, N, h, Dh)                      # (S, N, h, Dh)
+        k, v = (F.linear(kv, w[i], b[i]).reshape(S, kv.shape[1], h, Dh) for i in (1, 2))
     return F.linear(attention(q, k, v).reshape(S, N, h * Dh), sliced.proj_weight, attn.proj.bias)
 
 

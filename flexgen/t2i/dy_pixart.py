@@ -13,7 +13,8 @@ every block, alone or composed with a FlexDiT layout (`FlexPixArtTransformer2DMo
   no token router (they have thinned their tokens already).
 - The masked forward (training, and the definition) computes everything and gates it; the skipping forward (eval
   mode, every row of the batch at the same t and size: every scheduler step) computes only the active heads,
-  groups and tokens, with each block's sliced weights cached per distinct mask pattern.
+  groups and tokens, with each block's sliced weights cached per mask pattern (`SliceCache`: views where the
+  active units are a prefix, else a bounded number of copies).
 - Every forward leaves `routing` (one `flexgen.density.dydit.BlockRouting` per block): the budget loss, the keep
   rates and the cost from the real kept counts read it. With every router on the model is its parent: the dense
   diffusers model, or the FlexDiT one (tests/test_t2i_dydit.py, float64).
@@ -39,7 +40,7 @@ from flexgen.density import DensityRecord
 from flexgen.density.budget import BlockCost, block_cost, role_block_cost
 from flexgen.density.dydit import BlockRouting, RoutedBlock
 from flexgen.density.routers import TokenRouter, WidthRouter
-from flexgen.density.width import SliceCache, head_rows, packed_tokens, unit_importance
+from flexgen.density.width import SliceCache, head_rows, packed_tokens, take_units, unit_importance
 from flexgen.presets import TEXT_TOKENS
 from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, attention_with_key_bias
 
@@ -66,13 +67,13 @@ class BlockSlices(NamedTuple):
 def _linear_rows(layer: nn.Linear | None, rows: torch.Tensor) -> tuple | None:
     if layer is None:
         return None
-    return layer.weight[rows].clone(), None if layer.bias is None else layer.bias[rows].clone()
+    return take_units(layer.weight, 0, rows), None if layer.bias is None else take_units(layer.bias, 0, rows)
 
 
 def _attn_slices(attn: nn.Module, heads: torch.Tensor) -> AttnSlices:
     rows = head_rows(attn.inner_dim, attn.heads, heads)
     return AttnSlices(len(heads), _linear_rows(attn.to_q, rows), _linear_rows(attn.to_k, rows),
-                      _linear_rows(attn.to_v, rows), attn.to_out[0].weight[:, rows].clone())
+                      _linear_rows(attn.to_v, rows), take_units(attn.to_out[0].weight, 1, rows))
 
 
 def _mlp_layers(block: nn.Module) -> tuple[nn.Linear, nn.Linear, str]:
@@ -96,7 +97,7 @@ def block_slices(block: nn.Module, cross: bool, heads: torch.Tensor, groups: tor
     fc1, fc2, _ = _mlp_layers(block)
     units = head_rows(fc1.out_features, num_groups, groups)
     return BlockSlices(_attn_slices(block.attn1, heads), _attn_slices(block.attn2, heads) if cross else None,
-                       _linear_rows(fc1, units), fc2.weight[:, units].clone())
+                       _linear_rows(fc1, units), take_units(fc2.weight, 1, units))
 
 
 @torch.no_grad()
@@ -258,7 +259,7 @@ class DyPixArtTransformer2DModel(FlexPixArtTransformer2DModel):
         return [cache.patterns for cache in self._sliced]
 
     def sliced_bytes(self) -> int:
-        """Bytes of the sliced weights the blocks hold (`patterns()` copies)."""
+        """Bytes the blocks' sliced-weight caches hold beside the weights (copies; views of a prefix cost none)."""
         return sum(cache.nbytes for cache in self._sliced)
 
     def order_by_importance(self) -> None:

@@ -7,8 +7,9 @@ embedding only) and a token router (which tokens run its MLP).
   per token in both kinds of block (a temporal block's token is one frame at one position).
 - The masked forward (training, and the definition): everything computed and gated (`flexgen.density.width`).
   The skipping forward (inference: eval mode and one t for the whole batch, as every sampler step; or `skip =
-  True`): only the active heads, groups and tokens are computed, each block's sliced weights cached per distinct
-  mask pattern (`patterns()` says how many a run used).
+  True`): only the active heads, groups and tokens are computed, each block's weight slices taken once per mask
+  pattern (`SliceCache`: views where the active units are a prefix, else a bounded number of copies;
+  `patterns()` says how many a run used).
 - `complete` (B,) bool runs those samples through the complete model (every unit and token on): DyDiT's warm-up
   loss, on the same forward as the dynamic samples.
 - Every forward leaves the gates it used in `routing` (one `flexgen.density.dydit.BlockRouting` per block, in
@@ -75,7 +76,7 @@ class DyLatte(Latte):
         return [cache.patterns for cache in self._sliced]
 
     def sliced_bytes(self) -> int:
-        """Bytes of the sliced weights the blocks hold (`patterns()` copies)."""
+        """Bytes the blocks' sliced-weight caches hold beside the weights (copies; views of a prefix cost none)."""
         return sum(cache.nbytes for cache in self._sliced)
 
     def order_by_importance(self) -> None:
