@@ -326,6 +326,7 @@ def measure(bench: _Bench, plan: _Dynamic, *, repeats: int = 3, warmup: int = 1,
                               "measured": peak.measured}}
     if plan.model.routed:
         result["sliced_weight_patterns"] = plan.model.sliced_weight_patterns()
+        result["sliced_weight_bytes"] = plan.model.net.sliced_bytes()      # copies held beside the weights
     processors = dense.attention_processors()    # diffusers' own processors (SDPA) where flexgen.attention is not used
     if processors is not None:
         result["attention_calls"] = processors

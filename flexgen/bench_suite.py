@@ -169,6 +169,8 @@ def _row(model: SuiteModel, policy: str, result: dict | None, gmacs: float, gmac
                    latency_over_flops=forward["latency_over_flops"], speedup=forward["speedup"],
                    paired_dense_forward_ms=forward["dense_s"] * 1e3,
                    peak_ratio=result["peak_memory"]["ratio"])
+        if "sliced_weight_bytes" in result:
+            row["sliced_weight_bytes"] = result["sliced_weight_bytes"]
         if cfg:
             row.update(cfg_latency_ratio=cfg["latency_ratio"], cfg_latency_over_flops=cfg["latency_over_flops"],
                        paired_dense_cfg_step_ms=cfg["dense_s"] * 1e3)

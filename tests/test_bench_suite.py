@@ -38,6 +38,8 @@ def test_every_policy_is_timed_beside_dense(tiny_report, tmp_path):
     run = load_config(None, [*TINY.overrides(), *SHRINK, "dydit.target=0.5"])
     assert rows[2]["gmacs"] == pytest.approx(dydit_flops(run, "tiny")["gmacs"], rel=1e-9)
     assert rows[4]["flops_ratio"] < rows[1]["flops_ratio"]                 # composed below FlexDiT alone
+    # synthetic routers keep the first heads and groups: the skipping forward's slices are views, none copied
+    assert [r.get("sliced_weight_bytes") for r in rows] == [None, None, 0, 0, 0]
 
     files = write_outputs(tiny_report, tmp_path / "suite")
     assert json.loads(open(files["json"]).read())["rows"] == json.loads(json.dumps(rows))

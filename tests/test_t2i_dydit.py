@@ -11,7 +11,7 @@ import torch
 from t2i_helpers import CAPTION_DIM, MAX_LENGTH, save_tiny_pipeline, tiny_transformer
 
 from flexgen.density import DensityConfig, ScheduleConfig
-from flexgen.density.dydit import forward_macs
+from flexgen.density.dydit import forward_macs, set_synthetic_routers
 from flexgen.flops import flop_counter
 from flexgen.t2i.dy_pixart import DyPixArtTransformer2DModel
 from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, PixArtCost, load_transformer
@@ -117,8 +117,16 @@ def test_skipping_equals_the_masked_definition(cross, kind):
     assert all(torch.equal(h[0], h[1]) and torch.equal(g[0], g[1]) for h, g in gates)   # shared by the batch
     dy.skip = True
     torch.testing.assert_close(dy(*args, **kwargs).sample, masked, rtol=0, atol=1e-10)
-    assert max(dy.patterns()) == 1
+    assert max(dy.patterns()) == 1 and dy.sliced_bytes() > 0               # scattered units: copies
     assert (masked - dense(*args, **kwargs).sample).abs().max() > 1e-3     # and the routing changed the output
+    # the first k heads and groups on (what importance ordering favours): slices are views, no bytes added
+    held = dy.sliced_bytes()
+    set_synthetic_routers(dy.width_routers, dy.token_routers, 0.5)
+    dy.skip = False
+    masked = dy(*args, **kwargs).sample
+    dy.skip = True
+    torch.testing.assert_close(dy(*args, **kwargs).sample, masked, rtol=0, atol=1e-10)
+    assert max(dy.patterns()) == 2 and dy.sliced_bytes() == held
 
 
 def test_width_masks_follow_t_and_the_size_conditions():
