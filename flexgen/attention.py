@@ -197,6 +197,8 @@ def _check_runnable(name: str, device: torch.device, dtype: torch.dtype, request
 # Reporting: which backend the calls used.
 
 def _record(name: str) -> None:
+    if torch.compiler.is_compiling():           # a traced counter would be a guard: a recompile on every call
+        return
     _State.last = name
     _State.counts[name] += 1
 

@@ -249,14 +249,26 @@ class _PeakMemory:
 
 def _compiled(model):
     """torch.compile of a model's forward, one graph per input shape or weight-slice pattern (dynamic=False), with
-    room for every grid and pattern of a schedule before dynamo gives up recompiling."""
+    room for every grid and pattern of a schedule before dynamo gives up recompiling: a DyDiT block breaks the
+    graph at its slice lookup, so its pieces compile once per block, grid and batch size (DiT-XL/2 composed: 28 ×
+    5 × 2 per code object)."""
     import torch._dynamo
 
     if not getattr(model, "_flexgen_compiled", False):
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+        config = torch._dynamo.config
+        config.cache_size_limit = max(config.cache_size_limit, 4096)             # (alias of recompile_limit)
+        if hasattr(config, "accumulated_cache_size_limit"):
+            config.accumulated_cache_size_limit = max(config.accumulated_cache_size_limit, 4096)
         model.forward = torch.compile(model.forward, dynamic=False)
         model._flexgen_compiled = True
     return model
+
+
+def _graphs_compiled() -> int:
+    """Graphs torch.compile has built in this process so far (dynamo's counters)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 @torch.no_grad()
@@ -272,8 +284,6 @@ def measure(bench: _Bench, plan: _Dynamic, *, repeats: int = 3, warmup: int = 1,
     plan.model.set_attention(attention)
     channels = bench.run.sample.cfg_channels
     models = {"dense": dense, "dynamic": plan.model}
-    if compile:
-        models = {k: _compiled(m) for k, m in models.items()}
     calls = {k: _call(m, cond, cfg_scale, channels) for k, m in models.items()}
     timer, peak = _timer(dev), _PeakMemory(dev)
 
@@ -306,20 +316,39 @@ def measure(bench: _Bench, plan: _Dynamic, *, repeats: int = 3, warmup: int = 1,
 
     times: dict[str, dict] = {k: {"dense": [], **{key: [] for key in plan.keys}} for k in kinds}
     reset_backend_counts()
+    def every_call():
+        for kind in kinds:
+            for key in ["dense", *plan.keys]:
+                make(kind, key)()
+
+    if compile:
+        every_call()       # eager: compiled calls count no attention backend (flexgen.attention), this pass does
+        for model in models.values():
+            _compiled(model)
+        for _ in range(5):      # untimed rounds until one builds no graph (the second round may still build some)
+            built = _graphs_compiled()
+            every_call()
+            if _graphs_compiled() == built:
+                break
+    graphs = _graphs_compiled()
     for r in range(warmup + repeats):
+        if r == warmup:
+            graphs = _graphs_compiled()
         for kind in kinds:
             for key in ["dense", *plan.keys]:
                 seconds = timer(make(kind, key))
                 if r >= warmup:
                     times[kind][key].append(seconds)
     calls_per_backend = backend_counts()
+    compiled_while_timed = _graphs_compiled() - graphs
     growth = {key: max(peak(make(kind, key)) for kind in kinds) for key in ["dense", *plan.keys]}
 
     flops_ratio = plan.gmacs / plan.gmacs_dense
     peak_dense = dense.resident_bytes() + growth["dense"]
     peak_dynamic = plan.model.resident_bytes() + max(growth[key] for key in plan.keys)
     result = {"device": str(dev), "dtype": str(bench.dtype).removeprefix("torch."), "batch": batch,
-              "repeats": repeats, "compiled": compile, "policy": plan.name, "gmacs_dense": plan.gmacs_dense,
+              "repeats": repeats, "compiled": compile, "graphs_compiled_while_timed": compiled_while_timed,
+              "policy": plan.name, "gmacs_dense": plan.gmacs_dense,
               "gmacs": plan.gmacs, "flops_ratio": flops_ratio, "attention_calls": calls_per_backend,
               "peak_memory": {"dense_bytes": peak_dense, "dynamic_bytes": peak_dynamic,
                               "ratio": peak_dynamic / peak_dense,
@@ -568,6 +597,9 @@ def print_latency(result: dict) -> None:
           f"(ratio {result['flops_ratio']:.3f}); attention backend calls: {result['attention_calls']}")
     if "sliced_weight_patterns" in result:
         print(f"  sliced-weight patterns per block: {result['sliced_weight_patterns']}")
+    if result.get("graphs_compiled_while_timed"):
+        print(f"  warning: torch.compile built {result['graphs_compiled_while_timed']} graphs during the timed "
+              f"repeats, so these times include compilation (raise --warmup)")
     for kind in ("forward", "cfg_step"):
         if kind in result:
             r = result[kind]

@@ -174,6 +174,8 @@ def _row(model: SuiteModel, policy: str, result: dict | None, gmacs: float, gmac
         if cfg:
             row.update(cfg_latency_ratio=cfg["latency_ratio"], cfg_latency_over_flops=cfg["latency_over_flops"],
                        paired_dense_cfg_step_ms=cfg["dense_s"] * 1e3)
+    if result["compiled"]:
+        row["graphs_compiled_while_timed"] = result["graphs_compiled_while_timed"]
     return row
 
 
@@ -299,7 +301,7 @@ def markdown(report: dict) -> str:
              f"{_fmt(peak, '.1f')} TFLOP/s ({report['device_peak_source']}); {report['elapsed_s']:.0f} s. Dynamic "
              f"rows: synthetic routers on the dense model's random weights, timed beside it in one process; each "
              f"ratio is dynamic / the dense model timed in the same repeats (suite.json has both), the dense row's "
-             f"ms the median over those runs. Peak memory: resident weights (and sliced-weight caches) + the "
+             f"ms the median over those runs. Peak memory: resident weights (and held slice copies) + the "
              f"largest call's growth.",
              "",
              "| model | policy | GMACs / fwd | MAC ratio | ms / fwd | latency ratio (× MAC) | ms / CFG step | "
@@ -319,6 +321,11 @@ def markdown(report: dict) -> str:
         measured = t["measured"] if not isinstance(t["measured"], float) else f"{t['measured']:.2f}×"
         note = f"; {t['note']}" if t["note"] else ""
         lines.append(f"- {t['target']}: {_fmt(measured, '')} ({met}{note})")
+    late = [f"{r['model']} {r['policy']} ({r['graphs_compiled_while_timed']})" for r in report["rows"]
+            if r.get("graphs_compiled_while_timed")]
+    if late:
+        lines += ["", "Compiled graphs built during the timed repeats (those times include compilation; raise "
+                      f"--warmup): {', '.join(late)}"]
     if report["skipped"]:
         lines += ["", f"Skipped (time budget {report['time_budget_s']} s; MACs above are counted regardless):", ""]
         lines += [f"- {s['model']} {s['policy']}: {s['why']}" for s in report["skipped"]]
