@@ -6,7 +6,8 @@ vs DyDiT (synthetic routers at λ 0.5 and 0.7) vs FlexDiT ∘ DyDiT, each timed 
 by `flexgen.bench.measure` on the same random weights. Per row: MACs per forward, median ms per forward and per CFG
 step, the latency ratio beside the MAC ratio, peak memory, attention backend, batch, dtype, achieved TFLOP/s and its
 share of the device's peak. Writes suite.json, suite.md and suite.svg (latency ratio vs MAC ratio). Rows whose
-estimated time does not fit `time_budget` are skipped and listed (their MACs are still counted).
+estimated time does not fit `time_budget` are skipped and listed (their MACs are still counted); a row is estimated
+from its meta-counted MACs at the last measured GMAC/s, scaled by how far the last row ran past its own estimate.
 """
 
 from __future__ import annotations
@@ -189,6 +190,7 @@ def suite_report(models, *, device: str = "cpu", dtype: torch.dtype = torch.floa
     name, peak, peak_source = device_peak(dev, dtype)
     gmac_per_s = 0.5 * _calibrate(dev, dtype)           # a model runs below a large matmul's rate
     build_s_per_param = None
+    overrun = 1.0               # the last row's wall time over its estimate at the new rate (≥ 1), scales the next
     rows, skipped = [], []
 
     def left() -> float:
@@ -208,7 +210,7 @@ def suite_report(models, *, device: str = "cpu", dtype: torch.dtype = torch.floa
                 for policy, extra in _policies(model)}
         counted = {policy: _counted(run, model.name) for policy, run in runs.items()}
         cfg = model.cfg_scale if dense_meta.conditional else None
-        first = estimate(gmacs_dense, next(iter(counted.values()))[1], cfg is not None, 2 * params)
+        first = overrun * estimate(gmacs_dense, next(iter(counted.values()))[1], cfg is not None, 2 * params)
         if first > left():
             skipped.append({"model": model.name, "policy": "all",
                             "why": f"estimated {first:.0f} s for its first row, {max(0.0, left()):.0f} s left"})
@@ -221,13 +223,14 @@ def suite_report(models, *, device: str = "cpu", dtype: torch.dtype = torch.floa
         build_s_per_param = (time.perf_counter() - built) / params
         results, dense_results = {}, []
         for policy, run in runs.items():
-            need = estimate(gmacs_dense, counted[policy][1], cfg is not None, params)
+            need = overrun * estimate(gmacs_dense, counted[policy][1], cfg is not None, params)
             if need > left():
                 skipped.append({"model": model.name, "policy": policy,
                                 "why": f"estimated {need:.0f} s, {max(0.0, left()):.0f} s left"})
                 results[policy] = None
                 log(f"skipped {model.name} {policy}: {skipped[-1]['why']}")
                 continue
+            row_start = time.perf_counter()
             plan = _dynamic_plan(bench, run)
             result = measure(bench, plan, repeats=repeats, warmup=warmup, cfg_scale=cfg, compile=compile)
             del plan
@@ -235,6 +238,8 @@ def suite_report(models, *, device: str = "cpu", dtype: torch.dtype = torch.floa
             results[policy] = result
             dense_results.append(result)
             gmac_per_s = batch * gmacs_dense / result["forward"]["dense_s"]
+            overrun = max(1.0, (time.perf_counter() - row_start) / estimate(gmacs_dense, counted[policy][1],
+                                                                           cfg is not None, 0))
             log(f"{model.name} {policy}: MAC ratio {result['flops_ratio']:.3f}, forward latency ratio "
                 f"{result['forward']['latency_ratio']:.3f} ({time.perf_counter() - start:.0f} s)")
         rows.append(_row(model, "dense", _dense_summary(dense_results), gmacs_dense, gmacs_dense, peak)
