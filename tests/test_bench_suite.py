@@ -115,3 +115,27 @@ def test_compiled_timing_builds_no_graph_after_the_warm_up():
     assert result["compiled"] and result["graphs_compiled_while_timed"] == 0
     assert result["attention_calls"] == {"sdpa": 2 * 6}   # the eager pass: dense and DyDiT, 6 blocks each
     assert result["forward"]["dynamic_s"] > 0
+
+
+def test_the_gpu_checks_run_without_the_video_and_metric_packages():
+    # The GPU machine's image has torch (and carried diffusers wheels) but no av, decord, clean-fid or xformers:
+    # the suite's command and a tiny suite must run there (eval/gpu-checks.sh).
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = f"""
+import sys
+for name in ("av", "decord", "cleanfid", "xformers"):
+    sys.modules[name] = None                # import of these fails as on the GPU image
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_bench_suite import SHRINK, TINY
+from flexgen.bench_suite import suite_report
+from flexgen.cli import build_parser
+build_parser()
+report = suite_report([TINY], overrides=SHRINK, repeats=1, warmup=0, log=lambda line: None)
+print(len(report["rows"]), sum("forward_ms" in r for r in report["rows"]))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["5", "5"]

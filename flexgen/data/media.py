@@ -26,7 +26,6 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 from PIL import Image
@@ -35,9 +34,21 @@ from flexgen.data.base import VideoDecodeError, describe_error
 from flexgen.files import atomic_write, visible
 
 try:
+    import av
+except ImportError as err:  # needed only to read and write videos: the benches and image paths run without it
+    av, _AV_MISSING = None, err
+
+try:
     import decord
 except ImportError:         # optional: PyAV decodes every video when decord is not installed
     decord = None
+
+
+def _pyav():
+    """PyAV, or a clear error where it is not installed (`pip install av`)."""
+    if av is None:
+        raise ImportError(f"reading or writing video files needs PyAV: pip install av ({_AV_MISSING})")
+    return av
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +76,7 @@ def _decord_reader(path: str | Path):
 
 
 def _pyav_count(path: str | Path) -> int:
-    with av.open(str(path)) as container:
+    with _pyav().open(str(path)) as container:
         if not container.streams.video:
             raise VideoDecodeError("no video stream")
         stream = container.streams.video[0]
@@ -80,7 +91,7 @@ def _pyav_count(path: str | Path) -> int:
 def _pyav_read(path: str | Path, indices: Sequence[int]) -> np.ndarray:
     wanted, last, got = set(indices), max(indices), {}
     decoded = 0
-    with av.open(str(path)) as container:
+    with _pyav().open(str(path)) as container:
         for i, frame in enumerate(container.decode(video=0)):
             decoded = i + 1
             if i in wanted:
@@ -93,7 +104,7 @@ def _pyav_read(path: str | Path, indices: Sequence[int]) -> np.ndarray:
 
 
 def _pyav_read_all(path: Path) -> np.ndarray:
-    with av.open(str(path)) as container:
+    with _pyav().open(str(path)) as container:
         if not container.streams.video:
             raise VideoDecodeError(f"{path} has no video stream")
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
@@ -111,6 +122,8 @@ def _decord_read(path: str | Path, indices: Sequence[int]) -> np.ndarray:
 
 def probe_frames(path: str | Path) -> int:
     """Frame count of a video file (decord; PyAV when decord is missing or cannot open it)."""
+    if decord is None:
+        _pyav()                                                 # no decoder at all: say so, not "corrupt video"
     errors = []
     if decord is not None:
         try:
@@ -133,6 +146,8 @@ def read_video(path: str | Path, indices: Sequence[int] | None = None) -> np.nda
         raise FileNotFoundError(f"no video file at {path}")
     if indices is None:
         return _pyav_read_all(path)
+    if decord is None:
+        _pyav()                                                 # no decoder at all: say so, not "corrupt video"
     errors = []
     for name, reader in (("decord", _decord_read if decord is not None else None), ("PyAV", _pyav_read)):
         if reader is None:
@@ -161,7 +176,7 @@ def iter_video(path: str | Path, chunk: int = 32) -> Iterator[np.ndarray]:
         for begin in range(0, len(reader), chunk):
             yield from _as_numpy(reader.get_batch(list(range(begin, min(begin + chunk, len(reader))))))
         return
-    with av.open(str(path)) as container:
+    with _pyav().open(str(path)) as container:
         for frame in container.decode(video=0):
             yield frame.to_ndarray(format="rgb24")
 
@@ -224,7 +239,7 @@ def _channels_last(frames: np.ndarray, name: str) -> np.ndarray:
 
 def video_codec() -> str:
     """The codec `write_video` uses: libx264 when this PyAV build has it, else mpeg4."""
-    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    return "libx264" if "libx264" in _pyav().codecs_available else "mpeg4"
 
 
 def write_video(path: str | Path, frames: Frames, fps: int = 8, codec: str | None = None,
@@ -245,7 +260,7 @@ def write_video(path: str | Path, frames: Frames, fps: int = 8, codec: str | Non
     if path.suffix.lower() not in MUXERS:
         raise ValueError(f"{path}: the video suffix must be one of {', '.join(MUXERS)}")
     _, height, width, _ = array.shape
-    with atomic_write(path) as tmp, av.open(str(tmp), mode="w", format=MUXERS[path.suffix.lower()]) as container:
+    with atomic_write(path) as tmp, _pyav().open(str(tmp), mode="w", format=MUXERS[path.suffix.lower()]) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = width, height
         if threads is not None:
@@ -257,7 +272,7 @@ def write_video(path: str | Path, frames: Frames, fps: int = 8, codec: str | Non
             stream.pix_fmt = "yuv420p"
             stream.options = options or {"qmin": str(MPEG4_QSCALE), "qmax": str(MPEG4_QSCALE)}
         for frame in array:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+            for packet in stream.encode(_pyav().VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():                  # flush the encoder's delayed frames
             container.mux(packet)
