@@ -2,6 +2,7 @@
 and memory fields consistent, the three files), the time budget skips and lists rows but still counts their MACs, the
 targets are judged from the rows, the peak-memory meter sees an allocation."""
 
+import dataclasses
 import json
 
 import pytest
@@ -139,3 +140,30 @@ print(len(report["rows"]), sum("forward_ms" in r for r in report["rows"]))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-2:] == ["5", "5"]
+
+
+def test_interleaved_timing_keeps_each_keys_slices():
+    # measure() cycles dense, t1 … tk in every repeat; with a trained router's scattered patterns and one held copy
+    # per block, every timed call would copy its slices again (a cost a sampler walking t in order does not pay).
+    from test_dydit import randomise_routers
+
+    from flexgen.bench import _bench_setup, _dynamic_plan, measure
+
+    run = load_config(None, [*TINY.overrides(), *SHRINK, "dydit.target=0.5"])
+    bench = _bench_setup(run, device="cpu", dtype=torch.float32, batch=1, seed=0, sampler=None, steps=None)
+    plan = _dynamic_plan(bench, run)               # synthetic routers: one key; trained ones are timed at several t
+    keys = [999, 500, 10]
+    plan = dataclasses.replace(plan, keys=keys, t_of={t: t for t in keys},
+                               average=lambda median: sum(median[t] for t in keys) / len(keys))
+    randomise_routers(plan.model)
+    caches, takes = plan.model.net.slice_caches(), [0] * len(plan.model.net.slice_caches())
+    for i, cache in enumerate(caches):
+        def counted(*args, _take=cache._take, _i=i):
+            takes[_i] += 1
+            return _take(*args)
+        cache._take = counted
+    result = measure(bench, plan, repeats=2, warmup=1)
+    assert len(plan.keys) > 1 and max(result["sliced_weight_patterns"]) > 1     # several scattered patterns
+    assert result["sliced_weight_bytes"] > 0 and all(cache.max_copies == 1 for cache in caches)   # limit restored
+    # each pattern copied once in the timed loop, plus at most one per key in the memory pass (one copy held)
+    assert all(n <= cache.patterns + len(plan.keys) for n, cache in zip(takes, caches, strict=True))

@@ -55,6 +55,17 @@ def test_read_video_errors_name_the_file_and_the_decoders(tmp_path):
         read_video(short, [0, 7])
 
 
+def test_a_missing_pyav_is_said_not_counted_as_a_corrupt_video(tmp_path, monkeypatch):
+    garbage = write_garbage(tmp_path / "garbage.mp4")
+    monkeypatch.setattr(media, "av", None)
+    monkeypatch.setattr(media, "_AV_MISSING", ImportError("No module named 'av'"), raising=False)
+    for decord in (media.decord, None):                 # decord fails on the file, or there is no decord
+        monkeypatch.setattr(media, "decord", decord)
+        for read in (lambda: read_video(garbage, [0]), lambda: media.probe_frames(garbage)):
+            with pytest.raises(ImportError, match="pip install av"):
+                read()
+
+
 def test_writes_are_atomic_and_leave_no_temporary_files(tmp_path):
     write_video(tmp_path / "out" / "a.mp4", coded_frames(3))             # the folder is created
     save_grid(tmp_path / "out" / "grid.png", coded_frames(2)[None])

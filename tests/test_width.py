@@ -123,6 +123,16 @@ def test_sliced_heads_groups_and_packed_tokens_equal_the_masked_definition():
     assert cache.nbytes == sum(t.nbytes for t in held[4:])
     first = cache.get(patterns[0], patterns[1])         # evicted by the later copy: taken again, replaces it
     assert cache.hits == 2 and cache.nbytes == sum(t.nbytes for t in first[1:4])
+    # more room: least recently used is dropped (a hit refreshes a copy), and lowering the limit drops at once
+    scattered = [(torch.tensor([1, 0, 1, 0]), torch.tensor([1, 0, 0, 1])), (torch.tensor([1, 0, 0, 1]),
+                 torch.tensor([1, 0, 1, 0])), (torch.tensor([1, 1, 0, 1]), torch.tensor([1, 1, 0, 1]))]
+    cache.max_copies = 2
+    a, b, c = (cache.get(*p) for p in scattered[:2] + scattered[:1])            # A, B, then A again: a hit
+    assert c is a and cache.hits == 3
+    cache.get(*scattered[2])                                                   # C drops B, not A
+    assert cache.get(*scattered[0]) is a and cache.hits == 4
+    cache.max_copies = 1                                                       # keeps A, the latest used
+    assert cache.nbytes == sum(t.nbytes for t in a[1:])
     assert all(t.untyped_storage().data_ptr() in {p.untyped_storage().data_ptr() for p in block.parameters()}
                for t in prefix[1:])
     with torch.no_grad():

@@ -132,6 +132,8 @@ def probe_frames(path: str | Path) -> int:
             errors.append(f"decord: {describe_error(e)}")
     try:
         return _pyav_count(path)
+    except ImportError:                                         # PyAV missing: not a property of this file
+        raise
     except Exception as e:                                      # av.error.*, StopIteration, VideoDecodeError
         errors.append(f"PyAV: {describe_error(e)}")
     raise VideoDecodeError("; ".join(errors))
@@ -154,6 +156,8 @@ def read_video(path: str | Path, indices: Sequence[int] | None = None) -> np.nda
             continue
         try:
             frames = reader(path, indices)
+        except ImportError:                                     # PyAV missing: not a property of this file
+            raise
         except Exception as e:                                  # try the next decoder, then report both
             errors.append(f"{name}: {describe_error(e)}")
             continue

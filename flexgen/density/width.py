@@ -162,12 +162,28 @@ class SliceCache:
 
     def __init__(self, weights: Callable[[], Sequence[torch.Tensor]],
                  take: Callable[[torch.Tensor, torch.Tensor, int], Any], max_copies: int = 1) -> None:
-        self._weights, self._take, self.max_copies = weights, take, max_copies
+        self._weights, self._take = weights, take
         self._cache: dict[tuple, Any] = {}                  # key -> slices, least recently used first
-        self._copied: dict[tuple, int] = {}                 # key -> bytes it holds beside the weights
+        self._copied: dict[tuple, int] = {}                 # key -> bytes it holds beside the weights (same order)
         self._seen: set[tuple] = set()
         self._weights_seen: tuple = ()
         self.hits = 0
+        self.max_copies = max_copies
+
+    @property
+    def max_copies(self) -> int:
+        return self._max_copies
+
+    @max_copies.setter
+    def max_copies(self, value: int) -> None:
+        """Lowering it drops the least recently used copies at once."""
+        self._max_copies = value
+        self._evict(keep=value)
+
+    def _evict(self, keep: int) -> None:
+        while self._copied and len(self._copied) > max(keep, 0):
+            oldest = next(iter(self._copied))
+            del self._copied[oldest], self._cache[oldest]
 
     @property
     def patterns(self) -> int:
@@ -192,14 +208,14 @@ class SliceCache:
         if key in self._cache:
             self.hits += 1
             self._cache[key] = self._cache.pop(key)         # most recently used last
+            if key in self._copied:
+                self._copied[key] = self._copied.pop(key)
             return self._cache[key]
         with torch.no_grad():
             slices = self._take(head_index, group_index, len(groups))
         held = _held_bytes(slices, {w.untyped_storage().data_ptr() for w in self._weights()})
         if held:
-            while self._copied and len(self._copied) >= self.max_copies:
-                oldest = next(iter(self._copied))
-                del self._copied[oldest], self._cache[oldest]
+            self._evict(keep=self.max_copies - 1)
             if self.max_copies < 1:
                 return slices
             self._copied[key] = held

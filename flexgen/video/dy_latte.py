@@ -71,6 +71,10 @@ class DyLatte(Latte):
     def token_router_hidden(self) -> int:
         return self.token_routers[0].hidden if len(self.token_routers) else 0
 
+    def slice_caches(self) -> list[SlicedWeights]:
+        """Each block's weight slices per mask pattern (the skipping forward's)."""
+        return self._sliced
+
     def patterns(self) -> list[int]:
         """Distinct (head, group) mask patterns each block has sliced weights for."""
         return [cache.patterns for cache in self._sliced]
