@@ -316,10 +316,11 @@ def measure(bench: _Bench, plan: _Dynamic, *, repeats: int = 3, warmup: int = 1,
 
     times: dict[str, dict] = {k: {"dense": [], **{key: [] for key in plan.keys}} for k in kinds}
     reset_backend_counts()
+    order = [(kind, key) for kind in kinds for key in ["dense", *plan.keys]]     # one round of every call
+
     def every_call():
-        for kind in kinds:
-            for key in ["dense", *plan.keys]:
-                make(kind, key)()
+        for kind, key in order:
+            make(kind, key)()
 
     if compile:
         with torch.compiler.set_stance("force_eager"):   # (a model compiled for an earlier row runs eagerly too)
@@ -341,11 +342,10 @@ def measure(bench: _Bench, plan: _Dynamic, *, repeats: int = 3, warmup: int = 1,
     for r in range(warmup + repeats):
         if r == warmup:
             graphs = _graphs_compiled()
-        for kind in kinds:
-            for key in ["dense", *plan.keys]:
-                seconds = timer(make(kind, key))
-                if r >= warmup:
-                    times[kind][key].append(seconds)
+        for kind, key in order:
+            seconds = timer(make(kind, key))
+            if r >= warmup:
+                times[kind][key].append(seconds)
     calls_per_backend = backend_counts()
     compiled_while_timed = _graphs_compiled() - graphs
     for cache, limit in zip(caches, limits, strict=True):

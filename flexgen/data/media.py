@@ -122,8 +122,6 @@ def _decord_read(path: str | Path, indices: Sequence[int]) -> np.ndarray:
 
 def probe_frames(path: str | Path) -> int:
     """Frame count of a video file (decord; PyAV when decord is missing or cannot open it)."""
-    if decord is None:
-        _pyav()                                                 # no decoder at all: say so, not "corrupt video"
     errors = []
     if decord is not None:
         try:
@@ -148,8 +146,6 @@ def read_video(path: str | Path, indices: Sequence[int] | None = None) -> np.nda
         raise FileNotFoundError(f"no video file at {path}")
     if indices is None:
         return _pyav_read_all(path)
-    if decord is None:
-        _pyav()                                                 # no decoder at all: say so, not "corrupt video"
     errors = []
     for name, reader in (("decord", _decord_read if decord is not None else None), ("PyAV", _pyav_read)):
         if reader is None:
@@ -264,7 +260,8 @@ def write_video(path: str | Path, frames: Frames, fps: int = 8, codec: str | Non
     if path.suffix.lower() not in MUXERS:
         raise ValueError(f"{path}: the video suffix must be one of {', '.join(MUXERS)}")
     _, height, width, _ = array.shape
-    with atomic_write(path) as tmp, _pyav().open(str(tmp), mode="w", format=MUXERS[path.suffix.lower()]) as container:
+    pyav = _pyav()
+    with atomic_write(path) as tmp, pyav.open(str(tmp), mode="w", format=MUXERS[path.suffix.lower()]) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = width, height
         if threads is not None:
@@ -276,7 +273,7 @@ def write_video(path: str | Path, frames: Frames, fps: int = 8, codec: str | Non
             stream.pix_fmt = "yuv420p"
             stream.options = options or {"qmin": str(MPEG4_QSCALE), "qmax": str(MPEG4_QSCALE)}
         for frame in array:
-            for packet in stream.encode(_pyav().VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+            for packet in stream.encode(pyav.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():                  # flush the encoder's delayed frames
             container.mux(packet)

@@ -238,8 +238,7 @@ class SlicedWeights(SliceCache):
     def _slices(self, head_index: torch.Tensor, group_index: torch.Tensor, num_groups: int) -> Slices:
         attn, mlp = self.block.attn, self.block.mlp
         dim = attn.proj.in_features
-        rows = head_rows(dim, attn.num_heads, head_index)
-        units = head_rows(mlp.fc1.out_features, num_groups, group_index)
+        rows, _, units = _unit_rows(self.block, head_index, group_index, num_groups)
         if attn.qkv is None:                                                  # a Poolingformer: its value rows
             qkv_weight, qkv_bias = take_units(attn.v.weight, 0, rows), take_units(attn.v.bias, 0, rows)
         else:                                                                 # the q, k and v sections alike
