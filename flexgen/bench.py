@@ -20,11 +20,11 @@ from typing import Any
 import torch
 
 from flexgen.attention import backend_counts, reset_backend_counts
-from flexgen.density import DensityConfig
-from flexgen.density.cost import density_report, grid_at_timestep
-from flexgen.density.dydit import DyDiTConfig
-from flexgen.density.schedules import mean_over_stages
 from flexgen.diffusion import any_scheduler, classifier_free_guidance, linear_betas
+from flexgen.policies.cost import density_report, grid_at_timestep
+from flexgen.policies.dydit.config import DyDiTConfig
+from flexgen.policies.flexdit import DensityConfig
+from flexgen.policies.flexdit.schedules import mean_over_stages
 from flexgen.registry import build_denoiser, family_of
 
 
@@ -92,7 +92,7 @@ def _dydit_plan(run, dense, dev, dtype, x, cond, ckpt, target, sampler, steps, p
     weights, timed at `points` timesteps spread over the sampler's (synthetic routers are the same at every t, so one
     suffices). Composed with FlexDiT: as many in every stage of its schedule the sampler visits, and a sampler step
     is timed at the nearest timed timestep of its own stage (so at its own grid)."""
-    from flexgen.density.dydit import set_synthetic_routers
+    from flexgen.policies.dydit.routing import set_synthetic_routers
 
     dy = build_denoiser(run).to(device=dev)
     if ckpt:
@@ -417,7 +417,7 @@ def latency_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float
 def bench_run(args) -> tuple[Any, str]:
     """(run configuration, name) from --config [KEY=VALUE ...] or from --model and the size / density flags."""
     from flexgen.config import load_config
-    from flexgen.density import ScheduleConfig
+    from flexgen.policies.flexdit import ScheduleConfig
     from flexgen.registry import denoiser_class
 
     if args.config:
@@ -454,7 +454,7 @@ def dydit_flops(run, name: str, *, ckpt: str | None = None, target: float | None
     trained checkpoint's sampling run (`run.sample`'s sampler, steps, CFG and guidance channels) on `num_samples`
     fixed seeds and labels (sample i: seed sample.seed + i, its label from that seed, as `flexgen sample`), each
     sampler step's MACs per sample and the total."""
-    from flexgen.density.dydit import RoutedCostMeter, router_macs, synthetic_routing
+    from flexgen.policies.dydit.routing import RoutedCostMeter, router_macs, synthetic_routing
 
     dense_run = dataclasses.replace(run, dydit=DyDiTConfig(), density=DensityConfig())
     dense, dy = _meta_denoiser(dense_run), _meta_denoiser(run)

@@ -26,7 +26,7 @@ import torch
 
 from flexgen.bench import _bench_setup, _dynamic_plan, _meta_denoiser, dydit_flops, measure
 from flexgen.config import load_config
-from flexgen.density.cost import density_report
+from flexgen.policies.cost import density_report
 from flexgen.registry import denoiser_class
 
 

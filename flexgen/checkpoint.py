@@ -21,8 +21,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from flexgen.density import DensityConfig
 from flexgen.files import atomic_write, file_sha256
+from flexgen.policies.flexdit import DensityConfig
 from flexgen.schema import ConfigError, build_dataclass
 from flexgen.video.dy_latte import DyLatte, FlexDyLatte
 from flexgen.video.flex_latte import FlexLatte, dense_to_flex_state_dict

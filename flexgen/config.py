@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from flexgen.density import DensityConfig
-from flexgen.density.dydit import DyDiTConfig
 from flexgen.files import atomic_write_text
+from flexgen.policies.dydit.config import DyDiTConfig
+from flexgen.policies.flexdit import DensityConfig
 from flexgen.registry import PRESET_FAMILY, family_of
 from flexgen.schema import ConfigError, build_dataclass, check_range, choice
 

@@ -1,7 +1,7 @@
 """Parameter and MAC counts of a model, measured on the `meta` device (no weights, no memory).
 
 Each family counts its own network through `count_macs` (`flexgen.backbones.*.LatteCost / PixArtCost`);
-`flexgen.density.cost` turns those counts into per-timestep and per-sample numbers.
+`flexgen.policies.cost` turns those counts into per-timestep and per-sample numbers.
 
 Papers in this field quote multiply-accumulates as "FLOPs"; we report MACs (`gmacs` = MACs × 1e-9), counted by
 `torch.utils.flop_counter.FlopCounterMode` (which counts 2 FLOPs per MAC) over one forward pass. Every matrix

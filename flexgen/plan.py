@@ -22,12 +22,13 @@ from typing import Any
 
 import torch
 
-from flexgen.density import DensityConfig, ScheduleConfig
-from flexgen.density.cost import grid_at_timestep
-from flexgen.density.dydit import DyDiTConfig, router_macs
-from flexgen.density.layouts import LAYOUTS, parse_layout
-from flexgen.density.schedules import grid_at
 from flexgen.diffusion import any_scheduler, linear_betas
+from flexgen.policies.cost import grid_at_timestep
+from flexgen.policies.dydit.config import DyDiTConfig
+from flexgen.policies.dydit.routing import router_macs
+from flexgen.policies.flexdit import DensityConfig, ScheduleConfig
+from flexgen.policies.flexdit.layouts import LAYOUTS, parse_layout
+from flexgen.policies.flexdit.schedules import grid_at
 from flexgen.registry import build_denoiser
 
 

@@ -117,7 +117,7 @@ def generate(model: LatteDenoiser, autoencoder: Autoencoder, *, num_samples: int
     for video models and (C, h, w) for DiT. `betas` defaults to the linear DDPM schedule of 1000 steps.
     `labels`: None draws a label per sample from its seed; an int or one label per index fixes them. `indices`
     (default: this rank's shard) are the samples to draw. `cfg_channels` guides only the first k ε channels
-    (DiT's release: 3). `meter` (a `flexgen.density.dydit.RoutedCostMeter` of `model`) runs in its place and adds
+    (DiT's release: 3). `meter` (a DyDiT `RoutedCostMeter` of `model`) runs in its place and adds
     up the MACs of a DyDiT model's forwards. See the module docstring for seeds, labels and sharding."""
     import torch
     from tqdm.auto import tqdm
@@ -157,11 +157,11 @@ def generate(model: LatteDenoiser, autoencoder: Autoencoder, *, num_samples: int
 
 def flops_per_sample(model, sampler: str, steps: int, cfg_scale: float,
                      betas: torch.Tensor | None = None) -> dict[str, Any]:
-    """Network MACs (×1e-9; papers call them FLOPs) to draw one sample with `sampler` (`flexgen.density.cost`):
+    """Network MACs (×1e-9; papers call them FLOPs) to draw one sample with `sampler` (`flexgen.policies.cost`):
     one forward per sampler timestep at its grid, two with classifier-free guidance (the doubled batch). The
     autoencoder's decoding is not included."""
-    from flexgen.density.cost import sampling_cost
     from flexgen.diffusion import linear_betas, make_scheduler
+    from flexgen.policies.cost import sampling_cost
 
     betas = linear_betas() if betas is None else betas
     learned_sigma = model.run.model.learn_sigma
@@ -342,9 +342,9 @@ def _run_sampling(args: argparse.Namespace, rank: int, world_size: int, device: 
     from flexgen.autoencoder import Autoencoder
     from flexgen.config import config_to_dict, load_config
     from flexgen.data.media import save_grid, video_codec
-    from flexgen.density.dydit import RoutedCostMeter
     from flexgen.diffusion import linear_betas
     from flexgen.files import file_sha256
+    from flexgen.policies.dydit.routing import RoutedCostMeter
     from flexgen.registry import build_denoiser, family_of
 
     overrides = _config_overrides(args)

@@ -20,7 +20,7 @@ timesteps and exports its weights.
 - `train.fsdp` (under torchrun) shards every block and the model with FSDP2 instead of replicating it (DDP);
   checkpoints hold full, unsharded state either way.
 - The model's `timestep_sampler()` draws each micro-batch's timesteps: uniform for a dense model, one density
-  stage per micro-batch for FlexDiT (`flexgen.density.timesteps`): one token count per forward, timesteps
+  stage per micro-batch for FlexDiT (`flexgen.policies.timesteps`): one token count per forward, timesteps
   uniform over all ranks and steps; stratified for DyDiT.
 - The model's `training_losses` is the objective: the diffusion loss, and for DyDiT also its FLOPs budget (and
   the complete model's loss in the warm-up stage); every term it returns is logged, with DyDiT's realised FLOPs

@@ -9,8 +9,8 @@ import torch
 
 from flexgen.backbones.base import Denoiser
 from flexgen.config import ConfigError, load_config
-from flexgen.density.timesteps import StageTimesteps, UniformTimesteps, WeightedTimesteps
 from flexgen.manifest import SampleEntry, SampleManifest, find_manifest
+from flexgen.policies.timesteps import StageTimesteps, UniformTimesteps, WeightedTimesteps
 from flexgen.registry import FAMILIES, PRESET_FAMILY, build_denoiser, family_of
 
 TINY = "configs/demo/tiny.yaml"

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from flexgen.bench import _PeakMemory, dydit_flops
-from flexgen.bench_suite import SuiteModel, device_peak, markdown, suite_report, svg, targets, write_outputs
+from flexgen.bench_suite import device_peak, markdown, suite_report, svg, targets, write_outputs
 from flexgen.cli import main
 from flexgen.config import load_config
+from tests.bench_helpers import SHRINK, TINY
+from tests.dydit_helpers import randomise_routers
 
-TINY = SuiteModel("tiny", "tiny DiT", "DiT-S/2", "P GSR D T", (2, 4), 3.0, 0.6, image_size=64, num_classes=4)
-SHRINK = ("model.depth=6", "model.hidden_size=32", "model.num_heads=4")
 POLICIES = ["dense", "FlexDiT", "DyDiT λ=0.5", "DyDiT λ=0.7", "FlexDiT ∘ DyDiT λ=0.6"]
 
 
@@ -130,7 +130,7 @@ import sys
 for name in ("av", "decord", "cleanfid", "xformers"):
     sys.modules[name] = None                # import of these fails as on the GPU image
 sys.path.insert(0, {str(Path(__file__).parent)!r})
-from test_bench_suite import SHRINK, TINY
+from bench_helpers import SHRINK, TINY
 from flexgen.bench_suite import suite_report
 from flexgen.cli import build_parser
 build_parser()
@@ -145,8 +145,6 @@ print(len(report["rows"]), sum("forward_ms" in r for r in report["rows"]))
 def test_interleaved_timing_keeps_each_keys_slices():
     # measure() cycles dense, t1 … tk in every repeat; with a trained router's scattered patterns and one held copy
     # per block, every timed call would copy its slices again (a cost a sampler walking t in order does not pay).
-    from test_dydit import randomise_routers
-
     from flexgen.bench import _bench_setup, _dynamic_plan, measure
 
     run = load_config(None, [*TINY.overrides(), *SHRINK, "dydit.target=0.5"])

@@ -1,10 +1,10 @@
-"""DyDiT's compute budget (flexgen.density.budget): per-block MACs from the dimensions against the reference's
+"""DyDiT's compute budget (flexgen.policies.dydit.budget): per-block MACs from the dimensions against the reference's
 published constants, the realised fraction of the masks, the annealed target and the budget loss."""
 
 import pytest
 import torch
 
-from flexgen.density.budget import BlockCost, block_cost, budget_loss, flops_fraction, target_at
+from flexgen.policies.dydit.budget import BlockCost, block_cost, budget_loss, flops_fraction, target_at
 
 
 @pytest.mark.parametrize("dim,depth,attention,mlp,total", [

@@ -19,7 +19,7 @@ def test_every_shipped_config_validates_and_builds_its_model(path):
         args = transformer_arguments(cfg)
         assert args["sample_size"] * cfg.autoencoder.downsample == cfg.data.image_size
         if cfg.density.layout:                                  # the layout fits, the grids fit the token grid
-            from flexgen.density import parse_layout, stages
+            from flexgen.policies.flexdit import parse_layout, stages
             parse_layout(cfg.density.layout, args["num_layers"])
             assert max(s.grid for s in stages(cfg.density.schedule)) <= args["sample_size"] // args["patch_size"]
         return

@@ -13,8 +13,7 @@ from flexgen.config import load_config
 from flexgen.diffusion import classifier_free_guidance, linear_betas, sample
 from flexgen.registry import build_denoiser
 from tests.test_attention import SEQLENS_KV, SEQLENS_Q, qkv, reference
-from tests.test_dydit import randomise_routers
-from tests.test_flex_dy_latte import GRIDS, inputs, models
+from tests.dydit_helpers import GRIDS, inputs, models, randomise_routers
 
 DEVICE = os.environ.get("FLEXGEN_TEST_DEVICE", "cuda")
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(DEVICE.startswith("cuda") and not torch.cuda.is_available(),

@@ -7,7 +7,8 @@ import torch
 from scipy import stats as scipy_stats
 
 from flexgen.backbones.latte import LatteCost
-from flexgen.density import (
+from flexgen.policies.cost import density_report
+from flexgen.policies.flexdit import (
     DensityConfig,
     Fusion,
     ScheduleConfig,
@@ -18,9 +19,13 @@ from flexgen.density import (
     stages,
     unpool,
 )
-from flexgen.density.cost import density_report
-from flexgen.density.layouts import LAYOUTS
-from flexgen.density.schedules import eq5_tokens, grid_for_timesteps, mean_over_stages, sample_timesteps_in_stage
+from flexgen.policies.flexdit.layouts import LAYOUTS
+from flexgen.policies.flexdit.schedules import (
+    eq5_tokens,
+    grid_for_timesteps,
+    mean_over_stages,
+    sample_timesteps_in_stage,
+)
 from flexgen.video.latte import PRESETS, latte_config
 
 # ----------------------------------------------------------------------------------------------------------
@@ -113,14 +118,14 @@ def test_stage_shares_match_stage_lengths():
 
 def _logit_normal(mean=0.0, std=1.0):
     from flexgen.config import DiffusionConfig
-    from flexgen.density.timesteps import timestep_weights
+    from flexgen.policies.timesteps import timestep_weights
 
     return timestep_weights(DiffusionConfig(timestep_sampling="logit_normal", logit_mean=mean, logit_std=std))
 
 
 def test_logit_normal_weights_follow_the_sd3_density():
     from flexgen.config import DiffusionConfig
-    from flexgen.density.timesteps import timestep_weights
+    from flexgen.policies.timesteps import timestep_weights
 
     assert timestep_weights(DiffusionConfig()) is None                       # uniform: the DDPM default
     w = _logit_normal()
@@ -142,7 +147,7 @@ def test_logit_normal_weights_follow_the_sd3_density():
 def test_stage_draws_follow_a_logit_normal_density(world):
     # FlexDiT fine-tuning on logit-normal timesteps: stages are drawn by their weight, t inside a stage by the
     # weights, so pooled t follows the density (a draw by stage length would put ~3x too much at the ends).
-    from flexgen.density.timesteps import StageTimesteps, WeightedTimesteps
+    from flexgen.policies.timesteps import StageTimesteps, WeightedTimesteps
 
     w = _logit_normal()
     stage_list = tuple(stages(ScheduleConfig(grid_min=6, grid_max=10)))

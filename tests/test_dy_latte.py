@@ -6,6 +6,7 @@ import torch
 
 from flexgen.video.dy_latte import DyLatte
 from flexgen.video.latte import Latte, latte_config
+from tests.dydit_helpers import randomise_routers
 
 CONFIGS = {
     "Latte": dict(name="Latte-S/2", depth=4, hidden_size=32, num_heads=4, num_frames=4, input_size=8,
@@ -52,14 +53,7 @@ def test_all_routers_on_is_the_dense_model(kind):
 @pytest.mark.parametrize("kind", list(CONFIGS))
 def test_the_skipping_forward_is_the_masked_definition(kind):
     dense, dy = models(kind)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():                                       # routers that turn many units and tokens off
-        for router in dy.width_routers:
-            for layer in (router.heads, router.groups):
-                layer.weight.copy_(torch.randn(layer.weight.shape, generator=g, dtype=torch.float64) * 2)
-                layer.bias.zero_()
-        for router in dy.token_routers:
-            router.mlp[2].bias.fill_(-0.05)
+    randomise_routers(dy, seed=3)                               # routers that turn many units and tokens off
     steps = (990, 500, 500, 10, 10)                             # a sampler's walk: consecutive steps share t
     with torch.no_grad():
         for t in steps:
@@ -126,7 +120,7 @@ def test_the_released_dydit_layout_loads_strictly(kind, tmp_path):
 @pytest.mark.parametrize("kind", list(CONFIGS))
 def test_dense_weights_convert_with_importance_ordering(kind, tmp_path):
     from flexgen.checkpoint import CheckpointError, load_weights
-    from flexgen.density.width import head_importance
+    from flexgen.video.latte_width import head_importance
 
     dense, _ = models(kind)
     dense_only = {k: v for k, v in released_layout(dense).items() if "rate" not in k and "token_sel" not in k}

@@ -1,4 +1,4 @@
-"""DyDiT as a policy (flexgen.density.dydit, the Latte family's DyDiT path): configs, stratified timesteps, the
+"""DyDiT as a policy (flexgen.policies.dydit.routing, the Latte family's DyDiT path): configs, stratified timesteps, the
 complete-model rows, MACs from real kept counts = FlopCounterMode of the skipping forward, the published router
 overhead, a short fine-tune that meets its λ, and the errors for bad input."""
 
@@ -9,34 +9,16 @@ import pytest
 import torch
 
 from flexgen.config import load_config
-from flexgen.density.budget import flops_fraction
-from flexgen.density.timesteps import StratifiedTimesteps, timestep_weights
 from flexgen.diffusion import GaussianDiffusion
 from flexgen.flops import flop_counter
+from flexgen.policies.dydit.budget import flops_fraction
+from flexgen.policies.timesteps import StratifiedTimesteps, timestep_weights
 from flexgen.registry import build_denoiser
 from flexgen.schema import ConfigError
-from flexgen.synthetic import MOTIONS, render_clip
 from flexgen.train import heldout_loss, train
+from tests.dydit_helpers import SMALL, SynthClips, randomise_routers, run_config
 
-SMALL = ["model.depth=4", "data.num_frames=4", "data.image_size=8", "model.hidden_size=64"]
 DIT = ["model.preset=DiT-S/2", "model.depth=3", "data.num_frames=1", "data.image_size=8", "model.hidden_size=32"]
-
-
-def run_config(*overrides):
-    return load_config("configs/demo/tiny.yaml", list(overrides))
-
-
-def randomise_routers(model, seed=0, token_bias=-0.05):
-    """Routers that turn many heads, groups and tokens off, differently at each t (`model`: a denoiser or its net)."""
-    g, net = torch.Generator().manual_seed(seed), getattr(model, "net", model)
-    with torch.no_grad():
-        for router in net.width_routers:
-            for layer in (router.heads, router.groups):
-                layer.weight.copy_(torch.randn(layer.weight.shape, generator=g, dtype=layer.weight.dtype) * 2)
-                layer.bias.zero_()
-        for router in net.token_routers:
-            router.mlp[2].bias.fill_(token_bias)
-    return model
 
 
 def test_config_section_and_bad_values():
@@ -121,29 +103,6 @@ def test_router_parameters_match_the_published_count():
     costs = dy.net.block_costs()                                  # the reference's A and P (DyDiT loss.py)
     assert costs[0].attention / 1e9 == pytest.approx(1.5099, abs=1e-4)
     assert costs[0].mlp / 1e9 == pytest.approx(2.7179, abs=1e-4)
-
-
-class SynthClips(torch.utils.data.Dataset):
-    """The demo's synthetic motions rendered in memory (F frames of size² pixels in [-1, 1]), labelled."""
-
-    def __init__(self, n, frames=4, size=8, seed=0):
-        motions = list(MOTIONS)[:4]
-        clips, labels = [], []
-        for i in range(n):
-            rng = np.random.default_rng([seed, i])
-            clips.append(render_clip(motions[i % 4], frames, size, rng))
-            labels.append(i % 4)
-        self.video = torch.from_numpy(np.stack(clips)).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
-        self.label = torch.tensor(labels)
-
-    def __len__(self):
-        return len(self.video)
-
-    def set_epoch(self, epoch):
-        pass
-
-    def __getitem__(self, i):
-        return {"video": self.video[i], "label": int(self.label[i]), "path": f"clip{i}"}
 
 
 def test_a_short_fine_tune_meets_its_target_and_keeps_the_loss(tmp_path):

@@ -11,55 +11,14 @@ import torch
 
 from flexgen.checkpoint import load_model, load_weights, save_weights
 from flexgen.config import load_config
-from flexgen.density import DensityConfig, ScheduleConfig
-from flexgen.density.budget import flops_fraction
 from flexgen.flops import flop_counter
+from flexgen.policies.dydit.budget import flops_fraction
 from flexgen.registry import build_denoiser
 from flexgen.train import train
 from flexgen.video.dy_latte import FlexDyLatte
 from flexgen.video.flex_latte import FlexLatte
 from flexgen.video.latte import Latte, latte_config
-from tests.test_dydit import SynthClips, randomise_routers
-
-CASES = {   # (preset sizes, layout, pool_frames)
-    "DiT": (dict(name="DiT-S/2", depth=6, hidden_size=32, num_heads=4, input_size=8, in_channels=3, num_classes=4),
-            "P GSR D T", 0),
-    "Latte": (dict(name="Latte-S/2", depth=14, hidden_size=32, num_heads=4, num_frames=4, input_size=8,
-                   in_channels=3, num_classes=4), "P GSSR D T", 0),
-    "Latte-cross-frame": (dict(name="Latte-S/2", depth=12, hidden_size=32, num_heads=4, num_frames=4,
-                               input_size=8, in_channels=3, num_classes=4), "P GSR D T", 2),
-}
-GRIDS = (4, 2, 3)      # of the 4×4 token grid: full, and two sparse grids (one that does not divide the grid)
-
-
-def density(layout, pool_frames, grid=2):
-    # fusion_init "sparse" (W1 = I, W2 = 0) so a random model's recovery is not trivially the skip
-    return DensityConfig(layout=layout, schedule=ScheduleConfig(kind="constant", grid=grid), pool_frames=pool_frames,
-                         fusion_init="sparse")
-
-
-def models(case):
-    spec, layout, pool = CASES[case]
-    spec = dict(spec)
-    config = latte_config(spec.pop("name"), **spec)
-    torch.manual_seed(0)
-    flex = FlexLatte(config, density(layout, pool)).double().eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():                                       # random weights everywhere (adaLN-Zero would hide bugs)
-        for p in flex.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.2)
-    composed = FlexDyLatte(config, density(layout, pool)).double().eval()
-    missing, unexpected = composed.load_state_dict(flex.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith(("width_routers.", "token_routers.")) for k in missing)
-    return flex, composed
-
-
-def inputs(model, t, batch=4):
-    c = model.config
-    g = torch.Generator().manual_seed(2)
-    shape = (batch, c.num_frames, 3, 8, 8) if c.temporal else (batch, 3, 8, 8)
-    x = torch.randn(shape, generator=g, dtype=torch.float64)
-    return x, torch.full((batch,), t), torch.tensor([0, 3, 4, 4, 1, 2][:batch])
+from tests.dydit_helpers import CASES, GRIDS, SynthClips, density, inputs, models, randomise_routers
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -80,14 +39,8 @@ def test_all_routers_on_is_the_flexdit_model(case):
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_skipping_forward_is_the_masked_definition_on_every_role(case):
     flex, composed = models(case)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():                                       # routers that turn many units and tokens off
-        for router in composed.width_routers:
-            for layer in (router.heads, router.groups):
-                layer.weight.copy_(torch.randn(layer.weight.shape, generator=g, dtype=torch.float64) * 2)
-                layer.bias.zero_()
-        for router in composed.token_routers:
-            router.mlp[2].bias.fill_(-0.05)
+    randomise_routers(composed, seed=3)                         # routers that turn many units and tokens off
+    with torch.no_grad():
         for t, grid in ((10, 2), (500, 3), (990, 4), (10, 2)):
             x, tt, y = inputs(flex, t)
             composed.skip = False

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from flexgen.checkpoint import convert_official_state_dict
-from flexgen.density import DensityConfig, ScheduleConfig
+from flexgen.policies.flexdit import DensityConfig, ScheduleConfig
 from flexgen.video.flex_latte import DensityRecord, FlexLatte, dense_to_flex_state_dict
 from flexgen.video.latte import Latte
 from tests.conftest import tiny_config

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from flexgen.config import load_config
-from flexgen.density.cost import sampling_cost
 from flexgen.plan import plan, sampler_timesteps
+from flexgen.policies.cost import sampling_cost
 from flexgen.registry import build_denoiser
 
 
@@ -55,7 +55,7 @@ def test_dydit_target_and_bad_budget(capsys):
 def test_a_trained_dydit_reports_what_each_sampler_realises(tmp_path, capsys):
     from flexgen.checkpoint import save_weights
     from flexgen.cli import main
-    from tests.test_dydit import SMALL, randomise_routers, run_config
+    from tests.dydit_helpers import SMALL, randomise_routers, run_config
 
     model = randomise_routers(build_denoiser(run_config(*SMALL, "dydit.target=0.5")))
     save_weights(model.net, tmp_path / "dy.safetensors")

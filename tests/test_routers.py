@@ -1,10 +1,10 @@
-"""DyDiT's routers (flexgen.density.routers): hard gates with a straight-through gradient, on with probability
+"""DyDiT's routers (flexgen.policies.dydit.routers): hard gates with a straight-through gradient, on with probability
 sigmoid(logit), every unit on at initialisation, unit 0 always on, width masks a function of t only."""
 
 import pytest
 import torch
 
-from flexgen.density.routers import TokenRouter, WidthRouter, gumbel_sigmoid
+from flexgen.policies.dydit.routers import TokenRouter, WidthRouter, gumbel_sigmoid
 
 
 def test_training_gates_are_hard_with_the_soft_gradient():

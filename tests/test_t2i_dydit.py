@@ -10,9 +10,9 @@ import pytest
 import torch
 from t2i_helpers import CAPTION_DIM, MAX_LENGTH, save_tiny_pipeline, tiny_transformer
 
-from flexgen.density import DensityConfig, ScheduleConfig
-from flexgen.density.dydit import forward_macs, set_synthetic_routers
 from flexgen.flops import flop_counter
+from flexgen.policies.dydit.routing import forward_macs, set_synthetic_routers
+from flexgen.policies.flexdit import DensityConfig, ScheduleConfig
 from flexgen.t2i.dy_pixart import DyPixArtTransformer2DModel
 from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, PixArtCost, load_transformer
 
@@ -167,7 +167,7 @@ def test_macs_from_the_kept_counts_equal_flop_counter(cross, kind):
     cost = dataclasses.replace(PixArtCost.of(dy), text_tokens=MAX_LENGTH)
     shapes = dy.block_shapes(dy.last_grid, text_tokens=MAX_LENGTH)
     other = cost.forward_macs(dy.last_grid).gmacs * 1e9 - sum(b.cost.attention + b.cost.mlp for b in shapes)
-    from flexgen.density.dydit import routed_macs
+    from flexgen.policies.dydit.routing import routed_macs
 
     measured = routed_macs(shapes, dy.routing, other, dy.token_router_hidden)
     assert float(measured[0]) == pytest.approx(counter.get_total_flops() / 2, rel=1e-9)

@@ -30,7 +30,7 @@ from t2i_helpers import (
 )
 
 from flexgen.cli import main
-from flexgen.density import DensityConfig, DensityRecord, ScheduleConfig, grid_at
+from flexgen.policies.flexdit import DensityConfig, DensityRecord, ScheduleConfig, grid_at
 from flexgen.t2i.generate import (
     SCHEDULERS,
     NonFiniteWarning,
@@ -367,7 +367,7 @@ def test_cli_resumes_refuses_other_runs_and_counts_cost(tmp_path, dense_dir, fle
     run's folder is refused (unless --overwrite); the grid shows the first images only; FILE.json carries the cost
     of one image (each sampling step at its timestep's grid, doubled by CFG)."""
     import flexgen.t2i.generate as gen
-    from flexgen.density.cost import density_report
+    from flexgen.policies.cost import density_report
     from flexgen.t2i.pixart import PixArtCost
 
     monkeypatch.setattr(gen, "GRID_IMAGES", 2)

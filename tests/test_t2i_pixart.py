@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from t2i_helpers import CAPTION_DIM, MAX_LENGTH, tiny_transformer, tiny_transformer_config
 
-from flexgen.density import DensityConfig, DensityRecord, ScheduleConfig, grid_at
+from flexgen.policies.flexdit import DensityConfig, DensityRecord, ScheduleConfig, grid_at
 from flexgen.t2i.pixart import PRESETS, FlexPixArtTransformer2DModel, load_transformer
 
 pytest.importorskip("diffusers")
@@ -257,7 +257,7 @@ def test_gradient_checkpointing_gives_equal_gradients():
 def test_full_size_flops_match_published_counts():
     """PixArt-α XL/2 with 120 text tokens (reference/pixart.md §1.7-1.8: 610.86 M parameters, 611.35 M for
     1024-MS; 149 / 618 / 3255 GMACs); the FlexDiT presets reach the reduction targets (≥45% at 256, ≥50% at 512)."""
-    from flexgen.density.cost import density_report
+    from flexgen.policies.cost import density_report
     from flexgen.t2i.pixart import PixArtCost
 
     torch.set_default_dtype(torch.float32)

@@ -14,7 +14,7 @@ from PIL import Image
 from t2i_helpers import MAX_LENGTH, WORDS, save_tiny_pipeline
 
 from flexgen.config import load_config
-from flexgen.density import grid_at
+from flexgen.policies.flexdit import grid_at
 from flexgen.registry import build_denoiser
 from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, load_transformer
 from flexgen.train import train

@@ -1,12 +1,12 @@
-"""Structured width (flexgen.density.width): the importance criterion and the function-preserving reordering of
+"""Structured width (flexgen.policies.dydit.width): the importance criterion and the function-preserving reordering of
 heads and MLP groups that DyDiT's conversion needs (head 0 and group 0 always on must be the most important)."""
 
 import pytest
 import torch
 
 from flexgen.config import load_config
-from flexgen.density.width import group_importance, head_importance, reorder_block
 from flexgen.registry import build_denoiser
+from flexgen.video.latte_width import group_importance, head_importance, reorder_block
 
 TINY = "configs/demo/tiny.yaml"
 
@@ -75,7 +75,7 @@ def test_importance_is_the_magnitude_of_each_units_path():
 # ----------------------------------------------------------------------------------------------------------------
 # Skipping computes the masked definition.
 
-from flexgen.density.width import (  # noqa: E402
+from flexgen.video.latte_width import (  # noqa: E402
     SlicedWeights,
     masked_attention,
     masked_mlp,
@@ -155,8 +155,8 @@ def test_sliced_heads_groups_and_packed_tokens_equal_the_masked_definition():
 
 
 def test_a_block_at_partial_width():
-    from flexgen.density.routers import TokenRouter
-    from flexgen.density.width import run_block
+    from flexgen.policies.dydit.routers import TokenRouter
+    from flexgen.video.latte_width import run_block
 
     model = randomised([])
     block = blocks(model)[0]

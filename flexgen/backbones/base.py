@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from flexgen.density.cost import CostModel
-from flexgen.density.timesteps import (
+from flexgen.policies.cost import CostModel
+from flexgen.policies.timesteps import (
     StageTimesteps,
     StratifiedTimesteps,
     TimestepSampler,
@@ -107,9 +107,9 @@ class Denoiser(nn.Module):
                         noise: torch.Tensor, cond: dict, step: int) -> dict[str, torch.Tensor]:
         """The loss terms of one micro-batch at training step `step`: `loss` (per sample or a scalar) is minimised,
         every other term is logged (its mean). `net` is this model or its DDP / FSDP wrapper: forwards go through
-        it. The diffusion loss; with DyDiT's routers, + the budget (`flexgen.density.dydit.dydit_losses`)."""
+        it. The diffusion loss; with DyDiT's routers, + the budget (`flexgen.policies.dydit.routing.dydit_losses`)."""
         if self.routed:
-            from flexgen.density.dydit import dydit_losses
+            from flexgen.policies.dydit.routing import dydit_losses
 
             return dydit_losses(diffusion, net, self.net, x0, t, noise, cond, step, self.run.dydit)
         return diffusion.training_losses(net, x0, t, noise, cond)
@@ -133,7 +133,7 @@ class Denoiser(nn.Module):
     # ---- cost and description ---------------------------------------------------------------------------
 
     def cost(self) -> CostModel:
-        """This model's forward cost per sample (MACs on the meta device; `flexgen.density.cost`)."""
+        """This model's forward cost per sample (MACs on the meta device; `flexgen.policies.cost`)."""
         raise NotImplementedError
 
     @property
@@ -149,9 +149,9 @@ class Denoiser(nn.Module):
 
     def routed_forward_macs(self, routing: list | None = None, grid: int | None = None) -> torch.Tensor:
         """(B,) MACs per sample of the last forward of a DyDiT model (or of gates `routing` at FlexDiT grid
-        `grid`), from the gates it used: what its skipping forward computes (`flexgen.density.dydit.routed_macs`);
+        `grid`), from the gates it used: what its skipping forward computes (`routing.routed_macs`);
         composed with FlexDiT, at the grid that forward ran at."""
-        from flexgen.density.dydit import forward_macs
+        from flexgen.policies.dydit.routing import forward_macs
 
         if not self.routed:
             raise NotImplementedError(f"{type(self).__name__} has no routers")
@@ -170,7 +170,7 @@ class Denoiser(nn.Module):
 
     def step_stats(self, t: torch.Tensor) -> dict[str, float]:
         """What a training log line records about a forward at timesteps `t` (the sparse grid, for FlexDiT)."""
-        from flexgen.density.cost import grid_at_timestep
+        from flexgen.policies.cost import grid_at_timestep
 
         grid = grid_at_timestep(self.cost(), int(t.reshape(-1)[0]))
         return {} if grid is None else {"grid": grid}

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from flexgen.backbones.base import Denoiser
-from flexgen.density.cost import CountedCost, SpatialSequence
 from flexgen.flops import FlopReport, count_macs
+from flexgen.policies.cost import CountedCost, SpatialSequence
 from flexgen.presets import LATTE_PRESETS as PRESETS
 from flexgen.video.dy_latte import DyLatte, FlexDyLatte
 from flexgen.video.flex_latte import FlexLatte
@@ -46,9 +46,9 @@ def latte_config_from_run(run: Any) -> LatteConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LatteCost(CountedCost):
-    """`flexgen.density.cost.CostModel` of a Latte / DiT network, dense or with a FlexDiT density."""
+    """`flexgen.policies.cost.CostModel` of a Latte / DiT network, dense or with a FlexDiT density."""
     config: LatteConfig
-    density: Any = None                     # flexgen.density.DensityConfig, or None for the dense model
+    density: Any = None                     # flexgen.policies.flexdit.DensityConfig, or None for the dense model
     num_timesteps: int = 1000
     _counted: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)   # grid -> FlopReport
 

@@ -15,7 +15,7 @@ every block, alone or composed with a FlexDiT layout (`FlexPixArtTransformer2DMo
   mode, every row of the batch at the same t and size: every scheduler step) computes only the active heads,
   groups and tokens, with each block's sliced weights cached per mask pattern (`SliceCache`: views where the
   active units are a prefix, else a bounded number of copies).
-- Every forward leaves `routing` (one `flexgen.density.dydit.BlockRouting` per block): the budget loss, the keep
+- Every forward leaves `routing` (one `BlockRouting` per block): the budget loss, the keep
   rates and the cost from the real kept counts read it. With every router on the model is its parent: the dense
   diffusers model, or the FlexDiT one (tests/test_t2i_dydit.py, float64).
 
@@ -36,11 +36,11 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 from torch.nn import functional as F
 
-from flexgen.density import DensityRecord
-from flexgen.density.budget import BlockCost, block_cost, role_block_cost
-from flexgen.density.dydit import BlockRouting, RoutedBlock
-from flexgen.density.routers import TokenRouter, WidthRouter
-from flexgen.density.width import SliceCache, head_rows, packed_tokens, take_units, unit_importance
+from flexgen.policies.dydit.budget import BlockCost, block_cost, role_block_cost
+from flexgen.policies.dydit.routers import TokenRouter, WidthRouter
+from flexgen.policies.dydit.routing import BlockRouting, RoutedBlock
+from flexgen.policies.dydit.width import SliceCache, head_rows, packed_tokens, take_units, unit_importance
+from flexgen.policies.flexdit import DensityRecord
 from flexgen.presets import TEXT_TOKENS
 from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, attention_with_key_bias
 
@@ -102,7 +102,7 @@ def block_slices(block: nn.Module, cross: bool, heads: torch.Tensor, groups: tor
 
 @torch.no_grad()
 def reorder_pixart_block(block: nn.Module, cross: bool, num_groups: int) -> None:
-    """DyDiT's importance ordering (`flexgen.density.width`: ‖value rows‖·‖output columns‖ per head, ‖fc1 rows‖·‖fc2
+    """DyDiT's importance ordering (`policies.dydit.width`: ‖value rows‖·‖output columns‖ per head, ‖fc1 rows‖·‖fc2
     columns‖ per MLP group) of a diffusers PixArt block, in place; the cross-attention's heads in their own order
     when they are routed. Function-preserving (attention and MLP are sums over heads and units)."""
     for attn in (block.attn1, block.attn2) if cross else (block.attn1,):

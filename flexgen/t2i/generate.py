@@ -250,10 +250,10 @@ def generate(pipe: PixArtAlphaPipeline, prompts: list[str], *, num_images: int =
 
 
 def gmacs_per_image(transformer, guidance: float, scheduler_timesteps: list[int]) -> dict[str, Any]:
-    """Cost of one image at the model's native size, counted on the meta device (`flexgen.density.cost`): GMACs of
+    """Cost of one image at the model's native size, counted on the meta device (`flexgen.policies.cost`): GMACs of
     one forward (dense, or the FlexDiT time average over t) and of the whole sampling run (each step at its
     timestep's grid, doubled by classifier-free guidance)."""
-    from flexgen.density.cost import sampling_cost
+    from flexgen.policies.cost import sampling_cost
     from flexgen.t2i.pixart import PixArtCost
 
     return sampling_cost(PixArtCost.of(transformer), scheduler_timesteps, passes=2 if guidance > 1 else 1)
@@ -263,7 +263,7 @@ def _meter_routed_forwards(transformer):
     """A `RoutedCostMeter` fed by a forward hook on a DyDiT transformer: every forward the pipeline makes adds the
     MACs its rows ran, from the kept counts, counted at the model's native size with 120 text tokens (as
     `gmacs_per_image`)."""
-    from flexgen.density.dydit import RoutedCostMeter, forward_macs
+    from flexgen.policies.dydit.routing import RoutedCostMeter, forward_macs
     from flexgen.t2i.pixart import PixArtCost
 
     meter, cost = RoutedCostMeter(), PixArtCost.of(transformer)

@@ -2,7 +2,7 @@
 
 The model is a subclass, so a dense PixArt-α folder's weights, `save_pretrained` / `from_pretrained`, attention
 processors and the diffusers `PixArtAlphaPipeline` all keep working. What changes is the walk over the blocks:
-`flexgen.density.run_layout` (the same engine as the video models) drives them through the block protocol
+`flexgen.policies.flexdit.run_layout` (the same engine as the video models) drives them through the block protocol
 `block(x, cond, context=None, text=..., text_mask=...)` (`pixart_block` below):
 
 - the self-attention takes the FlexDiT role: Poolingformer (P, attention = token mean of V, Q/K dropped), sparse
@@ -38,11 +38,20 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from flexgen.density import DensityConfig, DensityRecord, Fusion, ScheduleConfig, parse_layout, pool, stages, unpool
-from flexgen.density.cost import CountedCost, SpatialSequence
-from flexgen.density.schedules import grid_for_timesteps
-from flexgen.density.walk import run_layout
 from flexgen.flops import FlopReport, count_macs
+from flexgen.policies.cost import CountedCost, SpatialSequence
+from flexgen.policies.flexdit import (
+    DensityConfig,
+    DensityRecord,
+    Fusion,
+    ScheduleConfig,
+    parse_layout,
+    pool,
+    stages,
+    unpool,
+)
+from flexgen.policies.flexdit.schedules import grid_for_timesteps
+from flexgen.policies.flexdit.walk import run_layout
 from flexgen.presets import PIXART_PRESETS as PRESETS  # noqa: F401  (re-exported)
 from flexgen.presets import TEXT_TOKENS
 
@@ -168,7 +177,7 @@ class FlexPixArtTransformer2DModel(PixArtTransformer2DModel):
                  norm_elementwise_affine: bool = False, norm_eps: float = 1e-6, interpolation_scale: int | None = None,
                  use_additional_conditions: bool | None = None, caption_channels: int | None = None,
                  attention_type: str | None = "default",
-                 # FlexDiT (flexgen.density): the layout's role letters or preset, the timestep -> grid schedule
+                 # FlexDiT (policies.flexdit): the layout's role letters or preset, the timestep -> grid schedule
                  # (ScheduleConfig fields), the recovery fusion's initialisation, training timesteps T.
                  layout: str = "", schedule: dict | None = None, fusion_init: str = "paper",
                  num_train_timesteps: int = 1000):
@@ -334,7 +343,7 @@ def density_config_entries(density: DensityConfig) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class PixArtCost(CountedCost):
-    """`flexgen.density.cost.CostModel` of a PixArt-α transformer (`PixArtTransformer2DModel` arguments)."""
+    """`flexgen.policies.cost.CostModel` of a PixArt-α transformer (`PixArtTransformer2DModel` arguments)."""
     arguments: dict
     density: DensityConfig | None = None    # None for the dense model
     num_timesteps: int = 1000

@@ -5,14 +5,14 @@ embedding only) and a token router (which tokens run its MLP).
 - Width masks are a function of t: in a spatial block every frame of a sample shares its sample's mask, in a
   temporal block every token position does (one mask per sample, repeated over its sequences). Token masks are
   per token in both kinds of block (a temporal block's token is one frame at one position).
-- The masked forward (training, and the definition): everything computed and gated (`flexgen.density.width`).
+- The masked forward (training, and the definition): everything computed and gated (`flexgen.policies.dydit.width`).
   The skipping forward (inference: eval mode and one t for the whole batch, as every sampler step; or `skip =
   True`): only the active heads, groups and tokens are computed, each block's weight slices taken once per mask
   pattern (`SliceCache`: views where the active units are a prefix, else a bounded number of copies;
   `patterns()` says how many a run used).
 - `complete` (B,) bool runs those samples through the complete model (every unit and token on): DyDiT's warm-up
   loss, on the same forward as the dynamic samples.
-- Every forward leaves the gates it used in `routing` (one `flexgen.density.dydit.BlockRouting` per block, in
+- Every forward leaves the gates it used in `routing` (one `flexgen.policies.dydit.routing.BlockRouting` per block, in
   [*spatial_blocks, *temporal_blocks] order): the budget loss, the keep-rate statistics and the cost read it.
 
 `FlexDyLatte` composes both policies (ours; neither paper does): FlexDiT's layout and timestep schedule decide
@@ -28,13 +28,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flexgen.density import DensityConfig, DensityRecord
-from flexgen.density.budget import BlockCost, block_cost, role_block_cost
-from flexgen.density.dydit import BlockRouting, RoutedBlock
-from flexgen.density.routers import TokenRouter, WidthRouter
-from flexgen.density.width import SlicedWeights, reorder_block, run_block
+from flexgen.policies.dydit.budget import BlockCost, block_cost, role_block_cost
+from flexgen.policies.dydit.routers import TokenRouter, WidthRouter
+from flexgen.policies.dydit.routing import BlockRouting, RoutedBlock
+from flexgen.policies.flexdit import DensityConfig, DensityRecord
 from flexgen.video.flex_latte import FlexLatte
 from flexgen.video.latte import Frames, Latte, LatteBlock, LatteConfig
+from flexgen.video.latte_width import SlicedWeights, reorder_block, run_block
 
 
 class DyLatte(Latte):
@@ -84,7 +84,7 @@ class DyLatte(Latte):
         return sum(cache.nbytes for cache in self._sliced)
 
     def order_by_importance(self) -> None:
-        """DyDiT's importance ordering (`flexgen.density.width.reorder_block`) of every block: function-preserving,
+        """DyDiT's importance ordering (`latte_width.reorder_block`) of every block: function-preserving,
         done once when dense weights are converted, so the always-on head and group are the most important."""
         for block in self.blocks():
             reorder_block(block)
@@ -183,7 +183,7 @@ class FlexDyLatte(DyLatte, FlexLatte):
 
     def block_shapes(self, grid: int | None = None) -> list[RoutedBlock]:
         """Each block's full-width cost per sample at sparse grid `grid` (default: the last forward's): query and
-        key / value tokens by role (FlexDiT's walk, `flexgen.density.walk`), the temporal blocks over the token
+        key / value tokens by role (FlexDiT's walk, `flexgen.policies.flexdit.walk`), the temporal blocks over the token
         positions and frames of their spatial block's set."""
         c, d = self.config, self.density
         if grid is None:

@@ -1,6 +1,6 @@
 """FlexDiT on Latte and DiT: the dense backbone's blocks walked by a layout, with a timestep-dependent sparse grid.
 
-Roles (FlexDiT, arXiv 2412.06028; `flexgen.density.layouts`): Poolingformer (P), sparse generation (G), sparse
+Roles (FlexDiT, arXiv 2412.06028; `flexgen.policies.flexdit.layouts`): Poolingformer (P), sparse generation (G), sparse
 block (S), dense recovery (R), dense (D) and top (T) blocks. Everything but the recovery fusion reuses the
 pretrained weights: G and R slice the block's qkv into q and kv and share its norm and modulation for both token
 sets; P keeps only the value slice.
@@ -19,9 +19,9 @@ import functools
 import torch
 from torch import nn
 
-from flexgen.density import DensityConfig, DensityRecord, Fusion, parse_layout, pool, stages, unpool
-from flexgen.density.schedules import grid_for_timesteps
-from flexgen.density.walk import run_layout
+from flexgen.policies.flexdit import DensityConfig, DensityRecord, Fusion, parse_layout, pool, stages, unpool
+from flexgen.policies.flexdit.schedules import grid_for_timesteps
+from flexgen.policies.flexdit.walk import run_layout
 from flexgen.video.latte import Frames, Latte, LatteConfig
 
 

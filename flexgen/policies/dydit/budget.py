@@ -1,6 +1,6 @@
 """DyDiT's compute budget (Zhao et al. 2024, arXiv 2410.03456; the released `DyDiT/loss.py`): what fraction of a
 block's MACs its router masks keep, and the loss that pulls the batch mean of that fraction to a target λ.
-`flexgen.density.dydit.dydit_losses` uses it in training.
+`flexgen.policies.dydit.routing.dydit_losses` uses it in training.
 
 Per block l, A_l (attention) and P_l (MLP) are MACs per sample derived from the dimensions (DiT's convention:
 qkv and proj, QKᵀ and AV; fc1 and fc2). For sample b,
@@ -47,7 +47,7 @@ def block_cost(seq_len: int, dim: int, num_seqs: int = 1, mlp_ratio: float = 4.0
 
 def role_block_cost(role: str, dense_len: int, sparse_len: int, dim: int, mlp_ratio: float = 4.0, *,
                     frames: int = 1, sparse_frames: int = 1) -> tuple[BlockCost, int, bool]:
-    """A FlexDiT role's spatial block (flexgen.density.walk): (cost per sample, query tokens per sample, whether it
+    """A FlexDiT role's spatial block (`flexdit.walk`): (cost per sample, query tokens per sample, whether it
     runs on the sparse set), with `dense_len` / `sparse_len` tokens per frame over `frames` / `sparse_frames`
     frames (pooling across frames: each sparse frame reads the dense tokens of its frames / sparse_frames)."""
     N, M, F, Fs = dense_len, sparse_len, frames, sparse_frames

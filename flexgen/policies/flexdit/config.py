@@ -1,15 +1,9 @@
-"""The density engine: schedules (timestep -> sparse grid), layouts (block -> role), token pooling and fusion.
-
-Backbones expose a small block protocol — `block(x, cond, context=None)` with keys/values from `context`, and
-`block.attn.drop_qk()` for the Poolingformer's mean-of-V attention — and walk their blocks by the layout.
-"""
+"""FlexDiT's run-config section (`density:`) and what one FlexDiT forward records."""
 
 from dataclasses import dataclass, field
 
-from flexgen.density.layouts import LAYOUTS, ROLES, parse_layout
-from flexgen.density.schedules import ScheduleConfig, Stage, draw_stage, grid_at, stages
-from flexgen.density.tokens import FUSION_INITS, Fusion, pool, unpool
-from flexgen.density.walk import run_layout
+from flexgen.policies.flexdit.schedules import ScheduleConfig
+from flexgen.policies.flexdit.tokens import FUSION_INITS
 
 
 @dataclass
@@ -33,6 +27,3 @@ class DensityRecord:
     sparse_frames: int = 0                          # frames of the sparse token grid (1 for images)
     blocks: list[tuple[str, int]] = field(default_factory=list)   # (role, tokens per frame) of each block
 
-
-__all__ = ["LAYOUTS", "ROLES", "DensityConfig", "DensityRecord", "Fusion", "ScheduleConfig", "Stage", "draw_stage",
-           "grid_at", "parse_layout", "pool", "run_layout", "stages", "unpool"]

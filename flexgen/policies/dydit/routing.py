@@ -6,7 +6,7 @@ forward: the head, MLP-group and token gates each sample used. From those:
 
 - `dydit_losses` (training): diffusion loss of the dynamic model, + the complete model's diffusion loss on the same
   x_t and noise during the warm-up stage (one forward on the doubled batch, so DDP / FSDP see one forward per
-  backward), + w·(mean_b F_b − λ_step)² (`flexgen.density.budget`).
+  backward), + w·(mean_b F_b − λ_step)² (`flexgen.policies.dydit.budget`).
 - `routed_macs` (cost): MACs per sample of what the skipping forward computes: the dense forward minus every
   block's attention and MLP, plus each block's attention at its active heads and its MLP at its active units on its
   kept tokens, plus the routers. Equal to `FlopCounterMode` of the skipping forward (tests/test_dydit.py).
@@ -20,29 +20,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from flexgen.density.budget import BlockCost, budget_loss, flops_fraction, target_at
-from flexgen.schema import check_range
-
-
-@dataclass
-class DyDiTConfig:
-    target: float | None = None     # λ, the mean FLOPs fraction of the blocks to train for; None = no DyDiT
-    loss_weight: float = 2.0        # w of the budget loss (DyDiT `token_loss_ratio`)
-    hold_steps: int = 100           # λ held at 1 for these steps, then annealed linearly ...
-    anneal_steps: int = 1000        # ... to `target` over these (DyDiT `warmup_step`)
-    complete_steps: int = 0         # steps that add the complete model's diffusion loss (DyDiT's warm-up stage)
-    strata: int = 4                 # stratified training t: local sample i draws from stratum i mod strata (1 = off)
-    cross_attention: bool = True    # PixArt-α: its text cross-attention's heads routed with the self-attention's
-
-    def __post_init__(self):
-        if self.target is not None and not 0 < self.target <= 1:
-            raise ValueError(f"target: the FLOPs fraction λ must be in (0, 1], got {self.target!r}")
-        check_range(self, loss_weight=(0, None), hold_steps=(0, None), anneal_steps=(0, None),
-                    complete_steps=(0, None), strata=(1, None))
-
-    @property
-    def enabled(self) -> bool:
-        return self.target is not None
+from flexgen.policies.dydit.budget import BlockCost, budget_loss, flops_fraction, target_at
+from flexgen.policies.dydit.config import DyDiTConfig
 
 
 class BlockRouting(NamedTuple):

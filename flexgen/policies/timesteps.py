@@ -18,7 +18,7 @@ from typing import Protocol
 
 import torch
 
-from flexgen.density.schedules import Stage, draw_stage, sample_timesteps_in_stage
+from flexgen.policies.flexdit.schedules import Stage, draw_stage, sample_timesteps_in_stage
 
 
 class TimestepSampler(Protocol):

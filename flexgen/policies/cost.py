@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from flexgen.density.layouts import parse_layout
-from flexgen.density.schedules import Stage, grid_for_timesteps, mean_over_stages, stages
 from flexgen.flops import FlopReport
+from flexgen.policies.flexdit.layouts import parse_layout
+from flexgen.policies.flexdit.schedules import Stage, grid_for_timesteps, mean_over_stages, stages
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class CountedCost:
     `num_timesteps` and `_counted`): the schedule's stages and the layout's roles from `density`, and each grid's
     MAC count done once (`_count(grid)`, the family's meta-device count; `num_blocks`, its spatial blocks)."""
 
-    density: Any                    # flexgen.density.DensityConfig, or None for the dense model
+    density: Any                    # flexgen.policies.flexdit.DensityConfig, or None for the dense model
     num_timesteps: int
     _counted: dict                  # grid -> FlopReport (and the stages, under a tuple key)
 

@@ -133,7 +133,7 @@ def draw_stage(stage_list: list[Stage], generator: torch.Generator, rank: int = 
     rank); rank r takes the stage holding quantile (r + u) / world_size of [0, T). So ranks are spread over the
     stages in proportion to their lengths (rank <-> stage), and for t drawn uniformly inside the stage, t is
     uniform over [0, T) overall — with one grid per forward pass. With `weights` (T,), the training density of t
-    (`flexgen.density.timesteps.timestep_weights`), a stage's share is its weight instead of its length, and t
+    (`flexgen.policies.timesteps.timestep_weights`), a stage's share is its weight instead of its length, and t
     drawn inside it with those weights follows that density overall."""
     u = torch.rand((), generator=generator).item()
     masses = [float(weights[s.t_start:s.t_end].sum()) if weights is not None else s.length for s in stage_list]

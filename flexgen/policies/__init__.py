@@ -1,0 +1,1 @@
+"""Policies: ways to spend less compute per timestep (see policies/base.py)."""
