@@ -378,3 +378,18 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, seqlens_q: S
     out = _sdpa(q, k, v) if seqlens_q is None else _sdpa_packed(q, k, v, seqlens_q, seqlens_kv)
     _record(name)
     return out
+
+
+def attention_with_key_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """`flexgen.attention` of q (B, N, H, Dh) on k, v (B, L, H, Dh). With diffusers' additive key bias (B, 1, L) or
+    (B, L) (0 keeps a key, -10000 drops it) each sample's kept keys are packed, block-diagonally."""
+    if attention_mask is None:
+        return attention(q, k, v)
+    B, N = q.shape[:2]
+    keep = attention_mask.reshape(B, -1) > -1                                         # (B, L)
+    lengths = keep.sum(dim=1).tolist()
+    if min(lengths) < 1:
+        raise ValueError("a sample's attention mask drops every key (an empty caption mask)")
+    return attention(q.reshape(1, B * N, *q.shape[2:]), k[keep][None], v[keep][None],
+                     seqlens_q=[N] * B, seqlens_kv=lengths).reshape(B, N, *q.shape[2:])

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from flexgen import policies
 from flexgen.attention import backend_counts, reset_backend_counts
 from flexgen.diffusion import any_scheduler, classifier_free_guidance, linear_betas
 from flexgen.policies.cost import density_report, grid_at_timestep
@@ -26,6 +27,13 @@ from flexgen.policies.dydit.config import DyDiTConfig
 from flexgen.policies.flexdit import DensityConfig
 from flexgen.policies.flexdit.schedules import mean_over_stages
 from flexgen.registry import build_denoiser, family_of
+
+
+def _fields(run) -> dict:
+    """What a report says of the run's policy: its FlexDiT `layout` and DyDiT `dydit_target` where it has them."""
+    sections = policies.from_run(run).sections()
+    fields = {"layout": sections["density"]["layout"]} if "density" in sections else {}
+    return {**fields, **({"dydit_target": sections["dydit"]["target"]} if "dydit" in sections else {})}
 
 
 def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
@@ -92,19 +100,16 @@ def _dydit_plan(run, dense, dev, dtype, x, cond, ckpt, target, sampler, steps, p
     weights, timed at `points` timesteps spread over the sampler's (synthetic routers are the same at every t, so one
     suffices). Composed with FlexDiT: as many in every stage of its schedule the sampler visits, and a sampler step
     is timed at the nearest timed timestep of its own stage (so at its own grid)."""
-    from flexgen.policies.dydit.routing import set_synthetic_routers
-
     dy = build_denoiser(run).to(device=dev)
     if ckpt:
         dy.load_pretrained(ckpt, routers_required=True)
         if not dy.cost().stages:                       # (the dense model's time does not depend on its weights)
-            dense.net.load_state_dict({k: v for k, v in dy.net.state_dict().items() if "_routers." not in k})
+            dense.net.load_state_dict(dy.net.state_dict(), strict=False)      # (the routers are not its)
     else:                                              # the dense weights (FlexDiT-converted when composed)
         source = dense.converted(run.density) if dy.cost().stages else dense
-        missing, unexpected = dy.net.load_state_dict(source.net.state_dict(), strict=False)
-        if unexpected or any("_routers." not in k for k in missing):
-            raise ValueError(f"the dense weights do not fit the DyDiT model: {unexpected[:3]} {missing[:3]}")
-        set_synthetic_routers(dy.net.width_routers, dy.net.token_routers, target)
+        sd, _ = dy.policy.load_state_dict(source.net.state_dict(), "the dense weights")   # + fresh routers
+        dy.net.load_state_dict(sd)
+        dy.policy.set_synthetic(target)
     dy = dy.to(dtype=dtype).eval()
     timesteps = [int(t) for t in any_scheduler(sampler, linear_betas(run.diffusion.num_timesteps), steps).timesteps]
 
@@ -119,7 +124,7 @@ def _dydit_plan(run, dense, dev, dtype, x, cond, ckpt, target, sampler, steps, p
     macs = {}
     for t in picked:                                   # the MACs of each timed forward, from its kept counts
         dy(x, torch.full((x.shape[0],), t, device=dev, dtype=torch.long), **cond)
-        macs[t] = float(dy.routed_forward_macs().mean()) / 1e9
+        macs[t] = float(dy.forward_macs().mean()) / 1e9
     dense_gmacs = dense.cost().forward_macs(None).gmacs
 
     def nearest(t: int) -> int:                        # a sampler step is timed at the nearest timed timestep
@@ -166,10 +171,11 @@ def _bench_setup(run, *, device: str, dtype: torch.dtype, batch: int, seed: int,
 def _dynamic_plan(bench: _Bench, run, ckpt: str | None = None, target: float | None = None) -> _Dynamic:
     """The dynamic model of `run` (a variant of the bench's: FlexDiT with a density section, DyDiT or composed
     with a dydit one) on the bench's dense weights."""
-    if run.dydit.enabled:
+    policy = policies.from_run(run)
+    if policy.measured:
         return _dydit_plan(run, bench.dense, bench.device, bench.dtype, bench.x, bench.cond, ckpt,
-                           target or run.dydit.target, bench.sampler, bench.steps)
-    if not run.density.layout:
+                           target or _fields(run)["dydit_target"], bench.sampler, bench.steps)
+    if policy.name == "dense":
         raise ValueError("a dynamic model needs a density layout or a dydit section")
     return _flexdit_plan(run, bench.dense)
 
@@ -334,7 +340,7 @@ def measure(bench: _Bench, plan: _Dynamic, *, repeats: int = 3, warmup: int = 1,
                 break
     # Every key keeps its slices through the interleaved repeats (a sampler walks t in order and copies a trained
     # router's scattered pattern once per change); the memory pass below runs with the sampler's limit again.
-    caches = plan.model.net.slice_caches() if plan.model.routed else []
+    caches = plan.model.policy.slice_caches()
     limits = [cache.max_copies for cache in caches]
     for cache in caches:
         cache.max_copies = max(cache.max_copies, len(plan.keys))
@@ -362,9 +368,9 @@ def measure(bench: _Bench, plan: _Dynamic, *, repeats: int = 3, warmup: int = 1,
               "peak_memory": {"dense_bytes": peak_dense, "dynamic_bytes": peak_dynamic,
                               "ratio": peak_dynamic / peak_dense,
                               "measured": peak.measured}}
-    if plan.model.routed:
-        result["sliced_weight_patterns"] = plan.model.sliced_weight_patterns()
-        result["sliced_weight_bytes"] = plan.model.net.sliced_bytes()      # copies held beside the weights
+    if caches:
+        result["sliced_weight_patterns"] = plan.model.policy.patterns()
+        result["sliced_weight_bytes"] = plan.model.policy.held_bytes()      # copies held beside the weights
     processors = dense.attention_processors()    # diffusers' own processors (SDPA) where flexgen.attention is not used
     if processors is not None:
         result["attention_calls"] = processors
@@ -405,8 +411,9 @@ def latency_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float
     plan = _dynamic_plan(bench, run, ckpt, target)
     result = measure(bench, plan, repeats=repeats, warmup=warmup, cfg_scale=cfg_scale, attention=attention,
                      compile=compile)
-    if run.dydit.enabled:
-        result["router_setting"] = f"trained ({ckpt})" if ckpt else f"synthetic λ={target or run.dydit.target:g}"
+    if plan.model.policy.measured:
+        target = target or _fields(run)["dydit_target"]
+        result["router_setting"] = f"trained ({ckpt})" if ckpt else f"synthetic λ={target:g}"
     return result
 
 
@@ -422,7 +429,7 @@ def bench_run(args) -> tuple[Any, str]:
 
     if args.config:
         run = load_config(args.config, args.overrides)
-        if getattr(args, "target", None) is not None and not run.dydit.enabled:
+        if getattr(args, "target", None) is not None and not policies.from_run(run).measured:
             raise ValueError(f"--target is DyDiT's λ, but {args.config} has no dydit section (dydit.target)")
         return run, args.config
     if args.overrides:
@@ -431,9 +438,9 @@ def bench_run(args) -> tuple[Any, str]:
     overrides = family.preset_overrides(args.model, image_size=args.image_size, frames=args.frames,
                                         num_classes=args.num_classes, in_channels=args.in_channels,
                                         vae_factor=args.vae_factor)
-    if getattr(args, "target", None) is not None:                # DyDiT at λ = --target (synthetic routers)
-        overrides.append(f"dydit.target={args.target}")
     run = load_config(None, overrides)
+    if getattr(args, "target", None) is not None:                # DyDiT at λ = --target (synthetic routers)
+        run = policies.with_target(run, args.target)
     if args.layout:
         schedule = ScheduleConfig(kind="constant", grid=args.grid) if args.grid else ScheduleConfig(
             kind="eq5", grid_min=args.grid_min, grid_max=args.grid_max, reading=args.reading)
@@ -454,27 +461,25 @@ def dydit_flops(run, name: str, *, ckpt: str | None = None, target: float | None
     trained checkpoint's sampling run (`run.sample`'s sampler, steps, CFG and guidance channels) on `num_samples`
     fixed seeds and labels (sample i: seed sample.seed + i, its label from that seed, as `flexgen sample`), each
     sampler step's MACs per sample and the total."""
-    from flexgen.policies.dydit.routing import RoutedCostMeter, router_macs, synthetic_routing
-
     dense_run = dataclasses.replace(run, dydit=DyDiTConfig(), density=DensityConfig())
     dense, dy = _meta_denoiser(dense_run), _meta_denoiser(run)
     dense_gmacs = dense.cost().forward_macs(None).gmacs
     stages = dy.cost().stages                          # FlexDiT ∘ DyDiT: its schedule's grids
-    shapes = dy.net.block_shapes(stages[0].grid if stages else None)
+    grid0 = stages[0].grid if stages else None
+    shapes = dy.policy.block_shapes(grid0)
     params_dense, params = (sum(p.numel() for p in m.parameters()) for m in (dense, dy))
-    result = {"model": name, "policy": "FlexDiT ∘ DyDiT" if stages else "DyDiT", "dydit_target": run.dydit.target,
+    result = {"model": name, "policy": "FlexDiT ∘ DyDiT" if stages else "DyDiT", **_fields(run),
               "params_dense": params_dense, "params": params, "router_params": params - params_dense,
-              "gmacs_dense": dense_gmacs, "router_gmacs": router_macs(shapes, dy.net.token_router_hidden) / 1e9,
+              "gmacs_dense": dense_gmacs, "router_gmacs": dy.policy.router_macs(grid0) / 1e9,
               "block_gmacs": [[b.cost.attention / 1e9, b.cost.mlp / 1e9] for b in shapes]}
     if stages:
         flex = density_report(dy.cost())
-        result.update(layout=run.density.layout, gmacs_flexdit=flex["gmacs"], flexdit_ratio=1 - flex["reduction"])
+        result.update(gmacs_flexdit=flex["gmacs"], flexdit_ratio=1 - flex["reduction"])
     if ckpt is None:
-        target = target if target is not None else run.dydit.target
+        target = target if target is not None else result["dydit_target"]
 
         def synthetic(grid):                           # GMACs of one forward at `grid` with the λ setting
-            routing = synthetic_routing(dy.net.block_shapes(grid), target)
-            return float(dy.routed_forward_macs(routing, grid)) / 1e9
+            return dy.policy.synthetic_macs(dy.cost(), grid, target) / 1e9
 
         if stages:
             per_grid = {s.grid: synthetic(s.grid) for s in stages}
@@ -486,20 +491,18 @@ def dydit_flops(run, name: str, *, ckpt: str | None = None, target: float | None
         result.update(router_setting=f"synthetic λ={target:g}", gmacs=gmacs, flops_ratio=gmacs / dense_gmacs)
         return result
     from flexgen.diffusion import sample
-    from flexgen.sample import resolve_labels
 
     s, dev = run.sample, torch.device(device)
     model = build_denoiser(run)
     model.load_pretrained(ckpt, routers_required=True)
     model = model.eval().to(device=dev, dtype=dtype)
-    meter = RoutedCostMeter(model)
-    net, labels = meter, resolve_labels(num_samples, s.seed, model.config.num_classes)
-    if labels is not None:
-        cond = {"y": torch.tensor(labels, device=dev)}
+    meter = net = model.policy.meter(model)
+    cond = model.sampling_condition(num_samples, s.seed, dev, dtype)   # sample i's label from its seed, or text
+    if cond:
         net = classifier_free_guidance(meter, s.cfg_scale, cond, model.null_condition(cond), s.cfg_channels)
     d = run.diffusion
     sample(net, model.latent_shape(), [s.seed + i for i in range(num_samples)], sampler=s.sampler, steps=s.steps,
-           betas=linear_betas(d.num_timesteps, d.beta_start, d.beta_end), learned_sigma=model.config.learn_sigma,
+           betas=linear_betas(d.num_timesteps, d.beta_start, d.beta_end), learned_sigma=model.learned_sigma,
            clip_denoised=s.clip_denoised, prediction=d.prediction, device=dev, dtype=dtype)
     report = meter.report(num_samples, dense_gmacs)
     result.update(router_setting=f"trained ({ckpt})", gmacs=report["gmacs_per_forward_measured"],
@@ -507,13 +510,13 @@ def dydit_flops(run, name: str, *, ckpt: str | None = None, target: float | None
                   num_samples=num_samples, gmacs_per_sample=report["gmacs_per_sample_measured"],
                   gmacs_per_sample_dense=report["gmacs_per_sample_dense"],
                   gmacs_per_sample_at_t=report["gmacs_per_sample_at_t"],
-                  sliced_weight_patterns=model.sliced_weight_patterns())
+                  sliced_weight_patterns=model.policy.patterns())
     return result
 
 
 def bench_flops(args) -> dict:
     run, name = bench_run(args)
-    if run.dydit.enabled:
+    if policies.from_run(run).measured:
         dtype = getattr(torch, args.dtype)
         return dydit_flops(run, name, ckpt=args.ckpt, target=args.target, num_samples=args.num_samples,
                            device=args.device, dtype=dtype)
@@ -523,9 +526,9 @@ def bench_flops(args) -> dict:
     cost, shape = model.cost(), model.latent_shape()       # forward_macs(None): the dense network, counted once
     result = {"model": name, "latent": list(shape if len(shape) == 4 else (1, *shape)), **model.condition_summary()}
     result.update(cost.forward_macs(None).to_dict())
-    if run.density.layout:
+    if cost.layout:
         flex = density_report(cost)
-        result.update(layout=run.density.layout, params=flex["params"], params_dense=flex["params_dense"],
+        result.update(layout=cost.layout, params=flex["params"], params_dense=flex["params_dense"],
                       gmacs_dense=flex["gmacs_dense"], gmacs=flex["gmacs"], reduction=flex["reduction"],
                       gmacs_released_code=flex["gmacs_released_code"],
                       reduction_released_code=flex["reduction_released_code"], stages=flex["stages"])
@@ -579,16 +582,14 @@ def print_flops(result: dict) -> None:
 
 def bench_latency(args) -> dict:
     run, name = bench_run(args)
-    if not run.density.layout and not run.dydit.enabled:
+    policy = policies.from_run(run)
+    if policy.name == "dense":
         raise ValueError("bench latency compares dense with FlexDiT or DyDiT: give --layout (and a schedule) or "
                          "--target, or a --config with a density or dydit section")
-    if args.ckpt and not run.dydit.enabled:
+    if args.ckpt and not policy.measured:
         raise ValueError("--ckpt times a DyDiT checkpoint's routers: give a config with a dydit section")
     dtype = getattr(torch, args.dtype)
-    policy = {"layout": run.density.layout} if run.density.layout else {}
-    if run.dydit.enabled:
-        policy["dydit_target"] = run.dydit.target
-    return {"model": name, **policy,
+    return {"model": name, **_fields(run),
             **latency_report(run, device=args.device, dtype=dtype, batch=args.batch, repeats=args.repeats,
                              warmup=args.warmup, cfg_scale=args.cfg_scale, sampler=args.sampler, steps=args.steps,
                              attention=args.attention, ckpt=args.ckpt, target=args.target, compile=args.compile)}
@@ -628,11 +629,11 @@ def print_latency(result: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# `flexgen bench plan`: schedules that meet a budget (flexgen.plan).
+# `flexgen bench plan`: schedules that meet a budget (flexgen.policies.plan).
 
 
 def bench_plan(args) -> dict:
-    from flexgen.plan import plan
+    from flexgen.policies.plan import plan
     from flexgen.registry import family_of
 
     run, name = bench_run(args)
@@ -642,7 +643,7 @@ def bench_plan(args) -> dict:
         raise ValueError(f"{run.model.preset} samples with {', '.join(family.samplers)}, not {sampler!r}")
     result = {"model_name": name, **plan(run, args.budget, sampler, args.steps or family.default_steps, top=args.top)}
     if args.ckpt:                  # a trained DyDiT: what each sampler realises, beside the λ it was trained for
-        if not run.dydit.enabled:
+        if not policies.from_run(run).measured:
             raise ValueError("--ckpt reports a trained DyDiT's realised fraction: give a config with a dydit section")
         dtype = getattr(torch, args.dtype)
         realised = []
@@ -654,7 +655,7 @@ def bench_plan(args) -> dict:
                                dtype=dtype)
             realised.append({"sampler": name_, "steps": steps, "flops_fraction": cost["flops_ratio"],
                              "gmacs_per_sample": cost["gmacs_per_sample"]})
-        result["trained"] = {"target": run.dydit.target, "checkpoint": args.ckpt, "realised": realised}
+        result["trained"] = {"target": _fields(run)["dydit_target"], "checkpoint": args.ckpt, "realised": realised}
     return result
 
 

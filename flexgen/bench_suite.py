@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from flexgen import policies
 from flexgen.bench import _bench_setup, _dynamic_plan, _meta_denoiser, dydit_flops, measure
 from flexgen.config import load_config
 from flexgen.policies.cost import density_report
@@ -145,7 +146,7 @@ def _policies(model: SuiteModel) -> list[tuple[str, list[str]]]:
 
 def _counted(run, name: str) -> tuple[float, list[float]]:
     """(time-average GMACs per forward, GMACs at each key the latency bench times), counted on the meta device."""
-    if run.dydit.enabled:
+    if policies.from_run(run).measured:
         report = dydit_flops(run, name)
         return report["gmacs"], [s[4] for s in report.get("stages", [])] or [report["gmacs"]]
     report = density_report(_meta_denoiser(run).cost())

@@ -21,11 +21,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from flexgen import policies
 from flexgen.files import atomic_write, file_sha256
-from flexgen.policies.flexdit import DensityConfig
-from flexgen.schema import ConfigError, build_dataclass
-from flexgen.video.dy_latte import DyLatte, FlexDyLatte
-from flexgen.video.flex_latte import FlexLatte, dense_to_flex_state_dict
+from flexgen.video.dy_latte import latte_network
 from flexgen.video.latte import Latte, LatteConfig, sincos_1d, sincos_2d
 
 # Where the released weights come from (no sha256 is published by either project; `file_sha256` prints the
@@ -39,10 +37,7 @@ OFFICIAL_CHECKPOINTS = {
     "DiT-XL-2-512x512.pt": "DiT-XL/2, ImageNet 512: dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-512x512.pt",
 }
 
-CONFIG_KEY = "flexgen_model_config"
-DENSITY_KEY = "flexgen_density_config"      # FlexDiT models: their DensityConfig and num_timesteps
-ROUTERS_KEY = "flexgen_routers"             # DyDiT models: "dydit" (width and token routers in every block)
-ROUTER_PREFIXES = ("width_routers.", "token_routers.")
+CONFIG_KEY = "flexgen_model_config"         # beside it, what the model's policy records (`Policy.metadata`)
 
 
 class CheckpointError(ValueError):
@@ -149,55 +144,19 @@ def convert_official_state_dict(sd: dict[str, torch.Tensor], config: LatteConfig
     return out
 
 
-# DyDiT's released layout (DyDiT/models.py), per block after the DiT keys are mapped: attn_rate.router (heads),
-# mlp_rate.router (MLP groups), token_selection.mlp_head.{0,2} (tokens) -> DyLatte's router lists.
-_DYDIT_ROUTER = re.compile(r"(spatial|temporal)_blocks\.(\d+)\.(attn_rate\.router|mlp_rate\.router|"
-                           r"token_selection\.mlp_head)\.(.+)")
-
-
-def dydit_router_keys(sd: dict[str, torch.Tensor], model: DyLatte) -> dict[str, torch.Tensor]:
-    """Move the routers of a state dict in the released DyDiT layout (its block keys already mapped by
-    `convert_official_state_dict`) to DyLatte's `width_routers.k` / `token_routers.k` (k indexes
-    [*spatial_blocks, *temporal_blocks])."""
-    out = {}
-    for key, value in sd.items():
-        match = _DYDIT_ROUTER.fullmatch(key)
-        if match is None:
-            out[key] = value
-            continue
-        kind, i, part, rest = match.groups()
-        k = int(i) + (len(model.spatial_blocks) if kind == "temporal" else 0)
-        if part == "token_selection.mlp_head":
-            out[f"token_routers.{k}.mlp.{rest}"] = value
-        else:
-            out[f"width_routers.{k}.{'heads' if part == 'attn_rate.router' else 'groups'}.{rest}"] = value
-    return out
-
-
 def load_weights(model: Latte, path: str | Path, sha256: str | None = None, *, routers_required: bool = False) -> None:
-    """Load our safetensors or an official checkpoint into `model`, strictly. A FlexLatte also loads the
-    weights of its dense model (official or ours): that is the conversion dense -> FlexDiT. A DyLatte loads
-    DyDiT files (ours or the released layout) and dense ones: that conversion keeps the model's fresh routers and
-    puts every block's heads and MLP groups in importance order; `routers_required` refuses dense files."""
+    """Load our safetensors or an official checkpoint into `model`, strictly. The model's policy maps its own keys
+    (DyDiT: the released layout) and converts a file without its modules: a FlexDiT model loads its dense model's
+    weights, a DyDiT model a dense file (fresh routers, every block's heads and MLP groups in importance order),
+    which `routers_required` refuses. A file with a policy's modules the model lacks is refused by name."""
     sd = read_state_dict(path, sha256)
     if any(k.removeprefix("module.").startswith(("blocks.", "pos_embed")) for k in sd):
         sd = convert_official_state_dict(sd, model.config)
-    converting = False
-    if isinstance(model, DyLatte):
-        sd = dydit_router_keys(sd, model)
-        if not any(k.startswith(ROUTER_PREFIXES) for k in sd):
-            if routers_required:
-                raise CheckpointError(
-                    f"{path} holds no DyDiT routers (a dense model), and fresh routers would only run the dense "
-                    f"model: fine-tune it into DyDiT first (train.init_from: {path} in a run with a dydit section), "
-                    "then sample the run's ema.safetensors")
-            sd = {**sd, **{k: v for k, v in model.state_dict().items() if k.startswith(ROUTER_PREFIXES)}}
-            converting = True
-    elif any(k.startswith(ROUTER_PREFIXES) or _DYDIT_ROUTER.fullmatch(k) for k in sd):
-        raise CheckpointError(f"{path} holds a DyDiT model (width and token routers): load it with a config that "
-                              "sets dydit.target, or into a DyLatte")
-    if isinstance(model, FlexLatte) and not any(k.startswith("fusions.") for k in sd):
-        sd = dense_to_flex_state_dict(sd, model)
+    try:
+        policies.check_file_fits(sd, model.policy, path)
+        sd, converting = model.policy.load_state_dict(sd, path, routers_required=routers_required)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
     expected = model.state_dict()
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
@@ -211,7 +170,7 @@ def load_weights(model: Latte, path: str | Path, sha256: str | None = None, *, r
         raise CheckpointError(f"{path} does not fit the model {model.config}:\n  " + "\n  ".join(problems))
     model.load_state_dict(sd, strict=True)
     if converting:
-        model.order_by_importance()
+        model.policy.converted()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -219,20 +178,15 @@ def load_weights(model: Latte, path: str | Path, sha256: str | None = None, *, r
 
 
 def save_weights(model: Latte, path: str | Path) -> None:
-    """Model weights as safetensors, with the model configuration (and a FlexLatte's density) in the metadata."""
+    """Model weights as safetensors, with the model configuration and what its policy records in the metadata."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    metadata = {CONFIG_KEY: json.dumps(dataclasses.asdict(model.config))}
-    if isinstance(model, FlexLatte):
-        metadata[DENSITY_KEY] = json.dumps({"density": dataclasses.asdict(model.density),
-                                            "num_timesteps": model.num_timesteps})
-    if isinstance(model, DyLatte):
-        metadata[ROUTERS_KEY] = "dydit"
+    metadata = {CONFIG_KEY: json.dumps(dataclasses.asdict(model.config)), **model.policy.metadata()}
     with atomic_write(path) as tmp:                   # a killed write never leaves a truncated file under `path`
         save_file(tensors, str(tmp), metadata=metadata)
 
 
 def load_model(path: str | Path, sha256: str | None = None) -> Latte:
-    """Rebuild a model (dense, FlexDiT or DyDiT) from one of our safetensors files alone."""
+    """Rebuild a model (dense, FlexDiT, DyDiT or composed) from one of our safetensors files alone."""
     path = Path(path)
     _require_file(path, sha256)
     meta = read_metadata(path)
@@ -240,17 +194,10 @@ def load_model(path: str | Path, sha256: str | None = None) -> Latte:
         raise CheckpointError(f"{path} carries no flexgen model configuration; build the model from its preset "
                               "and use load_weights")
     config = LatteConfig(**json.loads(meta[CONFIG_KEY]))
-    if DENSITY_KEY in meta:
-        flex = json.loads(meta[DENSITY_KEY])
-        try:
-            density = build_dataclass(DensityConfig, flex["density"], "density")
-        except ConfigError as e:
-            raise CheckpointError(f"{path} metadata: {e}") from e
-        cls = FlexDyLatte if meta.get(ROUTERS_KEY) == "dydit" else FlexLatte
-        model = cls(config, density, flex["num_timesteps"])
-    elif meta.get(ROUTERS_KEY) == "dydit":
-        model = DyLatte(config)
-    else:
-        model = Latte(config)
+    try:
+        policy = policies.from_metadata(meta, path)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
+    model = latte_network(config, policy)
     load_weights(model, path)
     return model

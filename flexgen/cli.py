@@ -64,11 +64,8 @@ def convert(args: argparse.Namespace) -> None:
     model = build_denoiser(run)
     model.load_pretrained(args.src, sha256=args.sha256)
     written = model.export(args.out)
-    layout = f", FlexDiT layout {model.layout}" if model.layout else ""
-    if model.routed:
-        layout += f", DyDiT routers (λ = {run.dydit.target:g}; heads and MLP groups in importance order)"
     print(f"wrote {written} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
-          f"{model.describe()}{layout})")
+          f"{model.describe()}, policy: {model.policy.label()})")
 
 
 def default_run_dir(config_path: str, overrides: list[str], results_dir: str) -> Path:

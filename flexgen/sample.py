@@ -172,18 +172,7 @@ def flops_per_sample(model, sampler: str, steps: int, cfg_scale: float,
 
 def routed_cost(model, meter, num_samples: int) -> dict[str, Any]:
     """A DyDiT model's measured cost over `num_samples` samples of a run (`RoutedCostMeter.cost`)."""
-    return meter.cost(num_samples, model.cost().forward_macs(None).gmacs, model.sliced_weight_patterns())
-
-
-def method_name(run) -> str:
-    """What a sample record calls the run's method: baseline, `flexdit LAYOUT`, `dydit λ` or both composed,
-    `flexdit LAYOUT + dydit λ`."""
-    parts = []
-    if run.density.layout:
-        parts.append(f"flexdit {run.density.layout}")
-    if run.dydit.enabled:
-        parts.append(f"dydit {run.dydit.target:g}")
-    return " + ".join(parts) or "baseline"
+    return meter.cost(num_samples, model.cost().forward_macs(None).gmacs, model.policy.patterns())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -344,7 +333,6 @@ def _run_sampling(args: argparse.Namespace, rank: int, world_size: int, device: 
     from flexgen.data.media import save_grid, video_codec
     from flexgen.diffusion import linear_betas
     from flexgen.files import file_sha256
-    from flexgen.policies.dydit.routing import RoutedCostMeter
     from flexgen.registry import build_denoiser, family_of
 
     overrides = _config_overrides(args)
@@ -365,7 +353,7 @@ def _run_sampling(args: argparse.Namespace, rank: int, world_size: int, device: 
     labels = resolve_labels(s.num_samples, s.seed, model.config.num_classes)
     record = mf.SampleManifest(
         command="flexgen sample", family="latte" if video_model else "dit", model=run.model.preset,
-        method=method_name(run),
+        method=model.policy.label(),
         checkpoint=str(args.ckpt), checkpoint_sha256=file_sha256(args.ckpt), sampler=s.sampler, steps=s.steps,
         cfg_scale=s.cfg_scale, seed=s.seed, storage="mp4" if video_model else "png", world_size=world_size,
         samples=mf.entries(s.num_samples, s.seed, lambda i: sample_file(out, i, video_model).name, labels),
@@ -373,11 +361,10 @@ def _run_sampling(args: argparse.Namespace, rank: int, world_size: int, device: 
                   "batch_size": s.batch_size, "dtype": args.dtype, "fps": args.fps if video_model else None,
                   "codec": video_codec() if video_model else "png", "model_class": type(model.net).__name__,
                   "model": dataclasses.asdict(model.config),
-                  "density": dataclasses.asdict(run.density) if run.density.layout else None,
-                  "dydit": dataclasses.asdict(run.dydit) if run.dydit.enabled else None,
+                  "density": model.policy.sections().get("density"), "dydit": model.policy.sections().get("dydit"),
                   "cfg_channels": s.cfg_channels, "run_config": config_to_dict(run)},
         identity={"model": dataclasses.asdict(model.config), "clip_denoised": s.clip_denoised, "dtype": args.dtype,
-                  "density": dataclasses.asdict(run.density) if run.density.layout else None})
+                  "density": model.policy.sections().get("density")})
     check_options(model, s.cfg_scale, s.batch_size, s.cfg_channels)
     if getattr(args, "npz", False) and video_model:
         raise ValueError("--npz writes ADM's image batch: it is for one-frame (DiT) models")
@@ -387,7 +374,7 @@ def _run_sampling(args: argparse.Namespace, rank: int, world_size: int, device: 
     _barrier(world_size, device)
 
     mine = mf.todo(record, out, rank, world_size, overwrite=args.overwrite)
-    meter = RoutedCostMeter(model) if model.routed else None
+    meter = model.policy.meter(model)              # a measured policy (DyDiT) adds up what each forward ran
     started = time.perf_counter()
     for batch in generate(model, autoencoder, num_samples=s.num_samples, seed=s.seed, sampler=s.sampler,
                           steps=s.steps, cfg_scale=s.cfg_scale, batch_size=s.batch_size, indices=mine,

@@ -1,5 +1,9 @@
+import socket
 import sys
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 # Test helper modules (t2i_helpers, ...) import by their own name as well as through the tests package.
 sys.path.insert(0, str(Path(__file__).parent))
@@ -13,3 +17,32 @@ def tiny_config(name="Latte-S/2", **overrides):
     if name.startswith("DiT"):
         fields["num_frames"] = 1
     return latte_config(name, **{**fields, **overrides})
+
+
+@pytest.fixture
+def free_port():
+    """A TCP port free on this machine now, for a torchrun launch (--master_port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def imagenet(tmp_path):
+    """train/ with three synsets: RGB JPEGs of several sizes, a greyscale and a CMYK JPEG, a truncated JPEG and a
+    stray text file."""
+    from tests.data_helpers import SYNSETS, noise_image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "train"
+    sizes = [(40, 30), (33, 50), (64, 64), (90, 35)]
+    for synset in SYNSETS:
+        (root / synset).mkdir(parents=True)
+        for i, (w, h) in enumerate(sizes):
+            noise_image(rng, w, h).save(root / synset / f"{synset}_{i}.JPEG", quality=95)
+    noise_image(rng, 36, 28, "L").save(root / SYNSETS[0] / "grey.JPEG")
+    noise_image(rng, 30, 40, "CMYK").save(root / SYNSETS[1] / "cmyk.JPEG")
+    good = (root / SYNSETS[2] / f"{SYNSETS[2]}_0.JPEG").read_bytes()
+    (root / SYNSETS[2] / "truncated.JPEG").write_bytes(good[: len(good) // 3])
+    (root / SYNSETS[2] / "notes.txt").write_text("not an image")
+    return root

@@ -14,6 +14,7 @@ from PIL import Image
 from flexgen.data import media
 
 H, W = 32, 40                   # fixture frame size (even, for yuv420p)
+SYNSETS = ("n01440764", "n01443537", "n01484850")    # the ImageNet-layout fixture's classes (conftest.imagenet)
 
 
 def coded_frames(n: int, h: int = H, w: int = W) -> np.ndarray:
@@ -68,3 +69,9 @@ def decoded(video: torch.Tensor) -> tuple[list[int], list[bool]]:
     right = x[:, :, 4:-4, half + 4:-2].mean(dim=(1, 2, 3))
     value = torch.maximum(left, right)
     return ((value - 8) / 4).round().long().tolist(), (right > left).tolist()
+
+
+def noise_image(rng, width, height, mode="RGB"):
+    channels = {"RGB": 3, "L": 1, "CMYK": 4}[mode]
+    arr = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
+    return Image.fromarray(arr[..., 0] if channels == 1 else arr, mode=mode)

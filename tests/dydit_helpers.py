@@ -18,6 +18,13 @@ def run_config(*overrides):
     return load_config("configs/demo/tiny.yaml", list(overrides))
 
 
+def dydit_of(net):
+    """The DyDiT part of a network's policy (its routing, skip switch, slice caches, last grid)."""
+    from flexgen.policies import DyDiT
+
+    return getattr(net, "net", net).policy.part(DyDiT)
+
+
 def randomise_routers(model, seed=0, token_bias=-0.05):
     """Routers that turn many heads, groups and tokens off, differently at each t (`model`: a denoiser or its net)."""
     g, net = torch.Generator().manual_seed(seed), getattr(model, "net", model)

@@ -7,6 +7,8 @@ of different seeds differ by tens of levels almost everywhere, so the bounds bel
 index or a swapped file.
 """
 
+import math
+
 import torch
 
 
@@ -25,3 +27,24 @@ def assert_other_pixels(a: torch.Tensor, b: torch.Tensor, *, min_fraction: float
     """`a` and `b` are different samples: more than `min_fraction` of the values differ by more than one level."""
     far = ((torch.as_tensor(a).int() - torch.as_tensor(b).int()).abs() > 1).float().mean().item()
     assert far > min_fraction, f"{what}: only {far:.2%} of values differ by more than one level"
+
+
+# Attention (test_attention, test_cuda): random (B, N, H, Dh) tensors and the textbook float64 reference.
+
+H, DH = 2, 8
+SEQLENS_Q, SEQLENS_KV = [3, 5, 2], [4, 1, 6]
+
+
+def qkv(nq, nk, batch=1, dtype=torch.float32, device="cpu", seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    shapes = [(batch, nq, H, DH), (batch, nk, H, DH), (batch, nk, H, DH)]
+    return [torch.randn(s, generator=generator, dtype=torch.float64).to(device, dtype) for s in shapes]
+
+
+def reference(q, k, v, bias=None):
+    """softmax(q kᵀ / sqrt(Dh) + bias) v in float64, written out per head: (B, Nq, H, Dh)."""
+    q, k, v = (t.double().cpu() for t in (q, k, v))
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
+    if bias is not None:
+        scores = scores + bias.double()
+    return torch.einsum("bhqk,bkhd->bqhd", torch.softmax(scores, dim=-1), v)

@@ -1,5 +1,6 @@
 """Shared by the metrics tests: index-encoded videos, image folders and tiny random detectors (test_sources,
-test_evaluate); a measured record and the anchors file (test_records, test_leaderboard).
+test_evaluate), a tiny TorchScript Inception (test_adm, test_imagenet_track); a measured record and the anchors
+file (test_records, test_leaderboard).
 
 Data are made here: short mp4s (flexgen.data.media.write_video) and PNG frame folders in which every pixel of frame
 i holds a value derived from i, so the frame indices of a selected clip can be read back from its pixels; folders
@@ -65,6 +66,26 @@ class RandomImageDetector(RandomDetector):
         self.calls += 1
         pooled = torch.nn.functional.adaptive_avg_pool2d(images.double() / 255.0, 2).flatten(1)     # (N, 12)
         return pooled @ self.weight
+
+
+class TinyInceptionScript(torch.nn.Module):
+    """The interface of inception-2015-12-05.pt: uint8 images of any size, resized inside; pool features or
+    class probabilities (with or without the head's bias)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(3 * 8 * 8, 16)
+        self.head = torch.nn.Linear(16, 6)
+
+    def forward(self, img: torch.Tensor, return_features: bool = False, no_output_bias: bool = False):
+        x = torch.nn.functional.interpolate(img.float(), size=(8, 8), mode="bilinear", align_corners=False)
+        features = self.proj(x.flatten(1) / 255.0)
+        if return_features:
+            return features
+        logits = features @ self.head.weight.t()
+        if not no_output_bias:
+            logits = logits + self.head.bias
+        return torch.softmax(logits, dim=1)
 
 
 def random_images(folder: Path, count: int, seed: int, size: int = SIZE, suffix: str = ".png") -> Path:

@@ -2,6 +2,7 @@
 
 A T5 encoder with random weights, a T5 tokenizer whose Unigram vocabulary is built in memory (real word ids, no
 sentencepiece file), an AutoencoderKL with 2× downsampling, and a PixArt transformer of two blocks.
+An image–caption folder and the FlexDiT fine-tuning config on them (test_t2i_train, test_t2i_dydit).
 """
 
 from __future__ import annotations
@@ -74,3 +75,32 @@ def save_tiny_pipeline(path: str | Path, transformer=None, *, text_encoder: bool
                                scheduler=scheduler if scheduler is not None else DPMSolverMultistepScheduler())
     pipe.save_pretrained(path)
     return Path(path)
+
+
+def make_captions(root, n=6):
+    """An image–caption folder: n random PNGs, each with a caption of tiny-vocabulary words beside it."""
+    from PIL import Image
+
+    root.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        pixels = (torch.rand(20, 24, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(root / f"img{i}.png")
+        (root / f"img{i}.txt").write_text(" ".join(WORDS[j % len(WORDS)] for j in range(i, i + 3 + i % 3)))
+    return root
+
+
+def tiny_config(tmp_path, *extra):
+    """The 256 px FlexDiT preset shrunk to the tiny pipeline in tmp_path/pipe and the captions in tmp_path/captions."""
+    from flexgen.config import load_config
+
+    pipe, root = tmp_path / "pipe", tmp_path / "captions"
+    configs = Path(__file__).parent.parent / "configs" / "t2i" / "pixart"
+    return load_config(str(configs / "flexpixart-xl2-256.yaml"), [
+        "model.depth=6", "model.hidden_size=24", "model.num_heads=3", "model.caption_channels=32",
+        "autoencoder.downsample=2", f"autoencoder.path={pipe}", "autoencoder.scale_factor=1.0",
+        f"data.root={root}", f"data.text_encoder={pipe}", f"data.text_cache={tmp_path / 'cache'}",
+        f"data.max_length={MAX_LENGTH}", "data.image_size=16", "data.num_workers=0", "data.hflip=true",
+        f"train.init_from={pipe}", "train.batch_size=2", "train.total_samples=12", "train.log_every_samples=2",
+        "train.ckpt_every_samples=12", "train.lr=1e-3", "density.layout=P GSR DD", "density.schedule.grid_min=1",
+        "density.schedule.grid_max=4", *extra])

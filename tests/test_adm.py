@@ -17,6 +17,7 @@ from flexgen.metrics.adm import (
     spatial_features,
 )
 from flexgen.metrics.frechet import frechet_distance
+from tests.metrics_helpers import TinyInceptionScript
 
 
 def test_inception_score_matches_the_definition():
@@ -131,26 +132,6 @@ def test_reference_statistics_from_the_npz_and_the_whole_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="VIRTUAL_imagenet256_labeled"):
         read_batch(tmp_path / "missing.npz")
     assert isinstance(ref, Batch)
-
-
-class TinyInceptionScript(torch.nn.Module):
-    """The interface of inception-2015-12-05.pt: uint8 images of any size, resized inside; pool features or
-    class probabilities (with or without the head's bias)."""
-
-    def __init__(self):
-        super().__init__()
-        self.proj = torch.nn.Linear(3 * 8 * 8, 16)
-        self.head = torch.nn.Linear(16, 6)
-
-    def forward(self, img: torch.Tensor, return_features: bool = False, no_output_bias: bool = False):
-        x = torch.nn.functional.interpolate(img.float(), size=(8, 8), mode="bilinear", align_corners=False)
-        features = self.proj(x.flatten(1) / 255.0)
-        if return_features:
-            return features
-        logits = features @ self.head.weight.t()
-        if not no_output_bias:
-            logits = logits + self.head.bias
-        return torch.softmax(logits, dim=1)
 
 
 def test_torchscript_detector_end_to_end_and_errors(tmp_path, capsys):

@@ -359,7 +359,7 @@ def kill_save_pretrained(monkeypatch, model) -> list[Path]:
 
 @pytest.mark.parametrize("existing", [False, True])
 def test_pixart_export_killed_in_save_pretrained(tmp_path, monkeypatch, existing):
-    from flexgen.t2i.pixart import load_transformer
+    from flexgen.t2i.pixart_io import load_transformer
 
     model = tiny_pixart()
     final = tmp_path / "transformer"
@@ -504,7 +504,7 @@ def test_stray_temporary_files_of_a_killed_write_are_never_counted(tmp_path):
 
 def test_killed_sample_run_resumes_drawing_exactly_the_missing_file(tmp_path, monkeypatch, capsys):
     from flexgen.sample import sample_main
-    from tests.test_sample import SMALL, TINY, parse, random_model
+    from tests.sample_helpers import SMALL, TINY, parse, random_model
 
     model, _ = random_model()
     save_weights(model.net, tmp_path / "dense.safetensors")

@@ -26,34 +26,16 @@ from flexgen.attention import (
     reset_backend_counts,
     set_backend,
 )
-
-H, DH = 2, 8
-SEQLENS_Q, SEQLENS_KV = [3, 5, 2], [4, 1, 6]
-
+from tests.helpers import DH, SEQLENS_KV, SEQLENS_Q, H, qkv, reference
 
 # ----------------------------------------------------------------------------------------------------------------
-# Helpers: random (B, N, H, Dh) tensors and the textbook reference.
+# Helpers: packed attention the slow way and block masks (q, k, v and the reference: tests/helpers.py).
 
 
 @pytest.fixture(autouse=True)
 def automatic_backend(monkeypatch):
     """Every test starts in automatic mode; whatever it forces is undone afterwards."""
     monkeypatch.setattr(attn._State, "forced", None)
-
-
-def qkv(nq, nk, batch=1, dtype=torch.float32, device="cpu", seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    shapes = [(batch, nq, H, DH), (batch, nk, H, DH), (batch, nk, H, DH)]
-    return [torch.randn(s, generator=generator, dtype=torch.float64).to(device, dtype) for s in shapes]
-
-
-def reference(q, k, v, bias=None):
-    """softmax(q kᵀ / sqrt(Dh) + bias) v in float64, written out per head: (B, Nq, H, Dh)."""
-    q, k, v = (t.double().cpu() for t in (q, k, v))
-    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
-    if bias is not None:
-        scores = scores + bias.double()
-    return torch.einsum("bhqk,bkhd->bqhd", torch.softmax(scores, dim=-1), v)
 
 
 def per_segment(q, k, v, seqlens_q, seqlens_kv, **kwargs):

@@ -13,7 +13,7 @@ from flexgen.bench_suite import device_peak, markdown, suite_report, svg, target
 from flexgen.cli import main
 from flexgen.config import load_config
 from tests.bench_helpers import SHRINK, TINY
-from tests.dydit_helpers import randomise_routers
+from tests.dydit_helpers import dydit_of, randomise_routers
 
 POLICIES = ["dense", "FlexDiT", "DyDiT λ=0.5", "DyDiT λ=0.7", "FlexDiT ∘ DyDiT λ=0.6"]
 
@@ -118,6 +118,7 @@ def test_compiled_timing_builds_no_graph_after_the_warm_up():
     assert result["forward"]["dynamic_s"] > 0
 
 
+@pytest.mark.slow
 def test_the_gpu_checks_run_without_the_video_and_metric_packages():
     # The GPU machine's image has torch (and carried diffusers wheels) but no av, decord, clean-fid or xformers:
     # the suite's command and a tiny suite must run there (eval/gpu-checks.sh).
@@ -154,7 +155,7 @@ def test_interleaved_timing_keeps_each_keys_slices():
     plan = dataclasses.replace(plan, keys=keys, t_of={t: t for t in keys},
                                average=lambda median: sum(median[t] for t in keys) / len(keys))
     randomise_routers(plan.model)
-    caches, takes = plan.model.net.slice_caches(), [0] * len(plan.model.net.slice_caches())
+    caches, takes = dydit_of(plan.model.net).slice_caches(), [0] * len(dydit_of(plan.model.net).slice_caches())
     for i, cache in enumerate(caches):
         def counted(*args, _take=cache._take, _i=i):
             takes[_i] += 1

@@ -17,11 +17,13 @@ def run(*args):
 @pytest.mark.parametrize("command", [[], ["bench"], ["bench", "flops"], ["bench", "latency"], ["config"], ["convert"],
                                      ["eval"], ["leaderboard"], ["data", "prepare"],
                                      ["train"], ["sample"], ["demo"]])
+@pytest.mark.slow
 def test_help(command):
     result = run(*command, "--help")
     assert result.returncode == 0 and "usage: flexgen" in result.stdout
 
 
+@pytest.mark.slow
 def test_bench_flops_json():
     result = run("bench", "flops", "--model", "DiT-XL/2", "--image-size", "256", "--json")
     assert result.returncode == 0, result.stderr

@@ -163,6 +163,7 @@ def test_debug_shows_the_traceback_and_bugs_keep_theirs(files, capsys, monkeypat
         cli.main(["config", TINY])
 
 
+@pytest.mark.slow
 def test_the_installed_command_prints_one_line(files):
     env = {**os.environ, "FLEXGEN_DEBUG": ""}
     done = subprocess.run([sys.executable, "-m", "flexgen", "config", str(files / "bad.yaml")], capture_output=True,

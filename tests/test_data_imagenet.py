@@ -12,9 +12,8 @@ from flexgen.config import load_config
 from flexgen.data.base import DatasetLayoutError, DataWarning
 from flexgen.data.images import ImageFolderDataset, center_crop_arr, flip_of
 from flexgen.data.latents import LatentDataset, encode_dataset, finish_store
+from tests.data_helpers import SYNSETS, noise_image
 from tests.t2i_helpers import tiny_vae
-
-SYNSETS = ("n01440764", "n01443537", "n01484850")
 
 
 def adm_reference_crop(pil_image, image_size):
@@ -29,31 +28,6 @@ def adm_reference_crop(pil_image, image_size):
     y0 = (arr.shape[0] - image_size) // 2
     x0 = (arr.shape[1] - image_size) // 2
     return arr[y0:y0 + image_size, x0:x0 + image_size]
-
-
-def noise_image(rng, width, height, mode="RGB"):
-    channels = {"RGB": 3, "L": 1, "CMYK": 4}[mode]
-    arr = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
-    return Image.fromarray(arr[..., 0] if channels == 1 else arr, mode=mode)
-
-
-@pytest.fixture
-def imagenet(tmp_path):
-    """train/ with three synsets: RGB JPEGs of several sizes, a greyscale and a CMYK JPEG, a truncated JPEG and a
-    stray text file."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "train"
-    sizes = [(40, 30), (33, 50), (64, 64), (90, 35)]
-    for synset in SYNSETS:
-        (root / synset).mkdir(parents=True)
-        for i, (w, h) in enumerate(sizes):
-            noise_image(rng, w, h).save(root / synset / f"{synset}_{i}.JPEG", quality=95)
-    noise_image(rng, 36, 28, "L").save(root / SYNSETS[0] / "grey.JPEG")
-    noise_image(rng, 30, 40, "CMYK").save(root / SYNSETS[1] / "cmyk.JPEG")
-    good = (root / SYNSETS[2] / f"{SYNSETS[2]}_0.JPEG").read_bytes()
-    (root / SYNSETS[2] / "truncated.JPEG").write_bytes(good[: len(good) // 3])
-    (root / SYNSETS[2] / "notes.txt").write_text("not an image")
-    return root
 
 
 def test_crop_is_adms_center_crop_exactly():
@@ -168,7 +142,8 @@ def train_start(run):
     return build_denoiser(run).state_dict()
 
 
-def test_two_ranks_encode_their_shards_into_one_store(imagenet, tmp_path):
+@pytest.mark.slow
+def test_two_ranks_encode_their_shards_into_one_store(imagenet, tmp_path, free_port):
     import os
     import subprocess
     import sys
@@ -181,8 +156,8 @@ def test_two_ranks_encode_their_shards_into_one_store(imagenet, tmp_path):
             "data.num_frames=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                             "--master_port=29541", "-m", "flexgen", "data", "encode", "--out", str(tmp_path / "two"),
-                             *args], capture_output=True, text=True, timeout=600, env=env)
+                             f"--master_port={free_port}", "-m", "flexgen", "data", "encode", "--out",
+                             str(tmp_path / "two"), *args], capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     from flexgen.cli import main
 

@@ -12,6 +12,7 @@ from flexgen.manifest import SampleManifest
 from flexgen.metrics.records import read_records
 
 
+@pytest.mark.slow
 def test_quick_demo_runs_the_whole_loop(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
@@ -32,9 +33,14 @@ def test_quick_demo_runs_the_whole_loop(tmp_path, capsys):
     assert composed["gmacs_per_video"] == composed_cost["gmacs_per_sample"]
     assert composed["gmacs_per_video"] < min(1.02 * flex["gmacs_per_video"], dy["gmacs_per_video"])
     detector = result["detector"]
-    assert file_sha256(detector["path"]) == detector["sha256"] and 0 <= detector["heldout_accuracy"] <= 1
+    assert file_sha256(detector["path"]) == detector["sha256"] and detector["heldout_videos"] == 16   # 4 × 4 classes
+    # the detector learned the motions: above chance (1/4) on the held-out clips (7 of 16 on x86 CPUs, with clear
+    # logit margins), a share of its 16 videos
+    assert detector["heldout_accuracy"] > 1 / 4 and (16 * detector["heldout_accuracy"]).is_integer()
     for row in (dense, flex, dy, composed):
-        assert row["fd_synthmotion"] > 0 and 0 <= row["acc_synthmotion"] <= 1 and row["seconds_per_video"] > 0
+        # acc_synthmotion: a share of the 16 samples (the quick models are barely trained: no level to expect)
+        assert 0 <= row["acc_synthmotion"] <= 1 and (16 * row["acc_synthmotion"]).is_integer()
+        assert row["fd_synthmotion"] > 0 and row["seconds_per_video"] > 0
         folder = out / row["run"] / "samples"
         manifest = SampleManifest.read(folder / "samples.json")
         assert manifest.complete and len(manifest.samples) == 16            # BUDGETS["quick"]: 16 videos

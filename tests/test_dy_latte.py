@@ -6,7 +6,7 @@ import torch
 
 from flexgen.video.dy_latte import DyLatte
 from flexgen.video.latte import Latte, latte_config
-from tests.dydit_helpers import randomise_routers
+from tests.dydit_helpers import dydit_of, randomise_routers
 
 CONFIGS = {
     "Latte": dict(name="Latte-S/2", depth=4, hidden_size=32, num_heads=4, num_frames=4, input_size=8,
@@ -46,7 +46,7 @@ def test_all_routers_on_is_the_dense_model(kind):
         for t in (10, 990):
             x, tt, y = inputs(dense, t)
             for skip in (False, True):
-                dy.skip = skip
+                dydit_of(dy).skip = skip
                 torch.testing.assert_close(dy(x, tt, y), dense(x, tt, y), rtol=0, atol=1e-12)
 
 
@@ -58,13 +58,14 @@ def test_the_skipping_forward_is_the_masked_definition(kind):
     with torch.no_grad():
         for t in steps:
             x, tt, y = inputs(dense, t)
-            dy.skip = False
+            dydit_of(dy).skip = False
             masked = dy(x, tt, y)
-            dy.skip = True
+            dydit_of(dy).skip = True
             torch.testing.assert_close(dy(x, tt, y), masked, rtol=0, atol=1e-10)
             assert not torch.allclose(masked, dense(x, tt, y), atol=1e-4)      # the routers turned things off
-    assert all(1 <= n <= 3 for n in dy.patterns())                             # 3 distinct t: at most 3 each
-    assert sum(cache.hits for cache in dy._sliced) >= 2 * len(dy._sliced)      # the repeated t reused its slices
+    assert all(1 <= n <= 3 for n in dydit_of(dy).patterns())                             # 3 distinct t: at most 3 each
+    caches = dydit_of(dy).slice_caches()
+    assert sum(cache.hits for cache in caches) >= 2 * len(caches)              # the repeated t reused its slices
     with pytest.raises(ValueError, match="one timestep"):
         dy(x, torch.tensor([10, 10, 500, 500]), y)
 

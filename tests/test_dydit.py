@@ -16,7 +16,7 @@ from flexgen.policies.timesteps import StratifiedTimesteps, timestep_weights
 from flexgen.registry import build_denoiser
 from flexgen.schema import ConfigError
 from flexgen.train import heldout_loss, train
-from tests.dydit_helpers import SMALL, SynthClips, randomise_routers, run_config
+from tests.dydit_helpers import SMALL, SynthClips, dydit_of, randomise_routers, run_config
 
 DIT = ["model.preset=DiT-S/2", "model.depth=3", "data.num_frames=1", "data.image_size=8", "model.hidden_size=32"]
 
@@ -63,8 +63,8 @@ def test_complete_rows_run_the_dense_model(extra):
     torch.manual_seed(0)
     out = model(x, t, y=y, complete=complete)
     torch.testing.assert_close(out[complete], dense(x, t, y=y)[complete], rtol=0, atol=1e-12)
-    heads = torch.stack([r.heads for r in model.net.routing])          # (blocks, B, H)
-    tokens = torch.stack([r.tokens.mean(1) for r in model.net.routing])
+    heads = torch.stack([r.heads for r in dydit_of(model.net).routing])          # (blocks, B, H)
+    tokens = torch.stack([r.tokens.mean(1) for r in dydit_of(model.net).routing])
     assert bool((heads[:, complete] == 1).all()) and bool((tokens[:, complete] == 1).all())
     assert float(heads[:, ~complete].detach().mean()) < 0.9                    # the routed rows did turn heads off
 
@@ -78,9 +78,9 @@ def test_macs_from_kept_counts_equal_flop_counter_of_the_skipping_forward(extra)
     for t_value in (50, 600, 950):
         with torch.no_grad(), flop_counter() as counter:
             model(x, torch.full((6,), t_value), y=y)
-        per_sample = model.routed_forward_macs()                         # (6,) from the gates the forward used
+        per_sample = model.forward_macs()                         # (6,) from the gates the forward used
         assert per_sample.sum().item() == pytest.approx(counter.get_total_flops() / 2, rel=1e-12)
-        kept = torch.stack([r.tokens.sum(1) for r in model.net.routing])
+        kept = torch.stack([r.tokens.sum(1) for r in dydit_of(model.net).routing])
         assert len(set(kept[:, 0].tolist())) > 1 or len(set(kept[0].tolist())) > 1   # counts differ: real data
     dense_macs = model.cost().forward_macs(None).gmacs * 1e9       # counted on the meta device, one sample
     assert float(per_sample.max()) < dense_macs
@@ -133,13 +133,13 @@ def test_a_short_fine_tune_meets_its_target_and_keeps_the_loss(tmp_path):
     with torch.no_grad():
         for t in range(0, 1000, 50):                              # the eval (hard, noiseless) gates at each t
             dy(held.video, torch.full((16,), t), y=held.label)
-            r = dy.net.routing
+            r = dydit_of(dy.net).routing
             fractions.append(flops_fraction(dy.net.block_costs(), [b.heads for b in r], [b.groups for b in r],
                                             [b.tokens for b in r]).mean().item())
     assert abs(np.mean(fractions) - 0.5) <= 0.05
     assert fractions[0] > fractions[-1]                           # the model spends more near the data (DyDiT Fig. 1)
     assert dy_loss <= 1.03 * dense_loss
-    assert 1 <= max(dy.net.patterns()) <= len(fractions)
+    assert 1 <= max(dydit_of(dy.net).patterns()) <= len(fractions)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -252,7 +252,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
         model.zero_grad()
         torch.manual_seed(7)                                       # the same Gumbel noise (recomputation keeps it)
         out = model(x, t, y=y, complete=torch.tensor([False, True, False]))
-        r = model.net.routing
+        r = dydit_of(model.net).routing
         fraction = flops_fraction(model.net.block_costs(), [b.heads for b in r], [b.groups for b in r],
                                   [b.tokens for b in r])
         (out.square().mean() + fraction.mean()).backward()
@@ -264,12 +264,13 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
         torch.testing.assert_close(grads_b[name], grads_a[name], rtol=0, atol=1e-12)
 
 
-def test_ddp_and_fsdp_train_dydit_alike(tmp_path):
-    from tests.test_train import torchrun
+@pytest.mark.slow
+def test_ddp_and_fsdp_train_dydit_alike(tmp_path, free_port):
+    from tests.train_helpers import torchrun
 
     dydit = ["dydit.target=0.5", "dydit.hold_steps=0", "dydit.anneal_steps=4", "dydit.complete_steps=4"]
-    torchrun(tmp_path / "ddp", *dydit, port=29527)
-    torchrun(tmp_path / "fsdp", *dydit, "train.fsdp=true", port=29528)
+    torchrun(tmp_path / "ddp", *dydit, port=free_port)
+    torchrun(tmp_path / "fsdp", *dydit, "train.fsdp=true", port=free_port)
     ddp = torch.load(tmp_path / "ddp" / "final.pt", weights_only=True)
     fsdp = torch.load(tmp_path / "fsdp" / "final.pt", weights_only=True)
     assert ddp.keys() == fsdp.keys() and any("token_routers" in k for k in ddp)
@@ -280,8 +281,7 @@ def test_ddp_and_fsdp_train_dydit_alike(tmp_path):
 
 
 def test_resume_after_a_crash_matches_and_bf16_runs(tmp_path):
-    from tests.test_train import tiny
-    from tests.train_helpers import Clips, params_digest
+    from tests.train_helpers import Clips, params_digest, tiny
 
     cfg = tiny("train.total_samples=48", "dydit.target=0.5", "dydit.hold_steps=2", "dydit.anneal_steps=8",
                "dydit.complete_steps=10")                          # 24 steps, a checkpoint every 8

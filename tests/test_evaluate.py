@@ -244,7 +244,8 @@ dist.shutdown()
 """
 
 
-def test_evaluation_under_torchrun_equals_one_process(video_sets, tmp_path: Path):
+@pytest.mark.slow
+def test_evaluation_under_torchrun_equals_one_process(video_sets, tmp_path: Path, free_port):
     """Two CPU ranks (gloo): each extracts features of its block of clips, the statistics are summed and the kept
     features gathered in order, so FVD and KID equal the one-process numbers; rank 0 writes the cache once."""
     import os
@@ -257,7 +258,7 @@ def test_evaluation_under_torchrun_equals_one_process(video_sets, tmp_path: Path
     script.write_text(TORCHRUN_WORKER.format(tests=str(Path(__file__).parent), real=str(real), fake=str(shifted),
                                              cache=str(tmp_path / "cache2"), out=str(tmp_path / "two.json")))
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           "--master_port=29531", str(script)], capture_output=True, text=True, timeout=300,
+                           f"--master_port={free_port}", str(script)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     two = json.loads((tmp_path / "two.json").read_text())

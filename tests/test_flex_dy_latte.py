@@ -18,7 +18,7 @@ from flexgen.train import train
 from flexgen.video.dy_latte import FlexDyLatte
 from flexgen.video.flex_latte import FlexLatte
 from flexgen.video.latte import Latte, latte_config
-from tests.dydit_helpers import CASES, GRIDS, SynthClips, density, inputs, models, randomise_routers
+from tests.dydit_helpers import CASES, GRIDS, SynthClips, density, dydit_of, inputs, models, randomise_routers
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -31,9 +31,9 @@ def test_all_routers_on_is_the_flexdit_model(case):
             x, t, y = inputs(flex, 500)
             expected = flex(x, t, y, grid=grid)
             for skip in (False, True):
-                composed.skip = skip
+                dydit_of(composed).skip = skip
                 torch.testing.assert_close(composed(x, t, y, grid=grid), expected, rtol=0, atol=1e-12)
-            assert composed.last_grid == grid
+            assert dydit_of(composed).last_grid == grid
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -43,10 +43,10 @@ def test_the_skipping_forward_is_the_masked_definition_on_every_role(case):
     with torch.no_grad():
         for t, grid in ((10, 2), (500, 3), (990, 4), (10, 2)):
             x, tt, y = inputs(flex, t)
-            composed.skip = False
+            dydit_of(composed).skip = False
             masked = composed(x, tt, y, grid=grid)
-            routing = composed.routing
-            composed.skip = True
+            routing = dydit_of(composed).routing
+            dydit_of(composed).skip = True
             torch.testing.assert_close(composed(x, tt, y, grid=grid), masked, rtol=0, atol=1e-10)
             assert not torch.allclose(masked, flex(x, tt, y, grid=grid), atol=1e-4)    # the routers did act
             # sparse blocks (and the temporal blocks on their tokens) route no tokens
@@ -72,10 +72,10 @@ def test_macs_from_kept_counts_equal_flop_counter_of_the_skipping_forward(case):
     for t_value in (50, 600, 990):
         with torch.no_grad(), flop_counter() as counter:
             model(x, torch.full((5,), t_value), y=y)
-        grids.add(model.net.last_grid)
-        per_sample = model.routed_forward_macs()                         # (5,) from the gates the forward used
+        grids.add(dydit_of(model.net).last_grid)
+        per_sample = model.forward_macs()                         # (5,) from the gates the forward used
         assert per_sample.sum().item() == pytest.approx(counter.get_total_flops() / 2, rel=1e-12)
-        flex_macs = model.cost().forward_macs(model.net.last_grid).gmacs * 1e9
+        flex_macs = model.cost().forward_macs(dydit_of(model.net).last_grid).gmacs * 1e9
         assert float(per_sample.max()) < flex_macs                       # below the FlexDiT forward at its grid
     assert len(grids) >= 2                                               # the schedule changed the grid
 
@@ -97,7 +97,7 @@ def test_the_budget_counts_the_tokens_each_block_processes():
     sparse = sum(c.attention + c.mlp for c in costs[2])
     assert sparse < 0.8 * full
     # every unit and token on: fraction 1 of the forward's own cost, at either grid
-    r = composed.routing
+    r = dydit_of(composed).routing
     assert float(flops_fraction(costs[2], [b.heads for b in r], [b.groups for b in r],
                                 [b.tokens for b in r]).mean()) == pytest.approx(1.0)
 
@@ -156,10 +156,10 @@ def test_a_short_fine_tune_of_the_composed_model_meets_its_target(tmp_path):
     with torch.no_grad():
         for t in range(0, 1000, 50):
             model(held.video, torch.full((8,), t), y=held.label)
-            r = model.net.routing
+            r = dydit_of(model.net).routing
             fractions.append(flops_fraction(model.net.block_costs(), [b.heads for b in r], [b.groups for b in r],
                                             [b.tokens for b in r]).mean().item())
-            flex = model.cost().forward_macs(model.net.last_grid).gmacs * 1e9
-            ratios.append(float(model.routed_forward_macs().mean()) / flex)
+            flex = model.cost().forward_macs(dydit_of(model.net).last_grid).gmacs * 1e9
+            ratios.append(float(model.forward_macs().mean()) / flex)
     assert abs(np.mean(fractions) - 0.6) <= 0.07
     assert max(ratios) < 1

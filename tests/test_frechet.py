@@ -181,6 +181,7 @@ def _all_reduce_worker(rank: int, world: int, init_file: str, out_dir: str) -> N
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_all_reduce_over_two_ranks(tmp_path):
     mp.spawn(_all_reduce_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
     x = np.random.default_rng(8).standard_normal((30, 6))

@@ -11,12 +11,11 @@ from flexgen.cli import main
 from flexgen.data.base import DataWarning
 from flexgen.files import file_sha256
 from flexgen.metrics.records import read_records
+from tests.metrics_helpers import TinyInceptionScript
 from tests.t2i_helpers import tiny_vae
-from tests.test_adm import TinyInceptionScript
-from tests.test_data_imagenet import imagenet  # noqa: F401  (the fixture)
 
 
-def test_encode_train_sample_evaluate_and_board(imagenet, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_encode_train_sample_evaluate_and_board(imagenet, tmp_path, monkeypatch, capsys):
     vae = tmp_path / "vae"
     tiny_vae().save_pretrained(vae)
     model = ["model.preset=DiT-S/2", "model.depth=5", "model.hidden_size=32", "model.num_heads=2",

@@ -1,12 +1,12 @@
-"""`flexgen bench plan` (flexgen.plan): schedules within a MACs budget under a sampler, and the DyDiT λ for it."""
+"""`flexgen bench plan` (policies/plan.py): schedules within a MACs budget under a sampler, and the DyDiT λ for it."""
 
 import json
 
 import pytest
 
 from flexgen.config import load_config
-from flexgen.plan import plan, sampler_timesteps
 from flexgen.policies.cost import sampling_cost
+from flexgen.policies.plan import plan, sampler_timesteps
 from flexgen.registry import build_denoiser
 
 

@@ -2,7 +2,6 @@
 end to end (mp4 / png files, grid, record), dense -> FlexDiT conversion on load. Video / grid files:
 tests/test_data_media.py."""
 
-import argparse
 import json
 import subprocess
 import sys
@@ -15,35 +14,21 @@ from PIL import Image
 
 from flexgen.autoencoder import Autoencoder
 from flexgen.checkpoint import CheckpointError, file_sha256, save_weights
-from flexgen.config import load_config
 from flexgen.data.media import read_video, video_codec
 from flexgen.manifest import SampleManifest, shard_indices
-from flexgen.registry import build_denoiser
 from flexgen.sample import (
-    add_sample_arguments,
     generate,
     resolve_labels,
     sample_label,
     sample_main,
 )
+from tests.sample_helpers import SMALL, TINY, parse, random_model
 
-TINY = "configs/demo/tiny.yaml"
-SMALL = ["data.num_frames=4"]                   # 4 frames of 16×16×3, 8×8 tokens per frame
 FLEX = ["density.layout=PGSRT", "density.schedule.grid_min=2", "density.schedule.grid_max=4"]
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Helpers: a tiny model with random weights (the released init zeroes the output layers).
-
-
-def random_model(overrides=(), seed=0, std=0.05):
-    run = load_config(TINY, [*SMALL, *overrides])
-    model = build_denoiser(run).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * std)
-    return model, run
+# Helpers: every sample `generate` draws (the tiny random model and the parser: tests/sample_helpers.py).
 
 
 def draw(model, run, **kwargs):
@@ -68,10 +53,6 @@ def float64_model():
 def reference(float64_model):
     """Five samples, one per batch, one rank, float64: the ground truth for batching and sharding."""
     return draw(*float64_model, batch_size=1)
-
-
-def parse(*argv):
-    return add_sample_arguments(argparse.ArgumentParser()).parse_args([str(a) for a in argv])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -251,13 +232,15 @@ sample_main(add_sample_arguments(argparse.ArgumentParser()).parse_args(sys.argv[
 """
 
 
-def test_torchrun_two_ranks_shard_the_samples(tmp_path):
+@pytest.mark.slow
+def test_torchrun_two_ranks_shard_the_samples(tmp_path, free_port):
     model, _ = random_model()
     save_weights(model.net, tmp_path / "dense.safetensors")
     (tmp_path / "run.py").write_text(TORCHRUN_SCRIPT)
     common = ["--config", TINY, "--ckpt", tmp_path / "dense.safetensors", "--num-samples", 5, "--sampler", "ddpm",
               "--steps", 3, "--batch-size", 2, "--no-progress", *SMALL]
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             f"--master_port={free_port}",
                              *map(str, [tmp_path / "run.py", *common, "--out", tmp_path / "two"])],
                             cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -8,13 +8,15 @@ import json
 
 import pytest
 import torch
-from t2i_helpers import CAPTION_DIM, MAX_LENGTH, save_tiny_pipeline, tiny_transformer
+from dydit_helpers import dydit_of
+from t2i_helpers import CAPTION_DIM, MAX_LENGTH, make_captions, save_tiny_pipeline, tiny_transformer
 
 from flexgen.flops import flop_counter
 from flexgen.policies.dydit.routing import forward_macs, set_synthetic_routers
 from flexgen.policies.flexdit import DensityConfig, ScheduleConfig
 from flexgen.t2i.dy_pixart import DyPixArtTransformer2DModel
-from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, PixArtCost, load_transformer
+from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, PixArtCost
+from flexgen.t2i.pixart_io import load_transformer
 
 pytest.importorskip("diffusers")
 MS = {"use_additional_conditions": True}
@@ -86,11 +88,11 @@ def test_all_routers_on_is_the_dense_diffusers_model(cross, size, ms):
     args, kwargs = inputs(height=size[0], width=size[1], ms=ms)
     reference = dense(*args, **kwargs).sample
     for skip in (False, True):                            # the masked and the skipping forward
-        dy.skip = skip
+        dydit_of(dy).skip = skip
         torch.testing.assert_close(dy(*args, **kwargs).sample, reference, rtol=0, atol=1e-10)
     dy.order_by_importance()                              # the conversion's reordering changes no function
     torch.testing.assert_close(dy(*args, **kwargs).sample, reference, rtol=0, atol=1e-10)
-    assert all(r.heads.min() == 1 and r.groups.min() == 1 and r.tokens.min() == 1 for r in dy.routing)
+    assert all(r.heads.min() == 1 and r.groups.min() == 1 and r.tokens.min() == 1 for r in dydit_of(dy).routing)
 
 
 @CROSS
@@ -100,8 +102,8 @@ def test_all_routers_on_composed_is_the_flexdit_model(cross):
     args, kwargs = inputs(height=8, width=12)
     torch.testing.assert_close(dy(*args, **kwargs).sample, flex(*args, **kwargs).sample, rtol=0, atol=1e-12)
     # token routers only where the block sees the dense token set
-    assert [dy.token_router(i) is not None for i in range(6)] == [True, False, False, True, True, True]
-    assert [r.tokens is None for r in dy.routing] == [False, True, True, False, False, False]
+    assert [dydit_of(dy).token_router(i) is not None for i in range(6)] == [True, False, False, True, True, True]
+    assert [r.tokens is None for r in dydit_of(dy).routing] == [False, True, True, False, False, False]
 
 
 @CROSS
@@ -110,23 +112,23 @@ def test_skipping_equals_the_masked_definition(cross, kind):
     dense = tiny_transformer()
     dy = randomise_routers(routed(composed_parent(dense) if kind == "composed" else dense, cross))
     args, kwargs = inputs(height=8, width=12)
-    dy.skip = False
+    dydit_of(dy).skip = False
     masked = dy(*args, **kwargs).sample
-    gates = [(r.heads, r.groups) for r in dy.routing]
+    gates = [(r.heads, r.groups) for r in dydit_of(dy).routing]
     assert 0.2 < torch.cat([h for h, _ in gates], 1).mean() < 0.9       # routers turn units off
     assert all(torch.equal(h[0], h[1]) and torch.equal(g[0], g[1]) for h, g in gates)   # shared by the batch
-    dy.skip = True
+    dydit_of(dy).skip = True
     torch.testing.assert_close(dy(*args, **kwargs).sample, masked, rtol=0, atol=1e-10)
-    assert max(dy.patterns()) == 1 and dy.sliced_bytes() > 0               # scattered units: copies
+    assert max(dydit_of(dy).patterns()) == 1 and dydit_of(dy).held_bytes() > 0               # scattered units: copies
     assert (masked - dense(*args, **kwargs).sample).abs().max() > 1e-3     # and the routing changed the output
     # the first k heads and groups on (what importance ordering favours): slices are views, no bytes added
-    held = dy.sliced_bytes()
+    held = dydit_of(dy).held_bytes()
     set_synthetic_routers(dy.width_routers, dy.token_routers, 0.5)
-    dy.skip = False
+    dydit_of(dy).skip = False
     masked = dy(*args, **kwargs).sample
-    dy.skip = True
+    dydit_of(dy).skip = True
     torch.testing.assert_close(dy(*args, **kwargs).sample, masked, rtol=0, atol=1e-10)
-    assert max(dy.patterns()) == 2 and dy.sliced_bytes() == held
+    assert max(dydit_of(dy).patterns()) == 2 and dydit_of(dy).held_bytes() == held
 
 
 def test_width_masks_follow_t_and_the_size_conditions():
@@ -148,7 +150,7 @@ def test_width_masks_follow_t_and_the_size_conditions():
     # two sizes in one batch: no shared mask, so no skipping (and forcing it is an error)
     args, kwargs = inputs(t=100, ms=True)
     kwargs["added_cond_kwargs"]["resolution"][1] = torch.tensor([128.0, 64.0])
-    dy.skip = True
+    dydit_of(dy).skip = True
     with pytest.raises(ValueError, match="one mask for the batch"):
         dy(*args, **kwargs)
 
@@ -158,18 +160,18 @@ def test_width_masks_follow_t_and_the_size_conditions():
 def test_macs_from_the_kept_counts_equal_flop_counter(cross, kind):
     dense = tiny_transformer()
     dy = randomise_routers(routed(composed_parent(dense) if kind == "composed" else dense, cross))
-    dy.skip = True
+    dydit_of(dy).skip = True
     args, kwargs = inputs(batch=1)
     kwargs["encoder_attention_mask"][:] = 1
     with flop_counter() as counter:
         dy(*args, **kwargs)
     # the cost model with this test's text length (the default counts PixArt-α's 120 T5 tokens)
     cost = dataclasses.replace(PixArtCost.of(dy), text_tokens=MAX_LENGTH)
-    shapes = dy.block_shapes(dy.last_grid, text_tokens=MAX_LENGTH)
-    other = cost.forward_macs(dy.last_grid).gmacs * 1e9 - sum(b.cost.attention + b.cost.mlp for b in shapes)
+    shapes = dy.block_shapes(dydit_of(dy).last_grid, text_tokens=MAX_LENGTH)
+    other = cost.forward_macs(dydit_of(dy).last_grid).gmacs * 1e9 - sum(b.cost.attention + b.cost.mlp for b in shapes)
     from flexgen.policies.dydit.routing import routed_macs
 
-    measured = routed_macs(shapes, dy.routing, other, dy.token_router_hidden)
+    measured = routed_macs(shapes, dydit_of(dy).routing, other, dydit_of(dy).token_router_hidden)
     assert float(measured[0]) == pytest.approx(counter.get_total_flops() / 2, rel=1e-9)
     dense_macs = cost.forward_macs(None).gmacs * 1e9
     assert float(measured[0]) < 0.9 * dense_macs
@@ -243,8 +245,6 @@ def test_convert_a_dense_folder_and_generate_with_skipping(tmp_path, capsys):
 
 
 def test_a_tiny_pipeline_fine_tunes_to_its_lambda(tmp_path):
-    from test_t2i_train import make_captions
-
     from flexgen.config import load_config
     from flexgen.train import train
 

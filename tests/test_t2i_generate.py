@@ -348,6 +348,7 @@ def test_data_cache_text_is_wired(tmp_path, dense_dir):
     assert list((tmp_path / "cache").rglob("*.safetensors"))
 
 
+@pytest.mark.slow
 def test_python_m_flexgen_generate_offline(tmp_path, dense_dir):
     """The real entry point in a fresh process with the hub off; --help lists the options."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -403,13 +404,15 @@ def test_cli_resumes_refuses_other_runs_and_counts_cost(tmp_path, dense_dir, fle
     assert {p.name: p.read_bytes() for p in out.parent.glob("img-*.png")} != first
 
 
-def test_torchrun_shards_images_over_ranks(tmp_path, dense_dir):
+@pytest.mark.slow
+def test_torchrun_shards_images_over_ranks(tmp_path, dense_dir, free_port):
     """Two CPU ranks (gloo) draw images i ≡ rank (mod 2); the files equal a one-process run's."""
     common = ["generate", *PROMPTS, "--model", str(dense_dir), "--num-images", "2", "--steps", "2",
               "--max-length", str(MAX_LENGTH), "--no-progress"]
     assert main([*common, "--out", str(tmp_path / "one" / "img.png")]) == 0
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           f"--master_port={free_port}",
                            "-m", "flexgen", *common, "--out", str(tmp_path / "two" / "img.png")],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from t2i_helpers import CAPTION_DIM, MAX_LENGTH, tiny_transformer, tiny_transformer_config
 
 from flexgen.policies.flexdit import DensityConfig, DensityRecord, ScheduleConfig, grid_at
-from flexgen.t2i.pixart import PRESETS, FlexPixArtTransformer2DModel, load_transformer
+from flexgen.t2i.pixart import PRESETS, FlexPixArtTransformer2DModel
+from flexgen.t2i.pixart_io import load_transformer
 
 pytest.importorskip("diffusers")
 

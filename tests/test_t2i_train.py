@@ -10,47 +10,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-from t2i_helpers import MAX_LENGTH, WORDS, save_tiny_pipeline
+from t2i_helpers import make_captions, save_tiny_pipeline, tiny_config
 
 from flexgen.config import load_config
 from flexgen.policies.flexdit import grid_at
 from flexgen.registry import build_denoiser
-from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, load_transformer
+from flexgen.t2i.pixart import FlexPixArtTransformer2DModel
+from flexgen.t2i.pixart_io import load_transformer
 from flexgen.train import train
 
-CONFIGS = Path(__file__).parent.parent / "configs" / "t2i" / "pixart"
-
 pytest.importorskip("diffusers")
-
-
-def make_captions(root, n=6):
-    root.mkdir()
-    g = torch.Generator().manual_seed(0)
-    for i in range(n):
-        pixels = (torch.rand(20, 24, 3, generator=g) * 255).to(torch.uint8).numpy()
-        Image.fromarray(pixels).save(root / f"img{i}.png")
-        (root / f"img{i}.txt").write_text(" ".join(WORDS[j % len(WORDS)] for j in range(i, i + 3 + i % 3)))
-    return root
 
 
 def tiny_run(tmp_path, *extra):
     save_tiny_pipeline(tmp_path / "pipe")
     make_captions(tmp_path / "captions")
     return tiny_config(tmp_path, *extra)
-
-
-def tiny_config(tmp_path, *extra):
-    """The 256 px FlexDiT preset shrunk to the tiny pipeline in tmp_path/pipe and the captions in tmp_path/captions."""
-    pipe, root = tmp_path / "pipe", tmp_path / "captions"
-    return load_config(str(CONFIGS / "flexpixart-xl2-256.yaml"), [
-        "model.depth=6", "model.hidden_size=24", "model.num_heads=3", "model.caption_channels=32",
-        "autoencoder.downsample=2", f"autoencoder.path={pipe}", "autoencoder.scale_factor=1.0",
-        f"data.root={root}", f"data.text_encoder={pipe}", f"data.text_cache={tmp_path / 'cache'}",
-        f"data.max_length={MAX_LENGTH}", "data.image_size=16", "data.num_workers=0", "data.hflip=true",
-        f"train.init_from={pipe}", "train.batch_size=2", "train.total_samples=12", "train.log_every_samples=2",
-        "train.ckpt_every_samples=12", "train.lr=1e-3", "density.layout=P GSR DD", "density.schedule.grid_min=1",
-        "density.schedule.grid_max=4", *extra])
 
 
 def test_flexdit_fine_tunes_pixart_from_a_dense_folder(tmp_path):
@@ -121,7 +96,7 @@ def test_convert_cli_and_clear_errors_for_video_commands(tmp_path, capsys):
     out = tmp_path / "flex"
     assert main(["convert", "--from", str(pipe), "--config", "configs/t2i/pixart/flexpixart-xl2-256.yaml",
                  "--out", str(out), *sizes]) == 0
-    assert "FlexDiT layout PGSRDD" in capsys.readouterr().out
+    assert "policy: flexdit PGSRDD" in capsys.readouterr().out
     flex = load_transformer(out)
     expected = FlexPixArtTransformer2DModel.from_dense(load_transformer(pipe), flex.density)
     assert all(torch.equal(v, expected.state_dict()[k]) for k, v in flex.state_dict().items())
@@ -136,7 +111,7 @@ from pathlib import Path
 sys.path.insert(0, {tests!r})
 from flexgen import dist
 from flexgen.train import train
-from test_t2i_train import tiny_config
+from t2i_helpers import tiny_config
 
 summary = train(tiny_config(Path({tmp!r}), *{extra!r}), {run!r}, device="cpu", progress=False)
 if dist.init("cpu").is_main:
@@ -146,7 +121,8 @@ dist.shutdown()
 """
 
 
-def test_fsdp_and_ddp_fine_tune_pixart_alike(tmp_path):
+@pytest.mark.slow
+def test_fsdp_and_ddp_fine_tune_pixart_alike(tmp_path, free_port):
     """Two CPU ranks (gloo): FlexDiT PixArt fine-tuning under FSDP2 (every block a shard unit) reaches the same
     parameters as under DDP — the density walk goes through the blocks' module calls, so FSDP gathers them."""
     save_tiny_pipeline(tmp_path / "pipe")
@@ -158,7 +134,7 @@ def test_fsdp_and_ddp_fine_tune_pixart_alike(tmp_path):
         script.write_text(WORKER.format(tests=str(Path(__file__).parent), tmp=str(tmp_path), extra=extra,
                                         run=str(tmp_path / name)))
         done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                               f"--master_port={29551 + len(results)}", str(script)], capture_output=True, text=True,
+                               f"--master_port={free_port}", str(script)], capture_output=True, text=True,
                               timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
         assert done.returncode == 0, done.stderr[-3000:]
         results[name] = json.loads((tmp_path / name / "summary.json").read_text())

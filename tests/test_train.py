@@ -1,9 +1,6 @@
 """The training loop: learning, exact resume, FlexDiT fine-tuning with density stages, DDP, bad resumes."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,11 +8,7 @@ import torch
 from flexgen.checkpoint import load_model
 from flexgen.config import load_config
 from flexgen.train import epoch_batches, heldout_loss, train
-from tests.train_helpers import TINY, Clips, params_digest
-
-
-def tiny(*overrides):
-    return load_config("configs/demo/tiny.yaml", [*TINY, *overrides])
+from tests.train_helpers import Clips, params_digest, tiny, torchrun
 
 
 def logged_steps(run_dir):
@@ -167,16 +160,9 @@ def test_heldout_loss_is_the_same_measure_for_every_model():
     assert a == b and a["mse"] == pytest.approx(1.0, abs=0.2)          # a fresh model predicts ε = 0
 
 
-def torchrun(run_dir, *overrides, port=29517):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                             f"--master_port={port}", "tests/train_helpers.py", str(run_dir), *overrides],
-                            capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-
-
-def test_two_process_ddp_with_gloo(tmp_path):
-    torchrun(tmp_path)
+@pytest.mark.slow
+def test_two_process_ddp_with_gloo(tmp_path, free_port):
+    torchrun(tmp_path, port=free_port)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["digest"] == ranks[1]["digest"]                    # DDP keeps the replicas identical
     assert ranks[0]["samples"] == 32 and ranks[0]["step"] == 8        # global batch = 2 ranks × 2 clips
@@ -184,14 +170,19 @@ def test_two_process_ddp_with_gloo(tmp_path):
     assert stats[-1]["samples"] == 32
 
 
-def test_fsdp_matches_ddp(tmp_path):
+@pytest.mark.slow
+def test_fsdp_matches_ddp(tmp_path, free_port):
     # Both are exact data parallelism over the same data, timesteps and noise: the same parameters result
     # (up to float summation order), and FSDP's checkpoint holds the full, unsharded weights.
-    torchrun(tmp_path / "ddp", port=29518)
-    torchrun(tmp_path / "fsdp", "train.fsdp=true", port=29519)
+    torchrun(tmp_path / "ddp", port=free_port)                # one after the other: the port is free again
+    torchrun(tmp_path / "fsdp", "train.fsdp=true", port=free_port)
     ddp = torch.load(tmp_path / "ddp" / "final.pt", weights_only=True)
     fsdp = torch.load(tmp_path / "fsdp" / "final.pt", weights_only=True)
     assert ddp.keys() == fsdp.keys()
     for key in ddp:
         torch.testing.assert_close(fsdp[key], ddp[key], rtol=1e-4, atol=1e-5)
-    assert load_model(tmp_path / "fsdp" / "ema.safetensors")      # the EMA export works under FSDP too
+    # the EMA export works under FSDP too: it loads into the same weights as DDP's
+    ddp_ema, fsdp_ema = (load_model(tmp_path / run / "ema.safetensors").state_dict() for run in ("ddp", "fsdp"))
+    assert ddp_ema.keys() == fsdp_ema.keys()
+    for key in ddp_ema:
+        torch.testing.assert_close(fsdp_ema[key], ddp_ema[key], rtol=1e-4, atol=1e-5)

@@ -1,7 +1,10 @@
-"""An in-memory clip dataset for training tests, and the worker a torchrun DDP test launches."""
+"""An in-memory clip dataset for training tests, the tiny run config, and the two-rank torchrun launch of this file
+(its worker, below)."""
 
 import hashlib
 import json
+import os
+import subprocess
 import sys
 
 import torch
@@ -10,6 +13,19 @@ from flexgen.config import load_config
 
 TINY = ["train.batch_size=2", "train.log_every_samples=8", "train.ckpt_every_samples=16",
         "model.depth=4", "data.num_frames=4", "data.image_size=8"]
+
+
+def tiny(*overrides):
+    return load_config("configs/demo/tiny.yaml", [*TINY, *overrides])
+
+
+def torchrun(run_dir, *overrides, port):
+    """Train the tiny run on two CPU ranks (this file's worker) into `run_dir`; `port`: the free_port fixture's."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             f"--master_port={port}", "tests/train_helpers.py", str(run_dir), *overrides],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 class Clips(torch.utils.data.Dataset):

@@ -4,9 +4,8 @@ Every family (Latte / DiT, PixArt-α; each dense or with a density policy) is a 
 its network (`self.net`) that maps noisy inputs to the diffusion output, `denoiser(x_t, t, **condition)`, as
 k-diffusion's `Denoiser` and EDM2's `Precond` wrap theirs. The training loop, sampling, bench, convert and FLOP
 counting speak only to this interface; `flexgen.registry.build_denoiser(run)` picks the family from the
-run's preset. A density policy shows through `timestep_sampler()` (which t a micro-batch trains on), `cost()`
-(MACs at a timestep's grid) and `step_stats(t)` (what a log line says about the forward): a second policy plugs
-in by answering those, without touching the loops.
+run's preset. The network's policy (`policy`, `flexgen.policies`) answers for its training timesteps, losses,
+measured cost, names and settings, so neither the loops nor the commands ask which policy runs.
 
 | method | used by |
 |---|---|
@@ -17,9 +16,10 @@ in by answering those, without touching the loops.
 | `prepare_batch(batch, device, generator)` | train: data batch -> (pixels, condition); CFG condition dropout |
 | `timestep_sampler()`, `training_losses(...)` | train |
 | `cost()`, `step_stats(t)` | sample / generate / bench / records cost; train logs |
-| `routed`, `routed_forward_macs()`, `sliced_weight_patterns()` | sample / bench: a DyDiT model's measured cost |
+| `policy`, `forward_macs()` | sample / generate / bench / records: names, measured cost, settings |
 | `resident_bytes()` | bench: memory kept between forwards |
-| `example_condition(batch, device, dtype)`, `null_condition(cond)`, `latent_shape()` | bench, FLOP counts, CFG |
+| `example_condition(...)`, `sampling_condition(...)`, `null_condition(cond)` | bench, FLOP counts, CFG |
+| `latent_shape()`, `learned_sigma` | sampling, bench |
 | `converted(density)` | bench (dense -> FlexDiT on the same weights) |
 """
 
@@ -31,15 +31,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from flexgen.policies import Policy
 from flexgen.policies.cost import CostModel
-from flexgen.policies.timesteps import (
-    StageTimesteps,
-    StratifiedTimesteps,
-    TimestepSampler,
-    UniformTimesteps,
-    WeightedTimesteps,
-    timestep_weights,
-)
+from flexgen.policies.timesteps import TimestepSampler
 
 
 class Denoiser(nn.Module):
@@ -107,24 +101,13 @@ class Denoiser(nn.Module):
                         noise: torch.Tensor, cond: dict, step: int) -> dict[str, torch.Tensor]:
         """The loss terms of one micro-batch at training step `step`: `loss` (per sample or a scalar) is minimised,
         every other term is logged (its mean). `net` is this model or its DDP / FSDP wrapper: forwards go through
-        it. The diffusion loss; with DyDiT's routers, + the budget (`flexgen.policies.dydit.routing.dydit_losses`)."""
-        if self.routed:
-            from flexgen.policies.dydit.routing import dydit_losses
-
-            return dydit_losses(diffusion, net, self.net, x0, t, noise, cond, step, self.run.dydit)
-        return diffusion.training_losses(net, x0, t, noise, cond)
+        it. The diffusion loss, or the policy's objective (`Policy.losses`: DyDiT adds its budget)."""
+        return self.policy.training_losses(self, diffusion, net, x0, t, noise, cond, step)
 
     def timestep_sampler(self) -> TimestepSampler:
-        """Timesteps from the run's training density (`diffusion.timestep_sampling`: uniform or logit-normal), one
-        density stage per micro-batch for a model with a density schedule. DyDiT alone: stratified t (its budget
-        holds the batch mean, so each batch covers t evenly); composed with FlexDiT, one stage per micro-batch."""
-        weights = timestep_weights(self.run.diffusion)
-        stage_list = self.cost().stages
-        if self.routed and self.run.dydit.strata > 1 and not stage_list:
-            return StratifiedTimesteps(self.num_timesteps, self.run.dydit.strata, weights)
-        if stage_list:
-            return StageTimesteps(tuple(stage_list), weights)
-        return UniformTimesteps(self.num_timesteps) if weights is None else WeightedTimesteps(weights)
+        """Timesteps from the run's training density (`diffusion.timestep_sampling`: uniform or logit-normal), or the
+        policy's choice (FlexDiT: one density stage per micro-batch; DyDiT alone: stratified t)."""
+        return self.policy.timestep_sampler(self)
 
     @property
     def num_timesteps(self) -> int:
@@ -142,31 +125,20 @@ class Denoiser(nn.Module):
         return self.cost().layout
 
     @property
-    def routed(self) -> bool:
-        """Whether the network has DyDiT's routers (`width_routers`, `token_routers`, `routing` after a forward,
-        `block_shapes(grid)`, `patterns()`), so its cost is measured from each forward's gates."""
-        return hasattr(self.net, "width_routers")
+    def policy(self) -> Policy:
+        """What runs at each timestep (`flexgen.policies`: dense, FlexDiT, DyDiT or a composition); the commands
+        ask it for names, costs and settings instead of asking which policy runs."""
+        return self.net.policy
 
-    def routed_forward_macs(self, routing: list | None = None, grid: int | None = None) -> torch.Tensor:
-        """(B,) MACs per sample of the last forward of a DyDiT model (or of gates `routing` at FlexDiT grid
-        `grid`), from the gates it used: what its skipping forward computes (`routing.routed_macs`);
-        composed with FlexDiT, at the grid that forward ran at."""
-        from flexgen.policies.dydit.routing import forward_macs
-
-        if not self.routed:
-            raise NotImplementedError(f"{type(self).__name__} has no routers")
-        return forward_macs(self.net, self.cost(), routing, grid)
-
-    def sliced_weight_patterns(self) -> list[int]:
-        """Distinct width patterns each block holds sliced weights for (routed models only)."""
-        if not self.routed:
-            raise NotImplementedError(f"{type(self).__name__} has no routers")
-        return self.net.patterns()
+    def forward_macs(self, routing: list | None = None, grid: int | None = None) -> torch.Tensor:
+        """(B,) MACs per sample of the last forward from what it ran (a measured policy: DyDiT's gates; or of
+        gates `routing` at FlexDiT grid `grid`)."""
+        return self.policy.forward_macs(self.cost(), routing, grid)
 
     def resident_bytes(self) -> int:
-        """Bytes the model keeps between forwards: parameters, buffers and (routed models) its sliced weights."""
+        """Bytes the model keeps between forwards: parameters, buffers and the policy's copied weight slices."""
         tensors = {t.data_ptr(): t.nbytes for t in (*self.parameters(), *self.buffers())}
-        return sum(tensors.values()) + (self.net.sliced_bytes() if self.routed else 0)
+        return sum(tensors.values()) + self.policy.held_bytes()
 
     def step_stats(self, t: torch.Tensor) -> dict[str, float]:
         """What a training log line records about a forward at timesteps `t` (the sparse grid, for FlexDiT)."""
@@ -185,6 +157,17 @@ class Denoiser(nn.Module):
                           dtype: torch.dtype = torch.float32) -> dict:
         """Condition keyword arguments of `batch` samples (for FLOP counts and timing)."""
         raise NotImplementedError
+
+    def sampling_condition(self, num_samples: int, seed: int, device: torch.device | str = "cpu",
+                           dtype: torch.dtype = torch.float32) -> dict:
+        """Condition keyword arguments of samples seed, seed + 1, ... (a class model: the label each sample's seed
+        draws, as `flexgen sample`; a text model: example embeddings); {} for an unconditional model."""
+        return self.example_condition(num_samples, device, dtype) if self.conditional else {}
+
+    @property
+    def learned_sigma(self) -> bool:
+        """Whether the network predicts the learned-range variance beside ε (its output has twice the channels)."""
+        return self.run.model.learn_sigma
 
     def null_condition(self, cond: dict) -> dict:
         """The unconditional branch of classifier-free guidance for condition `cond`."""

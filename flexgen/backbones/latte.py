@@ -15,11 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from flexgen import policies
 from flexgen.backbones.base import Denoiser
 from flexgen.flops import FlopReport, count_macs
+from flexgen.policies import FlexDiT
 from flexgen.policies.cost import CountedCost, SpatialSequence
 from flexgen.presets import LATTE_PRESETS as PRESETS
-from flexgen.video.dy_latte import DyLatte, FlexDyLatte
+from flexgen.video.dy_latte import latte_network
 from flexgen.video.flex_latte import FlexLatte
 from flexgen.video.latte import Latte, LatteConfig, latte_config
 
@@ -85,10 +87,8 @@ class LatteDenoiser(Denoiser):
 
     @classmethod
     def from_run(cls, run: Any) -> LatteDenoiser:
-        config, density, T = latte_config_from_run(run), run.density, run.diffusion.num_timesteps
-        if run.dydit.enabled:
-            return cls(FlexDyLatte(config, density, T) if density.layout else DyLatte(config), run)
-        return cls(FlexLatte(config, density, T) if density.layout else Latte(config), run)
+        config = latte_config_from_run(run)
+        return cls(latte_network(config, policies.from_run(run)), run)
 
     @property
     def config(self) -> LatteConfig:
@@ -174,8 +174,8 @@ class LatteDenoiser(Denoiser):
     def cost(self) -> LatteCost:
         """The network's cost model, made once (it caches each grid's count)."""
         if self._cost is None:
-            density = self.net.density if isinstance(self.net, FlexLatte) else None
-            self._cost = LatteCost(self.config, density, self.num_timesteps)
+            flex = self.policy.part(FlexDiT)
+            self._cost = LatteCost(self.config, None if flex is None else flex.density, self.num_timesteps)
         return self._cost
 
     _cost: LatteCost | None = None
@@ -194,6 +194,13 @@ class LatteDenoiser(Denoiser):
         if not self.config.num_classes:
             return {}
         return {"y": torch.randint(0, self.config.num_classes, (batch,), device=device)}
+
+    def sampling_condition(self, num_samples: int, seed: int, device: torch.device | str = "cpu",
+                           dtype: torch.dtype = torch.float32) -> dict:
+        from flexgen.sample import resolve_labels
+
+        labels = resolve_labels(num_samples, seed, self.config.num_classes)
+        return {} if labels is None else {"y": torch.tensor(labels, device=device)}
 
     def condition_summary(self) -> dict:
         return {"num_classes": self.config.num_classes}

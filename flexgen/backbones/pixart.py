@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from flexgen import policies
 from flexgen.backbones.base import Denoiser
 from flexgen.presets import PIXART_PRESETS as PRESETS
 from flexgen.presets import TEXT_TOKENS
@@ -65,19 +66,11 @@ class PixArtDenoiser(Denoiser):
     def from_run(cls, run: Any) -> PixArtDenoiser:
         """FlexPixArtTransformer2DModel (dense, or FlexDiT with `density.layout`); DyPixArtTransformer2DModel with a
         `dydit` section (with a layout too: FlexDiT ∘ DyDiT)."""
-        from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, density_config_entries
+        from flexgen.t2i.pixart_io import pixart_network
 
-        extra = {}
         if run.density.pool_frames:
             raise ValueError("density.pool_frames is for video models; PixArt-α images have one frame")
-        if run.density.layout:
-            extra = {**density_config_entries(run.density), "num_train_timesteps": run.diffusion.num_timesteps}
-        if run.dydit.enabled:
-            from flexgen.t2i.dy_pixart import DyPixArtTransformer2DModel
-
-            return cls(DyPixArtTransformer2DModel(**transformer_arguments(run), **extra, dydit_target=run.dydit.target,
-                                                  route_cross_attention=run.dydit.cross_attention), run)
-        return cls(FlexPixArtTransformer2DModel(**transformer_arguments(run), **extra), run)
+        return cls(pixart_network(transformer_arguments(run), policies.from_run(run)), run)
 
     # ---- weights ----------------------------------------------------------------------------------------
 
@@ -85,7 +78,8 @@ class PixArtDenoiser(Denoiser):
         """Weights from a local PixArt-α folder (pipeline or transformer), converted to this model's FlexDiT layout
         when the folder holds a dense model, and to DyDiT (fresh routers, every unit on, heads and MLP groups in
         importance order) when this model has routers and the folder none (`routers_required` refuses that)."""
-        from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, load_transformer
+        from flexgen.t2i.pixart import FlexPixArtTransformer2DModel
+        from flexgen.t2i.pixart_io import load_transformer
 
         if sha256:
             raise ValueError("a sha256 checks one weights file; a PixArt-α source is a diffusers folder")
@@ -105,25 +99,16 @@ class PixArtDenoiser(Denoiser):
         elif source_layout and source.roles != self.layout:
             raise ValueError(f"{path} holds a FlexDiT model with layout {source_layout!r}; the run's layout is "
                              f"{self.layout or 'dense'}: start from a dense folder or use its layout")
-        if not self.routed:
-            if getattr(source, "width_routers", None) is not None:
-                raise ValueError(f"{path} holds a DyDiT model (routers); the run has no dydit section: add one "
-                                 f"(dydit.target={source.config.get('dydit_target')}) to load it")
-            t.load_state_dict(source.state_dict())
-            return
-        if getattr(source, "width_routers", None) is not None:
-            if source.route_cross != t.route_cross:
-                raise ValueError(f"{path} routes the cross-attention's heads: {source.route_cross}; the run's "
-                                 f"dydit.cross_attention is {t.route_cross}")
-            t.load_state_dict(source.state_dict())
-            return
-        if routers_required:
-            raise ValueError(f"{path} holds a model without DyDiT routers; give a trained DyDiT folder (or convert "
-                             "this one with flexgen convert and fine-tune it)")
-        missing, unexpected = t.load_state_dict(source.state_dict(), strict=False)
-        if unexpected or any(not k.startswith(("width_routers.", "token_routers.")) for k in missing):
-            raise ValueError(f"{path} does not fit the DyDiT model: missing {missing[:4]}, unexpected {unexpected[:4]}")
-        t.order_by_importance()                    # the conversion: function-preserving, routers all on
+        sd = source.state_dict()
+        policies.check_file_fits(sd, self.policy, path)
+        ours, theirs = self.policy.sections().get("dydit"), source.policy.sections().get("dydit")
+        if ours and theirs and ours["cross_attention"] != theirs["cross_attention"]:
+            raise ValueError(f"{path} routes the cross-attention's heads: {theirs['cross_attention']}; the run's "
+                             f"dydit.cross_attention is {ours['cross_attention']}")
+        sd, converting = self.policy.load_state_dict(sd, path, routers_required=routers_required)
+        t.load_state_dict(sd)
+        if converting:
+            self.policy.converted()        # DyDiT: importance order, function-preserving, routers all on
 
     export_name = "transformer"
 

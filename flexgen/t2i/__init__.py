@@ -5,7 +5,7 @@ diffusers / transformers, so this package imports them only when one of its name
 from importlib import import_module
 
 _EXPORTS = {"FlexPixArtTransformer2DModel": "pixart", "FlexPixArtBlock": "pixart",
-            "load_transformer": "pixart", "pixart_block": "pixart",
+            "load_transformer": "pixart_io", "pixart_block": "pixart",
             "load_pipeline": "generate", "iter_generate": "generate"}
 
 

@@ -28,179 +28,20 @@ from __future__ import annotations
 
 import inspect
 from functools import partial
-from typing import NamedTuple
 
 import torch
 from diffusers import ModelMixin  # noqa: F401  (diffusers looks up a saved component's base classes on its module)
 from diffusers.configuration_utils import register_to_config
-from torch import nn
-from torch.nn import functional as F
 
+from flexgen.policies import Compose, DyDiT
 from flexgen.policies.dydit.budget import BlockCost, block_cost, role_block_cost
-from flexgen.policies.dydit.routers import TokenRouter, WidthRouter
-from flexgen.policies.dydit.routing import BlockRouting, RoutedBlock
-from flexgen.policies.dydit.width import SliceCache, head_rows, packed_tokens, take_units, unit_importance
+from flexgen.policies.dydit.config import DyDiTConfig
+from flexgen.policies.dydit.routing import RoutedBlock
+from flexgen.policies.dydit.width import SliceCache
 from flexgen.policies.flexdit import DensityRecord
 from flexgen.presets import TEXT_TOKENS
-from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, attention_with_key_bias
-
-# ----------------------------------------------------------------------------------------------------------
-# A diffusers block at partial width: its units, importance ordering, slices, the masked and skipping forward.
-
-
-class AttnSlices(NamedTuple):
-    """Weights of one attention's active heads: q / k / v rows (q and k None for a Poolingformer), out columns."""
-    heads: int
-    q: tuple | None
-    k: tuple | None
-    v: tuple
-    out: torch.Tensor
-
-
-class BlockSlices(NamedTuple):
-    self_attn: AttnSlices
-    cross_attn: AttnSlices | None           # None: the cross-attention runs whole
-    fc1: tuple                              # (weight, bias) rows of the active MLP units
-    fc2: torch.Tensor                       # columns of the active MLP units
-
-
-def _linear_rows(layer: nn.Linear | None, rows: torch.Tensor) -> tuple | None:
-    if layer is None:
-        return None
-    return take_units(layer.weight, 0, rows), None if layer.bias is None else take_units(layer.bias, 0, rows)
-
-
-def _attn_slices(attn: nn.Module, heads: torch.Tensor) -> AttnSlices:
-    rows = head_rows(attn.inner_dim, attn.heads, heads)
-    return AttnSlices(len(heads), _linear_rows(attn.to_q, rows), _linear_rows(attn.to_k, rows),
-                      _linear_rows(attn.to_v, rows), take_units(attn.to_out[0].weight, 1, rows))
-
-
-def _mlp_layers(block: nn.Module) -> tuple[nn.Linear, nn.Linear, str]:
-    """fc1, fc2 and the GELU approximation of a diffusers `FeedForward` (PixArt-α: "gelu-approximate")."""
-    act, fc2 = block.ff.net[0], block.ff.net[2]
-    if not hasattr(act, "approximate") or not isinstance(fc2, nn.Linear):
-        raise ValueError(f"DyDiT routes a GELU FeedForward's groups; this block's MLP is {type(act).__name__}")
-    return act.proj, fc2, act.approximate
-
-
-def block_tensors(block: nn.Module, cross: bool) -> list[torch.Tensor]:
-    """The tensors a block's slices come from (a change of any drops its slice cache)."""
-    attns = [block.attn1, block.attn2] if cross else [block.attn1]
-    layers = [layer for a in attns for layer in (a.to_q, a.to_k, a.to_v, a.to_out[0]) if layer is not None]
-    fc1, fc2, _ = _mlp_layers(block)
-    return [p for layer in (*layers, fc1, fc2) for p in layer.parameters(recurse=False)]
-
-
-def block_slices(block: nn.Module, cross: bool, heads: torch.Tensor, groups: torch.Tensor,
-                 num_groups: int) -> BlockSlices:
-    fc1, fc2, _ = _mlp_layers(block)
-    units = head_rows(fc1.out_features, num_groups, groups)
-    return BlockSlices(_attn_slices(block.attn1, heads), _attn_slices(block.attn2, heads) if cross else None,
-                       _linear_rows(fc1, units), take_units(fc2.weight, 1, units))
-
-
-@torch.no_grad()
-def reorder_pixart_block(block: nn.Module, cross: bool, num_groups: int) -> None:
-    """DyDiT's importance ordering (`policies.dydit.width`: ‖value rows‖·‖output columns‖ per head, ‖fc1 rows‖·‖fc2
-    columns‖ per MLP group) of a diffusers PixArt block, in place; the cross-attention's heads in their own order
-    when they are routed. Function-preserving (attention and MLP are sums over heads and units)."""
-    for attn in (block.attn1, block.attn2) if cross else (block.attn1,):
-        out = attn.to_out[0]
-        order = torch.argsort(unit_importance(attn.to_v.weight, attn.to_v.bias, out.weight, attn.heads),
-                              descending=True, stable=True)
-        rows = head_rows(attn.inner_dim, attn.heads, order)
-        for layer in (attn.to_q, attn.to_k, attn.to_v):
-            if layer is not None:
-                layer.weight.copy_(layer.weight[rows])
-                if layer.bias is not None:
-                    layer.bias.copy_(layer.bias[rows])
-        out.weight.copy_(out.weight[:, rows])
-    fc1, fc2, _ = _mlp_layers(block)
-    order = torch.argsort(unit_importance(fc1.weight, fc1.bias, fc2.weight, num_groups), descending=True,
-                          stable=True)
-    units = head_rows(fc1.out_features, num_groups, order)
-    fc1.weight.copy_(fc1.weight[units])
-    fc1.bias.copy_(fc1.bias[units])
-    fc2.weight.copy_(fc2.weight[:, units])
-
-
-def _weights(layer: nn.Linear | None, sliced: tuple | None) -> tuple:
-    return (layer.weight, layer.bias) if sliced is None else sliced
-
-
-def gated_attention(attn: nn.Module, x: torch.Tensor, context: torch.Tensor | None = None,
-                    key_bias: torch.Tensor | None = None, *, heads: torch.Tensor | None = None,
-                    sliced: AttnSlices | None = None) -> torch.Tensor:
-    """A diffusers `Attention` of x (B, N, D) on `context` (B, L, ·) (None: x) with diffusers' additive key bias:
-    every head, each gated by `heads` (B, H) or (H,) (the masked definition; None: no gates), or only the heads
-    of `sliced` (the skipping forward). A Poolingformer (no Q/K) projects the token mean through V."""
-    B, N, _ = x.shape
-    h = attn.heads if sliced is None else sliced.heads
-    kv = x if context is None else context
-    out_bias = attn.to_out[0].bias
-    out_weight = attn.to_out[0].weight if sliced is None else sliced.out
-    v = F.linear(x.mean(dim=1, keepdim=True) if attn.to_q is None else kv,
-                 *_weights(attn.to_v, None if sliced is None else sliced.v))
-    v = v.reshape(B, v.shape[1], h, -1)                                                   # (B, L or 1, h, Dh)
-    if attn.to_q is None:                                   # Poolingformer: uniform attention = the mean of V
-        out = v                                                                           # (B, 1, h, Dh)
-    else:
-        q = F.linear(x, *_weights(attn.to_q, None if sliced is None else sliced.q)).reshape(B, N, h, -1)
-        k = F.linear(kv, *_weights(attn.to_k, None if sliced is None else sliced.k)).reshape(B, -1, h, q.shape[-1])
-        out = attention_with_key_bias(q, k, v, key_bias)                                  # (B, N, h, Dh)
-    if heads is not None:
-        out = out * heads.to(out.dtype).reshape(-1, 1, attn.heads, 1)
-    out = F.linear(out.reshape(B, out.shape[1], -1), out_weight, out_bias)               # (B, N or 1, D)
-    return out.expand(B, N, out.shape[-1])
-
-
-def dy_pixart_block(block: nn.Module, x: torch.Tensor, cond: torch.Tensor, context: torch.Tensor | None = None, *,
-                    text: torch.Tensor, text_mask: torch.Tensor | None, heads: torch.Tensor, groups: torch.Tensor,
-                    token_router: nn.Module | None = None, cross: bool = True, sliced: SliceCache | None = None,
-                    complete: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`flexgen.t2i.pixart.pixart_block` at partial width (DyDiT Fig. 2 on PixArt-α's block): self-attention on
-    the gated heads, the text cross-attention (on the gated heads when `cross`), then the token router on the
-    residual stream and the MLP on the gated groups of the kept tokens. heads (B, H) and groups (B, G) per sample
-    (masked), or (H,) / (G,) with `sliced` (this block's `SliceCache`: only the active units and tokens are
-    computed). Returns (x, token gates (B, N) or None)."""
-    B = x.shape[0]
-    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-        block.scale_shift_table[None] + cond.reshape(B, 6, -1)).chunk(6, dim=1)           # each (B, 1, D)
-
-    def modulated(tokens):
-        return block.norm1(tokens) * (1 + scale_msa) + shift_msa
-
-    weights = None if sliced is None else sliced.get(heads, groups)
-    gates = heads if weights is None else None
-    h = modulated(x)                                                                       # (B, N, D)
-    kv = None if context is None else modulated(context)
-    x = x + gate_msa * gated_attention(block.attn1, h, kv, heads=gates,
-                                       sliced=None if weights is None else weights.self_attn)
-    if cross:
-        x = x + gated_attention(block.attn2, x, text, text_mask, heads=gates,
-                                sliced=None if weights is None else weights.cross_attn)    # no norm, no gate
-    else:
-        x = x + gated_attention(block.attn2, x, text, text_mask)
-    tokens = None if token_router is None else token_router(x)                             # (B, N)
-    if tokens is not None and complete is not None:
-        tokens = torch.where(complete[:, None], 1.0, tokens).to(tokens.dtype)
-    h = block.norm2(x) * (1 + scale_mlp) + shift_mlp                                       # (B, N, D)
-    fc1, fc2, approximate = _mlp_layers(block)
-    if weights is None:
-        hidden = F.gelu(fc1(h), approximate=approximate)                                   # (B, N, r·D)
-        hidden = hidden * groups.to(h.dtype).repeat_interleave(fc1.out_features // groups.shape[-1], -1)[:, None]
-        mlp = fc2(hidden)
-        if tokens is not None:
-            mlp = mlp * tokens[..., None]
-    else:
-        def mlp_at_width(t):
-            return F.linear(F.gelu(F.linear(t, *weights.fc1), approximate=approximate), weights.fc2, fc2.bias)
-
-        kept = torch.ones(h.shape[:-1], dtype=h.dtype, device=h.device) if tokens is None else tokens
-        mlp = packed_tokens(mlp_at_width, h, kept)
-    return x + gate_mlp * mlp, tokens                                                      # (B, N, D)
-
+from flexgen.t2i.pixart import FlexPixArtTransformer2DModel
+from flexgen.t2i.pixart_width import block_slices, block_tensors, dy_pixart_block, reorder_pixart_block
 
 # ----------------------------------------------------------------------------------------------------------
 # The model.
@@ -227,44 +68,18 @@ class DyPixArtTransformer2DModel(FlexPixArtTransformer2DModel):
         super().__init__(**kwargs)
         D, H, n = self.inner_dim, self.config.num_attention_heads, len(self.transformer_blocks)
         self.route_cross = route_cross_attention
-        self.width_routers = nn.ModuleList(WidthRouter(D, H) for _ in range(n))
-        routed = [i for i in range(n) if self.routes_tokens(i)]
-        self.token_routers = nn.ModuleList(TokenRouter(D) for _ in routed)     # of the blocks that route tokens
-        self._token_slot = {k: j for j, k in enumerate(routed)}
-        self.skip: bool | None = None       # None: skip in eval mode when the batch shares t and size; or force
-        self._sliced = [SliceCache(partial(block_tensors, block, self.route_cross),
-                                   partial(block_slices, block, self.route_cross)) for block in self.transformer_blocks]
-        self.routing: list[BlockRouting | None] = []
-        self.last_grid: int | None = None
+        self._dy = DyDiT(DyDiTConfig(target=dydit_target, cross_attention=route_cross_attention))
+        self.policy = Compose(self.policy, self._dy) if self.roles else self._dy
+        caches = [SliceCache(partial(block_tensors, block, self.route_cross),
+                             partial(block_slices, block, self.route_cross)) for block in self.transformer_blocks]
+        self._dy.attach(self, [f"transformer_blocks.{i}" for i in range(n)], D, H,
+                        [self.routes_tokens(i) for i in range(n)], caches)
         self.last_token_grid: tuple[int, int] = (self.base_grid, self.base_grid)
         self.last_text_tokens = TEXT_TOKENS
-        self._masks: list | None = None
-        self._complete: torch.Tensor | None = None
-        self._skipping = False
 
     def routes_tokens(self, index: int) -> bool:
         """Token routers in every block of DyDiT; composed with FlexDiT, in the blocks on the dense token set."""
         return not self.roles or self.roles[index] not in "GS"
-
-    def token_router(self, index: int) -> TokenRouter | None:
-        slot = self._token_slot.get(index)
-        return None if slot is None else self.token_routers[slot]
-
-    @property
-    def token_router_hidden(self) -> int:
-        return self.token_routers[0].hidden if len(self.token_routers) else 0
-
-    def slice_caches(self) -> list[SliceCache]:
-        """Each block's weight slices per mask pattern (the skipping forward's)."""
-        return self._sliced
-
-    def patterns(self) -> list[int]:
-        """Distinct (head, group) mask patterns each block has sliced weights for."""
-        return [cache.patterns for cache in self._sliced]
-
-    def sliced_bytes(self) -> int:
-        """Bytes the blocks' sliced-weight caches hold beside the weights (copies; views of a prefix cost none)."""
-        return sum(cache.nbytes for cache in self._sliced)
 
     def order_by_importance(self) -> None:
         """DyDiT's importance ordering of every block (done once, when dense or FlexDiT weights are converted)."""
@@ -294,7 +109,7 @@ class DyPixArtTransformer2DModel(FlexPixArtTransformer2DModel):
 
     def block_costs(self) -> list[BlockCost]:
         """The blocks' full-width costs at the tokens of the last forward (what the budget loss weighs)."""
-        return [b.cost for b in self.block_shapes(self.last_grid, self.last_token_grid, self.last_text_tokens)]
+        return [b.cost for b in self.block_shapes(self._dy.last_grid, self.last_token_grid, self.last_text_tokens)]
 
     # ---- forward ----------------------------------------------------------------------------------------
 
@@ -309,51 +124,25 @@ class DyPixArtTransformer2DModel(FlexPixArtTransformer2DModel):
             raise ValueError("DyDiT routes image tokens; an image-side attention_mask is not supported")
         B = hidden_states.shape[0]
         t = torch.as_tensor(timestep, device=hidden_states.device).reshape(-1).expand(B)
-        shared_t = not bool((t != t[0]).any())
-        if self.skip and not shared_t:
-            raise ValueError("the skipping forward needs one timestep for the whole batch (masks are per step)")
-        self._skipping = self.skip if self.skip is not None else (not self.training and shared_t)
-        if complete is not None:
-            if complete.shape != (B,):
-                raise ValueError(f"complete must be one flag per sample ({B},), got {tuple(complete.shape)}")
-            if self._skipping and bool(complete.any()):
-                raise ValueError("the skipping forward runs the routed model: complete=True needs skip=False")
-        self._complete, self.routing = complete, [None] * len(self._sliced)
         record = DensityRecord() if record is None else record
         if encoder_hidden_states is not None:
             self.last_text_tokens = encoder_hidden_states.shape[1]
-        try:
+        with self._dy.forward(t, complete, self.training):
             out = super().forward(hidden_states, encoder_hidden_states, timestep, added_cond_kwargs,
                                   cross_attention_kwargs, None, encoder_attention_mask, return_dict, grid=grid,
                                   record=record)
-        finally:
-            self._masks = self._complete = None
-        self.last_grid = record.grid
+        self._dy.last_grid = record.grid
         return out
 
     def embedded(self, embedded_timestep: torch.Tensor, token_grid: tuple[int, int]) -> None:
         """The width masks of every block from the timestep embedding (B, D)."""
         self.last_token_grid = token_grid
-        if self._skipping and not torch.equal(embedded_timestep, embedded_timestep[:1].expand_as(embedded_timestep)):
-            if self.skip:
-                raise ValueError("the skipping forward needs one mask for the batch: every row at the same t and "
-                                 "size conditions")
-            self._skipping = False                     # rows of other sizes (1024-MS): the masked forward
-        on = None if self._complete is None else self._complete[:, None]
-        masks = []
-        for router in self.width_routers:
-            heads, groups = router(embedded_timestep)                           # (B, H), (B, G): t (and size)
-            masks.append((heads, groups) if on is None else
-                         (torch.where(on, 1.0, heads).to(heads.dtype), torch.where(on, 1.0, groups).to(heads.dtype)))
-        self._masks = masks
+        self._dy.set_masks(embedded_timestep)                                   # t (and size)
 
     def _run_block(self, index, x, cond, context=None, *, text, text_mask, run=None):
-        heads, groups = self._masks[index]                                      # (B, H), (B, G)
-        common = dict(token_router=self.token_router(index), cross=self.route_cross)
-        if self._skipping:                                                      # one mask for the batch
-            run = partial(dy_pixart_block, heads=heads[0], groups=groups[0], sliced=self._sliced[index], **common)
-        else:
-            run = partial(dy_pixart_block, heads=heads, groups=groups, complete=self._complete, **common)
+        g = self._dy.gates(index, x.shape[0])                                   # per sample, or one mask
+        run = partial(dy_pixart_block, heads=g.heads, groups=g.groups, token_router=g.token_router,
+                      sliced=g.sliced, complete=g.complete, cross=self.route_cross)
         out, tokens = super()._run_block(index, x, cond, context, text=text, text_mask=text_mask, run=run)
-        self.routing[index] = BlockRouting(heads, groups, tokens)
+        self._dy.record(index, tokens)
         return out

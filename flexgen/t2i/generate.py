@@ -148,7 +148,7 @@ def load_pipeline(model: str | Path, *, transformer: str | Path | None = None,
     pipeline folder nor `text_encoder`)."""
     from diffusers import AutoencoderKL, PixArtAlphaPipeline
 
-    from flexgen.t2i.pixart import load_transformer
+    from flexgen.t2i.pixart_io import load_transformer
     from flexgen.text_encoder import load_text_encoder
 
     root = Path(model).expanduser()
@@ -260,17 +260,16 @@ def gmacs_per_image(transformer, guidance: float, scheduler_timesteps: list[int]
 
 
 def _meter_routed_forwards(transformer):
-    """A `RoutedCostMeter` fed by a forward hook on a DyDiT transformer: every forward the pipeline makes adds the
+    """The policy's meter fed by a forward hook on a DyDiT transformer: every forward the pipeline makes adds the
     MACs its rows ran, from the kept counts, counted at the model's native size with 120 text tokens (as
     `gmacs_per_image`)."""
-    from flexgen.policies.dydit.routing import RoutedCostMeter, forward_macs
     from flexgen.t2i.pixart import PixArtCost
 
-    meter, cost = RoutedCostMeter(), PixArtCost.of(transformer)
+    meter, cost = transformer.policy.meter(None), PixArtCost.of(transformer)
 
     def hook(module, args, kwargs, output):
         timestep = kwargs["timestep"] if "timestep" in kwargs else args[2]
-        meter.add(int(torch.as_tensor(timestep).reshape(-1)[0]), forward_macs(module, cost))
+        meter.add(int(torch.as_tensor(timestep).reshape(-1)[0]), module.policy.forward_macs(cost))
 
     transformer.register_forward_hook(hook, with_kwargs=True)
     return meter
@@ -330,7 +329,7 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
     from flexgen import manifest as mf
     from flexgen.data.media import save_grid
     from flexgen.files import file_sha256
-    from flexgen.t2i.pixart import transformer_folder
+    from flexgen.t2i.pixart_io import transformer_folder
 
     prompts = list(args.prompt) + (read_prompts(args.prompts_file) if args.prompts_file else [])
     if not prompts:
@@ -353,13 +352,13 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
         use_flexgen_attention(pipe.transformer)
     config = pipe.transformer.config
     layout = config.get("layout", "")
-    dydit = getattr(pipe.transformer, "width_routers", None) is not None
-    meter = _meter_routed_forwards(pipe.transformer) if dydit else None
+    policy = pipe.transformer.policy
+    meter = _meter_routed_forwards(pipe.transformer) if policy.measured else None
     settings = {"model": _folder(args.model), "transformer": _folder(args.transformer or args.model),
                 "text_encoder": _folder(args.text_encoder or args.model),
                 "transformer_class": type(pipe.transformer).__name__,
                 "layout": layout, "schedule": config.get("schedule") if layout else None,
-                "dydit_target": config.get("dydit_target") if dydit else None,
+                "dydit_target": (policy.sections().get("dydit") or {}).get("target"),
                 "scheduler": args.scheduler, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
                 "num_images": args.num_images, "requested_size": [args.height, args.width],
                 "negative_prompt": args.negative_prompt, "max_length": args.max_length, "dtype": args.dtype,
@@ -369,8 +368,7 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
     weights = sorted(transformer_folder(args.transformer or args.model).glob("*.safetensors"))
     manifest = mf.SampleManifest(
         command="flexgen generate", family="pixart-alpha", model=Path(settings["transformer"]).name,
-        method=" + ".join([f"flexdit {layout}"] * bool(layout) + [f"dydit {config.get('dydit_target')}"] * dydit)
-        or "baseline", checkpoint=settings["transformer"],
+        method=policy.label(), checkpoint=settings["transformer"],
         checkpoint_sha256=file_sha256(weights[0]) if len(weights) == 1 else "", sampler=args.scheduler,
         steps=args.steps, cfg_scale=args.guidance, seed=args.seed, world_size=env.world_size,
         samples=mf.entries(len(records), args.seed, lambda i: files[i].name, prompts=[r["prompt"] for r in records]),
@@ -415,7 +413,7 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
         scheduler.set_timesteps(args.steps)
         cost = gmacs_per_image(pipe.transformer, args.guidance, [int(t) for t in scheduler.timesteps])
         if meter is not None and drawn:           # DyDiT: the MACs of the forwards this run made, from kept counts
-            cost.update(meter.cost(drawn, cost["gmacs_per_forward_dense"], pipe.transformer.patterns()))
+            cost.update(meter.cost(drawn, cost["gmacs_per_forward_dense"], policy.patterns()))
     if drawn:
         cost["seconds_per_sample"] = seconds / drawn                  # this rank's wall time, batch_size images
     manifest.grid, manifest.cost, manifest.settings = grid, cost, settings

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 from functools import partial
-from pathlib import Path
 
 import torch
 from diffusers import (
@@ -38,12 +36,13 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from flexgen.attention import attention_with_key_bias
 from flexgen.flops import FlopReport, count_macs
+from flexgen.policies import FlexDiT, Policy
 from flexgen.policies.cost import CountedCost, SpatialSequence
 from flexgen.policies.flexdit import (
     DensityConfig,
     DensityRecord,
-    Fusion,
     ScheduleConfig,
     parse_layout,
     pool,
@@ -54,10 +53,6 @@ from flexgen.policies.flexdit.schedules import grid_for_timesteps
 from flexgen.policies.flexdit.walk import run_layout
 from flexgen.presets import PIXART_PRESETS as PRESETS  # noqa: F401  (re-exported)
 from flexgen.presets import TEXT_TOKENS
-
-WEIGHT_SOURCES = ("a diffusers PixArt-α folder: PixArt-alpha/PixArt-XL-2-256x256, PixArt-XL-2-512x512 or "
-                  "PixArt-XL-2-1024-MS on the Hugging Face hub, downloaded on a machine with internet access")
-
 
 # ----------------------------------------------------------------------------------------------------------
 # One block of PixArt-α in the density engine's block protocol.
@@ -130,23 +125,6 @@ class FlexgenAttnProcessor:
         return attn.to_out[1](attn.to_out[0](out.reshape(B, N, -1)))
 
 
-def attention_with_key_bias(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                            attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """`flexgen.attention` of q (B, N, H, Dh) on k, v (B, L, H, Dh). With diffusers' additive key bias (B, 1, L) or
-    (B, L) (0 keeps a key, -10000 drops it) each sample's kept keys are packed, block-diagonally."""
-    from flexgen.attention import attention
-
-    if attention_mask is None:
-        return attention(q, k, v)
-    B, N = q.shape[:2]
-    keep = attention_mask.reshape(B, -1) > -1                                         # (B, L)
-    lengths = keep.sum(dim=1).tolist()
-    if min(lengths) < 1:
-        raise ValueError("a sample's attention mask drops every key (an empty caption mask)")
-    return attention(q.reshape(1, B * N, *q.shape[2:]), k[keep][None], v[keep][None],
-                     seqlens_q=[N] * B, seqlens_kv=lengths).reshape(B, N, *q.shape[2:])
-
-
 def use_flexgen_attention(model: nn.Module) -> nn.Module:
     """Every attention of a (Flex)PixArt transformer through `FlexgenAttnProcessor`; returns the model."""
     model.set_attn_processor(FlexgenAttnProcessor())
@@ -208,7 +186,11 @@ class FlexPixArtTransformer2DModel(PixArtTransformer2DModel):
         for role, block in zip(self.roles, self.transformer_blocks, strict=False):   # roles: '' if dense
             if role == "P":
                 drop_qk(block.attn1)
-        self.fusions = nn.ModuleList(Fusion(self.inner_dim, fusion_init) for _ in range(self.roles.count("R")))
+        if layout:                                                # the recovery fusions: `fusions.k`
+            self.policy: Policy = FlexDiT(self.density, num_train_timesteps)
+            self.policy.attach(self, self.inner_dim, num_layers)
+        else:
+            self.policy, self.fusions = Policy(), nn.ModuleList()
 
     # ---- conversion -------------------------------------------------------------------------------------
 
@@ -227,15 +209,19 @@ class FlexPixArtTransformer2DModel(PixArtTransformer2DModel):
         flex = cls(**config).to(device=weight.device)
         if next(flex.parameters()).dtype != weight.dtype:   # (diffusers warns on every dtype cast)
             flex = flex.to(dtype=weight.dtype)
-        state = dense.state_dict()
-        for i, role in enumerate(flex.roles):
+        flex.load_state_dict(flex.flex_state_dict(dense.state_dict()), strict=True)
+        return flex.train(dense.training)
+
+    def flex_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A dense state dict -> this model's: Poolingformers drop Q and K, the fusions take their initial values."""
+        state = dict(sd)
+        for i, role in enumerate(self.roles):
             if role == "P":
                 for name in ("to_q", "to_k"):
                     for kind in ("weight", "bias"):
                         state.pop(f"transformer_blocks.{i}.attn1.{name}.{kind}", None)
-        state.update({k: v for k, v in flex.state_dict().items() if k.startswith("fusions.")})
-        flex.load_state_dict(state, strict=True)
-        return flex.train(dense.training)
+        state.update({k: v for k, v in self.state_dict().items() if k.startswith("fusions.")})
+        return state
 
     # ---- forward ----------------------------------------------------------------------------------------
 
@@ -386,44 +372,3 @@ class PixArtCost(CountedCost):
         a = self.arguments
         width = a["num_attention_heads"] * a["attention_head_dim"]
         return SpatialSequence(1, a["sample_size"] // a["patch_size"], width, a["num_layers"])
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Loading from local folders.
-
-
-def transformer_folder(path: str | Path) -> Path:
-    """The transformer folder of a diffusers PixArt-α pipeline folder, or the path itself if it is one."""
-    path = Path(path)
-    for folder in (path / "transformer", path):
-        if (folder / "config.json").is_file():
-            return folder
-    what = "no such folder" if not path.exists() else "no config.json in it or in its transformer/ subfolder"
-    raise FileNotFoundError(f"no PixArt-α transformer at {path} ({what}); expected a pipeline folder with "
-                            f"transformer/config.json and weights, or a transformer folder, e.g. {WEIGHT_SOURCES}")
-
-
-def load_transformer(path: str | Path, density: DensityConfig | None = None, *, device: str | torch.device = "cpu",
-                     dtype: torch.dtype = torch.float32,
-                     num_train_timesteps: int = 1000) -> PixArtTransformer2DModel:
-    """A dense, FlexDiT or DyDiT PixArt-α transformer from a local folder (pipeline or transformer folder). With a
-    `density` whose layout is set, a dense model is converted (FlexDiT fine-tuning starts here)."""
-    from flexgen.t2i.dy_pixart import DyPixArtTransformer2DModel
-
-    folder = transformer_folder(path)
-    saved = json.loads((folder / "config.json").read_text())
-    classes = {c.__name__: c for c in (FlexPixArtTransformer2DModel, DyPixArtTransformer2DModel)}
-    cls = classes.get(saved.get("_class_name"), PixArtTransformer2DModel)
-    flex = cls is not PixArtTransformer2DModel
-    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
-        raise FileNotFoundError(f"{folder} has a config.json but no weights (*.safetensors or *.bin); copy the "
-                                f"weights of {WEIGHT_SOURCES}")
-    model = cls.from_pretrained(folder, local_files_only=True, torch_dtype=dtype).to(device)
-    if density is not None and density.layout:
-        if flex and model.roles:
-            if density_config_entries(density) != density_config_entries(model.density):
-                raise ValueError(f"{folder} holds a FlexDiT model with layout {model.config.layout!r}; it cannot be "
-                                 "converted again (load it without a density section, or start from a dense one)")
-            return model
-        model = FlexPixArtTransformer2DModel.from_dense(model, density, num_train_timesteps)
-    return model

@@ -26,11 +26,10 @@ processes), so composed MACs ≈ FlexDiT's × λ; with every router on it is the
 from __future__ import annotations
 
 import torch
-from torch import nn
 
+from flexgen.policies import Compose, DyDiT, FlexDiT, Policy
 from flexgen.policies.dydit.budget import BlockCost, block_cost, role_block_cost
-from flexgen.policies.dydit.routers import TokenRouter, WidthRouter
-from flexgen.policies.dydit.routing import BlockRouting, RoutedBlock
+from flexgen.policies.dydit.routing import RoutedBlock
 from flexgen.policies.flexdit import DensityConfig, DensityRecord
 from flexgen.video.flex_latte import FlexLatte
 from flexgen.video.latte import Frames, Latte, LatteBlock, LatteConfig
@@ -38,22 +37,17 @@ from flexgen.video.latte_width import SlicedWeights, reorder_block, run_block
 
 
 class DyLatte(Latte):
-    """A Latte / DiT with DyDiT's routers in every block."""
+    """A Latte / DiT with DyDiT's routers in every block (its `policy`: `flexgen.policies.DyDiT`, or a composition
+    holding one)."""
 
-    def __init__(self, config: LatteConfig, *args, **kwargs):
-        super().__init__(config, *args, **kwargs)       # (FlexDyLatte: FlexLatte's density arguments)
+    def __init__(self, config: LatteConfig, *args, policy: Policy | None = None, **kwargs):
+        super().__init__(config, *args, policy=DyDiT() if policy is None else policy, **kwargs)
+        self._dy = self.policy.part(DyDiT)
         blocks = self.blocks()
-        D, H = config.hidden_size, config.num_heads
-        self.width_routers = nn.ModuleList(WidthRouter(D, H) for _ in blocks)
-        routed = [k for k in range(len(blocks)) if self.routes_tokens(k)]
-        self.token_routers = nn.ModuleList(TokenRouter(D) for _ in routed)   # of the blocks that route tokens
-        self._token_slot = {k: j for j, k in enumerate(routed)}
-        self.skip: bool | None = None       # None: skip in eval mode when the batch shares t; True / False: force
-        self._sliced = [SlicedWeights(block) for block in blocks]            # not modules: caches, not weights
-        self.routing: list[BlockRouting | None] = []
-        self._masks: list | None = None
-        self._complete: torch.Tensor | None = None
-        self._skipping = False
+        names = [f"spatial_blocks.{i}" for i in range(len(self.spatial_blocks))] + \
+                [f"temporal_blocks.{i}" for i in range(len(self.temporal_blocks))]
+        self._dy.attach(self, names, config.hidden_size, config.num_heads,
+                        [self.routes_tokens(k) for k in range(len(blocks))], [SlicedWeights(b) for b in blocks])
 
     def blocks(self) -> list[LatteBlock]:
         """[*spatial_blocks, *temporal_blocks]: the order of the routers, `routing` and `block_shapes`."""
@@ -62,26 +56,6 @@ class DyLatte(Latte):
     def routes_tokens(self, index: int) -> bool:
         """Whether block `index` has a token router (every block of DyDiT)."""
         return True
-
-    def token_router(self, index: int) -> TokenRouter | None:
-        slot = self._token_slot.get(index)
-        return None if slot is None else self.token_routers[slot]
-
-    @property
-    def token_router_hidden(self) -> int:
-        return self.token_routers[0].hidden if len(self.token_routers) else 0
-
-    def slice_caches(self) -> list[SlicedWeights]:
-        """Each block's weight slices per mask pattern (the skipping forward's)."""
-        return self._sliced
-
-    def patterns(self) -> list[int]:
-        """Distinct (head, group) mask patterns each block has sliced weights for."""
-        return [cache.patterns for cache in self._sliced]
-
-    def sliced_bytes(self) -> int:
-        """Bytes the blocks' sliced-weight caches hold beside the weights (copies; views of a prefix cost none)."""
-        return sum(cache.nbytes for cache in self._sliced)
 
     def order_by_importance(self) -> None:
         """DyDiT's importance ordering (`latte_width.reorder_block`) of every block: function-preserving,
@@ -100,9 +74,7 @@ class DyLatte(Latte):
 
     def block_costs(self) -> list[BlockCost]:
         """The blocks' full-width costs at the tokens of the last forward (what the budget loss weighs)."""
-        return [b.cost for b in self.block_shapes(self.last_grid)]
-
-    last_grid: int | None = None                        # FlexDyLatte: the sparse grid of the last forward
+        return [b.cost for b in self.block_shapes(self._dy.last_grid)]
 
     # ---- forward ----------------------------------------------------------------------------------------
 
@@ -112,58 +84,35 @@ class DyLatte(Latte):
         by the complete model (joint image-video input is not supported yet). `extra`: FlexLatte's arguments."""
         if num_images:
             raise ValueError("DyLatte does not take still images (num_images > 0) yet")
-        shared_t = not bool((t != t[0]).any())
-        if self.skip and not shared_t:
-            raise ValueError("the skipping forward needs one timestep for the whole batch (masks are per step)")
-        self._skipping = self.skip if self.skip is not None else (not self.training and shared_t)
-        if complete is not None:
-            if complete.shape != t.shape:
-                raise ValueError(f"complete must be one flag per sample {tuple(t.shape)}, got {tuple(complete.shape)}")
-            if self._skipping and bool(complete.any()):
-                raise ValueError("the skipping forward runs the routed model: complete=True needs skip=False")
-        self._complete, self.routing = complete, [None] * len(self._sliced)
-        try:
+        with self._dy.forward(t, complete, self.training):
             return super().forward(x, t, y, **extra)
-        finally:
-            self._masks = self._complete = None
 
     def embed(self, x, t, y, num_images, y_images) -> tuple[torch.Tensor, Frames]:
         tokens, frames = super().embed(x, t, y, num_images, y_images)
-        on = None if self._complete is None else self._complete[:, None]
-        masks = []
-        for router in self.width_routers:
-            heads, groups = router(frames.t_emb)                              # (B, H), (B, G): a function of t
-            masks.append((heads, groups) if on is None else
-                         (torch.where(on, 1.0, heads).to(heads.dtype), torch.where(on, 1.0, groups).to(heads.dtype)))
-        self._masks = masks
+        self._dy.set_masks(frames.t_emb)                                      # a function of t
         return tokens, frames
 
     def run_block(self, block: LatteBlock, index: int, x: torch.Tensor, cond: torch.Tensor,
                   context: torch.Tensor | None = None) -> torch.Tensor:
-        heads, groups = self._masks[index]                                    # (B, H), (B, G)
-        B = heads.shape[0]
-        per = x.shape[0] // B                                                 # sequences per sample
-        router = self.token_router(index)
-        if self._skipping:                                                    # one t: one mask for the batch
-            def partial_width(block, x, cond, context):
-                return run_block(block, x, cond, heads[0], groups[0], router, context=context,
-                                 sliced=self._sliced[index])
-        else:
-            complete = None if self._complete is None else self._complete.repeat_interleave(per)   # (S,)
+        g = self._dy.gates(index, x.shape[0])                                 # gates per sequence, or one mask
 
-            def partial_width(block, x, cond, context):
-                return run_block(block, x, cond, heads.repeat_interleave(per, 0), groups.repeat_interleave(per, 0),
-                                 router, context=context, complete=complete)
-        out, tokens = block(x, cond, context=context, run=partial_width)             # through the block's hooks
-        self.routing[index] = BlockRouting(heads, groups, None if tokens is None else tokens.reshape(B, -1))
+        def partial_width(block, x, cond, context):
+            return run_block(block, x, cond, g.heads, g.groups, g.token_router, context=context, sliced=g.sliced,
+                             complete=g.complete)
+
+        out, tokens = block(x, cond, context=context, run=partial_width)      # through the block's hooks
+        self._dy.record(index, tokens)
         return out
 
 
 class FlexDyLatte(DyLatte, FlexLatte):
     """FlexDiT ∘ DyDiT: a FlexLatte's layout and schedule with DyDiT's routers (module docstring)."""
 
-    def __init__(self, config: LatteConfig, density: DensityConfig, num_timesteps: int = 1000):
-        super().__init__(config, density, num_timesteps)
+    def __init__(self, config: LatteConfig, density: DensityConfig, num_timesteps: int = 1000, *,
+                 policy: Policy | None = None):
+        if policy is None:
+            policy = Compose(FlexDiT(density, num_timesteps), DyDiT())
+        super().__init__(config, density, num_timesteps, policy=policy)
 
     def routes_tokens(self, index: int) -> bool:
         """Token routers in the blocks that see the dense token set: spatial roles P, R, D, T, and the temporal
@@ -178,7 +127,7 @@ class FlexDyLatte(DyLatte, FlexLatte):
         record = DensityRecord() if record is None else record
         out = super().forward(x, t, y, num_images=num_images, y_images=y_images, complete=complete, grid=grid,
                               record=record)
-        self.last_grid = record.grid
+        self._dy.last_grid = record.grid
         return out
 
     def block_shapes(self, grid: int | None = None) -> list[RoutedBlock]:
@@ -187,7 +136,7 @@ class FlexDyLatte(DyLatte, FlexLatte):
         positions and frames of their spatial block's set."""
         c, d = self.config, self.density
         if grid is None:
-            grid = self.last_grid if self.last_grid is not None else c.grid_size
+            grid = self._dy.last_grid if self._dy.last_grid is not None else c.grid_size
         N, M, D, r = c.grid_size ** 2, grid ** 2, c.hidden_size, c.mlp_ratio
         F = c.num_frames
         Fs = d.pool_frames or F                                               # sparse frames
@@ -200,3 +149,12 @@ class FlexDyLatte(DyLatte, FlexLatte):
                 temporal.append(RoutedBlock(block_cost(frames, D, positions, r), c.num_heads, c.num_heads,
                                             frames * positions, D, not sparse))
         return spatial + temporal
+
+
+def latte_network(config: LatteConfig, policy: Policy) -> Latte:
+    """The Latte / DiT network of `config` running `policy` (dense, FlexDiT, DyDiT or both)."""
+    flex, dy = policy.part(FlexDiT), policy.part(DyDiT)
+    if flex is None:
+        return DyLatte(config, policy=policy) if dy else Latte(config, policy=policy)
+    cls = FlexDyLatte if dy else FlexLatte
+    return cls(config, flex.density, flex.num_timesteps, policy=policy)

@@ -17,9 +17,9 @@ import dataclasses
 import functools
 
 import torch
-from torch import nn
 
-from flexgen.policies.flexdit import DensityConfig, DensityRecord, Fusion, parse_layout, pool, stages, unpool
+from flexgen.policies import FlexDiT, Policy
+from flexgen.policies.flexdit import DensityConfig, DensityRecord, pool, unpool
 from flexgen.policies.flexdit.schedules import grid_for_timesteps
 from flexgen.policies.flexdit.walk import run_layout
 from flexgen.video.latte import Frames, Latte, LatteConfig
@@ -28,12 +28,13 @@ from flexgen.video.latte import Frames, Latte, LatteConfig
 class FlexLatte(Latte):
     """A Latte / DiT whose blocks play the roles of a FlexDiT layout."""
 
-    def __init__(self, config: LatteConfig, density: DensityConfig, num_timesteps: int = 1000):
-        super().__init__(config)
-        self.density = density
-        self.num_timesteps = num_timesteps
-        self.roles = parse_layout(density.layout, config.num_spatial)
-        self.stages = stages(density.schedule, num_timesteps)
+    def __init__(self, config: LatteConfig, density: DensityConfig, num_timesteps: int = 1000, *,
+                 policy: Policy | None = None):
+        super().__init__(config, policy=FlexDiT(density, num_timesteps) if policy is None else policy)
+        flex = self.policy.part(FlexDiT)
+        flex.attach(self, config.hidden_size, config.num_spatial)           # the recovery fusions
+        self.density, self.num_timesteps, self.roles, self.stages = flex.density, flex.num_timesteps, flex.roles, \
+            flex.stages
         if max(s.grid for s in self.stages) > config.grid_size:
             raise ValueError(f"schedule grids up to {max(s.grid for s in self.stages)} exceed the token grid "
                              f"{config.grid_size}×{config.grid_size}")
@@ -43,8 +44,6 @@ class FlexLatte(Latte):
         for role, block in zip(self.roles, self.spatial_blocks, strict=True):
             if role == "P":
                 block.attn.drop_qk()
-        self.fusions = nn.ModuleList(Fusion(config.hidden_size, density.fusion_init)
-                                     for _ in range(self.roles.count("R")))
 
     @classmethod
     def from_dense(cls, dense: Latte, density: DensityConfig, num_timesteps: int = 1000) -> FlexLatte:
@@ -57,6 +56,10 @@ class FlexLatte(Latte):
 
     def grid_for(self, t: torch.Tensor) -> int:
         return grid_for_timesteps(self.stages, t)
+
+    def flex_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A dense state dict (our key layout) -> this model's (`dense_to_flex_state_dict`)."""
+        return dense_to_flex_state_dict(sd, self)
 
     # ---- forward ----------------------------------------------------------------------------------------
 

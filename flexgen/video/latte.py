@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from flexgen.attention import attention
+from flexgen.policies.base import Policy
 from flexgen.presets import LATTE_PRESETS as PRESETS  # noqa: F401  (re-exported)
 
 # ----------------------------------------------------------------------------------------------------------
@@ -294,9 +295,10 @@ class Frames:
 class Latte(nn.Module):
     """Latte variant 1 (interleaved spatial and temporal blocks); with `temporal=False` it is DiT."""
 
-    def __init__(self, config: LatteConfig):
+    def __init__(self, config: LatteConfig, *, policy: Policy | None = None):
         super().__init__()
         self.config = c = config
+        self.policy = Policy() if policy is None else policy     # what runs at each timestep (flexgen.policies)
         self.x_embedder = PatchEmbed(c.patch_size, c.in_channels, c.hidden_size)
         self.t_embedder = TimestepEmbedder(c.hidden_size)
         self.y_embedder = LabelEmbedder(c.num_classes, c.hidden_size) if c.num_classes else None

@@ -1,7 +1,7 @@
-"""DyDiT, the second density policy (Zhao et al. 2024, arXiv 2410.03456): its run configuration, what a routed
-forward records, the fine-tuning objective and the MACs of a forward from its real kept counts.
+"""DyDiT (Zhao et al. 2024, arXiv 2410.03456): what a routed forward records, the fine-tuning objective and the MACs
+of a forward from its real kept counts.
 
-A routed network (`flexgen.video.dy_latte.DyLatte`) fills `routing` with one `BlockRouting` per block on every
+The DyDiT policy (`flexgen.policies.dydit.policy.DyDiT`) fills `routing` with one `BlockRouting` per block on every
 forward: the head, MLP-group and token gates each sample used. From those:
 
 - `dydit_losses` (training): diffusion loss of the dynamic model, + the complete model's diffusion loss on the same
@@ -45,7 +45,7 @@ def _doubled(cond: dict, batch: int) -> dict:
 def dydit_losses(diffusion: Any, net: Callable, routed: Any, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                  cond: dict, step: int, config: DyDiTConfig) -> dict[str, torch.Tensor]:
     """The loss terms of one micro-batch (`loss` is minimised, the rest logged). `net` is the model (or its DDP /
-    FSDP wrapper) taking `complete=` (B,) bool in its condition; `routed` is the network whose `routing` the
+    FSDP wrapper) taking `complete=` (B,) bool in its condition; `routed` is the DyDiT policy whose `routing` the
     forward fills and whose `block_costs()` are its blocks' `BlockCost`s in `routing` order at the tokens that
     forward processed (FlexDiT ∘ DyDiT: λ is a fraction of the FlexDiT forward at its grid)."""
     B = x0.shape[0]
@@ -115,18 +115,18 @@ def routed_macs(blocks: Sequence[RoutedBlock], routing: Sequence[BlockRouting], 
     return total
 
 
-def forward_macs(net: Any, cost: Any, routing: Sequence[BlockRouting] | None = None,
+def forward_macs(policy: Any, cost: Any, routing: Sequence[BlockRouting] | None = None,
                  grid: int | None = None) -> torch.Tensor:
-    """(B,) MACs per sample of a routed network's last forward (or of gates `routing` at FlexDiT grid `grid`):
-    `routed_macs` over `net.block_shapes(grid)`, with everything outside the blocks' attention and MLP
+    """(B,) MACs per sample of a DyDiT policy's last forward (or of gates `routing` at FlexDiT grid `grid`):
+    `routed_macs` over `policy.block_shapes(grid)`, with everything outside the blocks' attention and MLP
     (embeddings, modulation, fusions, final layer) from the family's cost model `cost` at that grid."""
     if routing is None:
-        routing, grid = net.routing, net.last_grid
+        routing, grid = policy.routing, policy.last_grid
     if not routing or routing[0] is None:
         raise ValueError("the MACs of a routed forward need a DyDiT model after a forward")
-    shapes = net.block_shapes(grid)
+    shapes = policy.block_shapes(grid)
     other = cost.forward_macs(grid).gmacs * 1e9 - sum(b.cost.attention + b.cost.mlp for b in shapes)
-    return routed_macs(shapes, routing, other, net.token_router_hidden)
+    return routed_macs(shapes, routing, other, policy.token_router_hidden)
 
 
 def router_macs(blocks: Sequence[RoutedBlock], router_hidden: int) -> float:
@@ -137,7 +137,7 @@ def router_macs(blocks: Sequence[RoutedBlock], router_hidden: int) -> float:
 
 class RoutedCostMeter:
     """A DyDiT model as a sampler's `model(x, t, **cond)` that adds up the MACs of every forward from the gates it
-    used (`Denoiser.routed_forward_macs`): the cost of a sampling run from its real kept counts. With `model`
+    used (`Denoiser.forward_macs`): the cost of a sampling run from its real kept counts. With `model`
     None, forwards are added with `add` (`flexgen generate`'s hook on the pipeline's transformer)."""
 
     def __init__(self, model: Any = None):
@@ -147,7 +147,7 @@ class RoutedCostMeter:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
         out = self.model(x, t, **cond)
-        self.add(int(t[0]), self.model.routed_forward_macs())
+        self.add(int(t[0]), self.model.forward_macs())
         return out
 
     def add(self, t: int, macs: torch.Tensor) -> None:

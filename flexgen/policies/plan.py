@@ -25,7 +25,6 @@ import torch
 from flexgen.diffusion import any_scheduler, linear_betas
 from flexgen.policies.cost import grid_at_timestep
 from flexgen.policies.dydit.config import DyDiTConfig
-from flexgen.policies.dydit.routing import router_macs
 from flexgen.policies.flexdit import DensityConfig, ScheduleConfig
 from flexgen.policies.flexdit.layouts import LAYOUTS, parse_layout
 from flexgen.policies.flexdit.schedules import grid_at
@@ -110,13 +109,13 @@ def dydit_target(run, budget: float, dense_gmacs: float, timesteps: list[int] | 
         cost = dy.cost()
         grids = [grid_at_timestep(cost, t) for t in timesteps or range(run.diffusion.num_timesteps)] \
             if cost.stages else [None]
-        shapes = {g: dy.net.block_shapes(g) for g in set(grids)}
+        shapes = {g: dy.policy.block_shapes(g) for g in set(grids)}
     except (ValueError, AttributeError):
         return None
     forward_at = {g: dense_gmacs if g is None else cost.forward_macs(g).gmacs for g in shapes}
     block_at = {g: sum(b.cost.attention + b.cost.mlp for b in sh) / 1e9 for g, sh in shapes.items()}
     blocks = sum(block_at[g] for g in grids) / len(grids)
-    fixed = sum(forward_at[g] - block_at[g] + router_macs(shapes[g], dy.net.token_router_hidden) / 1e9
+    fixed = sum(forward_at[g] - block_at[g] + dy.policy.router_macs(g) / 1e9
                 for g in grids) / len(grids)
     lam = (budget * dense_gmacs - fixed) / blocks
     return {"target": lam if 0 < lam <= 1 else None, "blocks_gmacs": blocks, "fixed_gmacs": fixed,

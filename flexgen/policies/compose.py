@@ -1,0 +1,93 @@
+"""Policies composed: FlexDiT decides how many tokens a block sees, DyDiT how much of the block runs on them (and a
+step cache, whether the step runs at all). Each question goes to the parts in order: the first part with an answer
+gives it (training timesteps: FlexDiT's one stage per micro-batch, so every forward has one grid; losses and the
+measured cost: DyDiT's, at the grid each forward ran at); records, sections and metadata join every part's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flexgen.policies.base import Policy
+
+
+class Compose(Policy):
+    """Several policies on one network (`Compose(FlexDiT(...), DyDiT(...))`)."""
+
+    def __init__(self, *parts: Policy):
+        if len(parts) < 2:
+            raise ValueError("Compose takes two or more policies")
+        self._parts = parts
+        self.name = "+".join(p.name for p in parts)
+
+    @property
+    def parts(self) -> tuple[Policy, ...]:
+        return self._parts
+
+    @property
+    def measured(self) -> bool:
+        return self._measured is not None
+
+    @property
+    def _measured(self) -> Policy | None:
+        return next((p for p in self._parts if p.measured), None)
+
+    def _answer(self, method: str, *args, **kwargs) -> Any:
+        for p in self._parts:
+            out = getattr(p, method)(*args, **kwargs)
+            if out is not None:
+                return out
+        return None
+
+    def label(self) -> str:
+        return " + ".join(p.label() for p in self._parts)
+
+    def sections(self) -> dict[str, Any]:
+        return {k: v for p in self._parts for k, v in p.sections().items()}
+
+    def timesteps(self, model):
+        return self._answer("timesteps", model)
+
+    def losses(self, *args):
+        return self._answer("losses", *args)
+
+    def _routed(self) -> Policy:
+        part = self._measured
+        if part is None:
+            raise NotImplementedError(f"the {self.label()} model's cost is counted, not measured per forward")
+        return part
+
+    def forward_macs(self, cost, routing=None, grid=None):
+        return self._routed().forward_macs(cost, routing, grid)
+
+    def meter(self, model):
+        return self._answer("meter", model)
+
+    def block_shapes(self, grid=None):
+        return self._routed().block_shapes(grid)
+
+    def router_macs(self, grid=None):
+        return sum(p.router_macs(grid) for p in self._parts)
+
+    def synthetic_macs(self, cost, grid, target):
+        return self._routed().synthetic_macs(cost, grid, target)
+
+    def slice_caches(self):
+        return [c for p in self._parts for c in p.slice_caches()]
+
+    def set_synthetic(self, target):
+        return self._routed().set_synthetic(target)
+
+    def metadata(self):
+        return {k: v for p in self._parts for k, v in p.metadata().items()}
+
+    def load_state_dict(self, sd, path, *, routers_required=False):
+        self._converting = []
+        for p in reversed(self._parts):       # the innermost policy (DyDiT) maps its keys before FlexDiT converts
+            sd, converts = p.load_state_dict(sd, path, routers_required=routers_required)
+            if converts:
+                self._converting.append(p)
+        return sd, bool(self._converting)
+
+    def converted(self) -> None:
+        for p in self._converting:
+            p.converted()

@@ -1,0 +1,235 @@
+"""DyDiT as a policy component: the width and token routers it adds to a network, the bookkeeping of one routed
+forward (masks from the timestep embedding, the masked or the skipping path, the gates each block used), and the
+cost, losses and weights that follow from it. Written once for every family: a family's block adapter runs its
+block with the `BlockGates` of `gates(index)` and reports the token gates back with `record`.
+
+- Width masks are a function of the embedding the routers read (t; PixArt-α 1024-MS: and the size conditions).
+- The skipping forward (eval mode with one embedding for the whole batch, as every sampler step; or `skip = True`)
+  computes only the active heads, groups and tokens through each block's `SliceCache`; the masked forward
+  (training, and the definition) computes everything and gates it.
+- `complete` (B,) bool runs those samples through the complete model (DyDiT's warm-up loss on the same forward).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from flexgen.policies.base import Policy
+from flexgen.policies.dydit.budget import BlockCost
+from flexgen.policies.dydit.config import DyDiTConfig
+from flexgen.policies.dydit.routers import TokenRouter, WidthRouter
+from flexgen.policies.dydit.routing import (
+    BlockRouting,
+    RoutedBlock,
+    RoutedCostMeter,
+    dydit_losses,
+    forward_macs,
+    router_macs,
+    set_synthetic_routers,
+    synthetic_routing,
+)
+from flexgen.policies.dydit.width import SliceCache
+from flexgen.policies.timesteps import StratifiedTimesteps, timestep_weights
+
+METADATA_KEY = "flexgen_routers"            # our safetensors: "dydit"
+ROUTER_PREFIXES = ("width_routers.", "token_routers.")
+# The released DyDiT layout (DyDiT/models.py), per block: attn_rate.router (heads), mlp_rate.router (MLP groups),
+# token_selection.mlp_head.{0,2} (tokens).
+RELEASED_ROUTER = re.compile(r"(?P<block>.+)\.(?P<part>attn_rate\.router|mlp_rate\.router|"
+                             r"token_selection\.mlp_head)\.(?P<rest>[^.]+)")
+
+
+class BlockGates(NamedTuple):
+    """What a block adapter runs one block with: head (·, H) and MLP-group (·, G) gates, its token router (None:
+    every token runs the MLP), its slice cache (skipping; the gates are then (H,) / (G,)) and the rows that run the
+    complete model (masked path only)."""
+    heads: torch.Tensor
+    groups: torch.Tensor
+    token_router: nn.Module | None
+    sliced: SliceCache | None
+    complete: torch.Tensor | None
+
+
+class DyDiT(Policy):
+    """Timestep-wise width and per-token MLP skipping (Zhao et al. 2024, arXiv 2410.03456)."""
+
+    name = "dydit"
+    measured = True
+
+    def __init__(self, config: DyDiTConfig | None = None):
+        self.config = config if config is not None else DyDiTConfig()
+        self.skip: bool | None = None       # None: skip in eval mode when the batch shares one embedding; or force
+        self.routing: list[BlockRouting | None] = []
+        self.last_grid: int | None = None   # composed with FlexDiT: the sparse grid of the last forward
+        self._masks: list | None = None
+        self._complete: torch.Tensor | None = None
+        self._skipping = False
+
+    def attach(self, net: nn.Module, block_names: Sequence[str], dim: int, heads: int, routes_tokens: Sequence[bool],
+               caches: Sequence[SliceCache]) -> None:
+        """Register the routers on `net` (`width_routers.k` for every block, `token_routers.j` for the blocks that
+        route tokens; k in the order of `block_names`, the blocks' module names) and keep each block's cache."""
+        self.net, self.block_names, self._caches = net, list(block_names), list(caches)
+        net.width_routers = nn.ModuleList(WidthRouter(dim, heads) for _ in block_names)
+        routed = [k for k, on in enumerate(routes_tokens) if on]
+        net.token_routers = nn.ModuleList(TokenRouter(dim) for _ in routed)
+        self._token_slot = {k: j for j, k in enumerate(routed)}
+
+    # ---- one routed forward -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def forward(self, t: torch.Tensor, complete: torch.Tensor | None, training: bool) -> Iterator[None]:
+        """Around a forward at timesteps t (B,): picks the skipping or masked path, checks `complete`, resets
+        `routing`, and drops the masks afterwards."""
+        shared_t = not bool((t != t[0]).any())
+        if self.skip and not shared_t:
+            raise ValueError("the skipping forward needs one timestep for the whole batch (masks are per step)")
+        self._skipping = self.skip if self.skip is not None else (not training and shared_t)
+        if complete is not None:
+            if complete.shape != t.shape:
+                raise ValueError(f"complete must be one flag per sample {tuple(t.shape)}, got {tuple(complete.shape)}")
+            if self._skipping and bool(complete.any()):
+                raise ValueError("the skipping forward runs the routed model: complete=True needs skip=False")
+        self._complete, self.routing = complete, [None] * len(self._caches)
+        try:
+            yield
+        finally:
+            self._masks = self._complete = None
+
+    def set_masks(self, embedding: torch.Tensor) -> None:
+        """Every block's width masks from the embedding (B, D) its routers read."""
+        if self._skipping and not torch.equal(embedding, embedding[:1].expand_as(embedding)):
+            if self.skip:
+                raise ValueError("the skipping forward needs one mask for the batch: every row at the same t and "
+                                 "size conditions")
+            self._skipping = False                     # rows of other sizes (1024-MS): the masked forward
+        on = None if self._complete is None else self._complete[:, None]
+        masks = []
+        for router in self.net.width_routers:
+            heads, groups = router(embedding)                                 # (B, H), (B, G)
+            masks.append((heads, groups) if on is None else
+                         (torch.where(on, 1.0, heads).to(heads.dtype), torch.where(on, 1.0, groups).to(heads.dtype)))
+        self._masks = masks
+
+    def gates(self, index: int, sequences: int) -> BlockGates:
+        """Block `index`'s gates for its x of `sequences` = B·per sequences (per consecutive ones per sample)."""
+        heads, groups = self._masks[index]                                    # (B, H), (B, G)
+        router = self.token_router(index)
+        if self._skipping:                                                    # one mask for the batch
+            return BlockGates(heads[0], groups[0], router, self._caches[index], None)
+        per, complete = sequences // heads.shape[0], self._complete
+        if per > 1:
+            heads, groups = heads.repeat_interleave(per, 0), groups.repeat_interleave(per, 0)
+            complete = None if complete is None else complete.repeat_interleave(per)
+        return BlockGates(heads, groups, router, None, complete)
+
+    def record(self, index: int, tokens: torch.Tensor | None) -> None:
+        """The gates block `index` used (its token gates (B·per, n) as returned by the adapter)."""
+        heads, groups = self._masks[index]
+        B = heads.shape[0]
+        self.routing[index] = BlockRouting(heads, groups, None if tokens is None else tokens.reshape(B, -1))
+
+    def token_router(self, index: int) -> TokenRouter | None:
+        slot = self._token_slot.get(index)
+        return None if slot is None else self.net.token_routers[slot]
+
+    @property
+    def token_router_hidden(self) -> int:
+        return self.net.token_routers[0].hidden if len(self.net.token_routers) else 0
+
+    # ---- what a run records, trains and costs -----------------------------------------------------------
+
+    def label(self) -> str:
+        return "dydit" if self.config.target is None else f"dydit {self.config.target:g}"
+
+    def sections(self) -> dict[str, Any]:
+        return {"dydit": dataclasses.asdict(self.config)}
+
+    def timesteps(self, model: Any):
+        """Stratified t (its budget holds the batch mean, so each batch covers t evenly)."""
+        if self.config.strata > 1:
+            return StratifiedTimesteps(model.num_timesteps, self.config.strata, timestep_weights(model.run.diffusion))
+        return None
+
+    def losses(self, model, diffusion, net, x0, t, noise, cond, step):
+        return dydit_losses(diffusion, net, self, x0, t, noise, cond, step, self.config)
+
+    def block_shapes(self, grid: int | None = None) -> list[RoutedBlock]:
+        return self.net.block_shapes(grid)
+
+    def block_costs(self) -> list[BlockCost]:
+        """The blocks' full-width costs at the tokens of the last forward (what the budget loss weighs)."""
+        return self.net.block_costs()
+
+    def router_macs(self, grid: int | None = None) -> float:
+        return router_macs(self.block_shapes(grid), self.token_router_hidden)
+
+    def forward_macs(self, cost: Any, routing: Any = None, grid: int | None = None) -> torch.Tensor:
+        return forward_macs(self, cost, routing, grid)
+
+    def synthetic_macs(self, cost: Any, grid: int | None, target: float) -> float:
+        """MACs per sample of one forward at `grid` with the synthetic λ setting, counted without running it."""
+        return float(forward_macs(self, cost, synthetic_routing(self.block_shapes(grid), target), grid))
+
+    def meter(self, model: Any) -> RoutedCostMeter:
+        return RoutedCostMeter(model)
+
+    def slice_caches(self) -> list[SliceCache]:
+        return self._caches
+
+    def set_synthetic(self, target: float) -> float:
+        return set_synthetic_routers(self.net.width_routers, self.net.token_routers, target)
+
+    # ---- weights ----------------------------------------------------------------------------------------
+
+    def metadata(self) -> dict[str, str]:
+        return {METADATA_KEY: "dydit"}
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], where: Any) -> DyDiT | None:
+        return cls() if meta.get(METADATA_KEY) == "dydit" else None
+
+    @classmethod
+    def holds(cls, sd: dict[str, torch.Tensor]) -> bool:
+        return any(k.startswith(ROUTER_PREFIXES) or RELEASED_ROUTER.fullmatch(k) for k in sd)
+
+    def released_keys(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Routers of the released DyDiT layout (block keys already in our names) -> `width_routers.k` /
+        `token_routers.k` (k: the block's index in `block_names`)."""
+        index = {name: k for k, name in enumerate(self.block_names)}
+        out = {}
+        for key, value in sd.items():
+            match = RELEASED_ROUTER.fullmatch(key)
+            if match is None or match["block"] not in index:
+                out[key] = value
+                continue
+            k, part, rest = index[match["block"]], match["part"], match["rest"]
+            if part == "token_selection.mlp_head":
+                out[f"token_routers.{k}.mlp.{rest}"] = value
+            else:
+                out[f"width_routers.{k}.{'heads' if part == 'attn_rate.router' else 'groups'}.{rest}"] = value
+        return out
+
+    def load_state_dict(self, sd, path, *, routers_required=False):
+        """Ours or the released layout; a file without routers is the conversion (fresh routers, every unit on,
+        then `converted`: importance order), which `routers_required` (sampling) refuses."""
+        sd = self.released_keys(sd)
+        if any(k.startswith(ROUTER_PREFIXES) for k in sd):
+            return sd, False
+        if routers_required:
+            raise ValueError(
+                f"{path} holds no DyDiT routers (a dense model), and fresh routers would only run the dense model: "
+                f"fine-tune it into DyDiT first (train.init_from: {path} in a run with a dydit section), then sample "
+                "the run's exported weights")
+        return {**sd, **{k: v for k, v in self.net.state_dict().items() if k.startswith(ROUTER_PREFIXES)}}, True
+
+    def converted(self) -> None:
+        self.net.order_by_importance()
+

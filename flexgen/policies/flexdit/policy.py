@@ -1,0 +1,80 @@
+"""FlexDiT as a policy component: its layout's roles, its timestep -> grid schedule and the recovery fusions it adds
+to a network (`fusions.k`, one per R block); the family walks its blocks by the roles (`flexdit.walk.run_layout`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import torch
+from torch import nn
+
+from flexgen.policies.base import Policy
+from flexgen.policies.flexdit.config import DensityConfig
+from flexgen.policies.flexdit.layouts import parse_layout
+from flexgen.policies.flexdit.schedules import grid_for_timesteps, stages
+from flexgen.policies.flexdit.tokens import Fusion
+from flexgen.policies.timesteps import StageTimesteps, timestep_weights
+from flexgen.schema import ConfigError, build_dataclass
+
+METADATA_KEY = "flexgen_density_config"     # our safetensors: the DensityConfig and num_timesteps
+
+
+class FlexDiT(Policy):
+    """Token density per block (roles P G S R D T) and timestep (a grid schedule, Eq. 5)."""
+
+    name = "flexdit"
+
+    def __init__(self, density: DensityConfig, num_timesteps: int = 1000, num_blocks: int | None = None):
+        if not density.layout:
+            raise ValueError("a FlexDiT policy needs a density layout")
+        self.density, self.num_timesteps = density, num_timesteps
+        self.stages = stages(density.schedule, num_timesteps)
+        self.roles = parse_layout(density.layout, num_blocks) if num_blocks is not None else None
+
+    def attach(self, net: nn.Module, dim: int, num_blocks: int) -> None:
+        """The layout's roles for `num_blocks` blocks; register the recovery fusions on `net` (`fusions.k`)."""
+        self.net, self.roles = net, parse_layout(self.density.layout, num_blocks)
+        net.fusions = nn.ModuleList(Fusion(dim, self.density.fusion_init) for _ in range(self.roles.count("R")))
+
+    def grid_for(self, t: torch.Tensor) -> int:
+        """The schedule's sparse side at timesteps t (one grid per batch)."""
+        return grid_for_timesteps(self.stages, torch.as_tensor(t))
+
+    def label(self) -> str:
+        return f"flexdit {self.density.layout}"
+
+    def sections(self) -> dict[str, Any]:
+        return {"density": dataclasses.asdict(self.density)}
+
+    def timesteps(self, model: Any):
+        """One density stage per micro-batch, t following the run's training density overall."""
+        return StageTimesteps(tuple(model.cost().stages), timestep_weights(model.run.diffusion))
+
+    def metadata(self) -> dict[str, str]:
+        return {METADATA_KEY: json.dumps({"density": dataclasses.asdict(self.density),
+                                          "num_timesteps": self.num_timesteps})}
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], where: Any) -> FlexDiT | None:
+        """The policy our safetensors metadata records, or None."""
+        if METADATA_KEY not in meta:
+            return None
+        saved = json.loads(meta[METADATA_KEY])
+        try:
+            density = build_dataclass(DensityConfig, saved["density"], "density")
+        except ConfigError as e:
+            raise ValueError(f"{where} metadata: {e}") from e
+        return cls(density, saved["num_timesteps"])
+
+    @classmethod
+    def holds(cls, sd: dict[str, torch.Tensor]) -> bool:
+        return any(k.startswith("fusions.") for k in sd)
+
+    def load_state_dict(self, sd, path, *, routers_required=False):
+        """A dense file (no fusions) is converted by the family (`net.flex_state_dict`): Poolingformers keep the
+        value slice, the fusions take their initial values."""
+        if self.holds(sd):
+            return sd, False
+        return self.net.flex_state_dict(sd), False

@@ -1,0 +1,67 @@
+"""PixArt-α transformers from local folders: a pipeline folder or a transformer folder, dense (diffusers' class),
+FlexDiT or DyDiT (ours, by the `_class_name` their config.json records)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import PixArtTransformer2DModel
+
+from flexgen.policies import DyDiT, FlexDiT, Policy
+from flexgen.policies.flexdit import DensityConfig
+from flexgen.t2i.dy_pixart import DyPixArtTransformer2DModel
+from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, density_config_entries
+
+WEIGHT_SOURCES = ("a diffusers PixArt-α folder: PixArt-alpha/PixArt-XL-2-256x256, PixArt-XL-2-512x512 or "
+                  "PixArt-XL-2-1024-MS on the Hugging Face hub, downloaded on a machine with internet access")
+
+
+
+def transformer_folder(path: str | Path) -> Path:
+    """The transformer folder of a diffusers PixArt-α pipeline folder, or the path itself if it is one."""
+    path = Path(path)
+    for folder in (path / "transformer", path):
+        if (folder / "config.json").is_file():
+            return folder
+    what = "no such folder" if not path.exists() else "no config.json in it or in its transformer/ subfolder"
+    raise FileNotFoundError(f"no PixArt-α transformer at {path} ({what}); expected a pipeline folder with "
+                            f"transformer/config.json and weights, or a transformer folder, e.g. {WEIGHT_SOURCES}")
+
+
+def load_transformer(path: str | Path, density: DensityConfig | None = None, *, device: str | torch.device = "cpu",
+                     dtype: torch.dtype = torch.float32,
+                     num_train_timesteps: int = 1000) -> PixArtTransformer2DModel:
+    """A dense, FlexDiT or DyDiT PixArt-α transformer from a local folder (pipeline or transformer folder). With a
+    `density` whose layout is set, a dense model is converted (FlexDiT fine-tuning starts here)."""
+    folder = transformer_folder(path)
+    saved = json.loads((folder / "config.json").read_text())
+    classes = {c.__name__: c for c in (FlexPixArtTransformer2DModel, DyPixArtTransformer2DModel)}
+    cls = classes.get(saved.get("_class_name"), PixArtTransformer2DModel)
+    flex = cls is not PixArtTransformer2DModel
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        raise FileNotFoundError(f"{folder} has a config.json but no weights (*.safetensors or *.bin); copy the "
+                                f"weights of {WEIGHT_SOURCES}")
+    model = cls.from_pretrained(folder, local_files_only=True, torch_dtype=dtype).to(device)
+    if density is not None and density.layout:
+        if flex and model.roles:
+            if density_config_entries(density) != density_config_entries(model.density):
+                raise ValueError(f"{folder} holds a FlexDiT model with layout {model.config.layout!r}; it cannot be "
+                                 "converted again (load it without a density section, or start from a dense one)")
+            return model
+        model = FlexPixArtTransformer2DModel.from_dense(model, density, num_train_timesteps)
+    return model
+
+
+def pixart_network(arguments: dict, policy: Policy) -> FlexPixArtTransformer2DModel:
+    """The PixArt-α transformer of `PixArtTransformer2DModel` arguments running `policy` (dense, FlexDiT, DyDiT or
+    both); a DyDiT part keeps its whole config section (λ schedule, loss weight, strata) for training."""
+    flex, dy = policy.part(FlexDiT), policy.part(DyDiT)
+    extra = {} if flex is None else {**density_config_entries(flex.density), "num_train_timesteps": flex.num_timesteps}
+    if dy is None:
+        return FlexPixArtTransformer2DModel(**arguments, **extra)
+    net = DyPixArtTransformer2DModel(**arguments, **extra, dydit_target=dy.config.target,
+                                     route_cross_attention=dy.config.cross_attention)
+    net.policy.part(DyDiT).config = dy.config
+    return net
