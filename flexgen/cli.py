@@ -64,8 +64,9 @@ def convert(args: argparse.Namespace) -> None:
     model = build_denoiser(run)
     model.load_pretrained(args.src, sha256=args.sha256)
     written = model.export(args.out)
+    policy = model.policy.describe()
     print(f"wrote {written} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
-          f"{model.describe()}, policy: {model.policy.label()})")
+          f"{model.describe()}{', ' + policy if policy else ''})")
 
 
 def default_run_dir(config_path: str, overrides: list[str], results_dir: str) -> Path:

@@ -12,7 +12,7 @@ from dydit_helpers import dydit_of
 from t2i_helpers import CAPTION_DIM, MAX_LENGTH, make_captions, save_tiny_pipeline, tiny_transformer
 
 from flexgen.flops import flop_counter
-from flexgen.policies.dydit.routing import forward_macs, set_synthetic_routers
+from flexgen.policies.dydit.routing import set_synthetic_routers
 from flexgen.policies.flexdit import DensityConfig, ScheduleConfig
 from flexgen.t2i.dy_pixart import DyPixArtTransformer2DModel
 from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, PixArtCost
@@ -176,7 +176,7 @@ def test_macs_from_the_kept_counts_equal_flop_counter(cross, kind):
     dense_macs = cost.forward_macs(None).gmacs * 1e9
     assert float(measured[0]) < 0.9 * dense_macs
     # the default (120 tokens) is what sample / generate / bench count
-    assert forward_macs(dy, PixArtCost.of(dy)).shape == (1,)
+    assert dy.policy.forward_macs(PixArtCost.of(dy)).shape == (1,)
 
 
 def test_the_cross_attention_share_and_the_budget():

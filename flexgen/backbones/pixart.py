@@ -79,7 +79,7 @@ class PixArtDenoiser(Denoiser):
         when the folder holds a dense model, and to DyDiT (fresh routers, every unit on, heads and MLP groups in
         importance order) when this model has routers and the folder none (`routers_required` refuses that)."""
         from flexgen.t2i.pixart import FlexPixArtTransformer2DModel
-        from flexgen.t2i.pixart_io import load_transformer
+        from flexgen.t2i.pixart_io import load_transformer, policy_of
 
         if sha256:
             raise ValueError("a sha256 checks one weights file; a PixArt-α source is a diffusers folder")
@@ -101,7 +101,7 @@ class PixArtDenoiser(Denoiser):
                              f"{self.layout or 'dense'}: start from a dense folder or use its layout")
         sd = source.state_dict()
         policies.check_file_fits(sd, self.policy, path)
-        ours, theirs = self.policy.sections().get("dydit"), source.policy.sections().get("dydit")
+        ours, theirs = self.policy.sections().get("dydit"), policy_of(source).sections().get("dydit")
         if ours and theirs and ours["cross_attention"] != theirs["cross_attention"]:
             raise ValueError(f"{path} routes the cross-attention's heads: {theirs['cross_attention']}; the run's "
                              f"dydit.cross_attention is {ours['cross_attention']}")

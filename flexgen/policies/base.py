@@ -35,6 +35,10 @@ class Policy:
         """What a sample record calls the method ("baseline", "flexdit LAYOUT", "dydit λ", joined by " + ")."""
         return "baseline"
 
+    def describe(self) -> str:
+        """A few words for messages ("" for the dense model)."""
+        return ""
+
     def sections(self) -> dict[str, Any]:
         """The run-config sections that define it ({"density": {...}, "dydit": {...}}; {} for the dense model)."""
         return {}

@@ -41,6 +41,9 @@ class Compose(Policy):
     def label(self) -> str:
         return " + ".join(p.label() for p in self._parts)
 
+    def describe(self) -> str:
+        return ", ".join(p.describe() for p in self._parts)
+
     def sections(self) -> dict[str, Any]:
         return {k: v for p in self._parts for k, v in p.sections().items()}
 

@@ -265,7 +265,7 @@ def _meter_routed_forwards(transformer):
     `gmacs_per_image`)."""
     from flexgen.t2i.pixart import PixArtCost
 
-    meter, cost = transformer.policy.meter(None), PixArtCost.of(transformer)
+    meter, cost = transformer.policy.meter(None), PixArtCost.of(transformer)     # (a DyDiT transformer)
 
     def hook(module, args, kwargs, output):
         timestep = kwargs["timestep"] if "timestep" in kwargs else args[2]
@@ -329,7 +329,7 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
     from flexgen import manifest as mf
     from flexgen.data.media import save_grid
     from flexgen.files import file_sha256
-    from flexgen.t2i.pixart_io import transformer_folder
+    from flexgen.t2i.pixart_io import policy_of, transformer_folder
 
     prompts = list(args.prompt) + (read_prompts(args.prompts_file) if args.prompts_file else [])
     if not prompts:
@@ -352,7 +352,7 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
         use_flexgen_attention(pipe.transformer)
     config = pipe.transformer.config
     layout = config.get("layout", "")
-    policy = pipe.transformer.policy
+    policy = policy_of(pipe.transformer)
     meter = _meter_routed_forwards(pipe.transformer) if policy.measured else None
     settings = {"model": _folder(args.model), "transformer": _folder(args.transformer or args.model),
                 "text_encoder": _folder(args.text_encoder or args.model),

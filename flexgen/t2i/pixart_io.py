@@ -65,3 +65,8 @@ def pixart_network(arguments: dict, policy: Policy) -> FlexPixArtTransformer2DMo
                                      route_cross_attention=dy.config.cross_attention)
     net.policy.part(DyDiT).config = dy.config
     return net
+
+
+def policy_of(transformer: torch.nn.Module) -> Policy:
+    """The policy a PixArt-α transformer runs (diffusers' own class: the dense model)."""
+    return transformer.policy if isinstance(transformer, FlexPixArtTransformer2DModel) else Policy()

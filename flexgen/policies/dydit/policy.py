@@ -42,8 +42,8 @@ METADATA_KEY = "flexgen_routers"            # our safetensors: "dydit"
 ROUTER_PREFIXES = ("width_routers.", "token_routers.")
 # The released DyDiT layout (DyDiT/models.py), per block: attn_rate.router (heads), mlp_rate.router (MLP groups),
 # token_selection.mlp_head.{0,2} (tokens).
-RELEASED_ROUTER = re.compile(r"(?P<block>.+)\.(?P<part>attn_rate\.router|mlp_rate\.router|"
-                             r"token_selection\.mlp_head)\.(?P<rest>[^.]+)")
+RELEASED_ROUTER = re.compile(r"(?P<block>\w+\.\d+)\.(?P<part>attn_rate\.router|mlp_rate\.router|"
+                             r"token_selection\.mlp_head)\.(?P<rest>.+)")
 
 
 class BlockGates(NamedTuple):
@@ -148,6 +148,10 @@ class DyDiT(Policy):
 
     def label(self) -> str:
         return "dydit" if self.config.target is None else f"dydit {self.config.target:g}"
+
+    def describe(self) -> str:
+        target = "" if self.config.target is None else f"λ = {self.config.target:g}; "
+        return f"DyDiT routers ({target}heads and MLP groups in importance order)"
 
     def sections(self) -> dict[str, Any]:
         return {"dydit": dataclasses.asdict(self.config)}

@@ -45,6 +45,9 @@ class FlexDiT(Policy):
     def label(self) -> str:
         return f"flexdit {self.density.layout}"
 
+    def describe(self) -> str:
+        return f"FlexDiT layout {self.roles or self.density.layout}"
+
     def sections(self) -> dict[str, Any]:
         return {"density": dataclasses.asdict(self.density)}
 
