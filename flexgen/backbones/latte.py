@@ -197,7 +197,7 @@ class LatteDenoiser(Denoiser):
 
     def sampling_condition(self, num_samples: int, seed: int, device: torch.device | str = "cpu",
                            dtype: torch.dtype = torch.float32) -> dict:
-        from flexgen.sample import resolve_labels
+        from flexgen.sampling.labels import resolve_labels
 
         labels = resolve_labels(num_samples, seed, self.config.num_classes)
         return {} if labels is None else {"y": torch.tensor(labels, device=device)}
