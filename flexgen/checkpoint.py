@@ -23,7 +23,6 @@ from safetensors.torch import load_file, save_file
 
 from flexgen import policies
 from flexgen.files import atomic_write, file_sha256
-from flexgen.video.dy_latte import latte_network
 from flexgen.video.latte import Latte, LatteConfig, sincos_1d, sincos_2d
 
 # Where the released weights come from (no sha256 is published by either project; `file_sha256` prints the
@@ -125,7 +124,7 @@ def convert_official_state_dict(sd: dict[str, torch.Tensor], config: LatteConfig
     against ours (a mismatch means the wrong input size or frame count) and dropped."""
     out = {}
     for key, value in sd.items():
-        key = key.removeprefix("module.").removeprefix("_orig_mod.")
+        key = _unwrapped(key)
         if key in ("pos_embed", "temp_embed"):
             ours = (sincos_2d(config.hidden_size, config.grid_size) if key == "pos_embed"
                     else sincos_1d(config.hidden_size, torch.arange(config.num_frames))).float()[None]
@@ -144,13 +143,20 @@ def convert_official_state_dict(sd: dict[str, torch.Tensor], config: LatteConfig
     return out
 
 
+def _unwrapped(key: str) -> str:
+    """A key without the prefixes DDP ("module.") and torch.compile ("_orig_mod.") add to a wrapped model's."""
+    while key.startswith(("module.", "_orig_mod.")):
+        key = key.removeprefix("module.").removeprefix("_orig_mod.")
+    return key
+
+
 def load_weights(model: Latte, path: str | Path, sha256: str | None = None, *, routers_required: bool = False) -> None:
     """Load our safetensors or an official checkpoint into `model`, strictly. The model's policy maps its own keys
     (DyDiT: the released layout) and converts a file without its modules: a FlexDiT model loads its dense model's
     weights, a DyDiT model a dense file (fresh routers, every block's heads and MLP groups in importance order),
     which `routers_required` refuses. A file with a policy's modules the model lacks is refused by name."""
-    sd = read_state_dict(path, sha256)
-    if any(k.removeprefix("module.").startswith(("blocks.", "pos_embed")) for k in sd):
+    sd = {_unwrapped(k): v for k, v in read_state_dict(path, sha256).items()}
+    if any(k.startswith(("blocks.", "pos_embed")) for k in sd):
         sd = convert_official_state_dict(sd, model.config)
     try:
         policies.check_file_fits(sd, model.policy, path)
@@ -198,6 +204,6 @@ def load_model(path: str | Path, sha256: str | None = None) -> Latte:
         policy = policies.from_metadata(meta, path)
     except ValueError as e:
         raise CheckpointError(str(e)) from e
-    model = latte_network(config, policy)
+    model = Latte(config, policy=policy)
     load_weights(model, path)
     return model

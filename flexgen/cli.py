@@ -29,21 +29,7 @@ import sys
 from pathlib import Path
 
 # ----------------------------------------------------------------------------------------------------------
-# bench (flexgen/bench.py), config, convert, demo
-
-
-def run_bench(compute: str, show: str, module: str = "flexgen.bench"):
-    """A bench command: <module>.<compute>(args), printed as JSON or by <module>.<show>."""
-    def run(args: argparse.Namespace) -> None:
-        import importlib
-
-        module_ = importlib.import_module(module)
-        result = getattr(module_, compute)(args)
-        if args.json:
-            print(json.dumps(result))
-        else:
-            getattr(module_, show)(result)
-    return run
+# config, convert, demo (bench: flexgen/bench/commands.py)
 
 
 def show_config(args: argparse.Namespace) -> None:
@@ -168,84 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "FLEXGEN_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    bench = commands.add_parser("bench", help="measure models: FLOPs, latency").add_subparsers(
-        dest="bench", required=True, metavar="WHAT")
-    flops = bench.add_parser("flops", help="parameters and MACs per forward, counted on the meta device (no "
-                             "weights); dense vs FlexDiT with --layout, vs DyDiT with --target or --ckpt",
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    latency = bench.add_parser("latency", help="dense vs FlexDiT or DyDiT latency in one process, beside the MAC "
-                               "ratio",
-                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    plan = bench.add_parser("plan", help="FlexDiT schedules that meet a MACs budget under a sampler (most tokens "
-                            "first), and the DyDiT λ for it", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    plan.add_argument("--budget", type=float, required=True, help="fraction of the dense model's MACs per sample")
-    plan.add_argument("--sampler", default=None, help="the sampler whose timesteps count (default: the family's)")
-    plan.add_argument("--steps", type=int, default=None, help="its steps (default: the family's)")
-    plan.add_argument("--top", type=int, default=20, help="schedules listed")
-    plan.add_argument("--num-samples", type=int, default=4, help="with --ckpt (a trained DyDiT): seeds per sampler "
-                      "whose kept counts give its realised FLOPs fraction")
-    for sub in (flops, latency, plan):
-        sub.add_argument("--model", default="Latte-XL/2", help="preset name, e.g. Latte-XL/2, DiT-XL/2, "
-                         "PixArt-XL/2-512")
-        sub.add_argument("--image-size", type=int, default=None, help="image side in pixels (default 256; PixArt-α: "
-                         "the preset's)")
-        sub.add_argument("--frames", type=int, default=None, help="video frames (default 16 for Latte, 1 for DiT)")
-        sub.add_argument("--vae-factor", type=int, default=8, help="autoencoder downsampling (1 = pixel space)")
-        sub.add_argument("--in-channels", type=int, default=4, help="latent channels")
-        sub.add_argument("--num-classes", type=int, default=None, help="classes (default 0 for Latte, 1000 for DiT)")
-        sub.add_argument("--layout", default="", help="FlexDiT layout: a preset (DiT-XL/2, Latte-XL/2, ...) or roles")
-        sub.add_argument("--grid-min", type=int, default=6, help="Eq. 5 sparse side at the noisiest steps")
-        sub.add_argument("--grid-max", type=int, default=10, help="Eq. 5 sparse side at the cleanest steps")
-        sub.add_argument("--reading", choices=("B", "A"), default="B", help="Eq. 5 reading")
-        sub.add_argument("--grid", type=int, default=0, help="a constant sparse side instead of Eq. 5")
-        sub.add_argument("--pool-frames", type=int, default=0, help="pool across frames to this many (0: per frame)")
-        sub.add_argument("--config", default=None, help="take model and density from a run config instead")
-        sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of --config")
-        sub.add_argument("--json", action="store_true", help="print one JSON object")
-        sub.add_argument("--target", type=float, default=None, help="DyDiT λ: with --model, a DyDiT model; its "
-                         "routers set to keep round(λ·H) heads and MLP groups and every token (no weights needed)")
-        sub.add_argument("--ckpt", default=None, help="a trained DyDiT checkpoint (with --config of a dydit run): "
-                         "its real routers")
-        sub.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-        sub.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    flops.add_argument("--num-samples", type=int, default=8, help="DyDiT --ckpt: seeds whose sampling runs are "
-                       "counted (sample i: seed sample.seed + i and its label)")
-    latency.add_argument("--batch", type=int, default=1, help="samples per forward")
-    latency.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
-    latency.add_argument("--warmup", type=int, default=1, help="untimed repeats first")
-    latency.add_argument("--cfg-scale", type=float, default=None, help="also time a sampling step with CFG at this "
-                         "scale, and a whole sampling run")
-    latency.add_argument("--sampler", default=None, help="sampler of the timed run, one the model's family offers: "
-                         "ddpm | ddim | dpm-solver++ for Latte / DiT (default ddpm), dpm-solver++ | dpm-solver | "
-                         "sa-solver | ddim | euler | ddpm for PixArt-α (default dpm-solver++)")
-    latency.add_argument("--steps", type=int, default=None, help="its steps (default: the family's, 250 for ddpm on "
-                         "Latte / DiT, 20 for PixArt-α)")
-    latency.add_argument("--compile", action="store_true", help="torch.compile dense and dynamic models alike (one "
-                         "graph per grid or mask pattern)")
-    latency.add_argument("--attention", choices=("diffusers", "flexgen"), default="diffusers",
-                         help="PixArt-α: diffusers' attention processors or flexgen.attention (packed text)")
-    suite = bench.add_parser("suite", help="the standard speed table: dense vs FlexDiT vs DyDiT vs both on the "
-                             "papers' models, with latency, memory and TFLOP/s; writes suite.json, suite.md, suite.svg",
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    suite.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    suite.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    suite.add_argument("--batch", type=int, default=None, help="samples per forward (default 8 on CUDA, 1 on CPU)")
-    suite.add_argument("--set", choices=("full", "small"), default=None, help="the models: full (DiT-XL/2 256 / 512, "
-                       "Latte-XL/2, PixArt-α 256 / 512 / 1024-MS) or small (default: full on CUDA, small on CPU)")
-    suite.add_argument("--models", nargs="+", default=None, metavar="KEY", help="these models instead, e.g. "
-                       "dit-xl2-512 pixart-512 (see flexgen.bench_suite.MODELS)")
-    suite.add_argument("--time-budget", type=float, default=None, help="seconds for the whole suite: rows whose "
-                       "estimated time does not fit are skipped and listed (default 540 on CPU, none on CUDA; 0: none)")
-    suite.add_argument("--repeats", type=int, default=2, help="timed repeats (median)")
-    suite.add_argument("--warmup", type=int, default=1, help="untimed repeats first")
-    suite.add_argument("--compile", action="store_true", help="torch.compile dense and dynamic models alike")
-    suite.add_argument("--out", default=None, help="output folder (default results/bench-suite-<device>-<dtype>)")
-    suite.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    suite.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every model")
-    suite.set_defaults(func=run_bench("bench_suite", "print_suite", "flexgen.bench_suite"))
-    flops.set_defaults(func=run_bench("bench_flops", "print_flops"))
-    latency.set_defaults(func=run_bench("bench_latency", "print_latency"))
-    plan.set_defaults(func=run_bench("bench_plan", "print_plan"))
+    from flexgen.bench.commands import add_parsers as add_bench_parsers
+    add_bench_parsers(commands)
 
     cfg = commands.add_parser("config", help="validate a config file and print it resolved")
     cfg.add_argument("path", help="YAML file, e.g. configs/video/ffs/latte-xl2.yaml")

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from flexgen.config import Config, load_config
-from flexgen.data.video import clip_span
+from flexgen.data.video_index import clip_span
 from flexgen.files import atomic_write_text
 from flexgen.registry import build_denoiser
 from flexgen.synthetic import make_synthetic

@@ -7,8 +7,6 @@ import torch
 from flexgen.config import load_config
 from flexgen.policies.flexdit import DensityConfig, ScheduleConfig
 from flexgen.synthetic import MOTIONS, render_clip
-from flexgen.video.dy_latte import FlexDyLatte
-from flexgen.video.flex_latte import FlexLatte
 from flexgen.video.latte import latte_config
 
 SMALL = ["model.depth=4", "data.num_frames=4", "data.image_size=8", "model.hidden_size=64"]
@@ -61,7 +59,7 @@ class SynthClips(torch.utils.data.Dataset):
         return {"video": self.video[i], "label": int(self.label[i]), "path": f"clip{i}"}
 
 
-# FlexDiT ∘ DyDiT (test_flex_dy_latte, test_cuda): a FlexLatte with random weights and the composed model on them.
+# FlexDiT ∘ DyDiT (test_flex_dy_latte, test_cuda): a FlexDiT Latte with random weights and the composed model on them.
 
 CASES = {   # (preset sizes, layout, pool_frames)
     "DiT": (dict(name="DiT-S/2", depth=6, hidden_size=32, num_heads=4, input_size=8, in_channels=3, num_classes=4),
@@ -81,16 +79,19 @@ def density(layout, pool_frames, grid=2):
 
 
 def models(case):
+    from flexgen.policies import Compose, DyDiT, FlexDiT
+    from flexgen.video.latte import Latte
+
     spec, layout, pool = CASES[case]
     spec = dict(spec)
     config = latte_config(spec.pop("name"), **spec)
     torch.manual_seed(0)
-    flex = FlexLatte(config, density(layout, pool)).double().eval()
+    flex = Latte(config, policy=FlexDiT(density(layout, pool))).double().eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():                                       # random weights everywhere (adaLN-Zero would hide bugs)
         for p in flex.parameters():
             p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.2)
-    composed = FlexDyLatte(config, density(layout, pool)).double().eval()
+    composed = Latte(config, policy=Compose(FlexDiT(density(layout, pool)), DyDiT())).double().eval()
     missing, unexpected = composed.load_state_dict(flex.state_dict(), strict=False)
     assert not unexpected and all(k.startswith(("width_routers.", "token_routers.")) for k in missing)
     return flex, composed

@@ -31,8 +31,9 @@ from flexgen.data.prepare import _convert_clip
 from flexgen.files import atomic_directory
 from flexgen.manifest import SampleManifest, entries, find_manifest, todo
 from flexgen.metrics.frechet import FeatureStats
+from flexgen.metrics.generated import check_sample_manifest
 from flexgen.metrics.leaderboard import add_leaderboard_arguments, leaderboard_main, render_png
-from flexgen.metrics.sources import check_sample_manifest, list_images, list_sources, listing
+from flexgen.metrics.sources import list_images, list_sources, listing
 from flexgen.video.latte import Latte
 from tests.conftest import tiny_config
 from tests.data_helpers import write_mp4

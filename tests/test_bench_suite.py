@@ -8,8 +8,11 @@ import json
 import pytest
 import torch
 
-from flexgen.bench import _PeakMemory, dydit_flops
-from flexgen.bench_suite import device_peak, markdown, suite_report, svg, targets, write_outputs
+from flexgen.bench.device import device_peak
+from flexgen.bench.flops import dydit_flops
+from flexgen.bench.memory import PeakMemory
+from flexgen.bench.suite import suite_report, targets
+from flexgen.bench.suite_outputs import markdown, svg, write_outputs
 from flexgen.cli import main
 from flexgen.config import load_config
 from tests.bench_helpers import SHRINK, TINY
@@ -74,7 +77,7 @@ def test_targets_are_judged_from_the_rows():
 
 
 def test_peak_memory_sees_an_allocation():
-    meter = _PeakMemory(torch.device("cpu"))
+    meter = PeakMemory(torch.device("cpu"))
     grown = meter(lambda: torch.ones(64, 2 ** 20, dtype=torch.float32).sum())    # 256 MiB, touched
     assert grown > 200 * 2 ** 20
     assert meter(lambda: None) < 64 * 2 ** 20
@@ -84,7 +87,7 @@ def test_peak_memory_sees_a_warmed_up_calls_temporaries():
     # What a timed forward looks like: temporaries of a few MiB each, freed, then allocated again by the next call.
     # The allocator keeps the freed chunks, so the resident set does not grow the second time; malloc's bytes in
     # use do (glibc's mallinfo2).
-    meter = _PeakMemory(torch.device("cpu"))
+    meter = PeakMemory(torch.device("cpu"))
     if meter.measured != "malloc bytes in use":
         pytest.skip(f"this C library has no mallinfo2 (measuring {meter.measured})")
 
@@ -109,7 +112,7 @@ def test_cli_rejects_unknown_models(capsys):
 def test_compiled_timing_builds_no_graph_after_the_warm_up():
     # A traced global counter (flexgen.attention's backend counts) made dynamo guard on its value and recompile on
     # every call; compiled rows now build their graphs in the eager pass and the warm-up only.
-    from flexgen.bench import latency_report
+    from flexgen.bench.latency import latency_report
 
     run = load_config(None, [*TINY.overrides(), *SHRINK, "dydit.target=0.5"])
     result = latency_report(run, repeats=2, warmup=1, compile=True)
@@ -132,7 +135,7 @@ for name in ("av", "decord", "cleanfid", "xformers"):
     sys.modules[name] = None                # import of these fails as on the GPU image
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from bench_helpers import SHRINK, TINY
-from flexgen.bench_suite import suite_report
+from flexgen.bench.suite import suite_report
 from flexgen.cli import build_parser
 build_parser()
 report = suite_report([TINY], overrides=SHRINK, repeats=1, warmup=0, log=lambda line: None)
@@ -146,11 +149,12 @@ print(len(report["rows"]), sum("forward_ms" in r for r in report["rows"]))
 def test_interleaved_timing_keeps_each_keys_slices():
     # measure() cycles dense, t1 … tk in every repeat; with a trained router's scattered patterns and one held copy
     # per block, every timed call would copy its slices again (a cost a sampler walking t in order does not pay).
-    from flexgen.bench import _bench_setup, _dynamic_plan, measure
+    from flexgen.bench.measure import measure
+    from flexgen.bench.models import bench_setup, dynamic_plan
 
     run = load_config(None, [*TINY.overrides(), *SHRINK, "dydit.target=0.5"])
-    bench = _bench_setup(run, device="cpu", dtype=torch.float32, batch=1, seed=0, sampler=None, steps=None)
-    plan = _dynamic_plan(bench, run)               # synthetic routers: one key; trained ones are timed at several t
+    bench = bench_setup(run, device="cpu", dtype=torch.float32, batch=1, seed=0, sampler=None, steps=None)
+    plan = dynamic_plan(bench, run)               # synthetic routers: one key; trained ones are timed at several t
     keys = [999, 500, 10]
     plan = dataclasses.replace(plan, keys=keys, t_of={t: t for t in keys},
                                average=lambda median: sum(median[t] for t in keys) / len(keys))

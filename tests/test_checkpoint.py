@@ -45,8 +45,7 @@ def test_official_dit_checkpoint_is_a_bare_state_dict(tmp_path):
     torch.testing.assert_close(model(x, t, y).double(), ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("prefix", ["module.", pytest.param("_orig_mod.", marks=pytest.mark.xfail(
-    strict=True, reason="load_weights tells the released layout by its keys with only module. removed"))])
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
 def test_ddp_prefixed_keys_load(tmp_path, prefix):
     """DDP's "module." (torch.compile's "_orig_mod.") key prefix loads the same weights as the bare keys."""
     cfg = tiny()

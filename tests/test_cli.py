@@ -97,8 +97,9 @@ def test_convert_dense_checkpoint_to_flexdit(tmp_path):
 
     from flexgen.checkpoint import load_model
     from flexgen.config import load_config
+    from flexgen.policies import FlexDiT
     from flexgen.registry import build_denoiser
-    from flexgen.video import FlexLatte, Latte
+    from flexgen.video import Latte
     from tests.reference_latte import official_state_dict
 
     flex_args = ["density.layout=PGSRT", "density.schedule.kind=constant", "density.schedule.grid=3"]
@@ -110,8 +111,8 @@ def test_convert_dense_checkpoint_to_flexdit(tmp_path):
     assert main(["convert", "--from", str(tmp_path / "dense.pt"), "--config", "configs/demo/tiny.yaml", *flex_args,
                  "--out", str(tmp_path / "flex.safetensors")]) == 0
     dense, flex = load_model(tmp_path / "dense.safetensors").eval(), load_model(tmp_path / "flex.safetensors").eval()
-    assert type(dense) is Latte and isinstance(flex, FlexLatte) and flex.density == cfg.density
-    expected = FlexLatte.from_dense(dense, cfg.density).eval()
+    assert type(dense) is Latte and dense.policy.dense and flex.policy.part(FlexDiT).density == cfg.density
+    expected = dense.converted(FlexDiT(cfg.density)).eval()
     x, t, y = torch.randn(2, 8, 3, 16, 16), torch.tensor([10, 10]), torch.tensor([0, 3])
     assert torch.equal(flex(x, t, y), expected(x, t, y))
     # A FlexDiT file loads back into a FlexDiT model (no second conversion), not into a dense one.

@@ -36,14 +36,10 @@ from flexgen.metrics.clip import (
     variant_of,
 )
 from flexgen.metrics.evaluate import add_eval_arguments, eval_main, evaluate, evaluate_clipscore
+from flexgen.metrics.generated import generated_images
 from flexgen.metrics.protocols import PROTOCOLS, Protocol
-from flexgen.metrics.sources import (
-    center_crop_resize,
-    generated_images,
-    resolve_protocol,
-    select_fake_images,
-    select_real_images,
-)
+from flexgen.metrics.selection import resolve_protocol, select_fake_images, select_real_images
+from flexgen.metrics.sources import center_crop_resize
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 WORDS = ("a", "cat", "dog", "red", "blue", "tree", "photo", "depicts", "of", "the", "on")
@@ -376,7 +372,7 @@ def test_generated_folder_listing(tmp_path, caplog):
     fake = write_generate_folder(tmp_path / "fake", images, PROMPTS[:3])
     (fake / "samples.json").write_text(json.dumps({"samples": [{"file": "x.png"}]}))      # other JSON: ignored
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(fake / "stray.png")
-    with caplog.at_level(logging.WARNING, logger="flexgen.metrics.sources"):
+    with caplog.at_level(logging.WARNING, logger="flexgen.metrics.generated"):
         listed = generated_images(fake)
     assert [p.name for p in listed.paths] == ["out-000.png", "out-001.png", "out-002.png"]
     assert listed.prompts == PROMPTS[:3] and "1 images are not listed" in caplog.text

@@ -18,10 +18,10 @@ from torch.utils.data import DataLoader
 
 from flexgen.config import DATASETS as CONFIG_DATASETS
 from flexgen.config import DataConfig
-from flexgen.data import media
-from flexgen.data import video as video_data
+from flexgen.data import media, video_index
 from flexgen.data.base import DatasetLayoutError, DataWarning
-from flexgen.data.video import DATASETS, VideoClipDataset, build_dataset
+from flexgen.data.video import VideoClipDataset, build_dataset
+from flexgen.data.video_index import DATASETS
 from tests.data_helpers import (
     coded_frames,
     decoded,
@@ -294,8 +294,8 @@ def test_index_is_cached_reused_and_rebuilt_after_a_change(tmp_path, monkeypatch
     first = make(root, "ucf101", tmp_path)
     assert not first.index_reused and first.index_path.is_file()
     calls = []
-    probe = video_data.probe_frames
-    monkeypatch.setattr(video_data, "probe_frames", lambda path: calls.append(Path(path).name) or probe(path))
+    probe = video_index.probe_frames
+    monkeypatch.setattr(video_index, "probe_frames", lambda path: calls.append(Path(path).name) or probe(path))
     second = make(root, "ucf101", tmp_path)
     assert second.index_reused and calls == [] and second.clips == first.clips
     write_avi(root / "Alpha" / "v_Alpha_g02_c01.avi", 20)
@@ -315,14 +315,14 @@ def test_index_lives_in_the_root_or_the_user_cache_when_the_root_is_read_only(tm
     assert VideoClipDataset(root, "sky", num_frames=4).index_reused          # the hidden cache is not a change
     ds.index_path.unlink()
 
-    write = video_data._write_index
+    write = video_index._write_index
 
     def read_only_root(path, content):
         if root in path.parents:
             raise PermissionError(13, "Permission denied", str(path))
         write(path, content)
 
-    monkeypatch.setattr(video_data, "_write_index", read_only_root)
+    monkeypatch.setattr(video_index, "_write_index", read_only_root)
     ds = VideoClipDataset(root, "sky", num_frames=4)
     assert (tmp_path / "xdg" / "flexgen" / "index") in ds.index_path.parents and not ds.index_reused
     assert VideoClipDataset(root, "sky", num_frames=4).index_reused

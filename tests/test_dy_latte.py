@@ -1,10 +1,10 @@
-"""DyDiT on Latte and DiT (flexgen.video.dy_latte): all routers on is the dense model; the skipping forward is the
-masked definition; width masks are per step, cached per pattern."""
+"""DyDiT on Latte and DiT (`Latte(config, policy=DyDiT())`): all routers on is the dense model; the skipping
+forward is the masked definition; width masks are per step, cached per pattern."""
 
 import pytest
 import torch
 
-from flexgen.video.dy_latte import DyLatte
+from flexgen.policies import DyDiT
 from flexgen.video.latte import Latte, latte_config
 from tests.dydit_helpers import dydit_of, randomise_routers
 
@@ -24,7 +24,7 @@ def models(kind):
     with torch.no_grad():                                       # random weights everywhere (adaLN-Zero would hide bugs)
         for p in dense.parameters():
             p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.2)
-    dy = DyLatte(config).double().eval()
+    dy = Latte(config, policy=DyDiT()).double().eval()
     missing, unexpected = dy.load_state_dict(dense.state_dict(), strict=False)
     assert not unexpected and all(k.startswith(("width_routers.", "token_routers.")) for k in missing)
     return dense, dy
@@ -72,7 +72,7 @@ def test_the_skipping_forward_is_the_masked_definition(kind):
 
 def released_layout(dy):
     """A state dict in the released DyDiT key layout (flat `blocks.i`, Latte: blocks[2i] spatial, [2i+1] temporal),
-    with DiT's keys and the three routers of each block, built from DyLatte's own tensors."""
+    with DiT's keys and the three routers of each block, built from a DyDiT Latte's own tensors."""
     ns, temporal = len(dy.spatial_blocks), dy.config.temporal
     sd = {}
     for key, value in dy.state_dict().items():
@@ -105,7 +105,7 @@ def test_the_released_dydit_layout_loads_strictly(kind, tmp_path):
     path = tmp_path / "new_dydit0.5.pt"
     torch.save({"model": {k: v * 0 for k, v in released_layout(trained).items()},
                 "ema": released_layout(trained)}, path)         # EMA preferred
-    loaded = DyLatte(trained.config).double().eval()
+    loaded = Latte(trained.config, policy=DyDiT()).double().eval()
     load_weights(loaded, path)
     x, t, y = inputs(trained, 500)
     with torch.no_grad():
@@ -115,7 +115,7 @@ def test_the_released_dydit_layout_loads_strictly(kind, tmp_path):
         load_weights(Latte(trained.config).double(), path)
     other = latte_config(**{**dict(CONFIGS[kind], name=CONFIGS[kind]["name"]), "num_heads": 2})
     with pytest.raises(CheckpointError, match=r"shape mismatches: .*width_routers\.0\.heads\.weight"):
-        load_weights(DyLatte(other).double(), path)
+        load_weights(Latte(other, policy=DyDiT()).double(), path)
 
 
 @pytest.mark.parametrize("kind", list(CONFIGS))
@@ -127,15 +127,16 @@ def test_dense_weights_convert_with_importance_ordering(kind, tmp_path):
     dense_only = {k: v for k, v in released_layout(dense).items() if "rate" not in k and "token_sel" not in k}
     path = tmp_path / "dense.pt"
     torch.save(dense_only, path)
-    converted = DyLatte(dense.config).double().eval()
+    converted = Latte(dense.config, policy=DyDiT()).double().eval()
     load_weights(converted, path)                               # fresh routers (all on) + reordering
-    for block in converted.blocks():
+    for _, block in converted.routed_blocks():
         importance = head_importance(block.attn)
         assert bool((importance[:-1] >= importance[1:]).all())  # most important head first
     x, t, y = inputs(dense, 300)
     with torch.no_grad():
         torch.testing.assert_close(converted(x, t, y), dense(x, t, y), rtol=0, atol=1e-12)
     assert any(not torch.equal(a.attn.qkv.weight, b.attn.qkv.weight)
-               for a, b in zip(converted.blocks(), [*dense.spatial_blocks, *dense.temporal_blocks], strict=True))
+               for (_, a), b in zip(converted.routed_blocks(), [*dense.spatial_blocks, *dense.temporal_blocks],
+                                    strict=True))
     with pytest.raises(CheckpointError, match="holds no DyDiT routers"):   # sampling needs trained routers
-        load_weights(DyLatte(dense.config).double(), path, routers_required=True)
+        load_weights(Latte(dense.config, policy=DyDiT()).double(), path, routers_required=True)

@@ -24,7 +24,7 @@ DIT = ["model.preset=DiT-S/2", "model.depth=3", "data.num_frames=1", "data.image
 def test_config_section_and_bad_values():
     assert not run_config().dydit.enabled
     run = run_config("dydit.target=0.5")
-    assert run.dydit.enabled and type(build_denoiser(run).net).__name__ == "DyLatte"
+    assert run.dydit.enabled and build_denoiser(run).policy.name == "dydit"
     for bad in ("0", "1.5", "-0.2"):
         with pytest.raises(ConfigError, match=r"dydit\.target.*\(0, 1\]"):
             run_config(f"dydit.target={bad}")
@@ -32,7 +32,7 @@ def test_config_section_and_bad_values():
         run_config("dydit.lambda=0.5")
     composed = build_denoiser(run_config("dydit.target=0.5", "density.layout=P GSR T", "density.schedule.kind=constant",
                                          "density.schedule.grid=4")).net
-    assert type(composed).__name__ == "FlexDyLatte"
+    assert composed.policy.name == "flexdit+dydit"
 
 
 def test_stratified_timesteps_cover_each_stratum():
@@ -100,7 +100,7 @@ def test_router_parameters_match_the_published_count():
     n_dense = sum(p.numel() for p in dense.parameters())
     n_dy = sum(p.numel() for p in dy.parameters())
     assert round(n_dense / 1e6) == 675 and round(n_dy / 1e6) == 678
-    costs = dy.net.block_costs()                                  # the reference's A and P (DyDiT loss.py)
+    costs = dydit_of(dy.net).block_costs()                                  # the reference's A and P (DyDiT loss.py)
     assert costs[0].attention / 1e9 == pytest.approx(1.5099, abs=1e-4)
     assert costs[0].mlp / 1e9 == pytest.approx(2.7179, abs=1e-4)
 
@@ -134,7 +134,7 @@ def test_a_short_fine_tune_meets_its_target_and_keeps_the_loss(tmp_path):
         for t in range(0, 1000, 50):                              # the eval (hard, noiseless) gates at each t
             dy(held.video, torch.full((16,), t), y=held.label)
             r = dydit_of(dy.net).routing
-            fractions.append(flops_fraction(dy.net.block_costs(), [b.heads for b in r], [b.groups for b in r],
+            fractions.append(flops_fraction(dydit_of(dy.net).block_costs(), [b.heads for b in r], [b.groups for b in r],
                                             [b.tokens for b in r]).mean().item())
     assert abs(np.mean(fractions) - 0.5) <= 0.05
     assert fractions[0] > fractions[-1]                           # the model spends more near the data (DyDiT Fig. 1)
@@ -149,7 +149,7 @@ def test_a_short_fine_tune_meets_its_target_and_keeps_the_loss(tmp_path):
 def test_convert_then_sample_a_dydit_model(tmp_path, capsys):
     from flexgen.checkpoint import load_model, save_weights
     from flexgen.cli import main
-    from flexgen.video.dy_latte import DyLatte
+    from flexgen.policies import DyDiT
 
     dense = build_denoiser(run_config(*SMALL))
     with torch.no_grad():
@@ -160,7 +160,7 @@ def test_convert_then_sample_a_dydit_model(tmp_path, capsys):
                  *SMALL, "dydit.target=0.5", "--out", str(tmp_path / "dy.safetensors")]) == 0
     assert "DyDiT routers" in capsys.readouterr().out
     converted = load_model(tmp_path / "dy.safetensors").eval()
-    assert isinstance(converted, DyLatte)
+    assert converted.policy.part(DyDiT) is not None
     x = torch.randn(2, 4, 3, 8, 8)
     t, y = torch.tensor([300, 300]), torch.tensor([1, 2])
     with torch.no_grad():                                         # fresh routers all on: the dense model
@@ -176,7 +176,7 @@ def test_convert_then_sample_a_dydit_model(tmp_path, capsys):
     assert main(["sample", "--ckpt", str(tmp_path / "trained.safetensors"), "--out", str(out), *common]) == 0
     record = json.loads((out / "samples.json").read_text())
     cost = record["cost"]
-    assert record["method"] == "dydit 0.5" and record["settings"]["model_class"] == "DyLatte"
+    assert record["method"] == "dydit 0.5" and record["settings"]["model_class"] == "Latte"
     assert len(cost["gmacs_per_sample_at_t"]) == 4 and 0 < cost["flops_fraction"] < 1
     assert cost["gmacs_per_sample"] == pytest.approx(sum(cost["gmacs_per_sample_at_t"].values()))
     assert cost["gmacs_per_sample_dense"] == pytest.approx(8 * cost["gmacs_per_forward_dense"])   # 4 steps × CFG
@@ -253,7 +253,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
         torch.manual_seed(7)                                       # the same Gumbel noise (recomputation keeps it)
         out = model(x, t, y=y, complete=torch.tensor([False, True, False]))
         r = dydit_of(model.net).routing
-        fraction = flops_fraction(model.net.block_costs(), [b.heads for b in r], [b.groups for b in r],
+        fraction = flops_fraction(dydit_of(model.net).block_costs(), [b.heads for b in r], [b.groups for b in r],
                                   [b.tokens for b in r])
         (out.square().mean() + fraction.mean()).backward()
         results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))

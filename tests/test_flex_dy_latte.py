@@ -1,7 +1,8 @@
-"""FlexDiT ∘ DyDiT (flexgen.video.dy_latte.FlexDyLatte): every router on is the FlexDiT model; the skipping forward
-is the masked definition on every role (Poolingformer, sparse generation with dense keys, sparse, recovery with sparse
-keys, dense, top; per-frame and cross-frame pooling); MACs from the kept counts equal FlopCounterMode of the skipping
-forward at each grid; the budget weighs the tokens each block processes; conversion, checkpoints, a short fine-tune."""
+"""FlexDiT ∘ DyDiT (`Compose(FlexDiT, DyDiT)` on a Latte): every router on is the FlexDiT model; the skipping forward
+is the masked definition on every role (Poolingformer, sparse generation with dense keys, sparse, recovery with
+sparse keys, dense, top; per-frame and cross-frame pooling); MACs from the kept counts equal FlopCounterMode of the
+skipping forward at each grid; the budget weighs the tokens each block processes; conversion, checkpoints, a short
+fine-tune."""
 
 import json
 
@@ -12,11 +13,10 @@ import torch
 from flexgen.checkpoint import load_model, load_weights, save_weights
 from flexgen.config import load_config
 from flexgen.flops import flop_counter
+from flexgen.policies import Compose, DyDiT, FlexDiT
 from flexgen.policies.dydit.budget import flops_fraction
 from flexgen.registry import build_denoiser
 from flexgen.train import train
-from flexgen.video.dy_latte import FlexDyLatte
-from flexgen.video.flex_latte import FlexLatte
 from flexgen.video.latte import Latte, latte_config
 from tests.dydit_helpers import CASES, GRIDS, SynthClips, density, dydit_of, inputs, models, randomise_routers
 
@@ -24,7 +24,7 @@ from tests.dydit_helpers import CASES, GRIDS, SynthClips, density, dydit_of, inp
 @pytest.mark.parametrize("case", list(CASES))
 def test_all_routers_on_is_the_flexdit_model(case):
     flex, composed = models(case)
-    dense_roles = [r not in "GS" for r in composed.roles]
+    dense_roles = [r not in "GS" for r in composed.policy.part(FlexDiT).roles]
     assert len(composed.token_routers) == sum(dense_roles) + sum(dense_roles[:len(composed.temporal_blocks)])
     with torch.no_grad():
         for grid in GRIDS:
@@ -52,7 +52,7 @@ def test_the_skipping_forward_is_the_masked_definition_on_every_role(case):
             # sparse blocks (and the temporal blocks on their tokens) route no tokens
             spatial = len(composed.spatial_blocks)
             for k, r in enumerate(routing):
-                role = composed.roles[k if k < spatial else k - spatial]
+                role = composed.policy.part(FlexDiT).roles[k if k < spatial else k - spatial]
                 assert (r.tokens is None) == (role in "GS")
             assert float(torch.cat([r.heads for r in routing]).mean()) < 0.95
 
@@ -87,9 +87,10 @@ def test_the_budget_counts_the_tokens_each_block_processes():
     with torch.no_grad():
         for grid in (4, 2):
             composed(x, t, y, grid=grid)
-            costs[grid] = composed.block_costs()
+            costs[grid] = dydit_of(composed).block_costs()
     spatial = len(composed.spatial_blocks)
-    for k, role in enumerate(composed.roles):        # sparse roles cost less at the smaller grid, dense ones the same
+    # sparse roles cost less at the smaller grid, dense ones the same
+    for k, role in enumerate(composed.policy.part(FlexDiT).roles):
         for index in ([k, spatial + k] if k < len(composed.temporal_blocks) else [k]):
             smaller = costs[2][index].mlp < costs[4][index].mlp
             assert smaller == (role in "GS")
@@ -104,7 +105,7 @@ def test_the_budget_counts_the_tokens_each_block_processes():
 
 @pytest.mark.parametrize("source", ["dense", "flexdit"])
 def test_conversion_applies_both_policies(source, tmp_path):
-    """A dense file (or a fine-tuned FlexDiT file) into a FlexDyLatte: FlexDiT's conversion, fresh routers (all on)
+    """A dense file (or a fine-tuned FlexDiT file) into a composed Latte: FlexDiT's conversion, fresh routers (all on)
     and importance ordering: the model is the FlexDiT conversion of those weights to 1e-12; it saves and loads back."""
     spec, layout, pool = CASES["Latte"]
     spec = dict(spec)
@@ -116,9 +117,9 @@ def test_conversion_applies_both_policies(source, tmp_path):
         for p in dense.parameters():
             p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.2)
     d = density(layout, pool)
-    flex = FlexLatte.from_dense(dense, d).eval()
+    flex = dense.converted(FlexDiT(d)).eval()
     save_weights(dense if source == "dense" else flex, tmp_path / "in.safetensors")
-    composed = FlexDyLatte(config, d).double().eval()
+    composed = Latte(config, policy=Compose(FlexDiT(d), DyDiT())).double().eval()
     with torch.no_grad():
         composed.fusions.load_state_dict(flex.fusions.state_dict())     # the same recovery fusion init
     load_weights(composed, tmp_path / "in.safetensors")
@@ -129,7 +130,7 @@ def test_conversion_applies_both_policies(source, tmp_path):
     assert not torch.equal(qkv, flex.spatial_blocks[1].attn.qkv.weight)          # heads were reordered
     save_weights(composed, tmp_path / "composed.safetensors")
     back = load_model(tmp_path / "composed.safetensors").double().eval()
-    assert type(back) is FlexDyLatte and back.density == d
+    assert back.policy.name == "flexdit+dydit" and back.policy.part(FlexDiT).density == d
     with torch.no_grad():           # load_model builds a float32 model: the weights went through float32
         torch.testing.assert_close(back(x, t, y, grid=2), flex(x, t, y, grid=2), rtol=0, atol=1e-5)
 
@@ -156,8 +157,9 @@ def test_a_short_fine_tune_of_the_composed_model_meets_its_target(tmp_path):
     with torch.no_grad():
         for t in range(0, 1000, 50):
             model(held.video, torch.full((8,), t), y=held.label)
-            r = dydit_of(model.net).routing
-            fractions.append(flops_fraction(model.net.block_costs(), [b.heads for b in r], [b.groups for b in r],
+            dy = dydit_of(model.net)
+            r = dy.routing
+            fractions.append(flops_fraction(dy.block_costs(), [b.heads for b in r], [b.groups for b in r],
                                             [b.tokens for b in r]).mean().item())
             flex = model.cost().forward_macs(dydit_of(model.net).last_grid).gmacs * 1e9
             ratios.append(float(model.forward_macs().mean()) / flex)

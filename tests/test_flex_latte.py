@@ -1,13 +1,14 @@
-"""FlexLatte (FlexDiT on DiT and Latte) against an independent literal reference (`tests/reference_flexdit.py`),
-the dense -> flex conversion invariants, Poolingformer conversion, schedule use, cross-frame pooling, joint
-image-video input, parameter bookkeeping and gradients. Tiny float64 models on an 8×8 token grid."""
+"""FlexDiT on DiT and Latte (`Latte(config, policy=FlexDiT(density))`) against an independent literal reference
+(`tests/reference_flexdit.py`), the dense -> flex conversion invariants, Poolingformer conversion, schedule use,
+cross-frame pooling, joint image-video input, parameter bookkeeping and gradients. Tiny float64 models on an 8×8
+token grid."""
 
 import pytest
 import torch
 
 from flexgen.checkpoint import convert_official_state_dict
-from flexgen.policies.flexdit import DensityConfig, ScheduleConfig
-from flexgen.video.flex_latte import DensityRecord, FlexLatte, dense_to_flex_state_dict
+from flexgen.policies import FlexDiT
+from flexgen.policies.flexdit import DensityConfig, DensityRecord, ScheduleConfig
 from flexgen.video.latte import Latte
 from tests.conftest import tiny_config
 from tests.reference_flexdit import poolingformer_block, reference_flex_forward
@@ -40,9 +41,9 @@ def random_fusions(num, seed):
 
 
 def flex_model(cfg, density, sd, fusions):
-    """A float64 FlexLatte with the official-layout weights `sd` and the given recovery fusions."""
-    flex = FlexLatte(cfg, density).double().eval()
-    state = dense_to_flex_state_dict(convert_official_state_dict(sd, cfg), flex)
+    """A float64 FlexDiT Latte with the official-layout weights `sd` and the given recovery fusions."""
+    flex = Latte(cfg, policy=FlexDiT(density)).double().eval()
+    state = flex.flex_state_dict(convert_official_state_dict(sd, cfg))
     for k, (w1, b1, w2, b2) in enumerate(fusions):
         state |= {f"fusions.{k}.w_sparse.weight": w1, f"fusions.{k}.w_sparse.bias": b1,
                   f"fusions.{k}.w_dense.weight": w2, f"fusions.{k}.w_dense.bias": b2}
@@ -57,9 +58,8 @@ def dense_model(cfg, seed=0):
 
 
 def converted(dense, density):
-    """`FlexLatte.from_dense` in eval mode: the new module starts in training mode (label dropout on) whatever
-    mode `dense` is in."""
-    return FlexLatte.from_dense(dense, density).eval()
+    """`dense.converted(FlexDiT(density))` in eval mode (it keeps `dense`'s mode; the callers' may train)."""
+    return dense.converted(FlexDiT(density)).eval()
 
 
 def inputs(cfg, batch=2, seed=1, num_images=0):
@@ -171,7 +171,7 @@ def test_poolingformer_drops_qk_and_matches_released_formulation():
 
 def test_parameter_bookkeeping():
     cfg = config("Latte", LATTE_LAYOUT)
-    dense, flex = Latte(cfg), FlexLatte(cfg, constant(4, LATTE_LAYOUT))
+    dense, flex = Latte(cfg), Latte(cfg, policy=FlexDiT(constant(4, LATTE_LAYOUT)))
     count = sum(p.numel() for p in dense.parameters())
     num_p, num_r = LATTE_LAYOUT.count("P"), LATTE_LAYOUT.count("R")
     expected = count - num_p * (2 * D * D + 2 * D) + num_r * 2 * (D * D + D)

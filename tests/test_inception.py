@@ -31,7 +31,7 @@ from flexgen.metrics.inception import (
     load_inception_torchscript,
 )
 from flexgen.metrics.protocols import Protocol
-from flexgen.metrics.sources import select_fake_images, select_real_images
+from flexgen.metrics.selection import select_fake_images, select_real_images
 
 TINY_FID = Protocol("fid8", "fid", num_real=8, num_fake=8, num_frames=1, real_stride=1, fake_stride=1,
                     min_real_frames=1, seed=0)

@@ -76,7 +76,7 @@ def test_the_composed_lambda_meets_the_budget_it_was_planned_for():
     # FlexDiT ∘ DyDiT: the planned λ is a fraction of each FlexDiT forward; with every timestep visited (DDPM-1000)
     # the synthetic λ setting of `bench flops` (mean over the schedule's stages) costs the budget, up to the rounding
     # of heads and MLP groups to whole units (16 heads here, so a unit is 1/16 of a block)
-    from flexgen.bench import dydit_flops
+    from flexgen.bench.flops import dydit_flops
 
     composed = ["density.schedule.kind=constant", "density.schedule.grid=4", "model.num_heads=16", "dydit.target=0.5"]
     run = tiny(*composed)

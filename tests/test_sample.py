@@ -186,7 +186,7 @@ def test_flexlatte_config_samples_from_a_dense_checkpoint(tmp_path):
     record = sample_main(parse("--config", TINY, "--ckpt", tmp_path / "dense.safetensors", "--num-samples", 2,
                                "--out", tmp_path / "flex", "--sampler", "ddim", "--steps", 4, "--no-progress",
                                *SMALL, *FLEX))
-    assert record["settings"]["model_class"] == "FlexLatte" and record["settings"]["density"]["layout"] == "PGSRT"
+    assert record["settings"]["model_class"] == "Latte" and record["settings"]["density"]["layout"] == "PGSRT"
     assert record["method"] == "flexdit PGSRT"
     flops = record["cost"]
     assert set(flops["steps_per_grid"]) <= {2, 3, 4} and sum(flops["steps_per_grid"].values()) == 4
@@ -292,7 +292,8 @@ def test_evaluation_refuses_a_folder_its_manifest_does_not_describe(tmp_path):
     """Issue 11, item 1: samples of two runs in one folder, or of an unfinished run, are never scored as one set."""
     import shutil
 
-    from flexgen.metrics.sources import check_sample_manifest, select_fake_clips
+    from flexgen.metrics.generated import check_sample_manifest
+    from flexgen.metrics.selection import select_fake_clips
 
     model, _ = random_model()
     save_weights(model.net, tmp_path / "dense.safetensors")

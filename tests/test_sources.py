@@ -13,15 +13,14 @@ import torch
 from PIL import Image
 
 from flexgen.data.media import write_video
-from flexgen.metrics.sources import (
-    describe_discards,
-    rank_block,
+from flexgen.metrics.selection import (
     resolve_protocol,
     select_fake_clips,
     select_fake_images,
     select_real_clips,
     select_real_images,
 )
+from flexgen.metrics.sources import describe_discards, rank_block
 from tests.data_helpers import truncate, write_garbage
 from tests.metrics_helpers import (
     FID8,

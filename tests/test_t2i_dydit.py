@@ -90,7 +90,7 @@ def test_all_routers_on_is_the_dense_diffusers_model(cross, size, ms):
     for skip in (False, True):                            # the masked and the skipping forward
         dydit_of(dy).skip = skip
         torch.testing.assert_close(dy(*args, **kwargs).sample, reference, rtol=0, atol=1e-10)
-    dy.order_by_importance()                              # the conversion's reordering changes no function
+    dydit_of(dy).converted()                              # the conversion's reordering changes no function
     torch.testing.assert_close(dy(*args, **kwargs).sample, reference, rtol=0, atol=1e-10)
     assert all(r.heads.min() == 1 and r.groups.min() == 1 and r.tokens.min() == 1 for r in dydit_of(dy).routing)
 
@@ -188,7 +188,7 @@ def test_the_cross_attention_share_and_the_budget():
     # the budget counts the tokens of the forward: another size, other costs
     args, kwargs = inputs(height=8, width=12)
     dy(*args, **kwargs)
-    assert dy.block_costs()[0].mlp == pytest.approx(dy.block_shapes(None)[0].cost.mlp * 1.5)
+    assert dydit_of(dy).block_costs()[0].mlp == pytest.approx(dy.block_shapes(None)[0].cost.mlp * 1.5)
 
 
 def test_save_and_reload_as_a_folder_and_through_a_plain_pipeline(tmp_path):

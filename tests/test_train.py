@@ -122,23 +122,23 @@ def test_flexdit_fine_tunes_from_a_dense_checkpoint_one_grid_per_step(tmp_path, 
     dense10 = train(tiny("train.total_samples=16", "model.depth=10"), tmp_path / "dense10", dataset=Clips(),
                     progress=False)
     seen = []
-    from flexgen.video import FlexLatte
-    original = FlexLatte.forward
+    from flexgen.policies import FlexDiT
+    original = FlexDiT.begin
 
-    def spy(self, x, t, *args, **kwargs):
+    def spy(self, net, t, **step):                                     # every forward of a FlexDiT network
         seen.append(sorted({self.grid_for(t[i:i + 1]) for i in range(len(t))}))
-        return original(self, x, t, *args, **kwargs)
+        return original(self, net, t, **step)
 
-    monkeypatch.setattr(FlexLatte, "forward", spy)
+    monkeypatch.setattr(FlexDiT, "begin", spy)
     flex_cfg = tiny("train.total_samples=48", "model.depth=10", "density.layout=PGSRT",
                     "density.schedule.grid_min=2", "density.schedule.grid_max=4",
                     f"train.init_from={tmp_path / 'dense10' / 'ema.safetensors'}", "train.grad_checkpointing=true")
     flex = train(flex_cfg, tmp_path / "flex", dataset=Clips(), progress=False)
-    assert isinstance(flex["model"].net, FlexLatte) and len(seen) == 24
+    assert flex["model"].net.policy.part(FlexDiT) is not None and len(seen) == 24
     assert all(len(grids) == 1 for grids in seen)                      # one token count per forward
     assert {g[0] for g in seen} > {4}                                  # several stages were visited
     # Converted from the dense EMA: before fine-tuning the transformer weights are the dense ones.
-    start = FlexLatte.from_dense(dense10["ema"].net, flex_cfg.density)
+    start = dense10["ema"].net.converted(FlexDiT(flex_cfg.density))
     assert torch.equal(start.spatial_blocks[3].attn.qkv.weight, dense10["ema"].net.spatial_blocks[3].attn.qkv.weight)
 
 

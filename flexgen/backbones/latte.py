@@ -1,8 +1,7 @@
-"""The Latte / DiT family (`flexgen.video.latte`, `flexgen.video.flex_latte`, `flexgen.video.dy_latte`) behind the
-`Denoiser` interface.
+"""The Latte / DiT family (`flexgen.video.latte`) behind the `Denoiser` interface.
 
-The network is `Latte` (dense), `FlexLatte` (FlexDiT) or `DyLatte` (DyDiT: `dydit.target` set); its exchange
-format is our safetensors file with the model configuration in its metadata (`flexgen.checkpoint`), which
+The network is `Latte` running the run's policy (`flexgen.policies.from_run`: dense, FlexDiT, DyDiT or both); its
+exchange format is our safetensors file with the model configuration in its metadata (`flexgen.checkpoint`), which
 `flexgen sample` and `load_model` read, and it loads the official Latte / DiT / DyDiT checkpoints too.
 """
 
@@ -21,8 +20,6 @@ from flexgen.flops import FlopReport, count_macs
 from flexgen.policies import FlexDiT
 from flexgen.policies.cost import CountedCost, SpatialSequence
 from flexgen.presets import LATTE_PRESETS as PRESETS
-from flexgen.video.dy_latte import latte_network
-from flexgen.video.flex_latte import FlexLatte
 from flexgen.video.latte import Latte, LatteConfig, latte_config
 
 
@@ -69,7 +66,7 @@ class LatteCost(CountedCost):
 
         if self.density is None or grid is None:
             return count_macs(lambda: Latte(c), inputs)
-        return count_macs(lambda: FlexLatte(c, self.density, self.num_timesteps), inputs)
+        return count_macs(lambda: Latte(c, policy=FlexDiT(self.density, self.num_timesteps)), inputs)
 
     def spatial_sequence(self) -> SpatialSequence:
         return SpatialSequence(self.config.num_frames, self.config.grid_size, self.config.hidden_size,
@@ -88,7 +85,7 @@ class LatteDenoiser(Denoiser):
     @classmethod
     def from_run(cls, run: Any) -> LatteDenoiser:
         config = latte_config_from_run(run)
-        return cls(latte_network(config, policies.from_run(run)), run)
+        return cls(Latte(config, policy=policies.from_run(run)), run)
 
     @property
     def config(self) -> LatteConfig:
@@ -114,7 +111,7 @@ class LatteDenoiser(Denoiser):
 
     def converted(self, density: Any) -> LatteDenoiser:
         run = dataclasses.replace(self.run, density=density)
-        return LatteDenoiser(FlexLatte.from_dense(self.net, density, self.num_timesteps), run)
+        return LatteDenoiser(self.net.converted(FlexDiT(density, self.num_timesteps)), run)
 
     @classmethod
     def training_dataset(cls, run: Any, *, is_main: bool, device: torch.device, progress: bool = True):

@@ -7,10 +7,9 @@
                         #  "text": (120, C) float32, "text_mask": (120,) int64}
 
 Layouts under `root` (found in this order):
-- a JSONL manifest: `manifest`, or `root/metadata.jsonl` (the Hugging Face imagefolder convention). One JSON
-  object per line with the image path relative to root under "file_name" (or "image") and its caption under
-  "text" (or "caption"); blank lines are ignored. Items keep the manifest's order; an image may appear on several
-  lines (several captions).
+- a JSONL manifest: `manifest`, or `root/metadata.jsonl` (the Hugging Face imagefolder convention), one JSON object
+  a line: the image path relative to root under "file_name" (or "image"), its caption under "text" (or "caption");
+  blank lines are ignored. Items keep the manifest's order; an image may appear on several lines (captions).
 - image files (.jpg .jpeg .png .webp .bmp, any depth, hidden names left out), each with its caption in a
   same-stem .txt file beside it (`cat.png` + `cat.txt`; the whole file, stripped). Items are in sorted path order.
 
@@ -19,19 +18,11 @@ malformed or name a missing file, and images PIL cannot identify or verify (`Ima
 out; a `DataWarning` names them and `dataset.skipped` lists them with reasons. An image that fails to decode later
 (e.g. a truncated JPEG, which `verify` does not decode) is recorded the same way and the next item is used.
 
-Transform (PixArt-α's `default_train`: torchvision Resize(S), CenterCrop(S), ToTensor, Normalize(0.5, 0.5) on a
-PIL RGB image): the short side is resized to S with antialiased bicubic resampling (`interpolation`; the released
-`default_train` leaves torchvision's bilinear default, its comment names BICUBIC), the long side to
-int(S · long / short) as torchvision does, then the centre S × S crop, values x / 127.5 − 1. EXIF orientation is
-not applied (as torchvision's loader). With `hflip`, item i of epoch e is mirrored left-right with probability 1/2,
-drawn from a numpy Generator seeded with (seed, e, i, attempt): items do not depend on worker or access order; call
-`set_epoch(e)` for new flips.
-
-Text embeddings are computed once per distinct caption by `flexgen data cache-text` (`flexgen.data.prepare`) and
-stored by
-`TextEmbeddingCache`: one safetensors file per caption, `cache_dir/<h[:2]>/<h>.safetensors` with h the sha256 of
-(encoder id, max_length, preprocessed caption), holding only the unmasked tokens (float16 by default). The null
-caption "" is always cached: training replaces dropped captions with T5("") (diffusers' PixArt convention).
+The transform is PixArt-α's `default_train` (`transform_image`). With `hflip`, item i of epoch e is mirrored
+left-right with probability 1/2, drawn from a numpy Generator seeded with (seed, e, i, attempt): items do not depend
+on worker or access order; call `set_epoch(e)` for new flips. T5 embeddings are computed once per distinct caption
+by `flexgen data cache-text` (`flexgen.data.prepare`) into a `TextEmbeddingCache`; the null caption "" is always
+cached: training replaces dropped captions with T5("") (diffusers' PixArt convention).
 """
 
 from __future__ import annotations
@@ -89,7 +80,13 @@ def _resized_size(width: int, height: int, size: int) -> tuple[int, int]:
 
 def transform_image(image: Image.Image, size: int, flip: bool = False, interpolation: str = "bicubic") -> torch.Tensor:
     """PIL image -> float32 (3, size, size) in [-1, 1]: RGB, short side to `size` (antialiased, PIL), centre crop
-    (torchvision's rounding), optional left-right mirror, x / 127.5 − 1."""
+    (torchvision's rounding), optional left-right mirror, x / 127.5 − 1.
+
+    PixArt-α's `default_train` (torchvision Resize(S), CenterCrop(S), ToTensor, Normalize(0.5, 0.5) on a PIL RGB
+    image): the short side is resized to S with antialiased bicubic resampling (`interpolation`; the released
+    `default_train` leaves torchvision's bilinear default, its comment names BICUBIC), the long side to
+    int(S · long / short) as torchvision does, then the centre S × S crop. EXIF orientation is not applied (as
+    torchvision's loader)."""
     image = image.convert("RGB")
     target = _resized_size(image.width, image.height, size)
     if image.size != target:
@@ -224,7 +221,9 @@ def _find_manifest(root: Path, manifest: str | Path) -> Path | None:
 
 
 class TextEmbeddingCache:
-    """T5 embeddings of captions on disk, one safetensors file per distinct preprocessed caption.
+    """T5 embeddings of captions on disk, one safetensors file per distinct preprocessed caption:
+    `cache_dir/<h[:2]>/<h>.safetensors` with h the sha256 of (encoder id, max_length, preprocessed caption), holding
+    only the unmasked tokens (float16 by default).
 
     `encoder_id` names the encoder (`encoder_identity`); together with `max_length` and the preprocessed caption it
     makes the key, so another encoder or length never reads these entries. Files hold "embeds" (n, C) — the n

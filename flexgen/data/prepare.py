@@ -6,7 +6,7 @@ folders; `cache_text` fills the T5 embedding cache of an image–caption folder.
 
 `prepare` reports usable clips, skipped items with reasons, and the clips too short for the preset's training clip
 (F frames at stride s need (F-1)·s+1 frames; `--num-frames` / `--frame-interval` to match another run), named by the
-same rule the training loader drops them with (`flexgen.data.video.too_short`). Reference frame folders are
+same rule the training loader drops them with (`flexgen.data.video_index.too_short`). Reference frame folders are
 `dst/<video>/<%06d>.jpg` (depth exactly 2): every clip of the split, whatever its length.
 """
 
@@ -27,7 +27,8 @@ from PIL import Image
 from flexgen.data.base import DataWarning, Skipped, describe_error
 from flexgen.data.captions import CACHE_DTYPES, MANIFEST_NAME, NULL_CAPTION, CaptionDataset, TextEmbeddingCache
 from flexgen.data.media import iter_video, list_frames, read_frame_files
-from flexgen.data.video import DATASETS, Clip, VideoClipDataset, clip_span, too_short
+from flexgen.data.video import VideoClipDataset
+from flexgen.data.video_index import DATASETS, Clip, clip_span, too_short
 from flexgen.files import atomic_directory
 from flexgen.text_encoder import MAX_LENGTH, encoder_identity, load_text_encoder
 

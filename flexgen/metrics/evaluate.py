@@ -15,7 +15,7 @@
 - Under torchrun each rank extracts the features of its block of clips / images and the statistics are summed
   over ranks; rank 0 writes the cache and reports.
 
-The detectors are those of `flexgen.metrics.detectors`; the inputs those of `flexgen.metrics.sources`.
+The detectors are those of `flexgen.metrics.detectors`; the inputs those of `flexgen.metrics.selection`.
 """
 
 from __future__ import annotations
@@ -39,23 +39,19 @@ from flexgen.files import file_sha256
 from flexgen.metrics.clip import CLIP_SCORE_WEIGHTS, CLIP_VARIANTS, ClipScoreStats, clip_score
 from flexgen.metrics.detectors import ImageDetector, ImageTextDetector, VideoDetector
 from flexgen.metrics.frechet import FeatureStats, fid_from_stats, kid_from_stats
+from flexgen.metrics.generated import check_generated_images, generated_images, prompts_sha256
 from flexgen.metrics.i3d import I3D_SHA256, default_i3d_path
 from flexgen.metrics.inception import INCEPTION_SHA256, default_inception_path
 from flexgen.metrics.protocols import DEFAULT_PROTOCOLS, PROTOCOLS, Protocol, get_protocol
+from flexgen.metrics.selection import resolve_protocol, select_fake, select_real
 from flexgen.metrics.sources import (
     DEFAULT_BATCH_SIZE,
     ClipSet,
     ImageSet,
-    check_generated_images,
     describe_discards,
-    generated_images,
     listing,
     prompted_batches,
-    prompts_sha256,
     rank_block,
-    resolve_protocol,
-    select_fake,
-    select_real,
 )
 
 log = logging.getLogger(__name__)

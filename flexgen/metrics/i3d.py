@@ -11,36 +11,12 @@ mapping, and wraps the result as a detector with the metrics contract "uint8 bat
 (`I3DDetector`). Nothing here downloads: the weight file comes from an explicit path, `$FLEXGEN_I3D`, or
 `$FLEXGEN_CACHE/detectors/i3d_torchscript.pt` (default cache `~/.cache/flexgen`).
 
-Architecture (Carreira & Zisserman 2017; spec in ../shared/reference/evaluators.md §2.8):
-- every conv and pool uses TF "SAME" padding, computed from the input size at run time; the odd extra pixel goes
-  on the back side, exactly like TF;
-- Unit3D = Conv3d (no bias) -> BatchNorm3d -> ReLU; tf.hub has no BN scale, so the converted weight is all ones;
-- stem Conv3d_1a_7x7 (64, k7, s2) -> MaxPool3d_2a (k1x3x3, s1,2,2) -> Conv3d_2b_1x1 (64) -> Conv3d_2c_3x3 (192)
-  -> MaxPool3d_3a (k1x3x3, s1,2,2);
-- Mixed_3b, Mixed_3c -> MaxPool3d_4a (k3, s2) -> Mixed_4b..Mixed_4f -> MaxPool3d_5a (k2, s2) -> Mixed_5b, Mixed_5c,
-  each with four branches (1x1 | 1x1->3x3x3 | 1x1->3x3x3 | maxpool3x3x3->1x1) concatenated on channels;
-- head: AvgPool3d k(2,7,7) stride 1 VALID -> dropout (identity at eval) -> 1x1x1 conv to 400 with bias
-  -> mean over the remaining time steps = the 400 FVD logits.
-Input size: 224x224 frames (the head's 7x7 pool needs at least 193 px) and T >= 9 frames (T=16 -> one time step).
-
-Weight naming. The TorchScript class is `src.i3dpt_jit.I3D`, which by its name derives from hassony2's
-`kinetics_i3d_pytorch` port (`i3dpt.py`); we assume its parameter names (an inference, checked only by the
-parity test when the file is present, and every name is checked strictly):
-
-    TorchScript (hassony2 naming)                    ours
-    <unit>.conv3d.weight                             <unit>.conv.weight
-    <unit>.batch3d.{weight,bias,running_*,num_*}     <unit>.bn.{same}
-    mixed_XY.branch_0.                               mixed_XY.b0.
-    mixed_XY.branch_1.0. / branch_1.1.               mixed_XY.b1a. / b1b.
-    mixed_XY.branch_2.0. / branch_2.1.               mixed_XY.b2a. / b2b.
-    mixed_XY.branch_3.1.  (branch_3.0 is the pool)   mixed_XY.b3b.
-    conv3d_0c_1x1.conv3d.{weight,bias}               logits.{weight,bias}
-
-with units `conv3d_1a_7x7`, `conv3d_2b_1x1`, `conv3d_2c_3x3` named alike on both sides. The TF-Hub variable
-names have a typo (Mixed_5b/Branch_2's 3x3 conv is `Conv3d_0a_3x3` instead of `Conv3d_0b_3x3`); it was resolved
-when the TorchScript file was made, whose branch_2.1 is the 3x3 conv in every module, so it maps to `b2b` here.
-Batch-norm epsilon: 1e-3 (Sonnet's default, the tf.hub value) unless the TorchScript module carries its own
-`eps`, which `load_weights_from_torchscript` then adopts so that we compute what the file computes.
+The architecture (Carreira & Zisserman 2017; spec in ../shared/reference/evaluators.md §2.8) is written out in the
+`I3D` docstring: TF "SAME" padding everywhere, 224x224 frames, at least 9 frames. The TorchScript parameter names
+are assumed to be those of hassony2's `kinetics_i3d_pytorch` port (an inference, checked by the parity test when
+the file is present); the name mapping is written out in the `torchscript_name_to_ours` docstring. Batch-norm
+epsilon: 1e-3 (Sonnet's default, the tf.hub value) unless the TorchScript module carries its own `eps`, which
+`load_weights_from_torchscript` then adopts so that we compute what the file computes.
 """
 
 from __future__ import annotations
@@ -167,7 +143,21 @@ class Mixed(nn.Module):
 
 
 class I3D(nn.Module):
-    """Kinetics-400 I3D, RGB stream, with the TorchScript FVD detector's `forward` interface."""
+    """Kinetics-400 I3D, RGB stream, with the TorchScript FVD detector's `forward` interface.
+
+    - every conv and pool uses TF "SAME" padding, computed from the input size at run time; the odd extra pixel goes
+      on the back side, exactly like TF;
+    - Unit3D = Conv3d (no bias) -> BatchNorm3d -> ReLU; tf.hub has no BN scale, so the converted weight is all ones;
+    - stem Conv3d_1a_7x7 (64, k7, s2) -> MaxPool3d_2a (k1x3x3, s1,2,2) -> Conv3d_2b_1x1 (64) -> Conv3d_2c_3x3 (192)
+      -> MaxPool3d_3a (k1x3x3, s1,2,2);
+    - Mixed_3b, Mixed_3c -> MaxPool3d_4a (k3, s2) -> Mixed_4b..Mixed_4f -> MaxPool3d_5a (k2, s2) -> Mixed_5b,
+      Mixed_5c, each with four branches (1x1 | 1x1->3x3x3 | 1x1->3x3x3 | maxpool3x3x3->1x1) concatenated on
+      channels;
+    - head: AvgPool3d k(2,7,7) stride 1 VALID -> dropout (identity at eval) -> 1x1x1 conv to 400 with bias
+      -> mean over the remaining time steps = the 400 FVD logits.
+
+    Input size: 224x224 frames (the head's 7x7 pool needs at least 193 px) and T >= 9 frames (T=16 -> one time
+    step)."""
 
     def __init__(self, num_classes: int = NUM_CLASSES, eps: float = BN_EPS):
         super().__init__()
@@ -261,7 +251,25 @@ _OPTIONAL = "num_batches_tracked"  # a BN counter, unused at eval; older files m
 
 
 def torchscript_name_to_ours(name: str) -> str | None:
-    """Our parameter/buffer name for a TorchScript one, or None when the name does not fit the mapping."""
+    """Our parameter/buffer name for a TorchScript one, or None when the name does not fit the mapping.
+
+    The TorchScript class is `src.i3dpt_jit.I3D`, which by its name derives from hassony2's `kinetics_i3d_pytorch`
+    port (`i3dpt.py`); we assume its parameter names (an inference, checked only by the parity test when the file
+    is present, and every name is checked strictly):
+
+        TorchScript (hassony2 naming)                    ours
+        <unit>.conv3d.weight                             <unit>.conv.weight
+        <unit>.batch3d.{weight,bias,running_*,num_*}     <unit>.bn.{same}
+        mixed_XY.branch_0.                               mixed_XY.b0.
+        mixed_XY.branch_1.0. / branch_1.1.               mixed_XY.b1a. / b1b.
+        mixed_XY.branch_2.0. / branch_2.1.               mixed_XY.b2a. / b2b.
+        mixed_XY.branch_3.1.  (branch_3.0 is the pool)   mixed_XY.b3b.
+        conv3d_0c_1x1.conv3d.{weight,bias}               logits.{weight,bias}
+
+    with units `conv3d_1a_7x7`, `conv3d_2b_1x1`, `conv3d_2c_3x3` named alike on both sides. The TF-Hub variable
+    names have a typo (Mixed_5b/Branch_2's 3x3 conv is `Conv3d_0a_3x3` instead of `Conv3d_0b_3x3`); it was
+    resolved when the TorchScript file was made, whose branch_2.1 is the 3x3 conv in every module, so it maps to
+    `b2b` here."""
     if name.startswith("conv3d_0c_1x1.conv3d."):
         return "logits." + name.removeprefix("conv3d_0c_1x1.conv3d.")
     head, _, rest = name.partition(".")

@@ -1,8 +1,9 @@
-"""Named evaluation protocols: FVD / KID on videos, FID and CLIP score on images. The table is `PROTOCOLS`.
+"""Named evaluation protocols: FVD / KID on videos, FID and CLIP score on images. The table is `PROTOCOLS`, each
+entry with its source and settings in the comment above it.
 
 A number such as "FVD 2048/16f" is only comparable when everything behind it is fixed: which real clips (split,
 count, which videos, which offset, frame stride), which generated clips, and which detector weights. A `Protocol`
-names all of that; `flexgen.metrics.evaluate` records it next to the value, `flexgen.metrics.sources` selects the
+names all of that; `flexgen.metrics.evaluate` records it next to the value, `flexgen.metrics.selection` selects the
 clips and images it names.
 
 The name says what was computed. A protocol's `num_fake` is exact (fewer generated items is an error) and so is its
@@ -14,27 +15,11 @@ computations never share a name. A real set with more usable items than `num_rea
 corrupt or unreadable real video or image is discarded and counted like a too-short video; a corrupt generated
 file is refused by name (`flexgen.metrics.sources`).
 
-- `fvd2048_16f` follows StyleGAN-V / Latte (`tools/metrics/frechet_video_distance.py`): 2048 real clips of 16
-  frames taken every 3rd frame, one per video, from a random offset; videos shorter than 16 x 3 = 48 frames are
-  discarded; 2048 generated clips made of their first 16 consecutive frames; no horizontal flips; the I3D detector
-  called with rescale/resize (`I3DDetector`). Unlike Latte (first N videos in sorted order, unseeded offsets), the
-  videos (a random subset when there are more than N) and the offsets are drawn from the protocol's seed, so the
-  reference statistics are reproducible.
-- `fid50k`: image FID over 50k images (clean-fid "clean" Inception features, `InceptionDetector`): the real images
-  are a seeded random subset when there are more than `num_real`, the generated ones the first `num_fake`.
-- `fid30k_coco` (PixArt-α / ToCa FID-30K): 30,000 generated images, one per caption of the 30k COCO-2014-val
-  captions, against COCO val2014 real images. Fixed here: the real images are a seed-0 random subset of 30,000 of
-  the real folder (val2014 has 40,504; a folder with fewer usable images is refused, or evaluated on all of them
-  under a renamed protocol, e.g. fid20000x30000_coco256, when fewer are allowed), each resized (PIL bicubic,
-  antialiased, on uint8 RGB) so that it covers the generated images' size and centre-cropped to it, kept as uint8
-  like a PNG; then both sides go through the same clean-fid "clean" Inception path. The crop
-  size is read from the generated images (all must share one size) and enters the name and the cache key:
-  `fid30k_coco` at 256 px is recorded as `fid30k_coco256` (`sources.resolve_protocol`).
-- `clipscore_l14` / `clipscore_b32` (all generated images), `clipscore30k_l14` (exactly 30,000, the FID-30K
-  companion): the mean over images of 100 · max(cos, 0) between the CLIP image and prompt embeddings
-  (`flexgen.metrics.clip`), with OpenAI CLIP ViT-L/14 or ViT-B/32; `clips_b32_hessel` is CLIP-S of Hessel et al.
-  2021 (ViT-B/32, 2.5 · max(cos, 0), captions prefixed "A photo depicts "). The detector's architecture must be
-  the protocol's variant (an error otherwise): a number is called a CLIP score of ViT-L/14 only when it is one.
+Unlike Latte (first N videos in sorted order, unseeded offsets), the real videos (a random subset when there are
+more than N) and their offsets are drawn from the protocol's seed, so the reference statistics are reproducible. A
+`center_crop` protocol (`fid30k_coco`) reads its crop size off the generated images and is renamed after it
+(`fid30k_coco256`, `selection.resolve_protocol`). A clipscore protocol's detector must have the protocol's CLIP
+architecture (an error otherwise): a number is called a CLIP score of ViT-L/14 only when it is one.
 """
 
 from __future__ import annotations
@@ -158,7 +143,10 @@ def _clip_protocol(name: str, variant: str, num_fake: int = 0, convention: str =
 
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
-    # StyleGAN-V / Latte: realdata_subsample_factor=3, discard_short_videos (16 x 3 frames), gen clips from frame 0.
+    # StyleGAN-V / Latte (`tools/metrics/frechet_video_distance.py`): 2048 real clips of 16 frames taken every 3rd
+    # frame, one per video, from a random offset; videos shorter than 16 x 3 = 48 frames are discarded
+    # (realdata_subsample_factor=3, discard_short_videos); 2048 generated clips made of their first 16 consecutive
+    # frames; no horizontal flips; the I3D detector called with rescale/resize (`I3DDetector`).
     Protocol("fvd2048_16f", "fvd", num_real=2048, num_fake=2048, num_frames=16, real_stride=3, fake_stride=1,
              min_real_frames=48),
     # The Taichi-HD setting of the Latte maintainer (realdata_subsample_factor=6, Latte issue #115).
@@ -167,18 +155,28 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     # KID (unbiased, cubic kernel) on the same I3D features and clips as fvd2048_16f.
     Protocol("kid2048_16f", "kid", num_real=2048, num_fake=2048, num_frames=16, real_stride=3, fake_stride=1,
              min_real_frames=48),
-    # Image FID over 50k images (clean-fid "clean" Inception features; image folders, not videos).
+    # Image FID over 50k images (clean-fid "clean" Inception features, `InceptionDetector`; image folders, not
+    # videos): the real images are a seeded random subset when there are more than num_real, the generated ones the
+    # first num_fake.
     Protocol("fid50k", "fid", num_real=50_000, num_fake=50_000, num_frames=1, real_stride=1, fake_stride=1,
              min_real_frames=1),
-    # PixArt-α / ToCa FID-30K: 30k images (one per COCO-2014-val caption) vs a seed-0 random 30k of COCO val2014,
-    # real images resized / centre-cropped to the generated size (see the module docstring).
+    # PixArt-α / ToCa FID-30K: 30,000 generated images, one per caption of the 30k COCO-2014-val captions, against
+    # COCO val2014 real images. Fixed here: the real images are a seed-0 random subset of 30,000 of the real folder
+    # (val2014 has 40,504; a folder with fewer usable images is refused, or evaluated on all of them under a renamed
+    # protocol, e.g. fid20000x30000_coco256, when fewer are allowed), each resized (PIL bicubic, antialiased, on
+    # uint8 RGB) so that it covers the generated images' size and centre-cropped to it, kept as uint8 like a PNG;
+    # then both sides go through the same clean-fid "clean" Inception path. The crop size is read from the
+    # generated images (all must share one size) and enters the name and the cache key: fid30k_coco at 256 px is
+    # recorded as fid30k_coco256 (`selection.resolve_protocol`).
     Protocol("fid30k_coco", "fid", num_real=30_000, num_fake=30_000, num_frames=1, real_stride=1, fake_stride=1,
              min_real_frames=1, real_resize="center_crop"),
-    # CLIP score, torchmetrics convention 100 · max(cos, 0), over every generated image (or exactly 30k).
+    # CLIP score (`flexgen.metrics.clip`), torchmetrics convention: the mean over images of 100 · max(cos, 0)
+    # between the CLIP image and prompt embeddings, with OpenAI CLIP ViT-L/14 or ViT-B/32, over every generated
+    # image, or exactly 30,000 (clipscore30k_l14, the FID-30K companion).
     _clip_protocol("clipscore_l14", "ViT-L/14"),
     _clip_protocol("clipscore_b32", "ViT-B/32"),
     _clip_protocol("clipscore30k_l14", "ViT-L/14", num_fake=30_000),
-    # Hessel et al. 2021 CLIP-S: ViT-B/32, 2.5 · max(cos, 0), "A photo depicts " + caption.
+    # CLIP-S of Hessel et al. 2021: ViT-B/32, 2.5 · max(cos, 0), captions prefixed "A photo depicts ".
     _clip_protocol("clips_b32_hessel", "ViT-B/32", convention="hessel", text_prefix="A photo depicts "),
 )}
 

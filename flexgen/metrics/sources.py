@@ -1,17 +1,10 @@
-"""What an evaluation reads: real and generated videos and images, and which of them a protocol selects.
+"""What an evaluation reads: folders of videos and images, `ClipSet` / `ImageSet`, and the checks for corrupt files.
 
 - Video folders (fvd, kid) hold video files and frame folders (a folder that directly holds image files is one
-  video), at any depth, sorted by relative path; hidden names are skipped (`flexgen.files.walk_visible`). The real
-  clips (`select_real_clips`) are a random subset of the videos long enough for the protocol (when there are more
-  than `num_real`), one clip per video from a random offset, all drawn from the protocol's seed; the generated clips
-  (`select_fake_clips`) are the first frames of the first `num_fake` videos.
-- Image folders (fid): every image file (png/jpg/..., any depth, sorted by relative path). The real images
-  (`select_real_images`) are a seeded random subset when there are more than `num_real` (kept in sorted order),
-  centre-cropped to the generated size for a `center_crop` protocol; the generated ones the first `num_fake`.
-- Generated text-to-image folders (fid, clipscore): a folder written by `flexgen generate` holds FILE.json sample
-  manifests (`flexgen.manifest.SampleManifest`: samples with file, prompt and seed, the grid); when it has such,
-  the images they list (records in sorted path order, images in record order; grids left out) are the generated
-  set, otherwise every image, and the prompts come from same-stem .txt files beside the images (`generated_images`).
+  video), at any depth, sorted by relative path; hidden names are skipped (`flexgen.files.walk_visible`).
+- Image folders (fid): every image file (png/jpg/..., any depth, sorted by relative path).
+- `ClipSet` and `ImageSet` read lazily: iterating yields uint8 torch batches, (N, T, 3, H, W) clips or (N, 3, H, W)
+  images, and `shard` gives one rank its contiguous block.
 
 Corrupt files. A real video file that no decoder opens (it fails when its frames are counted), a frame folder with
 an unreadable frame among those of its chosen clip, and a real image that PIL cannot identify or verify (checked
@@ -22,19 +15,15 @@ is refused, naming it: the fix is to delete it and re-run the sampling command, 
 A file that passes these checks but fails to decode when its frames are read (e.g. a truncated JPEG, which
 `verify` does not decode) is refused by name then, real or generated.
 
-`ClipSet` and `ImageSet` read lazily: iterating yields uint8 torch batches, (N, T, 3, H, W) clips or (N, 3, H, W)
-images, and `shard` gives one rank its contiguous block. "select" here is the seeded choice of evaluation items,
-not diffusion sampling.
+Which items a protocol takes is `flexgen.metrics.selection`; generated folders (their sample manifests and
+prompts) are `flexgen.metrics.generated`. This is the only metrics module that imports the media readers.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,7 +33,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-# The only imports from the data readers in flexgen.metrics.
+# The only imports of the data readers (flexgen.data.media, .base) in flexgen.metrics.
 from flexgen.data.base import VideoDecodeError, describe_error
 from flexgen.data.media import (
     IMAGE_EXTENSIONS,
@@ -55,7 +44,6 @@ from flexgen.data.media import (
     read_video,
 )
 from flexgen.files import walk_visible
-from flexgen.metrics.protocols import Protocol, get_protocol
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +74,7 @@ def image_problem(path: Path) -> str | None:
     return None
 
 
-def _checked(check: Callable[[T], R], items: Sequence[T]) -> list[R]:
+def check_each(check: Callable[[T], R], items: Sequence[T]) -> list[R]:
     """`check` of every item, in order; threads for many (the checks mostly read files)."""
     if len(items) < 64:
         return [check(item) for item in items]
@@ -149,7 +137,7 @@ def describe_discards(summary: dict[str, Any], min_frames: int | None = None) ->
     return ", ".join(parts) or "none discarded"
 
 
-def _warn_corrupt(root: str | Path, corrupt: list[tuple[str, str]], kind: str) -> None:
+def warn_corrupt(root: str | Path, corrupt: list[tuple[str, str]], kind: str) -> None:
     if corrupt:
         log.warning("%s: %d corrupt or unreadable real %ss discarded: %s%s", root, len(corrupt), kind,
                     "; ".join(f"{rel} ({reason})" for rel, reason in corrupt[:EXAMPLES]),
@@ -173,6 +161,13 @@ class Source:
 
     def num_frames(self) -> int:
         return len(list_frames(self.path)) if self.is_frames else probe_frames(self.path)
+
+    def probe(self) -> tuple[int, str | None]:
+        """(frame count, None), or (0, the reason) when no decoder opens the video or it cannot be read at all."""
+        try:
+            return self.num_frames(), None
+        except (VideoDecodeError, OSError) as error:
+            return 0, describe_error(error)
 
     def read(self, indices: Sequence[int]) -> np.ndarray:
         """uint8 (len(indices), H, W, 3)."""
@@ -202,18 +197,20 @@ def list_sources(root: str | Path) -> list[Source]:
     return sorted(sources, key=lambda s: s.rel)
 
 
+def media_files(root: str | Path) -> list[str]:
+    """The relative (posix) path of every visible video or image file under `root`, sorted."""
+    root = Path(root)
+    wanted = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
+    files = [folder / f for folder, _, names in walk_visible(root, followlinks=False) for f in names
+             if Path(f).suffix.lower() in wanted]
+    return sorted(path.relative_to(root).as_posix() for path in files)
+
+
 def listing(root: str | Path) -> list[tuple[str, int]]:
     """(relative path, size in bytes) of every visible video or image file under `root`, sorted: what identifies a
     real set in the reference-statistics cache key."""
-    root = Path(root)
-    wanted = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
-    entries = []
-    for folder, _, files in walk_visible(root, followlinks=False):
-        for f in files:
-            if Path(f).suffix.lower() in wanted:
-                path = folder / f
-                entries.append((path.relative_to(root).as_posix(), path.stat().st_size))
-    return sorted(entries)
+    return [(rel, (Path(root) / rel).stat().st_size) for rel in media_files(root)]
+
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -262,6 +259,17 @@ class ClipRef:
     def offset(self) -> int:
         return self.indices[0]
 
+    def frame_problem(self) -> str | None:
+        """None unless the clip comes from a frame folder and one of its frames is unreadable (`image_problem`)."""
+        if not self.source.is_frames:
+            return None
+        frames = list_frames(self.source.path)
+        for i in self.indices:
+            problem = image_problem(frames[i])
+            if problem is not None:
+                return f"frame {frames[i].name}: {problem}"
+        return None
+
 
 @dataclass
 class ClipSet(Discards):
@@ -302,137 +310,11 @@ class ClipSet(Discards):
         return dataclasses.replace(self, clips=self.clips[rank_block(len(self.clips), rank, world_size)])
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Real clips: random subset of the long-enough videos, one clip per video at a random offset
-# ---------------------------------------------------------------------------------------------------------------
-def _frame_problem(clip: ClipRef) -> str | None:
-    """None unless the clip comes from a frame folder and one of its frames is unreadable (`image_problem`)."""
-    if not clip.source.is_frames:
-        return None
-    frames = list_frames(clip.source.path)
-    for i in clip.indices:
-        problem = image_problem(frames[i])
-        if problem is not None:
-            return f"frame {frames[i].name}: {problem}"
-    return None
-
-
-def select_real_clips(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ClipSet:
-    """Deterministic given the protocol: same folder + same seed -> same videos and offsets.
-
-    At most `num_real` clips: fewer when the folder has fewer usable videos (`flexgen.metrics.evaluate` decides
-    whether that is allowed). Videos too short, and video files no decoder opens, are left out before the draw;
-    a frame folder whose chosen clip has an unreadable frame is left out after it (its place is not redrawn)."""
-    protocol = get_protocol(protocol)
-    sources = list_sources(root)
-    long_enough: list[tuple[Source, int]] = []
-    too_short: list[tuple[str, int]] = []
-    corrupt: list[tuple[str, str]] = []
-    for source in sources:
-        try:
-            length = source.num_frames()
-        except (VideoDecodeError, OSError) as error:        # no decoder opens it, or it cannot be read at all
-            corrupt.append((source.rel, describe_error(error)))
-            continue
-        if length < protocol.min_real_frames:
-            too_short.append((source.rel, length))
-        else:
-            long_enough.append((source, length))
-
-    # One generator for the whole draw: first the subset (kept in sorted order), then one offset per chosen video.
-    rng = np.random.default_rng(protocol.seed)
-    chosen = range(len(long_enough))
-    if len(long_enough) > protocol.num_real:
-        chosen = sorted(rng.choice(len(long_enough), size=protocol.num_real, replace=False).tolist())
-    drawn = []
-    for i in chosen:
-        source, length = long_enough[i]
-        offset = int(rng.integers(0, length - protocol.real_span + 1))
-        indices = tuple(range(offset, offset + protocol.real_span, protocol.real_stride))
-        drawn.append(ClipRef(source, indices))
-    clips = []
-    for clip, problem in zip(drawn, _checked(_frame_problem, drawn), strict=True):
-        if problem is None:
-            clips.append(clip)
-        else:
-            corrupt.append((clip.source.rel, problem))
-
-    if too_short:
-        log.info("%s: %d videos shorter than %d frames discarded", root, len(too_short), protocol.min_real_frames)
-    _warn_corrupt(root, corrupt, "video")
-    selected = ClipSet(clips, too_short=too_short, corrupt=corrupt, num_found=len(sources),
-                       num_candidates=len(long_enough), batch_size=batch_size)
-    if not clips:
-        raise ValueError(f"{root}: no usable video for protocol {protocol.name}, which needs videos of at least "
-                         f"{protocol.min_real_frames} frames ({len(sources)} found: "
-                         f"{describe_discards(selected.discard_summary(), protocol.min_real_frames)})")
-    return selected
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Generated clips: the first frames of the first num_fake videos (sorted names)
-# ---------------------------------------------------------------------------------------------------------------
-def check_sample_manifest(root: str | Path) -> None:
-    """A folder `flexgen sample` wrote (samples.json) is evaluated only when its run completed and the manifest lists
-    exactly the sample files it holds: two runs in one folder, or files of a killed run, are refused by name."""
-    from flexgen.manifest import SampleManifest
-
-    root = Path(root)
-    path = root / "samples.json"
-    if not path.is_file():
-        return
-    try:
-        manifest = SampleManifest.read(path)
-    except ValueError:                      # another tool's samples.json: other JSON is ignored, as in listings
-        return
-    if not manifest.complete:
-        raise ValueError(f"{path}: the sampling run that wrote this folder did not complete; re-run its command to "
-                         "finish it, then evaluate")
-    media = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
-    present = {(here / f).relative_to(root).as_posix() for here, _, files in walk_visible(root, followlinks=False)
-               for f in files if Path(f).suffix.lower() in media}
-    listed = set(manifest.files())
-    extra = sorted(present - listed - ({manifest.grid} if manifest.grid else set()))
-    missing = sorted(listed - present)
-    if extra or missing:
-        parts = [f"{len(extra)} not listed (e.g. {', '.join(extra[:3])})"] if extra else []
-        parts += [f"{len(missing)} listed but missing (e.g. {', '.join(missing[:3])})"] if missing else []
-        raise ValueError(f"{root}: its manifest samples.json does not list exactly the sample files it holds "
-                         f"({'; '.join(parts)}); a folder must hold the samples of one complete run")
-
-
-def select_fake_clips(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ClipSet:
-    """Exactly `num_fake` clips; too few videos, a video shorter than a clip, or one no decoder opens is an error
-    naming it (not a silent skip). A `flexgen sample` folder must hold exactly its manifest's files
-    (`check_sample_manifest`)."""
-    protocol = get_protocol(protocol)
-    check_sample_manifest(root)
-    sources = list_sources(root)
-    if len(sources) < protocol.num_fake:
-        raise ValueError(f"{root}: protocol {protocol.name} needs {protocol.num_fake} generated videos, found "
-                         f"{len(sources)}; generate more, or pass a smaller --num-fake (renames the protocol)")
-    indices = tuple(range(0, protocol.fake_span, protocol.fake_stride))
-    clips = []
-    bad: list[tuple[Path, str]] = []
-    for source in sources[:protocol.num_fake]:
-        try:
-            length = source.num_frames()
-        except (VideoDecodeError, OSError) as error:        # a corrupt generated video is refused, never skipped
-            bad.append((source.path, describe_error(error)))
-            continue
-        if length < protocol.fake_span:
-            raise ValueError(f"{source.path}: {length} frames, protocol {protocol.name} needs {protocol.fake_span}")
-        clips.append(ClipRef(source, indices))
-    if bad:
-        raise generated_file_error(bad, "video")
-    return ClipSet(clips, num_found=len(sources), num_candidates=len(sources), batch_size=batch_size,
-                   role="generated")
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Images (fid protocols): image folders, ImageSet
 # ---------------------------------------------------------------------------------------------------------------
-def _walk_images(root: Path) -> list[Path]:
+def find_images(root: Path) -> list[Path]:
     """Every visible image file under `root` (any depth), sorted by relative path; possibly none."""
     images = []
     for folder, _, files in walk_visible(root, followlinks=False):
@@ -445,7 +327,7 @@ def list_images(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"no image folder at {root}")
-    images = _walk_images(root)
+    images = find_images(root)
     if not images:
         raise ValueError(f"{root} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     return images
@@ -470,6 +352,17 @@ def center_crop_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def read_image(path: Path) -> np.ndarray:
     """One image file as uint8 RGB (H, W, 3)."""
     return read_frame_files([path])[0]
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of a generated image file, from its header; a file PIL cannot identify is refused by name."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except READ_ERRORS as error:
+        raise generated_file_error([(path, describe_error(error))], "image") from error
 
 
 @dataclass
@@ -518,209 +411,3 @@ def prompted_batches(images: Sequence[Path], prompts: Sequence[str],
     reader = ImageSet([], role="generated")
     return labelled_batches(((reader.read(path), prompt) for path, prompt in zip(images, prompts, strict=True)),
                             batch_size)
-
-
-def check_generated_images(paths: Sequence[Path]) -> None:
-    """Every generated image identified and verified by PIL (`image_problem`); the corrupt ones are refused by name."""
-    bad = [(path, problem) for path, problem in zip(paths, _checked(image_problem, paths), strict=True) if problem]
-    if bad:
-        raise generated_file_error(bad, "image")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Generated text-to-image folders: `flexgen generate` records (FILE.json) or same-stem .txt prompts
-# ---------------------------------------------------------------------------------------------------------------
-@dataclass
-class GeneratedImages:
-    """The images of a generated folder in evaluation order, their prompts (None when the folder has no records
-    and not every image has a .txt file) and where those came from."""
-
-    paths: list[Path]
-    prompts: list[str] | None
-    source: str
-
-    @property
-    def prompts_sha256(self) -> str | None:
-        """sha256 of the prompts as a JSON list in evaluation order (tells prompt sets apart in records)."""
-        return None if self.prompts is None else prompts_sha256(self.prompts)
-
-
-def prompts_sha256(prompts: Sequence[str]) -> str:
-    return hashlib.sha256(json.dumps(list(prompts), ensure_ascii=False).encode()).hexdigest()
-
-
-def _read_generate_record(path: Path) -> tuple[list[dict[str, Any]], str | None] | None:
-    """The entries (each with "file" and "prompt") and the grid file name of a text-to-image sample manifest
-    (`flexgen.manifest.SampleManifest`, the FILE.json of `flexgen generate`); None for other JSON, or for a
-    manifest without prompts."""
-    from flexgen.manifest import SampleManifest
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error}); a generated folder's .json files are read as sample "
-                         f"manifests of flexgen generate, move other files out") from error
-    try:
-        manifest = SampleManifest.from_dict(data, str(path))
-    except (ValueError, TypeError):
-        return None
-    if not manifest.samples or any(entry.prompt is None for entry in manifest.samples):
-        return None
-    if not manifest.complete:
-        raise ValueError(f"{path}: the flexgen generate run that wrote it did not complete; re-run its command to "
-                         "finish it, then evaluate")
-    return [{"file": e.file, "prompt": e.prompt} for e in manifest.samples], manifest.grid
-
-
-def generated_images(root: str | Path, need_prompts: bool = False) -> GeneratedImages:
-    """The generated images of `root`: those `flexgen generate` records list, else every image (sorted) with the
-    prompts of same-stem .txt files when every image has one. `need_prompts` makes missing prompts an error."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"no generated image folder at {root}")
-    records = []
-    for folder, _, files in walk_visible(root, followlinks=False):
-        records += [folder / f for f in files if f.lower().endswith(".json")]
-    records.sort(key=lambda p: p.relative_to(root).as_posix())
-    paths: list[Path] = []
-    prompts: list[str] = []
-    used: list[Path] = []
-    grids: set[Path] = set()
-    for record in records:
-        content = _read_generate_record(record)
-        if content is None:
-            continue
-        entries, grid = content
-        used.append(record)
-        if grid is not None:
-            grids.add((record.parent / grid).resolve())
-        for entry in entries:
-            image = record.parent / entry["file"]
-            if not image.is_file():
-                raise FileNotFoundError(f"{image} is listed in {record} but missing")
-            paths.append(image)
-            prompts.append(entry["prompt"])
-    if used:
-        duplicates = [p for p, n in Counter(p.resolve() for p in paths).items() if n > 1]
-        if duplicates:
-            raise ValueError(f"{root}: images listed twice by the flexgen generate records: "
-                             f"{', '.join(map(str, duplicates[:5]))}")
-        listed = {p.resolve() for p in paths} | grids
-        unlisted = [p for p in _walk_images(root) if p.resolve() not in listed]
-        if unlisted:
-            log.warning("%s: %d images are not listed in its flexgen generate records and are not evaluated (e.g. "
-                        "%s)", root, len(unlisted), unlisted[0])
-        names = ", ".join(p.relative_to(root).as_posix() for p in used)
-        return GeneratedImages(paths, prompts, f"flexgen generate records: {names}")
-
-    images = list_images(root)
-    captions = [image.with_suffix(".txt") for image in images]
-    missing = [image for image, caption in zip(images, captions, strict=True) if not caption.is_file()]
-    if missing and need_prompts:
-        raise FileNotFoundError(
-            f"{root}: {len(missing)} of {len(images)} images have no prompt, e.g. {missing[0]} (expected "
-            f"{missing[0].with_suffix('.txt')}); give the folder the FILE.json that flexgen generate writes, or a "
-            f"same-stem .txt file with the prompt beside every image")
-    if missing:
-        return GeneratedImages(images, None, "images only (no prompts)")
-    prompts = [caption.read_text(encoding="utf-8").strip() for caption in captions]
-    empty = [c for c, text in zip(captions, prompts, strict=True) if not text]
-    if empty:
-        raise ValueError(f"{root}: {len(empty)} prompt files are empty, e.g. {empty[0]}")
-    return GeneratedImages(images, prompts, "same-stem .txt files")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Selected images: a seeded subset of the real images, the first num_fake generated ones
-# ---------------------------------------------------------------------------------------------------------------
-def select_real_images(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ImageSet:
-    """At most `num_real` images: all the usable ones, or a subset of them drawn from the protocol's seed (kept in
-    sorted order); centre-cropped to `real_size` for a center_crop protocol. Every image is checked first
-    (`image_problem`): the unreadable ones are left out and counted (`corrupt`), before the draw. Fewer than
-    `num_real` is for `flexgen.metrics.evaluate` to allow or refuse."""
-    protocol = get_protocol(protocol)
-    if protocol.real_resize == "center_crop" and protocol.real_size is None:
-        raise ValueError(f"protocol {protocol.name} crops real images to the generated images' size, which is not "
-                         f"fixed yet: resolve it with resolve_protocol(protocol, fake_folder)")
-    root = Path(root)
-    images = list_images(root)
-    usable: list[Path] = []
-    corrupt: list[tuple[str, str]] = []
-    for path, problem in zip(images, _checked(image_problem, images), strict=True):
-        if problem is None:
-            usable.append(path)
-        else:
-            corrupt.append((path.relative_to(root).as_posix(), problem))
-    _warn_corrupt(root, corrupt, "image")
-    if not usable:
-        raise ValueError(f"{root}: no usable image for protocol {protocol.name} ({len(images)} found, all corrupt "
-                         f"or unreadable, e.g. {corrupt[0][0]}: {corrupt[0][1]})")
-    chosen = range(len(usable))
-    if len(usable) > protocol.num_real:
-        rng = np.random.default_rng(protocol.seed)
-        chosen = sorted(rng.choice(len(usable), size=protocol.num_real, replace=False).tolist())
-    return ImageSet([usable[i] for i in chosen], corrupt=corrupt, num_found=len(images), num_candidates=len(usable),
-                    batch_size=batch_size, crop=protocol.real_size)
-
-
-def _fake_image_paths(root: str | Path, protocol: Protocol) -> tuple[list[Path], int]:
-    """The first `num_fake` generated images (fewer is an error), not yet checked, and how many the folder has."""
-    check_sample_manifest(root)
-    images = generated_images(root).paths
-    if len(images) < protocol.num_fake:
-        raise ValueError(f"{root}: protocol {protocol.name} needs {protocol.num_fake} generated images, found "
-                         f"{len(images)}; generate more, or pass a smaller --num-fake (renames the protocol)")
-    return images[:protocol.num_fake], len(images)
-
-
-def select_fake_images(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ImageSet:
-    """Exactly the first `num_fake` generated images (`generated_images` order); fewer is an error, and so is one
-    that PIL cannot identify or verify (named). A `flexgen sample` folder must hold exactly its manifest's files
-    (`check_sample_manifest`)."""
-    protocol = get_protocol(protocol)
-    paths, available = _fake_image_paths(root, protocol)
-    check_generated_images(paths)
-    return ImageSet(paths, num_found=available, num_candidates=available, batch_size=batch_size, role="generated")
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(H, W) of a generated image file, from its header; a file PIL cannot identify is refused by name."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return image.height, image.width
-    except READ_ERRORS as error:
-        raise generated_file_error([(path, describe_error(error))], "image") from error
-
-
-def resolve_protocol(protocol: str | Protocol, fake: str | Path) -> Protocol:
-    """A center_crop protocol with its crop size read off the generated images (all must share one), renamed
-    fid30k_coco -> fid30k_coco256 (fid30k_coco256x384 when not square); any other protocol unchanged."""
-    protocol = get_protocol(protocol)
-    if protocol.real_resize != "center_crop" or protocol.real_size is not None:
-        return protocol
-    sizes = Counter(image_size(path) for path in _fake_image_paths(fake, protocol)[0])
-    if len(sizes) != 1:
-        common = ", ".join(f"{h}x{w}: {n}" for (h, w), n in sizes.most_common(5))
-        raise ValueError(f"{fake}: protocol {protocol.name} crops the real images to the generated images' size, but "
-                         f"they have several sizes (H x W: count) {common}")
-    (h, w), = sizes
-    return dataclasses.replace(protocol, name=f"{protocol.name}{h if h == w else f'{h}x{w}'}", real_size=(h, w))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Either kind, by the protocol's metric
-# ---------------------------------------------------------------------------------------------------------------
-def select_real(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ClipSet | ImageSet:
-    """Real images for a fid protocol, real clips otherwise."""
-    protocol = get_protocol(protocol)
-    select = select_real_images if protocol.metric == "fid" else select_real_clips
-    return select(root, protocol, batch_size=batch_size)
-
-
-def select_fake(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ClipSet | ImageSet:
-    """Generated images for a fid protocol, generated clips otherwise."""
-    protocol = get_protocol(protocol)
-    select = select_fake_images if protocol.metric == "fid" else select_fake_clips
-    return select(root, protocol, batch_size=batch_size)

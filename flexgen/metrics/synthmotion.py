@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from flexgen.data.video import clip_span
+from flexgen.data.video_index import clip_span
 from flexgen.files import atomic_write, file_sha256
 from flexgen.metrics.detectors import check_uint8_videos
 from flexgen.metrics.protocols import Protocol
@@ -202,7 +202,8 @@ def sample_accuracy(folder: str | Path, detector: SynthMotionDetector, protocol:
     """Class accuracy of the class-conditional samples in `folder` (a `flexgen sample` folder: the labels come from
     its samples.json), over the generated clips the protocol selects: {"value", "num_fake", "per_class"}."""
     from flexgen.manifest import SampleManifest
-    from flexgen.metrics.sources import check_sample_manifest, select_fake_clips
+    from flexgen.metrics.generated import check_sample_manifest
+    from flexgen.metrics.selection import select_fake_clips
 
     folder = Path(folder)
     check_sample_manifest(folder)

@@ -10,8 +10,8 @@ runs. The dense model is the empty policy (this class). A policy answers for
 | cost from what ran | `measured`, `forward_macs(...)`, `meter(model)`, `block_shapes(grid)`, `router_macs(grid)` |
 | the skipping forward's memory | `slice_caches()`, `patterns()`, `held_bytes()` |
 | benchmarks without trained weights | `set_synthetic(target)`, `synthetic_macs(cost, grid, target)` |
-| weights | `metadata()` (what our files record), `load_state_dict(sd, path, routers_required)` (official layouts, the |
-| | conversion from a dense file), `converted()` (after loading a dense file) |
+| weights | `metadata()`, `load_state_dict(sd, path, routers_required)` (official layouts, conversion), `converted()` |
+| a forward | `attach(net)` once; `begin`, `embedded`, `walk` (`run_block` per block), `end`; `grid()` |
 
 `Compose` (`flexgen.policies.compose`) runs several: FlexDiT decides the token set, DyDiT the width on it.
 """
@@ -29,6 +29,7 @@ class Policy:
     """The dense model: every block runs whole at every timestep."""
 
     name = "dense"
+    dense = True                # whether the network runs as the dense model (no policy of its own)
     measured = False            # whether a forward's cost is measured from what it ran (DyDiT's gates)
 
     def label(self) -> str:
@@ -51,6 +52,39 @@ class Policy:
     def part(self, kind: type) -> Any:
         """The part of type `kind`, or None."""
         return next((p for p in self.parts if isinstance(p, kind)), None)
+
+    # ---- one forward: the network calls attach once, then begin, embedded, walk (run_block per block), end ----
+
+    step_args: tuple[str, ...] = ()         # keyword arguments of a forward that are this policy's
+    joint_images = True                     # whether it runs joint image-video batches (Latte's still images)
+
+    def attach(self, net: Any) -> None:
+        """Add this policy's modules to `net` (under the state-dict keys its files use); keep what it needs."""
+        self.net = net
+
+    def begin(self, net: Any, t: torch.Tensor, **step: Any) -> None:
+        """Before a forward at timesteps t (B,); `step`: the forward's keyword arguments of `step_args`."""
+        if step:
+            raise TypeError(f"the {self.label()} model's forward takes no {', '.join(sorted(step))}")
+
+    def embedded(self, embedding: torch.Tensor) -> None:
+        """The (B, D) timestep embedding (PixArt-α 1024-MS: with the size conditions) of this forward."""
+
+    def walk(self, net: Any, x: torch.Tensor, ctx: Any) -> torch.Tensor:
+        """The blocks on tokens x: the family's dense walk (`net.walk`), every block through `run_block`."""
+        return net.walk(x, ctx)
+
+    def run_block(self, net: Any, index: int, call: Any) -> torch.Tensor:
+        """Block `index` (the family's block order); `call(run)` runs it through its module, `run(block, x, cond,
+        context, **extra)` replacing its computation (None: the whole block)."""
+        return call(None)
+
+    def end(self) -> None:
+        """After the forward (also when it raised)."""
+
+    def grid(self) -> int | None:
+        """The sparse grid side of the last forward (None: every block saw the dense token set)."""
+        return None
 
     # ---- training ---------------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ class Compose(Policy):
             raise ValueError("Compose takes two or more policies")
         self._parts = parts
         self.name = "+".join(p.name for p in parts)
+        self.dense = False
 
     @property
     def parts(self) -> tuple[Policy, ...]:
@@ -37,6 +38,50 @@ class Compose(Policy):
             if out is not None:
                 return out
         return None
+
+    @property
+    def joint_images(self) -> bool:
+        return all(p.joint_images for p in self._parts)
+
+    @property
+    def step_args(self) -> tuple[str, ...]:
+        return tuple(a for p in self._parts for a in p.step_args)
+
+    def _overriding(self, method: str) -> list[Policy]:
+        return [p for p in self._parts if getattr(type(p), method) is not getattr(Policy, method)]
+
+    def attach(self, net) -> None:
+        self.net = net
+        for p in self._parts:             # FlexDiT first: DyDiT's token routers follow its roles
+            p.attach(net)
+
+    def begin(self, net, t, **step) -> None:
+        unknown = set(step) - set(self.step_args)
+        if unknown:
+            raise TypeError(f"the {self.label()} model's forward takes no {', '.join(sorted(unknown))}")
+        for p in self._parts:
+            p.begin(net, t, **{k: v for k, v in step.items() if k in p.step_args})
+
+    def embedded(self, embedding) -> None:
+        for p in self._parts:
+            p.embedded(embedding)
+
+    def walk(self, net, x, ctx):
+        """The first part that walks the blocks its own way (FlexDiT's roles), else the dense walk."""
+        walkers = self._overriding("walk")
+        return walkers[0].walk(net, x, ctx) if walkers else net.walk(x, ctx)
+
+    def run_block(self, net, index, call):
+        """The last part that runs blocks its own way (DyDiT's partial width), else the whole block."""
+        runners = self._overriding("run_block")
+        return runners[-1].run_block(net, index, call) if runners else call(None)
+
+    def end(self) -> None:
+        for p in self._parts:
+            p.end()
+
+    def grid(self):
+        return self._answer("grid")
 
     def label(self) -> str:
         return " + ".join(p.label() for p in self._parts)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from functools import partial
+from typing import NamedTuple
 
 import torch
 from diffusers import (
@@ -38,21 +39,19 @@ from torch.utils.checkpoint import checkpoint
 
 from flexgen.attention import attention_with_key_bias
 from flexgen.flops import FlopReport, count_macs
-from flexgen.policies import FlexDiT, Policy
+from flexgen.policies import DyDiT, FlexDiT, Policy, compose
 from flexgen.policies.cost import CountedCost, SpatialSequence
+from flexgen.policies.dydit.config import DyDiTConfig
 from flexgen.policies.flexdit import (
     DensityConfig,
-    DensityRecord,
     ScheduleConfig,
     parse_layout,
-    pool,
     stages,
-    unpool,
 )
 from flexgen.policies.flexdit.schedules import grid_for_timesteps
-from flexgen.policies.flexdit.walk import run_layout
 from flexgen.presets import PIXART_PRESETS as PRESETS  # noqa: F401  (re-exported)
 from flexgen.presets import TEXT_TOKENS
+from flexgen.t2i.pixart_protocol import PixArtPolicyHooks
 
 # ----------------------------------------------------------------------------------------------------------
 # One block of PixArt-α in the density engine's block protocol.
@@ -99,6 +98,14 @@ class FlexPixArtBlock(BasicTransformerBlock):
         return run(self, hidden_states, cond, context, text=text, text_mask=text_mask)
 
 
+class BlockInputs(NamedTuple):
+    """What every block of one forward reads beside its tokens."""
+    cond: torch.Tensor                      # (B, 6·D) adaLN-single's modulation
+    text: torch.Tensor                      # (B, L, D) projected caption tokens
+    text_mask: torch.Tensor | None          # (B, 1, L) diffusers' additive key bias
+    token_grid: tuple[int, int]             # (height, width) of the image tokens
+
+
 class FlexgenAttnProcessor:
     """A diffusers attention processor that runs `flexgen.attention` (xformers where its kernels load, SDPA
     otherwise; it reports which ran). Text cross-attention with a padding mask packs each sample's valid text
@@ -131,18 +138,14 @@ def use_flexgen_attention(model: nn.Module) -> nn.Module:
     return model
 
 
-def drop_qk(attn: nn.Module) -> None:
-    """A Poolingformer keeps only the value and output projections of the self-attention."""
-    attn.to_q = None
-    attn.to_k = None
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The model.
 
 
-class FlexPixArtTransformer2DModel(PixArtTransformer2DModel):
-    """PixArt-α whose blocks play the roles of a FlexDiT layout; with `layout=""`, exactly the dense model."""
+class FlexPixArtTransformer2DModel(PixArtPolicyHooks, PixArtTransformer2DModel):
+    """PixArt-α running a policy (`flexgen.policies`) built from its config keys: FlexDiT with a `layout`, DyDiT
+    with `route_cross_attention` set (True / False: the text cross-attention's heads routed or whole), both
+    composed; with neither, exactly the dense diffusers model."""
 
     _no_split_modules = ["FlexPixArtBlock", "BasicTransformerBlock", "PatchEmbed"]
 
@@ -158,7 +161,9 @@ class FlexPixArtTransformer2DModel(PixArtTransformer2DModel):
                  # FlexDiT (policies.flexdit): the layout's role letters or preset, the timestep -> grid schedule
                  # (ScheduleConfig fields), the recovery fusion's initialisation, training timesteps T.
                  layout: str = "", schedule: dict | None = None, fusion_init: str = "paper",
-                 num_train_timesteps: int = 1000):
+                 num_train_timesteps: int = 1000,
+                 # DyDiT (policies.dydit): routers on when set; its λ (informational: what it was trained for)
+                 route_cross_attention: bool | None = None, dydit_target: float | None = None):
         super().__init__(num_attention_heads=num_attention_heads, attention_head_dim=attention_head_dim,
                          in_channels=in_channels, out_channels=out_channels, num_layers=num_layers, dropout=dropout,
                          norm_num_groups=norm_num_groups, cross_attention_dim=cross_attention_dim,
@@ -178,19 +183,23 @@ class FlexPixArtTransformer2DModel(PixArtTransformer2DModel):
         self.base_grid = sample_size // patch_size
         self.roles = parse_layout(layout, num_layers) if layout else ""
         self.stages = stages(schedule_config, num_train_timesteps)
-        if self.roles and max(s.grid for s in self.stages) > self.base_grid:
-            raise ValueError(f"schedule grids up to {max(s.grid for s in self.stages)} exceed the token grid "
-                             f"{self.base_grid}×{self.base_grid} (sample_size {sample_size} / patch {patch_size})")
         for block in self.transformer_blocks:
             block.__class__ = FlexPixArtBlock                     # same module, protocol-callable
-        for role, block in zip(self.roles, self.transformer_blocks, strict=False):   # roles: '' if dense
-            if role == "P":
-                drop_qk(block.attn1)
-        if layout:                                                # the recovery fusions: `fusions.k`
-            self.policy: Policy = FlexDiT(self.density, num_train_timesteps)
-            self.policy.attach(self, self.inner_dim, num_layers)
-        else:
-            self.policy, self.fusions = Policy(), nn.ModuleList()
+        if route_cross_attention is None and self.routes_by_default:
+            route_cross_attention = True
+            self.register_to_config(route_cross_attention=True)
+        self.route_cross = bool(route_cross_attention)
+        self.last_token_grid, self.last_text_tokens = (self.base_grid, self.base_grid), TEXT_TOKENS
+        parts: list[Policy] = []
+        if layout:
+            parts.append(FlexDiT(self.density, num_train_timesteps))
+        if route_cross_attention is not None:
+            parts.append(DyDiT(DyDiTConfig(target=dydit_target, cross_attention=route_cross_attention)))
+        self.policy = compose(parts)
+        self.fusions = nn.ModuleList()
+        self.policy.attach(self)                                  # fusions, routers; Q/K of Poolingformers dropped
+
+    routes_by_default = False       # DyPixArtTransformer2DModel (the name DyDiT folders record): routers by default
 
     # ---- conversion -------------------------------------------------------------------------------------
 
@@ -212,91 +221,75 @@ class FlexPixArtTransformer2DModel(PixArtTransformer2DModel):
         flex.load_state_dict(flex.flex_state_dict(dense.state_dict()), strict=True)
         return flex.train(dense.training)
 
-    def flex_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A dense state dict -> this model's: Poolingformers drop Q and K, the fusions take their initial values."""
-        state = dict(sd)
-        for i, role in enumerate(self.roles):
-            if role == "P":
-                for name in ("to_q", "to_k"):
-                    for kind in ("weight", "bias"):
-                        state.pop(f"transformer_blocks.{i}.attn1.{name}.{kind}", None)
-        state.update({k: v for k, v in self.state_dict().items() if k.startswith("fusions.")})
-        return state
-
     # ---- forward ----------------------------------------------------------------------------------------
 
     def grid_for(self, timestep: torch.Tensor) -> int:
         """The schedule's sparse side (on the base grid) for a batch of training timesteps (one grid per batch)."""
         return grid_for_timesteps(self.stages, torch.as_tensor(timestep))
 
-    def sparse_size(self, height: int, width: int, side: int) -> tuple[int, int]:
-        """Sparse grid for a height×width token grid: side/base_grid of each axis, at least 1, at most the axis."""
-        g = self.base_grid
-        return (min(height, max(1, round(side * height / g))), min(width, max(1, round(side * width / g))))
-
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                 timestep: torch.Tensor | None = None, added_cond_kwargs: dict | None = None,
                 cross_attention_kwargs: dict | None = None, attention_mask: torch.Tensor | None = None,
-                encoder_attention_mask: torch.Tensor | None = None, return_dict: bool = True, *,
-                grid: int | None = None, record: DensityRecord | None = None):
-        """As `PixArtTransformer2DModel.forward`; the sparse side comes from the schedule at `timestep` unless
-        `grid` is given. `record`, if given, is filled with the grid and the tokens each block processed."""
-        if not self.roles and not self.walks_blocks:
+                encoder_attention_mask: torch.Tensor | None = None, return_dict: bool = True, **step):
+        """As `PixArtTransformer2DModel.forward`; `step`: the policy's arguments (FlexDiT: `grid`, default the
+        schedule's side at `timestep`, and `record`; DyDiT: `complete`). The dense policy is diffusers' forward."""
+        if self.policy.dense and not step:
             return super().forward(hidden_states, encoder_hidden_states, timestep, added_cond_kwargs,
                                    cross_attention_kwargs, attention_mask, encoder_attention_mask, return_dict)
         if attention_mask is not None:
-            raise ValueError("a FlexDiT layout changes the image tokens between blocks; an image-side attention_mask "
-                             "cannot follow them")
+            raise ValueError("a policy changes or routes the image tokens between blocks; an image-side "
+                             "attention_mask cannot follow them")
         if cross_attention_kwargs:
             raise ValueError(f"cross_attention_kwargs {sorted(cross_attention_kwargs)} are not supported with a "
-                             "FlexDiT layout")
+                             "policy")
         if self.use_additional_conditions and added_cond_kwargs is None:
             raise ValueError("`added_cond_kwargs` (resolution, aspect_ratio) are needed by this model's adaLN-single")
         if encoder_attention_mask is not None and encoder_attention_mask.ndim == 2:     # 1 keep / 0 drop -> bias
             encoder_attention_mask = ((1 - encoder_attention_mask.to(hidden_states.dtype)) * -10000.0).unsqueeze(1)
         B, p = hidden_states.shape[0], self.config.patch_size
         height, width = hidden_states.shape[-2] // p, hidden_states.shape[-1] // p
-        side = self.base_grid if not self.roles else self.grid_for(timestep) if grid is None else grid
-        if not 1 <= side <= self.base_grid:
-            raise ValueError(f"sparse grid {side} outside [1, {self.base_grid}]")
-        sparse = self.sparse_size(height, width, side)
-        if record is not None:
-            record.grid, record.sparse_frames = (side if self.roles else None), 1
-
-        x = self.pos_embed(hidden_states)                                                  # (B, N, D)
-        D = x.shape[-1]
-        cond, embedded_timestep = self.adaln_single(timestep, added_cond_kwargs, batch_size=B,
-                                                    hidden_dtype=x.dtype)                  # (B, 6·D), (B, D)
-        self.embedded(embedded_timestep, (height, width))
-        text = encoder_hidden_states
-        if self.caption_projection is not None:
-            text = self.caption_projection(text).view(B, -1, D)                            # (B, L, D)
-
-        def to_sparse(x):                                                                  # (B, N, D) -> (B, M, D)
-            return pool(x.reshape(B, 1, height, width, D), (1, *sparse)).reshape(B, -1, D)
-
-        def to_dense(x):                                                                   # (B, M, D) -> (B, N, D)
-            return unpool(x.reshape(B, 1, *sparse, D), (1, height, width)).reshape(B, -1, D)
-
-        blocks = [partial(self._run_block, i) for i in range(len(self.transformer_blocks))]
-        x = run_layout(self.roles or "D" * len(blocks), blocks, self.fusions, x, dense_cond=cond, sparse_cond=cond,
-                       to_sparse=to_sparse, to_dense=to_dense, tokens=None if record is None else record.blocks,
-                       text=text, text_mask=encoder_attention_mask)                        # (B, N, D)
+        t = torch.as_tensor(timestep, device=hidden_states.device).reshape(-1).expand(B)
+        self.policy.begin(self, t, **step)
+        try:
+            x = self.pos_embed(hidden_states)                                              # (B, N, D)
+            cond, embedded_timestep = self.adaln_single(timestep, added_cond_kwargs, batch_size=B,
+                                                        hidden_dtype=x.dtype)              # (B, 6·D), (B, D)
+            self.last_token_grid = (height, width)
+            self.policy.embedded(embedded_timestep)
+            text = encoder_hidden_states
+            if text is not None:
+                self.last_text_tokens = text.shape[1]
+            if self.caption_projection is not None:
+                text = self.caption_projection(text).view(B, -1, x.shape[-1])              # (B, L, D)
+            ctx = BlockInputs(cond, text, encoder_attention_mask, (height, width))
+            x = self.policy.walk(self, x, ctx)                                             # (B, N, D)
+        finally:
+            self.policy.end()
         output = self._unpatchify(x, embedded_timestep, height, width)                     # (B, C_out, H, W)
         return Transformer2DModelOutput(sample=output) if return_dict else (output,)
 
-    walks_blocks = False     # DyDiT: walk the blocks (all dense) even without a layout, through `_run_block`
+    def walk(self, x: torch.Tensor, ctx: BlockInputs) -> torch.Tensor:
+        """Every block on the dense tokens."""
+        for block in self._blocks():
+            x = block(x, ctx.cond, text=ctx.text, text_mask=ctx.text_mask)
+        return x
 
-    def embedded(self, embedded_timestep: torch.Tensor, token_grid: tuple[int, int]) -> None:
-        """Hook after adaLN-single: the (B, D) timestep embedding (1024-MS: with the size conditions) and this
-        forward's (height, width) token grid. DyDiT's width routers read it; nothing here."""
+    def _blocks(self) -> list:
+        """Each block as `block(x, cond, context=None, text=, text_mask=)` (the block protocol), via `run_block`."""
+        return [partial(self.run_block, i) for i in range(len(self.transformer_blocks))]
 
-    def _run_block(self, index, x, cond, context=None, *, text, text_mask, run=None):
+    def run_block(self, index, x, cond, context=None, *, text, text_mask):
+        """Block `index` through its module call (FSDP's hooks, gradient checkpointing); the policy may run part of
+        it (DyDiT's partial width)."""
         block = self.transformer_blocks[index]
-        kwargs = {"cond": cond, "context": context, "text": text, "text_mask": text_mask, "run": run}
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, x, use_reentrant=False, **kwargs)
-        return block(x, **kwargs)
+
+        def call(run):
+            kwargs = {"cond": cond, "context": context, "text": text, "text_mask": text_mask, "run": run}
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                return checkpoint(block, x, use_reentrant=False, **kwargs)
+            return block(x, **kwargs)
+
+        return self.policy.run_block(self, index, call)
 
     def _unpatchify(self, x, embedded_timestep, height, width):
         """PixArt-α's final layer: adaLN-single shift/scale from its own table, LayerNorm, linear, unpatchify."""

@@ -62,7 +62,7 @@ def pixart_network(arguments: dict, policy: Policy) -> FlexPixArtTransformer2DMo
     if dy is None:
         return FlexPixArtTransformer2DModel(**arguments, **extra)
     net = DyPixArtTransformer2DModel(**arguments, **extra, dydit_target=dy.config.target,
-                                     route_cross_attention=dy.config.cross_attention)
+                                     route_cross_attention=dy.config.cross_attention)   # (the name its folder records)
     net.policy.part(DyDiT).config = dy.config
     return net
 

@@ -1,10 +1,10 @@
-"""Video backbones: Latte (interleaved spatial/temporal DiT blocks), DiT as its one-frame case (`latte`), and their
-FlexDiT versions (`flex_latte`). Names are imported on first use."""
+"""Video backbones: Latte (interleaved spatial/temporal DiT blocks), DiT as its one-frame case (`latte`), its side of
+the policies' block protocol (`latte_protocol`) and its block at partial width (`latte_width`). Names are imported
+on first use."""
 
 from importlib import import_module
 
-_EXPORTS = {"Latte": "latte", "LatteConfig": "latte", "latte_config": "latte", "FlexLatte": "flex_latte",
-            "DensityRecord": "flex_latte"}
+_EXPORTS = {"Latte": "latte", "LatteConfig": "latte", "latte_config": "latte"}
 
 
 def __getattr__(name: str):

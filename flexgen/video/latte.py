@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from flexgen.attention import attention
 from flexgen.policies.base import Policy
 from flexgen.presets import LATTE_PRESETS as PRESETS  # noqa: F401  (re-exported)
+from flexgen.video.latte_protocol import LattePolicyHooks
 
 # ----------------------------------------------------------------------------------------------------------
 # Configuration.
@@ -288,17 +289,18 @@ class Frames:
     cond: torch.Tensor          # (B·FI, D) one condition per frame, for spatial blocks and the final layer
     sample_cond: torch.Tensor   # (B, D) one per sample, for temporal blocks
     image_input: bool           # the input was (B, C, H, W)
-    t_emb: torch.Tensor         # (B, D) the timestep embedding alone (DyDiT's width routers read it)
+    t_emb: torch.Tensor         # (B, D) the timestep embedding alone (what a policy's `embedded` reads)
 
 
 
-class Latte(nn.Module):
-    """Latte variant 1 (interleaved spatial and temporal blocks); with `temporal=False` it is DiT."""
+class Latte(LattePolicyHooks, nn.Module):
+    """Latte variant 1 (interleaved spatial and temporal blocks); with `temporal=False` it is DiT. `policy`
+    (`flexgen.policies`: dense by default, FlexDiT, DyDiT or both) decides what runs at each timestep; it adds its
+    modules here (`fusions`, `width_routers`, `token_routers`) and drives the blocks through `walk` / `run_block`."""
 
     def __init__(self, config: LatteConfig, *, policy: Policy | None = None):
         super().__init__()
         self.config = c = config
-        self.policy = Policy() if policy is None else policy     # what runs at each timestep (flexgen.policies)
         self.x_embedder = PatchEmbed(c.patch_size, c.in_channels, c.hidden_size)
         self.t_embedder = TimestepEmbedder(c.hidden_size)
         self.y_embedder = LabelEmbedder(c.num_classes, c.hidden_size) if c.num_classes else None
@@ -312,6 +314,8 @@ class Latte(nn.Module):
         self.register_buffer("temp_embed", sincos_1d(c.hidden_size, torch.arange(c.num_frames)).float()[None],
                              persistent=False)
         self.initialize_weights()
+        self.policy = Policy() if policy is None else policy
+        self.policy.attach(self)
 
     def initialize_weights(self):
         # Xavier-uniform for every linear layer, the patch embedding treated as one (DiT).
@@ -371,24 +375,37 @@ class Latte(nn.Module):
     # ---- forward ----------------------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, *, num_images: int = 0,
-                y_images: torch.Tensor | None = None) -> torch.Tensor:
+                y_images: torch.Tensor | None = None, **step) -> torch.Tensor:
         """x: (B, F + num_images, C, H, W) latents (or (B, C, H, W) without temporal blocks); t: (B,) diffusion
         steps; y: (B,) class labels for a class-conditional model, `num_classes` meaning "no label".
         The last `num_images` slots are still images (joint image-video training) that skip temporal blocks;
-        `y_images` (B, num_images) are their labels (default: the video's label).
-        Returns (B, F + num_images, C_out, H, W) (or (B, C_out, H, W))."""
-        x, frames = self.embed(x, t, y, num_images, y_images)                # (B·FI, N, D)
+        `y_images` (B, num_images) are their labels (default: the video's label). `step`: the policy's arguments
+        (FlexDiT: `grid`, `record`; DyDiT: `complete`). Returns (B, F + num_images, C_out, H, W) (or
+        (B, C_out, H, W))."""
+        if num_images and not self.policy.joint_images:
+            raise ValueError(f"the {self.policy.label()} model does not take still images (num_images > 0) yet")
+        self.policy.begin(self, t, **step)
+        try:
+            x, frames = self.embed(x, t, y, num_images, y_images)             # (B·FI, N, D)
+            self.policy.embedded(frames.t_emb)
+            x = self.policy.walk(self, x, frames)                             # (B·FI, N, D)
+        finally:
+            self.policy.end()
+        return self.head(x, frames)
+
+    def walk(self, x: torch.Tensor, frames: Frames) -> torch.Tensor:
+        """Every spatial block on the dense tokens, each followed by its temporal block."""
         for i, block in enumerate(self.spatial_blocks):
             x = self.run_block(block, i, x, frames.cond)                      # (B·FI, N, D)
             if i < len(self.temporal_blocks):
                 x = self.temporal(x, i, frames)                               # (B·FI, N, D)
-        return self.head(x, frames)
+        return x
 
     def run_block(self, block: LatteBlock, index: int, x: torch.Tensor, cond: torch.Tensor,
                   context: torch.Tensor | None = None) -> torch.Tensor:
         """Block `index` of [*spatial_blocks, *temporal_blocks] on x (S, N, D) (keys and values from `context`
-        when given): the whole block here; DyDiT (`flexgen.video.dy_latte`) runs part of it."""
-        return block(x, cond, context=context)
+        when given), through the block's module call; the policy may run part of it (DyDiT's partial width)."""
+        return self.policy.run_block(self, index, lambda run: block(x, cond, context=context, run=run))
 
     def embed(self, x, t, y, num_images, y_images) -> tuple[torch.Tensor, Frames]:
         """Check the inputs; patch tokens with the 2-D position embedding, and the conditions."""

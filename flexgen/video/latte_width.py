@@ -19,7 +19,6 @@ from torch.nn import functional as F
 
 from flexgen.attention import attention
 from flexgen.policies.dydit.width import SliceCache, head_rows, packed_tokens, take_units, unit_importance
-from flexgen.video.latte import modulate
 
 
 def _unit_rows(block: nn.Module, heads: torch.Tensor, groups: torch.Tensor, num_groups: int
@@ -203,8 +202,8 @@ def run_block(block: nn.Module, x: torch.Tensor, cond: torch.Tensor, heads: torc
     With `sliced` (a `SlicedWeights` of this block; width masks (H,) / (G,) shared by the batch) only the active
     heads, groups and tokens are computed; without it, the masked definition (masks may be per sequence)."""
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.modulation(cond, x.shape[0])
-    h = modulate(block.norm1(x), shift_msa, scale_msa)                        # (S, N, D)
-    kv = None if context is None else modulate(block.norm1(context), shift_msa, scale_msa)     # (S, M, D)
+    h = block.norm1(x) * (1 + scale_msa) + shift_msa                          # (S, N, D), as `modulate`
+    kv = None if context is None else block.norm1(context) * (1 + scale_msa) + shift_msa       # (S, M, D)
     weights = None if sliced is None else sliced.get(heads, groups)
     attn = (masked_attention(block.attn, h, heads, kv) if weights is None else
             sliced_attention(block.attn, h, weights, kv))
@@ -212,7 +211,7 @@ def run_block(block: nn.Module, x: torch.Tensor, cond: torch.Tensor, heads: torc
     tokens = None if token_router is None else token_router(x, generator=generator)   # (S, N)
     if tokens is not None and complete is not None:
         tokens = torch.where(complete[:, None], 1.0, tokens).to(tokens.dtype)
-    h = modulate(block.norm2(x), shift_mlp, scale_mlp)                        # (S, N, D)
+    h = block.norm2(x) * (1 + scale_mlp) + shift_mlp                          # (S, N, D)
     if weights is None:
         mlp = masked_mlp(block.mlp, h, groups)
         if tokens is not None:

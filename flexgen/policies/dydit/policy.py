@@ -12,10 +12,8 @@ block with the `BlockGates` of `gates(index)` and reports the token gates back w
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import re
-from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -61,6 +59,7 @@ class DyDiT(Policy):
     """Timestep-wise width and per-token MLP skipping (Zhao et al. 2024, arXiv 2410.03456)."""
 
     name = "dydit"
+    dense = False
     measured = True
 
     def __init__(self, config: DyDiTConfig | None = None):
@@ -72,38 +71,41 @@ class DyDiT(Policy):
         self._complete: torch.Tensor | None = None
         self._skipping = False
 
-    def attach(self, net: nn.Module, block_names: Sequence[str], dim: int, heads: int, routes_tokens: Sequence[bool],
-               caches: Sequence[SliceCache]) -> None:
-        """Register the routers on `net` (`width_routers.k` for every block, `token_routers.j` for the blocks that
-        route tokens; k in the order of `block_names`, the blocks' module names) and keep each block's cache."""
-        self.net, self.block_names, self._caches = net, list(block_names), list(caches)
-        net.width_routers = nn.ModuleList(WidthRouter(dim, heads) for _ in block_names)
-        routed = [k for k, on in enumerate(routes_tokens) if on]
-        net.token_routers = nn.ModuleList(TokenRouter(dim) for _ in routed)
+    step_args = ("complete",)
+    joint_images = False                    # (not yet: its masks are per sample, the images' per frame)
+
+    def attach(self, net: nn.Module) -> None:
+        """Register the routers on `net`: `width_routers.k` for every block of `net.routed_blocks()` (name, block),
+        `token_routers.j` for those where `net.routes_tokens(k)`; each block's slice cache from the family's
+        block adapter (`net.slice_cache(block)`)."""
+        named = net.routed_blocks()
+        self.net, self.block_names = net, [name for name, _ in named]
+        self._caches = [net.slice_cache(block) for _, block in named]
+        net.width_routers = nn.ModuleList(WidthRouter(net.hidden_dim, net.num_heads) for _ in named)
+        routed = [k for k in range(len(named)) if net.routes_tokens(k)]
+        net.token_routers = nn.ModuleList(TokenRouter(net.hidden_dim) for _ in routed)
         self._token_slot = {k: j for j, k in enumerate(routed)}
 
     # ---- one routed forward -----------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def forward(self, t: torch.Tensor, complete: torch.Tensor | None, training: bool) -> Iterator[None]:
-        """Around a forward at timesteps t (B,): picks the skipping or masked path, checks `complete`, resets
-        `routing`, and drops the masks afterwards."""
+    def begin(self, net, t, complete: torch.Tensor | None = None) -> None:
+        """Picks the skipping or the masked path for timesteps t (B,), checks `complete`, resets `routing`."""
         shared_t = not bool((t != t[0]).any())
         if self.skip and not shared_t:
             raise ValueError("the skipping forward needs one timestep for the whole batch (masks are per step)")
-        self._skipping = self.skip if self.skip is not None else (not training and shared_t)
+        self._skipping = self.skip if self.skip is not None else (not net.training and shared_t)
         if complete is not None:
             if complete.shape != t.shape:
                 raise ValueError(f"complete must be one flag per sample {tuple(t.shape)}, got {tuple(complete.shape)}")
             if self._skipping and bool(complete.any()):
                 raise ValueError("the skipping forward runs the routed model: complete=True needs skip=False")
         self._complete, self.routing = complete, [None] * len(self._caches)
-        try:
-            yield
-        finally:
-            self._masks = self._complete = None
 
-    def set_masks(self, embedding: torch.Tensor) -> None:
+    def end(self) -> None:
+        self._masks = self._complete = None
+        self.last_grid = self.net.policy.grid()        # composed with FlexDiT: the grid this forward ran at
+
+    def embedded(self, embedding: torch.Tensor) -> None:
         """Every block's width masks from the embedding (B, D) its routers read."""
         if self._skipping and not torch.equal(embedding, embedding[:1].expand_as(embedding)):
             if self.skip:
@@ -117,6 +119,16 @@ class DyDiT(Policy):
             masks.append((heads, groups) if on is None else
                          (torch.where(on, 1.0, heads).to(heads.dtype), torch.where(on, 1.0, groups).to(heads.dtype)))
         self._masks = masks
+
+    def run_block(self, net, index, call):
+        """Block `index` at the width its routers chose, through the family's block adapter
+        (`net.partial_block(block, x, cond, context, gates, **extra)` -> (out, token gates))."""
+        def partial_width(block, x, cond, context, **extra):
+            return net.partial_block(block, x, cond, context, self.gates(index, x.shape[0]), **extra)
+
+        out, tokens = call(partial_width)
+        self.record(index, tokens)
+        return out
 
     def gates(self, index: int, sequences: int) -> BlockGates:
         """Block `index`'s gates for its x of `sequences` = B·per sequences (per consecutive ones per sample)."""
@@ -166,11 +178,12 @@ class DyDiT(Policy):
         return dydit_losses(diffusion, net, self, x0, t, noise, cond, step, self.config)
 
     def block_shapes(self, grid: int | None = None) -> list[RoutedBlock]:
+        """Each block's full-width cost and units at FlexDiT grid `grid` (the family's `net.block_shapes`)."""
         return self.net.block_shapes(grid)
 
     def block_costs(self) -> list[BlockCost]:
         """The blocks' full-width costs at the tokens of the last forward (what the budget loss weighs)."""
-        return self.net.block_costs()
+        return [b.cost for b in self.net.block_shapes(self.net.policy.grid(), last=True)]
 
     def router_macs(self, grid: int | None = None) -> float:
         return router_macs(self.block_shapes(grid), self.token_router_hidden)
@@ -235,5 +248,7 @@ class DyDiT(Policy):
         return {**sd, **{k: v for k, v in self.net.state_dict().items() if k.startswith(ROUTER_PREFIXES)}}, True
 
     def converted(self) -> None:
-        self.net.order_by_importance()
+        """Importance order of every block's heads and MLP groups (`net.reorder(block)`), function-preserving."""
+        for _, block in self.net.routed_blocks():
+            self.net.reorder(block)
 

@@ -25,6 +25,7 @@ class FlexDiT(Policy):
     """Token density per block (roles P G S R D T) and timestep (a grid schedule, Eq. 5)."""
 
     name = "flexdit"
+    dense = False
 
     def __init__(self, density: DensityConfig, num_timesteps: int = 1000, num_blocks: int | None = None):
         if not density.layout:
@@ -33,14 +34,40 @@ class FlexDiT(Policy):
         self.stages = stages(density.schedule, num_timesteps)
         self.roles = parse_layout(density.layout, num_blocks) if num_blocks is not None else None
 
-    def attach(self, net: nn.Module, dim: int, num_blocks: int) -> None:
-        """The layout's roles for `num_blocks` blocks; register the recovery fusions on `net` (`fusions.k`)."""
-        self.net, self.roles = net, parse_layout(self.density.layout, num_blocks)
-        net.fusions = nn.ModuleList(Fusion(dim, self.density.fusion_init) for _ in range(self.roles.count("R")))
+    step_args = ("grid", "record")
+
+    def attach(self, net: nn.Module) -> None:
+        """The layout's roles over the blocks the family maps (`net.layout_blocks(density)`), Q/K dropped in each
+        Poolingformer (`net.drop_qk(i)`), the recovery fusions registered on `net` (`fusions.k`)."""
+        self.net, self.side = net, None
+        self.roles = parse_layout(self.density.layout, len(net.layout_blocks(self.density)))
+        if max(s.grid for s in self.stages) > net.base_grid:
+            raise ValueError(f"schedule grids up to {max(s.grid for s in self.stages)} exceed the token grid "
+                             f"{net.base_grid}×{net.base_grid}")
+        for i, role in enumerate(self.roles):
+            if role == "P":
+                net.drop_qk(i)
+        net.fusions = nn.ModuleList(Fusion(net.hidden_dim, self.density.fusion_init)
+                                    for _ in range(self.roles.count("R")))
 
     def grid_for(self, t: torch.Tensor) -> int:
         """The schedule's sparse side at timesteps t (one grid per batch)."""
         return grid_for_timesteps(self.stages, torch.as_tensor(t))
+
+    def begin(self, net, t, grid: int | None = None, record: Any = None) -> None:
+        """This forward's sparse side: the schedule's at t (one grid per batch) unless `grid` is given; `record`
+        (a `DensityRecord`), if given, is filled by the walk."""
+        side = self.grid_for(t) if grid is None else grid
+        if not 1 <= side <= net.base_grid:
+            raise ValueError(f"sparse grid {side} outside [1, {net.base_grid}]")
+        self.side, self.record = side, record
+
+    def walk(self, net, x, ctx):
+        """The family's walk of the roles at this forward's grid (`net.walk_layout`, over `flexdit.walk`)."""
+        return net.walk_layout(x, ctx, self)
+
+    def grid(self) -> int | None:
+        return self.side
 
     def label(self) -> str:
         return f"flexdit {self.density.layout}"

@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
-import os
-import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from flexgen import policies
-from flexgen.bench import _bench_setup, _dynamic_plan, _meta_denoiser, dydit_flops, measure
+from flexgen.bench.device import calibrate, device_peak
+from flexgen.bench.flops import dydit_flops
+from flexgen.bench.measure import measure
+from flexgen.bench.models import bench_setup, dynamic_plan, meta_denoiser
+from flexgen.bench.suite_outputs import markdown, write_outputs
 from flexgen.config import load_config
 from flexgen.policies.cost import density_report
 from flexgen.registry import denoiser_class
@@ -80,60 +80,6 @@ MODELS = {m.key: m for m in (*FULL, *SMALL)}
 SETS = {"full": FULL, "small": SMALL}
 DYDIT_TARGETS = (0.5, 0.7)
 
-# Dense peak TFLOP/s (no sparsity) from the vendors' datasheets: (name in torch.cuda.get_device_name, bf16 / fp16
-# tensor cores, fp32 without TF32). Checked in order (H100 PCIe before H100 SXM).
-GPU_PEAKS = (("H200", 989.4, 66.9), ("H100 PCIe", 756.0, 51.2), ("H100", 989.4, 66.9), ("A100", 312.0, 19.5),
-             ("L40S", 362.1, 91.6), ("L4", 121.0, 30.3))
-
-
-def device_peak(device: torch.device, dtype: torch.dtype) -> tuple[str, float | None, str]:
-    """(device name, peak TFLOP/s or None where unknown, where the number comes from)."""
-    low = dtype in (torch.bfloat16, torch.float16)
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, half, single in GPU_PEAKS:
-            if key in name:
-                return name, half if low else single, "datasheet, dense"
-        return name, None, "unknown device"
-    flags, mhz, model = set(), None, platform.processor() or "cpu"
-    lines = []
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            lines = f.readlines()
-    for line in lines:
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "flags" and not flags:
-            flags = set(value.split())
-        elif key == "cpu MHz" and mhz is None:
-            mhz = float(value)
-        elif key == "model name":
-            model = value.strip()
-    if mhz is None:
-        return model, None, "unknown clock"
-    # FLOPs per cycle per core: two FMA units × vector lanes × 2; AMX tiles for bf16 / fp16 (oneDNN uses them)
-    per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 8
-    if low and "amx_bf16" in flags:
-        per_cycle = 1024
-    threads = torch.get_num_threads()
-    return (f"{model} ({threads} threads)", threads * mhz * 1e6 * per_cycle / 1e12,
-            "estimate: threads × clock × FLOPs per cycle")
-
-
-def _calibrate(device: torch.device, dtype: torch.dtype) -> float:
-    """GMAC/s of a large matmul: the first guess of how fast a model runs, before one has been timed."""
-    n = 4096 if device.type == "cuda" else 1024
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    a @ a
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(3):
-        a @ a
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return 3 * n ** 3 / (time.perf_counter() - start) / 1e9
-
 
 def _policies(model: SuiteModel) -> list[tuple[str, list[str]]]:
     """(policy name, config overrides) of every dynamic row."""
@@ -149,7 +95,7 @@ def _counted(run, name: str) -> tuple[float, list[float]]:
     if policies.from_run(run).measured:
         report = dydit_flops(run, name)
         return report["gmacs"], [s[4] for s in report.get("stages", [])] or [report["gmacs"]]
-    report = density_report(_meta_denoiser(run).cost())
+    report = density_report(meta_denoiser(run).cost())
     return report["gmacs"], list({s[2]: s[3] for s in report["stages"]}.values())
 
 
@@ -189,7 +135,7 @@ def suite_report(models, *, device: str = "cpu", dtype: torch.dtype = torch.floa
     start, dev = time.perf_counter(), torch.device(device)
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     name, peak, peak_source = device_peak(dev, dtype)
-    gmac_per_s = 0.5 * _calibrate(dev, dtype)           # a model runs below a large matmul's rate
+    gmac_per_s = 0.5 * calibrate(dev, dtype)           # a model runs below a large matmul's rate
     build_s_per_param = None
     overrun = 1.0               # the last row's wall time over its estimate at the new rate (≥ 1), scales the next
     rows, skipped = [], []
@@ -204,7 +150,7 @@ def suite_report(models, *, device: str = "cpu", dtype: torch.dtype = torch.floa
 
     for model in models:
         base = load_config(None, [*model.overrides(), *overrides])
-        dense_meta = _meta_denoiser(base)
+        dense_meta = meta_denoiser(base)
         gmacs_dense = dense_meta.cost().forward_macs(None).gmacs
         params = sum(p.numel() for p in dense_meta.parameters())
         runs = {policy: load_config(None, [*model.overrides(), *extra, *overrides])
@@ -220,7 +166,7 @@ def suite_report(models, *, device: str = "cpu", dtype: torch.dtype = torch.floa
             log(f"skipped {model.name}: {skipped[-1]['why']}")
             continue
         built = time.perf_counter()
-        bench = _bench_setup(base, device=device, dtype=dtype, batch=batch, seed=0, sampler=None, steps=None)
+        bench = bench_setup(base, device=device, dtype=dtype, batch=batch, seed=0, sampler=None, steps=None)
         build_s_per_param = (time.perf_counter() - built) / params
         results, dense_results = {}, []
         for policy, run in runs.items():
@@ -232,7 +178,7 @@ def suite_report(models, *, device: str = "cpu", dtype: torch.dtype = torch.floa
                 log(f"skipped {model.name} {policy}: {skipped[-1]['why']}")
                 continue
             row_start = time.perf_counter()
-            plan = _dynamic_plan(bench, run)
+            plan = dynamic_plan(bench, run)
             result = measure(bench, plan, repeats=repeats, warmup=warmup, cfg_scale=cfg, compile=compile)
             del plan
             gc.collect()
@@ -288,105 +234,6 @@ def targets(rows: list[dict], device: torch.device, dtype: torch.dtype, batch: i
                 "note": ", ".join(f"{r['model']} {r['policy']} ({r['peak_ratio']:.2f}×)" for r in timed
                                   if r not in memory)})
     return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Outputs.
-
-
-def _fmt(value, spec: str) -> str:
-    return "–" if value is None else format(value, spec)
-
-
-def markdown(report: dict) -> str:
-    peak = report["device_peak_tflops"]
-    lines = [f"# flexgen bench suite: {report['device_name']}",
-             "",
-             f"{report['dtype']}, batch {report['batch']}, median of {report['repeats']} (after {report['warmup']} "
-             f"warm-up), {'compiled' if report['compiled'] else 'eager'}, torch {report['torch']}; device peak "
-             f"{_fmt(peak, '.1f')} TFLOP/s ({report['device_peak_source']}); {report['elapsed_s']:.0f} s. Dynamic "
-             f"rows: synthetic routers on the dense model's random weights, timed beside it in one process; each "
-             f"ratio is dynamic / the dense model timed in the same repeats (suite.json has both), the dense row's "
-             f"ms the median over those runs. Peak memory: resident weights (and held slice copies) + the "
-             f"largest call's growth.",
-             "",
-             "| model | policy | GMACs / fwd | MAC ratio | ms / fwd | latency ratio (× MAC) | ms / CFG step | "
-             "CFG ratio (× MAC) | peak MiB (ratio) | TFLOP/s | % of peak | attention |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in report["rows"]:
-        ratio = f"{r['latency_ratio']:.3f} ({r['latency_over_flops']:.2f}×)" if "latency_ratio" in r else "–"
-        cfg = f"{r['cfg_latency_ratio']:.3f} ({r['cfg_latency_over_flops']:.2f}×)" if "cfg_latency_ratio" in r else "–"
-        memory = _fmt(r.get("peak_mib"), ".0f") + (f" ({r['peak_ratio']:.2f})" if "peak_ratio" in r else "")
-        share = _fmt(None if r.get("peak_share") is None else 100 * r["peak_share"], ".1f")
-        lines.append(f"| {r['model']} | {r['policy']} | {r['gmacs']:.2f} | {r['flops_ratio']:.3f} | "
-                     f"{_fmt(r.get('forward_ms'), '.1f')} | {ratio} | {_fmt(r.get('cfg_step_ms'), '.1f')} | {cfg} | "
-                     f"{memory} | {_fmt(r.get('tflops'), '.3g')} | {share} | {r.get('attention', '–')} |")
-    lines += ["", "Targets (measured, not asserted):", ""]
-    for t in report["targets"]:
-        met = {True: "met", False: "not met", None: "not judged"}[t["met"]]
-        measured = t["measured"] if not isinstance(t["measured"], float) else f"{t['measured']:.2f}×"
-        note = f"; {t['note']}" if t["note"] else ""
-        lines.append(f"- {t['target']}: {_fmt(measured, '')} ({met}{note})")
-    late = [f"{r['model']} {r['policy']} ({r['graphs_compiled_while_timed']})" for r in report["rows"]
-            if r.get("graphs_compiled_while_timed")]
-    if late:
-        lines += ["", "Compiled graphs built during the timed repeats (those times include compilation; raise "
-                      f"--warmup): {', '.join(late)}"]
-    if report["skipped"]:
-        lines += ["", f"Skipped (time budget {report['time_budget_s']} s; MACs above are counted regardless):", ""]
-        lines += [f"- {s['model']} {s['policy']}: {s['why']}" for s in report["skipped"]]
-    return "\n".join(lines) + "\n"
-
-
-def svg(report: dict, size: int = 480) -> str:
-    """Latency ratio (forward: filled, CFG step: hollow) against MAC ratio, with the lines y = x and y = 1.1 x."""
-    pad, span = 48, size - 72
-    def px(v: float) -> float:
-        return pad + span * min(max(v, 0.0), 1.2) / 1.2
-
-    def py(v: float) -> float:
-        return size - pad - span * min(max(v, 0.0), 1.2) / 1.2
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" font-family="sans-serif" '
-             f'font-size="10">', f'<rect width="{size}" height="{size}" fill="white"/>',
-             f'<line x1="{px(0)}" y1="{py(0)}" x2="{px(1.2)}" y2="{py(1.2)}" stroke="#888"/>',
-             f'<line x1="{px(0)}" y1="{py(0)}" x2="{px(1.2 / 1.1)}" y2="{py(1.2)}" stroke="#888" '
-             f'stroke-dasharray="4 3"/>',
-             f'<line x1="{px(0)}" y1="{py(0)}" x2="{px(1.2)}" y2="{py(0)}" stroke="black"/>',
-             f'<line x1="{px(0)}" y1="{py(0)}" x2="{px(0)}" y2="{py(1.2)}" stroke="black"/>',
-             f'<text x="{size / 2}" y="{size - 12}" text-anchor="middle">MAC ratio (dynamic / dense)</text>',
-             f'<text x="14" y="{size / 2}" text-anchor="middle" transform="rotate(-90 14 {size / 2})">latency '
-             f'ratio</text>',
-             f'<text x="{px(1.0)}" y="{py(1.05)}">y = x</text>',
-             f'<text x="{px(0.8)}" y="{py(0.97)}">1.1 x</text>']
-    for tick in (0.2, 0.4, 0.6, 0.8, 1.0):
-        parts += [f'<text x="{px(tick)}" y="{py(0) + 14}" text-anchor="middle">{tick:g}</text>',
-                  f'<text x="{px(0) - 6}" y="{py(tick) + 3}" text-anchor="end">{tick:g}</text>']
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
-    models = list(dict.fromkeys(r["model"] for r in report["rows"]))
-    for r in report["rows"]:
-        if "latency_ratio" not in r:
-            continue
-        colour = colours[models.index(r["model"]) % len(colours)]
-        x = px(r["flops_ratio"])
-        parts.append(f'<circle cx="{x:.1f}" cy="{py(r["latency_ratio"]):.1f}" r="4" fill="{colour}">'
-                     f'<title>{r["model"]} {r["policy"]}: forward</title></circle>')
-        if "cfg_latency_ratio" in r:
-            parts.append(f'<circle cx="{x:.1f}" cy="{py(r["cfg_latency_ratio"]):.1f}" r="4" fill="none" '
-                         f'stroke="{colour}"><title>{r["model"]} {r["policy"]}: CFG step</title></circle>')
-    for i, model in enumerate(models):
-        parts.append(f'<text x="{pad + 8}" y="{pad / 2 + 12 * i}" fill="{colours[i % len(colours)]}">{model}</text>')
-    return "\n".join([*parts, "</svg>"]) + "\n"
-
-
-def write_outputs(report: dict, out: str | Path) -> dict[str, str]:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"json": out / "suite.json", "markdown": out / "suite.md", "plot": out / "suite.svg"}
-    files["json"].write_text(json.dumps(report, indent=1) + "\n")
-    files["markdown"].write_text(markdown(report))
-    files["plot"].write_text(svg(report))
-    return {k: str(v) for k, v in files.items()}
 
 
 def bench_suite(args) -> dict:

@@ -1,0 +1,63 @@
+"""The model a bench command measures: the flags `flexgen bench flops | latency | plan` share (a preset and its
+size, a FlexDiT layout and schedule, a DyDiT λ, or a run config with overrides) and the run they make."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="Latte-XL/2", help="preset name, e.g. Latte-XL/2, DiT-XL/2, "
+                        "PixArt-XL/2-512")
+    parser.add_argument("--image-size", type=int, default=None, help="image side in pixels (default 256; PixArt-α: "
+                        "the preset's)")
+    parser.add_argument("--frames", type=int, default=None, help="video frames (default 16 for Latte, 1 for DiT)")
+    parser.add_argument("--vae-factor", type=int, default=8, help="autoencoder downsampling (1 = pixel space)")
+    parser.add_argument("--in-channels", type=int, default=4, help="latent channels")
+    parser.add_argument("--num-classes", type=int, default=None, help="classes (default 0 for Latte, 1000 for DiT)")
+    parser.add_argument("--layout", default="", help="FlexDiT layout: a preset (DiT-XL/2, Latte-XL/2, ...) or roles")
+    parser.add_argument("--grid-min", type=int, default=6, help="Eq. 5 sparse side at the noisiest steps")
+    parser.add_argument("--grid-max", type=int, default=10, help="Eq. 5 sparse side at the cleanest steps")
+    parser.add_argument("--reading", choices=("B", "A"), default="B", help="Eq. 5 reading")
+    parser.add_argument("--grid", type=int, default=0, help="a constant sparse side instead of Eq. 5")
+    parser.add_argument("--pool-frames", type=int, default=0, help="pool across frames to this many (0: per frame)")
+    parser.add_argument("--config", default=None, help="take model and density from a run config instead")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides of --config")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--target", type=float, default=None, help="DyDiT λ: with --model, a DyDiT model; its "
+                        "routers set to keep round(λ·H) heads and MLP groups and every token (no weights needed)")
+    parser.add_argument("--ckpt", default=None, help="a trained DyDiT checkpoint (with --config of a dydit run): "
+                        "its real routers")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+
+
+def bench_run(args: argparse.Namespace) -> tuple[Any, str]:
+    """(run configuration, name) from --config [KEY=VALUE ...] or from --model and the size / density flags."""
+    from flexgen import policies
+    from flexgen.config import load_config
+    from flexgen.policies.flexdit import DensityConfig, ScheduleConfig
+    from flexgen.registry import denoiser_class
+
+    if args.config:
+        run = load_config(args.config, args.overrides)
+        if getattr(args, "target", None) is not None and not policies.from_run(run).measured:
+            raise ValueError(f"--target is DyDiT's λ, but {args.config} has no dydit section (dydit.target)")
+        return run, args.config
+    if args.overrides:
+        raise ValueError("KEY=VALUE overrides apply to --config only")
+    family = denoiser_class(args.model)                  # an unknown preset: an error listing them
+    overrides = family.preset_overrides(args.model, image_size=args.image_size, frames=args.frames,
+                                        num_classes=args.num_classes, in_channels=args.in_channels,
+                                        vae_factor=args.vae_factor)
+    run = load_config(None, overrides)
+    if getattr(args, "target", None) is not None:                # DyDiT at λ = --target (synthetic routers)
+        run = policies.with_target(run, args.target)
+    if args.layout:
+        schedule = ScheduleConfig(kind="constant", grid=args.grid) if args.grid else ScheduleConfig(
+            kind="eq5", grid_min=args.grid_min, grid_max=args.grid_max, reading=args.reading)
+        run = dataclasses.replace(run, density=DensityConfig(layout=args.layout, schedule=schedule,
+                                                             pool_frames=args.pool_frames))
+    return run, f"{args.model} {run.data.image_size}px"

@@ -1,0 +1,67 @@
+"""`flexgen bench plan`: the FlexDiT schedules that meet a MACs budget under a sampler and the DyDiT λ for it (the
+planner is `flexgen.policies.plan`), and with --ckpt what a trained DyDiT realises under each sampler."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from flexgen import policies
+from flexgen.bench.flops import dydit_flops
+from flexgen.bench.models import policy_fields
+from flexgen.bench.options import bench_run
+from flexgen.policies.plan import plan
+from flexgen.registry import family_of
+
+# The samplers and steps the papers evaluate with: DiT / Latte DDPM-250, DDIM-50, DPM-Solver++-20 (PixArt-α).
+SAMPLER_PROTOCOLS = (("ddpm", 250), ("ddim", 50), ("dpm-solver++", 20))
+
+
+def bench_plan(args) -> dict:
+    run, name = bench_run(args)
+    family = family_of(run.model.preset)
+    sampler = args.sampler or family.default_sampler
+    if sampler not in family.samplers:
+        raise ValueError(f"{run.model.preset} samples with {', '.join(family.samplers)}, not {sampler!r}")
+    result = {"model_name": name, **plan(run, args.budget, sampler, args.steps or family.default_steps, top=args.top)}
+    if args.ckpt:                  # a trained DyDiT: what each sampler realises, beside the λ it was trained for
+        if not policies.from_run(run).measured:
+            raise ValueError("--ckpt reports a trained DyDiT's realised fraction: give a config with a dydit section")
+        dtype = getattr(torch, args.dtype)
+        realised = []
+        for name_, steps in SAMPLER_PROTOCOLS:
+            if name_ not in family.samplers:
+                continue
+            sampled = dataclasses.replace(run, sample=dataclasses.replace(run.sample, sampler=name_, steps=steps))
+            cost = dydit_flops(sampled, name, ckpt=args.ckpt, num_samples=args.num_samples, device=args.device,
+                               dtype=dtype)
+            realised.append({"sampler": name_, "steps": steps, "flops_fraction": cost["flops_ratio"],
+                             "gmacs_per_sample": cost["gmacs_per_sample"]})
+        result["trained"] = {"target": policy_fields(run)["dydit_target"], "checkpoint": args.ckpt,
+                             "realised": realised}
+    return result
+
+
+def print_plan(result: dict) -> None:
+    print(f"{result['model_name']}: budget {result['budget']:.3f} of dense MACs per sample under {result['sampler']}-"
+          f"{result['steps']} (dense {result['gmacs_per_sample_dense']:.2f} G per sample); "
+          f"{result['schedules_within_budget']} of {result['schedules_considered']} FlexDiT schedules fit")
+    print("  layout            grids     reading  pool  tokens kept  MACs / dense  GMACs / sample")
+    for r in result["flexdit"]:
+        pool = r["pool_frames"] or "-"
+        print(f"  {r['layout']:<17} {r['grid_min']:>2}->{r['grid_max']:<2}     {r['reading']:<7}  {pool!s:<4}  "
+              f"{r['tokens_kept']:11.3f}  {r['flops_fraction']:12.3f}  {r['gmacs_per_sample']:14.2f}")
+    if "trained" in result:
+        t = result["trained"]
+        print(f"  trained DyDiT (λ = {t['target']:g}, {t['checkpoint']}): realised " + ", ".join(
+            f"{r['sampler']}-{r['steps']} {r['flops_fraction']:.3f}" for r in t["realised"]))
+    for key, name in (("dydit", "DyDiT"), ("composed", "FlexDiT ∘ DyDiT on the config's schedule")):
+        dy = result.get(key)
+        if dy is not None:
+            lam = f"λ = {dy['target']:.3f}" if dy["reachable"] else "no λ in (0, 1] reaches it"
+            print(f"  {name}: {lam} (blocks {dy['blocks_gmacs']:.2f} G, fixed costs and routers "
+                  f"{dy['fixed_gmacs']:.2f} G per forward)")
+    if result.get("dydit") is not None:
+        print("  what a sampler realises depends on how the trained routers spread λ over t: measure it with "
+              "flexgen bench flops --ckpt")
