@@ -64,8 +64,7 @@ class PixArtDenoiser(Denoiser):
 
     @classmethod
     def from_run(cls, run: Any) -> PixArtDenoiser:
-        """FlexPixArtTransformer2DModel (dense, or FlexDiT with `density.layout`); DyPixArtTransformer2DModel with a
-        `dydit` section (with a layout too: FlexDiT ∘ DyDiT)."""
+        """The transformer running the run's policy (`flexgen.policies.from_run`: its density and dydit sections)."""
         from flexgen.t2i.pixart_io import pixart_network
 
         if run.density.pool_frames:

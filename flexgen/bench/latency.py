@@ -35,7 +35,7 @@ def latency_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float
 def bench_latency(args) -> dict:
     run, name = bench_run(args)
     policy = policies.from_run(run)
-    if policy.name == "dense":
+    if policy.dense:
         raise ValueError("bench latency compares dense with FlexDiT or DyDiT: give --layout (and a schedule) or "
                          "--target, or a --config with a density or dydit section")
     if args.ckpt and not policy.measured:

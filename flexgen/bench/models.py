@@ -94,7 +94,7 @@ def dynamic_plan(bench: BenchSetup, run, ckpt: str | None = None, target: float 
     if policy.measured:
         return _dydit_plan(run, bench.dense, bench.device, bench.dtype, bench.x, bench.cond, ckpt,
                            target or policy_fields(run)["dydit_target"], bench.sampler, bench.steps)
-    if policy.name == "dense":
+    if policy.dense:
         raise ValueError("a dynamic model needs a density layout or a dydit section")
     return _flexdit_plan(run, bench.dense)
 

@@ -44,7 +44,7 @@ def bench_run(args: argparse.Namespace) -> tuple[Any, str]:
     if args.config:
         run = load_config(args.config, args.overrides)
         if getattr(args, "target", None) is not None and not policies.from_run(run).measured:
-            raise ValueError(f"--target is DyDiT's λ, but {args.config} has no dydit section (dydit.target)")
+            raise ValueError(f"--target is DyDiT's λ, but {args.config} has no dydit section (with a target)")
         return run, args.config
     if args.overrides:
         raise ValueError("KEY=VALUE overrides apply to --config only")
@@ -54,7 +54,7 @@ def bench_run(args: argparse.Namespace) -> tuple[Any, str]:
                                         vae_factor=args.vae_factor)
     run = load_config(None, overrides)
     if getattr(args, "target", None) is not None:                # DyDiT at λ = --target (synthetic routers)
-        run = policies.with_target(run, args.target)
+        run = policies.DyDiT.at_target(run, args.target)
     if args.layout:
         schedule = ScheduleConfig(kind="constant", grid=args.grid) if args.grid else ScheduleConfig(
             kind="eq5", grid_min=args.grid_min, grid_max=args.grid_max, reading=args.reading)

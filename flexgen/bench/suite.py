@@ -27,6 +27,7 @@ from flexgen.bench.measure import measure
 from flexgen.bench.models import bench_setup, dynamic_plan, meta_denoiser
 from flexgen.bench.suite_outputs import markdown, write_outputs
 from flexgen.config import load_config
+from flexgen.policies import DyDiT, FlexDiT
 from flexgen.policies.cost import density_report
 from flexgen.registry import denoiser_class
 
@@ -52,8 +53,7 @@ class SuiteModel:
             vae_factor=8)
 
     def density(self) -> list[str]:
-        return [f"density.layout={self.layout}", "density.schedule.kind=eq5", "density.schedule.reading=B",
-                f"density.schedule.grid_min={self.grids[0]}", f"density.schedule.grid_max={self.grids[1]}"]
+        return FlexDiT.overrides(self.layout, kind="eq5", reading="B", grid_min=self.grids[0], grid_max=self.grids[1])
 
 
 # The papers' settings: DiT-XL/2 (FlexDiT's ImageNet schedules, CFG 1.5), Latte-XL/2 (class-conditional UCF101,
@@ -84,9 +84,9 @@ DYDIT_TARGETS = (0.5, 0.7)
 def _policies(model: SuiteModel) -> list[tuple[str, list[str]]]:
     """(policy name, config overrides) of every dynamic row."""
     rows = [("FlexDiT", model.density())]
-    rows += [(f"DyDiT λ={t:g}", [f"dydit.target={t}"]) for t in DYDIT_TARGETS]
+    rows += [(f"DyDiT λ={t:g}", DyDiT.overrides(t)) for t in DYDIT_TARGETS]
     rows.append((f"FlexDiT ∘ DyDiT λ={model.composed_target:g}",
-                 [*model.density(), f"dydit.target={model.composed_target}"]))
+                 [*model.density(), *DyDiT.overrides(model.composed_target)]))
     return rows
 
 

@@ -29,8 +29,21 @@ class Policy:
     """The dense model: every block runs whole at every timestep."""
 
     name = "dense"
+    section = ""                # its run-config section (a field of `flexgen.config.Config`); "" for the dense model
+    setting = ""                # the key that turns it on, for messages ("dydit.target")
+    order = 0                   # its place in a composition: lower decides first (FlexDiT's tokens, then DyDiT's width)
     dense = True                # whether the network runs as the dense model (no policy of its own)
     measured = False            # whether a forward's cost is measured from what it ran (DyDiT's gates)
+
+    @classmethod
+    def from_section(cls, config: Any, run: Any) -> Policy | None:
+        """This policy for a run whose section is `config`, or None when the section leaves it off."""
+        return None
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], where: Any) -> Policy | None:
+        """The policy a safetensors file of ours records in its metadata, or None."""
+        return None
 
     def label(self) -> str:
         """What a sample record calls the method ("baseline", "flexdit LAYOUT", "dydit λ", joined by " + ")."""

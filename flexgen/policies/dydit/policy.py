@@ -59,8 +59,18 @@ class DyDiT(Policy):
     """Timestep-wise width and per-token MLP skipping (Zhao et al. 2024, arXiv 2410.03456)."""
 
     name = "dydit"
+    section, setting, order = "dydit", "dydit.target", 20
     dense = False
     measured = True
+
+    @classmethod
+    def from_section(cls, config: DyDiTConfig, run: Any) -> DyDiT | None:
+        return cls(config) if config.enabled else None
+
+    @staticmethod
+    def at_target(run: Any, target: float) -> Any:
+        """`run` with DyDiT at λ = `target` (`bench --target`: the synthetic routers' setting, no weights)."""
+        return dataclasses.replace(run, dydit=dataclasses.replace(run.dydit, target=target))
 
     def __init__(self, config: DyDiTConfig | None = None):
         self.config = config if config is not None else DyDiTConfig()
@@ -157,6 +167,11 @@ class DyDiT(Policy):
         return self.net.token_routers[0].hidden if len(self.net.token_routers) else 0
 
     # ---- what a run records, trains and costs -----------------------------------------------------------
+
+    @staticmethod
+    def overrides(target: float) -> list[str]:
+        """Run-config overrides that set this policy at λ = `target`."""
+        return [f"dydit.target={target}"]
 
     def label(self) -> str:
         return "dydit" if self.config.target is None else f"dydit {self.config.target:g}"

@@ -25,14 +25,19 @@ class FlexDiT(Policy):
     """Token density per block (roles P G S R D T) and timestep (a grid schedule, Eq. 5)."""
 
     name = "flexdit"
+    section, setting, order = "density", "density.layout", 10
     dense = False
 
-    def __init__(self, density: DensityConfig, num_timesteps: int = 1000, num_blocks: int | None = None):
+    def __init__(self, density: DensityConfig, num_timesteps: int = 1000):
         if not density.layout:
             raise ValueError("a FlexDiT policy needs a density layout")
         self.density, self.num_timesteps = density, num_timesteps
         self.stages = stages(density.schedule, num_timesteps)
-        self.roles = parse_layout(density.layout, num_blocks) if num_blocks is not None else None
+        self.roles: str | None = None                 # the layout over the network's blocks, set by `attach`
+
+    @classmethod
+    def from_section(cls, config: DensityConfig, run: Any) -> FlexDiT | None:
+        return cls(config, run.diffusion.num_timesteps) if config.layout else None
 
     step_args = ("grid", "record")
 
@@ -68,6 +73,11 @@ class FlexDiT(Policy):
 
     def grid(self) -> int | None:
         return self.side
+
+    @staticmethod
+    def overrides(layout: str, **schedule: Any) -> list[str]:
+        """Run-config overrides that set this policy: `density.layout` and `density.schedule.*`."""
+        return [f"density.layout={layout}", *(f"density.schedule.{k}={v}" for k, v in schedule.items())]
 
     def label(self) -> str:
         return f"flexdit {self.density.layout}"
