@@ -10,7 +10,7 @@ import torch
 from flexgen.backbones.base import Denoiser
 from flexgen.config import ConfigError, load_config
 from flexgen.manifest import SampleEntry, SampleManifest, find_manifest
-from flexgen.policies.timesteps import StageTimesteps, UniformTimesteps, WeightedTimesteps
+from flexgen.policies.timesteps import StageTimesteps, StratifiedTimesteps, UniformTimesteps, WeightedTimesteps
 from flexgen.registry import FAMILIES, PRESET_FAMILY, build_denoiser, family_of
 
 TINY = "configs/demo/tiny.yaml"
@@ -19,12 +19,24 @@ PIXART = ["model.depth=6", "model.hidden_size=24", "model.num_heads=3", "model.c
           "autoencoder.downsample=2", "data.image_size=16"]
 PIXART_FLEX = ["density.layout=P GSR DD", "density.schedule.grid_min=1", "density.schedule.grid_max=4"]
 
+DIT = ["model.preset=DiT-S/2", "model.depth=5"]
+DYDIT = ["dydit.target=0.5"]
+PIXART_RUN = "configs/t2i/pixart/pixart-xl2-256.yaml"
+
+# Every family × every policy: dense, FlexDiT, DyDiT and FlexDiT ∘ DyDiT (the names say family and policy).
 RUNS = {
     "Latte": (TINY, []),
-    "DiT": (TINY, ["model.preset=DiT-S/2", "model.depth=4"]),
     "FlexLatte": (TINY, FLEX),
-    "PixArt": ("configs/t2i/pixart/pixart-xl2-256.yaml", PIXART),
+    "DyLatte": (TINY, DYDIT),
+    "FlexDyLatte": (TINY, [*FLEX, *DYDIT]),
+    "DiT": (TINY, DIT),
+    "FlexDiT": (TINY, [*DIT, *FLEX]),
+    "DyDiT": (TINY, [*DIT, *DYDIT]),
+    "FlexDyDiT": (TINY, [*DIT, *FLEX, *DYDIT]),
+    "PixArt": (PIXART_RUN, PIXART),
     "FlexPixArt": ("configs/t2i/pixart/flexpixart-xl2-256.yaml", [*PIXART, *PIXART_FLEX]),
+    "DyPixArt": (PIXART_RUN, [*PIXART, *DYDIT]),
+    "FlexDyPixArt": (PIXART_RUN, [*PIXART, *PIXART_FLEX, *DYDIT]),
 }
 
 
@@ -71,8 +83,12 @@ def test_registry_maps_every_preset_to_one_family():
 def test_the_contract(built, tmp_path):
     name, run, model = built
     assert isinstance(model, Denoiser) and model.family == family_of(run.model.preset).name
-    dynamic = bool(run.density.layout)
-    assert bool(model.layout) == dynamic
+    flexdit, dydit = bool(run.density.layout), run.dydit.enabled
+    assert bool(model.layout) == flexdit
+    # the policy is the run's sections, under one name in records
+    parts = [f"flexdit {run.density.layout}"] * flexdit + [f"dydit {run.dydit.target}"] * dydit
+    assert model.policy.label() == (" + ".join(parts) or "baseline")
+    assert set(model.policy.sections()) == {k for k, on in (("density", flexdit), ("dydit", dydit)) if on}
     # batch preparation: a forward on what it returns; with the dropout generator, conditions drop to the null one
     pixels, cond = model.prepare_batch(batch_for(model), torch.device("cpu"))
     x = torch.randn(pixels.shape[0], *model.latent_shape(), generator=torch.Generator().manual_seed(1))
@@ -83,20 +99,30 @@ def test_the_contract(built, tmp_path):
     null = model.null_condition(cond)
     assert null.keys() == cond.keys() and any(not torch.equal(null[k], cond[k]) for k in cond
                                               if isinstance(cond[k], torch.Tensor))
-    # the timestep sampler follows the density policy: one stage (one grid) per micro-batch
+    # the timestep sampler follows the policy: one stage (one grid) per micro-batch with FlexDiT, strata for
+    # DyDiT alone, the run's density otherwise
     sampler = model.timestep_sampler()
-    assert isinstance(sampler, StageTimesteps if dynamic else UniformTimesteps)
+    expected = StageTimesteps if flexdit else StratifiedTimesteps if dydit else UniformTimesteps
+    assert isinstance(sampler, expected)
     for step in range(5):
         ts = sampler(16, torch.Generator().manual_seed(step), torch.Generator().manual_seed(100 + step))
         assert ts.shape == (16,) and 0 <= ts.min() and ts.max() < 1000
-        if dynamic:
+        if flexdit:
             assert len({model.step_stats(ts[i:i + 1])["grid"] for i in range(16)}) == 1
-    assert bool(model.step_stats(ts)) == dynamic
-    # cost: a FlexDiT model costs less on average than its dense model, and each grid is counted once
+    assert bool(model.step_stats(ts)) == flexdit
+    # cost: a FlexDiT model costs less on average than its dense model, and each grid is counted once; a DyDiT
+    # model's forward is measured from what it ran (fresh routers: every unit on, the dense blocks + the routers)
     cost = model.cost()
-    assert bool(cost.stages) == dynamic and cost.forward_macs(None).gmacs > 0
-    if dynamic:
+    assert bool(cost.stages) == flexdit and cost.forward_macs(None).gmacs > 0
+    if flexdit:
         assert min(cost.forward_macs(s.grid).gmacs for s in cost.stages) < cost.forward_macs(None).gmacs
+    assert model.policy.measured == dydit
+    if dydit:
+        grid = model.policy.grid()
+        macs = model.forward_macs()
+        assert macs.shape == (x.shape[0],)
+        counted = cost.forward_macs(grid).gmacs * 1e9 + model.policy.router_macs(grid)
+        torch.testing.assert_close(macs, torch.full_like(macs, counted), rtol=1e-9, atol=0)
     assert model.shard_units() and all(isinstance(u, torch.nn.Module) for u in model.shard_units())
     # the export loads back into a freshly built model of the same run: the same function
     path = model.export(tmp_path / model.export_name)
@@ -104,6 +130,21 @@ def test_the_contract(built, tmp_path):
     again.load_pretrained(path)
     with torch.no_grad():
         torch.testing.assert_close(again(x, t, **cond), out, rtol=1e-5, atol=1e-6)
+
+
+def test_a_policy_at_its_identity_setting_is_the_model_without_it(built):
+    """DyDiT with fresh routers (every unit and token on) runs the model without DyDiT on the same weights."""
+    name, run, model = built
+    if not run.dydit.enabled:
+        pytest.skip("no DyDiT section")
+    without = build_denoiser(dataclasses.replace(run, dydit=dataclasses.replace(run.dydit, target=None))).eval()
+    missing, unexpected = without.net.load_state_dict(model.net.state_dict(), strict=False)
+    assert not missing and unexpected and all(k.startswith(("width_routers.", "token_routers.")) for k in unexpected)
+    pixels, cond = model.prepare_batch(batch_for(model), torch.device("cpu"))
+    x = torch.randn(pixels.shape[0], *model.latent_shape(), generator=torch.Generator().manual_seed(2))
+    t = torch.full((x.shape[0],), 400)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, **cond), without(x, t, **cond), rtol=1e-5, atol=1e-6)
 
 
 def test_condition_dropout_lives_in_batch_preparation(built):

@@ -288,3 +288,29 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert plain.keys() == checkpointed.keys() and any(n.startswith("width_routers.") for n in plain)
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, rtol=0, atol=1e-12)
+
+
+def test_bench_flops_and_plan_measure_a_pixart_dydit_checkpoint(tmp_path, capsys):
+    """`bench flops --ckpt` / `bench plan --ckpt` on a PixArt-α DyDiT folder: the MACs of a sampling run from the
+    kept counts (text-conditional: example captions), below the dense model's, for each sampler the family offers."""
+    from flexgen.cli import main
+    from flexgen.config import load_config
+    from flexgen.registry import build_denoiser
+
+    overrides = ["model.depth=6", "model.hidden_size=24", "model.num_heads=3", "model.caption_channels=32",
+                 "autoencoder.downsample=2", "data.image_size=16", "dydit.target=0.5"]
+    run = load_config("configs/t2i/pixart/pixart-xl2-256.yaml", overrides)
+    torch.manual_seed(0)
+    model = build_denoiser(run)
+    randomise_routers(model.net)
+    folder = model.export(tmp_path / "transformer")
+    args = ["--config", "configs/t2i/pixart/pixart-xl2-256.yaml", *overrides, "--ckpt", str(folder)]
+    assert main(["bench", "flops", *args, "--num-samples", "2", "--json"]) == 0
+    flops = json.loads(capsys.readouterr().out)
+    assert flops["router_setting"] == f"trained ({folder})" and 0 < flops["flops_ratio"] < 1
+    assert flops["gmacs_per_sample"] < flops["gmacs_per_sample_dense"]
+    assert main(["bench", "plan", *args, "--budget", "0.6", "--num-samples", "1", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    realised = plan["trained"]["realised"]
+    assert [r["sampler"] for r in realised] == ["ddpm", "ddim", "dpm-solver++"]       # the papers' samplers it offers
+    assert all(0 < r["flops_fraction"] < 1 for r in realised)
