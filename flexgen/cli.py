@@ -82,56 +82,10 @@ def train_command(args: argparse.Namespace) -> None:
         print(f"{state} at {summary['samples']} clips ({summary['step']} steps); run directory {run_dir}")
 
 
-def generate_command(args: argparse.Namespace) -> None:
-    from flexgen.t2i.generate import main as generate_main
-
-    generate_main(args)
-
-
 def cache_text_command(args: argparse.Namespace) -> None:
     from flexgen.data.prepare import cache_text_main
 
     cache_text_main(args)
-
-
-def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
-    from flexgen.t2i.generate import DTYPES, SCHEDULERS
-
-    gen.add_argument("prompt", nargs="*", help="prompts (each gives --num-images images)")
-    gen.add_argument("--prompts", dest="prompts_file", default=None, metavar="FILE",
-                     help="more prompts, one per line (blank lines and #comments ignored)")
-    gen.add_argument("--model", required=True, help="diffusers PixArt-α pipeline folder (model_index.json, vae/, "
-                     "scheduler/, transformer/, text_encoder/ + tokenizer/)")
-    gen.add_argument("--out", required=True, help="output .png: the image, or the grid when there are several "
-                     "(images FILE-000.png, ... beside it); FILE.json records prompts, seeds and settings")
-    gen.add_argument("--transformer", default=None, help="transformer or pipeline folder replacing the pipeline's "
-                     "(e.g. a fine-tuned FlexDiT export)")
-    gen.add_argument("--text-encoder", default=None, help="T5 v1.1 XXL folder (or a pipeline folder with "
-                     "text_encoder/ + tokenizer/), for a --model folder kept without its text encoder")
-    gen.add_argument("--scheduler", choices=list(SCHEDULERS), default="dpm-solver",
-                     help="sampler (default: %(default)s)")
-    gen.add_argument("--steps", type=int, default=20, help="sampling steps (default: %(default)s)")
-    gen.add_argument("--guidance", type=float, default=4.5, help="classifier-free guidance scale; <= 1: none "
-                     "(default: %(default)s)")
-    gen.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: %(default)s)")
-    gen.add_argument("--num-images", type=int, default=1, help="images per prompt (default: %(default)s)")
-    gen.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
-    gen.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
-    gen.add_argument("--negative-prompt", default="", help="negative prompt (the unconditional branch of CFG)")
-    gen.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default: %(default)s)")
-    gen.add_argument("--device", default="cpu", help="cpu, cuda (under torchrun: each rank's GPU) or cuda:i "
-                     "(default: %(default)s)")
-    gen.add_argument("--dtype", choices=list(DTYPES), default="float32", help="model precision (default: %(default)s)")
-    gen.add_argument("--max-length", type=int, default=120, help="T5 tokens per prompt (default: %(default)s, as "
-                     "PixArt-α)")
-    gen.add_argument("--no-progress", action="store_true", help="no progress bar")
-    gen.add_argument("--attention", choices=("diffusers", "flexgen"), default="diffusers",
-                     help="attention processors: diffusers' SDPA, or flexgen.attention (xformers where its kernels "
-                     "load; text cross-attention packed to each caption's tokens); same results (default: "
-                     "%(default)s)")
-    gen.add_argument("--overwrite", action="store_true", help="draw every image again (default: a re-run with the "
-                     "same settings keeps the images already written and draws the rest)")
-    gen.set_defaults(func=generate_command)
 
 
 def demo(args: argparse.Namespace) -> None:
@@ -155,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from flexgen.bench.commands import add_parsers as add_bench_parsers
+    from flexgen.t2i.generate import add_generate_arguments
+
     add_bench_parsers(commands)
 
     cfg = commands.add_parser("config", help="validate a config file and print it resolved")

@@ -103,12 +103,13 @@ def _train_detector(data_root: Path, out: Path, cfg: Config, budget: Budget) -> 
 
 def _sample(config_name: str, overrides: list[str], ckpt: Path, folder: Path, budget: Budget, progress: bool
             ) -> None:
-    from flexgen.sample import sample_main
+    from flexgen.config import load_config
+    from flexgen.sampling.run import sample_run
 
-    sample_main(argparse.Namespace(
-        config=str(CONFIGS / config_name), ckpt=str(ckpt), out=str(folder), num_samples=budget.num_samples,
-        sampler=None, steps=budget.steps, cfg_scale=None, seed=0, batch_size=None, device="cpu", dtype="float32",
-        fps=8, sha256=None, no_progress=not progress, overwrite=True, overrides=overrides))
+    overrides = [*overrides, f"sample.num_samples={budget.num_samples}", f"sample.steps={budget.steps}",
+                 "sample.seed=0"]
+    sample_run(load_config(CONFIGS / config_name, overrides), ckpt, folder, config=str(CONFIGS / config_name),
+               overrides=overrides, device="cpu", progress=progress, overwrite=True)
 
 
 def _rate(folder: Path, count: int, name: str, data_root: Path, out: Path, detector, i3d) -> list:

@@ -158,7 +158,7 @@ def test_save_grid_killed_in_image_save(tmp_path, monkeypatch, existing):
 
 
 def test_sample_png_killed_in_image_save(tmp_path, monkeypatch):
-    from flexgen.sample import write_sample
+    from flexgen.sampling.files import write_sample
 
     final = tmp_path / "0000.png"
     before = names(tmp_path)

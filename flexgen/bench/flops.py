@@ -11,12 +11,13 @@ import torch
 from flexgen import policies
 from flexgen.bench.models import meta_denoiser, policy_fields
 from flexgen.bench.options import bench_run
-from flexgen.diffusion import classifier_free_guidance, linear_betas, sample
+from flexgen.diffusion import linear_betas
 from flexgen.policies.cost import density_report
 from flexgen.policies.dydit.config import DyDiTConfig
 from flexgen.policies.flexdit import DensityConfig
 from flexgen.policies.flexdit.schedules import mean_over_stages
 from flexgen.registry import build_denoiser
+from flexgen.sampling.draw import draw
 
 
 def dydit_flops(run, name: str, *, ckpt: str | None = None, target: float | None = None, num_samples: int = 8,
@@ -59,14 +60,12 @@ def dydit_flops(run, name: str, *, ckpt: str | None = None, target: float | None
     model = build_denoiser(run)
     model.load_pretrained(ckpt, routers_required=True)
     model = model.eval().to(device=dev, dtype=dtype)
-    meter = net = model.policy.meter(model)
+    meter = model.policy.meter(model)
     cond = model.sampling_condition(num_samples, s.seed, dev, dtype)   # sample i's label from its seed, or text
-    if cond:
-        net = classifier_free_guidance(meter, s.cfg_scale, cond, model.null_condition(cond), s.cfg_channels)
     d = run.diffusion
-    sample(net, model.latent_shape(), [s.seed + i for i in range(num_samples)], sampler=s.sampler, steps=s.steps,
-           betas=linear_betas(d.num_timesteps, d.beta_start, d.beta_end), learned_sigma=model.learned_sigma,
-           clip_denoised=s.clip_denoised, prediction=d.prediction, device=dev, dtype=dtype)
+    draw(model, [s.seed + i for i in range(num_samples)], cond, sampler=s.sampler, steps=s.steps,
+         cfg_scale=s.cfg_scale, cfg_channels=s.cfg_channels, betas=linear_betas(d.num_timesteps, d.beta_start,
+         d.beta_end), clip_denoised=s.clip_denoised, device=dev, dtype=dtype, meter=meter)
     report = meter.report(num_samples, dense_gmacs)
     result.update(router_setting=f"trained ({ckpt})", gmacs=report["gmacs_per_forward_measured"],
                   flops_ratio=report["flops_fraction"], sampler=s.sampler, steps=s.steps, cfg_scale=s.cfg_scale,

@@ -317,6 +317,47 @@ def _save_png(image: torch.Tensor, path: Path) -> None:
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
 
 
+def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
+    """The options of `flexgen generate` (its words are `flexgen sample`'s: --sampler, --cfg-scale)."""
+    gen.add_argument("prompt", nargs="*", help="prompts (each gives --num-images images)")
+    gen.add_argument("--prompts", dest="prompts_file", default=None, metavar="FILE",
+                     help="more prompts, one per line (blank lines and #comments ignored)")
+    gen.add_argument("--model", required=True, help="diffusers PixArt-α pipeline folder (model_index.json, vae/, "
+                     "scheduler/, transformer/, text_encoder/ + tokenizer/)")
+    gen.add_argument("--out", required=True, help="output .png: the image, or the grid when there are several "
+                     "(images FILE-000.png, ... beside it); FILE.json records prompts, seeds and settings")
+    gen.add_argument("--transformer", default=None, help="transformer or pipeline folder replacing the pipeline's "
+                     "(e.g. a fine-tuned FlexDiT export)")
+    gen.add_argument("--text-encoder", default=None, help="T5 v1.1 XXL folder (or a pipeline folder with "
+                     "text_encoder/ + tokenizer/), for a --model folder kept without its text encoder")
+    gen.add_argument("--sampler", "--scheduler", dest="scheduler", choices=list(SCHEDULERS), default="dpm-solver",
+                     help="sampler, the word `flexgen sample` uses (--scheduler: the older spelling; default: "
+                     "%(default)s)")
+    gen.add_argument("--steps", type=int, default=20, help="sampling steps (default: %(default)s)")
+    gen.add_argument("--cfg-scale", "--guidance", dest="guidance", type=float, default=4.5,
+                     help="classifier-free guidance scale; <= 1: none (--guidance: the older spelling; default: "
+                     "%(default)s)")
+    gen.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: %(default)s)")
+    gen.add_argument("--num-images", type=int, default=1, help="images per prompt (default: %(default)s)")
+    gen.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
+    gen.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
+    gen.add_argument("--negative-prompt", default="", help="negative prompt (the unconditional branch of CFG)")
+    gen.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default: %(default)s)")
+    gen.add_argument("--device", default="cpu", help="cpu, cuda (under torchrun: each rank's GPU) or cuda:i "
+                     "(default: %(default)s)")
+    gen.add_argument("--dtype", choices=list(DTYPES), default="float32", help="model precision (default: %(default)s)")
+    gen.add_argument("--max-length", type=int, default=120, help="T5 tokens per prompt (default: %(default)s, as "
+                     "PixArt-α)")
+    gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+    gen.add_argument("--attention", choices=("diffusers", "flexgen"), default="diffusers",
+                     help="attention processors: diffusers' SDPA, or flexgen.attention (xformers where its kernels "
+                     "load; text cross-attention packed to each caption's tokens); same results (default: "
+                     "%(default)s)")
+    gen.add_argument("--overwrite", action="store_true", help="draw every image again (default: a re-run with the "
+                     "same settings keeps the images already written and draws the rest)")
+    gen.set_defaults(func=main)
+
+
 def main(args: argparse.Namespace) -> dict[str, Any] | None:
     """`flexgen generate`: images written as they are made (resumable: a re-run with the same settings draws only the
     missing files; under torchrun rank r draws images i ≡ r mod W), then the grid and FILE.json on rank 0."""
