@@ -50,7 +50,7 @@ def arguments(model) -> dict:
 
 def routed(parent, cross=True):
     """A DyDiT model on `parent`'s weights (dense or FlexDiT), every router at its initial all-on setting."""
-    dy = DyPixArtTransformer2DModel(**arguments(parent), route_cross_attention=cross).eval()
+    dy = DyPixArtTransformer2DModel(**{**arguments(parent), "route_cross_attention": cross}).eval()
     missing, unexpected = dy.load_state_dict(parent.state_dict(), strict=False)
     assert not unexpected and missing and all(k.startswith(("width_routers.", "token_routers.")) for k in missing)
     return dy
@@ -133,20 +133,21 @@ def test_skipping_equals_the_masked_definition(cross, kind):
 
 def test_width_masks_follow_t_and_the_size_conditions():
     dy = randomise_routers(routed(tiny_transformer(**MS)))
-    seen, logits = dy.embedded, {}
+    policy = dydit_of(dy)
+    seen, logits = policy.embedded, {}
 
-    def embedded(emb, grid):                              # the routers' input, and their logits
+    def embedded(emb):                                    # the routers' input, and their logits
         logits[key] = torch.cat([torch.cat(r.logits(emb), 1) for r in dy.width_routers], 1)
-        return seen(emb, grid)
+        return seen(emb)
 
-    dy.embedded = embedded
+    policy.embedded = embedded
     for key in ((100, 8), (900, 8), (100, 12)):
         args, kwargs = inputs(t=key[0], height=key[1], width=8, ms=True)
         dy(*args, **kwargs)
         assert torch.equal(logits[key][0], logits[key][1])                 # one mask for both rows (CFG halves)
     assert (logits[100, 8] - logits[900, 8]).abs().max() > 1e-3
     assert (logits[100, 8] - logits[100, 12]).abs().max() > 1e-3           # 1024-MS: per size too
-    dy.embedded = seen
+    del policy.embedded
     # two sizes in one batch: no shared mask, so no skipping (and forcing it is an error)
     args, kwargs = inputs(t=100, ms=True)
     kwargs["added_cond_kwargs"]["resolution"][1] = torch.tensor([128.0, 64.0])

@@ -96,7 +96,7 @@ def test_convert_cli_and_clear_errors_for_video_commands(tmp_path, capsys):
     out = tmp_path / "flex"
     assert main(["convert", "--from", str(pipe), "--config", "configs/t2i/pixart/flexpixart-xl2-256.yaml",
                  "--out", str(out), *sizes]) == 0
-    assert "policy: flexdit PGSRDD" in capsys.readouterr().out
+    assert "FlexDiT layout PGSRDD" in capsys.readouterr().out
     flex = load_transformer(out)
     expected = FlexPixArtTransformer2DModel.from_dense(load_transformer(pipe), flex.density)
     assert all(torch.equal(v, expected.state_dict()[k]) for k, v in flex.state_dict().items())

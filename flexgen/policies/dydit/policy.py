@@ -133,8 +133,12 @@ class DyDiT(Policy):
     def run_block(self, net, index, call):
         """Block `index` at the width its routers chose, through the family's block adapter
         (`net.partial_block(block, x, cond, context, gates, **extra)` -> (out, token gates))."""
+        gates = []                  # taken once: gradient checkpointing runs this again in backward, after `end`
+
         def partial_width(block, x, cond, context, **extra):
-            return net.partial_block(block, x, cond, context, self.gates(index, x.shape[0]), **extra)
+            if not gates:
+                gates.append(self.gates(index, x.shape[0]))
+            return net.partial_block(block, x, cond, context, gates[0], **extra)
 
         out, tokens = call(partial_width)
         self.record(index, tokens)
