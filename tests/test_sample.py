@@ -1,6 +1,6 @@
 """Sampling: per-sample seeds and labels independent of batch size and rank, CFG, the `flexgen sample` command
 end to end (mp4 / png files, grid, record), dense -> FlexDiT conversion on load. Video / grid files:
-tests/test_data_media.py."""
+tests/data/test_media.py."""
 
 import json
 import subprocess

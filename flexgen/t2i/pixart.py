@@ -63,7 +63,7 @@ def pixart_block(block: nn.Module, x: torch.Tensor, cond: torch.Tensor, context:
     queries from x and keys/values from `context` (default x), text cross-attention, MLP. cond: (B, 6·D)."""
     # Restates the "ada_norm_single" branch of diffusers 0.42 `BasicTransformerBlock.forward` (norm1 +
     # scale_shift_table, attn1, attn2 without norm or gate, ff); guarded by
-    # tests/test_t2i_pixart.py::test_full_grid_without_poolingformers_equals_dense.
+    # tests/t2i/test_pixart.py::test_full_grid_without_poolingformers_equals_dense.
     B = x.shape[0]
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
         block.scale_shift_table[None] + cond.reshape(B, 6, -1)).chunk(6, dim=1)           # each (B, 1, D)
@@ -116,7 +116,7 @@ class FlexgenAttnProcessor:
                  attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         # Restates diffusers 0.42 `AttnProcessor2_0.__call__` for PixArt-α's plain attention (it reads the same
         # `Attention` attributes); guarded by
-        # tests/test_t2i_pixart.py::test_flexgen_attention_processor_matches_diffusers.
+        # tests/t2i/test_pixart.py::test_flexgen_attention_processor_matches_diffusers.
         if attn.residual_connection or attn.rescale_output_factor != 1.0 or attn.norm_cross is not None or \
                 attn.group_norm is not None or attn.spatial_norm is not None or attn.norm_q is not None:
             raise ValueError("FlexgenAttnProcessor runs PixArt-α's plain attention only (no residual, rescale, "
@@ -294,7 +294,7 @@ class FlexPixArtTransformer2DModel(PixArtPolicyHooks, PixArtTransformer2DModel):
     def _unpatchify(self, x, embedded_timestep, height, width):
         """PixArt-α's final layer: adaLN-single shift/scale from its own table, LayerNorm, linear, unpatchify."""
         # Restates the end of diffusers 0.42 `PixArtTransformer2DModel.forward`; guarded by
-        # tests/test_t2i_pixart.py::test_full_grid_without_poolingformers_equals_dense.
+        # tests/t2i/test_pixart.py::test_full_grid_without_poolingformers_equals_dense.
         shift, scale = (self.scale_shift_table[None] + embedded_timestep[:, None]).chunk(2, dim=1)
         x = self.proj_out(self.norm_out(x) * (1 + scale) + shift)                          # (B, N, p·p·C)
         p, C = self.config.patch_size, self.out_channels

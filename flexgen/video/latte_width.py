@@ -3,7 +3,7 @@
 - Importance ordering (`reorder_block`): head h by ‖W_v[h] | b_v[h]‖_F · ‖W_proj[:, h]‖_F, MLP group g by
   ‖W_fc1[g] | b_fc1[g]‖_F · ‖W_fc2[:, g]‖_F (`flexgen.policies.dydit.width.unit_importance`); heads (q, k, v rows
   together, proj columns) and groups (fc1 rows and bias, fc2 columns) permuted into descending order. It changes no
-  function: attention and the MLP are sums over heads and hidden units (tests/test_width.py, float64, 1e-12).
+  function: attention and the MLP are sums over heads and hidden units (tests/policies/test_width.py, float64, 1e-12).
 - The masked definition DyDiT trains with (`masked_attention`, `masked_mlp`: everything computed, gated by 0/1) and
   the computation that skips (`SlicedWeights`, `sliced_attention`, `sliced_mlp`, `packed_tokens_mlp`), equal to it
   to float64 rounding; `run_block` is the whole block (DyDiT, Fig. 2) either way.

@@ -9,7 +9,7 @@ forward: the head, MLP-group and token gates each sample used. From those:
   backward), + w·(mean_b F_b − λ_step)² (`flexgen.policies.dydit.budget`).
 - `routed_macs` (cost): MACs per sample of what the skipping forward computes: the dense forward minus every
   block's attention and MLP, plus each block's attention at its active heads and its MLP at its active units on its
-  kept tokens, plus the routers. Equal to `FlopCounterMode` of the skipping forward (tests/test_dydit.py).
+  kept tokens, plus the routers. Equal to `FlopCounterMode` of the skipping forward (tests/policies/test_dydit.py).
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ def test_fsdp_and_ddp_fine_tune_pixart_alike(tmp_path, free_port):
     results = {}
     for name, extra in (("ddp", tiny_run_args), ("fsdp", [*tiny_run_args, "train.fsdp=true"])):
         script = tmp_path / f"{name}.py"
-        script.write_text(WORKER.format(tests=str(Path(__file__).parent), tmp=str(tmp_path), extra=extra,
+        script.write_text(WORKER.format(tests=str(Path(__file__).resolve().parents[1]), tmp=str(tmp_path), extra=extra,
                                         run=str(tmp_path / name)))
         done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                                f"--master_port={free_port}", str(script)], capture_output=True, text=True,

@@ -133,7 +133,7 @@ def test_the_gpu_checks_run_without_the_video_and_metric_packages():
 import sys
 for name in ("av", "decord", "cleanfid", "xformers"):
     sys.modules[name] = None                # import of these fails as on the GPU image
-sys.path.insert(0, {str(Path(__file__).parent)!r})
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
 from bench_helpers import SHRINK, TINY
 from flexgen.bench.suite import suite_report
 from flexgen.cli import build_parser

@@ -1,6 +1,6 @@
 """The shared dataset mechanics (flexgen/data/base.py): seeded per-item randomness, skip-and-replace with the failed
 items counted and named, and the error describer. The clip and caption datasets are tested on real files in
-tests/test_data_video.py and tests/test_data_captions.py."""
+tests/data/test_video.py and tests/data/test_captions.py."""
 
 from __future__ import annotations
 

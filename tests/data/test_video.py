@@ -33,7 +33,7 @@ from tests.data_helpers import (
     write_video,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """`flexgen data prepare` (flexgen/data/prepare.py): the index report, the clips too short for training, and FVD
-reference frame folders; `flexgen data cache-text` is tested with the caption data (tests/test_data_captions.py).
+reference frame folders; `flexgen data cache-text` is tested with the caption data (tests/data/test_captions.py).
 Fixture clips are written in tmp_path by tests/data_helpers.py."""
 
 from __future__ import annotations

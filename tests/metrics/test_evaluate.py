@@ -255,7 +255,8 @@ def test_evaluation_under_torchrun_equals_one_process(video_sets, tmp_path: Path
     real, shifted = video_sets
     one = evaluate(SAME, real, shifted, RandomDetector(), tmp_path / "cache1", kid_subsets=10)
     script = tmp_path / "worker.py"
-    script.write_text(TORCHRUN_WORKER.format(tests=str(Path(__file__).parent), real=str(real), fake=str(shifted),
+    tests = Path(__file__).resolve().parents[1]
+    script.write_text(TORCHRUN_WORKER.format(tests=str(tests), real=str(real), fake=str(shifted),
                                              cache=str(tmp_path / "cache2"), out=str(tmp_path / "two.json")))
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                            f"--master_port={free_port}", str(script)], capture_output=True, text=True, timeout=300,
