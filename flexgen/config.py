@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from flexgen.files import atomic_write_text
+from flexgen.policies.cache.config import CacheConfig
 from flexgen.policies.dydit.config import DyDiTConfig
 from flexgen.policies.flexdit import DensityConfig
 from flexgen.registry import PRESET_FAMILY, family_of
@@ -151,6 +152,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     density: DensityConfig = field(default_factory=DensityConfig)    # FlexDiT layout and schedule; empty = dense
     dydit: DyDiTConfig = field(default_factory=DyDiTConfig)          # DyDiT routers and budget; no target = off
+    cache: CacheConfig = field(default_factory=CacheConfig)          # a training-free step cache; method none = off
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)

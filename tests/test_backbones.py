@@ -21,6 +21,7 @@ PIXART_FLEX = ["density.layout=P GSR DD", "density.schedule.grid_min=1", "densit
 
 DIT = ["model.preset=DiT-S/2", "model.depth=5"]
 DYDIT = ["dydit.target=0.5"]
+CACHE = ["cache.method=fora", "cache.interval=2"]
 PIXART_RUN = "configs/t2i/pixart/pixart-xl2-256.yaml"
 
 # Every family × every policy: dense, FlexDiT, DyDiT and FlexDiT ∘ DyDiT (the names say family and policy).
@@ -37,6 +38,8 @@ RUNS = {
     "FlexPixArt": ("configs/t2i/pixart/flexpixart-xl2-256.yaml", [*PIXART, *PIXART_FLEX]),
     "DyPixArt": (PIXART_RUN, [*PIXART, *DYDIT]),
     "FlexDyPixArt": (PIXART_RUN, [*PIXART, *PIXART_FLEX, *DYDIT]),
+    "ForaLatte": (TINY, CACHE),                                     # a step cache, alone and on both policies
+    "ForaFlexDyPixArt": (PIXART_RUN, [*PIXART, *PIXART_FLEX, *DYDIT, *CACHE]),
 }
 
 
@@ -83,12 +86,14 @@ def test_registry_maps_every_preset_to_one_family():
 def test_the_contract(built, tmp_path):
     name, run, model = built
     assert isinstance(model, Denoiser) and model.family == family_of(run.model.preset).name
-    flexdit, dydit = bool(run.density.layout), run.dydit.enabled
+    flexdit, dydit, cache = bool(run.density.layout), run.dydit.enabled, run.cache.enabled
     assert bool(model.layout) == flexdit
     # the policy is the run's sections, under one name in records
-    parts = [f"flexdit {run.density.layout}"] * flexdit + [f"dydit {run.dydit.target}"] * dydit
+    parts = [f"fora {run.cache.interval}"] * cache + [f"flexdit {run.density.layout}"] * flexdit + \
+        [f"dydit {run.dydit.target}"] * dydit
     assert model.policy.label() == (" + ".join(parts) or "baseline")
-    assert set(model.policy.sections()) == {k for k, on in (("density", flexdit), ("dydit", dydit)) if on}
+    assert set(model.policy.sections()) == {k for k, on in (("density", flexdit), ("dydit", dydit), ("cache", cache))
+                                            if on}
     # batch preparation: a forward on what it returns; with the dropout generator, conditions drop to the null one
     pixels, cond = model.prepare_batch(batch_for(model), torch.device("cpu"))
     x = torch.randn(pixels.shape[0], *model.latent_shape(), generator=torch.Generator().manual_seed(1))
@@ -116,8 +121,8 @@ def test_the_contract(built, tmp_path):
     assert bool(cost.stages) == flexdit and cost.forward_macs(None).gmacs > 0
     if flexdit:
         assert min(cost.forward_macs(s.grid).gmacs for s in cost.stages) < cost.forward_macs(None).gmacs
-    assert model.policy.measured == dydit
-    if dydit:
+    assert model.policy.measured == (dydit or cache)
+    if model.policy.measured:
         grid = model.policy.grid()
         macs = model.forward_macs()
         assert macs.shape == (x.shape[0],)

@@ -83,9 +83,15 @@ class Policy:
     def embedded(self, embedding: torch.Tensor) -> None:
         """The (B, D) timestep embedding (PixArt-α 1024-MS: with the size conditions) of this forward."""
 
-    def walk(self, net: Any, x: torch.Tensor, ctx: Any) -> torch.Tensor:
-        """The blocks on tokens x: the family's dense walk (`net.walk`), every block through `run_block`."""
-        return net.walk(x, ctx)
+    def walk(self, net: Any, x: torch.Tensor, ctx: Any, inner: Any = None) -> torch.Tensor:
+        """The blocks on tokens x: `inner(x, ctx)` (in a composition, the next part's walk), by default the family's
+        dense walk (`net.walk`), every block through `run_block`."""
+        return (inner or net.walk)(x, ctx)
+
+    def signature(self) -> Any:
+        """What this forward's blocks depend on besides their input (FlexDiT: the grid; DyDiT: the width pattern),
+        after `embedded`; a cached result of another signature is not reused."""
+        return None
 
     def run_block(self, net: Any, index: int, call: Any) -> torch.Tensor:
         """Block `index` (the family's block order); `call(run)` runs it through its module, `run(block, x, cond,
@@ -132,7 +138,9 @@ class Policy:
 
     def meter(self, model: Any) -> Any:
         """A sampler's `model(x, t, **cond)` that adds up the MACs of every forward (a measured policy), or None."""
-        return None
+        from flexgen.policies.cost import CostMeter
+
+        return CostMeter(model) if self.measured else None
 
     def block_shapes(self, grid: int | None = None) -> list:
         """Each block's full-width cost and units at a grid (a routed policy: what its gates scale)."""

@@ -66,10 +66,20 @@ class Compose(Policy):
         for p in self._parts:
             p.embedded(embedding)
 
-    def walk(self, net, x, ctx):
-        """The first part that walks the blocks its own way (FlexDiT's roles), else the dense walk."""
+    def walk(self, net, x, ctx, inner=None):
+        """The parts that walk the blocks their own way, each around the next (a step cache around FlexDiT's
+        roles), the innermost around the dense walk."""
         walkers = self._overriding("walk")
-        return walkers[0].walk(net, x, ctx) if walkers else net.walk(x, ctx)
+
+        def chain(i):
+            if i == len(walkers):
+                return inner or net.walk
+            return lambda x, ctx: walkers[i].walk(net, x, ctx, chain(i + 1))
+
+        return chain(0)(x, ctx)
+
+    def signature(self):
+        return tuple(p.signature() for p in self._parts)
 
     def run_block(self, net, index, call):
         """The last part that runs blocks its own way (DyDiT's partial width), else the whole block."""
@@ -106,9 +116,6 @@ class Compose(Policy):
 
     def forward_macs(self, cost, routing=None, grid=None):
         return self._routed().forward_macs(cost, routing, grid)
-
-    def meter(self, model):
-        return self._answer("meter", model)
 
     def block_shapes(self, grid=None):
         return self._routed().block_shapes(grid)

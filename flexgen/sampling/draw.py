@@ -73,7 +73,7 @@ def generate(model: Denoiser, autoencoder: Autoencoder, *, num_samples: int, see
     for video models and (C, h, w) for DiT. `betas` defaults to the linear DDPM schedule of 1000 steps.
     `labels`: None draws a label per sample from its seed; an int or one label per index fixes them. `indices`
     (default: this rank's shard) are the samples to draw. `cfg_channels` guides only the first k ε channels
-    (DiT's release: 3). `meter` (a DyDiT `RoutedCostMeter` of `model`) runs in its place and adds
+    (DiT's release: 3). `meter` (the policy's `CostMeter` of `model`) runs in its place and adds
     up the MACs of a DyDiT model's forwards. See the module docstring for seeds, labels and sharding."""
     import torch
     from tqdm.auto import tqdm

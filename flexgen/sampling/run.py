@@ -80,10 +80,11 @@ def _sample_run(run, ckpt: Path, out: Path, env, *, config, overrides, dtype, fp
                   "batch_size": s.batch_size, "dtype": dtype, "fps": fps if video_model else None,
                   "codec": video_codec() if video_model else "png", "model_class": type(model.net).__name__,
                   "model": dataclasses.asdict(model.config),
-                  "density": sections.get("density"), "dydit": sections.get("dydit"),
+                  "density": sections.get("density"), "dydit": sections.get("dydit"), "policy": sections,
                   "cfg_channels": s.cfg_channels, "run_config": config_to_dict(run)},
         identity={"model": dataclasses.asdict(model.config), "clip_denoised": s.clip_denoised, "dtype": dtype,
-                  "density": sections.get("density")})
+                  "density": sections.get("density"),      # (and any other section that changes the samples)
+                  **{k: v for k, v in sections.items() if k not in ("density", "dydit")}})
     check_options(model, s.cfg_scale, s.batch_size, s.cfg_channels)
     if npz and video_model:
         raise ValueError("--npz writes ADM's image batch: it is for one-frame (DiT) models")

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from diffusers import PixArtTransformer2DModel
 
-from flexgen.policies import DyDiT, FlexDiT, Policy
+from flexgen.policies import DyDiT, FlexDiT, Policy, compose
 from flexgen.policies.flexdit import DensityConfig
 from flexgen.t2i.dy_pixart import DyPixArtTransformer2DModel
 from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, density_config_entries
@@ -60,10 +60,16 @@ def pixart_network(arguments: dict, policy: Policy) -> FlexPixArtTransformer2DMo
     flex, dy = policy.part(FlexDiT), policy.part(DyDiT)
     extra = {} if flex is None else {**density_config_entries(flex.density), "num_train_timesteps": flex.num_timesteps}
     if dy is None:
-        return FlexPixArtTransformer2DModel(**arguments, **extra)
-    net = DyPixArtTransformer2DModel(**arguments, **extra, dydit_target=dy.config.target,
-                                     route_cross_attention=dy.config.cross_attention)   # (the name its folder records)
-    net.policy.part(DyDiT).config = dy.config
+        net = FlexPixArtTransformer2DModel(**arguments, **extra)
+    else:
+        net = DyPixArtTransformer2DModel(**arguments, **extra, dydit_target=dy.config.target,
+                                         route_cross_attention=dy.config.cross_attention)   # (its folders' name)
+        net.policy.part(DyDiT).config = dy.config
+    unsaved = [p for p in policy.parts if p.section and net.policy.part(type(p)) is None]   # no config key: a cache
+    if unsaved:
+        net.policy = compose(sorted([*unsaved, *net.policy.parts], key=lambda p: p.order))
+        for part in unsaved:
+            part.attach(net)
     return net
 
 

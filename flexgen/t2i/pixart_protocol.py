@@ -36,6 +36,8 @@ from flexgen.t2i.pixart_width import block_slices, block_tensors, dy_pixart_bloc
 class PixArtPolicyHooks:
     """Mixed into the PixArt-α transformer: what a policy asks of the network (module docstring)."""
 
+    block_modules = ("transformer_blocks", "fusions")                  # what a skipped step does not run
+
     @property
     def hidden_dim(self) -> int:
         return self.inner_dim

@@ -33,6 +33,8 @@ from flexgen.video.latte_width import SlicedWeights, reorder_block, run_block
 class LattePolicyHooks:
     """Mixed into `Latte`: what a policy asks of the network (module docstring)."""
 
+    block_modules = ("spatial_blocks", "temporal_blocks", "fusions")    # what a skipped step does not run
+
     @property
     def hidden_dim(self) -> int:
         return self.config.hidden_size

@@ -26,7 +26,6 @@ from flexgen.policies.dydit.routers import TokenRouter, WidthRouter
 from flexgen.policies.dydit.routing import (
     BlockRouting,
     RoutedBlock,
-    RoutedCostMeter,
     dydit_losses,
     forward_macs,
     router_macs,
@@ -78,6 +77,7 @@ class DyDiT(Policy):
         self.routing: list[BlockRouting | None] = []
         self.last_grid: int | None = None   # composed with FlexDiT: the sparse grid of the last forward
         self._masks: list | None = None
+        self._pattern: bytes | None = None
         self._complete: torch.Tensor | None = None
         self._skipping = False
 
@@ -129,6 +129,14 @@ class DyDiT(Policy):
             masks.append((heads, groups) if on is None else
                          (torch.where(on, 1.0, heads).to(heads.dtype), torch.where(on, 1.0, groups).to(heads.dtype)))
         self._masks = masks
+
+    def signature(self) -> bytes | None:
+        """Every block's head and group gates of this forward (its width pattern per sample); after the forward,
+        the last one taken."""
+        if self._masks is not None:
+            gates = torch.cat([torch.cat([h, g], -1) for h, g in self._masks], -1)
+            self._pattern = gates.to(torch.uint8).cpu().numpy().tobytes()
+        return self._pattern
 
     def run_block(self, net, index, call):
         """Block `index` at the width its routers chose, through the family's block adapter
@@ -213,9 +221,6 @@ class DyDiT(Policy):
     def synthetic_macs(self, cost: Any, grid: int | None, target: float) -> float:
         """MACs per sample of one forward at `grid` with the synthetic λ setting, counted without running it."""
         return float(forward_macs(self, cost, synthetic_routing(self.block_shapes(grid), target), grid))
-
-    def meter(self, model: Any) -> RoutedCostMeter:
-        return RoutedCostMeter(model)
 
     def slice_caches(self) -> list[SliceCache]:
         return self._caches

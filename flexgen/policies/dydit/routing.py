@@ -135,46 +135,6 @@ def router_macs(blocks: Sequence[RoutedBlock], router_hidden: int) -> float:
                      for b in blocks))
 
 
-class RoutedCostMeter:
-    """A DyDiT model as a sampler's `model(x, t, **cond)` that adds up the MACs of every forward from the gates it
-    used (`Denoiser.forward_macs`): the cost of a sampling run from its real kept counts. With `model`
-    None, forwards are added with `add` (`flexgen generate`'s hook on the pipeline's transformer)."""
-
-    def __init__(self, model: Any = None):
-        self.model = model
-        self.macs_at: dict[int, float] = {}         # timestep -> MACs of every forward at it (all rows, all calls)
-        self.forwards = 0                           # sample rows forwarded (a CFG step forwards 2 per sample)
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
-        out = self.model(x, t, **cond)
-        self.add(int(t[0]), self.model.forward_macs())
-        return out
-
-    def add(self, t: int, macs: torch.Tensor) -> None:
-        """A forward at timestep t whose rows cost `macs` (B,) (a forward hook can call this directly)."""
-        self.macs_at[t] = self.macs_at.get(t, 0.0) + float(macs.sum())
-        self.forwards += macs.shape[0]
-
-    def cost(self, num_samples: int, dense_gmacs_per_forward: float, patterns: list[int]) -> dict[str, Any]:
-        """`report` as a sample record's cost: the measured GMACs per sample and per forward replace the dense
-        count; the realised reduction and the sliced-weight patterns per block beside them."""
-        report = self.report(num_samples, dense_gmacs_per_forward)
-        report.update(gmacs_per_sample=report["gmacs_per_sample_measured"],
-                      gmacs_per_forward=report["gmacs_per_forward_measured"], reduction=1 - report["flops_fraction"],
-                      sliced_weight_patterns=patterns)
-        return report
-
-    def report(self, num_samples: int, dense_gmacs_per_forward: float) -> dict[str, Any]:
-        """GMACs per sample of the run (and at each sampler timestep), per forward, and against the dense model."""
-        total = sum(self.macs_at.values())
-        per_sample = total / num_samples / 1e9
-        steps = len(self.macs_at)
-        dense = dense_gmacs_per_forward * self.forwards / num_samples
-        return {"gmacs_per_sample_measured": per_sample, "gmacs_per_forward_measured": total / self.forwards / 1e9,
-                "gmacs_per_sample_dense": dense, "flops_fraction": per_sample / dense, "sampler_steps": steps,
-                "gmacs_per_sample_at_t": {t: m / num_samples / 1e9 for t, m in sorted(self.macs_at.items())}}
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # A deterministic router setting for untrained models (bench without weights).
 

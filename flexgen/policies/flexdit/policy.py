@@ -67,11 +67,14 @@ class FlexDiT(Policy):
             raise ValueError(f"sparse grid {side} outside [1, {net.base_grid}]")
         self.side, self.record = side, record
 
-    def walk(self, net, x, ctx):
+    def walk(self, net, x, ctx, inner=None):
         """The family's walk of the roles at this forward's grid (`net.walk_layout`, over `flexdit.walk`)."""
         return net.walk_layout(x, ctx, self)
 
     def grid(self) -> int | None:
+        return self.side
+
+    def signature(self) -> int | None:
         return self.side
 
     @staticmethod

@@ -1,0 +1,98 @@
+"""A step cache as a policy: it walks around the blocks (the dense walk, or FlexDiT's roles with DyDiT inside), and
+at a step it skips returns the input plus the blocks' residual (output minus input, in the dense token layout)
+of the last step that ran them. FORA (Selvaraju et al. 2024, arXiv 2407.01425): steps 0, n, 2n, ... of a
+sampling run run the blocks.
+
+- A sampling run is a sequence of forwards at decreasing t; a forward at a t that does not decrease starts a new
+  one. Every row of a forward (a batch of samples, both classifier-free-guidance halves) shares the decision;
+  each row keeps its own residual.
+- A residual is reused only where it is valid: the same batch shape and the same `signature()` of the other
+  policies (FlexDiT's grid, DyDiT's width pattern); otherwise the step runs the blocks. Training forwards always
+  run them.
+- Cost from what ran: a skipped step costs the network outside its blocks (`net.block_modules`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from flexgen.policies.base import Policy
+from flexgen.policies.cache.config import CacheConfig
+
+
+class StepCache(Policy):
+    """Reuse of the blocks' residual between the steps that run them (module docstring)."""
+
+    name = "cache"
+    section, setting, order = "cache", "cache.method", 0
+    dense = False
+    measured = True
+
+    def __init__(self, config: CacheConfig):
+        self.config = config
+        self._last_t: int | None = None
+        self._residual: torch.Tensor | None = None
+        self._key: Any = None
+        self._step = 0
+        self.computed: bool | None = None            # whether the last forward ran the blocks
+        self.steps_computed = self.steps_skipped = 0
+
+    @classmethod
+    def from_section(cls, config: CacheConfig, run: Any) -> StepCache | None:
+        return cls(config) if config.enabled else None
+
+    def label(self) -> str:
+        return f"{self.config.method} {self.config.interval}"
+
+    def describe(self) -> str:
+        return f"step cache {self.config.method} (the blocks every {self.config.interval} steps)"
+
+    def sections(self) -> dict[str, Any]:
+        return {"cache": dataclasses.asdict(self.config)}
+
+    def begin(self, net, t, **step) -> None:
+        super().begin(net, t, **step)
+        t0 = int(t.reshape(-1)[0])
+        if self._last_t is None or t0 >= self._last_t:          # a new sampling run
+            self._residual, self._key, self._step = None, None, 0
+        self._last_t, self._batch = t0, t.numel()
+
+    def walk(self, net, x, ctx, inner=None):
+        key = (tuple(x.shape), net.policy.signature())
+        due = self._step % self.config.interval == 0
+        reuse = not net.training and not due and self._residual is not None and _same(key, self._key)
+        self._step += 1
+        if reuse:
+            self.computed = False
+            self.steps_skipped += 1
+            return x + self._residual
+        out = (inner or net.walk)(x, ctx)
+        self.computed = True
+        self.steps_computed += 1
+        if not net.training:
+            self._residual, self._key = (out - x).detach(), key
+        return out
+
+    def forward_macs(self, cost, routing=None, grid=None):
+        """The last forward's MACs per sample: what the other measured policies say (or the counted forward) when it
+        ran the blocks; the network outside its blocks when it skipped them."""
+        grid = self.net.policy.grid() if grid is None and routing is None else grid
+        if self.computed is not False:
+            inner = next((p for p in self.net.policy.parts if p is not self and p.measured), None)
+            if inner is not None:
+                return inner.forward_macs(cost, routing, grid)
+            return torch.full((self._batch,), cost.forward_macs(grid).gmacs * 1e9, dtype=torch.float64)
+        report = cost.forward_macs(grid)
+        blocks = sum(v for k, v in report.breakdown.items() if k in self.net.block_modules)
+        return torch.full((self._batch,), (report.gmacs - blocks) * 1e9, dtype=torch.float64)
+
+    def held_bytes(self) -> int:
+        return 0 if self._residual is None else self._residual.nbytes
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and (a == b if not isinstance(a, tuple) else
+                                   len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True)))

@@ -1,0 +1,134 @@
+"""The step cache (`flexgen.policies.cache`, FORA): interval 1 is uncached sampling exactly; a skipped step runs no
+block and returns its input plus the last computed residual; a residual is never reused across a FlexDiT grid
+change or a DyDiT width-pattern change; a new sampling run starts over; `flexgen sample` records what ran."""
+
+import pytest
+import torch
+from dydit_helpers import randomise_routers
+
+from flexgen.checkpoint import save_weights
+from flexgen.config import ConfigError, load_config
+from flexgen.policies import StepCache
+from flexgen.registry import build_denoiser
+from flexgen.sample import sample_main
+from tests.sample_helpers import SMALL, TINY, parse, random_model
+
+FLEX = ["density.layout=P GSR T", "density.schedule.kind=stages", "density.schedule.stages=[[0,850,4],[850,1000,2]]"]
+STEPS = (900, 800, 700, 600, 500)
+
+
+def models(*overrides, interval=2):
+    """(cached, uncached) denoisers of one run on the same random weights."""
+    plain, run = random_model(list(overrides))
+    cached = build_denoiser(load_config(TINY, [*SMALL, *overrides, "cache.method=fora",
+                                               f"cache.interval={interval}"])).eval()
+    cached.net.load_state_dict(plain.net.state_dict())
+    return cached, plain
+
+
+def inputs(model, batch=2):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, *model.latent_shape(), generator=g)
+    return x, {"y": torch.tensor([1, 3])}
+
+
+def block_calls(model):
+    """A counter of block forwards (every spatial and temporal block, through its module call)."""
+    calls = []
+    for block in [*model.net.spatial_blocks, *model.net.temporal_blocks]:
+        block.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_the_config_section_and_the_method_name():
+    with pytest.raises(ConfigError, match="cache.*method.*'teacach' is not one of none, fora"):
+        load_config(TINY, ["cache.method=teacach"])
+    with pytest.raises(ConfigError, match="cache.interval"):
+        load_config(TINY, ["cache.method=fora", "cache.interval=0"])
+    cached, _ = models(*FLEX)
+    assert cached.policy.label() == "fora 2 + flexdit P GSR T" and cached.policy.part(StepCache) is not None
+
+
+@torch.no_grad()
+def test_interval_one_is_uncached_sampling_exactly():
+    cached, plain = models(interval=1)
+    x, cond = inputs(plain)
+    for t in STEPS:
+        tt = torch.full((2,), t)
+        assert torch.equal(cached(x, tt, **cond), plain(x, tt, **cond))
+        x = x * 0.9
+
+
+@torch.no_grad()
+def test_a_skipped_step_runs_no_block_and_reuses_the_last_residual():
+    cached, plain = models(interval=2)
+    calls, cache = block_calls(cached), cached.policy
+    x, cond = inputs(plain)
+    blocks = len(cached.net.spatial_blocks) + len(cached.net.temporal_blocks)
+    residual = None
+    for step, t in enumerate(STEPS):
+        tt = torch.full((2,), t)
+        before = len(calls)
+        out = cached(x, tt, **cond)
+        if step % 2 == 0:                                   # steps 0, 2, 4 run every block: the uncached output
+            assert len(calls) - before == blocks and cache.computed
+            torch.testing.assert_close(out, plain(x, tt, **cond), rtol=0, atol=0)
+            tokens, frames = cached.net.embed(x, tt, cond["y"], 0, None)
+            residual = cached.net.walk(tokens, frames) - tokens          # the blocks' residual at this step
+        else:                                               # steps 1, 3: no block, input + the last residual
+            assert len(calls) == before and cache.computed is False
+            tokens, frames = cached.net.embed(x, tt, cond["y"], 0, None)
+            torch.testing.assert_close(out, cached.net.head(tokens + residual, frames), rtol=1e-6, atol=1e-6)
+            assert (out - plain(x, tt, **cond)).abs().max() > 1e-4       # (it is not the uncached output)
+        x = x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(step))
+    assert (cache.steps_computed, cache.steps_skipped) == (3, 2)
+    before = len(calls)
+    cached(x, torch.full((2,), 950), **cond)                # t went up: a new sampling run, step 0 computes
+    assert len(calls) - before == blocks
+    cached.train()
+    for t in (400, 300):                                    # training forwards always run the blocks
+        before = len(calls)
+        cached(x, torch.full((2,), t), **cond)
+        assert len(calls) - before == blocks
+
+
+@torch.no_grad()
+def test_no_reuse_across_a_grid_change_or_a_width_pattern_change():
+    cached, _ = models(*FLEX, interval=2)                   # t 900: grid 2, t 800: grid 4
+    x, cond = inputs(cached)
+    cached(x, torch.full((2,), 900), **cond)
+    cached(x, torch.full((2,), 800), **cond)                # due to skip, but the token set changed: it computes
+    assert cached.policy.part(StepCache).computed
+    cached(x, torch.full((2,), 700), **cond)                # step 2 computes; step 3, the same grid: reused
+    cached(x, torch.full((2,), 600), **cond)
+    assert cached.policy.part(StepCache).computed is False
+
+    dy, _ = models("dydit.target=0.5", interval=2)
+    randomise_routers(dy)                                   # width masks that change with t
+    cache, signatures, changed = dy.policy.part(StepCache), [], 0
+    for step, t in enumerate((990, 900, 500, 499, 100, 99)):
+        dy(x, torch.full((2,), t), **cond)
+        signatures.append(dy.policy.signature())
+        new_pattern = step > 0 and signatures[-1] != signatures[-2]
+        changed += new_pattern and step % 2 == 1
+        assert cache.computed == (step % 2 == 0 or new_pattern)          # due, or the pattern changed
+    assert changed >= 1                                     # (the routers made at least one due skip compute)
+    macs = dy.forward_macs()
+    assert macs.shape == (2,) and bool((macs > 0).all())
+
+
+def test_flexgen_sample_records_the_steps_that_ran(tmp_path):
+    model, _ = random_model()
+    save_weights(model.net, tmp_path / "dense.safetensors")
+    common = ["--config", TINY, "--ckpt", tmp_path / "dense.safetensors", "--num-samples", 2, "--sampler", "ddim",
+              "--steps", 4, "--cfg-scale", 2, "--no-progress"]
+    plain = sample_main(parse(*common, "--out", tmp_path / "plain", *SMALL))
+    record = sample_main(parse(*common, "--out", tmp_path / "fora", *SMALL, "cache.method=fora", "cache.interval=2"))
+    assert record["method"] == "fora 2" and record["settings"]["policy"]["cache"]["interval"] == 2
+    cost = record["cost"]
+    assert len(cost["gmacs_per_sample_at_t"]) == 4
+    dense_forward = plain["cost"]["gmacs_per_forward_dense"]
+    computed = [g for g in cost["gmacs_per_sample_at_t"].values() if g > dense_forward]   # 2 CFG forwards each
+    assert len(computed) == 2 and cost["gmacs_per_sample"] < 0.75 * plain["cost"]["gmacs_per_sample"]
+    with pytest.raises(ValueError, match="another run|different|settings"):        # another cache: another run
+        sample_main(parse(*common, "--out", tmp_path / "fora", *SMALL, "cache.method=fora", "cache.interval=3"))
