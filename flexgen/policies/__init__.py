@@ -13,7 +13,6 @@ import pkgutil
 from typing import Any
 
 from flexgen.policies.base import Policy
-from flexgen.policies.cache.policy import StepCache
 from flexgen.policies.compose import Compose
 from flexgen.policies.dydit.policy import DyDiT
 from flexgen.policies.flexdit.policy import FlexDiT
@@ -57,5 +56,5 @@ def check_file_fits(sd: dict, policy: Policy, path: Any) -> None:
                              f"sets {cls.setting}")
 
 
-__all__ = ["Compose", "DyDiT", "FlexDiT", "Policy", "StepCache", "check_file_fits", "compose", "from_metadata",
-           "from_run", "registry"]
+__all__ = ["Compose", "DyDiT", "FlexDiT", "Policy", "check_file_fits", "compose", "from_metadata", "from_run",
+           "registry"]

@@ -8,7 +8,7 @@ from dydit_helpers import randomise_routers
 
 from flexgen.checkpoint import save_weights
 from flexgen.config import ConfigError, load_config
-from flexgen.policies import StepCache
+from flexgen.policies.cache.policy import StepCache
 from flexgen.registry import build_denoiser
 from flexgen.sample import sample_main
 from tests.sample_helpers import SMALL, TINY, parse, random_model
