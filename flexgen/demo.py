@@ -4,36 +4,20 @@
    classes) as real mp4 files in the UCF101 layout, plus held-out clips, with `flexgen.synthetic`.
 2. The yardstick: a small video classifier of the motion classes (`flexgen.metrics.synthmotion`), trained on the
    training clips, saved and hashed; its held-out accuracy on real clips is reported.
-3. A dense Latte (`flexgen/configs/demo/demo-dense.yaml`; `configs/demo` in a checkout), then each density policy
-   of `POLICIES` fine-tuned from the dense EMA weights with the same budget (FlexDiT: `demo-flex.yaml`, DyDiT:
+3. A dense Latte (`flexgen/configs/demo/demo-dense.yaml`; `configs/demo` in a checkout), then each policy of
+   `POLICIES` fine-tuned from the dense EMA weights with the same budget (FlexDiT: `demo-flex.yaml`, DyDiT:
    `demo-dydit.yaml`, the two composed: `demo-flexdydit.yaml`).
-4. Every model samples the same seeds and labels with `flexgen sample` (mp4 files + samples.json).
+4. Every model samples the same seeds and labels (`flexgen.sampling.run.sample_run`: mp4 files + samples.json).
 5. Every sample folder goes through `flexgen eval`'s statistics: the Fréchet distance to held-out real clips in
    the classifier's feature space (`fd_synthmotion`, never "FVD"), the class accuracy of the samples
    (`acc_synthmotion`), and real FVD when the standard I3D file is present. Each number is a `Record`.
 6. `flexgen leaderboard` renders the board (leaderboard.md / .html / .png: MACs vs quality); samples.png shows the
    models' samples side by side for the same seeds; demo.json holds the summary.
 
-Design (issue 12), each choice measured against the one before it (dense sample accuracy of one 36k-clip run
-each, same seeds, data and detector):
-- 16×16 frames, 8 frames every 2nd, 4×4 patches: 16 tokens per frame, 4× fewer than 2×2 patches, so about 3.5×
-  the training steps in the same time (~100 clips/s on two cores).
-- Each video is exactly one clip long (15 frames), so every clip shows the whole crossing: where the shape is in
-  a frame follows from the class and the frame index (0.31 -> 0.56; clips cut at random points of 24-frame videos
-  left the models with near-static blobs).
-- v-prediction (Salimans & Ho 2022): the x_0 estimate stays bounded at high noise, where ε-prediction's error is
-  amplified by 1/sqrt(ᾱ) (with ε the samples stayed noise at this budget, even on four clips); no Min-SNR
-  weighting (Min-SNR-5 gave 0.30 where plain v gave 0.56).
-- Logit-normal training timesteps (SD3; `diffusion.timestep_sampling`): 0.56 -> 0.98. Under the linear schedule at
-  16×16, t > 700 is nearly pure noise and t < 100 nearly clean; the middle, where shape, place and motion are
-  decided, is where the training goes. Changing the noise schedule instead (IDDPM's cosine, or cosine with SNR ×4,
-  on 24-frame videos) left the accuracy at 0.27; doubling the dense budget with Min-SNR left it at 0.23.
-- EMA 0.995 (2k steps), DDIM-50 with CFG 2; the dynamic models get a quarter of the dense budget each, fine-tuned on
-  the same timestep density.
-`--quick` runs the same steps with tiny budgets (the tests run it). Everything it needs ships inside the package,
-so it runs from an installed wheel in any folder.
-
-Measured: README (the board, the samples).
+The design choices (16×16 frames with 4×4 patches, one clip per video, v-prediction, logit-normal timesteps, the
+budgets), each measured against the one before it, are in DEVELOPERS.md. `--quick` runs the same steps with tiny
+budgets (the tests run it). Everything it needs ships inside the package, so it runs from an installed wheel.
+Measured: docs/benchmarks.md (the board, the samples).
 """
 
 from __future__ import annotations

@@ -1,31 +1,24 @@
-"""One training loop for every backbone: dense Latte / DiT or PixArt-α, and FlexDiT fine-tuned from a dense
-checkpoint. The loop speaks to the model only through `flexgen.backbones.base.Denoiser`: the family builds its
-dataset, prepares each batch (with the classifier-free-guidance condition dropout), chooses the training
-timesteps and exports its weights.
+"""One training loop for every backbone and policy. The loop speaks to the model only through
+`flexgen.backbones.base.Denoiser`: the family builds its dataset, prepares each batch (with the
+classifier-free-guidance condition dropout), and its policy chooses the training timesteps and the objective.
 
     flexgen train --config configs/video/ffs/latte-xl2.yaml
     torchrun --nproc_per_node=8 -m flexgen train --config configs/video/ffs/flexlatte-xl2.yaml
 
 - AdamW, EMA, optional bf16 autocast, gradient checkpointing, gradient clipping once `clip_after_samples` clips
   were seen; progress counted in samples; tqdm on rank 0; scalars to TensorBoard and `stats.jsonl`.
-- The run directory holds the resolved `config.yaml`, `checkpoints/latest.pt` (model, EMA, optimizer, step) and
-  `ema.safetensors` (EMA weights + model config, for `flexgen sample`), or for PixArt-α `transformer/` (the EMA
-  as a diffusers folder with the density keys, for `flexgen generate --transformer`). Re-running resumes.
-- PixArt-α (model.preset PixArt-*, data.dataset captions) trains on images with cached T5 embeddings (missing
-  captions are encoded once, on rank 0, before training). Labels drop to the null class, captions to T5(""), at
-  model.class_dropout_prob for classifier-free guidance.
+- The run directory holds the resolved `config.yaml`, `checkpoints/latest.pt` (model, EMA, optimizer, step) and the
+  EMA export (`ema.safetensors`, or PixArt-α's `transformer/` folder). Re-running resumes.
+- PixArt-α trains on images with cached T5 embeddings (missing captions are encoded once, on rank 0).
 - Randomness is re-seeded every step from (seed, step) for what all ranks share and (seed, rank, step) for what
-  each rank draws (timesteps, noise, label dropout, VAE posterior samples), and the data order is a function of
-  (seed, epoch), so a resumed run reaches exactly the parameters of an uninterrupted one.
+  each rank draws, and the data order is a function of (seed, epoch), so a resumed run reaches exactly the
+  parameters of an uninterrupted one.
 - `train.fsdp` (under torchrun) shards every block and the model with FSDP2 instead of replicating it (DDP);
   checkpoints hold full, unsharded state either way.
-- The model's `timestep_sampler()` draws each micro-batch's timesteps: uniform for a dense model, one density
-  stage per micro-batch for FlexDiT (`flexgen.policies.timesteps`): one token count per forward, timesteps
-  uniform over all ranks and steps; stratified for DyDiT.
-- The model's `training_losses` is the objective: the diffusion loss, and for DyDiT also its FLOPs budget (and
-  the complete model's loss in the warm-up stage); every term it returns is logged, with DyDiT's realised FLOPs
-  fraction, λ target and keep rates per block (`keep/h03`: heads of block 3). `train.skip_on_spike` skips an
-  update whose pre-clip gradient norm exceeds `grad_clip` (DyDiT's rule) and logs the share skipped.
+- `timestep_sampler()` and `training_losses` come from the policy (FlexDiT: one density stage per micro-batch;
+  DyDiT: stratified t, its FLOPs budget and warm-up loss); every term the objective returns is logged (DyDiT's
+  realised fraction, λ target, keep rates per block). `train.skip_on_spike` skips an update whose pre-clip
+  gradient norm exceeds `grad_clip` (DyDiT's rule) and logs the share skipped.
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ class LatteCost(CountedCost):
 
 
 class LatteDenoiser(Denoiser):
-    """`denoiser(x_t, t, y=None, num_images=0, y_images=None)` around a Latte / DiT / FlexLatte network."""
+    """`denoiser(x_t, t, y=None, num_images=0, y_images=None)` around a Latte / DiT network and its policy."""
 
     family = "latte"
 
@@ -94,13 +94,13 @@ class LatteDenoiser(Denoiser):
     def load_pretrained(self, path: str | Path, sha256: str | None = None, *, routers_required: bool = False) -> None:
         from flexgen.checkpoint import load_weights
 
-        # dense weights into a FlexLatte or a DyLatte: the conversion
+        # dense weights into a FlexDiT or DyDiT network: the policy's conversion
         load_weights(self.net, path, sha256=sha256, routers_required=routers_required)
 
     export_name = "ema.safetensors"
 
     def export(self, path: str | Path) -> Path:
-        """Our safetensors file, the model configuration (and a FlexLatte's density) in its metadata."""
+        """Our safetensors file, the model configuration (and what its policy records) in its metadata."""
         from flexgen.checkpoint import save_weights
 
         save_weights(self.net, path)

@@ -7,29 +7,19 @@
     pipe = load_pipeline("/models/PixArt-XL-2-512x512", scheduler="dpm-solver")
     images, records = generate(pipe, ["a red cat"], num_images=4, seed=0)          # (4, 3, 512, 512) uint8
 
-Everything comes from local folders (nothing is downloaded):
-
-- `model`: a diffusers PixArt-α pipeline folder (model_index.json, vae/, scheduler/, transformer/ and, usually,
-  text_encoder/ + tokenizer/). The pipeline is assembled from its components rather than by
-  `PixArtAlphaPipeline.from_pretrained`, so each missing piece is named, and the transformer is read by
-  `flexgen.t2i.pixart.load_transformer` (dense `PixArtTransformer2DModel`, `FlexPixArtTransformer2DModel` or
-  `DyPixArtTransformer2DModel`, by its config). Its density schedule reads the `timestep` the pipeline passes, so
-  every scheduler and step count uses the grids of its own timesteps; a DyDiT model's masks are per step (its
-  skipping forward runs there) and its cost is measured from the kept counts of the forwards it made.
-- `transformer`: a transformer or pipeline folder replacing the pipeline's (e.g. a fine-tuned FlexDiT export).
-- `text_encoder`: a T5 folder (or a pipeline folder holding one), for pipeline folders kept without their T5-XXL;
-  when given it is used even if the pipeline folder has its own.
+Everything comes from local folders (nothing is downloaded): `model`, a diffusers PixArt-α pipeline folder,
+assembled from its components so each missing piece is named (the transformer read by
+`flexgen.t2i.pixart_io.load_transformer`: its policy from its config); `transformer`, a folder replacing the
+pipeline's (e.g. a fine-tuned FlexDiT export); `text_encoder`, a T5 folder for pipelines kept without theirs.
+The policy reads the `timestep` the pipeline passes (FlexDiT's grids, DyDiT's per-step masks, whose cost is
+measured from the kept counts of the forwards it made).
 
 Reproducibility: image i (prompts in order, `num_images` consecutive images per prompt) is drawn with seed
-`seed + i`: a CPU generator of its own gives its initial noise and any noise a stochastic scheduler adds, so an
-image does not depend on the batch size or its place in a batch (up to floating-point rounding of batched
-matmuls). Prompts are used as written (`clean_caption=False`: diffusers' caption cleaning needs bs4 and ftfy).
+`seed + i` (a CPU generator of its own), so an image does not depend on the batch size or its place in a batch.
+Prompts are used as written (`clean_caption=False`).
 
-Output of `flexgen generate ... --out FILE.png`: with one image, FILE.png is that image; with several, FILE.png
-is a grid and the images are FILE-000.png, FILE-001.png, ... beside it. FILE.json lists each image's file,
-prompt and seed and the settings (model folders, scheduler, steps, guidance, size, transformer layout).
-
-diffusers is imported inside the functions that use it (it takes seconds), so the `flexgen` parser stays fast.
+Output of `--out FILE.png`: one image, or a grid with the images FILE-000.png, ... beside it; FILE.json lists each
+image's file, prompt and seed and the settings. diffusers is imported inside the functions that use it.
 """
 
 from __future__ import annotations
