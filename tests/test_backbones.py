@@ -44,16 +44,8 @@ RUNS = {
 
 
 def batch_for(model: Denoiser, n: int = 4) -> dict:
-    """A data-loader batch of the family's dataset, random."""
-    g = torch.Generator().manual_seed(0)
-    if model.family == "pixart":
-        L, C = 7, model.net.config.caption_channels
-        mask = torch.ones(n, L, dtype=torch.long)
-        mask[:, 5:] = 0
-        return {"image": torch.rand(n, 3, 16, 16, generator=g) * 2 - 1, "text": torch.randn(n, L, C, generator=g),
-                "text_mask": mask}
-    shape = model.latent_shape()
-    return {"video": torch.rand(n, *shape, generator=g) * 2 - 1, "label": torch.randint(0, 4, (n,), generator=g)}
+    """A random data-loader batch of the family's dataset (the interface's `example_batch`)."""
+    return model.example_batch(n, torch.Generator().manual_seed(0))
 
 
 @pytest.fixture(scope="module", params=list(RUNS))
@@ -158,7 +150,8 @@ def test_condition_dropout_lives_in_batch_preparation(built):
     everything = type(model)(model.net, run_all)
     batch = batch_for(model)
     if model.family == "pixart":
-        everything.null_text = (torch.zeros(7, model.net.config.caption_channels), torch.tensor([1] + [0] * 6))
+        L = batch["text"].shape[1]
+        everything.null_text = (torch.zeros(L, model.net.config.caption_channels), torch.tensor([1] + [0] * (L - 1)))
     _, kept = everything.prepare_batch(batch, torch.device("cpu"))           # no generator: nothing dropped
     _, dropped = everything.prepare_batch(batch, torch.device("cpu"), torch.Generator().manual_seed(0))
     if model.family == "pixart":

@@ -19,6 +19,7 @@ measured cost, names and settings, so neither the loops nor the commands ask whi
 | `policy`, `forward_macs()` | sample / generate / bench / records: names, measured cost, settings |
 | `resident_bytes()` | bench: memory kept between forwards |
 | `example_condition(...)`, `sampling_condition(...)`, `null_condition(cond)` | bench, FLOP counts, CFG |
+| `example_batch(n, generator)` | tests and checks: a random batch of the family's training set |
 | `latent_shape()`, `learned_sigma` | sampling, bench |
 | `converted(density)` | bench (dense -> FlexDiT on the same weights) |
 """
@@ -151,6 +152,10 @@ class Denoiser(nn.Module):
 
     def latent_shape(self) -> tuple[int, ...]:
         """The shape of one sample's latent, without the batch dimension."""
+        raise NotImplementedError
+
+    def example_batch(self, batch: int, generator: torch.Generator | None = None) -> dict:
+        """A random data-loader batch of the family's training set (what `prepare_batch` takes)."""
         raise NotImplementedError
 
     def example_condition(self, batch: int, device: torch.device | str = "cpu",

@@ -192,6 +192,15 @@ class LatteDenoiser(Denoiser):
             return {}
         return {"y": torch.randint(0, self.config.num_classes, (batch,), device=device)}
 
+    def example_batch(self, batch: int, generator: torch.Generator | None = None) -> dict:
+        """Clips (B, F, 3, S, S) (DiT: images (B, 3, S, S)) in [-1, 1] and labels, as the clip datasets give them."""
+        data, c = self.run.data, self.config
+        frames = (data.num_frames,) if c.temporal else ()
+        out = {"video": torch.rand(batch, *frames, 3, data.image_size, data.image_size, generator=generator) * 2 - 1}
+        if c.num_classes:
+            out["label"] = torch.randint(0, c.num_classes, (batch,), generator=generator)
+        return out
+
     def sampling_condition(self, num_samples: int, seed: int, device: torch.device | str = "cpu",
                            dtype: torch.dtype = torch.float32) -> dict:
         from flexgen.sampling.labels import resolve_labels

@@ -201,6 +201,15 @@ class PixArtDenoiser(Denoiser):
         text = torch.randn(batch, TEXT_TOKENS, self.net.config.caption_channels, device=device, dtype=dtype)
         return {"text": text, "text_mask": torch.ones(batch, TEXT_TOKENS, device=device, dtype=torch.long)}
 
+    def example_batch(self, batch: int, generator: torch.Generator | None = None, text_tokens: int = 8) -> dict:
+        """Images (B, 3, S, S) in [-1, 1] with cached-T5-like states (B, L, C) and masks (the last 2 tokens padding),
+        as the caption datasets give them."""
+        S, C = self.run.data.image_size, self.net.config.caption_channels
+        mask = torch.ones(batch, text_tokens, dtype=torch.long)
+        mask[:, -2:] = 0
+        return {"image": torch.rand(batch, 3, S, S, generator=generator) * 2 - 1,
+                "text": torch.randn(batch, text_tokens, C, generator=generator), "text_mask": mask}
+
     def condition_summary(self) -> dict:
         return {"text_tokens": TEXT_TOKENS}
 
