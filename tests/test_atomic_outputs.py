@@ -29,11 +29,11 @@ from flexgen.data import media
 from flexgen.data.media import read_video, save_grid, write_video
 from flexgen.data.prepare import _convert_clip
 from flexgen.files import atomic_directory
-from flexgen.manifest import SampleManifest, entries, find_manifest, todo
 from flexgen.metrics.frechet import FeatureStats
 from flexgen.metrics.generated import check_sample_manifest
 from flexgen.metrics.leaderboard import add_leaderboard_arguments, leaderboard_main, render_png
 from flexgen.metrics.sources import list_images, list_sources, listing
+from flexgen.sampling.manifest import SampleManifest, entries, find_manifest, todo
 from flexgen.video.latte import Latte
 from tests.conftest import tiny_config
 from tests.data_helpers import write_mp4

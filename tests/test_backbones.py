@@ -9,9 +9,9 @@ import torch
 
 from flexgen.backbones.base import Denoiser
 from flexgen.config import ConfigError, load_config
-from flexgen.manifest import SampleEntry, SampleManifest, find_manifest
 from flexgen.policies.timesteps import StageTimesteps, StratifiedTimesteps, UniformTimesteps, WeightedTimesteps
 from flexgen.registry import FAMILIES, PRESET_FAMILY, build_denoiser, family_of
+from flexgen.sampling.manifest import SampleEntry, SampleManifest, find_manifest
 
 TINY = "configs/demo/tiny.yaml"
 FLEX = ["density.layout=P GSR T", "density.schedule.grid_min=2", "density.schedule.grid_max=4"]

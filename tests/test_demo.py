@@ -8,8 +8,8 @@ import pytest
 from flexgen.cli import main
 from flexgen.data.media import read_video
 from flexgen.files import file_sha256
-from flexgen.manifest import SampleManifest
 from flexgen.metrics.records import read_records
+from flexgen.sampling.manifest import SampleManifest
 
 
 @pytest.mark.slow

@@ -15,10 +15,10 @@ from PIL import Image
 from flexgen.autoencoder import Autoencoder
 from flexgen.checkpoint import CheckpointError, file_sha256, save_weights
 from flexgen.data.media import read_video, video_codec
-from flexgen.manifest import SampleManifest, shard_indices
 from flexgen.sample import sample_main
 from flexgen.sampling.draw import generate
 from flexgen.sampling.labels import resolve_labels, sample_label
+from flexgen.sampling.manifest import SampleManifest, shard_indices
 from tests.sample_helpers import SMALL, TINY, parse, random_model
 
 FLEX = ["density.layout=PGSRT", "density.schedule.grid_min=2", "density.schedule.grid_max=4"]

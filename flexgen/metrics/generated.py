@@ -4,7 +4,7 @@ text-to-image folder.
 - A folder written by `flexgen sample` (samples.json) is evaluated only when its run completed and it holds exactly
   the sample files its manifest lists (`check_sample_manifest`).
 - Generated text-to-image folders (fid, clipscore): a folder written by `flexgen generate` holds FILE.json sample
-  manifests (`flexgen.manifest.SampleManifest`: samples with file, prompt and seed, the grid); when it has such,
+  manifests (`sampling.manifest.SampleManifest`: samples with file, prompt and seed, the grid); when it has such,
   the images they list (records in sorted path order, images in record order; grids left out) are the generated
   set, otherwise every image, and the prompts come from same-stem .txt files beside the images (`generated_images`).
 - A generated image PIL cannot identify or verify is refused by name (`check_generated_images`): the fix is to
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from flexgen.files import walk_visible
-from flexgen.manifest import SampleManifest
 from flexgen.metrics.sources import (
     check_each,
     find_images,
@@ -32,6 +31,7 @@ from flexgen.metrics.sources import (
     list_images,
     media_files,
 )
+from flexgen.sampling.manifest import SampleManifest
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def prompts_sha256(prompts: Sequence[str]) -> str:
 
 def _read_generate_record(path: Path) -> tuple[list[dict[str, Any]], str | None] | None:
     """The entries (each with "file" and "prompt") and the grid file name of a text-to-image sample manifest
-    (`flexgen.manifest.SampleManifest`, the FILE.json of `flexgen generate`); None for other JSON, or for a
+    (`flexgen.sampling.manifest.SampleManifest`, the FILE.json of `flexgen generate`); None for other JSON, or for a
     manifest without prompts."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -152,9 +152,9 @@ def append_record(path: str | Path, record: Record) -> None:
 
 
 def _sample_provenance(fake: Path) -> dict[str, Any]:
-    """Record fields from the sample manifest (`flexgen.manifest.SampleManifest`) that `flexgen sample`
+    """Record fields from the sample manifest (`flexgen.sampling.manifest.SampleManifest`) that `flexgen sample`
     (samples.json) or `flexgen generate` (FILE.json) wrote beside the samples; {} when there is none."""
-    from flexgen.manifest import find_manifest
+    from flexgen.sampling.manifest import find_manifest
 
     found = find_manifest(fake)
     if found is None:

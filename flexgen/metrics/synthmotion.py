@@ -201,9 +201,9 @@ class SynthMotionDetector:
 def sample_accuracy(folder: str | Path, detector: SynthMotionDetector, protocol: Protocol) -> dict:
     """Class accuracy of the class-conditional samples in `folder` (a `flexgen sample` folder: the labels come from
     its samples.json), over the generated clips the protocol selects: {"value", "num_fake", "per_class"}."""
-    from flexgen.manifest import SampleManifest
     from flexgen.metrics.generated import check_sample_manifest
     from flexgen.metrics.selection import select_fake_clips
+    from flexgen.sampling.manifest import SampleManifest
 
     folder = Path(folder)
     check_sample_manifest(folder)

@@ -4,7 +4,7 @@
   seeded with it (`flexgen.diffusion.sample`), so a sample does not depend on the batch size, its position in a
   batch, the rank that draws it or the number of ranks (up to floating-point rounding of batched matmuls).
 - Its class label (class-conditional models) is a function of its seed alone (`flexgen.sampling.labels`).
-- Sharding: rank r of W draws the indices i ≡ r (mod W), in increasing order (`flexgen.manifest.shard_indices`).
+- Sharding: rank r of W draws the indices i ≡ r (mod W), in increasing order (`manifest.shard_indices`).
 - Classifier-free guidance (Ho & Salimans 2022) through `flexgen.diffusion.classifier_free_guidance`: at
   cfg_scale 1 the conditional model runs alone. A measured policy's meter (DyDiT) runs in the model's place and
   adds up the MACs of what every forward ran.
@@ -79,7 +79,7 @@ def generate(model: Denoiser, autoencoder: Autoencoder, *, num_samples: int, see
     from tqdm.auto import tqdm
 
     from flexgen.autoencoder import to_uint8
-    from flexgen.manifest import shard_indices
+    from flexgen.sampling.manifest import shard_indices
 
     config = model.config
     check_options(model, cfg_scale, batch_size, cfg_channels)

@@ -1,5 +1,5 @@
 """One sampling run of a Latte / DiT model into a folder: this rank's shard of the samples, the preview grid, the
-record (`flexgen.manifest.SampleManifest`: checkpoint hash, seeds, labels, sampler, cost per sample, the model and
+record (`manifest.SampleManifest`: checkpoint hash, seeds, labels, sampler, cost per sample, the model and
 its policy) and, for one-frame models, ADM's `samples.npz`. Samples are written as they are made: a re-run draws only
 the missing ones; another run's folder is refused unless `overwrite`. Under torchrun every rank draws its shard
 (`flexgen.dist`); `flexgen sample` and the demo call `sample_run`."""
@@ -45,13 +45,13 @@ def _sample_run(run, ckpt: Path, out: Path, env, *, config, overrides, dtype, fp
     import numpy as np
     import torch
 
-    from flexgen import manifest as mf
     from flexgen.autoencoder import Autoencoder
     from flexgen.config import config_to_dict
     from flexgen.data.media import save_grid, video_codec
     from flexgen.diffusion import linear_betas
     from flexgen.files import file_sha256
     from flexgen.registry import build_denoiser, family_of
+    from flexgen.sampling import manifest as mf
     from flexgen.sampling.cost import flops_per_sample, measured_cost
     from flexgen.sampling.draw import check_options, generate
     from flexgen.sampling.files import ADM_NPZ, read_sample, sample_file, write_adm_npz, write_sample

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from flexgen.registry import FAMILIES
+from flexgen.sampling.prompts import image_records, read_prompts
 
 if TYPE_CHECKING:
     from diffusers import PixArtAlphaPipeline
@@ -160,12 +161,6 @@ def load_pipeline(model: str | Path, *, transformer: str | Path | None = None,
 # Generation.
 
 
-def image_records(prompts: list[str], num_images: int = 1, seed: int = 0) -> list[dict[str, Any]]:
-    """One record {prompt, seed, index} per image: `num_images` consecutive images per prompt, image i seed + i."""
-    prompts_per_image = [p for p in prompts for _ in range(num_images)]
-    return [{"prompt": p, "seed": seed + i, "index": i} for i, p in enumerate(prompts_per_image)]
-
-
 def check_options(pipe: PixArtAlphaPipeline, *, steps: int, batch_size: int, max_sequence_length: int,
                   height: int | None, width: int | None) -> None:
     """Options `iter_generate` refuses, checked before anything is written."""
@@ -269,16 +264,6 @@ def _meter_routed_forwards(transformer):
 # The `flexgen generate` command.
 
 
-def read_prompts(path: str | Path) -> list[str]:
-    """Prompts of a text file: one per line; blank lines and lines starting with # are ignored."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt file {path} not found; --prompts expects a text file with one prompt per "
-                                "line (blank lines and #comments are ignored)")
-    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
-
-
 def image_files(out: Path, count: int) -> list[Path]:
     """Where the images go: `out` itself for one image, else out-000.png, out-001.png, ... beside it."""
     if count == 1:
@@ -357,9 +342,9 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
     from PIL import Image
 
     from flexgen import dist
-    from flexgen import manifest as mf
     from flexgen.data.media import save_grid
     from flexgen.files import file_sha256
+    from flexgen.sampling import manifest as mf
     from flexgen.t2i.pixart_io import policy_of, transformer_folder
 
     prompts = list(args.prompt) + (read_prompts(args.prompts_file) if args.prompts_file else [])

@@ -131,7 +131,7 @@ def random_images(count: int, size: tuple[int, int], seed: int = 0) -> torch.Ten
 def write_generate_folder(folder: Path, images: torch.Tensor, prompts: list[str], stem: str = "out") -> Path:
     """Images, a grid and FILE.json as `flexgen generate --out folder/out.png` writes them (several images:
     out-000.png, ... beside the grid out.png; the sample manifest lists file, prompt, seed and index per image)."""
-    from flexgen.manifest import SampleEntry, SampleManifest
+    from flexgen.sampling.manifest import SampleEntry, SampleManifest
 
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -384,7 +384,7 @@ def test_generated_folder_listing(tmp_path, caplog):
     (fake / "out-001.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"out-001\.png is listed in .*out\.json"):
         generated_images(fake)
-    from flexgen.manifest import SampleManifest
+    from flexgen.sampling.manifest import SampleManifest
 
     unfinished = write_generate_folder(tmp_path / "unfinished", images, PROMPTS[:3])
     manifest = SampleManifest.read(unfinished / "out.json")

@@ -5,7 +5,6 @@ import json
 
 import pytest
 
-from flexgen.manifest import SampleEntry, SampleManifest
 from flexgen.metrics.records import (
     Record,
     append_record,
@@ -14,6 +13,7 @@ from flexgen.metrics.records import (
     read_records,
     record_from_evaluation,
 )
+from flexgen.sampling.manifest import SampleEntry, SampleManifest
 from tests.metrics_helpers import ANCHORS, measured
 
 # ---------------------------------------------------------------------------------------------------------------

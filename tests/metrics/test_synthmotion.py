@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from flexgen import manifest as mf
 from flexgen.checkpoint import CheckpointError
 from flexgen.config import load_config
 from flexgen.data.media import write_video
@@ -17,6 +16,7 @@ from flexgen.metrics.detectors import VideoDetector
 from flexgen.metrics.evaluate import evaluate
 from flexgen.registry import build_denoiser
 from flexgen.sample import sample_main
+from flexgen.sampling import manifest as mf
 from flexgen.synthetic import make_synthetic
 
 DEMO = "configs/demo/demo-dense.yaml"

@@ -214,7 +214,7 @@ def test_save_and_reload_as_a_folder_and_through_a_plain_pipeline(tmp_path):
 
 def test_convert_a_dense_folder_and_generate_with_skipping(tmp_path, capsys):
     from flexgen.cli import main
-    from flexgen.manifest import SampleManifest
+    from flexgen.sampling.manifest import SampleManifest
 
     torch.set_default_dtype(torch.float32)
     pipe = save_tiny_pipeline(tmp_path / "pipe")
