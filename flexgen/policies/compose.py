@@ -115,22 +115,28 @@ class Compose(Policy):
         return part
 
     def forward_macs(self, cost, routing=None, grid=None):
+        """The first measured part's (a step cache asks the parts inside it for the steps that ran)."""
         return self._routed().forward_macs(cost, routing, grid)
 
+    def _one(self, method: str) -> Policy:
+        """The part that answers `method` its own way (DyDiT's block shapes and synthetic setting), else this."""
+        parts = self._overriding(method)
+        return parts[0] if parts else super()
+
     def block_shapes(self, grid=None):
-        return self._routed().block_shapes(grid)
+        return self._one("block_shapes").block_shapes(grid)
 
     def router_macs(self, grid=None):
         return sum(p.router_macs(grid) for p in self._parts)
 
     def synthetic_macs(self, cost, grid, target):
-        return self._routed().synthetic_macs(cost, grid, target)
+        return self._one("synthetic_macs").synthetic_macs(cost, grid, target)
 
     def slice_caches(self):
         return [c for p in self._parts for c in p.slice_caches()]
 
     def set_synthetic(self, target):
-        return self._routed().set_synthetic(target)
+        return self._one("set_synthetic").set_synthetic(target)
 
     def metadata(self):
         return {k: v for p in self._parts for k, v in p.metadata().items()}

@@ -132,3 +132,14 @@ def test_flexgen_sample_records_the_steps_that_ran(tmp_path):
     assert len(computed) == 2 and cost["gmacs_per_sample"] < 0.75 * plain["cost"]["gmacs_per_sample"]
     with pytest.raises(ValueError, match="another run|different|settings"):        # another cache: another run
         sample_main(parse(*common, "--out", tmp_path / "fora", *SMALL, "cache.method=fora", "cache.interval=3"))
+
+
+def test_a_cache_around_dydit_leaves_dydits_questions_to_dydit():
+    cached, _ = models("dydit.target=0.5")
+    dydit = cached.policy.parts[1]
+    assert [p.name for p in cached.policy.parts] == ["cache", "dydit"]
+    assert cached.policy.block_shapes(None) == dydit.block_shapes(None)
+    assert cached.policy.set_synthetic(0.5) == pytest.approx(0.5)
+    plain, _ = models()
+    with pytest.raises(NotImplementedError, match="routes no blocks"):
+        plain.policy.block_shapes(None)
