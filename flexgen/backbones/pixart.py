@@ -92,6 +92,7 @@ class PixArtDenoiser(Denoiser):
         if differ:
             raise ValueError(f"{path} does not fit the configured model (model.preset and its overrides): "
                              + "; ".join(differ))
+        policies.check_file_fits(source.state_dict(), self.policy, path)     # (before converting it)
         source_layout = source.config.get("layout", "")
         if self.layout and not source_layout:
             source = FlexPixArtTransformer2DModel.from_dense(source, t.density, t.config.num_train_timesteps)
@@ -99,7 +100,6 @@ class PixArtDenoiser(Denoiser):
             raise ValueError(f"{path} holds a FlexDiT model with layout {source_layout!r}; the run's layout is "
                              f"{self.layout or 'dense'}: start from a dense folder or use its layout")
         sd = source.state_dict()
-        policies.check_file_fits(sd, self.policy, path)
         ours, theirs = self.policy.sections().get("dydit"), policy_of(source).sections().get("dydit")
         if ours and theirs and ours["cross_attention"] != theirs["cross_attention"]:
             raise ValueError(f"{path} routes the cross-attention's heads: {theirs['cross_attention']}; the run's "

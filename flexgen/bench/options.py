@@ -43,8 +43,13 @@ def bench_run(args: argparse.Namespace) -> tuple[Any, str]:
 
     if args.config:
         run = load_config(args.config, args.overrides)
-        if getattr(args, "target", None) is not None and not policies.from_run(run).measured:
+        policy = policies.from_run(run)
+        if getattr(args, "target", None) is not None and policy.part(policies.DyDiT) is None:
             raise ValueError(f"--target is DyDiT's λ, but {args.config} has no dydit section (with a target)")
+        if not policy.per_forward:
+            raise ValueError(f"{args.config} runs {policy.label()}: a step cache saves whole sampler steps, so one "
+                             "forward's cost says nothing of it; measure it over a sampling run (flexgen sample "
+                             "records the MACs of the steps that ran)")
         return run, args.config
     if args.overrides:
         raise ValueError("KEY=VALUE overrides apply to --config only")

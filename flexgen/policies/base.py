@@ -33,6 +33,7 @@ class Policy:
     setting = ""                # the key that turns it on, for messages ("dydit.target")
     order = 0                   # its place in a composition: lower decides first (FlexDiT's tokens, then DyDiT's width)
     dense = True                # whether the network runs as the dense model (no policy of its own)
+    per_forward = True          # whether one forward's cost says what it saves (a step cache's is a whole run's)
     measured = False            # whether a forward's cost is measured from what it ran (DyDiT's gates)
 
     @classmethod
@@ -73,7 +74,17 @@ class Policy:
 
     def attach(self, net: Any) -> None:
         """Add this policy's modules to `net` (under the state-dict keys its files use); keep what it needs."""
+        self._bind(net)
+
+    def _bind(self, net: Any) -> None:
+        """A policy object runs one network (it keeps that network's routers, caches and per-forward state)."""
+        if getattr(self, "net", None) not in (None, net):
+            raise ValueError(f"this {self.label()} policy already runs another network: build a new policy for "
+                             "each network (or copy.deepcopy it)")
         self.net = net
+
+    def new_run(self) -> None:
+        """A sampling run starts (a step cache forgets the last one); the sampling library calls it."""
 
     def begin(self, net: Any, t: torch.Tensor, **step: Any) -> None:
         """Before a forward at timesteps t (B,); `step`: the forward's keyword arguments of `step_args`."""

@@ -14,9 +14,14 @@ class Compose(Policy):
     """Several policies on one network (`Compose(FlexDiT(...), DyDiT(...))`)."""
 
     def __init__(self, *parts: Policy):
+        parts = tuple(q for p in parts for q in p.parts)                  # (a Compose inside: its parts)
         if len(parts) < 2:
             raise ValueError("Compose takes two or more policies")
-        self._parts = parts
+        kinds = [type(p) for p in parts]
+        if len(set(kinds)) < len(kinds):
+            raise ValueError(f"Compose takes one policy of each kind, got {', '.join(k.__name__ for k in kinds)}")
+        parts = tuple(sorted(parts, key=lambda p: p.order))              # the outer decision first, whatever the
+        self._parts = parts                                               # order given
         self.name = "+".join(p.name for p in parts)
         self.dense = False
 
@@ -40,6 +45,10 @@ class Compose(Policy):
         return None
 
     @property
+    def per_forward(self) -> bool:
+        return all(p.per_forward for p in self._parts)
+
+    @property
     def joint_images(self) -> bool:
         return all(p.joint_images for p in self._parts)
 
@@ -51,7 +60,7 @@ class Compose(Policy):
         return [p for p in self._parts if getattr(type(p), method) is not getattr(Policy, method)]
 
     def attach(self, net) -> None:
-        self.net = net
+        self._bind(net)
         for p in self._parts:             # FlexDiT first: DyDiT's token routers follow its roles
             p.attach(net)
 
@@ -131,6 +140,13 @@ class Compose(Policy):
 
     def synthetic_macs(self, cost, grid, target):
         return self._one("synthetic_macs").synthetic_macs(cost, grid, target)
+
+    def held_bytes(self):
+        return sum(p.held_bytes() for p in self._parts)
+
+    def new_run(self) -> None:
+        for p in self._parts:
+            p.new_run()
 
     def slice_caches(self):
         return [c for p in self._parts for c in p.slice_caches()]

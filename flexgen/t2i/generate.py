@@ -187,6 +187,8 @@ def iter_generate(pipe: PixArtAlphaPipeline, records: list[dict[str, Any]], *, s
     `batch_size` or which records are asked for, so a run can be sharded over ranks or resumed."""
     from tqdm.auto import tqdm
 
+    from flexgen.t2i.pixart_io import policy_of
+
     check_options(pipe, steps=steps, batch_size=batch_size, max_sequence_length=max_sequence_length, height=height,
                   width=width)
     config = pipe.transformer.config
@@ -196,6 +198,7 @@ def iter_generate(pipe: PixArtAlphaPipeline, records: list[dict[str, Any]], *, s
         for start in range(0, len(records), batch_size):
             batch = records[start:start + batch_size]
             generators = [torch.Generator("cpu").manual_seed(r["seed"]) for r in batch]
+            policy_of(pipe.transformer).new_run()                      # (a step cache starts over)
             out = pipe(prompt=[r["prompt"] for r in batch], negative_prompt=negative_prompt,
                        num_inference_steps=steps, guidance_scale=guidance, num_images_per_prompt=1, height=height,
                        width=width, generator=generators, output_type="pt", clean_caption=False,

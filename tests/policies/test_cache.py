@@ -143,3 +143,40 @@ def test_a_cache_around_dydit_leaves_dydits_questions_to_dydit():
     plain, _ = models()
     with pytest.raises(NotImplementedError, match="routes no blocks"):
         plain.policy.block_shapes(None)
+
+
+@torch.no_grad()
+def test_the_sampling_library_starts_a_new_run_whatever_the_first_timestep():
+    """A run stopped early, then another started at a lower t: step 0 of the new run still computes."""
+    cached, plain = models(interval=2)
+    x, cond = inputs(plain)
+    cached(x, torch.full((2,), 999), **cond)
+    cached.policy.new_run()                                 # what `flexgen.sampling.draw` calls before each run
+    out = cached(-x, torch.full((2,), 980), **cond)
+    assert cached.policy.computed and torch.equal(out, plain(-x, torch.full((2,), 980), **cond))
+
+
+def test_a_composition_sorts_its_parts_and_a_policy_runs_one_network():
+    from flexgen.policies import Compose, DyDiT, FlexDiT
+    from flexgen.policies.cache.config import CacheConfig
+    from flexgen.policies.flexdit import DensityConfig, ScheduleConfig
+    from flexgen.video.latte import Latte
+    from tests.conftest import tiny_config
+
+    density = DensityConfig(layout="PGRT", schedule=ScheduleConfig(kind="constant", grid=2))
+    policy = Compose(DyDiT(), FlexDiT(density), StepCache(CacheConfig("fora", 2)))
+    assert [p.name for p in policy.parts] == ["cache", "flexdit", "dydit"]          # by order, whatever was given
+    config = tiny_config(depth=8)                           # 4 spatial blocks for the 4 roles
+    net = Latte(config, policy=policy)
+    assert net.policy.label() == "fora 2 + flexdit PGRT + dydit"
+    with pytest.raises(ValueError, match="one policy of each kind"):
+        Compose(DyDiT(), DyDiT())
+    with pytest.raises(ValueError, match="already runs another network"):
+        Latte(config, policy=net.policy)
+
+
+def test_the_bench_refuses_a_step_cache_with_the_reason(capsys):
+    from flexgen.cli import main
+
+    assert main(["bench", "flops", "--config", TINY, "cache.method=fora"]) == 2
+    assert "a step cache saves whole sampler steps" in capsys.readouterr().err

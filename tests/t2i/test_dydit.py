@@ -315,3 +315,17 @@ def test_bench_flops_and_plan_measure_a_pixart_dydit_checkpoint(tmp_path, capsys
     realised = plan["trained"]["realised"]
     assert [r["sampler"] for r in realised] == ["ddpm", "ddim", "dpm-solver++"]       # the papers' samplers it offers
     assert all(0 < r["flops_fraction"] < 1 for r in realised)
+
+
+def test_a_dydit_folder_into_a_flexdit_run_is_refused_by_name(tmp_path):
+    from flexgen.config import load_config
+    from flexgen.registry import build_denoiser
+
+    tiny = ["model.depth=6", "model.hidden_size=24", "model.num_heads=3", "model.caption_channels=32",
+            "autoencoder.downsample=2", "data.image_size=16"]
+    folder = build_denoiser(load_config("configs/t2i/pixart/pixart-xl2-256.yaml", [*tiny, "dydit.target=0.5"])
+                            ).export(tmp_path / "transformer")
+    flex = build_denoiser(load_config("configs/t2i/pixart/pixart-xl2-256.yaml", [
+        *tiny, "density.layout=P GSR DD", "density.schedule.grid_min=1", "density.schedule.grid_max=4"]))
+    with pytest.raises(ValueError, match="holds a DyDiT model .* sets dydit.target"):
+        flex.load_pretrained(folder)

@@ -30,6 +30,7 @@ class StepCache(Policy):
     section, setting, order = "cache", "cache.method", 0
     dense = False
     measured = True
+    per_forward = False         # its cost is a whole sampling run's, not one forward's
 
     def __init__(self, config: CacheConfig):
         self.config = config
@@ -53,11 +54,14 @@ class StepCache(Policy):
     def sections(self) -> dict[str, Any]:
         return {"cache": dataclasses.asdict(self.config)}
 
+    def new_run(self) -> None:
+        self._residual, self._key, self._step, self._last_t = None, None, 0, None
+
     def begin(self, net, t, **step) -> None:
         super().begin(net, t, **step)
         t0 = int(t.reshape(-1)[0])
-        if self._last_t is None or t0 >= self._last_t:          # a new sampling run
-            self._residual, self._key, self._step = None, None, 0
+        if self._last_t is None or t0 >= self._last_t:          # a new sampling run (when no one said so)
+            self.new_run()
         self._last_t, self._batch = t0, t.numel()
 
     def walk(self, net, x, ctx, inner=None):

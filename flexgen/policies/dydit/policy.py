@@ -89,7 +89,8 @@ class DyDiT(Policy):
         `token_routers.j` for those where `net.routes_tokens(k)`; each block's slice cache from the family's
         block adapter (`net.slice_cache(block)`)."""
         named = net.routed_blocks()
-        self.net, self.block_names = net, [name for name, _ in named]
+        self._bind(net)
+        self.block_names = [name for name, _ in named]
         self._caches = [net.slice_cache(block) for _, block in named]
         net.width_routers = nn.ModuleList(WidthRouter(net.hidden_dim, net.num_heads) for _ in named)
         routed = [k for k in range(len(named)) if net.routes_tokens(k)]

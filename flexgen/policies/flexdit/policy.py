@@ -44,7 +44,8 @@ class FlexDiT(Policy):
     def attach(self, net: nn.Module) -> None:
         """The layout's roles over the blocks the family maps (`net.layout_blocks(density)`), Q/K dropped in each
         Poolingformer (`net.drop_qk(i)`), the recovery fusions registered on `net` (`fusions.k`)."""
-        self.net, self.side = net, None
+        self._bind(net)
+        self.side = None
         self.roles = parse_layout(self.density.layout, len(net.layout_blocks(self.density)))
         if max(s.grid for s in self.stages) > net.base_grid:
             raise ValueError(f"schedule grids up to {max(s.grid for s in self.stages)} exceed the token grid "
