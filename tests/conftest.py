@@ -46,3 +46,14 @@ def imagenet(tmp_path):
     (root / SYNSETS[2] / "truncated.JPEG").write_bytes(good[: len(good) // 3])
     (root / SYNSETS[2] / "notes.txt").write_text("not an image")
     return root
+
+
+@pytest.fixture
+def float64():
+    """Tensors default to float64 for the test (`pytestmark = pytest.mark.usefixtures("float64")`)."""
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)

@@ -22,13 +22,7 @@ pytest.importorskip("diffusers")
 MS = {"use_additional_conditions": True}
 CROSS = pytest.mark.parametrize("cross", [True, False])
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")           # every test in float64 (tests/conftest.py)
 
 
 def inputs(batch=2, height=8, width=8, t=500, seed=0, ms=False):
