@@ -78,7 +78,7 @@ def dydit_flops(run, name: str, *, ckpt: str | None = None, target: float | None
 
 def bench_flops(args) -> dict:
     run, name = bench_run(args)
-    if policies.from_run(run).part(policies.DyDiT) is not None:
+    if policies.from_run(run).gated:
         dtype = getattr(torch, args.dtype)
         return dydit_flops(run, name, ckpt=args.ckpt, target=args.target, num_samples=args.num_samples,
                            device=args.device, dtype=dtype)

@@ -26,7 +26,7 @@ def latency_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float
     plan = dynamic_plan(bench, run, ckpt, target)
     result = measure(bench, plan, repeats=repeats, warmup=warmup, cfg_scale=cfg_scale, attention=attention,
                      compile=compile)
-    if plan.model.policy.part(policies.DyDiT) is not None:
+    if plan.model.policy.gated:
         target = target or policy_fields(run)["dydit_target"]
         result["router_setting"] = f"trained ({ckpt})" if ckpt else f"synthetic λ={target:g}"
     return result
@@ -38,7 +38,7 @@ def bench_latency(args) -> dict:
     if policy.dense:
         raise ValueError("bench latency compares dense with FlexDiT or DyDiT: give --layout (and a schedule) or "
                          "--target, or a --config with a density or dydit section")
-    if args.ckpt and policy.part(policies.DyDiT) is None:
+    if args.ckpt and not policy.gated:
         raise ValueError("--ckpt times a DyDiT checkpoint's routers: give a config with a dydit section")
     dtype = getattr(torch, args.dtype)
     return {"model": name, **policy_fields(run),

@@ -91,7 +91,7 @@ def dynamic_plan(bench: BenchSetup, run, ckpt: str | None = None, target: float 
     """The dynamic model of `run` (a variant of the bench's: FlexDiT with a density section, DyDiT or composed
     with a dydit one) on the bench's dense weights."""
     policy = policies.from_run(run)
-    if policy.part(policies.DyDiT) is not None:
+    if policy.gated:
         return _dydit_plan(run, bench.dense, bench.device, bench.dtype, bench.x, bench.cond, ckpt,
                            target or policy_fields(run)["dydit_target"], bench.sampler, bench.steps)
     if policy.dense:

@@ -44,7 +44,7 @@ def bench_run(args: argparse.Namespace) -> tuple[Any, str]:
     if args.config:
         run = load_config(args.config, args.overrides)
         policy = policies.from_run(run)
-        if getattr(args, "target", None) is not None and policy.part(policies.DyDiT) is None:
+        if getattr(args, "target", None) is not None and not policy.gated:
             raise ValueError(f"--target is DyDiT's λ, but {args.config} has no dydit section (with a target)")
         if not policy.per_forward:
             raise ValueError(f"{args.config} runs {policy.label()}: a step cache saves whole sampler steps, so one "

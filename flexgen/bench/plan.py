@@ -26,7 +26,7 @@ def bench_plan(args) -> dict:
         raise ValueError(f"{run.model.preset} samples with {', '.join(family.samplers)}, not {sampler!r}")
     result = {"model_name": name, **plan(run, args.budget, sampler, args.steps or family.default_steps, top=args.top)}
     if args.ckpt:                  # a trained DyDiT: what each sampler realises, beside the λ it was trained for
-        if not policies.from_run(run).part(policies.DyDiT) is not None:
+        if not policies.from_run(run).gated:
             raise ValueError("--ckpt reports a trained DyDiT's realised fraction: give a config with a dydit section")
         dtype = getattr(torch, args.dtype)
         realised = []

@@ -92,7 +92,7 @@ def _policies(model: SuiteModel) -> list[tuple[str, list[str]]]:
 
 def _counted(run, name: str) -> tuple[float, list[float]]:
     """(time-average GMACs per forward, GMACs at each key the latency bench times), counted on the meta device."""
-    if policies.from_run(run).part(policies.DyDiT) is not None:
+    if policies.from_run(run).gated:
         report = dydit_flops(run, name)
         return report["gmacs"], [s[4] for s in report.get("stages", [])] or [report["gmacs"]]
     report = density_report(meta_denoiser(run).cost())

@@ -35,6 +35,8 @@ class Policy:
     dense = True                # whether the network runs as the dense model (no policy of its own)
     per_forward = True          # whether one forward's cost says what it saves (a step cache's is a whole run's)
     measured = False            # whether a forward's cost is measured from what it ran (DyDiT's gates)
+    gated = False               # whether learned gates set each forward's cost (DyDiT's routers: a synthetic λ
+                                # setting without weights, a trained checkpoint's kept counts per timestep)
 
     @classmethod
     def from_section(cls, config: Any, run: Any) -> Policy | None:

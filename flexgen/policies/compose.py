@@ -45,6 +45,10 @@ class Compose(Policy):
         return None
 
     @property
+    def gated(self) -> bool:
+        return any(p.gated for p in self._parts)
+
+    @property
     def per_forward(self) -> bool:
         return all(p.per_forward for p in self._parts)
 

@@ -45,10 +45,7 @@ from flexgen.policies.dydit.config import DyDiTConfig
 from flexgen.policies.flexdit import (
     DensityConfig,
     ScheduleConfig,
-    parse_layout,
-    stages,
 )
-from flexgen.policies.flexdit.schedules import grid_for_timesteps
 from flexgen.presets import PIXART_PRESETS as PRESETS  # noqa: F401  (re-exported)
 from flexgen.presets import TEXT_TOKENS
 from flexgen.t2i.pixart_protocol import PixArtPolicyHooks
@@ -181,8 +178,6 @@ class FlexPixArtTransformer2DModel(PixArtPolicyHooks, PixArtTransformer2DModel):
             raise ValueError(str(e)) from None
         self.density = DensityConfig(layout=layout, schedule=schedule_config, fusion_init=fusion_init)
         self.base_grid = sample_size // patch_size
-        self.roles = parse_layout(layout, num_layers) if layout else ""
-        self.stages = stages(schedule_config, num_train_timesteps)
         for block in self.transformer_blocks:
             block.__class__ = FlexPixArtBlock                     # same module, protocol-callable
         if route_cross_attention is None and self.routes_by_default:
@@ -222,10 +217,6 @@ class FlexPixArtTransformer2DModel(PixArtPolicyHooks, PixArtTransformer2DModel):
         return flex.train(dense.training)
 
     # ---- forward ----------------------------------------------------------------------------------------
-
-    def grid_for(self, timestep: torch.Tensor) -> int:
-        """The schedule's sparse side (on the base grid) for a batch of training timesteps (one grid per batch)."""
-        return grid_for_timesteps(self.stages, torch.as_tensor(timestep))
 
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                 timestep: torch.Tensor | None = None, added_cond_kwargs: dict | None = None,

@@ -48,6 +48,12 @@ class PixArtPolicyHooks:
 
     # ---- FlexDiT ----------------------------------------------------------------------------------------
 
+    @property
+    def roles(self) -> str:
+        """The FlexDiT layout's roles over the blocks ("" without a layout)."""
+        flex = self.policy.part(FlexDiT)
+        return "" if flex is None else flex.roles
+
     def layout_blocks(self, density: Any) -> list[nn.Module]:
         if density.pool_frames:
             raise ValueError("pool_frames is for video models; an image model has one frame")

@@ -61,6 +61,7 @@ class DyDiT(Policy):
     section, setting, order = "dydit", "dydit.target", 20
     dense = False
     measured = True
+    gated = True
 
     @classmethod
     def from_section(cls, config: DyDiTConfig, run: Any) -> DyDiT | None:
