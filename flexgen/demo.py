@@ -47,24 +47,31 @@ class Budget:
     train_per_class: int        # training clips per class
     heldout_per_class: int      # held-out clips per class (the real set: one clip per video)
     dense_samples: int          # clips seen by the dense model
-    policy_samples: int         # clips seen by each dynamic model's fine-tuning (the same for every policy)
+    policy_samples: int         # clips seen by the fine-tuning of FlexDiT and of DyDiT from the dense model
+    composed_samples: int       # clips seen by the composed model's fine-tuning from the FlexDiT model
     num_samples: int            # videos sampled per model (the same seeds and labels for every model)
-    steps: int                  # sampler steps
+    steps: int                  # sampler steps of every model
+    few_steps: tuple[int, ...]  # the cheapest points of the dense model's fewer-steps frontier
     detector_steps: int         # classifier training steps
 
 
-BUDGETS = {"full": Budget(32, 16, 34000, 8500, 64, 50, 300), "quick": Budget(4, 4, 64, 32, 16, 5, 20)}
+BUDGETS = {"full": Budget(32, 16, 30000, 6000, 4000, 64, 50, (1, 2), 400),
+           "quick": Budget(2, 2, 64, 32, 32, 16, 5, (1,), 20)}
+TASK, CLASSES = "shape-motion", 8          # flexgen.synthetic: a disc or a square moving right, left, up or down
+SAMPLER = "dpm-solver++"                   # every row's sampler (measured against DDIM at few steps: DEVELOPERS.md)
 
-# The dense model, then one row per density policy: (row name, run folder, config). A later policy (DyDiT, the
-# composed model) adds its line here and is fine-tuned, sampled and rated exactly like FlexDiT.
-DENSE = ("Latte (dense)", "dense", "demo-dense.yaml")
-POLICIES = [("FlexDiT-Latte", "flexdit", "demo-flex.yaml"), ("DyDiT-Latte", "dydit", "demo-dydit.yaml"),
-            ("FlexDiT∘DyDiT-Latte", "flexdydit", "demo-flexdydit.yaml")]
+# The dense model, then one row per density policy: (row name, run folder, config, the run it starts from). A later
+# policy adds its line here and is fine-tuned, sampled and rated exactly like the others.
+DENSE = ("Latte (dense)", "dense", "demo-dense.yaml", None)
+POLICIES = [("FlexDiT-Latte", "flexdit", "demo-flex.yaml", "dense"),
+            ("DyDiT-Latte", "dydit", "demo-dydit.yaml", "dense"),
+            ("FlexDiT∘DyDiT-Latte", "flexdydit", "demo-flexdydit.yaml", "flexdit")]
 
 
 def _config(name: str, data_root: Path, out: Path, samples: int, init_from: Path | None = None) -> tuple[Config,
                                                                                                           list[str]]:
-    overrides = [f"data.root={data_root / 'train'}", f"train.results_dir={out}", f"train.total_samples={samples}"]
+    overrides = [f"data.root={data_root / 'train'}", f"train.results_dir={out}", f"train.total_samples={samples}",
+                 f"sample.sampler={SAMPLER}"]
     if init_from is not None:
         overrides.append(f"train.init_from={init_from}")
     return load_config(CONFIGS / name, overrides), overrides
@@ -85,34 +92,39 @@ def _train_detector(data_root: Path, out: Path, cfg: Config, budget: Budget) -> 
             "heldout_videos": len(videos), "detector": detector}
 
 
-def _sample(config_name: str, overrides: list[str], ckpt: Path, folder: Path, budget: Budget, progress: bool
-            ) -> None:
+def _sample(config_name: str, overrides: list[str], ckpt: Path, folder: Path, budget: Budget, steps: int,
+            progress: bool) -> None:
     from flexgen.config import load_config
     from flexgen.sampling.run import sample_run
 
-    overrides = [*overrides, f"sample.num_samples={budget.num_samples}", f"sample.steps={budget.steps}",
-                 "sample.seed=0"]
+    overrides = [*overrides, f"sample.num_samples={budget.num_samples}", f"sample.steps={steps}", "sample.seed=0"]
     sample_run(load_config(CONFIGS / config_name, overrides), ckpt, folder, config=str(CONFIGS / config_name),
                overrides=overrides, device="cpu", progress=progress, overwrite=True)
 
 
-def _rate(folder: Path, count: int, name: str, data_root: Path, out: Path, detector, i3d) -> list:
-    """The records of one sample folder: fd_synthmotion, acc_synthmotion (and fvd with the standard I3D)."""
+def _rate(folder: Path, name: str, data_root: Path, out: Path, detector, i3d) -> list:
+    """The records of one sample folder: the five SynthMotion numbers with intervals (and fvd with the standard
+    I3D)."""
     from flexgen.metrics import synthmotion as sm
     from flexgen.metrics.evaluate import evaluate
     from flexgen.metrics.records import record_from_evaluation
+    from flexgen.metrics.synthmotion_eval import evaluate_samples, records_of
 
-    protocol = sm.protocol(detector.config, num_real=count)
-    result = evaluate(protocol, data_root / "heldout", folder, detector, out / "ref_stats", with_kid=False)
-    fd = record_from_evaluation(result, DATASET, folder, model_variant=name)
-    accuracy = sm.sample_accuracy(folder, detector, protocol)
-    records = [fd, dataclasses.replace(fd, metric="acc_synthmotion", value=accuracy["value"],
-                                       extra={"per_class": accuracy["per_class"]})]
+    results = evaluate_samples(data_root / "heldout", folder, detector, out / "ref_stats")
+    records = records_of(results, DATASET, folder, model_variant=name)
     if i3d is not None:
+        protocol = sm.protocol(detector.config, num_real=results[0]["num_fake"])
         fvd = evaluate(dataclasses.replace(protocol, name=protocol.name.replace("synthmotion", "fvd")),
                        data_root / "heldout", folder, i3d, out / "ref_stats", with_kid=False)
         records.append(record_from_evaluation(fvd, DATASET, folder, model_variant=name))
     return records
+
+
+def frontier_steps(steps: int, few: tuple[int, ...], cost_ratios: list[float]) -> list[int]:
+    """The dense model's step counts below `steps`: the `few` cheapest, and each count whose cost per video
+    matches a policy's (its GMACs per video over the dense model's at `steps`), rounded; sorted, no repeats."""
+    matched = {min(steps, max(1, round(steps * ratio))) for ratio in cost_ratios}
+    return sorted({*few, *matched} - {steps})
 
 
 def _standard_i3d():
@@ -138,6 +150,7 @@ def _side_by_side(folders: list[Path], path: Path, count: int = 8, zoom: int = 4
 def run_demo(out: str | Path = "results/demo", quick: bool = False, progress: bool = True) -> dict:
     from flexgen.metrics.leaderboard import leaderboard_main
     from flexgen.metrics.records import append_record
+    from flexgen.metrics.synthmotion_eval import evaluate_floor, records_of
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -152,8 +165,9 @@ def run_demo(out: str | Path = "results/demo", quick: bool = False, progress: bo
     data_root = out / "data"
     dense_cfg, dense_overrides = _config(DENSE[2], data_root, out, budget.dense_samples)
     frames = clip_span(dense_cfg.data.num_frames, dense_cfg.data.frame_interval)
-    make_synthetic(data_root / "train", clips_per_class=budget.train_per_class, num_frames=frames, seed=0)
-    make_synthetic(data_root / "heldout", clips_per_class=budget.heldout_per_class, num_frames=frames, seed=1)
+    for split, per_class, seed in (("train", budget.train_per_class, 0), ("heldout", budget.heldout_per_class, 1)):
+        make_synthetic(data_root / split, num_classes=CLASSES, clips_per_class=per_class, num_frames=frames,
+                       seed=seed, task=TASK)
     timings["data_s"] = time.perf_counter() - t0
 
     # 2. The yardstick.
@@ -161,67 +175,121 @@ def run_demo(out: str | Path = "results/demo", quick: bool = False, progress: bo
     detector = _train_detector(data_root, out, dense_cfg, budget)
     timings["detector_s"] = time.perf_counter() - t
 
-    # 3. Dense training, then each policy fine-tuned from the dense EMA weights with the same budget.
+    # 3. Dense training, then each policy fine-tuned from the run it names (FlexDiT and DyDiT from the dense EMA
+    # weights, the composed model from FlexDiT's: it only has DyDiT's routers left to learn).
     runs = [(DENSE[0], DENSE[1], DENSE[2], dense_cfg, dense_overrides)]
     t = time.perf_counter()
     train(dense_cfg, out / DENSE[1], progress=progress)
     timings["train_dense_s"] = time.perf_counter() - t
-    dense_ema = out / DENSE[1] / "ema.safetensors"
-    for name, run, config in POLICIES:
-        cfg, overrides = _config(config, data_root, out, budget.policy_samples, init_from=dense_ema)
+    for name, run, config, start in POLICIES:
+        samples = budget.policy_samples if start == DENSE[1] else budget.composed_samples
+        cfg, overrides = _config(config, data_root, out, samples, init_from=out / start / "ema.safetensors")
         t = time.perf_counter()
         train(cfg, out / run, progress=progress)
         timings[f"train_{run}_s"] = time.perf_counter() - t
         runs.append((name, run, config, cfg, overrides))
 
-    # 4-5. Sample every model with the same seeds and labels, rate every sample folder.
+    # 4-5. Sample every model with the same seeds and labels at `steps`, then the dense model at fewer steps (the
+    # fewest, and the counts whose cost matches each policy's); rate every sample folder, and the real-vs-real floor.
     records_path = out / "records.jsonl"
     records_path.unlink(missing_ok=True)               # the board shows this run's models only
     i3d, rows, folders = _standard_i3d(), [], []
-    for name, run, config, cfg, overrides in runs:
-        folder = out / run / "samples"
+
+    def sample_and_rate(name: str, run: str, config: str, cfg: Config, overrides: list[str], steps: int) -> dict:
+        folder = out / run / ("samples" if steps == budget.steps else f"samples-{steps}")
         t = time.perf_counter()
-        _sample(config, overrides, out / run / "ema.safetensors", folder, budget, progress)
-        timings[f"sample_{run}_s"] = time.perf_counter() - t
-        records = _rate(folder, budget.num_samples, name, data_root, out, detector["detector"], i3d)
+        _sample(config, overrides, out / run / "ema.safetensors", folder, budget, steps, progress)
+        timings[f"sample_{folder.relative_to(out).as_posix().replace('/', '_')}_s"] = time.perf_counter() - t
+        records = _rate(folder, name, data_root, out, detector["detector"], i3d)
         for record in records:
             append_record(records_path, record)
-        rows.append({"model": name, "run": run,
-                     "params_m": sum(p.numel() for p in build_denoiser(cfg).parameters()) / 1e6,
-                     "gmacs_per_forward": records[0].gflops_per_forward,       # MACs (flexgen sample's count)
-                     "gmacs_per_video": records[0].gflops_per_sample, "seconds_per_video": records[0].latency_s,
-                     **{r.metric: r.value for r in records}, "protocol": records[0].protocol,
-                     "sampler": f"{cfg.sample.sampler}-{budget.steps}", "cfg_scale": cfg.sample.cfg_scale,
-                     "samples": str(folder)})
-        folders.append(folder)
+        return {"model": name, "run": run, "steps": steps,
+                "params_m": sum(p.numel() for p in build_denoiser(cfg).parameters()) / 1e6,
+                "gmacs_per_forward": records[0].gflops_per_forward,       # MACs (flexgen sample's count)
+                "gmacs_per_video": records[0].gflops_per_sample, "seconds_per_video": records[0].latency_s,
+                **{r.metric: r.value for r in records}, **{f"{r.metric}_interval": r.interval for r in records},
+                "protocol": records[0].protocol, "sampler": f"{cfg.sample.sampler}-{steps}",
+                "cfg_scale": cfg.sample.cfg_scale, "samples": str(folder)}
+
+    for name, run, config, cfg, overrides in runs:
+        rows.append(sample_and_rate(name, run, config, cfg, overrides, budget.steps))
+        folders.append(Path(rows[-1]["samples"]))
+    ratios = [row["gmacs_per_video"] / rows[0]["gmacs_per_video"] for row in rows[1:]]
+    for steps in frontier_steps(budget.steps, budget.few_steps, ratios):
+        rows.append(sample_and_rate(*runs[0], steps))
+    fewest = min(budget.few_steps)
+    folders.append(out / DENSE[1] / f"samples-{fewest}")          # the picture's last column: dense at the fewest
+    floor = records_of(evaluate_floor(data_root / "heldout", data_root / "train", detector["detector"],
+                                      out / "ref_stats", budget.num_samples), DATASET, data_root / "train")
+    for record in floor:
+        append_record(records_path, record)
+
+    _place_against_frontier(rows, records_path)
 
     # 6. The board, the side-by-side picture, the summary.
     _side_by_side(folders, out / "samples.png", count=min(8, budget.num_samples))
     leaderboard_main(argparse.Namespace(records=str(records_path), anchors="", out=str(out), format="md,html,png",
-                                        png_size="1280x720"))
+                                        png_size="1280x900"))
     timings["total_s"] = time.perf_counter() - t0
-    result = {"rows": rows, "timings": timings, "quick": quick, "budget": dataclasses.asdict(budget),
-              "detector": {k: v for k, v in detector.items() if k != "detector"},
-              "standard_fvd": i3d is not None}
+    result = {"rows": rows, "floor": {r.metric: {"value": r.value, "interval": r.interval} for r in floor},
+              "timings": timings, "quick": quick, "budget": dataclasses.asdict(budget),
+              "detector": {k: v for k, v in detector.items() if k != "detector"}, "standard_fvd": i3d is not None}
     atomic_write_text(out / "demo.json", json.dumps(result, indent=2))
     return result
 
 
+def _place_against_frontier(rows: list[dict], records_path: Path) -> None:
+    """Each row's place against the dense model's fewer-steps frontier, per metric (`flexgen.metrics.frontier`):
+    row["vs_frontier"] = {metric: "above" | "on" | "below" | "frontier" | "–"}."""
+    from flexgen.metrics.frontier import find_frontier, place
+    from flexgen.metrics.records import build_tables, read_records
+
+    for table in build_tables(read_records(records_path)):
+        frontier = find_frontier(table.rows)
+        for record in table.rows:
+            for row in rows:
+                if (record.model_variant, record.steps) == (row["model"], row["steps"]):
+                    row.setdefault("vs_frontier", {})[table.key.metric] = place(record, frontier,
+                                                                                table.higher_is_better)
+
+
+METRICS = (("acc_synthmotion", "acc ↑", ".2f"), ("tone_synthmotion", "tone ↓", ".1f"),
+           ("track_synthmotion", "track ↓", ".2f"), ("fd_synthmotion", "fd ↓", ".0f"))
+
+
+LEGEND = ("acc: share of samples classified as the class (shape and direction) they were drawn for; tone (% of "
+          "the contrast of its two colours) and track (pixels): distance from a flat two-colour clip and from a "
+          "straight constant-speed crossing; fd: Fréchet distance of the detector's features to held-out real clips. "
+          "[a, b]: 95% interval (bootstrap over samples; basic bootstrap for fd). vs fewer steps: above / on / below "
+          "the dense model sampled with fewer steps at the same GMACs per video (on: the intervals overlap).")
+
+
+def _cell(value: float | None, interval: list[float] | None, fmt: str) -> str:
+    if value is None:
+        return "–"
+    return f"{value:{fmt}}" + (f" [{interval[0]:{fmt}}, {interval[1]:{fmt}}]" if interval else "")
+
+
 def summary_markdown(result: dict) -> str:
-    """The demo's table: one row per model, its cost and the detector's two numbers."""
-    lines = ["| model | params | GMACs / forward | GMACs / video | s / video (CPU) | fd_synthmotion ↓ | "
-             "acc_synthmotion ↑ | sampler |", "|---|---|---|---|---|---|---|---|"]
+    """The demo's table: one row per model and step count, its cost, the SynthMotion numbers with their 95%
+    intervals, and where it stands against the dense model at fewer steps; then the real-vs-real floor."""
+    head = " | ".join(label for _, label, _ in METRICS)
+    lines = [f"| model | sampler | GMACs / video | s / video (CPU) | {head} | vs fewer steps (acc · tone · track · "
+             "fd) |", "|---|---|---|---|" + "---|" * len(METRICS) + "---|"]
     for r in result["rows"]:
         seconds = "–" if r["seconds_per_video"] is None else f"{r['seconds_per_video']:.2f}"
-        lines.append(f"| {r['model']} | {r['params_m']:.2f} M | {r['gmacs_per_forward']:.4f} | "
-                     f"{r['gmacs_per_video']:.2f} | {seconds} | {r['fd_synthmotion']:.2f} | "
-                     f"{r['acc_synthmotion']:.3f} | {r['sampler']}, CFG {r['cfg_scale']} |")
+        cells = " | ".join(_cell(r.get(m), r.get(f"{m}_interval"), fmt) for m, _, fmt in METRICS)
+        places = " · ".join(r.get("vs_frontier", {}).get(m, "–") for m, _, _ in METRICS)
+        lines.append(f"| {r['model']} | {r['sampler']}, CFG {r['cfg_scale']:g} | {r['gmacs_per_video']:.2f} | "
+                     f"{seconds} | {cells} | {places} |")
+    floor = result["floor"]
+    cells = " | ".join(_cell(floor[m]["value"], floor[m]["interval"], fmt) if m in floor else "–"
+                       for m, _, fmt in METRICS)
+    lines.append(f"| real clips (floor: a second draw) | – | – | – | {cells} | – |")
     d, t = result["detector"], result["timings"]
     protocol = result["rows"][0]["protocol"]
     lines += ["", f"Detector: SynthMotion classifier (sha256 {d['sha256'][:12]}…), held-out accuracy on real clips "
-                  f"{d['heldout_accuracy']:.3f} ({d['heldout_videos']} videos). Protocol {protocol}"
-                  " (fd: Fréchet distance of its features, generated vs held-out real clips; acc: share of samples "
-                  "classified as the class they were drawn for)." +
+                  f"{d['heldout_accuracy']:.3f} ({d['heldout_videos']} videos). Protocol {protocol}. " + LEGEND +
               ("" if result["standard_fvd"] else " Standard FVD: the I3D file is absent (flexgen eval fvd)."),
               "", "time: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in t.items())]
     return "\n".join(lines) + "\n"

@@ -1,9 +1,13 @@
 """The small synthetic clip set of the demo and the tests: a moving or spinning shape on a plain background.
 
     python -m flexgen.synthetic data/synthetic --classes 4 --clips-per-class 16 --frames 24 --size 32
+    python -m flexgen.synthetic data/shapes --task shape-motion --classes 8     (the demo's set: shape × direction)
     python datasets/make_synthetic.py data/synthetic ...          (the same, from a source checkout)
 
-Each motion is a class; clips are real mp4 files in the UCF101 layout that the `synthetic` preset of
+Two tasks. `motion` (the default): each motion is a class (`MOTIONS`), the shape (disc or square) is drawn at
+random, so only the direction of travel tells classes apart. `shape-motion` (`SHAPE_MOTIONS`, the demo's): a class
+is a shape and a direction (DiscRight ... SquareDown), so a sample is right only when both its appearance and its
+motion are. Clips are real mp4 files in the UCF101 layout that the `synthetic` preset of
 flexgen.data.video reads: `<root>/<Class>/v_<Class>_gXX_cYY.mp4` (four clips per group, like UCF's cYY).
 Labels are indices into the sorted class folders. Codec: MPEG-4 part 2 (FFmpeg's own `mpeg4` encoder, in
 every PyAV build) at 2 Mb/s, which is near-lossless at these sizes; yuv420p, so the side must be even. libx264 is
@@ -34,6 +38,13 @@ MOTIONS: dict[str, tuple[str, float, float]] = {
     "SpinClockwise": ("spin", 1.0, 0.0),
     "SpinCounterclockwise": ("spin", -1.0, 0.0),
 }
+# Class name -> (shape, dx, dy): the same crossings with the shape fixed by the class (larger shapes: at the demo's
+# 16×16 a disc and a square of radius 2–3 px must still differ).
+SHAPE_MOTIONS: dict[str, tuple[str, float, float]] = {
+    f"{shape}{direction}": (shape.lower(), dx, dy) for shape in ("Disc", "Square")
+    for direction, (_, dx, dy) in (("Right", MOTIONS["MoveRight"]), ("Left", MOTIONS["MoveLeft"]),
+                                   ("Up", MOTIONS["MoveUp"]), ("Down", MOTIONS["MoveDown"]))}
+TASKS = {"motion": MOTIONS, "shape-motion": SHAPE_MOTIONS}
 CLIPS_PER_GROUP = 4
 FPS = 8
 CODEC = "mpeg4"
@@ -45,8 +56,13 @@ CODEC = "mpeg4"
 
 def render_clip(motion: str, num_frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """uint8 (num_frames, size, size, 3): a filled circle or square crossing the frame in the motion's direction,
-    or a bar spinning about a point near the centre."""
-    kind, dx, dy = MOTIONS[motion]
+    or a bar spinning about a point near the centre. `motion` is a class of either task."""
+    shape = None
+    if motion in SHAPE_MOTIONS:
+        shape, dx, dy = SHAPE_MOTIONS[motion]
+        kind = "move"
+    else:
+        kind, dx, dy = MOTIONS[motion]
     background = rng.integers(0, 96, 3)
     colour = rng.integers(150, 256, 3)
     yy, xx = np.mgrid[0:size, 0:size] + 0.5                               # pixel centres, (size, size)
@@ -54,8 +70,8 @@ def render_clip(motion: str, num_frames: int, size: int, rng: np.random.Generato
     t = np.linspace(0.0, 1.0, num_frames)                                  # clip time 0..1
 
     if kind == "move":
-        radius = rng.uniform(size / 8, size / 5)
-        square = bool(rng.integers(2))
+        radius = rng.uniform(size / 8, size / 5) if shape is None else rng.uniform(size / 6, size / 4.5)
+        square = bool(rng.integers(2)) if shape is None else shape == "square"
         lateral = rng.uniform(radius, size - radius)                       # position across the motion
         travel = radius + (size - 2 * radius) * (t if dx + dy > 0 else 1 - t)   # along the motion
         for f in range(num_frames):
@@ -99,16 +115,20 @@ def write_mp4(path: str | Path, frames: np.ndarray, codec: str = CODEC, fps: int
 
 
 def make_synthetic(root: str | Path, num_classes: int = 4, clips_per_class: int = 16, num_frames: int = 24,
-                   size: int = 32, seed: int = 0, split_lists: bool = False) -> list[Path]:
+                   size: int = 32, seed: int = 0, split_lists: bool = False, task: str = "motion") -> list[Path]:
     """Write `num_classes` × `clips_per_class` clips to root/<Class>/v_<Class>_gXX_cYY.mp4 and return their paths
-    (class by class). Classes are the first `num_classes` of MOTIONS (four translations, then two spins)."""
-    if not 1 <= num_classes <= len(MOTIONS):
-        raise ValueError(f"num_classes must be in 1..{len(MOTIONS)}, got {num_classes}")
+    (class by class). Classes are the first `num_classes` of the task's table: MOTIONS (four translations, then two
+    spins) or SHAPE_MOTIONS (four directions of a disc, then of a square)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
+    table = TASKS[task]
+    if not 1 <= num_classes <= len(table):
+        raise ValueError(f"num_classes must be in 1..{len(table)} for task {task}, got {num_classes}")
     if clips_per_class < 1 or num_frames < 1 or size < 2:
         raise ValueError(f"need clips_per_class ≥ 1, num_frames ≥ 1, size ≥ 2 (got {clips_per_class}, "
                          f"{num_frames}, {size})")
     root = Path(root)
-    classes = list(MOTIONS)[:num_classes]
+    classes = list(table)[:num_classes]
     paths = []
     for c, motion in enumerate(classes):
         (root / motion).mkdir(parents=True, exist_ok=True)
@@ -146,7 +166,10 @@ def write_split_lists(root: Path, paths: list[Path], classes: list[str]) -> None
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write the synthetic moving-shapes clip set (UCF101 layout, mp4).")
     parser.add_argument("root", help="output folder")
-    parser.add_argument("--classes", type=int, default=4, help=f"motion classes (1..{len(MOTIONS)})")
+    parser.add_argument("--task", choices=sorted(TASKS), default="motion",
+                        help="motion: the direction is the class; shape-motion: shape × direction (the demo's)")
+    parser.add_argument("--classes", type=int, default=4, help=f"classes (motion: 1..{len(MOTIONS)}, shape-motion: "
+                                                               f"1..{len(SHAPE_MOTIONS)})")
     parser.add_argument("--clips-per-class", type=int, default=16)
     parser.add_argument("--frames", type=int, default=24, help="frames per clip")
     parser.add_argument("--size", type=int, default=32, help="frame side in pixels (even)")
@@ -154,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split-lists", action="store_true", help="also write trainlist01.txt / testlist01.txt")
     args = parser.parse_args(argv)
     paths = make_synthetic(args.root, args.classes, args.clips_per_class, args.frames, args.size, args.seed,
-                           args.split_lists)
+                           args.split_lists, args.task)
     print(f"wrote {len(paths)} clips ({args.classes} classes, {args.frames} frames of {args.size}x{args.size}, "
           f"{CODEC}) to {args.root}")
 

@@ -217,19 +217,21 @@ def reference_stats(root: str | Path, protocol: str | Protocol, detector: VideoD
 # ---------------------------------------------------------------------------------------------------------------
 def evaluate(protocol: str | Protocol, real: str | Path, fake: str | Path, detector: VideoDetector | ImageDetector,
              cache_dir: str | Path | None = None, *, with_kid: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
-             progress: bool = False, kid_subsets: int = 100, allow_fewer: bool = False) -> dict[str, Any]:
+             progress: bool = False, kid_subsets: int = 100, allow_fewer: bool = False,
+             intervals: bool = False) -> dict[str, Any]:
     """The protocol's metric of `fake` against `real`, with everything needed to tell numbers apart.
 
     `with_kid` keeps the raw features (num_real / num_fake rows) so KID is reported beside the Fréchet distance;
-    a `kid` protocol always keeps them. The generated set must have exactly num_fake readable items (else an
-    error naming the file); a real set with fewer usable items than num_real is refused unless `allow_fewer`, which
-    renames the protocol by the count (`counted_protocol`): "protocol" and "protocol_fields" of the result are
-    those of what was computed."""
+    a `kid` protocol always keeps them. `intervals` adds the value's 95% interval ("interval") and KID's
+    ("kid_interval"), from `flexgen.metrics.intervals`; it keeps the features too. The generated set must have
+    exactly num_fake readable items (else an error naming the file); a real set with fewer usable items than
+    num_real is refused unless `allow_fewer`, which renames the protocol by the count (`counted_protocol`):
+    "protocol" and "protocol_fields" of the result are those of what was computed."""
     protocol = get_protocol(protocol)
     if protocol.metric == "clipscore":
         raise ValueError(f"protocol {protocol.name} is a CLIP score (no real set): use evaluate_clipscore")
     protocol = resolve_protocol(protocol, fake)
-    with_kid = with_kid or protocol.metric == "kid"
+    with_kid = with_kid or intervals or protocol.metric == "kid"
     fake_clips = select_fake(fake, protocol, batch_size=batch_size)    # a corrupt generated file: refused first
     ref = reference_stats(real, protocol, detector, cache_dir, keep_features=protocol.num_real if with_kid else 0,
                           batch_size=batch_size, progress=progress, allow_fewer=allow_fewer)
@@ -263,6 +265,14 @@ def evaluate(protocol: str | Protocol, real: str | Path, fake: str | Path, detec
         result.update(kid=kid_mean, kid_std=kid_std)
         if protocol.metric == "kid":
             result["value"] = kid_mean
+    if intervals:
+        from flexgen.metrics.intervals import distance_intervals
+
+        spread = distance_intervals(ref.stats, fake_stats, seed=protocol.seed)
+        result.update(kid=spread["kid"], kid_interval=spread["kid_interval"],
+                      interval=spread["kid_interval" if protocol.metric == "kid" else "interval"])
+        if protocol.metric == "kid":
+            result["value"] = spread["kid"]
     return result
 
 
@@ -350,9 +360,11 @@ def default_stats_cache() -> Path:
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("metric", choices=sorted([*DEFAULT_PROTOCOLS, "adm"]),
-                        help="fvd, kid (I3D video features), fid (images), clipscore (images and their prompts), or "
-                             "adm (ADM's FID, sFID, IS, precision, recall of an .npz batch against --ref)")
+    parser.add_argument("metric", choices=sorted([*DEFAULT_PROTOCOLS, "adm", "synthmotion"]),
+                        help="fvd, kid (I3D video features), fid (images), clipscore (images and their prompts), "
+                             "adm (ADM's FID, sFID, IS, precision, recall of an .npz batch against --ref), or "
+                             "synthmotion (the demo's yardstick on samples of the synthetic clips: fd, kid, class "
+                             "accuracy, tone and track errors, each with a 95%% interval)")
     parser.add_argument("--ref", default=None, help="adm: the reference batch .npz (VIRTUAL_imagenet256_labeled.npz)")
     parser.add_argument("--real", default=None, help="real videos: video files or frame folders <video>/<frame> "
                                                      "(fid: a folder of images); required except for clipscore")
@@ -369,6 +381,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                              f"$FLEXGEN_INCEPTION), a Hugging Face CLIP folder for clipscore (default "
                              f"$FLEXGEN_CLIP, else {default_stats_cache().parent / 'detectors'}/"
                              f"<clip-vit-large-patch14 or clip-vit-base-patch32, per the protocol's variant>)")
+    parser.add_argument("--train-on", default=None, metavar="DIR",
+                        help="synthmotion: train the detector on this clip folder when --detector does not exist yet, "
+                             "and write it there")
+    parser.add_argument("--train-steps", type=int, default=400, help="synthmotion: detector training steps")
+    parser.add_argument("--floor", action="store_true",
+                        help="synthmotion: --fake is a folder of real clips; score a second draw of them (the "
+                             "real-vs-real floor, needs --num-real)")
     parser.add_argument("--cache", default=None, help=f"reference statistics cache (default {default_stats_cache()})")
     parser.add_argument("--num-real", type=int, default=None, help="fewer real clips for quick runs (renames the "
                                                                    "protocol, e.g. fvd64_16f); a real folder with "
@@ -404,6 +423,10 @@ def eval_main(args: argparse.Namespace) -> dict[str, Any]:
         from flexgen.metrics.adm import adm_main
 
         return adm_main(args)
+    if args.metric == "synthmotion":
+        from flexgen.metrics.synthmotion_eval import synthmotion_main
+
+        return synthmotion_main(args)
     if getattr(args, "records", None) and not args.dataset:
         raise ValueError("--records needs --dataset NAME (rows of different datasets never share a table)")
     protocol = get_protocol(args.protocol or DEFAULT_PROTOCOLS[args.metric])

@@ -1,33 +1,39 @@
 """The leaderboard: records grouped into comparable tables (`flexgen.metrics.records.build_tables`) rendered as
-Markdown, one self-contained HTML page, and a FLOPs-vs-metric scatter plot (PNG, drawn with PIL: no plotting
-dependency); `leaderboard_main` is `flexgen leaderboard`.
+Markdown, one self-contained HTML page, and a MACs-vs-metric plot (PNG, `flexgen.metrics.board_plot`);
+`leaderboard_main` is `flexgen leaderboard`.
 
 Every table says what its rows share (detector and reference-statistics sha256, N, storage) and which direction is
-better; published rows are marked and never mixed with measured ones.
+better; published rows are marked and never mixed with measured ones. Each row shows its value with its 95%
+interval and a rank that only separates rows whose intervals do not overlap (`flexgen.metrics.records.rank_labels`);
+the real-vs-real floor row is shown unranked. The "vs frontier" column places each row against the table's
+fewer-steps frontier (`flexgen.metrics.frontier`). The cost columns are GMACs (the records' `gflops_per_*` fields
+count one multiply-accumulate once).
 """
 
 from __future__ import annotations
 
 import argparse
 import html
-import math
 from pathlib import Path
-from typing import Any
 
-from flexgen.files import atomic_write, atomic_write_text
+from flexgen.files import atomic_write_text
+from flexgen.metrics.board_plot import render_png
+from flexgen.metrics.frontier import Frontier, find_frontier, place
 from flexgen.metrics.records import Record, Table, build_tables, load_anchors, read_records
 
 ANCHORS = Path(__file__).with_name("anchors.json")     # the published numbers (package data)
 
 FORMATS = ("md", "html", "png")
 
+RANK_NOTE = "Rows whose 95% intervals overlap share a rank; '=' marks a tie."
+
 
 # ---------------------------------------------------------------------------------------------------------------
-# Table headings and cells shared by Markdown, HTML and the plot
+# Table headings, cells and notes shared by Markdown and HTML
 # ---------------------------------------------------------------------------------------------------------------
 
-COLUMNS = ("#", "model", "method", "value", "GFLOPs/fwd", "GFLOPs/sample", "sampler", "steps", "CFG",
-           "latency s", "date", "kind", "source / ckpt")
+COLUMNS = ("#", "model", "method", "value", "95% interval", "vs frontier", "GMACs/fwd", "GMACs/sample", "sampler",
+           "steps", "CFG", "latency s", "date", "kind", "source / ckpt")
 
 
 def _short(digest: str, n: int = 12) -> str:
@@ -38,20 +44,45 @@ def _num(x: float | int | None, fmt: str = ".2f") -> str:
     return "–" if x is None else format(x, fmt)
 
 
-def row_cells(rank: int, r: Record) -> list[str]:
-    value = _num(r.value) + (f" ± {r.value_std:.2f}" if r.value_std is not None else "")
-    kind = f"published ({r.confidence})" if r.published and r.confidence else ("published" if r.published
-                                                                                 else "measured")
+def metric_num(x: float) -> str:
+    """A metric value: two decimals, or three significant digits for small values (KID, 0.00123)."""
+    return format(x, ".3g") if 0 < abs(x) < 0.1 else format(x, ".2f")
+
+
+def _value_cell(r: Record) -> str:
+    return metric_num(r.value) + (f" ± {metric_num(r.value_std)}" if r.value_std is not None else "")
+
+
+def _interval_cell(r: Record) -> str:
+    return "–" if r.interval is None else f"[{metric_num(r.interval[0])}, {metric_num(r.interval[1])}]"
+
+
+def _kind_cell(r: Record) -> str:
+    if r.is_floor:
+        return "floor (real vs real)"
+    if r.published:
+        return f"published ({r.confidence})" if r.confidence else "published"
+    return "measured"
+
+
+def row_cells(rank: str, r: Record, vs_frontier: str = "–") -> list[str]:
+    """The cells of one row under COLUMNS; `rank` as `rank_labels` gives it, `vs_frontier` as `frontier.place`."""
     origin = r.source if r.published else (f"ckpt {_short(r.ckpt_sha256)}" if r.ckpt_sha256 else "")
-    return [str(rank), r.model_name, r.method, value, _num(r.gflops_per_forward), _num(r.gflops_per_sample),
-            r.sampler or "–", _num(r.steps, "d"), _num(r.cfg_scale, "g"), _num(r.latency_s, ".3g"),
-            r.date[:10] or "–", kind, origin or "–"]
+    return [str(rank), r.model_name, r.method, _value_cell(r), _interval_cell(r), vs_frontier,
+            _num(r.gflops_per_forward), _num(r.gflops_per_sample), r.sampler or "–", _num(r.steps, "d"),
+            _num(r.cfg_scale, "g"), _num(r.latency_s, ".3g"), r.date[:10] or "–", _kind_cell(r), origin or "–"]
+
+
+def table_rows(table: Table) -> list[tuple[Record, list[str]]]:
+    """Each row of `table` (best first) with its cells: rank by intervals, place against the frontier."""
+    frontier = find_frontier(table.rows)
+    return [(r, row_cells(rank, r, place(r, frontier, table.higher_is_better)))
+            for r, rank in zip(table.rows, table.ranks(), strict=True)]
 
 
 def table_title(table: Table) -> str:
     """'FVD · ffs · fvd2048_16f · measured': metric, dataset, protocol, measured or published."""
-    kind = "published" if table.key.published else "measured"
-    return f"{table.key.metric.upper()} · {table.key.dataset} · {table.key.protocol} · {kind}"
+    return table.title
 
 
 def table_subtitle(table: Table) -> str:
@@ -71,6 +102,12 @@ def table_subtitle(table: Table) -> str:
     return " · ".join(parts)
 
 
+def table_notes(table: Table) -> list[str]:
+    """The lines under a table: how ranks are shared, and the frontier when the table has one."""
+    frontier: Frontier | None = find_frontier(table.rows)
+    return [RANK_NOTE] + ([frontier.describe()] if frontier is not None else [])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Markdown
 # ---------------------------------------------------------------------------------------------------------------
@@ -83,15 +120,14 @@ def render_markdown(tables: list[Table]) -> str:
     lines = ["# flexgen leaderboard", "",
              "One table per (dataset, metric, protocol, detector sha256, reference statistics sha256, N, storage): "
              "numbers in different tables are not comparable. Published rows are copied from papers and kept in "
-             "their own tables.", ""]
+             "their own tables. Costs are GMACs (one multiply-accumulate counted once).", ""]
     if not tables:
         lines += ["_No records._", ""]
     for table in tables:
         lines += [f"## {_md_escape(table_title(table))}", "", f"_{_md_escape(table_subtitle(table))}_", "",
                   "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-        for rank, r in enumerate(table.rows, start=1):
-            lines.append("| " + " | ".join(_md_escape(c) for c in row_cells(rank, r)) + " |")
-        lines.append("")
+        lines += ["| " + " | ".join(_md_escape(c) for c in cells) + " |" for _, cells in table_rows(table)]
+        lines += [""] + [line for note in table_notes(table) for line in (_md_escape(note), "")]
     return "\n".join(lines)
 
 
@@ -103,14 +139,20 @@ CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 h2 { margin-top: 2em; font-size: 1.15em; }
 p.sub { color: #555; font-size: 0.9em; margin: 0.2em 0 0.6em; }
+p.note { color: #555; font-size: 0.85em; margin: 0.3em 0; }
 table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
 th { background: #f2f2f2; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.published td { background: #fff8e6; font-style: italic; }
+tr.floor td { background: #f1ecf8; }
 """
 
-NUMERIC_COLUMNS = frozenset({"#", "value", "GFLOPs/fwd", "GFLOPs/sample", "steps", "CFG", "latency s"})
+NUMERIC_COLUMNS = frozenset({"#", "value", "95% interval", "GMACs/fwd", "GMACs/sample", "steps", "CFG", "latency s"})
+
+
+def _row_class(r: Record) -> str:
+    return "floor" if r.is_floor else ("published" if r.published else "measured")
 
 
 def render_html(tables: list[Table]) -> str:
@@ -119,124 +161,21 @@ def render_html(tables: list[Table]) -> str:
            "<title>flexgen leaderboard</title>", f"<style>{CSS}</style>", "</head>", "<body>",
            "<h1>flexgen leaderboard</h1>",
            "<p>One table per (dataset, metric, protocol, detector sha256, reference statistics sha256, N, storage): "
-           "numbers in different tables are not comparable. Published rows (shaded) are copied from papers.</p>"]
+           "numbers in different tables are not comparable. Published rows (shaded) are copied from papers. Costs "
+           "are GMACs (one multiply-accumulate counted once).</p>"]
     if not tables:
         out.append("<p><em>No records.</em></p>")
     for table in tables:
         out += [f"<h2>{e(table_title(table))}</h2>", f'<p class="sub">{e(table_subtitle(table))}</p>', "<table>",
                 "<tr>" + "".join(f"<th>{e(c)}</th>" for c in COLUMNS) + "</tr>"]
-        for rank, r in enumerate(table.rows, start=1):
+        for r, row in table_rows(table):
             cells = "".join(f'<td class="num">{e(c)}</td>' if col in NUMERIC_COLUMNS else f"<td>{e(c)}</td>"
-                            for col, c in zip(COLUMNS, row_cells(rank, r), strict=True))
-            out.append(f'<tr class="{"published" if r.published else "measured"}">{cells}</tr>')
+                            for col, c in zip(COLUMNS, row, strict=True))
+            out.append(f'<tr class="{_row_class(r)}">{cells}</tr>')
         out.append("</table>")
+        out += [f'<p class="note">{e(note)}</p>' for note in table_notes(table)]
     out += ["</body>", "</html>", ""]
     return "\n".join(out)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# PNG: GFLOPs-per-forward vs metric scatter, one panel per table that has GFLOPs (PIL only)
-# ---------------------------------------------------------------------------------------------------------------
-
-MEASURED_COLOR = (31, 119, 180)
-PUBLISHED_COLOR = (230, 120, 20)
-
-
-def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """About `count` round tick values (1, 2, 5 × 10^k steps) covering [lo, hi]."""
-    if hi <= lo:
-        return [lo]
-    raw = (hi - lo) / max(count - 1, 1)
-    power = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
-    first = math.ceil(lo / step - 1e-9) * step
-    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
-
-
-def _padded_range(values: list[float]) -> tuple[float, float]:
-    lo, hi = min(values), max(values)
-    pad = (hi - lo) * 0.12 if hi > lo else max(abs(lo) * 0.1, 1.0)
-    return lo - pad, hi + pad
-
-
-def _draw_panel(draw: Any, box: tuple[int, int, int, int], table: Table, font: Any) -> None:
-    x0, y0, x1, y1 = box
-    rows = [r for r in table.rows if r.gflops_per_forward is not None]
-    draw.text((x0 + 4, y0 + 2), table_title(table), fill=(0, 0, 0), font=font)
-    direction = "higher is better" if table.higher_is_better else "lower is better"
-    draw.text((x0 + 4, y0 + 18), f"y: {table.key.metric.upper()} ({direction}) · x: GFLOPs per forward",
-              fill=(90, 90, 90), font=font)
-    # Plot area inside the panel, leaving room for the titles and the tick labels
-    left, top, right, bottom = x0 + 56, y0 + 40, x1 - 12, y1 - 28
-    if right - left < 20 or bottom - top < 20:
-        return
-    draw.rectangle((left, top, right, bottom), outline=(0, 0, 0))
-    xlo, xhi = _padded_range([r.gflops_per_forward for r in rows])
-    ylo, yhi = _padded_range([r.value for r in rows])
-
-    def px(x: float, y: float) -> tuple[float, float]:
-        return (left + (x - xlo) / (xhi - xlo) * (right - left), bottom - (y - ylo) / (yhi - ylo) * (bottom - top))
-
-    for t in nice_ticks(xlo, xhi):
-        x, _ = px(t, ylo)
-        draw.line((x, bottom, x, bottom + 4), fill=(0, 0, 0))
-        draw.text((x, bottom + 6), f"{t:g}", fill=(0, 0, 0), font=font, anchor="mt")
-    for t in nice_ticks(ylo, yhi):
-        _, y = px(xlo, t)
-        draw.line((left - 4, y, left, y), fill=(0, 0, 0))
-        draw.line((left + 1, y, right - 1, y), fill=(235, 235, 235))
-        draw.text((left - 6, y), f"{t:g}", fill=(0, 0, 0), font=font, anchor="rm")
-    for r in rows:
-        x, y = px(r.gflops_per_forward, r.value)
-        if r.published:     # hollow diamond
-            draw.polygon([(x, y - 6), (x + 6, y), (x, y + 6), (x - 6, y)], outline=PUBLISHED_COLOR, width=2)
-        else:               # filled disc
-            draw.ellipse((x - 5, y - 5, x + 5, y + 5), fill=MEASURED_COLOR)
-        label = r.model_name if r.method in ("", "baseline") else f"{r.model_name} {r.method}"
-        if x + 8 + draw.textlength(label, font=font) <= right:
-            draw.text((x + 8, y), label, fill=(40, 40, 40), font=font, anchor="lm")
-        else:               # would run off the panel: label on the left of the point
-            draw.text((x - 8, y), label, fill=(40, 40, 40), font=font, anchor="rm")
-
-
-def _font(image_font: Any, size: int) -> Any:
-    """DejaVu Sans when the system has it (Greek letters such as the α in PixArt-α), else PIL's built-in font."""
-    try:
-        return image_font.truetype("DejaVuSans.ttf", size)
-    except OSError:         # font file not found: the built-in font draws Latin text, boxes for other glyphs
-        return image_font.load_default(size=size)
-
-
-def render_png(tables: list[Table], path: str | Path, size: tuple[int, int] = (1280, 720)) -> Path:
-    """Write the scatter plot to `path` as a `size` (width, height) PNG; tables without GFLOPs are left out."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    width, height = size
-    if width < 100 or height < 100:
-        raise ValueError(f"PNG size {width}x{height} is too small (at least 100x100)")
-    image = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(image)
-    font = _font(ImageFont, 12)
-    # Legend across the top
-    draw.ellipse((10, 10, 20, 20), fill=MEASURED_COLOR)
-    draw.text((26, 9), "measured here", fill=(0, 0, 0), font=font)
-    draw.polygon([(136, 9), (142, 15), (136, 21), (130, 15)], outline=PUBLISHED_COLOR, width=2)
-    draw.text((150, 9), "published (not re-measured)", fill=(0, 0, 0), font=font)
-    plotted = [t for t in tables if any(r.gflops_per_forward is not None for r in t.rows)]
-    if not plotted:
-        draw.text((width // 2, height // 2), "no rows with GFLOPs per forward", fill=(0, 0, 0), font=font,
-                  anchor="mm")
-    else:
-        cols = math.ceil(math.sqrt(len(plotted)))
-        nrows = math.ceil(len(plotted) / cols)
-        cell_w, cell_h = width // cols, (height - 30) // nrows
-        for i, table in enumerate(plotted):
-            cx, cy = (i % cols) * cell_w, 30 + (i // cols) * cell_h
-            _draw_panel(draw, (cx + 4, cy + 4, cx + cell_w - 4, cy + cell_h - 4), table, font)
-    path = Path(path)
-    with atomic_write(path) as tmp:                 # a killed write never leaves a truncated png under `path`
-        image.save(tmp, format="PNG")
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -299,8 +238,10 @@ def leaderboard_main(args: argparse.Namespace) -> dict[str, Path]:
     if "png" in formats:
         size = parse_size(args.png_size) if isinstance(args.png_size, str) else args.png_size
         written["png"] = render_png(tables, out / "leaderboard.png", size)
-    n_published = sum(r.published for r in records)
-    print(f"{len(records) - n_published} measured + {n_published} published rows in {len(tables)} tables")
+    n_published, n_floor = sum(r.published for r in records), sum(r.is_floor for r in records)
+    floors = f" + {n_floor} floor" if n_floor else ""
+    print(f"{len(records) - n_published - n_floor} measured + {n_published} published{floors} rows in "
+          f"{len(tables)} tables")
     for path in written.values():
         print(f"wrote {path}")
     return written

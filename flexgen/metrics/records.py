@@ -5,7 +5,10 @@ compared. Rendering them is `flexgen.metrics.leaderboard`.
   decide whether two numbers may be compared (metric variant, detector file and sha256, reference statistics sha256,
   sample count, storage) and to reproduce it (checkpoint hash, config, sampler, steps, CFG scale, seeds), plus the
   cost (GFLOPs per forward and per sample, latency). Published numbers from papers are records too, with
-  `published=True`, a `source` and a `confidence` tag ("verified", "recalled", "fig", ...).
+  `published=True`, a `source` and a `confidence` tag ("verified", "recalled", "fig", ...). `interval` is the 95%
+  interval [low, high] of the value when the evaluation computed one. A record with `extra["floor"]` true is the
+  real-vs-real floor of its table (real clips against the reference statistics): a reference, not a model, without
+  cost fields (`Record.is_floor`).
 - `append_record` / `read_records` keep records as JSON Lines (one object per line, appended and fsynced);
   `load_anchors` reads the published numbers from `flexgen/metrics/anchors.json` (`eval/anchors.json` links to
   it); `record_from_evaluation` makes a record of one `flexgen eval` result and what the generator wrote beside
@@ -13,10 +16,14 @@ compared. Rendering them is `flexgen.metrics.leaderboard`.
 - `build_tables` groups records into comparable tables. Rows share a table only when dataset, metric, protocol,
   detector sha256, reference-statistics sha256, N and storage are all identical; published rows never share a table
   with measured ones (their detector is "published"). FID/FVD from different pipelines are different numbers.
+- `rank_labels` ranks a table's rows by their intervals: a row's rank is 1 + the number of rows whose 95% interval
+  lies entirely on the better side of its own (no overlap), so rows whose intervals overlap share a rank ("2=").
+  A row without an interval counts as the point [value, value]. The floor row is not ranked.
 
 FLOP convention: `gflops_per_forward` follows DiT / fvcore and `flexgen bench flops`: one multiply-accumulate counts
 once (so it equals GMACs), for one denoiser call at batch 1 without CFG, which is what DiT, Latte and FlexDiT print as
-"GFLOPs". `gflops_per_sample` is the whole generation of one sample (all steps, CFG included) when it is known.
+"GFLOPs". `gflops_per_sample` is the whole generation of one sample (all steps, CFG included) when it is known. The
+leaderboard shows both under their true name, GMACs ("GMACs/fwd", "GMACs/sample"); the field names stay as stored.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import dataclasses
 import json
 import math
 import os
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -48,6 +56,20 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _is_finite_number(x: Any) -> bool:
+    return not isinstance(x, bool) and isinstance(x, int | float) and math.isfinite(x)
+
+
+def _checked_interval(interval: Any) -> list[float]:
+    """`interval` as [low, high] floats; a ValueError unless it is two finite numbers with low <= high."""
+    if not isinstance(interval, list | tuple) or len(interval) != 2 or not all(map(_is_finite_number, interval)):
+        raise ValueError(f"record interval must be [low, high], two finite numbers, got {interval!r}")
+    low, high = float(interval[0]), float(interval[1])
+    if low > high:
+        raise ValueError(f"record interval [low, high] has low > high: {interval!r}")
+    return [low, high]
+
+
 @dataclass
 class Record:
     """One metric value of one model under one protocol. Serialised flat, as one JSON object per line."""
@@ -58,6 +80,7 @@ class Record:
     value: float
     dataset: str                              # "ffs", "sky", "ucf101", "taichi", "imagenet256", "coco30k", ...
     value_std: float | None = None            # over runs (one seed per run), when there were several
+    interval: list[float] | None = None       # 95% interval [low, high] of value, when the evaluation computed one
     # Comparability: rows share a table only when all of these agree
     detector_file: str = ""                   # e.g. "i3d_torchscript.pt"
     detector_sha256: str = ""
@@ -92,9 +115,11 @@ class Record:
         for name in ("metric", "protocol", "dataset"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"record field {name!r} must be a non-empty string")
-        if isinstance(self.value, bool) or not isinstance(self.value, int | float) or not math.isfinite(self.value):
+        if not _is_finite_number(self.value):
             raise ValueError(f"record value must be a finite number, got {self.value!r}")
         self.value = float(self.value)
+        if self.interval is not None:
+            self.interval = _checked_interval(self.interval)
         if self.published and not self.source:
             raise ValueError("a published record needs its source (paper, table or issue)")
         if not self.published and not (self.detector_sha256 and self.reference_sha256):
@@ -110,6 +135,18 @@ class Record:
     @property
     def model_name(self) -> str:
         return self.model_variant or self.model_family or "?"
+
+    @property
+    def is_floor(self) -> bool:
+        """True for the real-vs-real floor row (`extra["floor"]`): a reference for the table, not a model."""
+        return bool(self.extra.get("floor"))
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """(low, high) of the 95% interval; the point (value, value) when the record has no interval."""
+        if self.interval is None:
+            return self.value, self.value
+        return self.interval[0], self.interval[1]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -183,6 +220,8 @@ def record_from_evaluation(result: dict[str, Any], dataset: str, fake: str | Pat
             "detector_file": str(detector), "detector_sha256": result.get("detector_sha256") or "",
             "reference_sha256": reference, "num_samples": result.get("num_fake", result.get("count")),
             **provenance, "extra": extra}
+    if result.get("interval") is not None:
+        data["interval"] = list(result["interval"])
     data.update({k: v for k, v in fields.items() if v is not None})
     return Record(**{k: v for k, v in data.items() if v is not None})
 
@@ -258,6 +297,16 @@ class Table:
     def higher_is_better(self) -> bool:
         return self.key.metric.lower() in HIGHER_IS_BETTER
 
+    @property
+    def title(self) -> str:
+        """'FVD · ffs · fvd2048_16f · measured': metric, dataset, protocol, measured or published."""
+        kind = "published" if self.key.published else "measured"
+        return f"{self.key.metric.upper()} · {self.key.dataset} · {self.key.protocol} · {kind}"
+
+    def ranks(self) -> list[str]:
+        """The rank cell of every row, in row order (`rank_labels`)."""
+        return rank_labels(self.rows, self.higher_is_better)
+
 
 def table_key(record: Record) -> TableKey:
     return TableKey(
@@ -279,3 +328,25 @@ def build_tables(records: Iterable[Record]) -> list[Table]:
         tables.append(Table(key, rows))
     tables.sort(key=lambda t: t.key.sort_key())
     return tables
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ranking by 95% intervals
+# ---------------------------------------------------------------------------------------------------------------
+
+def beyond(a: tuple[float, float], b: tuple[float, float], higher_is_better: bool) -> bool:
+    """True when interval `a` = (low, high) lies entirely on the better side of interval `b`: no overlap, and
+    touching ends count as overlap."""
+    return a[0] > b[1] if higher_is_better else a[1] < b[0]
+
+
+def rank_labels(rows: list[Record], higher_is_better: bool) -> list[str]:
+    """The rank of each row, in row order: 1 + the number of (non-floor) rows whose interval lies entirely on the
+    better side of the row's own (`beyond`). Ranks shared by several rows get an "=" ("2="); the floor row gets
+    "floor". Rows keep their order (best value first); a row with a wide interval may show a better rank than a
+    row above it, since the rank counts only rows that beat it beyond both intervals."""
+    ranked = [r for r in rows if not r.is_floor]
+    ranks = [1 + sum(beyond(o.bounds, r.bounds, higher_is_better) for o in ranked) for r in ranked]
+    counts = Counter(ranks)
+    labels = iter(f"{rank}=" if counts[rank] > 1 else str(rank) for rank in ranks)
+    return ["floor" if r.is_floor else next(labels) for r in rows]

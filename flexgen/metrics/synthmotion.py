@@ -114,8 +114,8 @@ def random_clips(videos: Sequence[np.ndarray], config: SynthMotionConfig, genera
     return torch.from_numpy(np.stack(clips)).permute(0, 1, 4, 2, 3).contiguous()
 
 
-def train_classifier(root: str | Path, *, num_frames: int = 8, stride: int = 2, size: int = 16, width: int = 32,
-                     steps: int = 300, batch_size: int = 32, lr: float = 3e-3, seed: int = 0) -> SynthMotionNet:
+def train_classifier(root: str | Path, *, num_frames: int = 8, stride: int = 2, size: int = 16, width: int = 64,
+                     steps: int = 400, batch_size: int = 32, lr: float = 3e-3, seed: int = 0) -> SynthMotionNet:
     """A SynthMotionNet trained on random clips of every video under `root` (AdamW, cosine decay; seeded), with
     the colour channels of each batch permuted at random so that it learns the motion, not the colours."""
     videos, labels, classes = read_clip_set(root)

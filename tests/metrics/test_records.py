@@ -8,8 +8,10 @@ import pytest
 from flexgen.metrics.records import (
     Record,
     append_record,
+    beyond,
     build_tables,
     load_anchors,
+    rank_labels,
     read_records,
     record_from_evaluation,
 )
@@ -65,6 +67,40 @@ def test_record_validation():
         Record(metric="fid", protocol="adm_fid50k", value=2.27, dataset="imagenet256", published=True)
 
 
+@pytest.mark.parametrize("interval, reason", [
+    ([2.0, 1.0], "low > high"), ([1.0], "two finite numbers"), ([1.0, 2.0, 3.0], "two finite numbers"),
+    ([float("nan"), 1.0], "two finite numbers"), ([1.0, float("inf")], "two finite numbers"),
+    ([True, 2.0], "two finite numbers"), ("1,2", "two finite numbers"), ({"low": 1, "high": 2}, "two finite"),
+])
+def test_interval_validation(interval, reason):
+    with pytest.raises(ValueError, match=reason):
+        measured(interval=interval)
+
+
+def test_interval_is_stored_as_a_list_of_floats_and_round_trips(tmp_path):
+    record = measured(value=40.0, interval=(38, 42.5))
+    assert record.interval == [38.0, 42.5] and all(isinstance(v, float) for v in record.interval)
+    assert record.bounds == (38.0, 42.5) and measured(value=40.0).bounds == (40.0, 40.0)
+    assert measured(interval=[40.0, 40.0]).interval == [40.0, 40.0]          # a point interval is allowed
+    path = tmp_path / "records.jsonl"
+    append_record(path, record)
+    assert read_records(path) == [record]
+
+
+def test_an_old_record_line_without_interval_still_loads(tmp_path):
+    old = {k: v for k, v in measured(value=41.0).to_dict().items() if k != "interval"}
+    path = tmp_path / "records.jsonl"
+    path.write_text(json.dumps(old) + "\n")
+    (record,) = read_records(path)
+    assert record.interval is None and record.value == 41.0 and record.bounds == (41.0, 41.0)
+
+
+def test_the_floor_row_is_marked_in_extra():
+    floor = measured(model_variant="real clips", method="floor", value=2.0, interval=[1.5, 2.5],
+                     extra={"floor": True}, gflops_per_forward=None)
+    assert floor.is_floor and not measured().is_floor and not measured(extra={"floor": False}).is_floor
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Anchors
 # ---------------------------------------------------------------------------------------------------------------
@@ -105,6 +141,54 @@ def test_grouping_never_mixes_what_differs(field, other):
     assert sorted(len(t.rows) for t in tables) == [1, 1]
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Ranking by 95% intervals
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_beyond_needs_a_gap_on_the_better_side():
+    assert beyond((1.0, 2.0), (2.5, 3.0), higher_is_better=False)
+    assert not beyond((2.5, 3.0), (1.0, 2.0), higher_is_better=False)
+    assert not beyond((1.0, 2.0), (2.0, 3.0), higher_is_better=False)           # touching ends overlap
+    assert beyond((2.5, 3.0), (1.0, 2.0), higher_is_better=True)
+    assert not beyond((1.0, 2.0), (2.5, 3.0), higher_is_better=True)
+
+
+def test_overlapping_intervals_share_a_rank_lower_is_better():
+    rows = [measured(method="A", value=1.5, interval=[1.0, 2.0]), measured(method="B", value=2.0, interval=[1.5, 3.0]),
+            measured(method="C", value=4.5, interval=[4.0, 5.0])]
+    assert rank_labels(rows, higher_is_better=False) == ["1=", "1=", "3"]
+    (table,) = build_tables(reversed(rows))
+    assert [r.method for r in table.rows] == ["A", "B", "C"] and table.ranks() == ["1=", "1=", "3"]
+
+
+def test_overlapping_intervals_share_a_rank_higher_is_better():
+    rows = [measured(metric="is", method="A", value=-1.5, interval=[-2.0, -1.0]),
+            measured(metric="is", method="B", value=-2.0, interval=[-3.0, -1.5]),
+            measured(metric="is", method="C", value=-4.5, interval=[-5.0, -4.0])]
+    assert rank_labels(rows, higher_is_better=True) == ["1=", "1=", "3"]
+    (table,) = build_tables(reversed(rows))
+    assert [r.method for r in table.rows] == ["A", "B", "C"] and table.ranks() == ["1=", "1=", "3"]
+
+
+def test_ranks_count_only_rows_beyond_the_interval():
+    """A wide interval keeps a rank shared with rows far from its value; rows without intervals are points."""
+    wide = measured(method="wide", value=3.0, interval=[0.5, 9.0])
+    rows = [measured(method="a", value=1.0, interval=[0.8, 1.2]), measured(method="b", value=2.0, interval=[1.8, 2.2]),
+            wide, measured(method="point", value=5.0), measured(method="point2", value=5.0)]
+    assert rank_labels(rows, higher_is_better=False) == ["1=", "2", "1=", "3=", "3="]
+    points = [measured(method="x", value=1.0), measured(method="y", value=2.0), measured(method="z", value=3.0)]
+    assert rank_labels(points, higher_is_better=False) == ["1", "2", "3"]
+
+
+def test_the_floor_row_is_not_ranked_and_not_counted():
+    floor = measured(model_variant="real clips", method="floor", value=0.5, interval=[0.4, 0.6], extra={"floor": True},
+                     gflops_per_forward=None)
+    (table,) = build_tables([measured(method="a", value=3.0, interval=[2.0, 4.0]), floor,
+                             measured(method="b", value=6.0, interval=[5.0, 7.0])])
+    assert [r.method for r in table.rows] == ["floor", "a", "b"]
+    assert table.ranks() == ["floor", "1", "2"]
+
+
 def test_same_protocol_rows_share_a_table_best_first():
     rows = [measured(method="a", value=45.0), measured(method="b", value=38.5), measured(method="c", value=41.0)]
     (table,) = build_tables(rows)
@@ -131,6 +215,8 @@ def test_records_from_evaluations_read_the_generators_json(tmp_path):
     assert (record.sampler, record.steps, record.seeds, record.storage) == ("ddpm", 250, [0], "mp4")
     assert (record.ckpt_sha256, record.reference_sha256, record.num_samples) == ("c" * 64, "b" * 64, 2048)
     assert record.gflops_per_sample == 500.0 and record.gflops_per_forward == 2.0 and record.extra["kid"] == 0.01
+    assert record.interval is None
+    assert record_from_evaluation({**result, "interval": [120.0, 127.5]}, "ffs", video).interval == [120.0, 127.5]
 
     images = tmp_path / "images"
     (images / "flex" / "transformer").mkdir(parents=True)
