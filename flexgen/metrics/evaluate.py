@@ -387,7 +387,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--train-steps", type=int, default=400, help="synthmotion: detector training steps")
     parser.add_argument("--floor", action="store_true",
                         help="synthmotion: --fake is a folder of real clips; score a second draw of them (the "
-                             "real-vs-real floor, needs --num-real)")
+                             "real-vs-real floor, needs --num-real; --fake the --real folder: the videos the first "
+                             "draw left)")
     parser.add_argument("--cache", default=None, help=f"reference statistics cache (default {default_stats_cache()})")
     parser.add_argument("--num-real", type=int, default=None, help="fewer real clips for quick runs (renames the "
                                                                    "protocol, e.g. fvd64_16f); a real folder with "
@@ -402,6 +403,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-kid", action="store_true", help="skip KID (does not keep raw features)")
+    parser.add_argument("--intervals", action="store_true",
+                        help="fvd, kid, fid: add the value's 95%% interval (basic bootstrap of the Fréchet distance "
+                             "over the generated set; KID over half-size subsets), which the records and the board "
+                             "keep")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     parser.add_argument("--records", default=None, metavar="FILE",
                         help="also append the result as a leaderboard record to this JSON Lines file (model, sampler, "
@@ -461,7 +466,7 @@ def eval_main(args: argparse.Namespace) -> dict[str, Any]:
     cache = Path(args.cache).expanduser() if args.cache else default_stats_cache()
     result = evaluate(protocol, args.real, args.fake, detector, cache, with_kid=not args.no_kid,
                       batch_size=args.batch_size, progress=args.progress,
-                      allow_fewer=getattr(args, "allow_fewer", False))
+                      allow_fewer=getattr(args, "allow_fewer", False), intervals=getattr(args, "intervals", False))
     return _report(result, args)
 
 

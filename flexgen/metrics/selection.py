@@ -46,14 +46,16 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------------------------
 # Real clips: random subset of the long-enough videos, one clip per video at a random offset
 # ---------------------------------------------------------------------------------------------------------------
-def select_real_clips(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE) -> ClipSet:
-    """Deterministic given the protocol: same folder + same seed -> same videos and offsets.
+def select_real_clips(root: str | Path, protocol: str | Protocol, batch_size: int = DEFAULT_BATCH_SIZE,
+                      exclude: frozenset[str] = frozenset()) -> ClipSet:
+    """Deterministic given the protocol: same folder + same seed -> same videos and offsets. Videos whose relative
+    path is in `exclude` are not drawn (a second draw disjoint from a first one: the real-vs-real floor).
 
     At most `num_real` clips: fewer when the folder has fewer usable videos (`flexgen.metrics.evaluate` decides
     whether that is allowed). Videos too short, and video files no decoder opens, are left out before the draw;
     a frame folder whose chosen clip has an unreadable frame is left out after it (its place is not redrawn)."""
     protocol = get_protocol(protocol)
-    sources = list_sources(root)
+    sources = [source for source in list_sources(root) if source.rel not in exclude]
     long_enough: list[tuple[Source, int]] = []
     too_short: list[tuple[str, int]] = []
     corrupt: list[tuple[str, str]] = []

@@ -197,25 +197,3 @@ class SynthMotionDetector:
         predicted = self.logits(videos).argmax(dim=1)
         return float((predicted == torch.as_tensor(list(labels))).float().mean())
 
-
-def sample_accuracy(folder: str | Path, detector: SynthMotionDetector, protocol: Protocol) -> dict:
-    """Class accuracy of the class-conditional samples in `folder` (a `flexgen sample` folder: the labels come from
-    its samples.json), over the generated clips the protocol selects: {"value", "num_fake", "per_class"}."""
-    from flexgen.metrics.generated import check_sample_manifest
-    from flexgen.metrics.selection import select_fake_clips
-    from flexgen.sampling.manifest import SampleManifest
-
-    folder = Path(folder)
-    check_sample_manifest(folder)
-    manifest = SampleManifest.read(folder / "samples.json")
-    label_of = {entry.file: entry.label for entry in manifest.samples}
-    clips = select_fake_clips(folder, protocol)
-    labels = [label_of.get(clip.source.rel) for clip in clips.clips]
-    if any(label is None for label in labels):
-        raise ValueError(f"{folder}: samples.json gives no class label for some samples (an unconditional model?); "
-                         "class accuracy needs class-conditional samples")
-    predicted = torch.cat([detector.logits(batch).argmax(dim=1) for batch in clips])
-    hits = predicted == torch.tensor(labels)
-    per_class = {name: float(hits[torch.tensor(labels) == c].float().mean())
-                 for c, name in enumerate(detector.config.classes) if c in labels}
-    return {"value": float(hits.float().mean()), "num_fake": len(labels), "per_class": per_class}

@@ -2,7 +2,7 @@
 real-vs-real floor, each number with its 95% interval.
 
     flexgen eval synthmotion --real data/heldout --fake samples/ --detector det.safetensors --train-on data/train
-    flexgen eval synthmotion --real data/heldout --fake data/train --floor --detector det.safetensors
+    flexgen eval synthmotion --real data/heldout --fake data/heldout --floor --num-real 64 --detector det.safetensors
 
 Five numbers per folder, under the protocol the detector defines (`synthmotion.protocol`: one clip per real video,
 the first frames of each sample):
@@ -15,7 +15,9 @@ the first frames of each sample):
   clip and from a straight constant-speed crossing (`synthmotion_scores`), averaged, a bootstrap over samples.
 
 The floor (`--floor`) scores a second draw of real clips (another seed, labels from the class folders) the same
-way: the best a model could reach at this N. Numbers whose intervals overlap are not ranked by the board.
+way: the best a model could reach at this N. With `--fake` the `--real` folder, the second draw takes the videos
+the first left, so the two are disjoint (the demo's: held-out clips the detector never saw). Numbers whose
+intervals overlap are not ranked by the board.
 """
 
 from __future__ import annotations
@@ -121,15 +123,19 @@ def evaluate_samples(real: str | Path, fake: str | Path, detector: sm.SynthMotio
 
 def evaluate_floor(real: str | Path, second: str | Path, detector: sm.SynthMotionDetector, cache_dir: str | Path,
                    count: int) -> list[dict[str, Any]]:
-    """The same five numbers for `count` real clips of `second` (drawn with the next seed) against `real`'s."""
+    """The same five numbers for `count` real clips of `second` (drawn with the next seed) against `real`'s. When
+    `second` is `real`'s folder, the second draw takes only the videos the first one left (it needs 2 × count)."""
     from flexgen.metrics.evaluate import compute_stats, detector_name, reference_stats
     from flexgen.metrics.selection import select_real_clips
 
     protocol = sm.protocol(detector.config, num_real=count)
     ref = reference_stats(real, protocol, detector, cache_dir, keep_features=count)
-    draw = select_real_clips(second, dataclasses.replace(protocol, seed=protocol.seed + 1))
+    same = Path(second).resolve() == Path(real).resolve()
+    first = frozenset(clip.source.rel for clip in select_real_clips(real, protocol).clips) if same else frozenset()
+    draw = select_real_clips(second, dataclasses.replace(protocol, seed=protocol.seed + 1), exclude=first)
     if len(draw) < count:
-        raise ValueError(f"{second}: the floor needs {count} usable real videos, found {len(draw)}")
+        left = f" besides the {len(first)} of the first draw" if same else ""
+        raise ValueError(f"{second}: the floor needs {count} usable real videos{left}, found {len(draw)}")
     videos, files = _stacked(draw)
     stats = compute_stats(draw, detector, keep_features=count)
     classes = detector.config.classes
@@ -153,7 +159,8 @@ def records_of(results: Sequence[dict[str, Any]], dataset: str, fake: str | Path
         floor = bool(result.get("floor"))
         # the floor's clips are the real mp4 files: stored as the samples are, so it shares their tables
         named = {"model_variant": FLOOR_MODEL, "method": "floor", "storage": "mp4"} if floor else {}
-        record = record_from_evaluation(result, dataset, fake, **{**named, **fields})
+        given = {k: v for k, v in fields.items() if v is not None}
+        record = record_from_evaluation(result, dataset, fake, **{**named, **given})
         record.extra.update({"floor": True} if floor else {})
         if "per_class" in result:
             record.extra["per_class"] = result["per_class"]

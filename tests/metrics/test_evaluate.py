@@ -20,6 +20,7 @@ from flexgen.metrics import i3d
 from flexgen.metrics.evaluate import add_eval_arguments, eval_main, evaluate, metric_name
 from flexgen.metrics.i3d import I3D_SHA256
 from flexgen.metrics.protocols import PROTOCOLS
+from flexgen.metrics.records import record_from_evaluation
 from tests.data_helpers import truncate, write_garbage
 from tests.metrics_helpers import (
     FID8,
@@ -66,6 +67,13 @@ def test_evaluate_identical_and_shifted(video_sets, tmp_path: Path):
     far = evaluate(SAME, real, shifted, detector, tmp_path / "cache")
     assert far["value"] > 0.01 and far["kid"] > same["kid"]
     json.dumps(far)                                                               # a JSON-serialisable record
+    # --intervals: the value's 95% interval and KID's, which the record keeps
+    spread = evaluate(SAME, real, shifted, detector, tmp_path / "cache", intervals=True)
+    assert spread["value"] == pytest.approx(far["value"]) and "interval" not in far
+    low, high = spread["interval"]
+    assert 0 <= low <= spread["value"] + 1e-9 and spread["value"] <= high
+    assert spread["kid_interval"][0] < spread["kid"] < spread["kid_interval"][1]
+    assert record_from_evaluation(spread, "test", real).interval == [low, high]
 
 
 def test_reference_cache_reuse_and_invalidation(video_sets, tmp_path: Path):
