@@ -227,7 +227,7 @@ class Mark:
 
 def _label(record: Record, on_frontier: bool) -> str:
     name = record.model_name + ("" if record.method in ("", "baseline") else f" {record.method}")
-    return f"{name}, {record.steps} steps" if on_frontier else name
+    return f"{name}, {record.steps} step{'' if record.steps == 1 else 's'}" if on_frontier else name
 
 
 def panel_marks(table: Table, field: str, frontier: Frontier | None) -> list[Mark]:
