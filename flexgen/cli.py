@@ -12,6 +12,7 @@
     flexgen bench suite --device cuda --dtype bfloat16    # the full table at batch 8
     flexgen config configs/video/ucf101/latte-xl2.yaml sample.cfg_scale=4.0
     flexgen convert --from ffs.pt --config configs/video/ffs/latte-xl2.yaml --out ffs.safetensors
+    flexgen calibrate --config configs/demo/demo-dense.yaml --ckpt results/demo/dense/ema.safetensors --out calib.json
     flexgen demo
     flexgen generate "a red cat on a tree" --model /models/PixArt-XL-2-512x512 --out cat.png
     flexgen generate --prompts prompts.txt --num-images 4 --model /models/PixArt-XL-2-512x512 \\
@@ -88,6 +89,18 @@ def cache_text_command(args: argparse.Namespace) -> None:
     cache_text_main(args)
 
 
+def eval_command(args: argparse.Namespace) -> object:
+    """`flexgen eval`: the SynthMotion yardstick (`metrics.synthmotion_eval`, which builds on `metrics.evaluate`),
+    or `evaluate.eval_main` for every other metric."""
+    if args.metric == "synthmotion":
+        from flexgen.metrics.synthmotion_eval import synthmotion_main
+
+        return synthmotion_main(args)
+    from flexgen.metrics.evaluate import eval_main
+
+    return eval_main(args)
+
+
 def demo(args: argparse.Namespace) -> None:
     from flexgen.demo import run_demo, summary_markdown
 
@@ -143,10 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_sample_arguments(commands.add_parser("sample", help="generate videos (images for DiT) from a checkpoint: "
                                              "mp4 files, grid.png, samples.json; sharded under torchrun"))
 
-    from flexgen.metrics.evaluate import add_eval_arguments, eval_main
+    from flexgen.metrics.evaluate import add_eval_arguments
     add_eval_arguments(commands.add_parser("eval", help="FVD / KID of generated videos, FID of images (clean-fid "
                                            "Inception), CLIP score, under a named protocol; verified detectors")
-                       ).set_defaults(func=eval_main)
+                       ).set_defaults(func=eval_command)
     from flexgen.metrics.leaderboard import add_leaderboard_arguments
     add_leaderboard_arguments(commands.add_parser("leaderboard", help="render evaluation records and the published "
                                                   "anchors: Markdown, HTML, FLOPs-vs-metric plot"))
@@ -154,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_arguments(commands.add_parser(
         "generate", help="text-to-image with PixArt-α (dense or FlexDiT) from local folders: PNG image(s), a grid, "
         "and a JSON record of prompts, seeds and settings"))
+
+    from flexgen.policies.cache.calibrate import add_calibrate_arguments, calibrate_main
+    add_calibrate_arguments(commands.add_parser(
+        "calibrate", help="fit TeaCache's rescaling polynomial for a model (uncached runs) and report the steps and "
+        "GMACs each threshold would compute")).set_defaults(func=calibrate_main)
 
     dem = commands.add_parser("demo", help="the whole loop on embedded synthetic data, on a CPU: train dense, "
                               "convert to FlexDiT and fine-tune, sample, measure, leaderboard")

@@ -22,6 +22,7 @@ PIXART_FLEX = ["density.layout=P GSR DD", "density.schedule.grid_min=1", "densit
 DIT = ["model.preset=DiT-S/2", "model.depth=5"]
 DYDIT = ["dydit.target=0.5"]
 CACHE = ["cache.method=fora", "cache.interval=2"]
+TEACACHE = ["cache.method=teacache", "cache.threshold=0.2"]
 PIXART_RUN = "configs/t2i/pixart/pixart-xl2-256.yaml"
 
 # Every family × every policy: dense, FlexDiT, DyDiT and FlexDiT ∘ DyDiT (the names say family and policy).
@@ -40,6 +41,8 @@ RUNS = {
     "FlexDyPixArt": (PIXART_RUN, [*PIXART, *PIXART_FLEX, *DYDIT]),
     "ForaLatte": (TINY, CACHE),                                     # a step cache, alone and on both policies
     "ForaFlexDyPixArt": (PIXART_RUN, [*PIXART, *PIXART_FLEX, *DYDIT, *CACHE]),
+    "TeaFlexDyLatte": (TINY, [*FLEX, *DYDIT, *TEACACHE]),
+    "TeaPixArt": (PIXART_RUN, [*PIXART, *TEACACHE]),
 }
 
 
@@ -81,7 +84,8 @@ def test_the_contract(built, tmp_path):
     flexdit, dydit, cache = bool(run.density.layout), run.dydit.enabled, run.cache.enabled
     assert bool(model.layout) == flexdit
     # the policy is the run's sections, under one name in records
-    parts = [f"fora {run.cache.interval}"] * cache + [f"flexdit {run.density.layout}"] * flexdit + \
+    setting = run.cache.threshold if run.cache.method == "teacache" else run.cache.interval
+    parts = [f"{run.cache.method} {setting:g}"] * cache + [f"flexdit {run.density.layout}"] * flexdit + \
         [f"dydit {run.dydit.target}"] * dydit
     assert model.policy.label() == (" + ".join(parts) or "baseline")
     assert set(model.policy.sections()) == {k for k, on in (("density", flexdit), ("dydit", dydit), ("cache", cache))

@@ -428,10 +428,6 @@ def eval_main(args: argparse.Namespace) -> dict[str, Any]:
         from flexgen.metrics.adm import adm_main
 
         return adm_main(args)
-    if args.metric == "synthmotion":
-        from flexgen.metrics.synthmotion_eval import synthmotion_main
-
-        return synthmotion_main(args)
     if getattr(args, "records", None) and not args.dataset:
         raise ValueError("--records needs --dataset NAME (rows of different datasets never share a table)")
     protocol = get_protocol(args.protocol or DEFAULT_PROTOCOLS[args.metric])

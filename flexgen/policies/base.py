@@ -85,8 +85,9 @@ class Policy:
                              "each network (or copy.deepcopy it)")
         self.net = net
 
-    def new_run(self) -> None:
-        """A sampling run starts (a step cache forgets the last one); the sampling library calls it."""
+    def new_run(self, steps: int | None = None) -> None:
+        """A sampling run of `steps` forwards starts (a step cache forgets the last one; TeaCache always runs the last
+        step when it knows the count); the sampling library calls it."""
 
     def begin(self, net: Any, t: torch.Tensor, **step: Any) -> None:
         """Before a forward at timesteps t (B,); `step`: the forward's keyword arguments of `step_args`."""

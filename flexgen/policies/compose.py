@@ -148,9 +148,9 @@ class Compose(Policy):
     def held_bytes(self):
         return sum(p.held_bytes() for p in self._parts)
 
-    def new_run(self) -> None:
+    def new_run(self, steps=None):
         for p in self._parts:
-            p.new_run()
+            p.new_run(steps)
 
     def slice_caches(self):
         return [c for p in self._parts for c in p.slice_caches()]

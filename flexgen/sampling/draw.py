@@ -54,7 +54,7 @@ def draw(model: Denoiser, seeds: Sequence[int], cond: dict, *, sampler: str, ste
     if cond:
         net = classifier_free_guidance(net, cfg_scale, cond, model.null_condition(cond), cfg_channels)
     dtype = dtype if dtype is not None else next(model.parameters()).dtype
-    model.policy.new_run()                                  # (a step cache starts over)
+    model.policy.new_run(steps)                             # (a step cache starts over)
     return sample(net, model.latent_shape(), list(seeds), sampler=sampler, steps=steps, betas=betas,
                   learned_sigma=model.learned_sigma, clip_denoised=clip_denoised,
                   prediction=model.run.diffusion.prediction, device=device, dtype=dtype)

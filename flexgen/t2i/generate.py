@@ -198,7 +198,7 @@ def iter_generate(pipe: PixArtAlphaPipeline, records: list[dict[str, Any]], *, s
         for start in range(0, len(records), batch_size):
             batch = records[start:start + batch_size]
             generators = [torch.Generator("cpu").manual_seed(r["seed"]) for r in batch]
-            policy_of(pipe.transformer).new_run()                      # (a step cache starts over)
+            policy_of(pipe.transformer).new_run(steps)                 # (a step cache starts over)
             out = pipe(prompt=[r["prompt"] for r in batch], negative_prompt=negative_prompt,
                        num_inference_steps=steps, guidance_scale=guidance, num_images_per_prompt=1, height=height,
                        width=width, generator=generators, output_type="pt", clean_caption=False,

@@ -46,6 +46,19 @@ class PixArtPolicyHooks:
     def num_heads(self) -> int:
         return self.config.num_attention_heads
 
+    # ---- the step cache --------------------------------------------------------------------------------
+
+    def first_modulated(self, x: torch.Tensor, ctx: Any) -> torch.Tensor:
+        """TeaCache's indicator: the first block's timestep-modulated input, LN(x)·(1 + scale) + shift with
+        adaLN-single's shift and scale of its self-attention (as `pixart.pixart_block`), (B, N, D)."""
+        block = self.transformer_blocks[0]
+        shift, scale = (block.scale_shift_table[None] + ctx.cond.reshape(x.shape[0], 6, -1)).chunk(6, dim=1)[:2]
+        return block.norm1(x) * (1 + scale) + shift                        # (B, N, D)
+
+    def indicator_macs(self) -> int:
+        """MACs per image of `first_modulated`: none (adaLN-single's table is added, not multiplied by weights)."""
+        return 0
+
     # ---- FlexDiT ----------------------------------------------------------------------------------------
 
     @property

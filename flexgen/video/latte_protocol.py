@@ -47,6 +47,20 @@ class LattePolicyHooks:
     def base_grid(self) -> int:
         return self.config.grid_size
 
+    # ---- the step cache --------------------------------------------------------------------------------
+
+    def first_modulated(self, x: torch.Tensor, frames: Any) -> torch.Tensor:
+        """TeaCache's indicator: the first spatial block's timestep-modulated input, modulate(LN(x), shift, scale)
+        of its attention (DiT's `modulate`: x·(1 + scale) + shift), on the blocks' input tokens (B·FI, N, D)."""
+        block = self.spatial_blocks[0]
+        shift, scale = block.modulation(frames.cond, x.shape[0])[:2]
+        return block.norm1(x) * (1 + scale) + shift                        # (B·FI, N, D)
+
+    def indicator_macs(self) -> int:
+        """MACs per sample of `first_modulated`: the first block's adaLN linear (D -> 6D) on each frame's condition."""
+        dim, frames = self.config.hidden_size, self.config.num_frames if self.config.temporal else 1
+        return frames * dim * 6 * dim
+
     def _roles(self) -> str:
         flex = self.policy.part(FlexDiT)
         return "D" * len(self.spatial_blocks) if flex is None else flex.roles

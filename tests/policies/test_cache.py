@@ -1,6 +1,8 @@
-"""The step cache (`flexgen.policies.cache`, FORA): interval 1 is uncached sampling exactly; a skipped step runs no
-block and returns its input plus the last computed residual; a residual is never reused across a FlexDiT grid
-change or a DyDiT width-pattern change; a new sampling run starts over; `flexgen sample` records what ran."""
+"""The step cache (`flexgen.policies.cache`, FORA and TeaCache): interval 1 / threshold 0 is uncached sampling
+exactly; a skipped step runs no block and returns its input plus the last computed residual; TeaCache's indicator is
+the relative change of the first block's modulated input, rescaled and accumulated; a residual is never reused
+across a FlexDiT grid change or a DyDiT width-pattern change; a new sampling run starts over; `flexgen sample`
+records what ran."""
 
 import pytest
 import torch
@@ -17,11 +19,11 @@ FLEX = ["density.layout=P GSR T", "density.schedule.kind=stages", "density.sched
 STEPS = (900, 800, 700, 600, 500)
 
 
-def models(*overrides, interval=2):
-    """(cached, uncached) denoisers of one run on the same random weights."""
+def models(*overrides, interval=2, cache=None):
+    """(cached, uncached) denoisers of one run on the same random weights (FORA at `interval`, or `cache`)."""
     plain, run = random_model(list(overrides))
-    cached = build_denoiser(load_config(TINY, [*SMALL, *overrides, "cache.method=fora",
-                                               f"cache.interval={interval}"])).eval()
+    cache = cache or ["cache.method=fora", f"cache.interval={interval}"]
+    cached = build_denoiser(load_config(TINY, [*SMALL, *overrides, *cache])).eval()
     cached.net.load_state_dict(plain.net.state_dict())
     return cached, plain
 
@@ -41,7 +43,7 @@ def block_calls(model):
 
 
 def test_the_config_section_and_the_method_name():
-    with pytest.raises(ConfigError, match="cache.*method.*'teacach' is not one of none, fora"):
+    with pytest.raises(ConfigError, match="cache.*method.*'teacach' is not one of none, fora, teacache"):
         load_config(TINY, ["cache.method=teacach"])
     with pytest.raises(ConfigError, match="cache.interval"):
         load_config(TINY, ["cache.method=fora", "cache.interval=0"])
@@ -180,3 +182,80 @@ def test_the_bench_refuses_a_step_cache_with_the_reason(capsys):
 
     assert main(["bench", "flops", "--config", TINY, "cache.method=fora"]) == 2
     assert "a step cache saves whole sampler steps" in capsys.readouterr().err
+
+
+TEA = ["cache.method=teacache"]
+
+
+def test_teacache_settings():
+    with pytest.raises(ConfigError, match="cache.threshold"):
+        load_config(TINY, [*TEA, "cache.threshold=-0.1"])
+    run = load_config(TINY, [*TEA, "cache.threshold=0.15", "cache.coefficients=[2.0, 0.5]"])
+    assert run.cache.coefficients == [2.0, 0.5] and run.cache.rescale(0.1) == pytest.approx(0.7)   # 2x + 0.5
+    assert load_config(TINY, [*TEA, "cache.coefficients=[-1.0]"]).cache.rescale(0.3) == 0.0         # never below 0
+    cached, _ = models(cache=[*TEA, "cache.threshold=0.15"])
+    assert cached.policy.label() == "teacache 0.15"
+
+
+@torch.no_grad()
+def test_teacache_threshold_zero_is_uncached_sampling_exactly():
+    cached, plain = models(*FLEX, cache=[*TEA, "cache.threshold=0"])
+    x, cond = inputs(plain)
+    cached.policy.new_run(len(STEPS))
+    for t in STEPS:
+        tt = torch.full((2,), t)
+        assert torch.equal(cached(x, tt, **cond), plain(x, tt, **cond))
+        x = x * 0.9
+    assert cached.policy.part(StepCache).steps_skipped == 0
+
+
+@torch.no_grad()
+def test_teacache_accumulates_the_rescaled_change_of_the_first_blocks_modulated_input():
+    cached, plain = models(cache=[*TEA, "cache.threshold=0.5", "cache.coefficients=[3.0, 0.0]"])    # 3 × change
+    cache, calls = cached.policy.part(StepCache), block_calls(cached)
+    blocks = len(cached.net.spatial_blocks) + len(cached.net.temporal_blocks)
+    x, cond = inputs(plain)
+    cache.new_run(len(STEPS))
+    previous, accumulated, ran = None, 0.0, []
+    for step, t in enumerate(STEPS):
+        tt = torch.full((2,), t)
+        tokens, frames = cached.net.embed(x, tt, cond["y"], 0, None)
+        signal = cached.net.first_modulated(tokens, frames)
+        before = len(calls)
+        cached(x, tt, **cond)
+        if previous is not None:                            # the relative L1 change, by hand
+            change = float((signal - previous).abs().mean() / previous.abs().mean())
+            assert cache.trace[-1] == pytest.approx(change, rel=1e-5)
+            accumulated += 3 * change
+        due = previous is None or step == len(STEPS) - 1 or accumulated >= 0.5
+        assert (len(calls) - before == blocks) == due == cache.computed
+        ran.append(due)
+        accumulated = 0.0 if due else accumulated
+        previous = signal
+        x = x + 0.02 * torch.randn(x.shape, generator=torch.Generator().manual_seed(step))
+    assert ran[0] and ran[-1] and not all(ran)             # the first and last run; some step reused
+    assert cache.steps_skipped == ran.count(False)
+
+
+PIXART = ["model.depth=3", "model.hidden_size=24", "model.num_heads=3", "model.caption_channels=32",
+          "autoencoder.downsample=2", "data.image_size=16"]
+
+
+@torch.no_grad()
+def test_teacache_on_pixart_reads_the_modulated_input_the_first_block_attends_over():
+    # The indicator restates the first block's "ada_norm_single" modulation (diffusers 0.42 BasicTransformerBlock):
+    # it equals what that block's self-attention receives; threshold 0 is the uncached model.
+    run = "configs/t2i/pixart/pixart-xl2-256.yaml"
+    plain = build_denoiser(load_config(run, PIXART)).eval()
+    cached = build_denoiser(load_config(run, [*PIXART, *TEA, "cache.threshold=0"])).eval()
+    cached.net.load_state_dict(plain.net.state_dict())
+    seen = []
+    cached.net.transformer_blocks[0].attn1.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, *plain.latent_shape(), generator=g)
+    cond = plain.example_condition(2)
+    cached.policy.new_run(2)
+    for t in (700, 600):
+        tt = torch.full((2,), t)
+        assert torch.equal(cached(x, tt, **cond), plain(x, tt, **cond))
+        torch.testing.assert_close(cached.policy.part(StepCache)._signal, seen[-1].float(), rtol=0, atol=0)

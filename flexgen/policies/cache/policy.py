@@ -1,7 +1,13 @@
 """A step cache as a policy: it walks around the blocks (the dense walk, or FlexDiT's roles with DyDiT inside), and
 at a step it skips returns the input plus the blocks' residual (output minus input, in the dense token layout)
-of the last step that ran them. FORA (Selvaraju et al. 2024, arXiv 2407.01425): steps 0, n, 2n, ... of a
-sampling run run the blocks.
+of the last step that ran them. Which steps run the blocks:
+
+- FORA (Selvaraju et al. 2024, arXiv 2407.01425): steps 0, n, 2n, ... of a sampling run.
+- TeaCache (Liu et al. 2025, arXiv 2411.19108, §3.4): the first block's timestep-modulated input (`net.
+  first_modulated`) is compared with the previous step's (relative L1: mean |a − b| / mean |b|); that change,
+  rescaled by the fitted polynomial (`cache.coefficients`, `flexgen calibrate`; clipped at 0), is accumulated
+  over the skipped steps; a step runs the blocks once the sum reaches `threshold`, and resets it. The first step
+  and the last (when the run says how many, `new_run(steps)`) always run, so threshold 0 runs every step.
 
 - A sampling run is a sequence of forwards at decreasing t; a forward at a t that does not decrease starts a new
   one. Every row of a forward (a batch of samples, both classifier-free-guidance halves) shares the decision;
@@ -37,48 +43,72 @@ class StepCache(Policy):
         self._last_t: int | None = None
         self._residual: torch.Tensor | None = None
         self._key: Any = None
-        self._step = 0
+        self._step, self._steps = 0, None
+        self._signal: torch.Tensor | None = None     # teacache: the last step's modulated input
+        self._accumulated = 0.0
         self.computed: bool | None = None            # whether the last forward ran the blocks
         self.steps_computed = self.steps_skipped = 0
+        self.trace: list[float | None] = []          # teacache: each forward's relative input change (calibration)
 
     @classmethod
     def from_section(cls, config: CacheConfig, run: Any) -> StepCache | None:
         return cls(config) if config.enabled else None
 
     def label(self) -> str:
-        return f"{self.config.method} {self.config.interval}"
+        teacache = self.config.method == "teacache"
+        return f"{self.config.method} {self.config.threshold:g}" if teacache else \
+            f"{self.config.method} {self.config.interval}"
 
     def describe(self) -> str:
+        if self.config.method == "teacache":
+            fitted = "a fitted rescaling" if self.config.coefficients else "no rescaling"
+            return f"step cache teacache (threshold {self.config.threshold:g}, {fitted})"
         return f"step cache {self.config.method} (the blocks every {self.config.interval} steps)"
 
     def sections(self) -> dict[str, Any]:
         return {"cache": dataclasses.asdict(self.config)}
 
-    def new_run(self) -> None:
+    def new_run(self, steps: int | None = None) -> None:
         self._residual, self._key, self._step, self._last_t = None, None, 0, None
+        self._steps, self._signal, self._accumulated = steps, None, 0.0
 
     def begin(self, net, t, **step) -> None:
         super().begin(net, t, **step)
         t0 = int(t.reshape(-1)[0])
-        if self._last_t is None or t0 >= self._last_t:          # a new sampling run (when no one said so)
+        if self._last_t is not None and t0 >= self._last_t:     # a new sampling run (when no one said so)
             self.new_run()
         self._last_t, self._batch = t0, t.numel()
 
     def walk(self, net, x, ctx, inner=None):
         key = (tuple(x.shape), net.policy.signature())
-        due = self._step % self.config.interval == 0
-        reuse = not net.training and not due and self._residual is not None and _same(key, self._key)
+        due = net.training or self._due(net, x, ctx)
         self._step += 1
-        if reuse:
+        if not due and self._residual is not None and _same(key, self._key):
             self.computed = False
             self.steps_skipped += 1
             return x + self._residual
         out = (inner or net.walk)(x, ctx)
-        self.computed = True
+        self.computed, self._accumulated = True, 0.0
         self.steps_computed += 1
         if not net.training:
             self._residual, self._key = (out - x).detach(), key
         return out
+
+    def _due(self, net, x, ctx) -> bool:
+        """Whether this step of the run must run the blocks (module docstring)."""
+        if self.config.method == "fora":
+            return self._step % self.config.interval == 0
+        with torch.no_grad():
+            signal = net.first_modulated(x, ctx).float()
+        previous, self._signal = self._signal, signal
+        if previous is None or previous.shape != signal.shape:
+            self.trace.append(None)
+            return True
+        change = float((signal - previous).abs().mean() / previous.abs().mean().clamp(min=1e-12))
+        self.trace.append(change)
+        self._accumulated += self.config.rescale(change)
+        last = self._steps is not None and self._step >= self._steps - 1
+        return last or self._accumulated >= self.config.threshold
 
     def forward_macs(self, cost, routing=None, grid=None):
         """The last forward's MACs per sample: what the other measured policies say (or the counted forward) when it
@@ -87,11 +117,16 @@ class StepCache(Policy):
         if self.computed is not False:
             inner = next((p for p in self.net.policy.parts if p is not self and p.measured), None)
             if inner is not None:
-                return inner.forward_macs(cost, routing, grid)
-            return torch.full((self._batch,), cost.forward_macs(grid).gmacs * 1e9, dtype=torch.float64)
+                return inner.forward_macs(cost, routing, grid) + self._indicator()
+            return torch.full((self._batch,), cost.forward_macs(grid).gmacs * 1e9 + self._indicator(),
+                              dtype=torch.float64)
         report = cost.forward_macs(grid)
         blocks = sum(v for k, v in report.breakdown.items() if k in self.net.block_modules)
-        return torch.full((self._batch,), (report.gmacs - blocks) * 1e9, dtype=torch.float64)
+        return torch.full((self._batch,), (report.gmacs - blocks) * 1e9 + self._indicator(), dtype=torch.float64)
+
+    def _indicator(self) -> float:
+        """TeaCache's own MACs per sample and forward: the first block's modulation (`net.indicator_macs`)."""
+        return float(self.net.indicator_macs()) if self.config.method == "teacache" else 0.0
 
     def held_bytes(self) -> int:
         return 0 if self._residual is None else self._residual.nbytes

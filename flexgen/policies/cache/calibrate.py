@@ -1,0 +1,182 @@
+"""`flexgen calibrate`: fit TeaCache's rescaling polynomial for the user's own model, and say what each threshold
+would skip.
+
+    flexgen calibrate --config configs/demo/demo-dense.yaml --ckpt results/demo/dense/ema.safetensors \
+        --out calib.json --num-samples 16 --steps 50          # then: cache.method=teacache cache.coefficients=[...]
+
+TeaCache's procedure (Liu et al. 2025, §3.4, and its repository's calibration notes): sample the model uncached,
+record at every step the relative L1 change of the first block's modulated input (the indicator, `x`) and of the
+model's output (`y`), and fit `numpy.polyfit(x, y, 4)` over all steps. Here the model runs with `cache.method=
+teacache`, `threshold=0` (every step computes, the policy records `x`), and a wrapper records the outputs (both
+CFG halves, as the sampler calls the model). The file stores the coefficients with what they were fitted on (config,
+checkpoint sha256, sampler, steps, CFG, seeds), the fit's error, and for each threshold the steps and GMACs per
+sample TeaCache would compute on these runs' indicators (an estimate from the uncached trajectory; `flexgen
+sample` with the cache measures the real count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from flexgen.policies.cache.config import CacheConfig
+
+THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure parts: the change between consecutive outputs, the fit, the simulated decisions
+# ---------------------------------------------------------------------------------------------------------------
+def relative_change(current: torch.Tensor, previous: torch.Tensor) -> float:
+    """mean |current − previous| / mean |previous| (TeaCache's relative L1 distance)."""
+    return float((current - previous).abs().mean() / previous.abs().mean().clamp(min=1e-12))
+
+
+def fit_rescale(x: Sequence[float], y: Sequence[float], degree: int = 4) -> dict[str, Any]:
+    """The least-squares polynomial y ≈ p(x) (numpy.polyfit, highest degree first) and its error:
+    {"coefficients", "rms_error", "relative_rms_error" (over the mean |y|), "points"}."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) != len(y) or len(x) <= degree:
+        raise ValueError(f"a degree-{degree} fit needs more than {degree} (x, y) pairs, got {len(x)} and {len(y)}")
+    coefficients = np.polyfit(x, y, degree)
+    residual = y - np.polyval(coefficients, x)
+    rms = float(np.sqrt(np.mean(residual ** 2)))
+    return {"coefficients": [float(c) for c in coefficients], "rms_error": rms,
+            "relative_rms_error": rms / max(float(np.mean(np.abs(y))), 1e-12), "points": int(len(x))}
+
+
+def computed_steps(changes: Sequence[float], config: CacheConfig) -> int:
+    """How many forwards of one run TeaCache computes, given the run's indicator changes (one per forward after
+    the first): the first and the last always, the others once the rescaled changes add up to the threshold."""
+    computed, accumulated = 1, 0.0
+    for i, change in enumerate(changes):
+        accumulated += config.rescale(change)
+        if i == len(changes) - 1 or accumulated >= config.threshold:
+            computed, accumulated = computed + 1, 0.0
+    return computed
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Recording an uncached run
+# ---------------------------------------------------------------------------------------------------------------
+class _Outputs:
+    """The model, recording each call's output (the sampler's view: both CFG halves in one batch)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model, self.outputs = model, []
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        out = self.model(x, t, **kwargs)
+        self.outputs.append(out.detach().float())
+        return out
+
+
+def record_runs(model, seeds: Sequence[int], *, sampler: str, steps: int, cfg_scale: float, batch_size: int,
+                betas: torch.Tensor, clip_denoised: bool = False) -> list[tuple[list[float], list[float]]]:
+    """One (indicator changes, output changes) pair of lists per sampling run (a batch of `batch_size` seeds);
+    `model` runs TeaCache at threshold 0."""
+    from flexgen.policies.cache.policy import StepCache
+    from flexgen.sampling.draw import draw
+
+    cache = model.policy.part(StepCache)
+    if cache is None or cache.config.method != "teacache" or cache.config.threshold != 0:
+        raise ValueError("calibration records a TeaCache run at threshold 0 (every step computes)")
+    runs = []
+    for start in range(0, len(seeds), batch_size):
+        chunk = list(seeds[start:start + batch_size])
+        recorder, first = _Outputs(model), len(cache.trace)
+        cond = model.sampling_condition(len(seeds), seeds[0])
+        cond = {k: v[start:start + len(chunk)] for k, v in cond.items()}
+        with torch.no_grad():
+            draw(model, chunk, cond, sampler=sampler, steps=steps, cfg_scale=cfg_scale, betas=betas,
+                 clip_denoised=clip_denoised, meter=recorder)
+        x = cache.trace[first:]
+        y = [relative_change(b, a) for a, b in zip(recorder.outputs, recorder.outputs[1:], strict=False)]
+        if len(x) != len(recorder.outputs) or x[0] is not None or any(v is None for v in x[1:]):
+            raise RuntimeError(f"the indicator was recorded at {len(x)} forwards for {len(recorder.outputs)} model "
+                               "calls; a run must be one uninterrupted sequence of forwards")
+        runs.append((x[1:], y))
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# flexgen calibrate
+# ---------------------------------------------------------------------------------------------------------------
+def add_calibrate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--config", required=True, help="run config of the model (any policy; its cache section is "
+                                                        "replaced by TeaCache at threshold 0 while recording)")
+    parser.add_argument("--ckpt", required=True, help="weights (as flexgen sample takes them)")
+    parser.add_argument("--out", required=True, help="JSON file to write: coefficients, what they were fitted on, "
+                                                     "the fit's error, steps and GMACs per threshold")
+    parser.add_argument("--num-samples", type=int, default=16, help="samples recorded (TeaCache used ~70 prompts)")
+    parser.add_argument("--batch-size", type=int, default=8, help="samples per sampling run")
+    parser.add_argument("--sampler", default=None, help="default sample.sampler")
+    parser.add_argument("--steps", type=int, default=None, help="default sample.steps")
+    parser.add_argument("--cfg-scale", type=float, default=None, help="default sample.cfg_scale")
+    parser.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    parser.add_argument("--degree", type=int, default=4, help="degree of the polynomial (TeaCache: 4)")
+    parser.add_argument("--thresholds", default=",".join(f"{t:g}" for t in THRESHOLDS),
+                        help="comma-separated thresholds to report")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    return parser
+
+
+def calibrate_main(args: argparse.Namespace) -> dict[str, Any]:
+    from flexgen.config import config_to_dict, load_config
+    from flexgen.diffusion import linear_betas
+    from flexgen.files import atomic_write_text, file_sha256
+    from flexgen.registry import build_denoiser
+
+    thresholds = [float(t) for t in str(args.thresholds).split(",") if t.strip()]
+    if args.num_samples < 1 or args.batch_size < 1:
+        raise ValueError(f"--num-samples and --batch-size must be >= 1, got {args.num_samples}, {args.batch_size}")
+    overrides = [*args.overrides, "cache.method=teacache", "cache.threshold=0", "cache.coefficients=[]"]
+    run = load_config(args.config, overrides)
+    s = run.sample
+    sampler, steps = args.sampler or s.sampler, args.steps or s.steps
+    cfg_scale = s.cfg_scale if args.cfg_scale is None else args.cfg_scale
+    model = build_denoiser(run)
+    model.load_pretrained(args.ckpt, routers_required=True)
+    model = model.eval()
+    betas = linear_betas(run.diffusion.num_timesteps, run.diffusion.beta_start, run.diffusion.beta_end)
+    seeds = list(range(args.seed, args.seed + args.num_samples))
+    runs = record_runs(model, seeds, sampler=sampler, steps=steps, cfg_scale=cfg_scale, batch_size=args.batch_size,
+                       betas=betas, clip_denoised=s.clip_denoised)
+    x = [v for changes, _ in runs for v in changes]
+    y = [v for _, changes in runs for v in changes]
+    fit = fit_rescale(x, y, args.degree)
+    per_forward = model.cost().forward_macs(None)
+    blocks = sum(v for k, v in per_forward.breakdown.items() if k in model.net.block_modules)
+    passes = 2 if cfg_scale != 1 and model.config.num_classes else 1
+    table = []
+    for threshold in thresholds:
+        config = CacheConfig("teacache", threshold=threshold, coefficients=fit["coefficients"])
+        computed = float(np.mean([computed_steps(changes, config) for changes, _ in runs]))
+        gmacs = passes * (steps * (per_forward.gmacs - blocks) + computed * blocks +
+                          steps * model.net.indicator_macs() / 1e9)
+        table.append({"threshold": threshold, "steps_computed": computed, "fraction": computed / steps,
+                      "gmacs_per_sample": gmacs})
+    result = {"method": "teacache", **fit, "degree": args.degree,
+              "fitted_on": {"config": str(args.config), "overrides": list(args.overrides), "checkpoint": str(args.ckpt),
+                            "checkpoint_sha256": file_sha256(args.ckpt), "model": run.model.preset,
+                            "policy": model.policy.label(), "sampler": sampler, "steps": steps,
+                            "cfg_scale": cfg_scale, "seeds": [seeds[0], seeds[-1]], "runs": len(runs),
+                            "run_config": config_to_dict(run)},
+              "uncached_gmacs_per_sample": passes * steps * (per_forward.gmacs + model.net.indicator_macs() / 1e9),
+              "thresholds": table,
+              "use": f"cache.method=teacache cache.coefficients=[{', '.join(f'{c:.6g}' for c in fit['coefficients'])}]"
+                     " cache.threshold=<one of the thresholds>"}
+    atomic_write_text(Path(args.out), json.dumps(result, indent=2))
+    print(f"fitted a degree-{args.degree} polynomial on {fit['points']} steps of {len(runs)} runs "
+          f"(relative RMS error {fit['relative_rms_error']:.3f}); wrote {args.out}")
+    for row in table:
+        print(f"  threshold {row['threshold']:g}: {row['steps_computed']:.1f} of {steps} steps computed, "
+              f"{row['gmacs_per_sample']:.3f} GMACs per sample")
+    print(f"use: {result['use']}")
+    return result

@@ -1,0 +1,57 @@
+"""`flexgen calibrate` (`flexgen.policies.cache.calibrate`): the fit recovers a known polynomial, the simulated
+TeaCache decisions follow the rule, and the command writes coefficients a run config takes back."""
+
+import json
+
+import numpy as np
+import pytest
+
+from flexgen.checkpoint import save_weights
+from flexgen.cli import main
+from flexgen.config import load_config
+from flexgen.policies.cache.calibrate import computed_steps, fit_rescale
+from flexgen.policies.cache.config import CacheConfig
+from tests.sample_helpers import SMALL, TINY, random_model
+
+
+def test_the_fit_recovers_a_known_polynomial():
+    # TeaCache's degree-4 rescaling on indicator changes in [0, 0.4], the outputs measured with a little noise.
+    truth = [40.0, -12.0, 3.0, 0.8, 0.01]                            # highest degree first
+    x = np.random.default_rng(0).uniform(0, 0.4, 300)
+    y = np.polyval(truth, x) + np.random.default_rng(1).normal(0, 1e-4, x.size)
+    fit = fit_rescale(x, y)
+    np.testing.assert_allclose(fit["coefficients"], truth, rtol=0.02, atol=2e-3)
+    assert fit["points"] == 300 and fit["rms_error"] < 2e-4 and fit["relative_rms_error"] < 1e-3
+    with pytest.raises(ValueError, match="more than 4"):
+        fit_rescale([0.1, 0.2], [0.1, 0.2])
+
+
+def test_the_simulated_decisions_follow_the_rule():
+    changes = [0.1, 0.1, 0.1, 0.1, 0.1]                               # six forwards: the first has no change
+    assert computed_steps(changes, CacheConfig("teacache", threshold=0)) == 6
+    assert computed_steps(changes, CacheConfig("teacache", threshold=100)) == 2          # the first and the last
+    # 0.25: the sums reach 0.3 at the 3rd change and again at the 6th (the last): steps 0, 3, 5 compute
+    assert computed_steps(changes, CacheConfig("teacache", threshold=0.25)) == 3
+    # rescaled by 2x: the sum reaches 0.4 every 2nd change
+    assert computed_steps(changes, CacheConfig("teacache", threshold=0.35, coefficients=[2.0, 0.0])) == 4
+
+
+def test_flexgen_calibrate_writes_coefficients_a_run_takes(tmp_path, capsys):
+    model, _ = random_model()
+    save_weights(model.net, tmp_path / "dense.safetensors")
+    out = tmp_path / "calib.json"
+    assert main(["calibrate", "--config", TINY, "--ckpt", str(tmp_path / "dense.safetensors"), "--out", str(out),
+                 "--num-samples", "4", "--batch-size", "2", "--sampler", "ddim", "--steps", "6", "--degree", "2",
+                 "--thresholds", "0,0.1,1,100", *SMALL]) == 0
+    result = json.loads(out.read_text())
+    assert len(result["coefficients"]) == 3 and result["points"] == 2 * 5              # 2 runs × 5 changes
+    assert result["fitted_on"]["steps"] == 6 and result["fitted_on"]["runs"] == 2
+    assert len(result["fitted_on"]["checkpoint_sha256"]) == 64
+    steps = [row["steps_computed"] for row in result["thresholds"]]
+    assert steps[0] == 6 and steps[-1] == 2 and steps == sorted(steps, reverse=True)
+    gmacs = [row["gmacs_per_sample"] for row in result["thresholds"]]
+    assert gmacs == sorted(gmacs, reverse=True) and gmacs[0] == pytest.approx(result["uncached_gmacs_per_sample"])
+    assert "use: cache.method=teacache cache.coefficients=[" in capsys.readouterr().out
+    coefficients = "[" + ",".join(repr(c) for c in result["coefficients"]) + "]"
+    run = load_config(TINY, ["cache.method=teacache", f"cache.coefficients={coefficients}"])
+    assert run.cache.coefficients == result["coefficients"]
