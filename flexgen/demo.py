@@ -127,6 +127,25 @@ def _rate(folder: Path, name: str, data_root: Path, out: Path, detector, i3d) ->
     return records
 
 
+def _step_caches(out: Path, dense_overrides: list[str], budget: Budget) -> list[tuple[str, str, list[str]]]:
+    """The training-free rows on the dense model: (row name, folder tag, cache overrides) of FORA every 2nd step,
+    and of TeaCache with its polynomial fitted here (`flexgen calibrate`'s `calibrate` on 8 uncached samples) at
+    the smallest threshold that computes at most half the steps on them."""
+    from flexgen.policies.cache.calibrate import RECORDING, THRESHOLDS, calibrate, coefficients_override
+
+    run = load_config(CONFIGS / DENSE[2], [*dense_overrides, *RECORDING])
+    model = build_denoiser(run)
+    model.load_pretrained(out / DENSE[1] / "ema.safetensors")
+    fitted = calibrate(model.eval(), run, list(range(8)), sampler=SAMPLER, steps=budget.steps,
+                       cfg_scale=run.sample.cfg_scale, batch_size=4, thresholds=THRESHOLDS)
+    half = [row["threshold"] for row in fitted["thresholds"] if row["steps_computed"] <= budget.steps / 2]
+    threshold = min(half) if half else max(THRESHOLDS)
+    teacache = ["cache.method=teacache", f"cache.threshold={threshold:g}",
+                coefficients_override(fitted["coefficients"])]
+    return [("Latte (dense) + FORA 2", "fora2", ["cache.method=fora", "cache.interval=2"]),
+            (f"Latte (dense) + TeaCache {threshold:g}", f"teacache{threshold:g}", teacache)]
+
+
 def frontier_steps(steps: int, few: tuple[int, ...], cost_ratios: list[float]) -> list[int]:
     """The dense model's step counts below `steps`: the `few` cheapest, and each count whose cost per video
     matches a policy's (its GMACs per video over the dense model's at `steps`), rounded; sorted, no repeats."""
@@ -202,8 +221,9 @@ def run_demo(out: str | Path = "results/demo", quick: bool = False, progress: bo
     records_path.unlink(missing_ok=True)               # the board shows this run's models only
     i3d, rows, folders = _standard_i3d(), [], []
 
-    def sample_and_rate(name: str, run: str, config: str, cfg: Config, overrides: list[str], steps: int) -> dict:
-        folder = out / run / ("samples" if steps == budget.steps else f"samples-{steps}")
+    def sample_and_rate(name: str, run: str, config: str, cfg: Config, overrides: list[str], steps: int,
+                        tag: str = "") -> dict:
+        folder = out / run / "-".join(["samples", *([str(steps)] if steps != budget.steps else []), *[tag] * bool(tag)])
         t = time.perf_counter()
         _sample(config, overrides, out / run / "ema.safetensors", folder, budget, steps, progress)
         timings[f"sample_{folder.relative_to(out).as_posix().replace('/', '_')}_s"] = time.perf_counter() - t
@@ -221,6 +241,11 @@ def run_demo(out: str | Path = "results/demo", quick: bool = False, progress: bo
     for name, run, config, cfg, overrides in runs:
         rows.append(sample_and_rate(name, run, config, cfg, overrides, budget.steps))
         folders.append(Path(rows[-1]["samples"]))
+    t = time.perf_counter()
+    caches = _step_caches(out, dense_overrides, budget)        # FORA, and TeaCache calibrated on the dense model
+    timings["calibrate_s"] = time.perf_counter() - t
+    for name, tag, cache in caches:
+        rows.append(sample_and_rate(name, *runs[0][1:4], [*runs[0][4], *cache], budget.steps, tag))
     ratios = [row["gmacs_per_video"] / rows[0]["gmacs_per_video"] for row in rows[1:]]
     for steps in frontier_steps(budget.steps, budget.few_steps, ratios):
         rows.append(sample_and_rate(*runs[0], steps))
@@ -267,8 +292,8 @@ METRICS = (("acc_synthmotion", "acc ↑", ".2f"), ("tone_synthmotion", "tone ↓
 LEGEND = ("acc: share of samples classified as the class (shape and direction) they were drawn for; tone (% of "
           "the contrast of its two colours) and track (pixels): distance from a flat two-colour clip and from a "
           "straight constant-speed crossing; fd: Fréchet distance of the detector's features to held-out real clips. "
-          "[a, b]: 95% interval (bootstrap over samples; basic bootstrap for fd). vs fewer steps: above / on / below "
-          "the dense model sampled with fewer steps at the same GMACs per video (on: the intervals overlap).")
+          "[a, b]: 95% interval (bootstrap over samples; for fd re-centred on the estimate). vs fewer steps: above / "
+          "on / below the dense model sampled with fewer steps at the same GMACs per video (on: intervals overlap).")
 
 
 def _cell(value: float | None, interval: list[float] | None, fmt: str) -> str:

@@ -404,7 +404,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-kid", action="store_true", help="skip KID (does not keep raw features)")
     parser.add_argument("--intervals", action="store_true",
-                        help="fvd, kid, fid: add the value's 95%% interval (basic bootstrap of the Fréchet distance "
+                        help="fvd, kid, fid: add the value's 95%% interval (a bootstrap of the Fréchet distance "
                              "over the generated set; KID over half-size subsets), which the records and the board "
                              "keep")
     parser.add_argument("--progress", action="store_true", help="show progress bars")

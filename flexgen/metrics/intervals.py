@@ -1,5 +1,5 @@
 """95% intervals for the numbers on a board: a bootstrap over samples for means (accuracy, per-sample scores), a
-basic bootstrap for the Fréchet distance at fixed N, and KID's spread over subsets.
+re-centred bootstrap for the Fréchet distance at fixed N, and KID's spread over subsets.
 
 Every interval describes how much the number would move with another draw of the same number of samples from the
 same model, which is what decides whether two rows of a board may be ranked (`flexgen.metrics.leaderboard`).
@@ -7,8 +7,10 @@ same model, which is what decides whether two rows of a board may be ranked (`fl
 - `bootstrap_mean`: the percentile bootstrap (Efron & Tibshirani 1993, §13.3) of a mean over samples.
 - `bootstrap_frechet`: the generated features resampled with replacement at their N, the real statistics fixed (the
   same for every row of a table). A resample with repeats has a smaller spread, which raises the Fréchet distance
-  on average, so the percentile interval would sit above the estimate; the basic (reverse-percentile) bootstrap,
-  [2d − q97.5, 2d − q2.5] (Davison & Hinkley 1997, §5.2), reflects that shift back. Clipped at 0.
+  on average, so the plain percentile interval can sit wholly above the estimate (and the basic bootstrap's
+  reflection, [2d − q97.5, 2d − q2.5], wholly below it when that bias exceeds the spread). Here the percentile
+  interval is moved by the bootstrap's median shift, [d + q2.5 − q50, d + q97.5 − q50]: the bootstrap's spread and
+  skew around the estimate, which it always contains. Clipped at 0.
 - `kid_interval`: the unbiased MMD² over random half-size subsets; mean ± 1.96 × their standard deviation. A subset
   of half the samples varies more than the whole set, so the interval is conservative (wider than the whole
   set's); at small N the estimate itself stays unbiased (Bińkowski et al. 2018).
@@ -47,7 +49,8 @@ def bootstrap_mean(values: Sequence[float] | np.ndarray, *, resamples: int = RES
 
 def bootstrap_frechet(fake: np.ndarray, real_mean: np.ndarray, real_cov: np.ndarray, *, resamples: int = 500,
                       seed: int = 0, level: float = LEVEL) -> tuple[float, float]:
-    """Basic-bootstrap interval of the Fréchet distance between `fake` features (N, D) and fixed real statistics."""
+    """Bootstrap interval of the Fréchet distance between `fake` features (N, D) and fixed real statistics, re-centred
+    on the estimate (module docstring)."""
     fake = np.asarray(fake, dtype=np.float64)
     if fake.ndim != 2 or len(fake) < 2:
         raise ValueError(f"need generated features (N >= 2, D), got shape {fake.shape}")
@@ -58,7 +61,8 @@ def bootstrap_frechet(fake: np.ndarray, real_mean: np.ndarray, real_cov: np.ndar
         x = fake[rng.integers(0, len(fake), len(fake))]
         draws.append(frechet_distance(x.mean(0), np.cov(x, rowvar=False), real_mean, real_cov))
     q_low, q_high = np.percentile(draws, _tails(level))
-    return max(0.0, 2 * estimate - float(q_high)), max(0.0, 2 * estimate - float(q_low))
+    shift = estimate - float(np.median(draws))
+    return max(0.0, float(q_low) + shift), max(0.0, float(q_high) + shift)
 
 
 def kid_interval(real: np.ndarray, fake: np.ndarray, *, subsets: int = 100, seed: int = 0,

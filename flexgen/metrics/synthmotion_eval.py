@@ -7,7 +7,8 @@ real-vs-real floor, each number with its 95% interval.
 Five numbers per folder, under the protocol the detector defines (`synthmotion.protocol`: one clip per real video,
 the first frames of each sample):
 
-- `fd_synthmotion`: the Fréchet distance of the detector's features to the real clips (basic bootstrap interval),
+- `fd_synthmotion`: the Fréchet distance of the detector's features to the real clips (a bootstrap interval
+  re-centred on it),
 - `kid_synthmotion`: KID on the same features (the spread over half-size subsets),
 - `acc_synthmotion`: the share of samples the detector classifies as the class they were drawn for (shape and
   direction), a bootstrap over samples,

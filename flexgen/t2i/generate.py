@@ -282,7 +282,7 @@ def _folder(path: str | Path | None) -> str | None:
 GRID_IMAGES = 64                 # the grid shows the first images only (a 30k-image run writes them all as files)
 # Settings that must match to resume into a folder (with the manifest's run fields).
 RUN_KEYS = ("text_encoder", "transformer_class", "layout", "schedule", "requested_size", "negative_prompt",
-            "max_length", "dtype")
+            "max_length", "dtype", "cache")
 
 
 def _save_png(image: torch.Tensor, path: Path) -> None:
@@ -293,6 +293,23 @@ def _save_png(image: torch.Tensor, path: Path) -> None:
 
     with atomic_write(path) as tmp:
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+
+
+def cache_config(spec: str, calibration: str | None = None):
+    """`--cache fora:2` / `--cache teacache:0.1` (+ the coefficients of a `flexgen calibrate` file) -> CacheConfig."""
+    from flexgen.policies.cache.config import CacheConfig
+
+    method, _, setting = spec.partition(":")
+    try:
+        if method == "fora":
+            return CacheConfig("fora", interval=int(setting or 2))
+        if method == "teacache":
+            coefficients = json.loads(Path(calibration).read_text())["coefficients"] if calibration else []
+            return CacheConfig("teacache", threshold=float(setting or 0.1), coefficients=coefficients)
+    except (ValueError, KeyError, OSError) as e:
+        raise ValueError(f"--cache {spec}" + (f" --cache-calibration {calibration}" if calibration else "") +
+                         f": {e}") from e
+    raise ValueError(f"--cache {spec}: the method is fora:N or teacache:THRESHOLD")
 
 
 def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
@@ -331,6 +348,11 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
                      help="attention processors: diffusers' SDPA, or flexgen.attention (xformers where its kernels "
                      "load; text cross-attention packed to each caption's tokens); same results (default: "
                      "%(default)s)")
+    gen.add_argument("--cache", default=None, metavar="METHOD:SETTING",
+                     help="a training-free step cache around the model: fora:N (the blocks every N-th step) or "
+                     "teacache:THRESHOLD (with --cache-calibration, the polynomial `flexgen calibrate` fitted)")
+    gen.add_argument("--cache-calibration", default=None, metavar="FILE",
+                     help="teacache: the JSON `flexgen calibrate` wrote (its coefficients)")
     gen.add_argument("--overwrite", action="store_true", help="draw every image again (default: a re-run with the "
                      "same settings keeps the images already written and draws the rest)")
     gen.set_defaults(func=main)
@@ -369,6 +391,10 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
         from flexgen.t2i.pixart import use_flexgen_attention
 
         use_flexgen_attention(pipe.transformer)
+    if args.cache:
+        from flexgen.t2i.pixart_io import with_step_cache
+
+        pipe.transformer = with_step_cache(pipe.transformer, cache_config(args.cache, args.cache_calibration))
     config = pipe.transformer.config
     layout = config.get("layout", "")
     policy = policy_of(pipe.transformer)
@@ -381,7 +407,7 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
                 "scheduler": args.scheduler, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
                 "num_images": args.num_images, "requested_size": [args.height, args.width],
                 "negative_prompt": args.negative_prompt, "max_length": args.max_length, "dtype": args.dtype,
-                "attention": getattr(args, "attention", "diffusers")}
+                "attention": getattr(args, "attention", "diffusers"), "cache": policy.sections().get("cache")}
     records = image_records(prompts, args.num_images, args.seed)
     files = image_files(out, len(records))
     weights = sorted(transformer_folder(args.transformer or args.model).glob("*.safetensors"))

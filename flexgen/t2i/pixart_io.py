@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import PixArtTransformer2DModel
@@ -67,10 +68,29 @@ def pixart_network(arguments: dict, policy: Policy) -> FlexPixArtTransformer2DMo
         net.policy.part(DyDiT).config = dy.config
     unsaved = [p for p in policy.parts if p.section and net.policy.part(type(p)) is None]   # no config key: a cache
     if unsaved:
-        net.policy = compose(sorted([*unsaved, *net.policy.parts], key=lambda p: p.order))
+        kept = [p for p in net.policy.parts if not p.dense]                      # (the dense model is no part)
+        net.policy = compose(sorted([*unsaved, *kept], key=lambda p: p.order))
         for part in unsaved:
             part.attach(net)
     return net
+
+
+def with_step_cache(transformer: torch.nn.Module, config: Any) -> FlexPixArtTransformer2DModel:
+    """The same transformer (weights, FlexDiT / DyDiT settings, device, dtype) running a step cache (`CacheConfig`)
+    around its policy; diffusers' dense class becomes flexgen's, whose forward calls the policy."""
+    import inspect
+
+    from diffusers import PixArtTransformer2DModel
+
+    from flexgen.policies.cache.policy import StepCache
+
+    names = set(inspect.signature(PixArtTransformer2DModel.__init__).parameters) - {"self"}
+    arguments = {k: v for k, v in transformer.config.items() if k in names}
+    parts = [p for p in policy_of(transformer).parts if not isinstance(p, StepCache)]
+    net = pixart_network(arguments, compose([*parts, StepCache(config)]))
+    weight = next(transformer.parameters())
+    net.load_state_dict(transformer.state_dict())
+    return net.to(device=weight.device, dtype=weight.dtype).eval()
 
 
 def policy_of(transformer: torch.nn.Module) -> Policy:

@@ -440,3 +440,20 @@ def test_cli_flexgen_attention_gives_the_same_images(tmp_path, dense_dir, flex_d
     for name in ("img-000.png", "img-001.png"):
         a, b = read_png(tmp_path / "a" / name).int(), read_png(tmp_path / "b" / name).int()
         assert (a - b).abs().max() <= 1
+
+
+def test_cli_with_a_step_cache(tmp_path, dense_dir):
+    # --cache teacache:0 runs every step: the images are the uncached ones; fora:2 skips every 2nd step, says so in
+    # FILE.json (method, cache settings, a smaller measured cost) and is another run for the same folder.
+    common = ["generate", "a red cat", "--model", str(dense_dir), "--steps", "4", "--max-length", str(MAX_LENGTH),
+              "--scheduler", "ddim", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "plain.png")]) == 0
+    assert main([*common, "--out", str(tmp_path / "tea.png"), "--cache", "teacache:0"]) == 0
+    assert torch.equal(read_png(tmp_path / "tea.png"), read_png(tmp_path / "plain.png"))
+    assert main([*common, "--out", str(tmp_path / "fora.png"), "--cache", "fora:2"]) == 0
+    plain, fora = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("plain", "fora"))
+    assert json.loads((tmp_path / "tea.json").read_text())["method"] == "teacache 0"
+    assert fora["method"] == "fora 2" and fora["settings"]["cache"]["interval"] == 2
+    assert fora["cost"]["gmacs_per_sample"] < 0.8 * plain["cost"]["gmacs_per_sample"]
+    assert main([*common, "--out", str(tmp_path / "fora.png"), "--cache", "fora:3"]) == 2     # another run
+    assert main([*common, "--out", str(tmp_path / "x.png"), "--cache", "deepcache:2"]) == 2

@@ -127,56 +127,71 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
     return parser
 
 
+def calibrate(model, run, seeds: Sequence[int], *, sampler: str, steps: int, cfg_scale: float, batch_size: int,
+              degree: int = 4, thresholds: Sequence[float] = THRESHOLDS) -> dict[str, Any]:
+    """Record uncached runs of `model` (TeaCache at threshold 0, `run` its config), fit the polynomial, and estimate
+    each threshold's computed steps and GMACs per sample: {**fit_rescale(...), "thresholds", "runs",
+    "uncached_gmacs_per_sample"}."""
+    from flexgen.diffusion import linear_betas
+
+    betas = linear_betas(run.diffusion.num_timesteps, run.diffusion.beta_start, run.diffusion.beta_end)
+    runs = record_runs(model, seeds, sampler=sampler, steps=steps, cfg_scale=cfg_scale, batch_size=batch_size,
+                       betas=betas, clip_denoised=run.sample.clip_denoised)
+    fit = fit_rescale([v for changes, _ in runs for v in changes], [v for _, changes in runs for v in changes], degree)
+    per_forward = model.cost().forward_macs(None)
+    blocks = sum(v for k, v in per_forward.breakdown.items() if k in model.net.block_modules)
+    passes = 2 if cfg_scale != 1 and model.config.num_classes else 1
+    indicator = model.net.indicator_macs() / 1e9
+    table = []
+    for threshold in thresholds:
+        config = CacheConfig("teacache", threshold=threshold, coefficients=fit["coefficients"])
+        computed = float(np.mean([computed_steps(changes, config) for changes, _ in runs]))
+        gmacs = passes * (steps * (per_forward.gmacs - blocks + indicator) + computed * blocks)
+        table.append({"threshold": threshold, "steps_computed": computed, "fraction": computed / steps,
+                      "gmacs_per_sample": gmacs})
+    return {**fit, "degree": degree, "runs": len(runs), "thresholds": table,
+            "uncached_gmacs_per_sample": passes * steps * (per_forward.gmacs + indicator)}
+
+
 def calibrate_main(args: argparse.Namespace) -> dict[str, Any]:
     from flexgen.config import config_to_dict, load_config
-    from flexgen.diffusion import linear_betas
     from flexgen.files import atomic_write_text, file_sha256
     from flexgen.registry import build_denoiser
 
     thresholds = [float(t) for t in str(args.thresholds).split(",") if t.strip()]
     if args.num_samples < 1 or args.batch_size < 1:
         raise ValueError(f"--num-samples and --batch-size must be >= 1, got {args.num_samples}, {args.batch_size}")
-    overrides = [*args.overrides, "cache.method=teacache", "cache.threshold=0", "cache.coefficients=[]"]
-    run = load_config(args.config, overrides)
+    run = load_config(args.config, [*args.overrides, *RECORDING])
     s = run.sample
     sampler, steps = args.sampler or s.sampler, args.steps or s.steps
     cfg_scale = s.cfg_scale if args.cfg_scale is None else args.cfg_scale
     model = build_denoiser(run)
     model.load_pretrained(args.ckpt, routers_required=True)
     model = model.eval()
-    betas = linear_betas(run.diffusion.num_timesteps, run.diffusion.beta_start, run.diffusion.beta_end)
     seeds = list(range(args.seed, args.seed + args.num_samples))
-    runs = record_runs(model, seeds, sampler=sampler, steps=steps, cfg_scale=cfg_scale, batch_size=args.batch_size,
-                       betas=betas, clip_denoised=s.clip_denoised)
-    x = [v for changes, _ in runs for v in changes]
-    y = [v for _, changes in runs for v in changes]
-    fit = fit_rescale(x, y, args.degree)
-    per_forward = model.cost().forward_macs(None)
-    blocks = sum(v for k, v in per_forward.breakdown.items() if k in model.net.block_modules)
-    passes = 2 if cfg_scale != 1 and model.config.num_classes else 1
-    table = []
-    for threshold in thresholds:
-        config = CacheConfig("teacache", threshold=threshold, coefficients=fit["coefficients"])
-        computed = float(np.mean([computed_steps(changes, config) for changes, _ in runs]))
-        gmacs = passes * (steps * (per_forward.gmacs - blocks) + computed * blocks +
-                          steps * model.net.indicator_macs() / 1e9)
-        table.append({"threshold": threshold, "steps_computed": computed, "fraction": computed / steps,
-                      "gmacs_per_sample": gmacs})
-    result = {"method": "teacache", **fit, "degree": args.degree,
+    fitted = calibrate(model, run, seeds, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
+                       batch_size=args.batch_size, degree=args.degree, thresholds=thresholds)
+    result = {"method": "teacache", **fitted,
               "fitted_on": {"config": str(args.config), "overrides": list(args.overrides), "checkpoint": str(args.ckpt),
                             "checkpoint_sha256": file_sha256(args.ckpt), "model": run.model.preset,
                             "policy": model.policy.label(), "sampler": sampler, "steps": steps,
-                            "cfg_scale": cfg_scale, "seeds": [seeds[0], seeds[-1]], "runs": len(runs),
+                            "cfg_scale": cfg_scale, "seeds": [seeds[0], seeds[-1]], "runs": fitted["runs"],
                             "run_config": config_to_dict(run)},
-              "uncached_gmacs_per_sample": passes * steps * (per_forward.gmacs + model.net.indicator_macs() / 1e9),
-              "thresholds": table,
-              "use": f"cache.method=teacache cache.coefficients=[{', '.join(f'{c:.6g}' for c in fit['coefficients'])}]"
-                     " cache.threshold=<one of the thresholds>"}
+              "use": f"cache.method=teacache {coefficients_override(fitted['coefficients'])} "
+                     "cache.threshold=<one of the thresholds>"}
     atomic_write_text(Path(args.out), json.dumps(result, indent=2))
-    print(f"fitted a degree-{args.degree} polynomial on {fit['points']} steps of {len(runs)} runs "
-          f"(relative RMS error {fit['relative_rms_error']:.3f}); wrote {args.out}")
-    for row in table:
+    print(f"fitted a degree-{args.degree} polynomial on {fitted['points']} steps of {fitted['runs']} runs "
+          f"(relative RMS error {fitted['relative_rms_error']:.3f}); wrote {args.out}")
+    for row in fitted["thresholds"]:
         print(f"  threshold {row['threshold']:g}: {row['steps_computed']:.1f} of {steps} steps computed, "
               f"{row['gmacs_per_sample']:.3f} GMACs per sample")
     print(f"use: {result['use']}")
     return result
+
+
+RECORDING = ["cache.method=teacache", "cache.threshold=0", "cache.coefficients=[]"]   # what calibration runs
+
+
+def coefficients_override(coefficients: Sequence[float]) -> str:
+    """The config override that sets them: cache.coefficients=[a, b, ...] (full precision)."""
+    return f"cache.coefficients=[{', '.join(repr(float(c)) for c in coefficients)}]"
