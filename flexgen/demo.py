@@ -62,7 +62,7 @@ class Budget:
     detector_steps: int         # classifier training steps
 
 
-BUDGETS = {"full": Budget(32, 16, 28000, 5000, 3500, 64, 50, (1, 2), 400),
+BUDGETS = {"full": Budget(32, 16, 26000, 4500, 3000, 64, 50, (1, 2), 400),
            "quick": Budget(2, 4, 64, 32, 32, 16, 5, (1,), 20)}
 TASK, CLASSES = "shape-motion", 8          # flexgen.synthetic: a disc or a square moving right, left, up or down
 SAMPLER = "dpm-solver++"                   # every row's sampler (measured against DDIM at few steps: DEVELOPERS.md)
@@ -146,10 +146,11 @@ def _step_caches(out: Path, dense_overrides: list[str], budget: Budget) -> list[
             (f"Latte (dense) + TeaCache {threshold:g}", f"teacache{threshold:g}", teacache)]
 
 
-def frontier_steps(steps: int, few: tuple[int, ...], cost_ratios: list[float]) -> list[int]:
+def frontier_steps(steps: int, few: tuple[int, ...], cost_ratios: list[float], grain: int = 5) -> list[int]:
     """The dense model's step counts below `steps`: the `few` cheapest, and each count whose cost per video
-    matches a policy's (its GMACs per video over the dense model's at `steps`), rounded; sorted, no repeats."""
-    matched = {min(steps, max(1, round(steps * ratio))) for ratio in cost_ratios}
+    matches a row's (its GMACs per video over the dense model's at `steps`), rounded to a multiple of `grain`
+    (rows of nearly one cost share a point; the board interpolates between points); sorted, no repeats."""
+    matched = {min(steps, max(grain, grain * round(steps * ratio / grain))) for ratio in cost_ratios}
     return sorted({*few, *matched} - {steps})
 
 
