@@ -146,10 +146,11 @@ def _step_caches(out: Path, dense_overrides: list[str], budget: Budget) -> list[
             (f"Latte (dense) + TeaCache {threshold:g}", f"teacache{threshold:g}", teacache)]
 
 
-def frontier_steps(steps: int, few: tuple[int, ...], cost_ratios: list[float], grain: int = 5) -> list[int]:
+def frontier_steps(steps: int, few: tuple[int, ...], cost_ratios: list[float]) -> list[int]:
     """The dense model's step counts below `steps`: the `few` cheapest, and each count whose cost per video
-    matches a row's (its GMACs per video over the dense model's at `steps`), rounded to a multiple of `grain`
-    (rows of nearly one cost share a point; the board interpolates between points); sorted, no repeats."""
+    matches a row's (its GMACs per video over the dense model's at `steps`), rounded to a multiple of a tenth of
+    `steps` (rows of nearly one cost share a point; the board interpolates between points); sorted, no repeats."""
+    grain = max(1, steps // 10)
     matched = {min(steps, max(grain, grain * round(steps * ratio / grain))) for ratio in cost_ratios}
     return sorted({*few, *matched} - {steps})
 
