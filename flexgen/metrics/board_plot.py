@@ -226,7 +226,9 @@ class Mark:
 
 
 def _label(record: Record, on_frontier: bool) -> str:
-    name = record.model_name + ("" if record.method in ("", "baseline") else f" {record.method}")
+    """The model's name, then its method unless the name already says it ("… + FORA 2" with method "fora 2")."""
+    said = record.method in ("", "baseline") or record.method.lower() in record.model_name.lower()
+    name = record.model_name + ("" if said else f" {record.method}")
     return f"{name}, {record.steps} step{'' if record.steps == 1 else 's'}" if on_frontier else name
 
 

@@ -285,3 +285,11 @@ def test_leaderboard_command(tmp_path, capsys):
     assert "1 measured + " in capsys.readouterr().out
     with pytest.raises(SystemExit):
         parser.parse_args(["--format", "md,pdf"])
+
+
+def test_plot_labels_say_the_method_once():
+    from flexgen.metrics.board_plot import _label
+
+    assert _label(measured(model_variant="Latte (dense) + FORA 2", method="fora 2"), False) == "Latte (dense) + FORA 2"
+    assert _label(measured(method="flexdit P GSR T"), False) == "Latte-XL/2 flexdit P GSR T"
+    assert _label(measured(steps=1), True) == "Latte-XL/2, 1 step"
