@@ -230,12 +230,14 @@ sample_main(add_sample_arguments(argparse.ArgumentParser()).parse_args(sys.argv[
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_shard_the_samples(tmp_path, free_port):
+@pytest.mark.parametrize("cache", [[], ["cache.method=fora", "cache.interval=2"]], ids=["uncached", "fora"])
+def test_torchrun_two_ranks_shard_the_samples(tmp_path, free_port, cache):
+    # (a step cache decides per forward from the step alone (FORA), so sharding leaves its samples as they are)
     model, _ = random_model()
     save_weights(model.net, tmp_path / "dense.safetensors")
     (tmp_path / "run.py").write_text(TORCHRUN_SCRIPT)
     common = ["--config", TINY, "--ckpt", tmp_path / "dense.safetensors", "--num-samples", 5, "--sampler", "ddpm",
-              "--steps", 3, "--batch-size", 2, "--no-progress", *SMALL]
+              "--steps", 3, "--batch-size", 2, "--no-progress", *SMALL, *cache]
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                              f"--master_port={free_port}",
                              *map(str, [tmp_path / "run.py", *common, "--out", tmp_path / "two"])],

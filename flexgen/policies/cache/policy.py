@@ -11,7 +11,9 @@ of the last step that ran them. Which steps run the blocks:
 
 - A sampling run is a sequence of forwards at decreasing t; a forward at a t that does not decrease starts a new
   one. Every row of a forward (a batch of samples, both classifier-free-guidance halves) shares the decision;
-  each row keeps its own residual.
+  each row keeps its own residual. FORA's decision depends on the step alone, so its samples do not depend on the
+  batch size or on sharding; TeaCache's indicator is the batch's mean change, so its samples do (within the
+  threshold's tolerance): per-sample decisions are still to come.
 - A residual is reused only where it is valid: the same batch shape and the same `signature()` of the other
   policies (FlexDiT's grid, DyDiT's width pattern); otherwise the step runs the blocks. Training forwards always
   run them.
