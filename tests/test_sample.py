@@ -232,7 +232,7 @@ sample_main(add_sample_arguments(argparse.ArgumentParser()).parse_args(sys.argv[
 @pytest.mark.slow
 @pytest.mark.parametrize("cache", [[], ["cache.method=fora", "cache.interval=2"]], ids=["uncached", "fora"])
 def test_torchrun_two_ranks_shard_the_samples(tmp_path, free_port, cache):
-    # (a step cache decides per forward from the step alone (FORA), so sharding leaves its samples as they are)
+    # (a step cache decides for each sample from its own steps, so sharding leaves its samples as they are)
     model, _ = random_model()
     save_weights(model.net, tmp_path / "dense.safetensors")
     (tmp_path / "run.py").write_text(TORCHRUN_SCRIPT)

@@ -210,31 +210,56 @@ def test_teacache_threshold_zero_is_uncached_sampling_exactly():
 
 
 @torch.no_grad()
-def test_teacache_accumulates_the_rescaled_change_of_the_first_blocks_modulated_input():
+def test_teacache_accumulates_each_samples_rescaled_change_of_the_first_blocks_modulated_input():
     cached, plain = models(cache=[*TEA, "cache.threshold=0.5", "cache.coefficients=[3.0, 0.0]"])    # 3 × change
     cache, calls = cached.policy.part(StepCache), block_calls(cached)
     blocks = len(cached.net.spatial_blocks) + len(cached.net.temporal_blocks)
     x, cond = inputs(plain)
     cache.new_run(len(STEPS))
-    previous, accumulated, ran = None, 0.0, []
+    previous, accumulated, ran, residual = None, torch.zeros(2, dtype=torch.float64), [], None
     for step, t in enumerate(STEPS):
         tt = torch.full((2,), t)
         tokens, frames = cached.net.embed(x, tt, cond["y"], 0, None)
-        signal = cached.net.first_modulated(tokens, frames)
+        signal = cached.net.first_modulated(tokens, frames).reshape(2, -1)          # each sample's frames
         before = len(calls)
-        cached(x, tt, **cond)
-        if previous is not None:                            # the relative L1 change, by hand
-            change = float((signal - previous).abs().mean() / previous.abs().mean())
-            assert cache.trace[-1] == pytest.approx(change, rel=1e-5)
+        out = cached(x, tt, **cond)
+        if previous is None:
+            due = torch.ones(2, dtype=torch.bool)
+        else:                                               # each sample's relative L1 change, by hand
+            change = ((signal - previous).abs().sum(1) / previous.abs().sum(1)).double()
             accumulated += 3 * change
-        due = previous is None or step == len(STEPS) - 1 or accumulated >= 0.5
-        assert (len(calls) - before == blocks) == due == cache.computed
-        ran.append(due)
-        accumulated = 0.0 if due else accumulated
+            due = (accumulated >= 0.5) | (step == len(STEPS) - 1)
+        assert (len(calls) - before == blocks) == bool(due.any()) == cache.computed
+        dense = cached.net.walk(tokens, frames) - tokens                           # this step's residual
+        expected = torch.stack([dense[i * 4:(i + 1) * 4] if due[i] else residual[i * 4:(i + 1) * 4]
+                                for i in range(2)]).flatten(0, 1)                  # 4 frames per sample
+        torch.testing.assert_close(out, cached.net.head(tokens + expected, frames), rtol=1e-5, atol=1e-5)
+        residual = expected
+        ran.append(due.tolist())
+        accumulated = torch.where(due, 0.0, accumulated)
         previous = signal
-        x = x + 0.02 * torch.randn(x.shape, generator=torch.Generator().manual_seed(step))
-    assert ran[0] and ran[-1] and not all(ran)             # the first and last run; some step reused
-    assert cache.steps_skipped == ran.count(False)
+        x = x + 0.02 * torch.randn(x.shape, generator=torch.Generator().manual_seed(step)) * torch.tensor(
+            [1.0, 3.0]).view(2, 1, 1, 1, 1)                 # the second sample moves faster: it runs more often
+    assert ran[0] == ran[-1] == [True, True] and not all(all(r) for r in ran)
+    assert sum(r[1] for r in ran) >= sum(r[0] for r in ran)
+
+
+@torch.no_grad()
+def test_teacache_samples_do_not_depend_on_the_batch_they_share():
+    # A sample's skips follow its own indicator: drawn in a batch of two or alone, the same (float tolerance).
+    cached, plain = models(cache=[*TEA, "cache.threshold=0.3"])
+    x, cond = inputs(plain)
+    x = torch.stack([x[0], 3 * x[1]])                      # two samples far apart
+    outs = {}
+    for name, rows in (("both", [0, 1]), ("first", [0]), ("second", [1])):
+        xi, yi, got = x[rows], cond["y"][rows], []
+        cached.policy.new_run(len(STEPS))
+        for step, t in enumerate(STEPS):
+            got.append(cached(xi, torch.full((len(rows),), t), y=yi))
+            xi = xi * (0.9 if step % 2 else 0.7)
+        outs[name] = torch.stack(got)                       # (steps, rows, ...)
+    torch.testing.assert_close(outs["both"][:, 0], outs["first"][:, 0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outs["both"][:, 1], outs["second"][:, 0], rtol=1e-5, atol=1e-5)
 
 
 PIXART = ["model.depth=3", "model.hidden_size=24", "model.num_heads=3", "model.caption_channels=32",

@@ -10,8 +10,8 @@ model's output (`y`), and fit `numpy.polyfit(x, y, 4)` over all steps. Here the 
 teacache`, `threshold=0` (every step computes, the policy records `x`), and a wrapper records the outputs (both
 CFG halves, as the sampler calls the model). The file stores the coefficients with what they were fitted on (config,
 checkpoint sha256, sampler, steps, CFG, seeds), the fit's error, and for each threshold the steps and GMACs per
-sample TeaCache would compute on these runs' indicators (an estimate from the uncached trajectory; `flexgen
-sample` with the cache measures the real count).
+sample TeaCache would compute on these runs' indicators (an estimate from the uncached trajectory and the batch's
+mean change, where the cache decides per sample; `flexgen sample` with the cache measures the real count).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
+
 from flexgen.schema import check_range
 
 METHODS = ("none", "fora", "teacache")
@@ -30,6 +32,12 @@ class CacheConfig:
     @property
     def enabled(self) -> bool:
         return self.method != "none"
+
+    def rescale_all(self, change: torch.Tensor) -> torch.Tensor:
+        """`rescale` of every element of a tensor."""
+        value = change.clone() if not self.coefficients else sum(
+            c * change ** k for k, c in enumerate(reversed(self.coefficients)))
+        return value.clamp(min=0.0)
 
     def rescale(self, change: float) -> float:
         """The polynomial at a relative input change (the change itself without coefficients), never below 0."""

@@ -7,13 +7,14 @@ of the last step that ran them. Which steps run the blocks:
   first_modulated`) is compared with the previous step's (relative L1: mean |a − b| / mean |b|); that change,
   rescaled by the fitted polynomial (`cache.coefficients`, `flexgen calibrate`; clipped at 0), is accumulated
   over the skipped steps; a step runs the blocks once the sum reaches `threshold`, and resets it. The first step
-  and the last (when the run says how many, `new_run(steps)`) always run, so threshold 0 runs every step.
+  and the last (when the run says how many, `new_run(steps)`) always run, so threshold 0 runs every step. (The
+  change is the sample's: the mean over its rows, its frames for a video.)
 
 - A sampling run is a sequence of forwards at decreasing t; a forward at a t that does not decrease starts a new
-  one. Every row of a forward (a batch of samples, both classifier-free-guidance halves) shares the decision;
-  each row keeps its own residual. FORA's decision depends on the step alone, so its samples do not depend on the
-  batch size or on sharding; TeaCache's indicator is the batch's mean change, so its samples do (within the
-  threshold's tolerance): per-sample decisions are still to come.
+  one. Each sample of a forward (each row of t: the two classifier-free-guidance halves count apart) keeps its own
+  residual, and under TeaCache its own indicator and sum: a forward skips the blocks when no sample is due, runs
+  them when one is, and gives the samples not due their input plus their own residual. So a sample is the same
+  whatever the batch it shares and however sampling is sharded (FORA's steps are every sample's).
 - A residual is reused only where it is valid: the same batch shape and the same `signature()` of the other
   policies (FlexDiT's grid, DyDiT's width pattern); otherwise the step runs the blocks. Training forwards always
   run them.
@@ -47,7 +48,7 @@ class StepCache(Policy):
         self._key: Any = None
         self._step, self._steps = 0, None
         self._signal: torch.Tensor | None = None     # teacache: the last step's modulated input
-        self._accumulated = 0.0
+        self._accumulated = torch.zeros(0, dtype=torch.float64)    # teacache: each sample's sum since it ran
         self.computed: bool | None = None            # whether the last forward ran the blocks
         self.steps_computed = self.steps_skipped = 0
         self.trace: list[float | None] = []          # teacache: each forward's relative input change (calibration)
@@ -72,7 +73,7 @@ class StepCache(Policy):
 
     def new_run(self, steps: int | None = None) -> None:
         self._residual, self._key, self._step, self._last_t = None, None, 0, None
-        self._steps, self._signal, self._accumulated = steps, None, 0.0
+        self._steps, self._signal = steps, None
 
     def begin(self, net, t, **step) -> None:
         super().begin(net, t, **step)
@@ -83,34 +84,48 @@ class StepCache(Policy):
 
     def walk(self, net, x, ctx, inner=None):
         key = (tuple(x.shape), net.policy.signature())
-        due = net.training or self._due(net, x, ctx)
+        if net.training:                                    # training forwards always run the blocks
+            return (inner or net.walk)(x, ctx)
+        valid = self._residual is not None and _same(key, self._key)
+        due = self._due(net, x, ctx)                        # (batch rows,) bool: whose sample must run the blocks
         self._step += 1
-        if not due and self._residual is not None and _same(key, self._key):
+        if valid and not bool(due.any()):
             self.computed = False
             self.steps_skipped += 1
             return x + self._residual
         out = (inner or net.walk)(x, ctx)
-        self.computed, self._accumulated = True, 0.0
+        self.computed = True
         self.steps_computed += 1
-        if not net.training:
-            self._residual, self._key = (out - x).detach(), key
+        if valid and not bool(due.all()):                   # the samples not due keep input + their own residual
+            rows = due.repeat_interleave(x.shape[0] // due.numel()).view(-1, *(1,) * (x.ndim - 1))
+            out = torch.where(rows, out, x + self._residual)
+        else:
+            due = torch.ones_like(due)
+        self._residual, self._key = (out - x).detach(), key
+        if self.config.method == "teacache":
+            self._accumulated = torch.where(due, 0.0, self._accumulated)
         return out
 
-    def _due(self, net, x, ctx) -> bool:
-        """Whether this step of the run must run the blocks (module docstring)."""
+    def _due(self, net, x, ctx) -> torch.Tensor:
+        """Which samples (rows of t: both CFG halves count apart) must run the blocks at this step of the run, each
+        from its own indicator (module docstring): (batch,) bool."""
+        batch = self._batch
         if self.config.method == "fora":
-            return self._step % self.config.interval == 0
+            return torch.full((batch,), self._step % self.config.interval == 0, device=x.device)
         with torch.no_grad():
-            signal = net.first_modulated(x, ctx).float()
+            signal = net.first_modulated(x, ctx).float()                               # (R, N, D)
         previous, self._signal = self._signal, signal
         if previous is None or previous.shape != signal.shape:
             self.trace.append(None)
-            return True
-        change = float((signal - previous).abs().mean() / previous.abs().mean().clamp(min=1e-12))
-        self.trace.append(change)
-        self._accumulated += self.config.rescale(change)
+            self._accumulated = torch.zeros(batch, dtype=torch.float64, device=x.device)
+            return torch.ones(batch, dtype=torch.bool, device=x.device)
+        moved = (signal - previous).abs().reshape(batch, -1).sum(1).double()             # (batch,)
+        scale = previous.abs().reshape(batch, -1).sum(1).double()
+        self.trace.append(float(moved.sum() / scale.sum().clamp(min=1e-12)))             # the batch's (calibration)
+        change = moved / scale.clamp(min=1e-12)
+        self._accumulated = self._accumulated + self.config.rescale_all(change)
         last = self._steps is not None and self._step >= self._steps - 1
-        return last or self._accumulated >= self.config.threshold
+        return (self._accumulated >= self.config.threshold) | last
 
     def forward_macs(self, cost, routing=None, grid=None):
         """The last forward's MACs per sample: what the other measured policies say (or the counted forward) when it
