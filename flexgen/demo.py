@@ -62,7 +62,7 @@ class Budget:
     detector_steps: int         # classifier training steps
 
 
-BUDGETS = {"full": Budget(32, 16, 26000, 4500, 3000, 64, 50, (1, 2), 400),
+BUDGETS = {"full": Budget(32, 16, 24000, 4000, 2500, 64, 50, (1, 2), 400),
            "quick": Budget(2, 4, 64, 32, 32, 16, 5, (1,), 20)}
 TASK, CLASSES = "shape-motion", 8          # flexgen.synthetic: a disc or a square moving right, left, up or down
 SAMPLER = "dpm-solver++"                   # every row's sampler (measured against DDIM at few steps: DEVELOPERS.md)
