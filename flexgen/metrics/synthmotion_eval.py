@@ -84,27 +84,14 @@ def _results(base: dict[str, Any], spread: dict[str, Any], grades: dict[str, dic
 # ---------------------------------------------------------------------------------------------------------------
 # A sample folder, and the floor
 # ---------------------------------------------------------------------------------------------------------------
-def sample_labels(folder: Path, files: Sequence[str]) -> list[int]:
-    """The class each sample was drawn for, from the folder's samples.json (a `flexgen sample` folder)."""
+def sample_labels(folder: Path) -> dict[str, int | None]:
+    """Each sample's file -> the class it was drawn for, from the folder's samples.json (a `flexgen sample`
+    folder)."""
     from flexgen.metrics.generated import check_sample_manifest
     from flexgen.sampling.manifest import SampleManifest
 
     check_sample_manifest(folder)
-    label_of = {entry.file: entry.label for entry in SampleManifest.read(folder / "samples.json").samples}
-    labels = [label_of.get(file) for file in files]
-    if any(label is None for label in labels):
-        raise ValueError(f"{folder}: samples.json gives no class label for some samples (an unconditional model?); "
-                         "the SynthMotion grades need class-conditional samples")
-    return labels
-
-
-def sample_count(folder: Path) -> int:
-    """How many samples a `flexgen sample` folder's samples.json lists."""
-    from flexgen.metrics.generated import check_sample_manifest
-    from flexgen.sampling.manifest import SampleManifest
-
-    check_sample_manifest(folder)
-    return len(SampleManifest.read(folder / "samples.json").samples)
+    return {entry.file: entry.label for entry in SampleManifest.read(folder / "samples.json").samples}
 
 
 def evaluate_samples(real: str | Path, fake: str | Path, detector: sm.SynthMotionDetector, cache_dir: str | Path,
@@ -114,12 +101,17 @@ def evaluate_samples(real: str | Path, fake: str | Path, detector: sm.SynthMotio
     from flexgen.metrics.selection import select_fake_clips
 
     fake = Path(fake)
-    num_fake = sample_count(fake) if num_fake is None else num_fake
+    label_of = sample_labels(fake)
+    num_fake = len(label_of) if num_fake is None else num_fake
     protocol = sm.protocol(detector.config, num_real=num_real or num_fake, num_fake=num_fake)
     base = evaluate(protocol, real, fake, detector, cache_dir, intervals=True)
     videos, files = _stacked(select_fake_clips(fake, protocol))
+    labels = [label_of.get(file) for file in files]
+    if any(label is None for label in labels):
+        raise ValueError(f"{fake}: samples.json gives no class label for some samples (an unconditional model?); "
+                         "the SynthMotion grades need class-conditional samples")
     spread = {k: base[k] for k in ("frechet_distance", "interval", "kid", "kid_interval")}
-    return _results(base, spread, graded(detector, videos, sample_labels(fake, files), seed=protocol.seed))
+    return _results(base, spread, graded(detector, videos, labels, seed=protocol.seed))
 
 
 def evaluate_floor(real: str | Path, second: str | Path, detector: sm.SynthMotionDetector, cache_dir: str | Path,

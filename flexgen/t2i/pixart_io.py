@@ -13,7 +13,7 @@ from diffusers import PixArtTransformer2DModel
 from flexgen.policies import DyDiT, FlexDiT, Policy, compose
 from flexgen.policies.flexdit import DensityConfig
 from flexgen.t2i.dy_pixart import DyPixArtTransformer2DModel
-from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, density_config_entries
+from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, architecture_arguments, density_config_entries
 
 WEIGHT_SOURCES = ("a diffusers PixArt-α folder: PixArt-alpha/PixArt-XL-2-256x256, PixArt-XL-2-512x512 or "
                   "PixArt-XL-2-1024-MS on the Hugging Face hub, downloaded on a machine with internet access")
@@ -78,16 +78,10 @@ def pixart_network(arguments: dict, policy: Policy) -> FlexPixArtTransformer2DMo
 def with_step_cache(transformer: torch.nn.Module, config: Any) -> FlexPixArtTransformer2DModel:
     """The same transformer (weights, FlexDiT / DyDiT settings, device, dtype) running a step cache (`CacheConfig`)
     around its policy; diffusers' dense class becomes flexgen's, whose forward calls the policy."""
-    import inspect
-
-    from diffusers import PixArtTransformer2DModel
-
     from flexgen.policies.cache.policy import StepCache
 
-    names = set(inspect.signature(PixArtTransformer2DModel.__init__).parameters) - {"self"}
-    arguments = {k: v for k, v in transformer.config.items() if k in names}
     parts = [p for p in policy_of(transformer).parts if not isinstance(p, StepCache)]
-    net = pixart_network(arguments, compose([*parts, StepCache(config)]))
+    net = pixart_network(architecture_arguments(transformer.config), compose([*parts, StepCache(config)]))
     weight = next(transformer.parameters())
     net.load_state_dict(transformer.state_dict())
     return net.to(device=weight.device, dtype=weight.dtype).eval()

@@ -54,11 +54,13 @@ def fit_rescale(x: Sequence[float], y: Sequence[float], degree: int = 4) -> dict
 def computed_steps(changes: Sequence[float], config: CacheConfig) -> int:
     """How many forwards of one run TeaCache computes, given the run's indicator changes (one per forward after
     the first): the first and the last always, the others once the rescaled changes add up to the threshold."""
-    computed, accumulated = 1, 0.0
+    from flexgen.policies.cache.policy import teacache_step
+
+    computed, accumulated = 1, torch.zeros(1, dtype=torch.float64)
     for i, change in enumerate(changes):
-        accumulated += config.rescale(change)
-        if i == len(changes) - 1 or accumulated >= config.threshold:
-            computed, accumulated = computed + 1, 0.0
+        due, accumulated = teacache_step(config, accumulated, torch.tensor([change], dtype=torch.float64),
+                                         i == len(changes) - 1)
+        computed += int(due)
     return computed
 
 

@@ -34,13 +34,11 @@ class CacheConfig:
         return self.method != "none"
 
     def rescale_all(self, change: torch.Tensor) -> torch.Tensor:
-        """`rescale` of every element of a tensor."""
+        """The polynomial at each relative input change (the change itself without coefficients), never below 0."""
         value = change.clone() if not self.coefficients else sum(
             c * change ** k for k, c in enumerate(reversed(self.coefficients)))
         return value.clamp(min=0.0)
 
     def rescale(self, change: float) -> float:
         """The polynomial at a relative input change (the change itself without coefficients), never below 0."""
-        value = change if not self.coefficients else sum(c * change ** k for k, c in
-                                                         enumerate(reversed(self.coefficients)))
-        return max(0.0, value)
+        return float(self.rescale_all(torch.tensor(change, dtype=torch.float64)))

@@ -99,11 +99,9 @@ class StepCache(Policy):
         if valid and not bool(due.all()):                   # the samples not due keep input + their own residual
             rows = due.repeat_interleave(x.shape[0] // due.numel()).view(-1, *(1,) * (x.ndim - 1))
             out = torch.where(rows, out, x + self._residual)
-        else:
-            due = torch.ones_like(due)
+        else:                                               # every sample ran: every TeaCache sum starts over
+            self._accumulated = torch.zeros_like(self._accumulated)
         self._residual, self._key = (out - x).detach(), key
-        if self.config.method == "teacache":
-            self._accumulated = torch.where(due, 0.0, self._accumulated)
         return out
 
     def _due(self, net, x, ctx) -> torch.Tensor:
@@ -122,10 +120,9 @@ class StepCache(Policy):
         moved = (signal - previous).abs().reshape(batch, -1).sum(1).double()             # (batch,)
         scale = previous.abs().reshape(batch, -1).sum(1).double()
         self.trace.append(float(moved.sum() / scale.sum().clamp(min=1e-12)))             # the batch's (calibration)
-        change = moved / scale.clamp(min=1e-12)
-        self._accumulated = self._accumulated + self.config.rescale_all(change)
         last = self._steps is not None and self._step >= self._steps - 1
-        return (self._accumulated >= self.config.threshold) | last
+        due, self._accumulated = teacache_step(self.config, self._accumulated, moved / scale.clamp(min=1e-12), last)
+        return due
 
     def forward_macs(self, cost, routing=None, grid=None):
         """The last forward's MACs per sample: what the other measured policies say (or the counted forward) when it
@@ -147,6 +144,15 @@ class StepCache(Policy):
 
     def held_bytes(self) -> int:
         return 0 if self._residual is None else self._residual.nbytes
+
+
+def teacache_step(config: CacheConfig, accumulated: torch.Tensor, change: torch.Tensor, last: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """TeaCache's rule at one step, for each sample: add its rescaled change to its sum; it is due once the sum
+    reaches the threshold (or at the last step), and a due sample's sum starts over. Returns (due, sums)."""
+    accumulated = accumulated + config.rescale_all(change)
+    due = (accumulated >= config.threshold) | last
+    return due, torch.where(due, 0.0, accumulated)
 
 
 def _same(a: Any, b: Any) -> bool:
