@@ -43,12 +43,14 @@ def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed repeats first")
     parser.add_argument("--cfg-scale", type=float, default=None, help="also time a sampling step with CFG at this "
-                        "scale, and a whole sampling run")
+                        "scale, and a whole sampling run (a run with a step cache: whole runs only, at the run's "
+                        "sample.cfg_scale unless given)")
     parser.add_argument("--sampler", default=None, help="sampler of the timed run, one the model's family offers: "
                         "ddpm | ddim | dpm-solver++ for Latte / DiT (default ddpm), dpm-solver++ | dpm-solver | "
-                        "sa-solver | ddim | euler | ddpm for PixArt-α (default dpm-solver++)")
+                        "sa-solver | ddim | euler | ddpm for PixArt-α (default dpm-solver++; with a step cache: the "
+                        "run's sample.sampler)")
     parser.add_argument("--steps", type=int, default=None, help="its steps (default: the family's, 250 for ddpm on "
-                        "Latte / DiT, 20 for PixArt-α)")
+                        "Latte / DiT, 20 for PixArt-α; with a step cache: the run's sample.steps)")
     parser.add_argument("--compile", action="store_true", help="torch.compile dense and dynamic models alike (one "
                         "graph per grid or mask pattern)")
     parser.add_argument("--attention", choices=("diffusers", "flexgen"), default="diffusers",
@@ -69,6 +71,8 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler", default=None, help="the sampler whose timesteps count (default: the family's)")
     parser.add_argument("--steps", type=int, default=None, help="its steps (default: the family's)")
     parser.add_argument("--top", type=int, default=20, help="schedules listed")
+    parser.add_argument("--calibration", default=None, help="a flexgen calibrate file: the TeaCache threshold that "
+                        "meets the budget on its recorded runs (instead of the FlexDiT / DyDiT plan)")
     parser.add_argument("--num-samples", type=int, default=4, help="with --ckpt (a trained DyDiT): seeds per "
                         "sampler whose kept counts give its realised FLOPs fraction")
     add_model_arguments(parser)
@@ -115,7 +119,8 @@ COMMANDS = (
      "--layout, vs DyDiT with --target or --ckpt", add_flops_arguments, flops_command),
     ("latency", "dense vs FlexDiT or DyDiT latency in one process, beside the MAC ratio", add_latency_arguments,
      latency_command),
-    ("plan", "FlexDiT schedules that meet a MACs budget under a sampler (most tokens first), and the DyDiT λ for it",
+    ("plan", "FlexDiT schedules that meet a MACs budget under a sampler (most tokens first), and the DyDiT λ for it; "
+     "with --calibration, the TeaCache threshold for it",
      add_plan_arguments, plan_command),
     ("suite", "the standard speed table: dense vs FlexDiT vs DyDiT vs both on the papers' models, with latency, "
      "memory and TFLOP/s; writes suite.json, suite.md, suite.svg", add_suite_arguments, suite_command),

@@ -33,14 +33,21 @@ def latency_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float
 
 
 def bench_latency(args) -> dict:
-    run, name = bench_run(args)
+    run, name = bench_run(args, whole_runs=True)
     policy = policies.from_run(run)
+    dtype = getattr(torch, args.dtype)
+    if not policy.per_forward:                          # a step cache: whole sampling runs
+        from flexgen.bench.cached import cached_report
+        return {"model": name, **policy_fields(run),
+                **cached_report(run, device=args.device, dtype=dtype, batch=args.batch, repeats=args.repeats,
+                                warmup=args.warmup, cfg_scale=args.cfg_scale, sampler=args.sampler, steps=args.steps,
+                                ckpt=args.ckpt, target=args.target, compile=args.compile)}
     if policy.dense:
         raise ValueError("bench latency compares dense with FlexDiT or DyDiT: give --layout (and a schedule) or "
                          "--target, or a --config with a density or dydit section")
     if args.ckpt and not policy.gated:
-        raise ValueError("--ckpt times a DyDiT checkpoint's routers: give a config with a dydit section")
-    dtype = getattr(torch, args.dtype)
+        raise ValueError("--ckpt times a DyDiT checkpoint's routers: give a config with a dydit section (or a "
+                         "step cache: then any checkpoint of the run)")
     return {"model": name, **policy_fields(run),
             **latency_report(run, device=args.device, dtype=dtype, batch=args.batch, repeats=args.repeats,
                              warmup=args.warmup, cfg_scale=args.cfg_scale, sampler=args.sampler, steps=args.steps,
@@ -48,6 +55,9 @@ def bench_latency(args) -> dict:
 
 
 def print_latency(result: dict) -> None:
+    if "seconds_per_run" in result:                     # a step cache's whole runs
+        from flexgen.bench.cached import print_cached
+        return print_cached(result)
     parts = [f"layout {result['layout']}"] if "layout" in result else []
     if "dydit_target" in result:
         parts.append(f"DyDiT λ = {result['dydit_target']:g}, routers {result['router_setting']}")

@@ -34,8 +34,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
 
 
-def bench_run(args: argparse.Namespace) -> tuple[Any, str]:
-    """(run configuration, name) from --config [KEY=VALUE ...] or from --model and the size / density flags."""
+def bench_run(args: argparse.Namespace, whole_runs: bool = False) -> tuple[Any, str]:
+    """(run configuration, name) from --config [KEY=VALUE ...] or from --model and the size / density flags; a step
+    cache only for a command that times `whole_runs`."""
     from flexgen import policies
     from flexgen.config import load_config
     from flexgen.policies.flexdit import DensityConfig, ScheduleConfig
@@ -46,10 +47,10 @@ def bench_run(args: argparse.Namespace) -> tuple[Any, str]:
         policy = policies.from_run(run)
         if getattr(args, "target", None) is not None and not policy.gated:
             raise ValueError(f"--target is DyDiT's λ, but {args.config} has no dydit section (with a target)")
-        if not policy.per_forward:
+        if not policy.per_forward and not whole_runs:
             raise ValueError(f"{args.config} runs {policy.label()}: a step cache saves whole sampler steps, so one "
-                             "forward's cost says nothing of it; measure it over a sampling run (flexgen sample "
-                             "records the MACs of the steps that ran)")
+                             "forward's cost says nothing of it; measure it over sampling runs (flexgen bench "
+                             "latency times them; flexgen sample records the MACs of the steps that ran)")
         return run, args.config
     if args.overrides:
         raise ValueError("KEY=VALUE overrides apply to --config only")

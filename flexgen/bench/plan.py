@@ -19,6 +19,8 @@ SAMPLER_PROTOCOLS = (("ddpm", 250), ("ddim", 50), ("dpm-solver++", 20))
 
 
 def bench_plan(args) -> dict:
+    if args.calibration:
+        return teacache_plan(args.calibration, args.budget)
     run, name = bench_run(args)
     family = family_of(run.model.preset)
     sampler = args.sampler or family.default_sampler
@@ -43,7 +45,45 @@ def bench_plan(args) -> dict:
     return result
 
 
+def teacache_plan(path: str, budget: float) -> dict:
+    """The TeaCache threshold that meets `budget` on the runs a `flexgen calibrate` file recorded."""
+    import json
+    from pathlib import Path
+
+    from flexgen.policies.cache.calibrate import coefficients_override, threshold_for_budget
+
+    try:
+        calibration = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable flexgen calibrate file ({e})") from None
+    if "recorded" not in calibration:
+        raise ValueError(f"{path}: no recorded runs in it (written by flexgen calibrate before it kept them): "
+                         "run flexgen calibrate again")
+    result = threshold_for_budget(calibration, budget)
+    fitted = calibration["fitted_on"]
+    use = None if result["threshold"] is None else (f"cache.method=teacache cache.threshold={result['threshold']:.4g} "
+                                                     f"{coefficients_override(calibration['coefficients'])}")
+    return {"calibration": path, "fitted_on": {k: fitted[k] for k in ("config", "checkpoint", "policy", "sampler",
+                                                                       "steps", "cfg_scale")},
+            "dense_gmacs_per_sample": calibration["dense_gmacs_per_sample"],
+            "uncached_gmacs_per_sample": calibration["uncached_gmacs_per_sample"], "teacache": result, "use": use}
+
+
 def print_plan(result: dict) -> None:
+    if "teacache" in result:
+        r, f = result["teacache"], result["fitted_on"]
+        print(f"TeaCache on {f['policy']} ({f['config']}, {f['sampler']}-{f['steps']}, CFG {f['cfg_scale']:g}), "
+              f"recorded in {result['calibration']}: budget {r['budget']:.3f} of dense "
+              f"({result['dense_gmacs_per_sample']:.3f} GMACs per sample; uncached "
+              f"{result['uncached_gmacs_per_sample']:.3f})")
+        if r["threshold"] is None:
+            print(f"  no threshold meets it: the first and last steps alone cost {r['fraction_of_dense']:.3f} of dense")
+        else:
+            print(f"  threshold {r['threshold']:.4g}: {r['steps_computed']:.1f} of {f['steps']} steps computed, "
+                  f"{r['gmacs_per_sample']:.3f} GMACs per sample ({r['fraction_of_dense']:.3f} of dense), estimated "
+                  f"on the recorded runs (flexgen sample measures it)")
+            print(f"  use: {result['use']}")
+        return
     print(f"{result['model_name']}: budget {result['budget']:.3f} of dense MACs per sample under {result['sampler']}-"
           f"{result['steps']} (dense {result['gmacs_per_sample_dense']:.2f} G per sample); "
           f"{result['schedules_within_budget']} of {result['schedules_considered']} FlexDiT schedules fit")

@@ -55,3 +55,44 @@ def test_flexgen_calibrate_writes_coefficients_a_run_takes(tmp_path, capsys):
     coefficients = "[" + ",".join(repr(c) for c in result["coefficients"]) + "]"
     run = load_config(TINY, ["cache.method=teacache", f"cache.coefficients={coefficients}"])
     assert run.cache.coefficients == result["coefficients"]
+
+
+FLEX = ["density.layout=P GSR T", "density.schedule.kind=stages", "density.schedule.stages=[[0,500,2],[500,1000,4]]"]
+
+
+def test_the_estimated_cost_is_the_models_own_and_bench_plan_finds_the_threshold_for_a_budget(tmp_path, capsys):
+    from flexgen.policies.cache.calibrate import estimated_gmacs
+    from flexgen.registry import build_denoiser
+    from flexgen.sampling.cost import flops_per_sample
+
+    model, _ = random_model(FLEX)
+    save_weights(model.net, tmp_path / "flex.safetensors")
+    out = tmp_path / "calib.json"
+    assert main(["calibrate", "--config", TINY, "--ckpt", str(tmp_path / "flex.safetensors"), "--out", str(out),
+                 "--num-samples", "4", "--batch-size", "2", "--sampler", "ddim", "--steps", "8", "--degree", "2",
+                 *SMALL, *FLEX]) == 0
+    result = json.loads(out.read_text())
+    assert result["fitted_on"]["policy"] == "flexdit P GSR T"
+    # at threshold 0 every step runs: FlexDiT's own sampling cost (each step at its grid) plus the indicator
+    flex = build_denoiser(load_config(TINY, [*SMALL, *FLEX]))
+    counted = flops_per_sample(flex, "ddim", 8, 2.0)
+    indicator = 2 * 8 * flex.net.indicator_macs() / 1e9
+    assert result["thresholds"][0]["gmacs_per_sample"] == pytest.approx(counted["gmacs_per_sample"] + indicator)
+    assert result["dense_gmacs_per_sample"] == pytest.approx(counted["gmacs_per_sample_dense"])
+    capsys.readouterr()
+    fractions = []
+    for budget in (0.6, 0.45):
+        assert main(["bench", "plan", "--calibration", str(out), "--budget", str(budget), "--json"]) == 0
+        plan = json.loads(capsys.readouterr().out)
+        threshold, dense = plan["teacache"]["threshold"], result["dense_gmacs_per_sample"]
+        assert plan["teacache"]["fraction_of_dense"] <= budget
+        at = CacheConfig("teacache", threshold=threshold, coefficients=result["coefficients"])
+        assert estimated_gmacs(result["recorded"], at) / dense == pytest.approx(plan["teacache"]["fraction_of_dense"])
+        if threshold > 0:                                   # the smallest such threshold: a little less exceeds it
+            below = CacheConfig("teacache", threshold=threshold * 0.999 - 1e-6, coefficients=result["coefficients"])
+            assert estimated_gmacs(result["recorded"], below) > budget * dense
+        assert f"cache.threshold={threshold:.4g}" in plan["use"]
+        fractions.append(threshold)
+    assert fractions[1] >= fractions[0]
+    assert main(["bench", "plan", "--calibration", str(out), "--budget", "0.001", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["teacache"]["threshold"] is None     # first + last steps exceed it

@@ -51,38 +51,49 @@ def fit_rescale(x: Sequence[float], y: Sequence[float], degree: int = 4) -> dict
             "relative_rms_error": rms / max(float(np.mean(np.abs(y))), 1e-12), "points": int(len(x))}
 
 
-def computed_steps(changes: Sequence[float], config: CacheConfig) -> int:
-    """How many forwards of one run TeaCache computes, given the run's indicator changes (one per forward after
-    the first): the first and the last always, the others once the rescaled changes add up to the threshold."""
+def decisions(changes: Sequence[float], config: CacheConfig) -> list[bool]:
+    """Which forwards of one run TeaCache computes, given the run's indicator changes (one per forward after the
+    first): the first and the last always, the others once the rescaled changes add up to the threshold."""
     from flexgen.policies.cache.policy import teacache_step
 
-    computed, accumulated = 1, torch.zeros(1, dtype=torch.float64)
+    due, accumulated = [True], torch.zeros(1, dtype=torch.float64)
     for i, change in enumerate(changes):
-        due, accumulated = teacache_step(config, accumulated, torch.tensor([change], dtype=torch.float64),
+        now, accumulated = teacache_step(config, accumulated, torch.tensor([change], dtype=torch.float64),
                                          i == len(changes) - 1)
-        computed += int(due)
-    return computed
+        due.append(bool(now))
+    return due
+
+
+def computed_steps(changes: Sequence[float], config: CacheConfig) -> int:
+    """How many forwards of one run TeaCache computes (`decisions`)."""
+    return sum(decisions(changes, config))
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Recording an uncached run
 # ---------------------------------------------------------------------------------------------------------------
 class _Outputs:
-    """The model, recording each call's output (the sampler's view: both CFG halves in one batch)."""
+    """The model, recording each call's output (the sampler's view: both CFG halves in one batch) and its MACs per
+    sample as it ran and as it would with the blocks skipped."""
 
-    def __init__(self, model: torch.nn.Module):
-        self.model, self.outputs = model, []
+    def __init__(self, model: torch.nn.Module, cache: Any, samples: int):
+        self.model, self.cache, self.samples = model, cache, samples
+        self.outputs, self.computed_macs, self.skipped_macs = [], [], []
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         out = self.model(x, t, **kwargs)
         self.outputs.append(out.detach().float())
+        rows = x.shape[0] / self.samples                                # 2 with CFG's doubled batch
+        self.computed_macs.append(float(self.model.forward_macs().sum()) / self.samples)
+        self.skipped_macs.append(rows * self.cache.skipped_macs(self.model.cost(), self.model.policy.grid()))
         return out
 
 
 def record_runs(model, seeds: Sequence[int], *, sampler: str, steps: int, cfg_scale: float, batch_size: int,
-                betas: torch.Tensor, clip_denoised: bool = False) -> list[tuple[list[float], list[float]]]:
-    """One (indicator changes, output changes) pair of lists per sampling run (a batch of `batch_size` seeds);
-    `model` runs TeaCache at threshold 0."""
+                betas: torch.Tensor, clip_denoised: bool = False) -> list[dict[str, list[float]]]:
+    """Per sampling run (a batch of `batch_size` seeds) its indicator changes `x` and output changes `y` (one per
+    forward after the first), and per forward the MACs per sample as run (`computed_macs`) and with the blocks
+    skipped (`skipped_macs`); `model` runs TeaCache at threshold 0."""
     from flexgen.policies.cache.policy import StepCache
     from flexgen.sampling.draw import draw
 
@@ -92,7 +103,7 @@ def record_runs(model, seeds: Sequence[int], *, sampler: str, steps: int, cfg_sc
     runs = []
     for start in range(0, len(seeds), batch_size):
         chunk = list(seeds[start:start + batch_size])
-        recorder, first = _Outputs(model), len(cache.trace)
+        recorder, first = _Outputs(model, cache, len(chunk)), len(cache.trace)
         cond = model.sampling_condition(len(seeds), seeds[0])
         cond = {k: v[start:start + len(chunk)] for k, v in cond.items()}
         with torch.no_grad():
@@ -103,7 +114,8 @@ def record_runs(model, seeds: Sequence[int], *, sampler: str, steps: int, cfg_sc
         if len(x) != len(recorder.outputs) or x[0] is not None or any(v is None for v in x[1:]):
             raise RuntimeError(f"the indicator was recorded at {len(x)} forwards for {len(recorder.outputs)} model "
                                "calls; a run must be one uninterrupted sequence of forwards")
-        runs.append((x[1:], y))
+        runs.append({"x": x[1:], "y": y, "computed_macs": recorder.computed_macs,
+                     "skipped_macs": recorder.skipped_macs})
     return runs
 
 
@@ -139,20 +151,60 @@ def calibrate(model, run, seeds: Sequence[int], *, sampler: str, steps: int, cfg
     betas = linear_betas(run.diffusion.num_timesteps, run.diffusion.beta_start, run.diffusion.beta_end)
     runs = record_runs(model, seeds, sampler=sampler, steps=steps, cfg_scale=cfg_scale, batch_size=batch_size,
                        betas=betas, clip_denoised=run.sample.clip_denoised)
-    fit = fit_rescale([v for changes, _ in runs for v in changes], [v for _, changes in runs for v in changes], degree)
-    per_forward = model.cost().forward_macs(None)
-    blocks = sum(v for k, v in per_forward.breakdown.items() if k in model.net.block_modules)
-    passes = 2 if cfg_scale != 1 and model.config.num_classes else 1
-    indicator = model.net.indicator_macs() / 1e9
+    fit = fit_rescale([v for r in runs for v in r["x"]], [v for r in runs for v in r["y"]], degree)
     table = []
     for threshold in thresholds:
         config = CacheConfig("teacache", threshold=threshold, coefficients=fit["coefficients"])
-        computed = float(np.mean([computed_steps(changes, config) for changes, _ in runs]))
-        gmacs = passes * (steps * (per_forward.gmacs - blocks + indicator) + computed * blocks)
+        due = [decisions(r["x"], config) for r in runs]
+        computed = float(np.mean([sum(d) for d in due]))
         table.append({"threshold": threshold, "steps_computed": computed, "fraction": computed / steps,
-                      "gmacs_per_sample": gmacs})
+                      "gmacs_per_sample": estimated_gmacs(runs, config)})
+    passes = 2 if cfg_scale != 1 and model.conditional else 1
     return {**fit, "degree": degree, "runs": len(runs), "thresholds": table,
-            "uncached_gmacs_per_sample": passes * steps * (per_forward.gmacs + indicator)}
+            "uncached_gmacs_per_sample": float(np.mean([sum(r["computed_macs"]) for r in runs])) / 1e9,
+            "dense_gmacs_per_sample": passes * steps * model.cost().forward_macs(None).gmacs, "recorded": runs}
+
+
+def estimated_gmacs(runs: Sequence[dict], config: CacheConfig) -> float:
+    """GMACs per sample TeaCache under `config` would spend on the recorded runs (`record_runs`): each forward's
+    MACs as run where it computes, with the blocks skipped where it reuses; the mean over runs."""
+    total = [sum(on if ran else off for ran, on, off in zip(decisions(r["x"], config), r["computed_macs"],
+                                                            r["skipped_macs"], strict=True)) for r in runs]
+    return float(np.mean(total)) / 1e9
+
+
+def threshold_for_budget(calibration: dict, budget: float, iterations: int = 40) -> dict[str, Any]:
+    """The smallest TeaCache threshold whose estimated cost on a calibration's recorded runs is within `budget` (a
+    fraction of the dense model's MACs per sample), by bisection (the cost falls as the threshold grows):
+    {"budget", "threshold" (None when even the first and last steps alone exceed it), "gmacs_per_sample",
+    "fraction_of_dense", "steps_computed"}."""
+    runs, dense = calibration["recorded"], calibration["dense_gmacs_per_sample"]
+
+    def at(threshold: float) -> tuple[float, float]:
+        config = CacheConfig("teacache", threshold=threshold, coefficients=calibration["coefficients"])
+        steps = float(np.mean([sum(decisions(r["x"], config)) for r in runs]))
+        return estimated_gmacs(runs, config), steps
+
+    low = 0.0
+    high = 1.0 + max(sum(CacheConfig("teacache", coefficients=calibration["coefficients"]).rescale(v)
+                         for v in r["x"]) for r in runs)                  # above any run's whole sum: 2 steps
+    if at(high)[0] > budget * dense:
+        gmacs, steps = at(high)
+        return {"budget": budget, "threshold": None, "gmacs_per_sample": gmacs, "fraction_of_dense": gmacs / dense,
+                "steps_computed": steps}
+    if at(low)[0] <= budget * dense:
+        high = low
+    for _ in range(iterations):
+        if high - low < 1e-6:
+            break
+        middle = (low + high) / 2
+        if at(middle)[0] <= budget * dense:
+            high = middle
+        else:
+            low = middle
+    gmacs, steps = at(high)
+    return {"budget": budget, "threshold": high, "gmacs_per_sample": gmacs, "fraction_of_dense": gmacs / dense,
+            "steps_computed": steps}
 
 
 def calibrate_main(args: argparse.Namespace) -> dict[str, Any]:
@@ -176,7 +228,8 @@ def calibrate_main(args: argparse.Namespace) -> dict[str, Any]:
     result = {"method": "teacache", **fitted,
               "fitted_on": {"config": str(args.config), "overrides": list(args.overrides), "checkpoint": str(args.ckpt),
                             "checkpoint_sha256": file_sha256(args.ckpt), "model": run.model.preset,
-                            "policy": model.policy.label(), "sampler": sampler, "steps": steps,
+                            "policy": " + ".join(p.label() for p in model.policy.parts if p.per_forward) or "dense",
+                            "sampler": sampler, "steps": steps,
                             "cfg_scale": cfg_scale, "seeds": [seeds[0], seeds[-1]], "runs": fitted["runs"],
                             "run_config": config_to_dict(run)},
               "use": f"cache.method=teacache {coefficients_override(fitted['coefficients'])} "

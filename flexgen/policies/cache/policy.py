@@ -134,9 +134,14 @@ class StepCache(Policy):
                 return inner.forward_macs(cost, routing, grid) + self._indicator()
             return torch.full((self._batch,), cost.forward_macs(grid).gmacs * 1e9 + self._indicator(),
                               dtype=torch.float64)
+        return torch.full((self._batch,), self.skipped_macs(cost, grid), dtype=torch.float64)
+
+    def skipped_macs(self, cost, grid=None) -> float:
+        """MACs per sample of a forward at `grid` that skips the blocks: the network outside them, and the
+        indicator."""
         report = cost.forward_macs(grid)
         blocks = sum(v for k, v in report.breakdown.items() if k in self.net.block_modules)
-        return torch.full((self._batch,), (report.gmacs - blocks) * 1e9 + self._indicator(), dtype=torch.float64)
+        return (report.gmacs - blocks) * 1e9 + self._indicator()
 
     def _indicator(self) -> float:
         """TeaCache's own MACs per sample and forward: the first block's modulation (`net.indicator_macs`)."""
