@@ -285,3 +285,26 @@ def test_teacache_on_pixart_reads_the_modulated_input_the_first_block_attends_ov
         tt = torch.full((2,), t)
         assert torch.equal(cached(x, tt, **cond), plain(x, tt, **cond))
         torch.testing.assert_close(cached.policy.part(StepCache)._signal, seen[-1].float(), rtol=0, atol=0)
+
+
+def test_cached_sampling_resumes_like_uncached_sampling(tmp_path, capsys):
+    """A killed cached run re-run draws only the missing samples, each as the uninterrupted run drew it (each sample
+    decides for itself, so being drawn alone rather than beside another does not change it)."""
+    from flexgen.sampling.files import read_sample
+    from tests.helpers import assert_other_pixels, assert_same_pixels
+
+    model, _ = random_model()
+    save_weights(model.net, tmp_path / "dense.safetensors")
+    out = tmp_path / "tea"
+    common = ["--config", TINY, "--ckpt", tmp_path / "dense.safetensors", "--num-samples", 4, "--batch-size", 2,
+              "--sampler", "ddim", "--steps", 8, "--out", out, "--no-progress", *SMALL, *TEA, "cache.threshold=0.2"]
+    first = sample_main(parse(*common))
+    assert first["cost"]["flops_fraction"] < 0.9                          # the cache skipped steps
+    drawn = {p.name: read_sample(p) for p in out.glob("*.mp4")}
+    (out / "0002.mp4").unlink()                                           # an interrupted run: sample 2 missing
+    capsys.readouterr()
+    sample_main(parse(*common))
+    assert "(1 drawn now on rank 0)" in capsys.readouterr().out
+    again = read_sample(out / "0002.mp4")
+    assert_same_pixels(torch.as_tensor(again), torch.as_tensor(drawn["0002.mp4"]), what="sample 2 redrawn alone")
+    assert_other_pixels(torch.as_tensor(again), torch.as_tensor(drawn["0003.mp4"]), what="samples 2 and 3")
