@@ -23,7 +23,7 @@ from flexgen.bench.measure import _graphs_compiled, timer
 from flexgen.bench.models import bench_setup, dynamic_plan
 from flexgen.policies.cache.config import CacheConfig
 from flexgen.policies.cost import CostMeter
-from flexgen.registry import build_denoiser
+from flexgen.registry import build_denoiser, family_of
 from flexgen.sampling.cost import flops_per_sample
 from flexgen.sampling.draw import draw
 
@@ -71,9 +71,15 @@ def cached_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float3
                   compile: bool = False) -> dict:
     """Median seconds of a whole sampling run of `batch` samples: dense, the run's model uncached, and cached;
     MACs per sample of each from what ran; speed-ups beside the MAC ratios (module docstring)."""
-    sampler = sampler or run.sample.sampler
-    steps = steps or run.sample.steps
-    cfg_scale = run.sample.cfg_scale if cfg_scale is None else cfg_scale
+    family = family_of(run.model.preset)
+    if "sample" in family.unused:                   # PixArt-α: flexgen generate's defaults
+        from flexgen.t2i.generate import GUIDANCE
+
+        sampler, steps = sampler or family.default_sampler, steps or family.default_steps
+        cfg_scale = GUIDANCE if cfg_scale is None else cfg_scale
+    else:
+        sampler, steps = sampler or run.sample.sampler, steps or run.sample.steps
+        cfg_scale = run.sample.cfg_scale if cfg_scale is None else cfg_scale
     bench = bench_setup(uncached(run), device=device, dtype=dtype, batch=batch, seed=seed, sampler=sampler,
                         steps=steps)
     models = _models(run, bench, ckpt, target)
@@ -82,13 +88,14 @@ def cached_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float3
     meters = {k: CostMeter(m) for k, m in models.items() if m.policy.measured}
     cache = next(p for p in models["cached"].policy.parts if not p.per_forward)     # the step cache
     seeds = list(range(seed, seed + batch))
+    channels = None if "sample" in family.unused else run.sample.cfg_channels
 
     def run_of(name):
         def sample():
             if name == "cached":
                 cache.steps_computed = cache.steps_skipped = 0
             draw(models[name], seeds, cond, sampler=sampler, steps=steps, cfg_scale=cfg_scale, device=bench.device,
-                 dtype=dtype, meter=meters.get(name), cfg_channels=run.sample.cfg_channels)
+                 dtype=dtype, meter=meters.get(name), cfg_channels=channels)
         return sample
 
     if compile:
@@ -122,7 +129,7 @@ def cached_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float3
     seconds = {name: statistics.median(times[name]) for name in names}
     result = {"device": str(bench.device), "dtype": str(dtype).removeprefix("torch."), "batch": batch,
               "repeats": repeats, "compiled": compile, "graphs_compiled_while_timed": _graphs_compiled() - graphs,
-              "policy": models["cached"].policy.label(), "uncached_policy": models["uncached"].policy.label(),
+              "policy": models["cached"].policy.label(), "uncached_policy": _name(models["uncached"].policy),
               "sampler": sampler, "steps": steps, "cfg_scale": cfg_scale, "weights": ckpt or "random",
               "steps_computed": computed, "seconds_per_run": seconds, "gmacs_per_sample": gmacs}
     for name in names[1:]:
@@ -130,6 +137,10 @@ def cached_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float3
     if "uncached" in names:
         result["cached_vs_uncached"] = _ratios(seconds, gmacs, "cached", "uncached")
     return result
+
+
+def _name(policy) -> str:
+    return "dense" if policy.dense else policy.label()
 
 
 def _ratios(seconds: dict, gmacs: dict, a: str, b: str) -> dict:

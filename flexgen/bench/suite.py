@@ -21,6 +21,7 @@ import time
 import torch
 
 from flexgen import policies
+from flexgen.bench.cached import cached_report
 from flexgen.bench.device import calibrate, device_peak
 from flexgen.bench.flops import dydit_flops
 from flexgen.bench.measure import measure
@@ -79,6 +80,11 @@ SMALL = (
 MODELS = {m.key: m for m in (*FULL, *SMALL)}
 SETS = {"full": FULL, "small": SMALL}
 DYDIT_TARGETS = (0.5, 0.7)
+# Whole sampling runs with a step cache (a cache saves whole steps, so it is timed over runs): FORA at interval 2,
+# whose steps do not depend on the weights (TeaCache's decisions on random weights would say nothing), on the dense
+# model and around FlexDiT, under DPM-Solver++ 20 steps with the model's CFG.
+CACHE = ("cache.method=fora", "cache.interval=2")
+CACHE_SAMPLER = ("dpm-solver++", 20)
 
 
 def _policies(model: SuiteModel) -> list[tuple[str, list[str]]]:
@@ -138,7 +144,7 @@ def suite_report(models, *, device: str = "cpu", dtype: torch.dtype = torch.floa
     gmac_per_s = 0.5 * calibrate(dev, dtype)           # a model runs below a large matmul's rate
     build_s_per_param = None
     overrun = 1.0               # the last row's wall time over its estimate at the new rate (≥ 1), scales the next
-    rows, skipped = [], []
+    rows, skipped, cache_rows = [], [], []
 
     def left() -> float:
         return float("inf") if time_budget is None else time_budget - (time.perf_counter() - start)
@@ -194,12 +200,42 @@ def suite_report(models, *, device: str = "cpu", dtype: torch.dtype = torch.floa
         rows += [_row(model, p, results[p], counted[p][0], gmacs_dense, peak) for p in counted]
         del bench
         gc.collect()
+        for policy, extra in (("dense + FORA 2", []), ("FlexDiT + FORA 2", model.density())):
+            passes = 2 if cfg is not None else 1      # dense, the uncached model, FORA's half: about 2.5 dense runs
+            need = overrun * 2.5 * (warmup + repeats) * CACHE_SAMPLER[1] * passes * batch * gmacs_dense / gmac_per_s
+            if need > left():
+                skipped.append({"model": model.name, "policy": policy,
+                                "why": f"estimated {need:.0f} s, {max(0.0, left()):.0f} s left"})
+                log(f"skipped {model.name} {policy}: {skipped[-1]['why']}")
+                continue
+            run = load_config(None, [*model.overrides(), *extra, *CACHE, *overrides])
+            result = cached_report(run, device=device, dtype=dtype, batch=batch, repeats=repeats, warmup=warmup,
+                                   cfg_scale=model.cfg_scale if cfg is not None else 1.0, sampler=CACHE_SAMPLER[0],
+                                   steps=CACHE_SAMPLER[1], compile=compile)
+            cache_rows.append(_cache_row(model, policy, result))
+            log(f"{model.name} {policy}: MAC ratio {cache_rows[-1]['mac_ratio']:.3f}, whole-run latency ratio "
+                f"{cache_rows[-1]['latency_ratio']:.3f} ({time.perf_counter() - start:.0f} s)")
+            gc.collect()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     return {"device": str(dev), "device_name": name, "device_peak_tflops": peak, "device_peak_source": peak_source,
             "dtype": str(dtype).removeprefix("torch."), "batch": batch, "repeats": repeats, "warmup": warmup,
             "compiled": compile, "time_budget_s": time_budget, "elapsed_s": time.perf_counter() - start,
-            "torch": torch.__version__, "rows": rows, "skipped": skipped, "targets": targets(rows, dev, dtype, batch)}
+            "torch": torch.__version__, "rows": rows, "cache_rows": cache_rows, "skipped": skipped, "targets": targets(rows, dev, dtype, batch)}
+
+
+def _cache_row(model: SuiteModel, policy: str, result: dict) -> dict:
+    """A whole-run row: the cached model against dense (and against itself uncached around FlexDiT)."""
+    vs = result["cached_vs_dense"]
+    row = {"model": model.name, "policy": policy, "sampler": f"{result['sampler']}-{result['steps']}",
+           "steps_computed": result["steps_computed"], "gmacs_per_sample": result["gmacs_per_sample"]["cached"],
+           "gmacs_per_sample_dense": result["gmacs_per_sample"]["dense"], "mac_ratio": vs["mac_ratio"],
+           "latency_ratio": vs["latency_ratio"], "latency_over_macs": vs["latency_over_macs"],
+           "speedup": vs["speedup"], "seconds_per_run": result["seconds_per_run"], "batch": result["batch"],
+           "compiled": result["compiled"]}
+    if "cached_vs_uncached" in result:
+        row["vs_uncached"] = result["cached_vs_uncached"]
+    return row
 
 
 def _dense_summary(results: list[dict]) -> dict:

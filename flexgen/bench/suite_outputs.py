@@ -34,6 +34,18 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['model']} | {r['policy']} | {r['gmacs']:.2f} | {r['flops_ratio']:.3f} | "
                      f"{_fmt(r.get('forward_ms'), '.1f')} | {ratio} | {_fmt(r.get('cfg_step_ms'), '.1f')} | {cfg} | "
                      f"{memory} | {_fmt(r.get('tflops'), '.3g')} | {share} | {r.get('attention', '–')} |")
+    if report.get("cache_rows"):
+        lines += ["", "Whole sampling runs with a step cache (the cached model vs dense timed in turn, the same "
+                      "weights; MACs per sample from the steps that ran):", "",
+                  "| model | policy | sampler | steps run | GMACs / sample | MAC ratio | s / run (dense) | "
+                  "speed-up (latency × MAC) | vs uncached: speed-up, MAC ratio |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in report["cache_rows"]:
+            inner = r.get("vs_uncached")
+            inner = f"{inner['speedup']:.2f}×, {inner['mac_ratio']:.3f}" if inner else "–"
+            lines.append(f"| {r['model']} | {r['policy']} | {r['sampler']} | {r['steps_computed']} | "
+                         f"{r['gmacs_per_sample']:.1f} | {r['mac_ratio']:.3f} | {r['seconds_per_run']['cached']:.2f} "
+                         f"({r['seconds_per_run']['dense']:.2f}) | {r['speedup']:.2f}× ({r['latency_over_macs']:.2f}×) "
+                         f"| {inner} |")
     lines += ["", "Targets (measured, not asserted):", ""]
     for t in report["targets"]:
         met = {True: "met", False: "not met", None: "not judged"}[t["met"]]

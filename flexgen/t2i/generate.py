@@ -49,6 +49,7 @@ DPM_ALGORITHMS = ("dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 BINNING_SAMPLE_SIZES = (32, 64, 128)      # PixArt-α 256 / 512 / 1024 latents: the pipeline's aspect-ratio bins
 PIPELINE_CLASS = "PixArtAlphaPipeline"
+GUIDANCE = 4.5                  # PixArt-α's classifier-free guidance scale (its pipeline's default)
 
 PIPELINE_SOURCES = ("a diffusers PixArt-α pipeline folder (model_index.json, transformer/, vae/, scheduler/, "
                     "text_encoder/ + tokenizer/), e.g. PixArt-alpha/PixArt-XL-2-512x512 from the Hugging Face hub, "
@@ -179,7 +180,7 @@ def check_options(pipe: PixArtAlphaPipeline, *, steps: int, batch_size: int, max
 
 
 def iter_generate(pipe: PixArtAlphaPipeline, records: list[dict[str, Any]], *, steps: int = 20,
-                  guidance: float = 4.5, height: int | None = None, width: int | None = None, batch_size: int = 4,
+                  guidance: float = GUIDANCE, height: int | None = None, width: int | None = None, batch_size: int = 4,
                   negative_prompt: str = "", max_sequence_length: int = 120, progress: bool = True
                   ) -> Iterator[tuple[list[dict[str, Any]], torch.Tensor]]:
     """Batches (records, uint8 images (b, 3, H, W) on the CPU) for `records` ({prompt, seed, index}, see
@@ -215,7 +216,7 @@ def iter_generate(pipe: PixArtAlphaPipeline, records: list[dict[str, Any]], *, s
 
 
 def generate(pipe: PixArtAlphaPipeline, prompts: list[str], *, num_images: int = 1, steps: int = 20,
-             guidance: float = 4.5, seed: int = 0, height: int | None = None, width: int | None = None,
+             guidance: float = GUIDANCE, seed: int = 0, height: int | None = None, width: int | None = None,
              batch_size: int = 4, negative_prompt: str = "", max_sequence_length: int = 120,
              progress: bool = True) -> tuple[torch.Tensor, list[dict[str, Any]]]:
     """Images (N, 3, H, W) uint8 on the CPU and their records {prompt, seed, index}, N = len(prompts) · num_images.
@@ -329,7 +330,7 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
                      help="sampler, the word `flexgen sample` uses (--scheduler: the older spelling; default: "
                      "%(default)s)")
     gen.add_argument("--steps", type=int, default=20, help="sampling steps (default: %(default)s)")
-    gen.add_argument("--cfg-scale", "--guidance", dest="guidance", type=float, default=4.5,
+    gen.add_argument("--cfg-scale", "--guidance", dest="guidance", type=float, default=GUIDANCE,
                      help="classifier-free guidance scale; <= 1: none (--guidance: the older spelling; default: "
                      "%(default)s)")
     gen.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: %(default)s)")

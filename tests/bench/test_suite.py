@@ -48,8 +48,19 @@ def test_every_policy_is_timed_beside_dense(tiny_report, tmp_path):
     files = write_outputs(tiny_report, tmp_path / "suite")
     assert json.loads(open(files["json"]).read())["rows"] == json.loads(json.dumps(rows))
     table = open(files["markdown"]).read()
-    assert sum(line.startswith("| tiny DiT |") for line in table.splitlines()) == 5
+    assert sum(line.startswith("| tiny DiT |") for line in table.splitlines()) == 5 + 2   # + the two cache rows
     assert open(files["plot"]).read().count("<circle") == 2 * 4           # forward and CFG step per dynamic row
+
+
+def test_the_cache_rows_time_whole_sampling_runs(tiny_report):
+    # FORA 2 under DPM-Solver++ 20: half the steps run the blocks; the skipped ones cost the network outside them
+    fora, flex = tiny_report["cache_rows"]
+    assert (fora["policy"], flex["policy"]) == ("dense + FORA 2", "FlexDiT + FORA 2")
+    assert fora["sampler"] == "dpm-solver++-20" and fora["steps_computed"] == 10 and "vs_uncached" not in fora
+    dense = tiny_report["rows"][0]["gmacs"]
+    assert fora["gmacs_per_sample_dense"] == pytest.approx(2 * 20 * dense)            # 20 CFG steps of the dense model
+    assert 0.5 < fora["mac_ratio"] < 0.75 and flex["mac_ratio"] < fora["mac_ratio"]
+    assert flex["vs_uncached"]["mac_ratio"] < 1 and flex["speedup"] == pytest.approx(1 / flex["latency_ratio"])
 
 
 def test_the_time_budget_skips_and_lists_rows_but_counts_their_macs():
