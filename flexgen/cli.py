@@ -101,6 +101,18 @@ def eval_command(args: argparse.Namespace) -> object:
     return eval_main(args)
 
 
+def calibrate_command(args: argparse.Namespace) -> object:
+    """`flexgen calibrate`: a Latte / DiT run (`policies.cache.calibrate`), or PixArt-α with --prompts
+    (`t2i.cache_calibration`, which builds on it)."""
+    if args.prompts:
+        from flexgen.t2i.cache_calibration import pixart_calibrate_main
+
+        return pixart_calibrate_main(args)
+    from flexgen.policies.cache.calibrate import calibrate_main
+
+    return calibrate_main(args)
+
+
 def demo(args: argparse.Namespace) -> None:
     from flexgen.demo import run_demo, summary_markdown
 
@@ -168,10 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
         "generate", help="text-to-image with PixArt-α (dense or FlexDiT) from local folders: PNG image(s), a grid, "
         "and a JSON record of prompts, seeds and settings"))
 
-    from flexgen.policies.cache.calibrate import add_calibrate_arguments, calibrate_main
+    from flexgen.policies.cache.calibrate import add_calibrate_arguments
     add_calibrate_arguments(commands.add_parser(
         "calibrate", help="fit TeaCache's rescaling polynomial for a model (uncached runs) and report the steps and "
-        "GMACs each threshold would compute")).set_defaults(func=calibrate_main)
+        "GMACs each threshold would compute")).set_defaults(func=calibrate_command)
 
     dem = commands.add_parser("demo", help="the whole loop on embedded synthetic data, on a CPU: train dense, "
                               "convert to FlexDiT and fine-tune, sample, measure, leaderboard")

@@ -457,3 +457,40 @@ def test_cli_with_a_step_cache(tmp_path, dense_dir):
     assert fora["cost"]["gmacs_per_sample"] < 0.8 * plain["cost"]["gmacs_per_sample"]
     assert main([*common, "--out", str(tmp_path / "fora.png"), "--cache", "fora:3"]) == 2     # another run
     assert main([*common, "--out", str(tmp_path / "x.png"), "--cache", "deepcache:2"]) == 2
+
+
+def test_flexgen_calibrate_on_pixart_records_the_pipelines_runs(tmp_path, dense_dir, capsys):
+    # --prompts: TeaCache's calibration through the pipeline flexgen generate runs; at threshold 0 the estimate is the
+    # counted cost of every step plus the indicator, and generate takes the coefficients back.
+    from diffusers import DDIMScheduler
+
+    from flexgen.policies.cache.config import CacheConfig
+    from flexgen.t2i.generate import gmacs_per_image
+    from flexgen.t2i.pixart_io import load_transformer, with_step_cache
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cat\na blue dog\na green tree\na small house\n")
+    out = tmp_path / "calib.json"
+    assert main(["calibrate", "--model", str(dense_dir), "--prompts", str(prompts), "--out", str(out),
+                 "--batch-size", "2", "--steps", "6", "--sampler", "ddim", "--degree", "2",
+                 "--max-length", str(MAX_LENGTH)]) == 0
+    result = json.loads(out.read_text())
+    assert result["runs"] == 2 and result["points"] == 2 * 5 and len(result["coefficients"]) == 3
+    assert result["fitted_on"]["policy"] == "dense" and result["fitted_on"]["sampler"] == "ddim"
+    transformer = load_transformer(dense_dir / "transformer")
+    scheduler = DDIMScheduler.from_pretrained(dense_dir / "scheduler")
+    scheduler.set_timesteps(6)
+    counted = gmacs_per_image(transformer, 4.5, [int(t) for t in scheduler.timesteps])["gmacs_per_sample"]
+    indicator = 2 * 6 * with_step_cache(transformer, CacheConfig("teacache", threshold=0)).indicator_macs() / 1e9
+    assert result["thresholds"][0]["gmacs_per_sample"] == pytest.approx(counted + indicator)
+    assert result["thresholds"][0]["steps_computed"] == 6
+    capsys.readouterr()
+    assert main(["generate", "a red cat", "--model", str(dense_dir), "--steps", "6", "--scheduler", "ddim",
+                 "--max-length", str(MAX_LENGTH), "--no-progress", "--out", str(tmp_path / "tea.png"),
+                 "--cache", "teacache:100", "--cache-calibration", str(out)]) == 0
+    record = json.loads((tmp_path / "tea.json").read_text())
+    assert record["settings"]["cache"]["coefficients"] == result["coefficients"]
+    assert record["cost"]["gmacs_per_sample"] < 0.5 * counted                         # the first and last steps
+    assert main(["calibrate", "--model", str(dense_dir), "--prompts", str(prompts), "--out", str(out),
+                 "--config", "x.yaml"]) == 2
+    assert "--config, --ckpt and KEY=VALUE overrides calibrate a Latte / DiT run" in capsys.readouterr().err

@@ -72,50 +72,66 @@ def computed_steps(changes: Sequence[float], config: CacheConfig) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 # Recording an uncached run
 # ---------------------------------------------------------------------------------------------------------------
-class _Outputs:
-    """The model, recording each call's output (the sampler's view: both CFG halves in one batch) and its MACs per
-    sample as it ran and as it would with the blocks skipped."""
+class Recorder:
+    """One sampling run's forwards as they happen: each output (the sampler's view: both CFG halves in one batch)
+    and its MACs per sample as it ran and as it would with the blocks skipped; `finish` pairs them with the
+    indicator changes the cache traced (the model runs TeaCache at threshold 0)."""
 
-    def __init__(self, model: torch.nn.Module, cache: Any, samples: int):
-        self.model, self.cache, self.samples = model, cache, samples
+    def __init__(self, cache: Any, samples: int):
+        self.cache, self.samples, self.first = cache, samples, len(cache.trace)
         self.outputs, self.computed_macs, self.skipped_macs = [], [], []
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        out = self.model(x, t, **kwargs)
+    def record(self, out: torch.Tensor, macs: torch.Tensor, cost: Any, grid: int | None) -> None:
+        """A forward's output (rows, ...) and MACs per row (rows,) at FlexDiT grid `grid`."""
         self.outputs.append(out.detach().float())
-        rows = x.shape[0] / self.samples                                # 2 with CFG's doubled batch
-        self.computed_macs.append(float(self.model.forward_macs().sum()) / self.samples)
-        self.skipped_macs.append(rows * self.cache.skipped_macs(self.model.cost(), self.model.policy.grid()))
-        return out
+        self.computed_macs.append(float(macs.sum()) / self.samples)
+        self.skipped_macs.append(out.shape[0] / self.samples * self.cache.skipped_macs(cost, grid))
+
+    def around(self, model: Any):
+        """`model` (a Denoiser) as a sampler's `model(x, t, **cond)` that records every call."""
+        def call(x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+            out = model(x, t, **kwargs)
+            self.record(out, model.forward_macs(), model.cost(), model.policy.grid())
+            return out
+        return call
+
+    def finish(self) -> dict[str, list[float]]:
+        """{"x": indicator changes, "y": output changes (one per forward after the first), "computed_macs",
+        "skipped_macs" (one per forward)}."""
+        x = self.cache.trace[self.first:]
+        y = [relative_change(b, a) for a, b in zip(self.outputs, self.outputs[1:], strict=False)]
+        if len(x) != len(self.outputs) or x[0] is not None or any(v is None for v in x[1:]):
+            raise RuntimeError(f"the indicator was recorded at {len(x)} forwards for {len(self.outputs)} model "
+                               "calls; a run must be one uninterrupted sequence of forwards")
+        return {"x": x[1:], "y": y, "computed_macs": self.computed_macs, "skipped_macs": self.skipped_macs}
+
+
+def recording_cache(policy) -> Any:
+    """The TeaCache part at threshold 0 that a calibration records through."""
+    from flexgen.policies.cache.policy import StepCache
+
+    cache = policy.part(StepCache)
+    if cache is None or cache.config.method != "teacache" or cache.config.threshold != 0:
+        raise ValueError("calibration records a TeaCache run at threshold 0 (every step computes)")
+    return cache
 
 
 def record_runs(model, seeds: Sequence[int], *, sampler: str, steps: int, cfg_scale: float, batch_size: int,
                 betas: torch.Tensor, clip_denoised: bool = False) -> list[dict[str, list[float]]]:
-    """Per sampling run (a batch of `batch_size` seeds) its indicator changes `x` and output changes `y` (one per
-    forward after the first), and per forward the MACs per sample as run (`computed_macs`) and with the blocks
-    skipped (`skipped_macs`); `model` runs TeaCache at threshold 0."""
-    from flexgen.policies.cache.policy import StepCache
+    """`Recorder.finish` of each sampling run (a batch of `batch_size` seeds) of `model` (TeaCache at threshold 0)."""
     from flexgen.sampling.draw import draw
 
-    cache = model.policy.part(StepCache)
-    if cache is None or cache.config.method != "teacache" or cache.config.threshold != 0:
-        raise ValueError("calibration records a TeaCache run at threshold 0 (every step computes)")
+    cache = recording_cache(model.policy)
     runs = []
     for start in range(0, len(seeds), batch_size):
         chunk = list(seeds[start:start + batch_size])
-        recorder, first = _Outputs(model, cache, len(chunk)), len(cache.trace)
+        recorder = Recorder(cache, len(chunk))
         cond = model.sampling_condition(len(seeds), seeds[0])
         cond = {k: v[start:start + len(chunk)] for k, v in cond.items()}
         with torch.no_grad():
             draw(model, chunk, cond, sampler=sampler, steps=steps, cfg_scale=cfg_scale, betas=betas,
-                 clip_denoised=clip_denoised, meter=recorder)
-        x = cache.trace[first:]
-        y = [relative_change(b, a) for a, b in zip(recorder.outputs, recorder.outputs[1:], strict=False)]
-        if len(x) != len(recorder.outputs) or x[0] is not None or any(v is None for v in x[1:]):
-            raise RuntimeError(f"the indicator was recorded at {len(x)} forwards for {len(recorder.outputs)} model "
-                               "calls; a run must be one uninterrupted sequence of forwards")
-        runs.append({"x": x[1:], "y": y, "computed_macs": recorder.computed_macs,
-                     "skipped_macs": recorder.skipped_macs})
+                 clip_denoised=clip_denoised, meter=recorder.around(model))
+        runs.append(recorder.finish())
     return runs
 
 
@@ -123,16 +139,22 @@ def record_runs(model, seeds: Sequence[int], *, sampler: str, steps: int, cfg_sc
 # flexgen calibrate
 # ---------------------------------------------------------------------------------------------------------------
 def add_calibrate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--config", required=True, help="run config of the model (any policy; its cache section is "
-                                                        "replaced by TeaCache at threshold 0 while recording)")
-    parser.add_argument("--ckpt", required=True, help="weights (as flexgen sample takes them)")
+    parser.add_argument("--config", default=None, help="Latte / DiT: run config of the model (any policy; its cache "
+                        "section is replaced by TeaCache at threshold 0 while recording)")
+    parser.add_argument("--ckpt", default=None, help="Latte / DiT: weights (as flexgen sample takes them)")
+    parser.add_argument("--model", default=None, help="PixArt-α: diffusers pipeline folder (as flexgen generate)")
+    parser.add_argument("--transformer", default=None, help="PixArt-α: another transformer folder (FlexDiT, DyDiT)")
+    parser.add_argument("--text-encoder", default=None, help="PixArt-α: T5 folder when the pipeline has none")
+    parser.add_argument("--prompts", default=None, metavar="FILE", help="PixArt-α: prompts, one per line (one image "
+                        "each, the first --num-samples of them)")
+    parser.add_argument("--max-length", type=int, default=120, help="PixArt-α: T5 tokens per prompt")
     parser.add_argument("--out", required=True, help="JSON file to write: coefficients, what they were fitted on, "
                                                      "the fit's error, steps and GMACs per threshold")
     parser.add_argument("--num-samples", type=int, default=16, help="samples recorded (TeaCache used ~70 prompts)")
     parser.add_argument("--batch-size", type=int, default=8, help="samples per sampling run")
-    parser.add_argument("--sampler", default=None, help="default sample.sampler")
-    parser.add_argument("--steps", type=int, default=None, help="default sample.steps")
-    parser.add_argument("--cfg-scale", type=float, default=None, help="default sample.cfg_scale")
+    parser.add_argument("--sampler", default=None, help="default sample.sampler (PixArt-α: flexgen generate's)")
+    parser.add_argument("--steps", type=int, default=None, help="default sample.steps (PixArt-α: 20)")
+    parser.add_argument("--cfg-scale", type=float, default=None, help="default sample.cfg_scale (PixArt-α: 4.5)")
     parser.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     parser.add_argument("--degree", type=int, default=4, help="degree of the polynomial (TeaCache: 4)")
     parser.add_argument("--thresholds", default=",".join(f"{t:g}" for t in THRESHOLDS),
@@ -143,26 +165,30 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
 
 def calibrate(model, run, seeds: Sequence[int], *, sampler: str, steps: int, cfg_scale: float, batch_size: int,
               degree: int = 4, thresholds: Sequence[float] = THRESHOLDS) -> dict[str, Any]:
-    """Record uncached runs of `model` (TeaCache at threshold 0, `run` its config), fit the polynomial, and estimate
-    each threshold's computed steps and GMACs per sample: {**fit_rescale(...), "thresholds", "runs",
-    "uncached_gmacs_per_sample"}."""
+    """Record uncached runs of `model` (TeaCache at threshold 0, `run` its config) and `summarise` them."""
     from flexgen.diffusion import linear_betas
 
     betas = linear_betas(run.diffusion.num_timesteps, run.diffusion.beta_start, run.diffusion.beta_end)
     runs = record_runs(model, seeds, sampler=sampler, steps=steps, cfg_scale=cfg_scale, batch_size=batch_size,
                        betas=betas, clip_denoised=run.sample.clip_denoised)
+    passes = 2 if cfg_scale != 1 and model.conditional else 1
+    return summarise(runs, steps, passes * steps * model.cost().forward_macs(None).gmacs, degree, thresholds)
+
+
+def summarise(runs: Sequence[dict], steps: int, dense_gmacs: float, degree: int = 4,
+              thresholds: Sequence[float] = THRESHOLDS) -> dict[str, Any]:
+    """Fit the polynomial on recorded runs and estimate each threshold's computed steps and GMACs per sample:
+    {**fit_rescale(...), "thresholds", "runs", "uncached_gmacs_per_sample", "dense_gmacs_per_sample", "recorded"}."""
     fit = fit_rescale([v for r in runs for v in r["x"]], [v for r in runs for v in r["y"]], degree)
     table = []
     for threshold in thresholds:
         config = CacheConfig("teacache", threshold=threshold, coefficients=fit["coefficients"])
-        due = [decisions(r["x"], config) for r in runs]
-        computed = float(np.mean([sum(d) for d in due]))
+        computed = float(np.mean([computed_steps(r["x"], config) for r in runs]))
         table.append({"threshold": threshold, "steps_computed": computed, "fraction": computed / steps,
                       "gmacs_per_sample": estimated_gmacs(runs, config)})
-    passes = 2 if cfg_scale != 1 and model.conditional else 1
     return {**fit, "degree": degree, "runs": len(runs), "thresholds": table,
             "uncached_gmacs_per_sample": float(np.mean([sum(r["computed_macs"]) for r in runs])) / 1e9,
-            "dense_gmacs_per_sample": passes * steps * model.cost().forward_macs(None).gmacs, "recorded": runs}
+            "dense_gmacs_per_sample": dense_gmacs, "recorded": list(runs)}
 
 
 def estimated_gmacs(runs: Sequence[dict], config: CacheConfig) -> float:
@@ -209,12 +235,12 @@ def threshold_for_budget(calibration: dict, budget: float, iterations: int = 40)
 
 def calibrate_main(args: argparse.Namespace) -> dict[str, Any]:
     from flexgen.config import config_to_dict, load_config
-    from flexgen.files import atomic_write_text, file_sha256
+    from flexgen.files import file_sha256
     from flexgen.registry import build_denoiser
 
-    thresholds = [float(t) for t in str(args.thresholds).split(",") if t.strip()]
-    if args.num_samples < 1 or args.batch_size < 1:
-        raise ValueError(f"--num-samples and --batch-size must be >= 1, got {args.num_samples}, {args.batch_size}")
+    thresholds = parse_thresholds(args)
+    if not args.config or not args.ckpt:
+        raise ValueError("give --config and --ckpt (a Latte / DiT run), or --model and --prompts (PixArt-α)")
     run = load_config(args.config, [*args.overrides, *RECORDING])
     s = run.sample
     sampler, steps = args.sampler or s.sampler, args.steps or s.steps
@@ -225,23 +251,39 @@ def calibrate_main(args: argparse.Namespace) -> dict[str, Any]:
     seeds = list(range(args.seed, args.seed + args.num_samples))
     fitted = calibrate(model, run, seeds, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
                        batch_size=args.batch_size, degree=args.degree, thresholds=thresholds)
-    result = {"method": "teacache", **fitted,
-              "fitted_on": {"config": str(args.config), "overrides": list(args.overrides), "checkpoint": str(args.ckpt),
-                            "checkpoint_sha256": file_sha256(args.ckpt), "model": run.model.preset,
-                            "policy": " + ".join(p.label() for p in model.policy.parts if p.per_forward) or "dense",
-                            "sampler": sampler, "steps": steps,
-                            "cfg_scale": cfg_scale, "seeds": [seeds[0], seeds[-1]], "runs": fitted["runs"],
-                            "run_config": config_to_dict(run)},
+    fitted_on = {"config": str(args.config), "overrides": list(args.overrides), "checkpoint": str(args.ckpt),
+                 "checkpoint_sha256": file_sha256(args.ckpt), "model": run.model.preset,
+                 "policy": " + ".join(p.label() for p in model.policy.parts if p.per_forward) or "dense",
+                 "sampler": sampler, "steps": steps, "cfg_scale": cfg_scale, "seeds": [seeds[0], seeds[-1]],
+                 "runs": fitted["runs"], "run_config": config_to_dict(run)}
+    return write_calibration(args.out, fitted, fitted_on)
+
+
+def write_calibration(out: str | Path, fitted: dict[str, Any], fitted_on: dict[str, Any]) -> dict[str, Any]:
+    """Write `summarise`'s result with what it was fitted on as `out` (JSON) and print the table."""
+    from flexgen.files import atomic_write_text
+
+    result = {"method": "teacache", **fitted, "fitted_on": fitted_on,
               "use": f"cache.method=teacache {coefficients_override(fitted['coefficients'])} "
                      "cache.threshold=<one of the thresholds>"}
-    atomic_write_text(Path(args.out), json.dumps(result, indent=2))
-    print(f"fitted a degree-{args.degree} polynomial on {fitted['points']} steps of {fitted['runs']} runs "
-          f"(relative RMS error {fitted['relative_rms_error']:.3f}); wrote {args.out}")
+    atomic_write_text(Path(out), json.dumps(result, indent=2))
+    print(f"fitted a degree-{fitted['degree']} polynomial on {fitted['points']} steps of {fitted['runs']} runs "
+          f"(relative RMS error {fitted['relative_rms_error']:.3f}); wrote {out}")
     for row in fitted["thresholds"]:
-        print(f"  threshold {row['threshold']:g}: {row['steps_computed']:.1f} of {steps} steps computed, "
-              f"{row['gmacs_per_sample']:.3f} GMACs per sample")
+        print(f"  threshold {row['threshold']:g}: {row['steps_computed']:.1f} of {fitted_on['steps']} steps "
+              f"computed, {row['gmacs_per_sample']:.3f} GMACs per sample")
     print(f"use: {result['use']}")
     return result
+
+
+def parse_thresholds(args: argparse.Namespace) -> list[float]:
+    """--thresholds as floats, after checking --num-samples and --batch-size."""
+    if args.num_samples < 1 or args.batch_size < 1:
+        raise ValueError(f"--num-samples and --batch-size must be >= 1, got {args.num_samples}, {args.batch_size}")
+    try:
+        return [float(t) for t in str(args.thresholds).split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"--thresholds {args.thresholds}: expected comma-separated numbers") from None
 
 
 RECORDING = ["cache.method=teacache", "cache.threshold=0", "cache.coefficients=[]"]   # what calibration runs
