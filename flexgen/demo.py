@@ -10,8 +10,10 @@ itself, against what a user could do for free: the dense model sampled with fewe
    dense EMA weights with one budget; the composed `demo-flexdydit.yaml` from FlexDiT's, with less: it only has
    DyDiT's routers to learn).
 4. Every model samples the same seeds and labels with one sampler (`SAMPLER`; `flexgen.sampling.run.sample_run`:
-   mp4 files + samples.json); the dense model samples again at 1 and 2 steps and at the step counts whose GMACs
-   per video match each policy's (`frontier_steps`): the fewer-steps frontier.
+   mp4 files + samples.json); the training-free rows follow: FORA every 2nd step on the dense model, and TeaCache
+   calibrated on each model of `CACHED` (its polynomial fitted on 8 uncached samples of that model); the dense
+   model samples again at 1 and 2 steps and at the step counts whose GMACs per video match each row's
+   (`frontier_steps`): the fewer-steps frontier.
 5. Every sample folder gets five numbers with 95% intervals (`flexgen.metrics.synthmotion_eval`, what `flexgen eval
    synthmotion` runs): class accuracy, the pixel grades tone and track, the Fréchet distance and KID in the
    classifier's feature space (`fd_synthmotion`, never "FVD"); a second draw of real clips gives the floor row;
@@ -73,6 +75,7 @@ DENSE = ("Latte (dense)", "dense", "demo-dense.yaml", None)
 POLICIES = [("FlexDiT-Latte", "flexdit", "demo-flex.yaml", "dense"),
             ("DyDiT-Latte", "dydit", "demo-dydit.yaml", "dense"),
             ("FlexDiT∘DyDiT-Latte", "flexdydit", "demo-flexdydit.yaml", "flexdit")]
+CACHED = ("dense", "flexdit", "dydit")     # the runs TeaCache is calibrated on and sampled around (FORA: dense)
 
 
 def _config(name: str, data_root: Path, out: Path, samples: int, init_from: Path | None = None) -> tuple[Config,
@@ -127,23 +130,31 @@ def _rate(folder: Path, name: str, data_root: Path, out: Path, detector, i3d) ->
     return records
 
 
-def _step_caches(out: Path, dense_overrides: list[str], budget: Budget) -> list[tuple[str, str, list[str]]]:
-    """The training-free rows on the dense model: (row name, folder tag, cache overrides) of FORA every 2nd step,
-    and of TeaCache with its polynomial fitted here (`flexgen calibrate`'s `calibrate` on 8 uncached samples) at
-    the smallest threshold that computes at most half the steps on them."""
+def _teacache(out: Path, run: str, config: str, overrides: list[str], budget: Budget) -> tuple[float, list[str]]:
+    """(threshold, cache overrides) of TeaCache on one trained model: its polynomial fitted here on 8 uncached samples
+    (`flexgen calibrate`'s `calibrate`), at the smallest threshold that computes at most half the steps on them."""
     from flexgen.policies.cache.calibrate import RECORDING, THRESHOLDS, calibrate, coefficients_override
 
-    run = load_config(CONFIGS / DENSE[2], [*dense_overrides, *RECORDING])
-    model = build_denoiser(run)
-    model.load_pretrained(out / DENSE[1] / "ema.safetensors")
-    fitted = calibrate(model.eval(), run, list(range(8)), sampler=SAMPLER, steps=budget.steps,
-                       cfg_scale=run.sample.cfg_scale, batch_size=4, thresholds=THRESHOLDS)
+    cfg = load_config(CONFIGS / config, [*overrides, *RECORDING])
+    model = build_denoiser(cfg)
+    model.load_pretrained(out / run / "ema.safetensors", routers_required=True)
+    fitted = calibrate(model.eval(), cfg, list(range(8)), sampler=SAMPLER, steps=budget.steps,
+                       cfg_scale=cfg.sample.cfg_scale, batch_size=4, thresholds=THRESHOLDS)
     half = [row["threshold"] for row in fitted["thresholds"] if row["steps_computed"] <= budget.steps / 2]
     threshold = min(half) if half else max(THRESHOLDS)
-    teacache = ["cache.method=teacache", f"cache.threshold={threshold:g}",
-                coefficients_override(fitted["coefficients"])]
-    return [("Latte (dense) + FORA 2", "fora2", ["cache.method=fora", "cache.interval=2"]),
-            (f"Latte (dense) + TeaCache {threshold:g}", f"teacache{threshold:g}", teacache)]
+    return threshold, ["cache.method=teacache", f"cache.threshold={threshold:g}",
+                       coefficients_override(fitted["coefficients"])]
+
+
+def _step_caches(out: Path, runs: list[tuple], budget: Budget) -> list[tuple[int, str, str, list[str]]]:
+    """The training-free rows: (index of the run in `runs`, row name, folder tag, cache overrides) of FORA every 2nd
+    step on the dense model, and of TeaCache (`_teacache`) on each model of `CACHED`."""
+    rows = [(0, f"{runs[0][0]} + FORA 2", "fora2", ["cache.method=fora", "cache.interval=2"])]
+    for i, (name, run, config, _, overrides) in enumerate(runs):
+        if run in CACHED:
+            threshold, cache = _teacache(out, run, config, overrides, budget)
+            rows.append((i, f"{name} + TeaCache {threshold:g}", f"teacache{threshold:g}", cache))
+    return rows
 
 
 def frontier_steps(steps: int, few: tuple[int, ...], cost_ratios: list[float]) -> list[int]:
@@ -244,10 +255,10 @@ def run_demo(out: str | Path = "results/demo", quick: bool = False, progress: bo
         rows.append(sample_and_rate(name, run, config, cfg, overrides, budget.steps))
         folders.append(Path(rows[-1]["samples"]))
     t = time.perf_counter()
-    caches = _step_caches(out, dense_overrides, budget)        # FORA, and TeaCache calibrated on the dense model
+    caches = _step_caches(out, runs, budget)         # FORA, and TeaCache calibrated on each model of CACHED
     timings["calibrate_s"] = time.perf_counter() - t
-    for name, tag, cache in caches:
-        rows.append(sample_and_rate(name, *runs[0][1:4], [*runs[0][4], *cache], budget.steps, tag))
+    for i, name, tag, cache in caches:
+        rows.append(sample_and_rate(name, *runs[i][1:4], [*runs[i][4], *cache], budget.steps, tag))
     ratios = [row["gmacs_per_video"] / rows[0]["gmacs_per_video"] for row in rows[1:]]
     for steps in frontier_steps(budget.steps, budget.few_steps, ratios):
         rows.append(sample_and_rate(*runs[0], steps))

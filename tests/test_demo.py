@@ -20,15 +20,21 @@ def test_quick_demo_runs_the_whole_loop(tmp_path, capsys):
     assert "| Latte (dense) |" in printed and "| FlexDiT-Latte |" in printed and "fd ↓" in printed
     assert "| DyDiT-Latte |" in printed and "| FlexDiT∘DyDiT-Latte |" in printed and "| real clips (floor" in printed
     result = json.loads((out / "demo.json").read_text())
-    dense, flex, dy, composed, fora, tea, *fewer = result["rows"]
-    # The training-free caches on the dense model: FORA every 2nd step (3 of 5 computed), TeaCache calibrated here
+    dense, flex, dy, composed, fora, tea, flex_tea, dy_tea, *fewer = result["rows"]
+    # The training-free caches: FORA every 2nd step on the dense model (3 of 5 computed), TeaCache calibrated here
+    # on the dense model, on FlexDiT and on DyDiT (each its own polynomial), sampled around each
     assert fora["model"] == "Latte (dense) + FORA 2" and tea["model"].startswith("Latte (dense) + TeaCache ")
+    assert flex_tea["model"].startswith("FlexDiT-Latte + TeaCache ") and flex_tea["run"] == "flexdit"
+    assert dy_tea["model"].startswith("DyDiT-Latte + TeaCache ") and dy_tea["run"] == "dydit"
     assert fora["gmacs_per_video"] < 0.7 * dense["gmacs_per_video"]
     assert SampleManifest.read(out / "dense" / "samples-fora2" / "samples.json").method == "fora 2"
+    tag = "samples-teacache" + flex_tea["model"].rsplit(" ", 1)[1]
+    assert SampleManifest.read(out / "flexdit" / tag / "samples.json").method.startswith("teacache")
+    assert flex_tea["gmacs_per_video"] < 1.01 * flex["gmacs_per_video"]   # (the indicator costs next to nothing)
     # The fewer-steps frontier: the dense model again at 1 step and at the counts matching each policy's and
     # cache's cost (rounded; 5 steps is the quick budget's every-row count), all with the one sampler.
     matched = {min(5, max(1, round(5 * r["gmacs_per_video"] / dense["gmacs_per_video"])))    # (5 // 10: grain 1)
-               for r in (flex, dy, composed, fora, tea)}
+               for r in (flex, dy, composed, fora, tea, flex_tea, dy_tea)}
     assert [r["steps"] for r in fewer] == sorted({1, *matched} - {5})
     assert all(r["model"] == "Latte (dense)" and r["sampler"].startswith("dpm-solver++") for r in fewer)
     assert all(r["vs_frontier"]["tone_synthmotion"] == "frontier" for r in (dense, *fewer))

@@ -7,8 +7,9 @@ weights (`--ckpt`'s, else random). Each repeat draws one whole sampling run of e
 the sampler, steps and CFG of the run's `sample:` section unless given), so drifting clocks hit all alike; the times
 are medians. The MACs per sample are what ran: the cache's steps that ran the blocks and the indicator it computes
 on every step (through the policy's meter, as `flexgen sample` records them); the counted cost for the models
-without a measured policy. With `--compile`, the same region of every model is compiled: the walk over the blocks
-(`net.walk`, and FlexDiT's `net.walk_layout`), so the cache's decision stays outside the traced region.
+without a measured policy. Denormal floats are flushed while timing (`measure.no_denormals`). With `--compile`, the
+same region of every model is compiled: the walk over the blocks (`net.walk`, and FlexDiT's `net.walk_layout`), so
+the cache's decision stays outside the traced region.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import statistics
 import torch
 
 from flexgen import policies
-from flexgen.bench.measure import _graphs_compiled, timer
+from flexgen.bench.measure import _graphs_compiled, no_denormals, timer
 from flexgen.bench.models import bench_setup, dynamic_plan
 from flexgen.policies.cache.config import CacheConfig
 from flexgen.policies.cost import CostMeter
@@ -65,6 +66,7 @@ def _compile_walks(model) -> None:
 
 
 @torch.no_grad()
+@no_denormals()
 def cached_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float32, batch: int = 1,
                   repeats: int = 3, warmup: int = 1, cfg_scale: float | None = None, sampler: str | None = None,
                   steps: int | None = None, seed: int = 0, ckpt: str | None = None, target: float | None = None,

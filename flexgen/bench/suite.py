@@ -221,7 +221,8 @@ def suite_report(models, *, device: str = "cpu", dtype: torch.dtype = torch.floa
     return {"device": str(dev), "device_name": name, "device_peak_tflops": peak, "device_peak_source": peak_source,
             "dtype": str(dtype).removeprefix("torch."), "batch": batch, "repeats": repeats, "warmup": warmup,
             "compiled": compile, "time_budget_s": time_budget, "elapsed_s": time.perf_counter() - start,
-            "torch": torch.__version__, "rows": rows, "cache_rows": cache_rows, "skipped": skipped, "targets": targets(rows, dev, dtype, batch)}
+            "torch": torch.__version__, "rows": rows, "cache_rows": cache_rows,
+            "skipped": skipped, "targets": targets(rows, dev, dtype, batch)}
 
 
 def _cache_row(model: SuiteModel, policy: str, result: dict) -> dict:

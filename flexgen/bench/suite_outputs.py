@@ -38,7 +38,8 @@ def markdown(report: dict) -> str:
         lines += ["", "Whole sampling runs with a step cache (the cached model vs dense timed in turn, the same "
                       "weights; MACs per sample from the steps that ran):", "",
                   "| model | policy | sampler | steps run | GMACs / sample | MAC ratio | s / run (dense) | "
-                  "speed-up (latency × MAC) | vs uncached: speed-up, MAC ratio |", "|---|---|---|---|---|---|---|---|---|"]
+                  "speed-up (latency × MAC) | vs uncached: speed-up, MAC ratio |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in report["cache_rows"]:
             inner = r.get("vs_uncached")
             inner = f"{inner['speedup']:.2f}×, {inner['mac_ratio']:.3f}" if inner else "–"

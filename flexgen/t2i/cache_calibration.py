@@ -37,7 +37,7 @@ def record_pipeline_runs(pipe, prompts: list[str], *, steps: int, guidance: floa
 
     def hook(module, args, kwargs, output):
         out = output[0] if isinstance(output, tuple) else output.sample                 # (rows, C, h, w)
-        recorder.record(out, module.policy.forward_macs(cost), cost, module.policy.grid())
+        recorder.record(out, module.policy.forward_macs(cost), cost, module.policy.grid(), module.policy.signature())
 
     handle = transformer.register_forward_hook(hook, with_kwargs=True)
     records, runs = image_records(prompts, 1, seed), []

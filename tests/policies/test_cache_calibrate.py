@@ -9,7 +9,7 @@ import pytest
 from flexgen.checkpoint import save_weights
 from flexgen.cli import main
 from flexgen.config import load_config
-from flexgen.policies.cache.calibrate import computed_steps, fit_rescale
+from flexgen.policies.cache.calibrate import computed_steps, decisions, fit_rescale
 from flexgen.policies.cache.config import CacheConfig
 from tests.sample_helpers import SMALL, TINY, random_model
 
@@ -34,6 +34,11 @@ def test_the_simulated_decisions_follow_the_rule():
     assert computed_steps(changes, CacheConfig("teacache", threshold=0.25)) == 3
     # rescaled by 2x: the sum reaches 0.4 every 2nd change
     assert computed_steps(changes, CacheConfig("teacache", threshold=0.35, coefficients=[2.0, 0.0])) == 4
+    # a change of what the blocks depend on (DyDiT's width pattern: the forwards' keys) forces a computed step and
+    # restarts the sum: at 0.25 steps 0, 2 (new key), 5 (sum 0.3 at step 5, also the last) compute
+    assert decisions(changes, CacheConfig("teacache", threshold=0.25), ["a", "a", "b", "b", "b", "b"]) == \
+        [True, False, True, False, False, True]
+    assert decisions(changes, CacheConfig("teacache", threshold=100), list("abcdef")) == [True] * 6
 
 
 def test_flexgen_calibrate_writes_coefficients_a_run_takes(tmp_path, capsys):

@@ -17,6 +17,7 @@ mean change, where the cache decides per sample; `flexgen sample` with the cache
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,22 +52,27 @@ def fit_rescale(x: Sequence[float], y: Sequence[float], degree: int = 4) -> dict
             "relative_rms_error": rms / max(float(np.mean(np.abs(y))), 1e-12), "points": int(len(x))}
 
 
-def decisions(changes: Sequence[float], config: CacheConfig) -> list[bool]:
+def decisions(changes: Sequence[float], config: CacheConfig, keys: Sequence[str] | None = None) -> list[bool]:
     """Which forwards of one run TeaCache computes, given the run's indicator changes (one per forward after the
-    first): the first and the last always, the others once the rescaled changes add up to the threshold."""
+    first): the first and the last always, the others once the rescaled changes add up to the threshold, and with
+    `keys` (one per forward: what the blocks depend on besides their input, e.g. DyDiT's width pattern) every
+    forward whose key differs from the last computed one's (its residual is not reused there; the sums restart)."""
     from flexgen.policies.cache.policy import teacache_step
 
-    due, accumulated = [True], torch.zeros(1, dtype=torch.float64)
+    due, accumulated, last = [True], torch.zeros(1, dtype=torch.float64), 0
     for i, change in enumerate(changes):
         now, accumulated = teacache_step(config, accumulated, torch.tensor([change], dtype=torch.float64),
                                          i == len(changes) - 1)
+        if keys is not None and keys[i + 1] != keys[last]:
+            now, accumulated = True, torch.zeros_like(accumulated)
         due.append(bool(now))
+        last = i + 1 if now else last
     return due
 
 
-def computed_steps(changes: Sequence[float], config: CacheConfig) -> int:
+def computed_steps(changes: Sequence[float], config: CacheConfig, keys: Sequence[str] | None = None) -> int:
     """How many forwards of one run TeaCache computes (`decisions`)."""
-    return sum(decisions(changes, config))
+    return sum(decisions(changes, config, keys))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -79,10 +85,12 @@ class Recorder:
 
     def __init__(self, cache: Any, samples: int):
         self.cache, self.samples, self.first = cache, samples, len(cache.trace)
-        self.outputs, self.computed_macs, self.skipped_macs = [], [], []
+        self.outputs, self.computed_macs, self.skipped_macs, self.keys = [], [], [], []
 
-    def record(self, out: torch.Tensor, macs: torch.Tensor, cost: Any, grid: int | None) -> None:
-        """A forward's output (rows, ...) and MACs per row (rows,) at FlexDiT grid `grid`."""
+    def record(self, out: torch.Tensor, macs: torch.Tensor, cost: Any, grid: int | None, signature: Any) -> None:
+        """A forward's output (rows, ...), MACs per row (rows,) at FlexDiT grid `grid`, and the policy's
+        `signature()` (a cached residual is reused only under the same one)."""
+        self.keys.append(hashlib.sha1(repr((tuple(out.shape), signature)).encode()).hexdigest()[:16])
         self.outputs.append(out.detach().float())
         self.computed_macs.append(float(macs.sum()) / self.samples)
         self.skipped_macs.append(out.shape[0] / self.samples * self.cache.skipped_macs(cost, grid))
@@ -91,19 +99,20 @@ class Recorder:
         """`model` (a Denoiser) as a sampler's `model(x, t, **cond)` that records every call."""
         def call(x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
             out = model(x, t, **kwargs)
-            self.record(out, model.forward_macs(), model.cost(), model.policy.grid())
+            self.record(out, model.forward_macs(), model.cost(), model.policy.grid(), model.policy.signature())
             return out
         return call
 
     def finish(self) -> dict[str, list[float]]:
         """{"x": indicator changes, "y": output changes (one per forward after the first), "computed_macs",
-        "skipped_macs" (one per forward)}."""
+        "skipped_macs", "keys" (one per forward)}."""
         x = self.cache.trace[self.first:]
         y = [relative_change(b, a) for a, b in zip(self.outputs, self.outputs[1:], strict=False)]
         if len(x) != len(self.outputs) or x[0] is not None or any(v is None for v in x[1:]):
             raise RuntimeError(f"the indicator was recorded at {len(x)} forwards for {len(self.outputs)} model "
                                "calls; a run must be one uninterrupted sequence of forwards")
-        return {"x": x[1:], "y": y, "computed_macs": self.computed_macs, "skipped_macs": self.skipped_macs}
+        return {"x": x[1:], "y": y, "computed_macs": self.computed_macs, "skipped_macs": self.skipped_macs,
+                "keys": self.keys}
 
 
 def recording_cache(policy) -> Any:
@@ -183,7 +192,7 @@ def summarise(runs: Sequence[dict], steps: int, dense_gmacs: float, degree: int 
     table = []
     for threshold in thresholds:
         config = CacheConfig("teacache", threshold=threshold, coefficients=fit["coefficients"])
-        computed = float(np.mean([computed_steps(r["x"], config) for r in runs]))
+        computed = float(np.mean([computed_steps(r["x"], config, r.get("keys")) for r in runs]))
         table.append({"threshold": threshold, "steps_computed": computed, "fraction": computed / steps,
                       "gmacs_per_sample": estimated_gmacs(runs, config)})
     return {**fit, "degree": degree, "runs": len(runs), "thresholds": table,
@@ -194,8 +203,9 @@ def summarise(runs: Sequence[dict], steps: int, dense_gmacs: float, degree: int 
 def estimated_gmacs(runs: Sequence[dict], config: CacheConfig) -> float:
     """GMACs per sample TeaCache under `config` would spend on the recorded runs (`record_runs`): each forward's
     MACs as run where it computes, with the blocks skipped where it reuses; the mean over runs."""
-    total = [sum(on if ran else off for ran, on, off in zip(decisions(r["x"], config), r["computed_macs"],
-                                                            r["skipped_macs"], strict=True)) for r in runs]
+    total = [sum(on if ran else off for ran, on, off in zip(decisions(r["x"], config, r.get("keys")),
+                                                            r["computed_macs"], r["skipped_macs"], strict=True))
+             for r in runs]
     return float(np.mean(total)) / 1e9
 
 
@@ -208,7 +218,7 @@ def threshold_for_budget(calibration: dict, budget: float, iterations: int = 40)
 
     def at(threshold: float) -> tuple[float, float]:
         config = CacheConfig("teacache", threshold=threshold, coefficients=calibration["coefficients"])
-        steps = float(np.mean([sum(decisions(r["x"], config)) for r in runs]))
+        steps = float(np.mean([computed_steps(r["x"], config, r.get("keys")) for r in runs]))
         return estimated_gmacs(runs, config), steps
 
     low = 0.0
