@@ -80,8 +80,9 @@ def with_step_cache(transformer: torch.nn.Module, config: Any) -> FlexPixArtTran
     around its policy; diffusers' dense class becomes flexgen's, whose forward calls the policy."""
     from flexgen.policies.cache.policy import StepCache
 
-    parts = [p for p in policy_of(transformer).parts if not isinstance(p, StepCache)]
-    net = pixart_network(architecture_arguments(transformer.config), compose([*parts, StepCache(config)]))
+    parts = [p for p in policy_of(transformer).parts if p.section != StepCache.section]   # (any step cache)
+    cache = StepCache.from_section(config, None)                   # (diffusers' methods: their hooks' policy)
+    net = pixart_network(architecture_arguments(transformer.config), compose([*parts, *([cache] if cache else [])]))
     weight = next(transformer.parameters())
     net.load_state_dict(transformer.state_dict())
     return net.to(device=weight.device, dtype=weight.dtype).eval()

@@ -54,7 +54,12 @@ class StepCache(Policy):
         self.trace: list[float | None] = []          # teacache: each forward's relative input change (calibration)
 
     @classmethod
-    def from_section(cls, config: CacheConfig, run: Any) -> StepCache | None:
+    def from_section(cls, config: CacheConfig, run: Any) -> Policy | None:
+        """FORA / TeaCache, or diffusers' hooks for their methods (`cache/hooks.py`), or None (method none)."""
+        if config.from_diffusers:
+            from flexgen.policies.cache.hooks import DiffusersCache
+
+            return DiffusersCache(config)
         return cls(config) if config.enabled else None
 
     def label(self) -> str:
