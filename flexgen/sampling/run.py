@@ -86,6 +86,13 @@ def _sample_run(run, ckpt: Path, out: Path, env, *, config, overrides, dtype, fp
                   "density": sections.get("density"),      # (and any other section that changes the samples)
                   **{k: v for k, v in sections.items() if k not in ("density", "dydit")}})
     check_options(model, s.cfg_scale, s.batch_size, s.cfg_channels)
+    if run.cache.calibration:                       # fitted on another model or size: refused; another run: warned
+        from flexgen.policies.cache.provenance import check_fitted_on, uncached_label
+
+        check_fitted_on(run.cache.calibration, {
+            "model": run.model.preset, "checkpoint_sha256": record.checkpoint_sha256,
+            "image_size": run.data.image_size, "num_frames": model.config.num_frames,
+            "policy": uncached_label(model.policy), "sampler": s.sampler, "steps": s.steps, "cfg_scale": s.cfg_scale})
     if npz and video_model:
         raise ValueError("--npz writes ADM's image batch: it is for one-frame (DiT) models")
     path = out / "samples.json"

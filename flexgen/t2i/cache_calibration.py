@@ -19,7 +19,14 @@ from typing import Any
 
 import torch
 
-from flexgen.policies.cache.calibrate import Recorder, parse_thresholds, recording_cache, summarise, write_calibration
+from flexgen.policies.cache.calibrate import (
+    Recorder,
+    parse_thresholds,
+    recording_cache,
+    summarise,
+    write_calibration,
+    write_mag,
+)
 from flexgen.policies.cache.config import CacheConfig
 
 
@@ -27,8 +34,6 @@ def record_pipeline_runs(pipe, prompts: list[str], *, steps: int, guidance: floa
                          max_length: int = 120) -> list[dict[str, list[float]]]:
     """`Recorder.finish` of each pipeline call of up to `batch_size` prompts (image i: seed + i); `pipe.transformer`
     runs TeaCache at threshold 0."""
-    from flexgen.sampling.prompts import image_records
-    from flexgen.t2i.generate import iter_generate
     from flexgen.t2i.pixart import PixArtCost
 
     transformer = pipe.transformer
@@ -40,24 +45,44 @@ def record_pipeline_runs(pipe, prompts: list[str], *, steps: int, guidance: floa
         recorder.record(out, module.policy.forward_macs(cost), cost, module.policy.grid(), module.policy.signature())
 
     handle = transformer.register_forward_hook(hook, with_kwargs=True)
-    records, runs = image_records(prompts, 1, seed), []
+    runs = []
+
+    def start(count: int) -> None:
+        nonlocal recorder
+        recorder = Recorder(cache, count)
+
     try:
-        for start in range(0, len(records), batch_size):
-            batch = records[start:start + batch_size]
-            recorder = Recorder(cache, len(batch))
-            with torch.no_grad():
-                for _ in iter_generate(pipe, batch, steps=steps, guidance=guidance, batch_size=len(batch),
-                                       max_sequence_length=max_length, progress=False):
-                    pass
+        for _ in _pipeline_runs(pipe, prompts, steps=steps, guidance=guidance, batch_size=batch_size, seed=seed,
+                                max_length=max_length, before=start):
             runs.append(recorder.finish())
     finally:
         handle.remove()
     return runs
 
 
+def _pipeline_runs(pipe, prompts: list[str], *, steps: int, guidance: float, batch_size: int, seed: int,
+                   max_length: int, before=None, after=None):
+    """One pipeline call per `batch_size` prompts (image i: seed + i); `before(count)` ahead of each, yields
+    `after(transformer)` (None without) after each."""
+    from flexgen.sampling.prompts import image_records
+    from flexgen.t2i.generate import iter_generate
+
+    records = image_records(prompts, 1, seed)
+    for first in range(0, len(records), batch_size):
+        batch = records[first:first + batch_size]
+        if before is not None:
+            before(len(batch))
+        with torch.no_grad():
+            for _ in iter_generate(pipe, batch, steps=steps, guidance=guidance, batch_size=len(batch),
+                                   max_sequence_length=max_length, progress=False):
+                pass
+        yield None if after is None else after(pipe.transformer)
+
+
 def pixart_calibrate_main(args: argparse.Namespace) -> dict[str, Any]:
     """`flexgen calibrate` with --model and --prompts."""
     from flexgen.files import file_sha256
+    from flexgen.policies.cache.provenance import uncached_label
     from flexgen.sampling.prompts import read_prompts
     from flexgen.t2i.generate import GUIDANCE, load_pipeline
     from flexgen.t2i.pixart import PixArtCost
@@ -76,17 +101,27 @@ def pixart_calibrate_main(args: argparse.Namespace) -> dict[str, Any]:
     guidance = GUIDANCE if args.cfg_scale is None else args.cfg_scale
     pipe = load_pipeline(args.model, transformer=args.transformer, text_encoder=args.text_encoder,
                          scheduler=sampler)
-    uncached = policy_of(pipe.transformer)
+    resolution = pipe.transformer.config.sample_size * pipe.vae_scale_factor
+    weights = sorted(transformer_folder(args.transformer or args.model).glob("*.safetensors"))
+    fitted_on = {"pipeline": str(args.model), "transformer": str(args.transformer or Path(args.model) / "transformer"),
+                 "checkpoint_sha256": file_sha256(weights[0]) if len(weights) == 1 else "",
+                 "resolution": resolution, "policy": uncached_label(policy_of(pipe.transformer)),
+                 "sampler": sampler, "steps": steps, "cfg_scale": guidance, "prompts": str(args.prompts),
+                 "seeds": [args.seed, args.seed + len(prompts) - 1], "config": str(args.model)}
+    if args.method == "mag":
+        pipe.transformer = with_step_cache(pipe.transformer, CacheConfig(
+            "mag", diffusers={"calibrate": True, "num_inference_steps": steps}))
+        ratios = list(_pipeline_runs(pipe, prompts, steps=steps, guidance=guidance, batch_size=args.batch_size,
+                                     seed=args.seed, max_length=args.max_length, after=_mag_ratios))
+        return write_mag(args.out, ratios, fitted_on)
     pipe.transformer = with_step_cache(pipe.transformer, CacheConfig("teacache", threshold=0.0))
     runs = record_pipeline_runs(pipe, prompts, steps=steps, guidance=guidance, batch_size=args.batch_size,
                                 seed=args.seed, max_length=args.max_length)
     passes = 2 if guidance > 1 else 1
     dense = passes * steps * PixArtCost.of(pipe.transformer).forward_macs(None).gmacs
     fitted = summarise(runs, steps, dense, args.degree, thresholds)
-    weights = sorted(transformer_folder(args.transformer or args.model).glob("*.safetensors"))
-    fitted_on = {"model": str(args.model), "transformer": str(args.transformer or Path(args.model) / "transformer"),
-                 "checkpoint_sha256": file_sha256(weights[0]) if len(weights) == 1 else "",
-                 "policy": uncached.label() if not uncached.dense else "dense", "sampler": sampler, "steps": steps,
-                 "cfg_scale": guidance, "prompts": str(args.prompts), "runs": fitted["runs"],
-                 "seeds": [args.seed, args.seed + len(prompts) - 1], "config": str(args.model)}
-    return write_calibration(args.out, fitted, fitted_on)
+    return write_calibration(args.out, fitted, {**fitted_on, "runs": fitted["runs"]})
+
+
+def _mag_ratios(transformer) -> list[float]:
+    return list(next(p for p in transformer.policy.parts if p.section == "cache").mag_ratios)

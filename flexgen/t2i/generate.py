@@ -296,21 +296,34 @@ def _save_png(image: torch.Tensor, path: Path) -> None:
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
 
 
+# `--cache METHOD:SETTING` of diffusers' methods: the option SETTING gives (cache.diffusers), and its type
+DIFFUSERS_SETTING = {"first_block": ("threshold", float), "mag": ("threshold", float),
+                     "taylorseer": ("cache_interval", int), "pab": ("spatial_attention_block_skip_range", int),
+                     "fastercache": ("spatial_attention_block_skip_range", int)}
+
+
 def cache_config(spec: str, calibration: str | None = None):
-    """`--cache fora:2` / `--cache teacache:0.1` (+ the coefficients of a `flexgen calibrate` file) -> CacheConfig."""
+    """`--cache fora:2` / `teacache:0.1` / `first_block:0.05` / `mag:0.06` / `taylorseer:5` / `pab:2` /
+    `fastercache:2` (+ a `flexgen calibrate` file: TeaCache's coefficients, MagCache's ratios) -> CacheConfig."""
     from flexgen.policies.cache.config import CacheConfig
 
     method, _, setting = spec.partition(":")
     try:
+        if calibration and method not in ("teacache", "mag"):
+            raise ValueError("a calibration file serves teacache and mag")
         if method == "fora":
             return CacheConfig("fora", interval=int(setting or 2))
         if method == "teacache":
-            coefficients = json.loads(Path(calibration).read_text())["coefficients"] if calibration else []
-            return CacheConfig("teacache", threshold=float(setting or 0.1), coefficients=coefficients)
+            return CacheConfig("teacache", threshold=float(setting or 0.1), calibration=calibration or "")
+        if method in DIFFUSERS_SETTING:
+            key, kind = DIFFUSERS_SETTING[method]
+            return CacheConfig(method, diffusers={key: kind(setting)} if setting else {},
+                               calibration=calibration or "")
     except (ValueError, KeyError, OSError) as e:
         raise ValueError(f"--cache {spec}" + (f" --cache-calibration {calibration}" if calibration else "") +
                          f": {e}") from e
-    raise ValueError(f"--cache {spec}: the method is fora:N or teacache:THRESHOLD")
+    raise ValueError(f"--cache {spec}: the method is fora:N, teacache:THRESHOLD or diffusers' "
+                     f"{', '.join(f'{m}:{k.upper()}' for m, (k, _) in DIFFUSERS_SETTING.items())}")
 
 
 def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
@@ -350,10 +363,13 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
                      "load; text cross-attention packed to each caption's tokens); same results (default: "
                      "%(default)s)")
     gen.add_argument("--cache", default=None, metavar="METHOD:SETTING",
-                     help="a training-free step cache around the model: fora:N (the blocks every N-th step) or "
-                     "teacache:THRESHOLD (with --cache-calibration, the polynomial `flexgen calibrate` fitted)")
+                     help="a training-free step cache around the model: fora:N (the blocks every N-th step), "
+                     "teacache:THRESHOLD (with --cache-calibration, the polynomial `flexgen calibrate` fitted), or "
+                     "diffusers' first_block:THRESHOLD, mag:THRESHOLD (with --cache-calibration from flexgen "
+                     "calibrate --method mag), taylorseer:INTERVAL, pab:RANGE, fastercache:RANGE")
     gen.add_argument("--cache-calibration", default=None, metavar="FILE",
-                     help="teacache: the JSON `flexgen calibrate` wrote (its coefficients)")
+                     help="teacache / mag: the JSON `flexgen calibrate` wrote (its coefficients / ratios; one "
+                     "fitted on another transformer or resolution is refused)")
     gen.add_argument("--overwrite", action="store_true", help="draw every image again (default: a re-run with the "
                      "same settings keeps the images already written and draws the rest)")
     gen.set_defaults(func=main)
@@ -412,6 +428,13 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
     records = image_records(prompts, args.num_images, args.seed)
     files = image_files(out, len(records))
     weights = sorted(transformer_folder(args.transformer or args.model).glob("*.safetensors"))
+    if args.cache_calibration:                  # fitted on another transformer or size: refused; another run: warned
+        from flexgen.policies.cache.provenance import check_fitted_on, uncached_label
+
+        check_fitted_on(args.cache_calibration, {
+            "checkpoint_sha256": file_sha256(weights[0]) if len(weights) == 1 else "",
+            "resolution": config.sample_size * pipe.vae_scale_factor, "policy": uncached_label(policy),
+            "sampler": args.scheduler, "steps": args.steps, "cfg_scale": args.guidance})
     manifest = mf.SampleManifest(
         command="flexgen generate", family="pixart-alpha", model=Path(settings["transformer"]).name,
         method=policy.label(), checkpoint=settings["transformer"],

@@ -8,10 +8,11 @@ import pytest
 
 from flexgen.checkpoint import save_weights
 from flexgen.cli import main
-from flexgen.config import load_config
+from flexgen.config import ConfigError, load_config
 from flexgen.policies.cache.calibrate import computed_steps, decisions, fit_rescale
 from flexgen.policies.cache.config import CacheConfig
-from tests.sample_helpers import SMALL, TINY, random_model
+from flexgen.sample import sample_main
+from tests.sample_helpers import SMALL, TINY, parse, random_model
 
 
 def test_the_fit_recovers_a_known_polynomial():
@@ -56,10 +57,55 @@ def test_flexgen_calibrate_writes_coefficients_a_run_takes(tmp_path, capsys):
     assert steps[0] == 6 and steps[-1] == 2 and steps == sorted(steps, reverse=True)
     gmacs = [row["gmacs_per_sample"] for row in result["thresholds"]]
     assert gmacs == sorted(gmacs, reverse=True) and gmacs[0] == pytest.approx(result["uncached_gmacs_per_sample"])
-    assert "use: cache.method=teacache cache.coefficients=[" in capsys.readouterr().out
+    assert f"use: cache.method=teacache cache.calibration={out} " in capsys.readouterr().out
     coefficients = "[" + ",".join(repr(c) for c in result["coefficients"]) + "]"
     run = load_config(TINY, ["cache.method=teacache", f"cache.coefficients={coefficients}"])
     assert run.cache.coefficients == result["coefficients"]
+    assert load_config(TINY, ["cache.method=teacache", f"cache.calibration={out}"]).cache.coefficients == \
+        result["coefficients"]
+    with pytest.raises(ConfigError, match="cache.coefficients: differ from those of"):
+        load_config(TINY, ["cache.method=teacache", f"cache.calibration={out}", "cache.coefficients=[1.0]"])
+    with pytest.raises(ConfigError, match="cache.calibration: .*nowhere.json does not exist"):
+        load_config(TINY, ["cache.method=teacache", f"cache.calibration={tmp_path / 'nowhere.json'}"])
+
+    # Where the file is used, what it was fitted on is checked: another model's weights are refused by name, another
+    # sampler is warned about; the samples record the cache with its coefficients.
+    def sample(name, ckpt, *extra):
+        return sample_main(parse("--config", TINY, "--ckpt", ckpt, "--num-samples", 2, "--sampler", "ddim",
+                                 "--steps", 6, "--out", tmp_path / name, "--no-progress", *SMALL,
+                                 "cache.method=teacache", "cache.threshold=0.1", f"cache.calibration={out}", *extra))
+
+    record = sample("ok", tmp_path / "dense.safetensors")
+    assert record["settings"]["policy"]["cache"]["coefficients"] == result["coefficients"]
+    other, _ = random_model(seed=1)
+    save_weights(other.net, tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match=r"was fitted on another model \(checkpoint_sha256: fitted"):
+        sample("other", tmp_path / "other.safetensors")
+    capsys.readouterr()
+    sample("sampler", tmp_path / "dense.safetensors", "--sampler", "ddpm")
+    assert "was fitted on another run (sampler: fitted 'ddim', now 'ddpm')" in capsys.readouterr().err
+
+
+def test_flexgen_calibrate_method_mag_stores_diffusers_ratios_a_run_takes(tmp_path, capsys):
+    model, _ = random_model()
+    save_weights(model.net, tmp_path / "dense.safetensors")
+    out = tmp_path / "mag.json"
+    assert main(["calibrate", "--method", "mag", "--config", TINY, "--ckpt", str(tmp_path / "dense.safetensors"),
+                 "--out", str(out), "--num-samples", "4", "--batch-size", "2", "--sampler", "ddim", "--steps", "6",
+                 *SMALL]) == 0
+    result = json.loads(out.read_text())
+    assert result["method"] == "mag" and result["runs"] == 2 and len(result["ratios_per_run"]) == 2
+    ratios = result["mag_ratios"]
+    assert len(ratios) == 6 and ratios[0] == 1.0 and all(r > 0 for r in ratios)
+    assert result["mag_ratios"] == pytest.approx(list(np.mean(result["ratios_per_run"], axis=0)))
+    run = load_config(TINY, ["cache.method=mag", f"cache.calibration={out}", "cache.diffusers.threshold=0.1"])
+    assert run.cache.diffusers["mag_ratios"] == result["mag_ratios"]
+    with pytest.raises(ConfigError, match="a mag calibration, not teacache's"):
+        load_config(TINY, ["cache.method=teacache", f"cache.calibration={out}"])
+    record = sample_main(parse("--config", TINY, "--ckpt", tmp_path / "dense.safetensors", "--num-samples", 2,
+                               "--sampler", "ddim", "--steps", 6, "--out", tmp_path / "mag", "--no-progress", *SMALL,
+                               "cache.method=mag", f"cache.calibration={out}", "cache.diffusers.threshold=0.5"))
+    assert record["method"] == "mag 0.5" and record["cost"]["flops_fraction"] < 1
 
 
 FLEX = ["density.layout=P GSR T", "density.schedule.kind=stages", "density.schedule.stages=[[0,500,2],[500,1000,4]]"]

@@ -494,3 +494,34 @@ def test_flexgen_calibrate_on_pixart_records_the_pipelines_runs(tmp_path, dense_
     assert main(["calibrate", "--model", str(dense_dir), "--prompts", str(prompts), "--out", str(out),
                  "--config", "x.yaml"]) == 2
     assert "--config, --ckpt and KEY=VALUE overrides calibrate a Latte / DiT run" in capsys.readouterr().err
+
+
+def test_diffusers_caches_through_generate_and_a_mag_calibration_checked_against_the_transformer(tmp_path, dense_dir,
+                                                                                             capsys):
+    common = ["generate", "a red cat", "--model", str(dense_dir), "--steps", "6", "--scheduler", "ddim",
+              "--max-length", str(MAX_LENGTH), "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "plain.png")]) == 0
+    plain = json.loads((tmp_path / "plain.json").read_text())
+    assert main([*common, "--out", str(tmp_path / "fbc.png"), "--cache", "first_block:100"]) == 0
+    fbc = json.loads((tmp_path / "fbc.json").read_text())
+    assert fbc["method"] == "first_block 100" and fbc["settings"]["cache"]["diffusers"] == {"threshold": 100.0}
+    assert fbc["cost"]["gmacs_per_sample"] < 0.5 * plain["cost"]["gmacs_per_sample"]       # only the head block
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cat\na blue dog\n")
+    mag = tmp_path / "mag-calibration.json"
+    assert main(["calibrate", "--method", "mag", "--model", str(dense_dir), "--prompts", str(prompts), "--out",
+                 str(mag), "--batch-size", "1", "--steps", "6", "--sampler", "ddim",
+                 "--max-length", str(MAX_LENGTH)]) == 0
+    ratios = json.loads(mag.read_text())
+    assert ratios["runs"] == 2 and len(ratios["mag_ratios"]) == 6 and ratios["fitted_on"]["resolution"] > 0
+    assert main([*common, "--out", str(tmp_path / "mag.png"), "--cache", "mag:0.5", "--cache-calibration",
+                 str(mag)]) == 0
+    record = json.loads((tmp_path / "mag.json").read_text())
+    assert record["settings"]["cache"]["diffusers"]["mag_ratios"] == ratios["mag_ratios"]
+    # ratios fitted on another transformer are refused by name
+    other = dense_dir.parent / "other"
+    save_tiny_pipeline(other, transformer=tiny_transformer(seed=5))
+    capsys.readouterr()
+    assert main([*common[:3], str(other), *common[4:], "--out", str(tmp_path / "x.png"), "--cache", "mag:0.5",
+                 "--cache-calibration", str(mag)]) == 2
+    assert "was fitted on another model (checkpoint_sha256: fitted" in capsys.readouterr().err

@@ -132,15 +132,37 @@ def record_runs(model, seeds: Sequence[int], *, sampler: str, steps: int, cfg_sc
 
     cache = recording_cache(model.policy)
     runs = []
-    for start in range(0, len(seeds), batch_size):
-        chunk = list(seeds[start:start + batch_size])
+    for chunk, cond in batches(model, seeds, batch_size):
         recorder = Recorder(cache, len(chunk))
-        cond = model.sampling_condition(len(seeds), seeds[0])
-        cond = {k: v[start:start + len(chunk)] for k, v in cond.items()}
         with torch.no_grad():
             draw(model, chunk, cond, sampler=sampler, steps=steps, cfg_scale=cfg_scale, betas=betas,
                  clip_denoised=clip_denoised, meter=recorder.around(model))
         runs.append(recorder.finish())
+    return runs
+
+
+def batches(model, seeds: Sequence[int], batch_size: int):
+    """(seeds, condition) of each sampling run: `batch_size` seeds at a time, each with its label (`flexgen
+    sample`'s: a function of the seed)."""
+    cond = model.sampling_condition(len(seeds), seeds[0])
+    for start in range(0, len(seeds), batch_size):
+        chunk = list(seeds[start:start + batch_size])
+        yield chunk, {k: v[start:start + len(chunk)] for k, v in cond.items()}
+
+
+def mag_ratios(model, seeds: Sequence[int], *, sampler: str, steps: int, cfg_scale: float, batch_size: int,
+               betas: torch.Tensor, clip_denoised: bool = False) -> list[list[float]]:
+    """MagCache's ratios of each sampling run of `model`, which runs diffusers' mag hook in calibration mode
+    (`cache.diffusers.calibrate: true`; it skips nothing)."""
+    from flexgen.sampling.draw import draw
+
+    cache = next(p for p in model.policy.parts if p.section == "cache")
+    runs = []
+    for chunk, cond in batches(model, seeds, batch_size):
+        with torch.no_grad():
+            draw(model, chunk, cond, sampler=sampler, steps=steps, cfg_scale=cfg_scale, betas=betas,
+                 clip_denoised=clip_denoised)
+        runs.append(list(cache.mag_ratios))
     return runs
 
 
@@ -159,6 +181,8 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
     parser.add_argument("--max-length", type=int, default=120, help="PixArt-α: T5 tokens per prompt")
     parser.add_argument("--out", required=True, help="JSON file to write: coefficients, what they were fitted on, "
                                                      "the fit's error, steps and GMACs per threshold")
+    parser.add_argument("--method", choices=("teacache", "mag"), default="teacache", help="teacache: fit its "
+                        "rescaling polynomial; mag: diffusers' MagCache calibration mode, its ratios (dense models)")
     parser.add_argument("--num-samples", type=int, default=16, help="samples recorded (TeaCache used ~70 prompts)")
     parser.add_argument("--batch-size", type=int, default=8, help="samples per sampling run")
     parser.add_argument("--sampler", default=None, help="default sample.sampler (PixArt-α: flexgen generate's)")
@@ -245,28 +269,61 @@ def threshold_for_budget(calibration: dict, budget: float, iterations: int = 40)
 
 def calibrate_main(args: argparse.Namespace) -> dict[str, Any]:
     from flexgen.config import config_to_dict, load_config
+    from flexgen.diffusion import linear_betas
     from flexgen.files import file_sha256
+    from flexgen.policies.cache.provenance import uncached_label
     from flexgen.registry import build_denoiser
 
     thresholds = parse_thresholds(args)
     if not args.config or not args.ckpt:
         raise ValueError("give --config and --ckpt (a Latte / DiT run), or --model and --prompts (PixArt-α)")
-    run = load_config(args.config, [*args.overrides, *RECORDING])
-    s = run.sample
+    s = load_config(args.config, args.overrides).sample
     sampler, steps = args.sampler or s.sampler, args.steps or s.steps
     cfg_scale = s.cfg_scale if args.cfg_scale is None else args.cfg_scale
+    run = load_config(args.config, [*args.overrides, *recording(args.method, steps)])
     model = build_denoiser(run)
     model.load_pretrained(args.ckpt, routers_required=True)
     model = model.eval()
     seeds = list(range(args.seed, args.seed + args.num_samples))
-    fitted = calibrate(model, run, seeds, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                       batch_size=args.batch_size, degree=args.degree, thresholds=thresholds)
     fitted_on = {"config": str(args.config), "overrides": list(args.overrides), "checkpoint": str(args.ckpt),
                  "checkpoint_sha256": file_sha256(args.ckpt), "model": run.model.preset,
-                 "policy": " + ".join(p.label() for p in model.policy.parts if p.per_forward) or "dense",
+                 "image_size": run.data.image_size, "num_frames": model.config.num_frames,
+                 "policy": uncached_label(model.policy),
                  "sampler": sampler, "steps": steps, "cfg_scale": cfg_scale, "seeds": [seeds[0], seeds[-1]],
-                 "runs": fitted["runs"], "run_config": config_to_dict(run)}
-    return write_calibration(args.out, fitted, fitted_on)
+                 "run_config": config_to_dict(run)}
+    if args.method == "mag":
+        betas = linear_betas(run.diffusion.num_timesteps, run.diffusion.beta_start, run.diffusion.beta_end)
+        ratios = mag_ratios(model, seeds, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
+                            batch_size=args.batch_size, betas=betas, clip_denoised=run.sample.clip_denoised)
+        return write_mag(args.out, ratios, fitted_on)
+    fitted = calibrate(model, run, seeds, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
+                       batch_size=args.batch_size, degree=args.degree, thresholds=thresholds)
+    return write_calibration(args.out, fitted, {**fitted_on, "runs": fitted["runs"]})
+
+
+def recording(method: str, steps: int) -> list[str]:
+    """The cache overrides a calibration records under: TeaCache at threshold 0, or diffusers' mag hook in its
+    calibration mode (both compute every step)."""
+    if method == "mag":
+        return ["cache.method=mag", "cache.diffusers.calibrate=true", f"cache.diffusers.num_inference_steps={steps}"]
+    return RECORDING
+
+
+def write_mag(out: str | Path, runs: Sequence[Sequence[float]], fitted_on: dict[str, Any]) -> dict[str, Any]:
+    """Write MagCache's ratios (the mean over runs of each step's, and each run's) as `out` (JSON) and print them."""
+    from flexgen.files import atomic_write_text
+
+    ratios = np.mean(np.asarray(runs, dtype=np.float64), axis=0)
+    spread = float(np.max(np.std(np.asarray(runs, dtype=np.float64), axis=0))) if len(runs) > 1 else 0.0
+    result = {"method": "mag", "mag_ratios": [float(r) for r in ratios], "ratios_per_run": [list(r) for r in runs],
+              "runs": len(runs), "largest_std_over_runs": spread, "fitted_on": {**fitted_on, "runs": len(runs)},
+              "use": f"cache.method=mag cache.calibration={out} cache.diffusers.threshold=<e.g. 0.06>"}
+    atomic_write_text(Path(out), json.dumps(result, indent=2))
+    print(f"MagCache ratios of {len(ratios)} steps over {len(runs)} runs (largest std over runs {spread:.4f}); "
+          f"wrote {out}")
+    print("  " + " ".join(f"{r:.3f}" for r in ratios))
+    print(f"use: {result['use']}")
+    return result
 
 
 def write_calibration(out: str | Path, fitted: dict[str, Any], fitted_on: dict[str, Any]) -> dict[str, Any]:
@@ -274,8 +331,8 @@ def write_calibration(out: str | Path, fitted: dict[str, Any], fitted_on: dict[s
     from flexgen.files import atomic_write_text
 
     result = {"method": "teacache", **fitted, "fitted_on": fitted_on,
-              "use": f"cache.method=teacache {coefficients_override(fitted['coefficients'])} "
-                     "cache.threshold=<one of the thresholds>"}
+              "use": f"cache.method=teacache cache.calibration={out} cache.threshold=<one of the thresholds> (or "
+                     f"{coefficients_override(fitted['coefficients'])})"}
     atomic_write_text(Path(out), json.dumps(result, indent=2))
     print(f"fitted a degree-{fitted['degree']} polynomial on {fitted['points']} steps of {fitted['runs']} runs "
           f"(relative RMS error {fitted['relative_rms_error']:.3f}); wrote {out}")

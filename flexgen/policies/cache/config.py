@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,6 +39,8 @@ class CacheConfig:
     diffusers: dict = field(default_factory=dict)   # a diffusers method's options: fields of its diffusers config
                                     # dataclass (FirstBlockCacheConfig.threshold, MagCacheConfig.mag_ratios, ...);
                                     # interval / threshold / coefficients above are flexgen's methods' only
+    calibration: str = ""           # teacache / mag: a `flexgen calibrate` file, its coefficients / ratios (what it
+                                    # was fitted on is checked against the run: cache/provenance.py)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -46,6 +49,8 @@ class CacheConfig:
         self.coefficients = [float(c) for c in self.coefficients]
         if not all(math.isfinite(c) for c in self.coefficients):
             raise ValueError(f"coefficients: must be finite numbers, got {self.coefficients}")
+        if self.calibration:
+            self._take_calibration()
         if self.method in DIFFUSERS_METHODS:
             defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
                         for f in dataclasses.fields(CacheConfig)}
@@ -57,6 +62,30 @@ class CacheConfig:
         elif self.diffusers:
             raise ValueError(f"diffusers: holds options of diffusers' cache hooks; method {self.method!r} is "
                              f"flexgen's (the diffusers methods: {', '.join(DIFFUSERS_METHODS)})")
+
+    def _take_calibration(self) -> None:
+        """The fit of the `calibration` file: TeaCache's coefficients, MagCache's ratios. Values given beside it
+        must be the file's; without the file (a config copied elsewhere) they are used as given."""
+        from flexgen.policies.cache.provenance import read_calibration
+
+        if self.method not in ("teacache", "mag"):
+            raise ValueError(f"calibration: a flexgen calibrate file serves teacache (its polynomial) or mag (its "
+                             f"ratios), not method {self.method!r}")
+        key = "coefficients" if self.method == "teacache" else "mag_ratios"
+        given = self.coefficients if self.method == "teacache" else self.diffusers.get("mag_ratios")
+        if not Path(self.calibration).is_file():
+            if not given:
+                raise ValueError(f"calibration: {self.calibration} does not exist (flexgen calibrate writes it)")
+            return
+        fitted = [float(v) for v in read_calibration(self.calibration, self.method)[key]]
+        if given and not (len(given) == len(fitted) and all(math.isclose(float(a), b, rel_tol=1e-9, abs_tol=1e-12)
+                                                           for a, b in zip(given, fitted, strict=True))):
+            raise ValueError(f"{'coefficients' if key == 'coefficients' else 'diffusers.mag_ratios'}: differ from "
+                             f"those of {self.calibration}; give one or the other")
+        if self.method == "teacache":
+            self.coefficients = fitted
+        else:
+            self.diffusers = {**self.diffusers, "mag_ratios": fitted}
 
     @property
     def enabled(self) -> bool:
