@@ -49,7 +49,7 @@ from diffusers.hooks.mag_cache import MagCacheHeadHook
 from diffusers.models.attention import BasicTransformerBlock
 from torch import nn
 
-from flexgen.policies.base import Policy
+from flexgen.policies.cache.base import CachePolicy
 from flexgen.policies.cache.config import CacheConfig, diffusers_config
 
 APPLY = {"first_block": "apply_first_block_cache", "mag": "apply_mag_cache", "taylorseer": "apply_taylorseer_cache",
@@ -97,29 +97,21 @@ def register_block(cls: type) -> None:
     TransformerBlockRegistry.register(cls, dataclasses.replace(base, _cls=None, _cached_parameter_indices=None))
 
 
-class DiffusersCache(Policy):
+class DiffusersCache(CachePolicy):
     """A diffusers cache hook on the network's blocks (module docstring)."""
-
-    name = "cache"
-    section, setting, order = "cache", "cache.method", 0
-    dense = False
-    measured = True
-    per_forward = False         # its cost is a whole sampling run's, not one forward's
 
     def __init__(self, config: CacheConfig):
         if not config.from_diffusers:
             raise ValueError(f"DiffusersCache runs diffusers' methods, not {config.method!r}")
-        self.config = config
+        super().__init__(config)
         self.options = diffusers_config(config, **self._callbacks())      # (the label's numbers; checked early)
         self._root: nn.Module | None = None
         self._view: LatteView | None = None
         self._units: list[tuple[str, nn.Module, str, str, int]] = []    # (name, module, kind, block list, index)
         self._ran: set[int] = set()
         self._last_ran: set[int] = set()
-        self._last_t: int | None = None
         self._t = 0
         self._step, self._steps = 0, None
-        self._batch = 0
         self._ratios: list[float] | None = None
         self.mag_ratios: list[float] = []           # mag calibrate: the last run's ratios, one per computed step
         self.computed: bool | None = None           # whether the last forward skipped nothing
@@ -141,9 +133,6 @@ class DiffusersCache(Policy):
 
     def describe(self) -> str:
         return f"diffusers' {self.config.method} cache ({self.label()}, options {self.config.diffusers or 'default'})"
-
-    def sections(self) -> dict[str, Any]:
-        return {"cache": dataclasses.asdict(self.config)}
 
     # ---- building -----------------------------------------------------------------------------------------
 
@@ -248,10 +237,8 @@ class DiffusersCache(Policy):
         if net.training:
             raise RuntimeError(f"cache.method={self.config.method} (diffusers' hooks) is for sampling: call "
                                "model.eval(), or train with cache.method none")
-        t0 = int(t.reshape(-1)[0])
-        if self._last_t is not None and t0 >= self._last_t:        # a new sampling run (when no one said so)
-            self.new_run()
-        self._last_t, self._t, self._batch = t0, t0, t.numel()
+        self._t = self.step_begins(t)
+        t0 = self._t
         self._ran = set()
         _set_cache_context(self._root, CacheContext(CONTEXT, step_index=self._step, num_inference_steps=self._steps,
                                                     timestep=t0))

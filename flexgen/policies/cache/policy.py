@@ -23,27 +23,20 @@ of the last step that ran them. Which steps run the blocks:
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
 
 from flexgen.policies.base import Policy
+from flexgen.policies.cache.base import CachePolicy
 from flexgen.policies.cache.config import CacheConfig
 
 
-class StepCache(Policy):
+class StepCache(CachePolicy):
     """Reuse of the blocks' residual between the steps that run them (module docstring)."""
 
-    name = "cache"
-    section, setting, order = "cache", "cache.method", 0
-    dense = False
-    measured = True
-    per_forward = False         # its cost is a whole sampling run's, not one forward's
-
     def __init__(self, config: CacheConfig):
-        self.config = config
-        self._last_t: int | None = None
+        super().__init__(config)
         self._residual: torch.Tensor | None = None
         self._key: Any = None
         self._step, self._steps = 0, None
@@ -73,19 +66,13 @@ class StepCache(Policy):
             return f"step cache teacache (threshold {self.config.threshold:g}, {fitted})"
         return f"step cache {self.config.method} (the blocks every {self.config.interval} steps)"
 
-    def sections(self) -> dict[str, Any]:
-        return {"cache": dataclasses.asdict(self.config)}
-
     def new_run(self, steps: int | None = None) -> None:
         self._residual, self._key, self._step, self._last_t = None, None, 0, None
         self._steps, self._signal = steps, None
 
     def begin(self, net, t, **step) -> None:
         super().begin(net, t, **step)
-        t0 = int(t.reshape(-1)[0])
-        if self._last_t is not None and t0 >= self._last_t:     # a new sampling run (when no one said so)
-            self.new_run()
-        self._last_t, self._batch = t0, t.numel()
+        self.step_begins(t)
 
     def walk(self, net, x, ctx, inner=None):
         key = (tuple(x.shape), net.policy.signature())
