@@ -133,9 +133,9 @@ def _rate(folder: Path, name: str, data_root: Path, out: Path, detector, i3d) ->
 def _teacache(out: Path, run: str, config: str, overrides: list[str], budget: Budget) -> tuple[float, list[str]]:
     """(threshold, cache overrides) of TeaCache on one trained model: its polynomial fitted here on 8 uncached samples
     (`flexgen calibrate`'s `calibrate`), at the smallest threshold that computes at most half the steps on them."""
-    from flexgen.policies.cache.calibrate import RECORDING, THRESHOLDS, calibrate, coefficients_override
+    from flexgen.policies.cache.calibrate import THRESHOLDS, calibrate, coefficients_override, recording
 
-    cfg = load_config(CONFIGS / config, [*overrides, *RECORDING])
+    cfg = dataclasses.replace(load_config(CONFIGS / config, overrides), cache=recording())
     model = build_denoiser(cfg)
     model.load_pretrained(out / run / "ema.safetensors", routers_required=True)
     fitted = calibrate(model.eval(), cfg, list(range(8)), sampler=SAMPLER, steps=budget.steps,

@@ -30,7 +30,8 @@ def test_quick_demo_runs_the_whole_loop(tmp_path, capsys):
     assert SampleManifest.read(out / "dense" / "samples-fora2" / "samples.json").method == "fora 2"
     tag = "samples-teacache" + flex_tea["model"].rsplit(" ", 1)[1]
     assert SampleManifest.read(out / "flexdit" / tag / "samples.json").method.startswith("teacache")
-    assert flex_tea["gmacs_per_video"] < 1.01 * flex["gmacs_per_video"]   # (the indicator costs next to nothing)
+    assert flex_tea["gmacs_per_video"] < flex["gmacs_per_video"]            # it skipped steps
+    assert dy_tea["gmacs_per_video"] < 1.01 * dy["gmacs_per_video"]   # (DyDiT's changing pattern may force every step)
     # The fewer-steps frontier: the dense model again at 1 step and at the counts matching each policy's and
     # cache's cost (rounded; 5 steps is the quick budget's every-row count), all with the one sampler.
     matched = {min(5, max(1, round(5 * r["gmacs_per_video"] / dense["gmacs_per_video"])))    # (5 // 10: grain 1)

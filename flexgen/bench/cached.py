@@ -20,13 +20,15 @@ import statistics
 import torch
 
 from flexgen import policies
-from flexgen.bench.measure import _graphs_compiled, no_denormals, timer
+from flexgen.bench.measure import compile_until_stable, graphs_compiled, no_denormals, timer
 from flexgen.bench.models import bench_setup, dynamic_plan
+from flexgen.diffusion import SAMPLERS
 from flexgen.policies.cache.config import CacheConfig
+from flexgen.policies.cache.provenance import uncached_label
 from flexgen.policies.cost import CostMeter
 from flexgen.registry import build_denoiser, family_of
 from flexgen.sampling.cost import flops_per_sample
-from flexgen.sampling.draw import draw
+from flexgen.sampling.draw import draw, run_options
 
 
 def uncached(run):
@@ -82,6 +84,12 @@ def cached_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float3
     else:
         sampler, steps = sampler or run.sample.sampler, steps or run.sample.steps
         cfg_scale = run.sample.cfg_scale if cfg_scale is None else cfg_scale
+    sampler = "dpm-solver++" if sampler == "dpm-solver" else sampler      # (PixArt-α's name for it)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"the cached bench draws with flexgen's samplers ({', '.join(SAMPLERS)}), not {sampler!r}")
+    if run.cache.method == "fastercache":
+        raise ValueError("cache.method=fastercache assumes diffusers' pipeline batch order [uncond, cond], which "
+                         "the bench's sampler does not use: time it in flexgen generate")
     bench = bench_setup(uncached(run), device=device, dtype=dtype, batch=batch, seed=seed, sampler=sampler,
                         steps=steps)
     models = _models(run, bench, ckpt, target)
@@ -89,31 +97,25 @@ def cached_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float3
     cond = bench.cond if bench.dense.conditional else {}
     meters = {k: CostMeter(m) for k, m in models.items() if m.policy.measured}
     cache = next(p for p in models["cached"].policy.parts if not p.per_forward)     # the step cache
-    seeds = list(range(seed, seed + batch))
-    channels = None if "sample" in family.unused else run.sample.cfg_channels
+    seeds, options = list(range(seed, seed + batch)), run_options(run)
 
     def run_of(name):
         def sample():
             if name == "cached":
                 cache.steps_computed = cache.steps_skipped = 0
             draw(models[name], seeds, cond, sampler=sampler, steps=steps, cfg_scale=cfg_scale, device=bench.device,
-                 dtype=dtype, meter=meters.get(name), cfg_channels=channels)
+                 dtype=dtype, meter=meters.get(name), **options)
         return sample
 
     if compile:
         for name in names:
             _compile_walks(models[name])
-        for _ in range(3):              # untimed rounds until one builds no graph
-            built = _graphs_compiled()
-            for name in names:
-                run_of(name)()
-            if _graphs_compiled() == built:
-                break
+        compile_until_stable(lambda: [run_of(name)() for name in names])
     clock, times = timer(bench.device), {name: [] for name in names}
-    graphs = _graphs_compiled()
+    graphs = graphs_compiled()
     for r in range(warmup + repeats):
         if r == warmup:
-            graphs = _graphs_compiled()
+            graphs = graphs_compiled()
             for meter in meters.values():           # MACs of the timed runs only
                 meter.macs_at, meter.forwards = {}, 0
         for name in names:
@@ -130,8 +132,8 @@ def cached_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float3
             gmacs[name] = flops_per_sample(models[name], sampler, steps, cfg_scale)["gmacs_per_sample"]
     seconds = {name: statistics.median(times[name]) for name in names}
     result = {"device": str(bench.device), "dtype": str(dtype).removeprefix("torch."), "batch": batch,
-              "repeats": repeats, "compiled": compile, "graphs_compiled_while_timed": _graphs_compiled() - graphs,
-              "policy": models["cached"].policy.label(), "uncached_policy": _name(models["uncached"].policy),
+              "repeats": repeats, "compiled": compile, "graphs_compiled_while_timed": graphs_compiled() - graphs,
+              "policy": models["cached"].policy.label(), "uncached_policy": uncached_label(models["uncached"].policy),
               "sampler": sampler, "steps": steps, "cfg_scale": cfg_scale, "weights": ckpt or "random",
               "steps_computed": computed, "seconds_per_run": seconds, "gmacs_per_sample": gmacs}
     for name in names[1:]:
@@ -139,10 +141,6 @@ def cached_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float3
     if "uncached" in names:
         result["cached_vs_uncached"] = _ratios(seconds, gmacs, "cached", "uncached")
     return result
-
-
-def _name(policy) -> str:
-    return "dense" if policy.dense else policy.label()
 
 
 def _ratios(seconds: dict, gmacs: dict, a: str, b: str) -> dict:

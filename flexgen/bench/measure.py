@@ -26,7 +26,8 @@ from flexgen.diffusion import any_scheduler, classifier_free_guidance, linear_be
 def no_denormals():
     """Flush denormal floats to zero while timing (PyTorch's default is not to). Random weights can drive a
     sampling run into denormals, which the CPU handles 10-100x slower: a 50-step run of the demo's model with random
-    weights took 63 s instead of 2.6 s. Trained weights rarely meet them; flushing changes no result above 1e-38."""
+    weights took 63 s instead of 2.6 s. Trained weights rarely meet them; flushing changes no result above 1e-38.
+    On exit it is off again (torch offers no way to read the setting: a caller that had it on turns it on again)."""
     torch.set_flush_denormal(True)
     try:
         yield
@@ -76,7 +77,16 @@ def _compiled(model):
     return model
 
 
-def _graphs_compiled() -> int:
+def compile_until_stable(every_call: Callable[[], object], rounds: int = 3) -> None:
+    """Untimed rounds of every timed call until one builds no graph (the second round may still build some)."""
+    for _ in range(rounds):
+        built = graphs_compiled()
+        every_call()
+        if graphs_compiled() == built:
+            return
+
+
+def graphs_compiled() -> int:
     """Graphs torch.compile has built in this process so far (dynamo's counters)."""
     from torch._dynamo.utils import counters
 
@@ -140,27 +150,23 @@ def measure(bench: BenchSetup, plan: DynamicPlan, *, repeats: int = 3, warmup: i
             every_call()   # compiled calls count no attention backend (flexgen.attention): this eager pass does
         for model in models.values():
             _compiled(model)
-        for _ in range(5):      # untimed rounds until one builds no graph (the second round may still build some)
-            built = _graphs_compiled()
-            every_call()
-            if _graphs_compiled() == built:
-                break
+        compile_until_stable(every_call, rounds=5)
     # Every key keeps its slices through the interleaved repeats (a sampler walks t in order and copies a trained
     # router's scattered pattern once per change); the memory pass below runs with the sampler's limit again.
     caches = plan.model.policy.slice_caches()
     limits = [cache.max_copies for cache in caches]
     for cache in caches:
         cache.max_copies = max(cache.max_copies, len(plan.keys))
-    graphs = _graphs_compiled()
+    graphs = graphs_compiled()
     for r in range(warmup + repeats):
         if r == warmup:
-            graphs = _graphs_compiled()
+            graphs = graphs_compiled()
         for kind, key in order:
             seconds = clock(make(kind, key))
             if r >= warmup:
                 times[kind][key].append(seconds)
     calls_per_backend = backend_counts()
-    compiled_while_timed = _graphs_compiled() - graphs
+    compiled_while_timed = graphs_compiled() - graphs
     for cache, limit in zip(caches, limits, strict=True):
         cache.max_copies = limit
     growth = {key: max(peak(make(kind, key)) for kind in kinds) for key in ["dense", *plan.keys]}

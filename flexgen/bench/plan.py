@@ -20,6 +20,11 @@ SAMPLER_PROTOCOLS = (("ddpm", 250), ("ddim", 50), ("dpm-solver++", 20))
 
 def bench_plan(args) -> dict:
     if args.calibration:
+        given = [flag for flag, value in (("--config", args.config), ("--sampler", args.sampler),
+                                          ("--steps", args.steps), ("--ckpt", args.ckpt)) if value]
+        if given:
+            raise ValueError(f"--calibration plans on the runs the file recorded (its model, sampler and steps): "
+                             f"drop {', '.join(given)}")
         return teacache_plan(args.calibration, args.budget)
     run, name = bench_run(args)
     family = family_of(run.model.preset)
@@ -47,24 +52,19 @@ def bench_plan(args) -> dict:
 
 def teacache_plan(path: str, budget: float) -> dict:
     """The TeaCache threshold that meets `budget` on the runs a `flexgen calibrate` file recorded."""
-    import json
-    from pathlib import Path
+    from flexgen.policies.cache.calibrate import threshold_for_budget
+    from flexgen.policies.cache.provenance import read_calibration
 
-    from flexgen.policies.cache.calibrate import coefficients_override, threshold_for_budget
-
-    try:
-        calibration = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable flexgen calibrate file ({e})") from None
+    calibration = read_calibration(path, "teacache")
     if "recorded" not in calibration:
         raise ValueError(f"{path}: no recorded runs in it (written by flexgen calibrate before it kept them): "
                          "run flexgen calibrate again")
     result = threshold_for_budget(calibration, budget)
     fitted = calibration["fitted_on"]
-    use = None if result["threshold"] is None else (f"cache.method=teacache cache.threshold={result['threshold']:.4g} "
-                                                     f"{coefficients_override(calibration['coefficients'])}")
-    return {"calibration": path, "fitted_on": {k: fitted[k] for k in ("config", "checkpoint", "policy", "sampler",
-                                                                       "steps", "cfg_scale")},
+    use = None if result["threshold"] is None else (f"cache.method=teacache cache.threshold={result['threshold']} "
+                                                     f"cache.calibration={path}")
+    return {"calibration": path, "fitted_on": {k: fitted.get(k) for k in ("config", "policy", "sampler", "steps",
+                                                                           "cfg_scale")},
             "dense_gmacs_per_sample": calibration["dense_gmacs_per_sample"],
             "uncached_gmacs_per_sample": calibration["uncached_gmacs_per_sample"], "teacache": result, "use": use}
 
@@ -77,9 +77,10 @@ def print_plan(result: dict) -> None:
               f"({result['dense_gmacs_per_sample']:.3f} GMACs per sample; uncached "
               f"{result['uncached_gmacs_per_sample']:.3f})")
         if r["threshold"] is None:
-            print(f"  no threshold meets it: the first and last steps alone cost {r['fraction_of_dense']:.3f} of dense")
+            print(f"  no threshold meets it: the steps TeaCache must compute (the first, the last, and any where the "
+                  f"FlexDiT grid or DyDiT width pattern changes) cost {r['fraction_of_dense']:.3f} of dense")
         else:
-            print(f"  threshold {r['threshold']:.4g}: {r['steps_computed']:.1f} of {f['steps']} steps computed, "
+            print(f"  threshold {r['threshold']}: {r['steps_computed']:.1f} of {f['steps']} steps computed, "
                   f"{r['gmacs_per_sample']:.3f} GMACs per sample ({r['fraction_of_dense']:.3f} of dense), estimated "
                   f"on the recorded runs (flexgen sample measures it)")
             print(f"  use: {result['use']}")

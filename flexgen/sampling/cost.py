@@ -20,8 +20,12 @@ def flops_per_sample(model, sampler: str, steps: int, cfg_scale: float,
     betas = linear_betas() if betas is None else betas
     learned_sigma = model.learned_sigma
     timesteps = [int(t) for t in make_scheduler(sampler, betas, steps, learned_sigma=learned_sigma).timesteps]
-    passes = 2 if cfg_scale != 1 and model.conditional else 1
-    return sampling_cost(model.cost(), timesteps, passes)
+    return sampling_cost(model.cost(), timesteps, cfg_passes(model, cfg_scale))
+
+
+def cfg_passes(model, cfg_scale: float) -> int:
+    """Forwards per sample and step: 2 with classifier-free guidance (its doubled batch), else 1."""
+    return 2 if cfg_scale != 1 and model.conditional else 1
 
 
 def measured_cost(model, meter, num_samples: int) -> dict[str, Any]:

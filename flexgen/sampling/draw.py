@@ -43,6 +43,16 @@ def check_options(model: Denoiser, cfg_scale: float, batch_size: int, cfg_channe
                          "this one is unconditional: use cfg_scale 1")
 
 
+def run_options(run: Any) -> dict[str, Any]:
+    """`draw`'s keyword arguments that a run config fixes (its noise schedule, x_0 clipping, guided channels), so
+    every sampling of a run (flexgen sample, calibrate, the cached bench) draws the same trajectory."""
+    from flexgen.diffusion import linear_betas
+
+    d = run.diffusion
+    return {"betas": linear_betas(d.num_timesteps, d.beta_start, d.beta_end),
+            "clip_denoised": run.sample.clip_denoised, "cfg_channels": run.sample.cfg_channels}
+
+
 def draw(model: Denoiser, seeds: Sequence[int], cond: dict, *, sampler: str, steps: int, cfg_scale: float = 1.0,
          cfg_channels: int | None = None, betas: torch.Tensor | None = None, clip_denoised: bool = False,
          device: torch.device | str = "cpu", dtype: torch.dtype | None = None, meter: Any = None) -> torch.Tensor:

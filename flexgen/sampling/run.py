@@ -50,6 +50,7 @@ def _sample_run(run, ckpt: Path, out: Path, env, *, config, overrides, dtype, fp
     from flexgen.data.media import save_grid, video_codec
     from flexgen.diffusion import linear_betas
     from flexgen.files import file_sha256
+    from flexgen.policies.cache.base import check_batch_bound
     from flexgen.registry import build_denoiser, family_of
     from flexgen.sampling import manifest as mf
     from flexgen.sampling.cost import flops_per_sample, measured_cost
@@ -101,6 +102,8 @@ def _sample_run(run, ckpt: Path, out: Path, env, *, config, overrides, dtype, fp
     _barrier(env)
 
     mine = mf.todo(record, out, env.rank, env.world_size, overwrite=overwrite)
+    check_batch_bound(model.policy, env.world_size,
+                      0 < len(mine) < len(mf.shard_indices(s.num_samples, env.rank, env.world_size)))
     meter = model.policy.meter(model)              # a measured policy (DyDiT) adds up what each forward ran
     started = time.perf_counter()
     for batch in generate(model, autoencoder, num_samples=s.num_samples, seed=s.seed, sampler=s.sampler,

@@ -386,6 +386,7 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
     from flexgen import dist
     from flexgen.data.media import save_grid
     from flexgen.files import file_sha256
+    from flexgen.policies.cache.base import check_batch_bound
     from flexgen.sampling import manifest as mf
     from flexgen.t2i.pixart_io import policy_of, transformer_folder
 
@@ -450,6 +451,8 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
     dist.barrier()
 
     mine = [records[i] for i in mf.todo(manifest, out.parent, env.rank, env.world_size, overwrite=args.overwrite)]
+    check_batch_bound(policy, env.world_size,
+                      0 < len(mine) < len(mf.shard_indices(len(records), env.rank, env.world_size)))
     started, drawn = time.perf_counter(), 0
     for batch, images in iter_generate(pipe, mine, steps=args.steps, guidance=args.guidance, height=args.height,
                                        width=args.width, batch_size=args.batch_size,

@@ -53,3 +53,20 @@ def test_a_cache_around_flexdit_is_timed_against_flexdit_and_dense(capsys):
     assert gmacs["cached"] < gmacs["uncached"]
     assert result["cached_vs_uncached"]["mac_ratio"] == pytest.approx(gmacs["cached"] / gmacs["uncached"])
 
+
+
+PIXART = ["model.depth=2", "model.hidden_size=24", "model.num_heads=3", "model.caption_channels=32",
+          "autoencoder.downsample=2", "data.image_size=16"]
+
+
+def test_pixart_samplers_the_bench_draws_with_and_those_it_refuses():
+    from flexgen.bench.cached import cached_report
+
+    run = load_config("configs/t2i/pixart/pixart-xl2-256.yaml", [*PIXART, "cache.method=fora"])
+    result = cached_report(run, sampler="dpm-solver", steps=4, repeats=1, warmup=0)   # generate's name for it
+    assert result["sampler"] == "dpm-solver++" and result["steps_computed"] == 2 and result["cfg_scale"] == 4.5
+    with pytest.raises(ValueError, match="draws with flexgen's samplers .* not 'euler'"):
+        cached_report(run, sampler="euler", steps=4, repeats=1, warmup=0)
+    faster = load_config("configs/t2i/pixart/pixart-xl2-256.yaml", [*PIXART, "cache.method=fastercache"])
+    with pytest.raises(ValueError, match="batch order"):
+        cached_report(faster, steps=4, repeats=1, warmup=0)

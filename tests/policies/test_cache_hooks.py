@@ -126,6 +126,17 @@ def test_a_skipping_setting_computes_less_and_records_fewer_macs(family, cache, 
         sum(plain_meter.macs_at.values()))
 
 
+def test_first_block_counts_the_head_block_and_the_network_outside_the_blocks_on_a_skipped_step():
+    cached, _ = build("dit", *hooks("first_block", threshold=100.0))       # every step after the first skips
+    meter = cached.policy.meter(cached)
+    sample(cached, meter)
+    report = cached.cost().forward_macs(None)
+    per_block = report.breakdown["spatial_blocks"] * 1e9 / len(cached.net.spatial_blocks)
+    skipped = report.gmacs * 1e9 - (len(cached.net.spatial_blocks) - 1) * per_block        # the head block ran
+    per_step = [macs / meter.forwards * STEPS for macs in meter.macs_at.values()]            # per row
+    assert per_step[0] == pytest.approx(report.gmacs * 1e9) and per_step[1:] == pytest.approx([skipped] * 4)
+
+
 class _DenseMeter:
     """The uncached model's MACs: every forward the dense count (its policy measures nothing)."""
 
@@ -228,7 +239,7 @@ def test_options_are_checked_by_name_at_config_load():
         load_config(TINY, hooks("first_block", treshold=0.1))
     with pytest.raises(ConfigError, match="current_timestep_callback: is not settable"):
         load_config(TINY, hooks("pab", current_timestep_callback=1))
-    with pytest.raises(ConfigError, match="method 'fora' is flexgen's"):
+    with pytest.raises(ConfigError, match="method 'fora' is not one"):
         load_config(TINY, ["cache.method=fora", "cache.diffusers={threshold: 0.1}"])
     with pytest.raises(ConfigError, match="threshold: is an option of fora / teacache"):
         load_config(TINY, ["cache.method=first_block", "cache.threshold=0.3"])
@@ -268,3 +279,26 @@ def test_training_forwards_are_refused_and_the_file_keys_do_not_change(tmp_path)
     cached.train()
     with pytest.raises(RuntimeError, match="is for sampling: call model.eval"):
         cached(torch.zeros(1, 4, 3, 16, 16), torch.full((1,), 10), y=torch.ones(1, dtype=torch.long))
+
+
+def test_a_batch_bound_cache_refuses_sharding_and_partial_resumes(tmp_path):
+    # diffusers' hooks decide for a whole forward, so a sample depends on its batch-mates: a re-run that would draw
+    # the missing samples in other batches is refused (FORA / TeaCache decide per sample and resume: test_cache.py)
+    from flexgen.checkpoint import save_weights
+    from flexgen.policies.cache.base import check_batch_bound
+    from flexgen.sample import sample_main
+    from tests.sample_helpers import parse
+
+    model, _ = random_model(LATTE)
+    save_weights(model.net, tmp_path / "w.safetensors")
+    command = parse("--config", TINY, "--ckpt", tmp_path / "w.safetensors", "--num-samples", 3, "--batch-size", 2,
+                    "--sampler", "ddim", "--steps", 3, "--out", tmp_path / "s", "--no-progress", *SMALL, *LATTE,
+                    *hooks("first_block", threshold=0.05))
+    assert sample_main(command)["complete"]
+    (tmp_path / "s" / "0001.mp4").unlink()
+    with pytest.raises(ValueError, match="otherwise than the first run. Draw them all again with --overwrite"):
+        sample_main(command)
+    cached, _ = build("dit", *hooks("first_block", threshold=0.05))
+    with pytest.raises(ValueError, match="over 2 ranks would batch them otherwise than one process"):
+        check_batch_bound(cached.policy, world_size=2, resuming=False)
+    check_batch_bound(build("dit", "cache.method=teacache")[0].policy, world_size=2, resuming=True)    # per sample

@@ -491,6 +491,10 @@ def test_flexgen_calibrate_on_pixart_records_the_pipelines_runs(tmp_path, dense_
     record = json.loads((tmp_path / "tea.json").read_text())
     assert record["settings"]["cache"]["coefficients"] == result["coefficients"]
     assert record["cost"]["gmacs_per_sample"] < 0.5 * counted                         # the first and last steps
+    capsys.readouterr()
+    assert main(["bench", "plan", "--calibration", str(out), "--budget", "0.9", "--json"]) == 0   # a PixArt-α file
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["teacache"]["fraction_of_dense"] <= 0.9 and plan["fitted_on"]["config"] == str(dense_dir)
     assert main(["calibrate", "--model", str(dense_dir), "--prompts", str(prompts), "--out", str(out),
                  "--config", "x.yaml"]) == 2
     assert "--config, --ckpt and KEY=VALUE overrides calibrate a Latte / DiT run" in capsys.readouterr().err

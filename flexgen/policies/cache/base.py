@@ -20,6 +20,7 @@ class CachePolicy(Policy):
     dense = False
     measured = True
     per_forward = False         # its cost is a whole sampling run's, not one forward's
+    per_sample = True           # whether each sample decides for itself (else a forward decides for its batch)
 
     def __init__(self, config: CacheConfig):
         self.config = config
@@ -37,3 +38,20 @@ class CachePolicy(Policy):
             self.new_run()
         self._last_t, self._batch = t0, t.numel()
         return t0
+
+
+def check_batch_bound(policy: Policy, world_size: int, resuming: bool) -> None:
+    """A cache that decides for a whole forward (diffusers' hooks: one state for the batch and both CFG halves)
+    makes a sample depend on the samples it is batched with: refuse what would batch them otherwise than one
+    uninterrupted process does (sharding over ranks, a re-run that draws only the missing samples)."""
+    bound = next((p for p in policy.parts if isinstance(p, CachePolicy) and not p.per_sample), None)
+    if bound is None:
+        return
+    why = (f"cache {bound.label()} decides for each forward's whole batch (diffusers' hooks), so a sample depends "
+           "on the samples it is batched with")
+    if world_size > 1:
+        raise ValueError(f"{why}: sampling over {world_size} ranks would batch them otherwise than one process. "
+                         "Run it in one process, or use cache.method=teacache or fora (they decide per sample)")
+    if resuming:
+        raise ValueError(f"{why}: drawing only the missing samples would batch them otherwise than the first run. "
+                         "Draw them all again with --overwrite")

@@ -17,8 +17,10 @@ mean change, where the cache decides per sample; `flexgen sample` with the cache
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -126,7 +128,7 @@ def recording_cache(policy) -> Any:
 
 
 def record_runs(model, seeds: Sequence[int], *, sampler: str, steps: int, cfg_scale: float, batch_size: int,
-                betas: torch.Tensor, clip_denoised: bool = False) -> list[dict[str, list[float]]]:
+                options: dict[str, Any]) -> list[dict[str, list[float]]]:
     """`Recorder.finish` of each sampling run (a batch of `batch_size` seeds) of `model` (TeaCache at threshold 0)."""
     from flexgen.sampling.draw import draw
 
@@ -135,8 +137,8 @@ def record_runs(model, seeds: Sequence[int], *, sampler: str, steps: int, cfg_sc
     for chunk, cond in batches(model, seeds, batch_size):
         recorder = Recorder(cache, len(chunk))
         with torch.no_grad():
-            draw(model, chunk, cond, sampler=sampler, steps=steps, cfg_scale=cfg_scale, betas=betas,
-                 clip_denoised=clip_denoised, meter=recorder.around(model))
+            draw(model, chunk, cond, sampler=sampler, steps=steps, cfg_scale=cfg_scale, meter=recorder.around(model),
+                 **options)
         runs.append(recorder.finish())
     return runs
 
@@ -151,7 +153,7 @@ def batches(model, seeds: Sequence[int], batch_size: int):
 
 
 def mag_ratios(model, seeds: Sequence[int], *, sampler: str, steps: int, cfg_scale: float, batch_size: int,
-               betas: torch.Tensor, clip_denoised: bool = False) -> list[list[float]]:
+               options: dict[str, Any]) -> list[list[float]]:
     """MagCache's ratios of each sampling run of `model`, which runs diffusers' mag hook in calibration mode
     (`cache.diffusers.calibrate: true`; it skips nothing)."""
     from flexgen.sampling.draw import draw
@@ -160,8 +162,7 @@ def mag_ratios(model, seeds: Sequence[int], *, sampler: str, steps: int, cfg_sca
     runs = []
     for chunk, cond in batches(model, seeds, batch_size):
         with torch.no_grad():
-            draw(model, chunk, cond, sampler=sampler, steps=steps, cfg_scale=cfg_scale, betas=betas,
-                 clip_denoised=clip_denoised)
+            draw(model, chunk, cond, sampler=sampler, steps=steps, cfg_scale=cfg_scale, **options)
         runs.append(list(cache.mag_ratios))
     return runs
 
@@ -199,13 +200,13 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
 def calibrate(model, run, seeds: Sequence[int], *, sampler: str, steps: int, cfg_scale: float, batch_size: int,
               degree: int = 4, thresholds: Sequence[float] = THRESHOLDS) -> dict[str, Any]:
     """Record uncached runs of `model` (TeaCache at threshold 0, `run` its config) and `summarise` them."""
-    from flexgen.diffusion import linear_betas
+    from flexgen.sampling.cost import cfg_passes
+    from flexgen.sampling.draw import run_options
 
-    betas = linear_betas(run.diffusion.num_timesteps, run.diffusion.beta_start, run.diffusion.beta_end)
     runs = record_runs(model, seeds, sampler=sampler, steps=steps, cfg_scale=cfg_scale, batch_size=batch_size,
-                       betas=betas, clip_denoised=run.sample.clip_denoised)
-    passes = 2 if cfg_scale != 1 and model.conditional else 1
-    return summarise(runs, steps, passes * steps * model.cost().forward_macs(None).gmacs, degree, thresholds)
+                       options=run_options(run))
+    dense = cfg_passes(model, cfg_scale) * steps * model.cost().forward_macs(None).gmacs
+    return summarise(runs, steps, dense, degree, thresholds)
 
 
 def summarise(runs: Sequence[dict], steps: int, dense_gmacs: float, degree: int = 4,
@@ -215,72 +216,80 @@ def summarise(runs: Sequence[dict], steps: int, dense_gmacs: float, degree: int 
     fit = fit_rescale([v for r in runs for v in r["x"]], [v for r in runs for v in r["y"]], degree)
     table = []
     for threshold in thresholds:
-        config = CacheConfig("teacache", threshold=threshold, coefficients=fit["coefficients"])
-        computed = float(np.mean([computed_steps(r["x"], config, r.get("keys")) for r in runs]))
+        gmacs, computed = estimate(runs, fit["coefficients"], threshold)
         table.append({"threshold": threshold, "steps_computed": computed, "fraction": computed / steps,
-                      "gmacs_per_sample": estimated_gmacs(runs, config)})
+                      "gmacs_per_sample": gmacs})
     return {**fit, "degree": degree, "runs": len(runs), "thresholds": table,
             "uncached_gmacs_per_sample": float(np.mean([sum(r["computed_macs"]) for r in runs])) / 1e9,
             "dense_gmacs_per_sample": dense_gmacs, "recorded": list(runs)}
 
 
-def estimated_gmacs(runs: Sequence[dict], config: CacheConfig) -> float:
-    """GMACs per sample TeaCache under `config` would spend on the recorded runs (`record_runs`): each forward's
-    MACs as run where it computes, with the blocks skipped where it reuses; the mean over runs."""
-    total = [sum(on if ran else off for ran, on, off in zip(decisions(r["x"], config, r.get("keys")),
-                                                            r["computed_macs"], r["skipped_macs"], strict=True))
-             for r in runs]
-    return float(np.mean(total)) / 1e9
-
-
 def threshold_for_budget(calibration: dict, budget: float, iterations: int = 40) -> dict[str, Any]:
-    """The smallest TeaCache threshold whose estimated cost on a calibration's recorded runs is within `budget` (a
-    fraction of the dense model's MACs per sample), by bisection (the cost falls as the threshold grows):
-    {"budget", "threshold" (None when even the first and last steps alone exceed it), "gmacs_per_sample",
+    """A TeaCache threshold whose estimated cost on a calibration's recorded runs is within `budget` (a fraction of
+    the dense model's MACs per sample): the edge bisection finds between 0 and a threshold no run's changes reach
+    (the cost falls as the threshold grows, nearly always: a forced step where DyDiT's pattern or FlexDiT's grid
+    changes can break that, so a smaller one may exist), given with the fewest digits that still meet the budget:
+    {"budget", "threshold" (None when even the steps it must compute exceed it), "gmacs_per_sample",
     "fraction_of_dense", "steps_computed"}."""
-    runs, dense = calibration["recorded"], calibration["dense_gmacs_per_sample"]
+    runs, dense, coefficients = calibration["recorded"], calibration["dense_gmacs_per_sample"], \
+        calibration["coefficients"]
 
-    def at(threshold: float) -> tuple[float, float]:
-        config = CacheConfig("teacache", threshold=threshold, coefficients=calibration["coefficients"])
-        steps = float(np.mean([computed_steps(r["x"], config, r.get("keys")) for r in runs]))
-        return estimated_gmacs(runs, config), steps
+    def fits(threshold: float) -> bool:
+        return estimate(runs, coefficients, threshold)[0] <= budget * dense
 
-    low = 0.0
-    high = 1.0 + max(sum(CacheConfig("teacache", coefficients=calibration["coefficients"]).rescale(v)
-                         for v in r["x"]) for r in runs)                  # above any run's whole sum: 2 steps
-    if at(high)[0] > budget * dense:
-        gmacs, steps = at(high)
-        return {"budget": budget, "threshold": None, "gmacs_per_sample": gmacs, "fraction_of_dense": gmacs / dense,
-                "steps_computed": steps}
-    if at(low)[0] <= budget * dense:
-        high = low
+    def answer(threshold: float | None, at: float) -> dict[str, Any]:
+        gmacs, steps = estimate(runs, coefficients, at)
+        return {"budget": budget, "threshold": threshold, "gmacs_per_sample": gmacs,
+                "fraction_of_dense": gmacs / dense, "steps_computed": steps}
+
+    rescaled = CacheConfig("teacache", coefficients=coefficients)
+    low, high = 0.0, 1.0 + max(sum(rescaled.rescale(v) for v in r["x"]) for r in runs)   # reached by no run
+    if not fits(high):
+        return answer(None, high)
+    if fits(low):
+        return answer(0.0, 0.0)
     for _ in range(iterations):
         if high - low < 1e-6:
             break
         middle = (low + high) / 2
-        if at(middle)[0] <= budget * dense:
-            high = middle
-        else:
-            low = middle
-    gmacs, steps = at(high)
-    return {"budget": budget, "threshold": high, "gmacs_per_sample": gmacs, "fraction_of_dense": gmacs / dense,
-            "steps_computed": steps}
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    for digits in range(2, 9):                          # the edge rounded up, as short as still fits
+        scale = 10 ** (digits - 1 - math.floor(math.log10(high)))
+        shown = math.ceil(high * scale) / scale
+        if fits(shown):
+            return answer(shown, shown)
+    return answer(high, high)
+
+
+def estimate(runs: Sequence[dict], coefficients: Sequence[float], threshold: float) -> tuple[float, float]:
+    """(GMACs per sample, computed steps) TeaCache at `threshold` with `coefficients` would spend on recorded runs
+    (`record_runs`), the mean over runs: each forward's MACs as run where it computes, with the blocks skipped where
+    it reuses."""
+    config = CacheConfig("teacache", threshold=threshold, coefficients=list(coefficients))
+    gmacs, steps = [], []
+    for r in runs:
+        due = decisions(r["x"], config, r.get("keys"))
+        gmacs.append(sum(on if ran else off for ran, on, off in zip(due, r["computed_macs"], r["skipped_macs"],
+                                                                    strict=True)) / 1e9)
+        steps.append(sum(due))
+    return float(np.mean(gmacs)), float(np.mean(steps))
 
 
 def calibrate_main(args: argparse.Namespace) -> dict[str, Any]:
     from flexgen.config import config_to_dict, load_config
-    from flexgen.diffusion import linear_betas
     from flexgen.files import file_sha256
     from flexgen.policies.cache.provenance import uncached_label
     from flexgen.registry import build_denoiser
+    from flexgen.sampling.draw import run_options
 
     thresholds = parse_thresholds(args)
     if not args.config or not args.ckpt:
         raise ValueError("give --config and --ckpt (a Latte / DiT run), or --model and --prompts (PixArt-α)")
-    s = load_config(args.config, args.overrides).sample
+    run = load_config(args.config, args.overrides)
+    s = run.sample
     sampler, steps = args.sampler or s.sampler, args.steps or s.steps
     cfg_scale = s.cfg_scale if args.cfg_scale is None else args.cfg_scale
-    run = load_config(args.config, [*args.overrides, *recording(args.method, steps)])
+    run = dataclasses.replace(run, cache=recording(args.method, steps))
     model = build_denoiser(run)
     model.load_pretrained(args.ckpt, routers_required=True)
     model = model.eval()
@@ -292,21 +301,20 @@ def calibrate_main(args: argparse.Namespace) -> dict[str, Any]:
                  "sampler": sampler, "steps": steps, "cfg_scale": cfg_scale, "seeds": [seeds[0], seeds[-1]],
                  "run_config": config_to_dict(run)}
     if args.method == "mag":
-        betas = linear_betas(run.diffusion.num_timesteps, run.diffusion.beta_start, run.diffusion.beta_end)
         ratios = mag_ratios(model, seeds, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                            batch_size=args.batch_size, betas=betas, clip_denoised=run.sample.clip_denoised)
+                            batch_size=args.batch_size, options=run_options(run))
         return write_mag(args.out, ratios, fitted_on)
     fitted = calibrate(model, run, seeds, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
                        batch_size=args.batch_size, degree=args.degree, thresholds=thresholds)
     return write_calibration(args.out, fitted, {**fitted_on, "runs": fitted["runs"]})
 
 
-def recording(method: str, steps: int) -> list[str]:
-    """The cache overrides a calibration records under: TeaCache at threshold 0, or diffusers' mag hook in its
-    calibration mode (both compute every step)."""
+def recording(method: str = "teacache", steps: int | None = None) -> CacheConfig:
+    """The cache section a calibration records under (it replaces the run's): TeaCache at threshold 0, or
+    diffusers' mag hook in its calibration mode for `steps` steps (both compute every step)."""
     if method == "mag":
-        return ["cache.method=mag", "cache.diffusers.calibrate=true", f"cache.diffusers.num_inference_steps={steps}"]
-    return RECORDING
+        return CacheConfig("mag", diffusers={"calibrate": True, "num_inference_steps": steps})
+    return CacheConfig("teacache", threshold=0.0)
 
 
 def write_mag(out: str | Path, runs: Sequence[Sequence[float]], fitted_on: dict[str, Any]) -> dict[str, Any]:
@@ -351,9 +359,6 @@ def parse_thresholds(args: argparse.Namespace) -> list[float]:
         return [float(t) for t in str(args.thresholds).split(",") if t.strip()]
     except ValueError:
         raise ValueError(f"--thresholds {args.thresholds}: expected comma-separated numbers") from None
-
-
-RECORDING = ["cache.method=teacache", "cache.threshold=0", "cache.coefficients=[]"]   # what calibration runs
 
 
 def coefficients_override(coefficients: Sequence[float]) -> str:

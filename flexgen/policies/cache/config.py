@@ -60,8 +60,8 @@ class CacheConfig:
                                  f"takes its options from cache.diffusers (e.g. cache.diffusers.threshold)")
             diffusers_config(self)                  # unknown keys, wrong values: an error at load
         elif self.diffusers:
-            raise ValueError(f"diffusers: holds options of diffusers' cache hooks; method {self.method!r} is "
-                             f"flexgen's (the diffusers methods: {', '.join(DIFFUSERS_METHODS)})")
+            raise ValueError(f"diffusers: holds options of diffusers' cache hooks, and method {self.method!r} is "
+                             f"not one (they are {', '.join(DIFFUSERS_METHODS)})")
 
     def _take_calibration(self) -> None:
         """The fit of the `calibration` file: TeaCache's coefficients, MagCache's ratios. Values given beside it

@@ -100,6 +100,8 @@ def register_block(cls: type) -> None:
 class DiffusersCache(CachePolicy):
     """A diffusers cache hook on the network's blocks (module docstring)."""
 
+    per_sample = False          # one hook state per forward: the batch and both CFG halves share each decision
+
     def __init__(self, config: CacheConfig):
         if not config.from_diffusers:
             raise ValueError(f"DiffusersCache runs diffusers' methods, not {config.method!r}")
@@ -160,7 +162,7 @@ class DiffusersCache(CachePolicy):
         if others:
             raise ValueError(f"cache.method={self.config.method} (diffusers' hooks) does not compose with "
                              f"{others[0].name}: the hooks reuse block outputs and residuals without knowing its "
-                             "token sets / width patterns; use cache.method=teacache or fora (flexgen's: they "
+                             "token sets / width patterns; use cache.method=teacache or fora (flexgen's own: they "
                              "compose)")
         if hasattr(net, "spatial_blocks"):
             if self.config.method in ATTENTION_ONLY:
