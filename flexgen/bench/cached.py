@@ -2,14 +2,14 @@
 and one forward's time says nothing of it.
 
 Three models share one process and one input batch: the dense model, the run's model without its cache (FlexDiT,
-DyDiT or both; the dense model again when the run has no other policy) and the run's model with it, on the same
-weights (`--ckpt`'s, else random). Each repeat draws one whole sampling run of each in turn (`flexgen.sampling.draw`,
-the sampler, steps and CFG of the run's `sample:` section unless given), so drifting clocks hit all alike; the times
-are medians. The MACs per sample are what ran: the cache's steps that ran the blocks and the indicator it computes
-on every step (through the policy's meter, as `flexgen sample` records them); the counted cost for the models
-without a measured policy. Denormal floats are flushed while timing (`measure.no_denormals`). With `--compile`, the
-same region of every model is compiled: the walk over the blocks (`net.walk`, and FlexDiT's `net.walk_layout`), so
-the cache's decision stays outside the traced region.
+DyDiT or both; none apart when the run has no other policy) and the run's model with it, on the same weights
+(`--ckpt`'s, the dense model its block weights, else random). Each repeat draws one whole sampling run of each in
+turn (`flexgen.sampling.draw`, the sampler, steps and CFG of the run's `sample:` section unless given), so drifting
+clocks hit all alike; the times are medians. The MACs per sample are what ran: the cache's steps that ran the
+blocks and the indicator it computes on every step (through the policy's meter, as `flexgen sample` records them);
+the counted cost for the models without a measured policy. Denormal floats are flushed while timing
+(`measure.no_denormals`). With `--compile`, the same region of every model is compiled: the walk over the blocks
+(`net.walk`, and FlexDiT's `net.walk_layout`), so the cache's decision stays outside the traced region.
 """
 
 from __future__ import annotations
@@ -37,14 +37,19 @@ def uncached(run):
 
 
 def _models(run, bench, ckpt: str | None, target: float | None) -> dict:
-    """{"dense", "uncached", "cached"}: the run's model without and with its cache on the same weights."""
+    """{"dense", "uncached", "cached"}: the run's model without and with its cache on the same weights; with a
+    checkpoint the dense model takes its block weights too (random weights ran a fifth slower than trained ones
+    here, so the dense row would not be comparable); a dense run's uncached model is the dense model itself."""
     base = uncached(run)
-    if ckpt:
+    if policies.from_run(base).dense:
+        model = bench.dense
+        if ckpt:
+            model.load_pretrained(ckpt)
+    elif ckpt:
         model = build_denoiser(base).to(device=bench.device)
         model.load_pretrained(ckpt, **({"routers_required": True} if model.policy.gated else {}))
         model = model.to(dtype=bench.dtype).eval()
-    elif policies.from_run(base).dense:
-        model = bench.dense
+        bench.dense.net.load_state_dict(model.net.state_dict(), strict=False)   # (not its fusions or routers)
     else:
         model = dynamic_plan(bench, base, None, target).model
     cached = build_denoiser(run).to(device=bench.device)
@@ -73,7 +78,8 @@ def cached_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float3
                   repeats: int = 3, warmup: int = 1, cfg_scale: float | None = None, sampler: str | None = None,
                   steps: int | None = None, seed: int = 0, ckpt: str | None = None, target: float | None = None,
                   compile: bool = False) -> dict:
-    """Median seconds of a whole sampling run of `batch` samples: dense, the run's model uncached, and cached;
+    """Median seconds of a whole sampling run of `batch` samples: dense, the run's model uncached (when it is not
+    the dense model), and cached;
     MACs per sample of each from what ran; speed-ups beside the MAC ratios (module docstring)."""
     family = family_of(run.model.preset)
     if "sample" in family.unused:                   # PixArt-α: flexgen generate's defaults
