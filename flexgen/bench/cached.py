@@ -156,8 +156,8 @@ def _ratios(seconds: dict, gmacs: dict, a: str, b: str) -> dict:
 
 def print_cached(result: dict) -> None:
     s, g = result["seconds_per_run"], result["gmacs_per_sample"]
-    print(f"{result['model']}: cached ({result['policy']}) vs uncached ({result['uncached_policy']}) vs dense, whole "
-          f"sampling runs "
+    uncached = f" vs uncached ({result['uncached_policy']})" if "uncached" in s else ""
+    print(f"{result['model']}: cached ({result['policy']}){uncached} vs dense, whole sampling runs "
           f"({result['sampler']}, {result['steps']} steps, CFG {result['cfg_scale']:g}, batch {result['batch']}, "
           f"{result['weights']} weights), {result['device']} {result['dtype']}"
           f"{', compiled walks' if result['compiled'] else ''}, median of {result['repeats']}")
