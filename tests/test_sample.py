@@ -312,3 +312,35 @@ def test_evaluation_refuses_a_folder_its_manifest_does_not_describe(tmp_path):
     manifest.write(out / "samples.json")
     with pytest.raises(ValueError, match="did not complete"):
         check_sample_manifest(out)
+
+
+def test_a_rerun_keeps_the_measured_cost_and_a_resume_weighs_it(tmp_path):
+    """A DyDiT run's cost is measured from its kept counts: a re-run that draws nothing keeps it (and the time), a
+    resume weighs what it drew with what was there; the static dense count never replaces it."""
+    from flexgen.sampling.cost import resumed_cost
+    from tests.dydit_helpers import randomise_routers
+
+    model, _ = random_model(["dydit.target=0.5"])
+    randomise_routers(model)
+    save_weights(model.net, tmp_path / "dy.safetensors")
+    out = tmp_path / "s"
+    command = parse("--config", TINY, "--ckpt", tmp_path / "dy.safetensors", "--num-samples", 4, "--batch-size", 2,
+                    "--sampler", "ddim", "--steps", 3, "--out", out, "--no-progress", *SMALL, "dydit.target=0.5")
+    first = sample_main(command)["cost"]
+    assert first["flops_fraction"] < 0.95 and first["samples_measured"] == 4 and first["seconds_per_sample"] > 0
+    as_written = json.loads(json.dumps(first))                                 # (JSON's keys are strings)
+    assert sample_main(command)["cost"] == as_written                          # nothing drawn: kept as it was
+    (out / "0003.mp4").unlink()
+    resumed = sample_main(command)["cost"]
+    assert resumed["samples_measured"] == 4                                    # 3 kept + 1 drawn
+    assert resumed["gmacs_per_sample"] == pytest.approx(first["gmacs_per_sample"], rel=0.02)
+    assert resumed["gmacs_per_sample"] < 0.95 * resumed["gmacs_per_sample_dense"]
+    # the rule itself: measured numbers weighted by samples, counted ones as counted
+    counted = {"gmacs_per_sample": 10.0, "gmacs_per_sample_dense": 10.0}
+    before = {"gmacs_per_sample": 4.0, "seconds_per_sample": 1.0, "gmacs_per_sample_at_t": {"5": 2.0}}
+    now = {"gmacs_per_sample": 7.0, "seconds_per_sample": 3.0, "gmacs_per_sample_at_t": {5: 4.0}}
+    assert resumed_cost(counted, now, 1, before, 3) == {
+        "gmacs_per_sample": 4.75, "gmacs_per_sample_dense": 10.0, "seconds_per_sample": 1.5,
+        "gmacs_per_sample_at_t": {"5": 2.5}, "samples_measured": 4}
+    assert resumed_cost(counted, {}, 0, before, 3)["gmacs_per_sample"] == 4.0
+    assert resumed_cost(counted, {}, 0, None, 0) == {**counted, "samples_measured": 0}

@@ -32,3 +32,34 @@ def measured_cost(model, meter, num_samples: int) -> dict[str, Any]:
     """A measured policy's cost over `num_samples` samples of a run (its meter's `cost`: the measured GMACs per
     sample and per forward, the realised reduction, the weight-slice patterns)."""
     return meter.cost(num_samples, model.cost().forward_macs(None).gmacs, model.policy.patterns())
+
+
+# What a run's record measures (the rest is counted, the same in every invocation): seconds, and a measured policy's
+# MACs from what ran (DyDiT's kept counts, a step cache's computed steps).
+MEASURED = ("seconds_per_sample", "gmacs_per_sample", "gmacs_per_forward", "gmacs_per_sample_measured",
+            "gmacs_per_forward_measured", "flops_fraction", "reduction", "gmacs_per_sample_at_t")
+
+
+def resumed_cost(counted: dict[str, Any], now: dict[str, Any], drawn: int, before: dict[str, Any] | None,
+                 had: int) -> dict[str, Any]:
+    """The cost a folder's record keeps over several invocations of one run: `counted` (the static count), updated
+    with `now` (what this invocation measured over the `drawn` samples it drew) and `before` (the previous record's
+    cost, over `had` samples): each measured number the mean weighted by samples, a re-run that draws nothing keeping
+    the previous ones (else a resumed folder would carry the static count, or no time). `samples_measured` says over
+    how many samples."""
+    before = {} if before is None or had <= 0 else before
+    out = {**counted, **{k: v for k, v in before.items() if k not in MEASURED and k not in counted}, **now}
+    for key in MEASURED:
+        if key in before and key in now and drawn:
+            out[key] = _weighted(before[key], had, now[key], drawn)
+        elif key in before and not (key in now and drawn):
+            out[key] = before[key]
+    out["samples_measured"] = (had if before else 0) + drawn
+    return out
+
+
+def _weighted(a: Any, n: int, b: Any, m: int) -> Any:
+    if isinstance(a, dict) and isinstance(b, dict):          # (per-timestep numbers: JSON's keys are strings)
+        a, b = {str(k): v for k, v in a.items()}, {str(k): v for k, v in b.items()}
+        return {k: _weighted(a[k], n, b[k], m) if k in a and k in b else b.get(k, a.get(k)) for k in sorted({*a, *b})}
+    return (a * n + b * m) / (n + m)

@@ -141,6 +141,19 @@ def start_run(manifest: SampleManifest, path: Path, overwrite: bool = False) -> 
     manifest.write(path)
 
 
+def previous_cost(path: Path, overwrite: bool, kept: int) -> tuple[dict | None, int]:
+    """(cost, the samples it stands for) of the record a re-run of the same run finds at `path` (read before
+    `start_run` replaces it; None without one, or with `overwrite`): its numbers are taken as those of the `kept`
+    samples still there."""
+    if overwrite or not path.is_file() or kept <= 0:
+        return None, 0
+    try:
+        cost = SampleManifest.read(path).cost or None
+    except ValueError:                               # (start_run names what is wrong with it)
+        return None, 0
+    return cost, kept if cost else 0
+
+
 def todo(manifest: SampleManifest, folder: Path, rank: int, world_size: int, overwrite: bool = False) -> list[int]:
     """This rank's sample indices still to draw (all of its shard with `overwrite`)."""
     return [i for i in shard_indices(len(manifest.samples), rank, world_size)

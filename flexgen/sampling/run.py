@@ -53,7 +53,7 @@ def _sample_run(run, ckpt: Path, out: Path, env, *, config, overrides, dtype, fp
     from flexgen.policies.cache.base import check_batch_bound
     from flexgen.registry import build_denoiser, family_of
     from flexgen.sampling import manifest as mf
-    from flexgen.sampling.cost import flops_per_sample, measured_cost
+    from flexgen.sampling.cost import flops_per_sample, measured_cost, resumed_cost
     from flexgen.sampling.draw import check_options, generate
     from flexgen.sampling.files import ADM_NPZ, read_sample, sample_file, write_adm_npz, write_sample
     from flexgen.sampling.labels import resolve_labels
@@ -97,13 +97,14 @@ def _sample_run(run, ckpt: Path, out: Path, env, *, config, overrides, dtype, fp
     if npz and video_model:
         raise ValueError("--npz writes ADM's image batch: it is for one-frame (DiT) models")
     path = out / "samples.json"
+    mine = mf.todo(record, out, env.rank, env.world_size, overwrite=overwrite)
+    shard = mf.shard_indices(s.num_samples, env.rank, env.world_size)
+    before, had = mf.previous_cost(path, overwrite, len(shard) - len(mine))     # (what start_run replaces)
+    check_batch_bound(model.policy, env.world_size, 0 < len(mine) < len(shard))
     if env.is_main:
         mf.start_run(record, path, overwrite=overwrite)
     _barrier(env)
 
-    mine = mf.todo(record, out, env.rank, env.world_size, overwrite=overwrite)
-    check_batch_bound(model.policy, env.world_size,
-                      0 < len(mine) < len(mf.shard_indices(s.num_samples, env.rank, env.world_size)))
     meter = model.policy.meter(model)              # a measured policy (DyDiT) adds up what each forward ran
     started = time.perf_counter()
     for batch in generate(model, autoencoder, num_samples=s.num_samples, seed=s.seed, sampler=s.sampler,
@@ -121,11 +122,11 @@ def _sample_run(run, ckpt: Path, out: Path, env, *, config, overrides, dtype, fp
     if shown:
         save_grid(out / "grid.png", np.stack(shown), nrow=4)
         record.grid = "grid.png"
-    record.cost = flops_per_sample(model, s.sampler, s.steps, s.cfg_scale, betas)
-    if mine:
-        record.cost["seconds_per_sample"] = seconds / len(mine)           # rank 0's wall time, batch_size samples
+    now = {"seconds_per_sample": seconds / len(mine)} if mine else {}    # rank 0's wall time, batch_size samples
     if meter is not None and mine:                                       # DyDiT: the cost of rank 0's samples
-        record.cost.update(measured_cost(model, meter, len(mine)))
+        now.update(measured_cost(model, meter, len(mine)))
+    record.cost = resumed_cost(flops_per_sample(model, s.sampler, s.steps, s.cfg_scale, betas), now, len(mine),
+                               before, had)
     mf.finish_run(record, path)
     if npz:
         write_adm_npz(out / ADM_NPZ, [sample_file(out, i, video_model) for i in range(s.num_samples)], labels)

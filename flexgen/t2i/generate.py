@@ -388,6 +388,7 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
     from flexgen.files import file_sha256
     from flexgen.policies.cache.base import check_batch_bound
     from flexgen.sampling import manifest as mf
+    from flexgen.sampling.cost import resumed_cost
     from flexgen.t2i.pixart_io import policy_of, transformer_folder
 
     prompts = list(args.prompt) + (read_prompts(args.prompts_file) if args.prompts_file else [])
@@ -446,13 +447,14 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
     check_options(pipe, steps=args.steps, batch_size=args.batch_size, max_sequence_length=args.max_length,
                   height=args.height, width=args.width)
     json_file = out.with_suffix(".json")
+    mine = [records[i] for i in mf.todo(manifest, out.parent, env.rank, env.world_size, overwrite=args.overwrite)]
+    shard = mf.shard_indices(len(records), env.rank, env.world_size)
+    before, had = mf.previous_cost(json_file, args.overwrite, len(shard) - len(mine))   # (what start_run replaces)
+    check_batch_bound(policy, env.world_size, 0 < len(mine) < len(shard))
     if env.is_main:
         mf.start_run(manifest, json_file, overwrite=args.overwrite)
     dist.barrier()
 
-    mine = [records[i] for i in mf.todo(manifest, out.parent, env.rank, env.world_size, overwrite=args.overwrite)]
-    check_batch_bound(policy, env.world_size,
-                      0 < len(mine) < len(mf.shard_indices(len(records), env.rank, env.world_size)))
     started, drawn = time.perf_counter(), 0
     for batch, images in iter_generate(pipe, mine, steps=args.steps, guidance=args.guidance, height=args.height,
                                        width=args.width, batch_size=args.batch_size,
@@ -479,15 +481,16 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
         grid = out.name
     height, width = shown.shape[1:3]
     settings.update(height=int(height), width=int(width), batch_size=args.batch_size, device=str(env.device))
-    cost = {}
+    counted, now = {}, {}
     if (height, width) == (config.sample_size * pipe.vae_scale_factor,) * 2:      # counted at the native size
         scheduler = build_scheduler(args.scheduler, pipe.scheduler.config)
         scheduler.set_timesteps(args.steps)
-        cost = gmacs_per_image(pipe.transformer, args.guidance, [int(t) for t in scheduler.timesteps])
+        counted = gmacs_per_image(pipe.transformer, args.guidance, [int(t) for t in scheduler.timesteps])
         if meter is not None and drawn:           # DyDiT: the MACs of the forwards this run made, from kept counts
-            cost.update(meter.cost(drawn, cost["gmacs_per_forward_dense"], policy.patterns()))
+            now.update(meter.cost(drawn, counted["gmacs_per_forward_dense"], policy.patterns()))
     if drawn:
-        cost["seconds_per_sample"] = seconds / drawn                  # this rank's wall time, batch_size images
+        now["seconds_per_sample"] = seconds / drawn                   # this rank's wall time, batch_size images
+    cost = resumed_cost(counted, now, drawn, before, had)
     manifest.grid, manifest.cost, manifest.settings = grid, cost, settings
     mf.finish_run(manifest, json_file)
     record = dataclasses.asdict(manifest)

@@ -237,6 +237,11 @@ def test_convert_a_dense_folder_and_generate_with_skipping(tmp_path, capsys):
     assert cost["sampler_steps"] == 4 and 0 < cost["flops_fraction"] < 0.95
     assert cost["gmacs_per_sample"] == pytest.approx(cost["gmacs_per_sample_measured"])
     assert 1 <= max(cost["sliced_weight_patterns"]) <= 4                    # one per distinct step mask at most
+    # a re-run draws nothing and keeps the measured cost (not the static dense count)
+    assert main(["generate", "a red cat", "--model", str(pipe), "--transformer", str(tmp_path / "dy"),
+                 "--steps", "4", "--num-images", "2", "--batch-size", "2", "--out", str(out), "--no-progress",
+                 "--device", "cpu"]) == 0
+    assert SampleManifest.read(out.with_suffix(".json")).cost == cost
 
 
 def test_a_tiny_pipeline_fine_tunes_to_its_lambda(tmp_path):
