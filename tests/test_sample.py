@@ -344,3 +344,43 @@ def test_a_rerun_keeps_the_measured_cost_and_a_resume_weighs_it(tmp_path):
         "gmacs_per_sample_at_t": {"5": 2.5}, "samples_measured": 4}
     assert resumed_cost(counted, {}, 0, before, 3)["gmacs_per_sample"] == 4.0
     assert resumed_cost(counted, {}, 0, None, 0) == {**counted, "samples_measured": 0}
+
+
+def test_eval_adm_scores_only_the_batch_the_manifest_records(tmp_path):
+    """issue 30 (1): a later run into the folder (another checkpoint, no --npz), a killed --overwrite --npz run, or
+    a batch edited after the run: eval adm refuses the batch instead of crediting it to the run the manifest names."""
+    from flexgen.metrics.adm import check_sample_batch, read_batch
+    from flexgen.sampling.manifest import SampleManifest
+
+    dit = ["model.preset=DiT-S/2", "model.depth=2"]
+    for seed, name in ((0, "a"), (1, "b")):
+        model, _ = random_model(dit, seed=seed)
+        save_weights(model.net, tmp_path / f"{name}.safetensors")
+    out = tmp_path / "dit"
+
+    def sample(name, *extra):
+        return sample_main(parse("--config", TINY, "--ckpt", tmp_path / f"{name}.safetensors", "--num-samples", 3,
+                                 "--out", out, "--sampler", "ddim", "--steps", 2, "--no-progress", *extra, *SMALL,
+                                 *dit))
+
+    sample("a", "--npz")
+    check_sample_batch(read_batch(out / "samples.npz"))                        # the run's own batch: scored
+    sample("a")                                                                # a no-op re-run keeps it
+    check_sample_batch(read_batch(out / "samples.npz"))
+    sample("b", "--overwrite")                                                 # another checkpoint, no --npz
+    assert not (out / "samples.npz").exists()                                  # the stale batch is gone
+    sample("b", "--overwrite", "--npz")
+    np.savez(out / "samples.npz", arr_0=np.zeros((3, 16, 16, 3), np.uint8))    # replaced after the run
+    with pytest.raises(ValueError, match="it changed after the run"):
+        check_sample_batch(read_batch(out / "samples.npz"))
+    sample("b", "--npz")                                                       # written anew: scored again
+    check_sample_batch(read_batch(out / "samples.npz"))
+    manifest = SampleManifest.read(out / "samples.json")
+    manifest.complete = False                                                  # as a killed run leaves it
+    manifest.write(out / "samples.json")
+    with pytest.raises(ValueError, match="is not complete"):
+        check_sample_batch(read_batch(out / "samples.npz"))
+    manifest.complete, manifest.settings = True, {k: v for k, v in manifest.settings.items() if k != "npz"}
+    manifest.write(out / "samples.json")
+    with pytest.raises(ValueError, match="is not the batch .* records"):
+        check_sample_batch(read_batch(out / "samples.npz"))

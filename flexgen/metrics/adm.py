@@ -228,6 +228,29 @@ def adm_records(result: dict, dataset: str, fake_folder: Path, detector_file: st
     return records
 
 
+def check_sample_batch(samples: Batch) -> None:
+    """A batch beside a sample manifest is scored only if the manifest describes it: the run complete, the batch
+    recorded as this run's (`flexgen sample --npz`: its file, count and sha256). A batch with no manifest beside it
+    (from elsewhere) is taken as it is, without provenance."""
+    from flexgen.sampling.manifest import find_manifest
+
+    found = find_manifest(samples.path.parent)
+    if found is None:
+        return
+    path, manifest = found
+    recorded = manifest.settings.get("npz") or {}
+    if not manifest.complete:
+        raise ValueError(f"{path} says its run is not complete: finish it (run the same flexgen sample command "
+                         f"again) before scoring {samples.path.name}")
+    if recorded.get("file") != samples.path.name:
+        raise ValueError(f"{samples.path} is not the batch {path} records (the run that wrote the folder last did not "
+                         "write it: it may be another run's): run flexgen sample again with --npz")
+    if recorded.get("count") != len(samples.images) or recorded.get("sha256") != samples.sha256:
+        raise ValueError(f"{samples.path} holds {len(samples.images)} images with sha256 {samples.sha256[:12]}…, "
+                         f"but {path} records {recorded.get('count')} with {str(recorded.get('sha256'))[:12]}…: "
+                         "it changed after the run; run flexgen sample again with --npz")
+
+
 def adm_main(args) -> dict:
     """`flexgen eval adm --ref REF.npz --fake FAKE.npz|FOLDER`: one JSON line of FID, sFID, IS, precision, recall
     (and with --records, one leaderboard record per number)."""
@@ -241,6 +264,7 @@ def adm_main(args) -> dict:
     fake = Path(args.fake)
     fake = fake / "samples.npz" if fake.is_dir() else fake
     reference, samples = read_batch(args.ref), read_batch(fake)
+    check_sample_batch(samples)
     detector = InceptionADM(args.detector, device=args.device)
     result = {"metric": "adm", **evaluate_adm(reference, samples, detector, batch_size=args.batch_size),
               "reference": str(reference.path), "samples": str(samples.path)}

@@ -141,17 +141,22 @@ def start_run(manifest: SampleManifest, path: Path, overwrite: bool = False) -> 
     manifest.write(path)
 
 
-def previous_cost(path: Path, overwrite: bool, kept: int) -> tuple[dict | None, int]:
-    """(cost, the samples it stands for) of the record a re-run of the same run finds at `path` (read before
-    `start_run` replaces it; None without one, or with `overwrite`): its numbers are taken as those of the `kept`
-    samples still there."""
-    if overwrite or not path.is_file() or kept <= 0:
-        return None, 0
+def previous(path: Path, overwrite: bool) -> SampleManifest | None:
+    """The record a re-run finds at `path` (read before `start_run` replaces it; None without one, or with
+    `overwrite`; start_run names what is wrong with an unreadable one)."""
+    if overwrite or not path.is_file():
+        return None
     try:
-        cost = SampleManifest.read(path).cost or None
-    except ValueError:                               # (start_run names what is wrong with it)
-        return None, 0
-    return cost, kept if cost else 0
+        return SampleManifest.read(path)
+    except ValueError:
+        return None
+
+
+def previous_cost(path: Path, overwrite: bool, kept: int) -> tuple[dict | None, int]:
+    """(cost, the samples it stands for) of the record a re-run of the same run finds at `path`: its numbers are
+    taken as those of the `kept` samples still there."""
+    found = previous(path, overwrite) if kept > 0 else None
+    return (found.cost, kept) if found is not None and found.cost else (None, 0)
 
 
 def todo(manifest: SampleManifest, folder: Path, rank: int, world_size: int, overwrite: bool = False) -> list[int]:

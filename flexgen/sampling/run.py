@@ -101,8 +101,12 @@ def _sample_run(run, ckpt: Path, out: Path, env, *, config, overrides, dtype, fp
     shard = mf.shard_indices(s.num_samples, env.rank, env.world_size)
     before, had = mf.previous_cost(path, overwrite, len(shard) - len(mine))     # (what start_run replaces)
     check_batch_bound(model.policy, env.world_size, 0 < len(mine) < len(shard))
+    # ADM's batch of an earlier invocation stays this run's only while no sample changes
+    adm_batch = (mf.previous(path, overwrite) or record).settings.get("npz") if not mine else None
     if env.is_main:
         mf.start_run(record, path, overwrite=overwrite)
+        if adm_batch is None:
+            (out / ADM_NPZ).unlink(missing_ok=True)
     _barrier(env)
 
     meter = model.policy.meter(model)              # a measured policy (DyDiT) adds up what each forward ran
@@ -127,10 +131,13 @@ def _sample_run(run, ckpt: Path, out: Path, env, *, config, overrides, dtype, fp
         now.update(measured_cost(model, meter, len(mine)))
     record.cost = resumed_cost(flops_per_sample(model, s.sampler, s.steps, s.cfg_scale, betas), now, len(mine),
                                before, had)
-    mf.finish_run(record, path)
-    if npz:
+    if npz:                                 # recorded in the manifest: eval adm scores only the batch it records
         write_adm_npz(out / ADM_NPZ, [sample_file(out, i, video_model) for i in range(s.num_samples)], labels)
+        adm_batch = {"file": ADM_NPZ, "count": s.num_samples, "sha256": file_sha256(out / ADM_NPZ)}
         print(f"wrote {out / ADM_NPZ} ({s.num_samples} samples, ADM's arr_0 layout)")
+    if adm_batch is not None:
+        record.settings["npz"] = adm_batch
+    mf.finish_run(record, path)
     grid = ", grid.png" if record.grid else ""
     print(f"wrote {s.num_samples} samples ({len(mine)} drawn now on rank 0){grid} and samples.json to {out}")
     return dataclasses.asdict(record)
