@@ -384,3 +384,29 @@ def test_eval_adm_scores_only_the_batch_the_manifest_records(tmp_path):
     manifest.write(out / "samples.json")
     with pytest.raises(ValueError, match="is not the batch .* records"):
         check_sample_batch(read_batch(out / "samples.npz"))
+
+
+def test_every_setting_that_changes_a_sample_belongs_to_the_runs_identity(tmp_path):
+    """issue 30 (4): a resume or re-run with another cfg_channels, diffusion section or fps is another run (refused
+    by name); a folder written before these were recorded still resumes."""
+    from flexgen.sampling.manifest import LATER_IDENTITY, SampleManifest
+
+    model, _ = random_model()
+    save_weights(model.net, tmp_path / "w.safetensors")
+    out = tmp_path / "s"
+
+    def sample(*extra):
+        return sample_main(parse("--config", TINY, "--ckpt", tmp_path / "w.safetensors", "--num-samples", 2,
+                                 "--out", out, "--sampler", "ddim", "--steps", 2, "--no-progress", *SMALL, *extra))
+
+    sample("sample.cfg_channels=2")
+    (out / "0001.mp4").unlink()
+    for extra, name in ((["sample.cfg_channels=null"], "cfg_channels"),
+                        (["sample.cfg_channels=2", "diffusion.prediction=v_prediction"], "diffusion"),
+                        (["sample.cfg_channels=2", "--fps", "4"], "fps")):
+        with pytest.raises(ValueError, match=f"belongs to another run .*{name}: "):
+            sample(*extra)
+    manifest = SampleManifest.read(out / "samples.json")                      # as written before issue 30
+    manifest.identity = {k: v for k, v in manifest.identity.items() if k not in LATER_IDENTITY}
+    manifest.write(out / "samples.json")
+    assert sample("sample.cfg_channels=2")["complete"]                          # resumed

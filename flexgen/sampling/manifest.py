@@ -22,6 +22,8 @@ from flexgen.files import atomic_write_text
 MANIFEST_VERSION = 1
 # Fields that define a run: a folder holding another run's manifest is refused (they must all match to resume).
 RUN_FIELDS = ("command", "family", "model", "method", "checkpoint_sha256", "sampler", "steps", "cfg_scale", "seed")
+# Identity keys recorded since issue 30: a folder written before them is resumed without comparing them.
+LATER_IDENTITY = ("dydit", "cfg_channels", "diffusion", "fps", "codec")
 
 
 @dataclass
@@ -88,8 +90,10 @@ class SampleManifest:
         """The run-defining fields (and the sample list) in which `other` differs from this manifest."""
         changed = [f"{k}: {getattr(other, k)!r} -> {getattr(self, k)!r}" for k in RUN_FIELDS
                    if getattr(other, k) != getattr(self, k)]
+        keys = {*self.identity, *other.identity} - {k for k in LATER_IDENTITY
+                                                      if (k in self.identity) != (k in other.identity)}
         changed += [f"{k}: {other.identity.get(k)!r} -> {self.identity.get(k)!r}"
-                    for k in sorted({*self.identity, *other.identity}) if other.identity.get(k) != self.identity.get(k)]
+                    for k in sorted(keys) if other.identity.get(k) != self.identity.get(k)]
         if [(s.index, s.file, s.seed, s.label, s.prompt) for s in other.samples] != \
                 [(s.index, s.file, s.seed, s.label, s.prompt) for s in self.samples]:
             changed.append("other samples (count, seeds, labels or prompts)")

@@ -85,7 +85,10 @@ def _sample_run(run, ckpt: Path, out: Path, env, *, config, overrides, dtype, fp
                   "cfg_channels": s.cfg_channels, "run_config": config_to_dict(run)},
         identity={"model": dataclasses.asdict(model.config), "clip_denoised": s.clip_denoised, "dtype": dtype,
                   "density": sections.get("density"),      # (and any other section that changes the samples)
-                  **{k: v for k, v in sections.items() if k not in ("density", "dydit")}})
+                  **{k: v for k, v in sections.items() if k not in ("density", "dydit")},
+                  "dydit": sections.get("dydit"), "cfg_channels": s.cfg_channels,
+                  "diffusion": dataclasses.asdict(diffusion),
+                  "fps": fps if video_model else None, "codec": video_codec() if video_model else "png"})
     check_options(model, s.cfg_scale, s.batch_size, s.cfg_channels)
     if run.cache.calibration:                       # fitted on another model or size: refused; another run: warned
         from flexgen.policies.cache.provenance import check_fitted_on, uncached_label
