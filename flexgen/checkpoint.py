@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import pickle
@@ -88,7 +89,8 @@ def load_torch_checkpoint(path: str | Path, map_location: str | torch.device = "
     truncated file, or one that carries objects other than tensors and plain containers (which weights_only
     refuses to unpickle: it could run code). `hint` says what to do about it."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:       # weights_only refused a global: the file would run code when loaded
         lines = [line for line in str(e).splitlines() if "GLOBAL" in line] or [_first_sentence(e)]
         raise CheckpointError(f"{path} holds objects other than tensors and is not loaded (weights_only=True: it "
@@ -96,6 +98,11 @@ def load_torch_checkpoint(path: str | Path, map_location: str | torch.device = "
     except (RuntimeError, EOFError, OSError, ValueError) as e:     # torch's zip reader, a short pickle stream
         raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated or damaged: "
                               f"{_first_sentence(e)}){hint}") from e
+
+
+# Plain data that released training checkpoints pickle beside the tensors: DiT's and DyDiT's train.py save
+# {"model", "ema", "opt", "args"} with `args` an argparse.Namespace. Everything else that could run code is refused.
+SAFE_GLOBALS = [argparse.Namespace]
 
 
 def _first_sentence(error: BaseException) -> str:
@@ -122,6 +129,10 @@ def _unreadable_safetensors(path: Path, error: Exception) -> CheckpointError:
 def convert_official_state_dict(sd: dict[str, torch.Tensor], config: LatteConfig) -> dict[str, torch.Tensor]:
     """Map the released Latte / DiT key layout onto ours. The fixed sin-cos tables in the file are checked
     against ours (a mismatch means the wrong input size or frame count) and dropped."""
+    if config.temporal and config.num_frames > 1 and not any(_unwrapped(k) == "temp_embed" for k in sd):
+        raise CheckpointError("this released checkpoint has no temp_embed: it is a DiT (image) checkpoint, and this "
+                              f"config is a video model ({config.num_frames} frames, temporal blocks); load it with a "
+                              "DiT config")
     out = {}
     for key, value in sd.items():
         key = _unwrapped(key)

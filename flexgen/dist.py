@@ -32,12 +32,26 @@ def init(device: str | None = None) -> Env:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = parse_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
     return Env(rank, world, local_rank, dev)
+
+
+def parse_device(device: str, local_rank: int = 0) -> torch.device:
+    """`--device` as a torch device: cpu, cuda (this rank's GPU: cuda:LOCAL_RANK) or cuda:N; one clear error for
+    anything else or for a GPU this machine does not have."""
+    try:
+        dev = torch.device(f"cuda:{local_rank}" if device == "cuda" else device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r}: expected cpu, cuda (this rank's GPU) or cuda:N") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or dev.index >= torch.cuda.device_count()):
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) visible "
+                         "to torch (torch.cuda.is_available() is "
+                         f"{torch.cuda.is_available()}); use --device cpu")
+    return dev
 
 
 def is_distributed() -> bool:

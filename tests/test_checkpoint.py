@@ -138,3 +138,31 @@ def test_atomic_write_and_visible_walk(tmp_path):
     (tmp_path / "sub" / ".a.json.123.tmp").write_text("")
     walked = [(folder.relative_to(tmp_path).as_posix(), dirs, files) for folder, dirs, files in walk_visible(tmp_path)]
     assert walked == [(".", ["b", "sub"], []), ("b", [], ["plain.txt"]), ("sub", [], ["a.json"])]
+
+
+def test_a_dit_checkpoint_is_refused_by_a_video_config(tmp_path):
+    """issue 30 (8): DiT's released file has no temp_embed; under a Latte config of the same size its odd blocks
+    would become temporal blocks."""
+    dit = tiny("DiT-S/2", num_classes=5)
+    sd = {k: v.float() for k, v in official_state_dict(dit, seed=2).items()}
+    torch.save(sd, tmp_path / "DiT.pt")
+    with pytest.raises(CheckpointError, match="no temp_embed: it is a DiT \\(image\\) checkpoint"):
+        load_weights(Latte(tiny()), tmp_path / "DiT.pt")
+
+
+def test_a_training_checkpoint_of_the_released_train_py_loads(tmp_path):
+    """DiT's / DyDiT's train.py save {"model", "ema", "opt", "args"} with args an argparse.Namespace: plain data,
+    loaded; any other global is still refused by name."""
+    import argparse
+    import pathlib
+
+    cfg = tiny("DiT-S/2", num_classes=10)
+    ema = {k: v.float() for k, v in official_state_dict(cfg, seed=3).items()}
+    torch.save({"model": ema, "ema": ema, "opt": {}, "args": argparse.Namespace(model="DiT-S/2", lr=1e-4)},
+               tmp_path / "0400000.pt")
+    model = Latte(cfg).eval()
+    load_weights(model, tmp_path / "0400000.pt")
+    assert torch.equal(model.x_embedder.proj.bias, ema["x_embedder.proj.bias"])
+    torch.save({"ema": ema, "args": pathlib.PurePosixPath("/x")}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="PurePosixPath"):
+        load_weights(Latte(cfg), tmp_path / "other.pt")

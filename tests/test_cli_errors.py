@@ -117,6 +117,11 @@ def test_sample(files, capsys, tmp_path):
         assert_one_line_error(*run_cli(capsys, *base, option, "--out", tmp_path / "s2"), "sample", key)
     assert_one_line_error(*run_cli(capsys, *base, "--out", tmp_path / "s2", "model.num_classes=0", "--ckpt",
                                    files / "unconditional.safetensors", "--cfg-scale", "2"), "sample", "cfg_scale")
+    assert_one_line_error(*run_cli(capsys, *base, "--out", tmp_path / "s2", "--device", "gpu0"), "sample",
+                          "--device 'gpu0': expected cpu, cuda (this rank's GPU) or cuda:N")
+    if not torch.cuda.is_available():
+        assert_one_line_error(*run_cli(capsys, *base, "--out", tmp_path / "s2", "--device", "cuda"), "sample",
+                              "--device cuda: this machine has 0 CUDA device(s)")
     assert not (tmp_path / "s2").exists()
 
 

@@ -84,3 +84,14 @@ def test_generation_is_reproducible_from_seeds():
     torch.testing.assert_close(again, first, rtol=0, atol=1e-5)
     torch.testing.assert_close(alone[0], first[1], rtol=0, atol=1e-4)      # sample i's noise comes from seed i
     assert relative_error(first[0], first[1]) > 0.1
+
+
+def test_device_cuda_without_an_index_is_this_ranks_gpu():
+    """issue 30: `--device cuda` in flexgen sample / train is the rank's GPU (torch refuses set_device without an
+    index)."""
+    from flexgen.dist import init
+
+    if not DEVICE.startswith("cuda"):
+        pytest.skip("checks the CUDA device string")
+    env = init("cuda")
+    assert env.device == torch.device("cuda", env.local_rank) and torch.cuda.current_device() == env.local_rank

@@ -21,6 +21,10 @@ def test_training_gates_are_hard_with_the_soft_gradient():
     torch.testing.assert_close(gates.detach(), (soft > 0.5).double())
     # evaluation: the noiseless hard gate, logit > 0
     assert gumbel_sigmoid(logits.detach(), training=False).tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]
+    # ... computed as the release does, sigmoid(logit) > 1/2 in the logits' dtype: a float32 logit in (0, ~6e-8)
+    # has sigmoid exactly 1/2 and stays off (logit > 0 would turn it on)
+    tiny = torch.tensor([1e-8, 5e-8, 2e-7, -1e-8, 0.0])
+    assert gumbel_sigmoid(tiny, training=False).tolist() == [0.0, 0.0, 1.0, 0.0, 0.0]
 
 
 @pytest.mark.parametrize("tau", [1.0, 5.0])

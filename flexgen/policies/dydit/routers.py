@@ -4,7 +4,8 @@ of a block run at a timestep (timestep-wise dynamic width, TDW) and which tokens
 
 - `gumbel_sigmoid`: training draws hard 0/1 gates with a straight-through gradient, sigmoid((logit + L) / τ) > 1/2
   with L ~ Logistic(0, 1) (the difference of two Gumbel(0, 1) draws), so a gate is on with probability
-  sigmoid(logit) whatever τ; evaluation is the noiseless hard gate logit > 0.
+  sigmoid(logit) whatever τ; evaluation is the noiseless hard gate sigmoid(logit) > 1/2 in the logits' dtype, as
+  the release computes it (not logit > 0: for 0 < logit < ~6e-8 float32's sigmoid rounds to exactly 1/2, off).
 - `WidthRouter`: one linear layer on the timestep embedding only (so masks are a function of t, shared by both CFG
   halves and every class), H − 1 logits for heads 1 … H−1 and as many for MLP groups; unit 0 is always on.
 - `TokenRouter`: D → D/16 → ReLU → 1 on each token of the residual stream.
@@ -26,7 +27,7 @@ def gumbel_sigmoid(logits: torch.Tensor, training: bool, tau: float = TAU,
     """Hard gates in {0, 1} of `logits`' shape and dtype; in training with the straight-through gradient of
     sigmoid((logits + L) / tau), L ~ Logistic(0, 1) drawn from `generator` (default: the global RNG)."""
     if not training:
-        return (logits > 0).to(logits.dtype)
+        return (torch.sigmoid(logits) > 0.5).to(logits.dtype)
     device = logits.device if generator is None else generator.device
     u = torch.rand(logits.shape, generator=generator, dtype=torch.float64, device=device)
     u = u.clamp(1e-12, 1 - 1e-12).to(logits.device)
