@@ -193,14 +193,38 @@ class LatentDataset(SkipAndReplaceDataset):
         # Only the small per-image tables are read here; an item's moments are read from its shard when it is asked
         # for (a 256 px ImageNet store is ~84 GB: no process, and no data-loader worker, holds it in memory).
         labels, sources, where = [], [], []
-        for k, shard in enumerate(m["shards"]):
-            if not shard["count"]:
+        shards = m.get("shards")
+        if not isinstance(shards, list) or not all(isinstance(x, dict) and "file" in x for x in shards):
+            raise DatasetLayoutError(f"{path} lists no shards (a 'shards' list of files): run `flexgen data encode` "
+                                     "again")
+        repeated = sorted({x["file"] for x in shards if [y["file"] for y in shards].count(x["file"]) > 1})
+        if repeated:
+            raise DatasetLayoutError(f"{path} lists {repeated[0]} more than once: the store is damaged; encode it "
+                                     "again")
+        for k, shard in enumerate(shards):      # every shard opens, and its rows are what the manifest counts
+            file = self.root / shard["file"]
+            try:
+                with safe_open(str(file), framework="pt") as f:
+                    shard_labels, shard_sources = f.get_tensor("labels"), f.get_tensor("source_index")
+                    rows = f.get_slice("moments").get_shape()[0]
+            except Exception as e:              # (safetensors' errors: missing, truncated, another layout)
+                raise DatasetLayoutError(f"{file} (a shard of {self.root}) cannot be read ({' '.join(str(e).split())})"
+                                         ": encode the store again (flexgen data encode resumes)") from None
+            if not len(shard_labels) == len(shard_sources) == rows == shard.get("count"):
+                raise DatasetLayoutError(f"{file} holds {rows} latents, {len(shard_labels)} labels and "
+                                         f"{len(shard_sources)} source indices, and {path} counts "
+                                         f"{shard.get('count')}: the store is damaged; encode it again")
+            if not rows:
                 continue
-            with safe_open(str(self.root / shard["file"]), framework="pt") as f:
-                labels.append(f.get_tensor("labels"))
-                sources.append(f.get_tensor("source_index"))
-            where.append(torch.stack([torch.full((shard["count"],), k), torch.arange(shard["count"])], dim=1))
+            labels.append(shard_labels)
+            sources.append(shard_sources)
+            where.append(torch.stack([torch.full((rows,), k), torch.arange(rows)], dim=1))
+        if not labels:
+            raise DatasetLayoutError(f"{self.root} holds no latents: every image was skipped ({len(m['skipped'])})")
         self.labels, self.source_index = torch.cat(labels), torch.cat(sources)
+        if len(self.labels) != m.get("num_images", len(self.labels)):
+            raise DatasetLayoutError(f"{self.root}'s shards hold {len(self.labels)} latents and {path} counts "
+                                     f"{m['num_images']}: the store is damaged; encode it again")
         self._where = torch.cat(where)                                               # (N, 2): shard, row
         self._shards: dict[int, Any] = {}                                            # opened lazily, per process
         self.classes, self.hflip = m["classes"], hflip

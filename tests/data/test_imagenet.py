@@ -2,6 +2,7 @@
 labels, bad files, encode -> read back, and training from latents = training from pixels through the same VAE."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -133,6 +134,31 @@ def test_encode_read_back_and_train_from_latents_equals_pixels(imagenet, tmp_pat
         LatentDataset(store, image_size=32, scale_factor=0.18215)
     with pytest.raises(DatasetLayoutError, match="another encoding"):
         encode_dataset(ImageFolderDataset(imagenet, image_size=8, hflip=False), autoencoder, vae_folder, store)
+
+    # issue 30 (6): the manifest is checked against its shards: counts from the shards, repeats, unreadable shards
+    def edited(change):
+        damaged = tmp_path / f"damaged-{len(list(tmp_path.glob('damaged-*')))}"
+        shutil.copytree(store, damaged)
+        m = json.loads((damaged / "manifest.json").read_text())
+        change(m, damaged)
+        (damaged / "manifest.json").write_text(json.dumps(m))
+        return LatentDataset(damaged, image_size=16, scale_factor=0.18215)
+
+    def count(m, _):
+        m["shards"][1]["count"] -= 1
+
+    def repeat(m, _):
+        m["shards"][2] = dict(m["shards"][1])
+
+    def truncate(m, folder):
+        shard = folder / m["shards"][3]["file"]
+        shard.write_bytes(shard.read_bytes()[:100])
+
+    for change, message in ((count, "holds 4 latents, 4 labels and 4 source indices, and .* counts 3"),
+                            (repeat, "lists shard-00001.safetensors more than once"),
+                            (truncate, "shard-00003.safetensors \\(a shard of .*\\) cannot be read")):
+        with pytest.raises(DatasetLayoutError, match=message):
+            edited(change)
 
 
 def train_start(run):
