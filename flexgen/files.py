@@ -1,5 +1,5 @@
-"""Files on local disk: atomic writes (of files and of folders), the folder walk that skips hidden names, sha256
-digests, the detector cache location, and verification before loading.
+"""Files on local disk: atomic writes (of files and of folders), a folder held by one command at a time, the folder
+walk that skips hidden names, sha256 digests, the detector cache location, and verification before loading.
 
 Nothing here downloads. A detector file is looked up at an explicit path, else `$<ENV_VAR>`, else
 `$FLEXGEN_CACHE/detectors/<file>` (cache default ~/.cache/flexgen), and its sha256 is checked before anything
@@ -9,12 +9,49 @@ executes it (TorchScript files are code).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+LOCK = ".flexgen-lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, command: str) -> Iterator[None]:
+    """Hold `folder` (created if missing) for one command: a second flexgen process writing into it (two trainings of
+    one run directory, two samplings of one folder) gets one clear error instead of mixing its files with the
+    first's. An exclusive flock on its hidden `.flexgen-lock`, which is removed when the command ends (and released
+    by the system if it dies)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another flexgen command"
+            os.close(fd)
+            raise ValueError(f"{folder} is in use by {holder}: wait for it to end, or write elsewhere") from None
+        try:                                    # the file a releasing holder removed meanwhile: take the new one
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{command} (pid {os.getpid()})".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()                       # (removed while still held: no one can take the old file)
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -23,9 +23,11 @@ classifier-free-guidance condition dropout), and its policy chooses the training
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,7 +44,7 @@ from flexgen.backbones.base import Denoiser
 from flexgen.checkpoint import load_torch_checkpoint
 from flexgen.config import Config, config_from_dict, config_to_dict, save_config
 from flexgen.diffusion import GaussianDiffusion
-from flexgen.files import atomic_write, atomic_write_text
+from flexgen.files import atomic_write, atomic_write_text, folder_lock
 from flexgen.registry import build_denoiser, denoiser_class
 
 # Keys that may change between the first run and a resume (everything else must match the saved config).
@@ -183,9 +185,21 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 def train(cfg: Config, run_dir: str | Path, *, dataset: Dataset | None = None, device: str | None = None,
           stop_after_steps: int | None = None, progress: bool = True) -> dict:
     """Train (or resume) the run in `run_dir`. `dataset` overrides the configured one (tests, demo);
-    `stop_after_steps` ends this call early as if interrupted. Returns a summary of the run."""
+    `stop_after_steps` ends this call early as if interrupted. Returns a summary of the run. The run directory is
+    held for the run (`files.folder_lock`, by rank 0): a second training into it is refused."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"run directory {run_dir} is a file, not a folder; pass another --run-dir")
+    held = folder_lock(run_dir, "flexgen train") if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+    with held:
+        return _train(cfg, run_dir, dataset=dataset, device=device, stop_after_steps=stop_after_steps,
+                      progress=progress)
+
+
+def _train(cfg: Config, run_dir: Path, *, dataset: Dataset | None, device: str | None,
+           stop_after_steps: int | None, progress: bool) -> dict:
     env = dist.init(device)
-    run_dir, tc = Path(run_dir), cfg.train
+    tc = cfg.train
     ckpt_dir = run_dir / "checkpoints"
     for folder in (run_dir, ckpt_dir):
         if folder.exists() and not folder.is_dir():

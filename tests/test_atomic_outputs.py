@@ -527,3 +527,36 @@ def test_killed_sample_run_resumes_drawing_exactly_the_missing_file(tmp_path, mo
     assert record["complete"] and read_video(out / "0002.mp4").shape == (4, 16, 16, 3)
     assert all((out / name).read_bytes() == data for name, data in kept.items())   # kept, not redrawn
     check_sample_manifest(out)                                       # evaluable: the stray file is not counted
+
+
+def test_one_folder_one_writing_command(tmp_path):
+    """issue 30 (7): a second flexgen process writing into a folder another holds (two trainings of one run
+    directory, two samplings of one folder) gets one clear error; the folder is free again once the first ends."""
+    import subprocess
+    import sys
+
+    from flexgen.files import folder_lock
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom flexgen.files import folder_lock\n"
+        f"with folder_lock({str(tmp_path / 'run')!r}, 'flexgen train'):\n"
+        "    print('held', flush=True)\n    time.sleep(30)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match=r"run is in use by flexgen train \(pid \d+\): wait for it to end"):
+            with folder_lock(tmp_path / "run", "flexgen sample"):
+                pass
+        from flexgen.checkpoint import save_weights
+        from flexgen.sample import sample_main
+        from tests.sample_helpers import SMALL, TINY, parse, random_model
+
+        model, _ = random_model()
+        save_weights(model.net, tmp_path / "w.safetensors")
+        with pytest.raises(ValueError, match="in use by flexgen train"):        # flexgen sample holds its folder too
+            sample_main(parse("--config", TINY, "--ckpt", tmp_path / "w.safetensors", "--num-samples", 1, "--steps",
+                              2, "--out", tmp_path / "run", "--no-progress", *SMALL))
+    finally:
+        holder.kill()
+        holder.wait()
+    with folder_lock(tmp_path / "run", "flexgen sample"):                   # free once the holder is gone
+        pass

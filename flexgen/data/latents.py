@@ -306,12 +306,15 @@ def add_encode_arguments(parser):
 def encode_main(args) -> dict | None:
     """`flexgen data encode`: every rank writes its shards, rank 0 writes the manifest (torchrun: one rank per GPU).
     Returns the manifest on rank 0."""
+    import contextlib
     import os
 
     import torch.distributed as dist
 
     from flexgen.autoencoder import Autoencoder
     from flexgen.config import load_config
+    from flexgen.dist import parse_device
+    from flexgen.files import folder_lock
 
     run = load_config(args.config, args.overrides)
     if run.data.dataset != "imagenet":
@@ -322,25 +325,28 @@ def encode_main(args) -> dict | None:
                          "the images directly")
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(args.device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu"))
-    own_group = world > 1 and not dist.is_initialized()
-    if own_group:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        images = ImageFolderDataset(run.data.root, image_size=run.data.image_size, hflip=False,
-                                    class_list=run.data.class_list or None)
-        autoencoder = Autoencoder.from_config(run.autoencoder).to(device)
-        counts = encode_dataset(images, autoencoder, run.autoencoder.path, args.out, shard_size=args.shard_size,
-                                batch_size=args.batch_size, rank=rank, world_size=world, device=device,
-                                dtype=getattr(torch, args.dtype), progress=rank == 0 and not args.no_progress)
-        if world > 1:
-            dist.barrier()
-        if rank != 0:
-            return None
-        manifest = finish_store(args.out)
-        print(f"wrote {manifest['num_images']} images ({counts['written']} encoded now on rank 0, "
-              f"{manifest['num_skipped']} unreadable skipped) in {len(manifest['shards'])} shards to {args.out}")
-        return manifest
-    finally:
+    device = parse_device(args.device, local) if args.device else \
+        torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    held = folder_lock(args.out, "flexgen data encode") if rank == 0 else contextlib.nullcontext()
+    with held:                                  # a second encode into this store is refused while it runs
+        own_group = world > 1 and not dist.is_initialized()
         if own_group:
-            dist.destroy_process_group()
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        try:
+            images = ImageFolderDataset(run.data.root, image_size=run.data.image_size, hflip=False,
+                                        class_list=run.data.class_list or None)
+            autoencoder = Autoencoder.from_config(run.autoencoder).to(device)
+            counts = encode_dataset(images, autoencoder, run.autoencoder.path, args.out, shard_size=args.shard_size,
+                                    batch_size=args.batch_size, rank=rank, world_size=world, device=device,
+                                    dtype=getattr(torch, args.dtype), progress=rank == 0 and not args.no_progress)
+            if world > 1:
+                dist.barrier()
+            if rank != 0:
+                return None
+            manifest = finish_store(args.out)
+            print(f"wrote {manifest['num_images']} images ({counts['written']} encoded now on rank 0, "
+                  f"{manifest['num_skipped']} unreadable skipped) in {len(manifest['shards'])} shards to {args.out}")
+            return manifest
+        finally:
+            if own_group:
+                dist.destroy_process_group()

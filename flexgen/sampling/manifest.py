@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flexgen.files import atomic_write_text
+from flexgen.files import atomic_write_text, folder_lock
 
 MANIFEST_VERSION = 1
 # Fields that define a run: a folder holding another run's manifest is refused (they must all match to resume).
@@ -126,9 +126,11 @@ def shard_indices(num_samples: int, rank: int = 0, world_size: int = 1) -> list[
     return list(range(rank, num_samples, world_size))
 
 
-def start_run(manifest: SampleManifest, path: Path, overwrite: bool = False) -> None:
-    """Before sampling (rank 0): refuse a folder holding another run's manifest (unless `overwrite`), then write
-    this run's manifest with complete = false."""
+def start_run(manifest: SampleManifest, path: Path, overwrite: bool = False, hold: Any = None) -> None:
+    """Before sampling (rank 0): refuse a folder holding another run's manifest (unless `overwrite`), hold the folder
+    for the command on `hold` (a contextlib.ExitStack the command closes when it ends: a second process writing
+    into the folder meanwhile is refused, `files.folder_lock`), then write this run's manifest with complete =
+    false."""
     if path.parent.exists() and not path.parent.is_dir():
         raise NotADirectoryError(f"{path.parent} is a file; the samples go into a folder: give another output path")
     if path.is_file() and not overwrite:
@@ -142,6 +144,8 @@ def start_run(manifest: SampleManifest, path: Path, overwrite: bool = False) -> 
             raise ValueError(f"{path} belongs to another run ({'; '.join(changed)}); use another output folder, "
                              "or --overwrite to replace its samples")
     path.parent.mkdir(parents=True, exist_ok=True)
+    if hold is not None:
+        hold.enter_context(folder_lock(path.parent, manifest.command))
     manifest.write(path)
 
 

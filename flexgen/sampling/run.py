@@ -6,6 +6,7 @@ the missing ones; another run's folder is refused unless `overwrite`. Under torc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -26,8 +27,10 @@ def sample_run(run: Any, ckpt: str | Path, out: str | Path, *, config: str = "",
     own_group = not torch_dist.is_initialized()
     env = dist.init(device)
     try:
-        return _sample_run(run, Path(ckpt), Path(out), env, config=config, overrides=list(overrides), dtype=dtype,
-                           fps=fps, sha256=sha256, progress=progress, overwrite=overwrite, npz=npz)
+        with contextlib.ExitStack() as hold:            # the output folder, held from start_run to the end
+            return _sample_run(run, Path(ckpt), Path(out), env, config=config, overrides=list(overrides),
+                               dtype=dtype, fps=fps, sha256=sha256, progress=progress, overwrite=overwrite, npz=npz,
+                               hold=hold)
     finally:
         if own_group:
             dist.shutdown()
@@ -41,7 +44,7 @@ def _barrier(env) -> None:
 
 
 def _sample_run(run, ckpt: Path, out: Path, env, *, config, overrides, dtype, fps, sha256, progress, overwrite,
-                npz) -> dict[str, Any] | None:
+                npz, hold) -> dict[str, Any] | None:
     import numpy as np
     import torch
 
@@ -107,7 +110,7 @@ def _sample_run(run, ckpt: Path, out: Path, env, *, config, overrides, dtype, fp
     # ADM's batch of an earlier invocation stays this run's only while no sample changes
     adm_batch = (mf.previous(path, overwrite) or record).settings.get("npz") if not mine else None
     if env.is_main:
-        mf.start_run(record, path, overwrite=overwrite)
+        mf.start_run(record, path, overwrite=overwrite, hold=hold)
         if adm_batch is None:
             (out / ADM_NPZ).unlink(missing_ok=True)
     _barrier(env)

@@ -377,7 +377,15 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> dict[str, Any] | None:
     """`flexgen generate`: images written as they are made (resumable: a re-run with the same settings draws only the
-    missing files; under torchrun rank r draws images i ≡ r mod W), then the grid and FILE.json on rank 0."""
+    missing files; under torchrun rank r draws images i ≡ r mod W), then the grid and FILE.json on rank 0. The
+    output folder is held from the record's start to the end (a second generate into it is refused)."""
+    import contextlib
+
+    with contextlib.ExitStack() as hold:
+        return _generate(args, hold)
+
+
+def _generate(args: argparse.Namespace, hold: Any) -> dict[str, Any] | None:
     import time
 
     import numpy as np
@@ -452,7 +460,7 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
     before, had = mf.previous_cost(json_file, args.overwrite, len(shard) - len(mine))   # (what start_run replaces)
     check_batch_bound(policy, env.world_size, 0 < len(mine) < len(shard))
     if env.is_main:
-        mf.start_run(manifest, json_file, overwrite=args.overwrite)
+        mf.start_run(manifest, json_file, overwrite=args.overwrite, hold=hold)
     dist.barrier()
 
     started, drawn = time.perf_counter(), 0
