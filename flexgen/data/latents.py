@@ -64,18 +64,26 @@ def encode_dataset(images: ImageFolderDataset, autoencoder: Any, vae_folder: str
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError(f"--shard-size and --batch-size must be >= 1, got {shard_size} and {batch_size}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    sources = hashlib.sha256("\n".join(f"{path}\t{label}" for path, label in images.items).encode()).hexdigest()
     identity = {"version": STORE_VERSION, "vae_sha256": vae_identity(vae_folder), "image_size": images.image_size,
                 "crop": CROP, "scale_factor": float(autoencoder.scale_factor), "shard_size": shard_size,
-                "num_source_images": len(images), "classes": images.classes, "dtype": str(dtype).removeprefix("torch.")}
+                "num_source_images": len(images), "classes": images.classes, "dtype": str(dtype).removeprefix("torch."),
+                "sources_sha256": sources}
     _check_existing(out, identity)
+    identity_path = out / "identity.json"
+    if rank == 0 and not identity_path.is_file():       # first: a killed run's kept shards are checked against it
+        atomic_write_text(identity_path, json.dumps(identity))
     num_shards = (len(images) + shard_size - 1) // shard_size
     written = skipped = 0
     mine = [k for k in range(num_shards) if k % world_size == rank]
     for k in tqdm(mine, desc="encode", unit="shard", disable=not progress):
         path = out / f"shard-{k:05d}.safetensors"
-        if path.is_file():
+        if path.is_file():                             # kept from a killed run: only if it is of this encoding
+            _check_shard(path, identity)
             continue
         indices = list(range(k * shard_size, min(len(images), (k + 1) * shard_size)))
         crops, kept, bad = [], [], []
@@ -99,23 +107,39 @@ def encode_dataset(images: ImageFolderDataset, autoencoder: Any, vae_folder: str
             save_file(tensors, str(tmp), metadata={"skipped": json.dumps(bad), "identity": json.dumps(identity)})
         written += len(kept)
         skipped += len(bad)
-    if rank == 0:
-        identity_path = out / "identity.json"
-        if not identity_path.is_file():
-            atomic_write_text(identity_path, json.dumps(identity))
     return {"written": written, "skipped": skipped, "shards": len(mine)}
+
+
+def _differences(saved: dict, identity: dict) -> list[str]:
+    """The identity keys `saved` records with another value (a store written before a key existed is not compared
+    on it)."""
+    return [k for k in identity if k in saved and saved[k] != identity[k]]
 
 
 def _check_existing(out: Path, identity: dict) -> None:
     for name in ("identity.json", MANIFEST):
         path = out / name
         if path.is_file():
-            saved = json.loads(path.read_text())
-            saved = {k: saved[k] for k in identity if k in saved}
-            if saved != identity:
-                changed = [k for k in identity if saved.get(k) != identity[k]]
+            changed = _differences(json.loads(path.read_text()), identity)
+            if changed:
                 raise DatasetLayoutError(f"{out} holds latents of another encoding (differs in {', '.join(changed)});"
                                          " use another output folder")
+
+
+def _check_shard(path: Path, identity: dict) -> None:
+    """A shard found in the store is of this encoding (its metadata's identity), and readable."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            saved = json.loads((f.metadata() or {}).get("identity", "{}"))
+    except Exception as e:                             # (safetensors' errors: truncated, another layout)
+        raise DatasetLayoutError(f"{path} cannot be read ({' '.join(str(e).split())}): delete it and run flexgen "
+                                 "data encode again (it resumes)") from None
+    changed = _differences(saved, identity)
+    if changed:
+        raise DatasetLayoutError(f"{path} is of another encoding (differs in {', '.join(changed)}) than this run: use "
+                                 "another output folder, or the first run's settings")
 
 
 def finish_store(out: str | Path) -> dict:
@@ -131,11 +155,15 @@ def finish_store(out: str | Path) -> dict:
         path = out / f"shard-{k:05d}.safetensors"
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: run `flexgen data encode` again (it resumes)")
+        _check_shard(path, identity)
         with safe_open(str(path), framework="pt") as f:
             n = f.get_slice("labels").get_shape()[0]
             skipped += json.loads(f.metadata()["skipped"])
         shards.append({"file": path.name, "count": n})
         total += n
+    if total + len(skipped) != identity["num_source_images"]:
+        raise DatasetLayoutError(f"{out}'s shards hold {total} latents and {len(skipped)} skipped images, and the "
+                                 f"source has {identity['num_source_images']}: delete the shards and encode again")
     manifest = {**identity, "num_images": total, "num_skipped": len(skipped), "skipped": skipped, "shards": shards}
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
     return manifest

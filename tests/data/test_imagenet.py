@@ -135,6 +135,22 @@ def test_encode_read_back_and_train_from_latents_equals_pixels(imagenet, tmp_pat
     with pytest.raises(DatasetLayoutError, match="another encoding"):
         encode_dataset(ImageFolderDataset(imagenet, image_size=8, hflip=False), autoencoder, vae_folder, store)
 
+    # issue 30 (3): a killed encode re-run with other settings: the identity is written first, so it is refused;
+    # a killed store of the older code (identity written last) has each kept shard checked instead
+    killed = tmp_path / "killed"
+    shutil.copytree(store, killed)
+    for name in ("manifest.json", "shard-00002.safetensors", "shard-00003.safetensors"):
+        (killed / name).unlink()
+    with pytest.raises(DatasetLayoutError, match="another encoding \\(differs in vae_sha256\\)"):
+        encode_dataset(images, autoencoder, other, killed, shard_size=4, batch_size=3)
+    with pytest.raises(DatasetLayoutError, match="another encoding \\(differs in shard_size"):
+        encode_dataset(images, autoencoder, vae_folder, killed, shard_size=3, batch_size=3)
+    (killed / "identity.json").unlink()
+    with pytest.raises(DatasetLayoutError, match="shard-00000.safetensors is of another encoding .*vae_sha256"):
+        encode_dataset(images, autoencoder, other, killed, shard_size=4, batch_size=3)
+    with pytest.raises(ValueError, match="--shard-size and --batch-size must be >= 1"):
+        encode_dataset(images, autoencoder, vae_folder, killed, shard_size=0)
+
     # issue 30 (6): the manifest is checked against its shards: counts from the shards, repeats, unreadable shards
     def edited(change):
         damaged = tmp_path / f"damaged-{len(list(tmp_path.glob('damaged-*')))}"
