@@ -129,8 +129,10 @@ def _unreadable_safetensors(path: Path, error: Exception) -> CheckpointError:
 def convert_official_state_dict(sd: dict[str, torch.Tensor], config: LatteConfig) -> dict[str, torch.Tensor]:
     """Map the released Latte / DiT key layout onto ours. The fixed sin-cos tables in the file are checked
     against ours (a mismatch means the wrong input size or frame count) and dropped."""
-    if config.temporal and config.num_frames > 1 and not any(_unwrapped(k) == "temp_embed" for k in sd):
-        raise CheckpointError("this released checkpoint has no temp_embed: it is a DiT (image) checkpoint, and this "
+    keys = {_unwrapped(k) for k in sd}
+    if config.temporal and config.num_frames > 1 and "pos_embed" in keys and "temp_embed" not in keys:
+        raise CheckpointError("this released checkpoint has a pos_embed and no temp_embed: it is a DiT (image) "
+                              "checkpoint, and this "
                               f"config is a video model ({config.num_frames} frames, temporal blocks); load it with a "
                               "DiT config")
     out = {}
@@ -171,6 +173,7 @@ def load_weights(model: Latte, path: str | Path, sha256: str | None = None, *, r
         sd = convert_official_state_dict(sd, model.config)
     try:
         policies.check_file_fits(sd, model.policy, path)
+        model.policy.check_metadata(read_metadata(path), path)
         sd, converting = model.policy.load_state_dict(sd, path, routers_required=routers_required)
     except ValueError as e:
         raise CheckpointError(str(e)) from e

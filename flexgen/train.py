@@ -241,6 +241,7 @@ def _train(cfg: Config, run_dir: Path, *, dataset: Dataset | None, device: str |
     if step >= total_steps and env.is_main:
         # A finished run: its export is its final EMA, written again (a kill between the last checkpoint and
         # the export would otherwise leave an older export, or none, for sampling and init_from).
+        ema.policy.trained_for(step)
         ema.export(run_dir / ema.export_name)
     fsdp = tc.fsdp and env.world_size > 1
     if fsdp:
@@ -341,6 +342,7 @@ def _train(cfg: Config, run_dir: Path, *, dataset: Dataset | None, device: str |
                     export = build_denoiser(cfg) if fsdp else ema
                     if fsdp:
                         export.load_state_dict(states["ema"])
+                    export.policy.trained_for(step)                 # (what its file records of the training)
                     export.export(run_dir / export.export_name)     # ema.safetensors, PixArt-α: transformer/
                 dist.barrier()
             if step >= last_step:

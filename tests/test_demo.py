@@ -42,7 +42,9 @@ def test_quick_demo_runs_the_whole_loop(tmp_path, capsys):
     assert {flex["vs_frontier"]["tone_synthmotion"]} <= {"above", "on", "below"}
     assert flex["gmacs_per_video"] < 0.8 * dense["gmacs_per_video"]          # FlexDiT is cheaper per video
     # DyDiT's cost is measured from its kept counts (two quick steps barely move the routers: dense + routers)
-    dy_cost = SampleManifest.read(out / "dydit" / "samples" / "samples.json").cost
+    dy_manifest = SampleManifest.read(out / "dydit" / "samples" / "samples.json")
+    assert dy_manifest.method == "dydit 0.5"          # fine-tuned from a conversion: its export says it was trained
+    dy_cost = dy_manifest.cost
     assert dy["gmacs_per_video"] == dy_cost["gmacs_per_sample"]
     assert dy_cost["flops_fraction"] == pytest.approx(dy["gmacs_per_video"] / dense["gmacs_per_video"])
     assert "sliced_weight_patterns" in dy_cost

@@ -410,3 +410,33 @@ def test_every_setting_that_changes_a_sample_belongs_to_the_runs_identity(tmp_pa
     manifest.identity = {k: v for k, v in manifest.identity.items() if k not in LATER_IDENTITY}
     manifest.write(out / "samples.json")
     assert sample("sample.cfg_channels=2")["complete"]                          # resumed
+
+
+def test_dydit_weights_record_their_lambda_and_an_untrained_conversion_says_so(tmp_path):
+    """issue 30 (5): a λ 0.5 model under a λ 0.7 config is refused by name; a file straight from flexgen convert
+    (fresh routers, every unit on: the dense model) is labelled an untrained conversion; training makes it a model."""
+    from flexgen.checkpoint import read_metadata
+    from flexgen.cli import main
+    from tests.dydit_helpers import randomise_routers
+
+    dense, _ = random_model()
+    save_weights(dense.net, tmp_path / "dense.safetensors")
+    assert main(["convert", "--from", str(tmp_path / "dense.safetensors"), "--config", TINY, *SMALL,
+                 "dydit.target=0.5", "--out", str(tmp_path / "converted.safetensors")]) == 0
+    assert json.loads(read_metadata(tmp_path / "converted.safetensors")["flexgen_dydit"]) == \
+        {"target": 0.5, "trained": False, "steps": None}
+
+    def sample(ckpt, target, out):
+        return sample_main(parse("--config", TINY, "--ckpt", ckpt, "--num-samples", 1, "--sampler", "ddim",
+                                 "--steps", 2, "--out", tmp_path / out, "--no-progress", *SMALL,
+                                 f"dydit.target={target}"))
+
+    record = sample(tmp_path / "converted.safetensors", 0.5, "c")
+    assert record["method"] == "dydit 0.5 (untrained conversion)"
+    with pytest.raises(CheckpointError, match="trained for λ 0.5, and this config sets dydit.target=0.7"):
+        sample(tmp_path / "converted.safetensors", 0.7, "c7")
+    model, _ = random_model(["dydit.target=0.5"])
+    randomise_routers(model)
+    model.policy.trained = True                                      # as training leaves it
+    save_weights(model.net, tmp_path / "trained.safetensors")
+    assert sample(tmp_path / "trained.safetensors", 0.5, "t")["method"] == "dydit 0.5"

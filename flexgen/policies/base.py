@@ -191,6 +191,14 @@ class Policy:
         """What our safetensors files record about the policy beside the model configuration."""
         return {}
 
+    def trained_for(self, steps: int) -> None:
+        """The training loop says, before exporting, how many optimizer steps the weights have had (DyDiT records
+        it: a conversion's fresh routers have had none)."""
+
+    def check_metadata(self, meta: dict[str, str], path: Any) -> None:
+        """Before loading a file of ours into this policy's network: refuse (ValueError) one whose metadata says it
+        was made for another setting of this policy, and take what it says of itself (DyDiT: trained or not)."""
+
     def load_state_dict(self, sd: dict[str, torch.Tensor], path: Any, *, routers_required: bool = False
                         ) -> tuple[dict[str, torch.Tensor], bool]:
         """A state dict read from `path` (our key layout) -> the one this policy's network loads, and whether it

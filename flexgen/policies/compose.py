@@ -161,6 +161,14 @@ class Compose(Policy):
     def metadata(self):
         return {k: v for p in self._parts for k, v in p.metadata().items()}
 
+    def trained_for(self, steps):
+        for p in self._parts:
+            p.trained_for(steps)
+
+    def check_metadata(self, meta, path):
+        for p in self._parts:
+            p.check_metadata(meta, path)
+
     def load_state_dict(self, sd, path, *, routers_required=False):
         self._converting = []
         for p in reversed(self._parts):       # the innermost policy (DyDiT) maps its keys before FlexDiT converts

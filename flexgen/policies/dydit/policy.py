@@ -13,6 +13,7 @@ block with the `BlockGates` of `gates(index)` and reports the token gates back w
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from typing import Any, NamedTuple
 
@@ -36,6 +37,8 @@ from flexgen.policies.dydit.width import SliceCache
 from flexgen.policies.timesteps import StratifiedTimesteps, timestep_weights
 
 METADATA_KEY = "flexgen_routers"            # our safetensors: "dydit"
+METADATA_SECTION = "flexgen_dydit"          # ... and {"target": λ, "trained": whether the routers were trained,
+                                            # "steps": the optimizer steps of the run that exported it}
 ROUTER_PREFIXES = ("width_routers.", "token_routers.")
 # The released DyDiT layout (DyDiT/models.py), per block: attn_rate.router (heads), mlp_rate.router (MLP groups),
 # token_selection.mlp_head.{0,2} (tokens).
@@ -81,6 +84,8 @@ class DyDiT(Policy):
         self._pattern: bytes | None = None
         self._complete: torch.Tensor | None = None
         self._skipping = False
+        self.trained: bool | None = None    # False: routers fresh from a conversion (all on), never trained
+        self.steps: int | None = None       # the exporting run's optimizer steps
 
     step_args = ("complete",)
     joint_images = False                    # (not yet: its masks are per sample, the images' per frame)
@@ -188,7 +193,8 @@ class DyDiT(Policy):
         return [f"dydit.target={target}"]
 
     def label(self) -> str:
-        return "dydit" if self.config.target is None else f"dydit {self.config.target:g}"
+        name = "dydit" if self.config.target is None else f"dydit {self.config.target:g}"
+        return name + (" (untrained conversion)" if self.trained is False else "")
 
     def describe(self) -> str:
         target = "" if self.config.target is None else f"λ = {self.config.target:g}; "
@@ -233,11 +239,30 @@ class DyDiT(Policy):
     # ---- weights ----------------------------------------------------------------------------------------
 
     def metadata(self) -> dict[str, str]:
-        return {METADATA_KEY: "dydit"}
+        return {METADATA_KEY: "dydit", METADATA_SECTION: json.dumps({"target": self.config.target,
+                                                                     "trained": self.trained, "steps": self.steps})}
+
+    def trained_for(self, steps: int) -> None:
+        self.steps = steps
+        self.trained = self.trained is not False or steps > 0
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], where: Any) -> DyDiT | None:
-        return cls() if meta.get(METADATA_KEY) == "dydit" else None
+        if meta.get(METADATA_KEY) != "dydit":
+            return None
+        policy = cls(DyDiTConfig(target=_section(meta, where).get("target")))
+        policy.check_metadata(meta, where)
+        return policy
+
+    def check_metadata(self, meta: dict[str, str], path: Any) -> None:
+        section = _section(meta, path)
+        target = section.get("target")
+        if target is not None and self.config.target is not None and abs(target - self.config.target) > 1e-9:
+            raise ValueError(f"{path} holds DyDiT weights trained for λ {target:g}, and this config sets "
+                             f"dydit.target={self.config.target:g}: use dydit.target={target:g} (a run's λ names "
+                             "its samples and records)")
+        if "trained" in section:
+            self.trained, self.steps = section["trained"], section.get("steps")
 
     @classmethod
     def holds(cls, sd: dict[str, torch.Tensor]) -> bool:
@@ -274,7 +299,17 @@ class DyDiT(Policy):
         return {**sd, **{k: v for k, v in self.net.state_dict().items() if k.startswith(ROUTER_PREFIXES)}}, True
 
     def converted(self) -> None:
-        """Importance order of every block's heads and MLP groups (`net.reorder(block)`), function-preserving."""
+        """Importance order of every block's heads and MLP groups (`net.reorder(block)`), function-preserving; the
+        routers are fresh (every unit on) until trained."""
+        self.trained = False
         for _, block in self.net.routed_blocks():
             self.net.reorder(block)
 
+
+
+def _section(meta: dict[str, str], where: Any) -> dict[str, Any]:
+    """The DyDiT section of a file's metadata ({} in files written before it was recorded)."""
+    try:
+        return json.loads(meta.get(METADATA_SECTION, "{}"))
+    except ValueError:
+        raise ValueError(f"{where}: its {METADATA_SECTION} metadata is not JSON: the file is damaged") from None
