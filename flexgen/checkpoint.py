@@ -66,7 +66,8 @@ def _require_file(path: Path, sha256: str | None) -> None:
 
 def read_state_dict(path: str | Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file or of a torch checkpoint (no pickled code: weights_only=True); from a
-    training checkpoint, the "ema" entry is preferred over "model"."""
+    training checkpoint, the "ema" entry is preferred over "model" (flexgen's own `latest.pt`: the network's keys
+    under the Denoiser's `net.`, so an unfinished run can be sampled or fine-tuned from)."""
     path = Path(path)
     _require_file(path, sha256)
     if path.suffix == ".safetensors":
@@ -81,6 +82,8 @@ def read_state_dict(path: str | Path, sha256: str | None = None) -> dict[str, to
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} holds no state dict (expected tensors, or an 'ema'/'model' entry of tensors)")
+    if obj and all(k.startswith("net.") for k in obj):     # flexgen's own latest.pt: the Denoiser's keys
+        obj = {k.removeprefix("net."): v for k, v in obj.items()}
     return obj
 
 

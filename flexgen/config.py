@@ -126,7 +126,7 @@ class TrainConfig:
 
     def __post_init__(self):
         check_range(self, lr=(1e-12, None), weight_decay=(0, None), ema_decay=(0, 1), batch_size=(1, None),
-                    total_samples=(0, None), grad_clip=(0, None), clip_after_samples=(0, None),
+                    total_samples=(1, None), grad_clip=(0, None), clip_after_samples=(0, None),
                     log_every_samples=(1, None), ckpt_every_samples=(1, None))
 
 

@@ -166,3 +166,20 @@ def test_a_training_checkpoint_of_the_released_train_py_loads(tmp_path):
     torch.save({"ema": ema, "args": pathlib.PurePosixPath("/x")}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="PurePosixPath"):
         load_weights(Latte(cfg), tmp_path / "other.pt")
+
+
+def test_flexgens_own_training_checkpoint_loads_its_ema(tmp_path):
+    """issue 30: an unfinished run has only checkpoints/latest.pt (the Denoiser's `net.` keys, EMA beside the raw
+    weights and the optimizer): it loads as a weights file, EMA preferred."""
+    cfg = tiny("DiT-S/2", num_classes=10)
+    raw, ema = Latte(cfg), Latte(cfg)
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.normal_()
+    torch.save({"model": {f"net.{k}": v for k, v in raw.state_dict().items()},
+                "ema": {f"net.{k}": v for k, v in ema.state_dict().items()}, "opt": {"state": {}}, "step": 3},
+               tmp_path / "latest.pt")
+    loaded = Latte(cfg)
+    load_weights(loaded, tmp_path / "latest.pt")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), ema.state_dict().values(),
+                                                 strict=True))

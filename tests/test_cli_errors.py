@@ -69,11 +69,24 @@ def test_config_and_bench(files, capsys):
                           "not valid YAML", "line 3")
     assert_one_line_error(*run_cli(capsys, "config", TINY, "train.batch_size=-8"), "config", "tiny.yaml",
                           "train.batch_size", ">= 1")
+    assert_one_line_error(*run_cli(capsys, "config", TINY, "train.total_samples=0"), "config",   # (issue 30: it
+                          "train.total_samples", ">= 1")                       # exported an untrained model)
     assert_one_line_error(*run_cli(capsys, "config", TINY, "train.lr=["), "config", "train.lr=[", "not valid YAML")
     assert_one_line_error(*run_cli(capsys, "config", files / "missing.yaml"), "config", files / "missing.yaml")
     assert_one_line_error(*run_cli(capsys, "bench", "flops", "--model", "Nope/2"), "bench flops", "'Nope/2'")
     assert_one_line_error(*run_cli(capsys, "bench", "latency", "--config", files / "missing.yaml"), "bench latency",
                           files / "missing.yaml")
+    # issue 30: counts and scales below their range are refused by the parser, naming the option (no silent default)
+    for argv, text in ((["bench", "latency", "--steps", "0"], "argument --steps: must be at least 1, got 0"),
+                       (["bench", "plan", "--budget", "0.5", "--steps", "0"], "argument --steps: must be at least 1"),
+                       (["bench", "suite", "--batch", "0"], "argument --batch: must be at least 1, got 0"),
+                       (["bench", "latency", "--repeats", "0"], "argument --repeats: must be at least 1"),
+                       (["bench", "latency", "--cfg-scale", "-2"], "argument --cfg-scale: must be at least 0, got -2"),
+                       (["bench", "latency", "--batch", "two"], "argument --batch: expected an integer, got 'two'")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        assert exit_.value.code == 2 and text in capsys.readouterr().err
 
 
 def test_convert(files, capsys):

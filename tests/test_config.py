@@ -92,7 +92,7 @@ def test_missing_file_and_round_trip(tmp_path):
 @pytest.mark.parametrize("override,message", [
     ("train.batch_size=-8", r"train\.batch_size: must be >= 1, got -8"),
     ("train.batch_size=0", r"train\.batch_size: must be >= 1, got 0"),
-    ("train.total_samples=-5", r"train\.total_samples: must be >= 0"),
+    ("train.total_samples=-5", r"train\.total_samples: must be >= 1"),
     ("train.ema_decay=-1", r"train\.ema_decay: must be in \[0, 1\], got -1\.0"),
     ("train.ema_decay=1.5", r"train\.ema_decay: must be in \[0, 1\]"),
     ("model.class_dropout_prob=2", r"model\.class_dropout_prob: must be in \[0, 1\]"),

@@ -440,3 +440,23 @@ def test_dydit_weights_record_their_lambda_and_an_untrained_conversion_says_so(t
     model.policy.trained = True                                      # as training leaves it
     save_weights(model.net, tmp_path / "trained.safetensors")
     assert sample(tmp_path / "trained.safetensors", 0.5, "t")["method"] == "dydit 0.5"
+
+
+def test_more_samples_of_the_same_run_extend_its_folder(tmp_path, capsys):
+    """issue 30: `--num-samples 3` into a finished folder of 2 draws the third (the README's resume); fewer, or other
+    seeds, are another run."""
+    model, _ = random_model()
+    save_weights(model.net, tmp_path / "w.safetensors")
+
+    def sample(count, *extra):
+        return sample_main(parse("--config", TINY, "--ckpt", tmp_path / "w.safetensors", "--num-samples", count,
+                                 "--out", tmp_path / "s", "--sampler", "ddim", "--steps", 2, "--no-progress", *SMALL,
+                                 *extra))
+
+    first = sample(2)
+    capsys.readouterr()
+    more = sample(3)
+    assert "(1 drawn now on rank 0)" in capsys.readouterr().out
+    assert more["samples"][:2] == first["samples"] and len(more["samples"]) == 3
+    with pytest.raises(ValueError, match="other samples"):
+        sample(2)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from flexgen.bench.options import add_model_arguments
+from flexgen.bench.options import COUNT, NON_NEGATIVE, POSITIVE, add_model_arguments
 
 
 def _report(args: argparse.Namespace, result: dict, show) -> None:
@@ -24,7 +24,7 @@ def _report(args: argparse.Namespace, result: dict, show) -> None:
 
 def add_flops_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--num-samples", type=int, default=8, help="DyDiT --ckpt: seeds whose sampling runs are "
+    parser.add_argument("--num-samples", type=POSITIVE, default=8, help="DyDiT --ckpt: seeds whose sampling runs are "
                         "counted (sample i: seed sample.seed + i and its label)")
 
 
@@ -39,17 +39,19 @@ def flops_command(args: argparse.Namespace) -> None:
 
 def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--batch", type=int, default=1, help="samples per forward")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed repeats first")
-    parser.add_argument("--cfg-scale", type=float, default=None, help="also time a sampling step with CFG at this "
+    parser.add_argument("--batch", type=POSITIVE, default=1, help="samples per forward")
+    parser.add_argument("--repeats", type=POSITIVE, default=3, help="timed repeats (median)")
+    parser.add_argument("--warmup", type=COUNT, default=1, help="untimed repeats first")
+    parser.add_argument("--cfg-scale", type=NON_NEGATIVE, default=None,
+                        help="also time a sampling step with CFG at this "
                         "scale, and a whole sampling run (a run with a step cache: whole runs only, at the run's "
                         "sample.cfg_scale unless given)")
     parser.add_argument("--sampler", default=None, help="sampler of the timed run, one the model's family offers: "
                         "ddpm | ddim | dpm-solver++ for Latte / DiT (default ddpm), dpm-solver++ | dpm-solver | "
                         "sa-solver | ddim | euler | ddpm for PixArt-α (default dpm-solver++; with a step cache: the "
                         "run's sample.sampler)")
-    parser.add_argument("--steps", type=int, default=None, help="its steps (default: the family's, 250 for ddpm on "
+    parser.add_argument("--steps", type=POSITIVE, default=None,
+                        help="its steps (default: the family's, 250 for ddpm on "
                         "Latte / DiT, 20 for PixArt-α; with a step cache: the run's sample.steps)")
     parser.add_argument("--compile", action="store_true", help="torch.compile dense and dynamic models alike (one "
                         "graph per grid or mask pattern)")
@@ -67,13 +69,14 @@ def latency_command(args: argparse.Namespace) -> None:
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--budget", type=float, required=True, help="fraction of the dense model's MACs per sample")
+    parser.add_argument("--budget", type=NON_NEGATIVE, required=True,
+                        help="fraction of the dense model's MACs per sample")
     parser.add_argument("--sampler", default=None, help="the sampler whose timesteps count (default: the family's)")
-    parser.add_argument("--steps", type=int, default=None, help="its steps (default: the family's)")
-    parser.add_argument("--top", type=int, default=20, help="schedules listed")
+    parser.add_argument("--steps", type=POSITIVE, default=None, help="its steps (default: the family's)")
+    parser.add_argument("--top", type=POSITIVE, default=20, help="schedules listed")
     parser.add_argument("--calibration", default=None, help="a flexgen calibrate file: the TeaCache threshold that "
                         "meets the budget on its recorded runs (instead of the FlexDiT / DyDiT plan)")
-    parser.add_argument("--num-samples", type=int, default=4, help="with --ckpt (a trained DyDiT): seeds per "
+    parser.add_argument("--num-samples", type=POSITIVE, default=4, help="with --ckpt (a trained DyDiT): seeds per "
                         "sampler whose kept counts give its realised FLOPs fraction")
     add_model_arguments(parser)
 
@@ -90,7 +93,8 @@ def plan_command(args: argparse.Namespace) -> None:
 def add_suite_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    parser.add_argument("--batch", type=int, default=None, help="samples per forward (default 8 on CUDA, 1 on CPU)")
+    parser.add_argument("--batch", type=POSITIVE, default=None,
+                        help="samples per forward (default 8 on CUDA, 1 on CPU)")
     parser.add_argument("--set", choices=("full", "small"), default=None, help="the models: full (DiT-XL/2 256 / "
                         "512, Latte-XL/2, PixArt-α 256 / 512 / 1024-MS) or small (default: full on CUDA, small on CPU)")
     parser.add_argument("--models", nargs="+", default=None, metavar="KEY", help="these models instead, e.g. "
@@ -98,8 +102,8 @@ def add_suite_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-budget", type=float, default=None, help="seconds for the whole suite: rows whose "
                         "estimated time does not fit are skipped and listed (default 540 on CPU, none on CUDA; 0: "
                         "none)")
-    parser.add_argument("--repeats", type=int, default=2, help="timed repeats (median)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed repeats first")
+    parser.add_argument("--repeats", type=POSITIVE, default=2, help="timed repeats (median)")
+    parser.add_argument("--warmup", type=COUNT, default=1, help="untimed repeats first")
     parser.add_argument("--compile", action="store_true", help="torch.compile dense and dynamic models alike")
     parser.add_argument("--out", default=None, help="output folder (default results/bench-suite-<device>-<dtype>)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")

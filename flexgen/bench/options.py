@@ -8,6 +8,23 @@ import dataclasses
 from typing import Any
 
 
+def at_least(minimum: float, kind: type = int):
+    """An argparse type: a number of `kind` no smaller than `minimum` (argparse names the option on failure)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text}")
+        return value
+    return parse
+
+
+POSITIVE, COUNT, NON_NEGATIVE = at_least(1), at_least(0), at_least(0.0, float)
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="Latte-XL/2", help="preset name, e.g. Latte-XL/2, DiT-XL/2, "
                         "PixArt-XL/2-512")

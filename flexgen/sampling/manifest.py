@@ -87,15 +87,16 @@ class SampleManifest:
         return cls.from_dict(data, str(path))
 
     def differences(self, other: SampleManifest) -> list[str]:
-        """The run-defining fields (and the sample list) in which `other` differs from this manifest."""
+        """The run-defining fields (and the sample list) in which `other`, the folder's record, differs from this
+        manifest; a sample list that only adds samples after `other`'s is the same run drawing more."""
         changed = [f"{k}: {getattr(other, k)!r} -> {getattr(self, k)!r}" for k in RUN_FIELDS
                    if getattr(other, k) != getattr(self, k)]
         keys = {*self.identity, *other.identity} - {k for k in LATER_IDENTITY
                                                       if (k in self.identity) != (k in other.identity)}
         changed += [f"{k}: {other.identity.get(k)!r} -> {self.identity.get(k)!r}"
                     for k in sorted(keys) if other.identity.get(k) != self.identity.get(k)]
-        if [(s.index, s.file, s.seed, s.label, s.prompt) for s in other.samples] != \
-                [(s.index, s.file, s.seed, s.label, s.prompt) for s in self.samples]:
+        before, now = ([(s.index, s.file, s.seed, s.label, s.prompt) for s in m.samples] for m in (other, self))
+        if now[:len(before)] != before:            # (more samples of the same run extend the folder)
             changed.append("other samples (count, seeds, labels or prompts)")
         return changed
 
