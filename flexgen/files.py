@@ -25,8 +25,9 @@ def folder_lock(folder: str | Path, command: str) -> Iterator[None]:
     """Hold `folder` (created if missing) for one command: a second flexgen process writing into it (two trainings of
     one run directory, two samplings of one folder) gets one clear error instead of mixing its files with the
     first's. An exclusive flock on its hidden `.flexgen-lock`, which is removed when the command ends (and released
-    by the system if it dies)."""
+    by the system if it dies), with the folder itself when the lock created it and nothing was written."""
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK
     while True:
@@ -52,6 +53,8 @@ def folder_lock(folder: str | Path, command: str) -> Iterator[None]:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()                       # (removed while still held: no one can take the old file)
         os.close(fd)
+        if created and not any(folder.iterdir()):
+            folder.rmdir()                      # a command refused before writing leaves no folder behind
 
 
 @contextlib.contextmanager

@@ -113,6 +113,7 @@ def _check_resumable(run_dir: Path, cfg: Config) -> None:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as tmp:         # a crash never leaves a half-written latest.pt
         torch.save(state, tmp)
 
@@ -204,8 +205,7 @@ def _train(cfg: Config, run_dir: Path, *, dataset: Dataset | None, device: str |
     for folder in (run_dir, ckpt_dir):
         if folder.exists() and not folder.is_dir():
             raise NotADirectoryError(f"run directory {folder} is a file, not a folder; pass another --run-dir")
-    if env.is_main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if env.is_main:                             # (checkpoints/ is made by the first checkpoint)
         _check_resumable(run_dir, cfg)
     dist.barrier()
 

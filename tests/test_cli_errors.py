@@ -111,6 +111,7 @@ def test_train(files, capsys, tmp_path):
                           "train", "train.total_samples")
     assert_one_line_error(*run_cli(capsys, *train_args(files, "--run-dir", tmp_path / "r3", f"data.root={tmp_path}")),
                           "train", tmp_path)
+    assert not any((tmp_path / name).exists() for name in ("r1", "r2", "r3"))   # refused: nothing left behind
     latest = tmp_path / "r4" / "checkpoints" / "latest.pt"         # damaged after it was written: resume names it
     latest.parent.mkdir(parents=True)
     latest.write_bytes((files / "good.pt").read_bytes()[:100])
