@@ -29,6 +29,8 @@ import os
 import sys
 from pathlib import Path
 
+from flexgen import __version__
+
 # ----------------------------------------------------------------------------------------------------------
 # config, convert, demo (bench: flexgen/bench/commands.py)
 
@@ -131,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flexgen", description="Token-density control for diffusion transformers.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or set "
                         "FLEXGEN_DEBUG=1)")
+    parser.add_argument("--version", action="version", version=f"flexgen {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from flexgen.bench.commands import add_parsers as add_bench_parsers
@@ -210,7 +213,18 @@ def build_parser() -> argparse.ArgumentParser:
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_encode_arguments(enc)
     enc.set_defaults(func=encode_main)
+    _no_abbreviations(parser)
     return parser
+
+
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """Every parser of the tree takes its options whole: `--num-sam` is not silently `--num-samples`, and a typo
+    (`--confg`) is named as unrecognized (argparse reads `allow_abbrev` when parsing, so it is set on each)."""
+    parser.allow_abbrev = False
+    for action in parser._actions:                          # (argparse keeps the subparsers there)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _no_abbreviations(sub)
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:

@@ -1,3 +1,5 @@
+import importlib
+import importlib.util
 import socket
 import sys
 from pathlib import Path
@@ -9,6 +11,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from flexgen.video.latte import latte_config
+
+# diffusers' logging binds its stderr handler to whatever sys.stderr is when its logger is first configured; done
+# inside a test, that is the test's capture stream, closed after it, and a later diffusers warning then prints a
+# "Logging error" into another test's stderr (a test failing or passing by order). Configure it here, once (where
+# diffusers is installed: the GPU check machine has none).
+if importlib.util.find_spec("diffusers") is not None:
+    importlib.import_module("diffusers.utils.logging").get_verbosity()
 
 
 def tiny_config(name="Latte-S/2", **overrides):

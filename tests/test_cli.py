@@ -133,3 +133,15 @@ def test_default_run_dir_follows_the_runs_identity():
     assert a != plain and a == default_run_dir(tiny, ["train.seed=5", "train.lr=2e-3"], "results")
     assert default_run_dir(tiny, ["train.seed=5", "train.lr=2e-3", "train.total_samples=1"], "results") == a
     assert default_run_dir(tiny, ["train.lr=3e-3", "train.seed=5"], "results") != a
+
+
+def test_version_and_whole_option_names(capsys):
+    """issue 30: `flexgen --version`; an abbreviated option (`--num-sam`) is unrecognized, not silently another."""
+    import flexgen
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"flexgen {flexgen.__version__}"
+    with pytest.raises(SystemExit) as exit_:
+        main(["sample", "--config", "configs/demo/tiny.yaml", "--ckpt", "w", "--out", "o", "--num-sam", "3"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --num-sam" in capsys.readouterr().err
