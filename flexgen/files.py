@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ LOCK = ".flexgen-lock"
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | Path, command: str) -> Iterator[None]:
+def folder_lock(folder: str | Path, command: str, clean: bool = True) -> Iterator[None]:
     """Hold `folder` (created if missing) for one command: a second flexgen process writing into it (two trainings of
     one run directory, two samplings of one folder) gets one clear error instead of mixing its files with the
     first's. An exclusive flock on its hidden `.flexgen-lock`, which is removed when the command ends (and released
@@ -48,6 +49,8 @@ def folder_lock(folder: str | Path, command: str) -> Iterator[None]:
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{command} (pid {os.getpid()})".encode(), 0)
+        if clean:                               # held: no live writer of ours owns them (`clean` False: other
+            remove_stale_temporaries(folder)    # ranks may already be writing, unsynchronised)
         yield
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -55,6 +58,25 @@ def folder_lock(folder: str | Path, command: str) -> Iterator[None]:
         os.close(fd)
         if created and not any(folder.iterdir()):
             folder.rmdir()                      # a command refused before writing leaves no folder behind
+
+
+STALE = re.compile(r"\..+\.[A-Za-z0-9_]+\.tmp")        # what atomic_write / atomic_directory name their temporaries
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the hidden `.NAME.*.tmp` files and folders that killed atomic writes left in `folder` and its direct
+    subfolders (call it only while holding the folder: `folder_lock`); `.NAME.*.old` folders, which a kill between
+    atomic_directory's renames leaves as the only copy, are kept. Returns what it removed."""
+    removed = []
+    for parent in (folder, *(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))):
+        for entry in parent.iterdir():
+            if STALE.fullmatch(entry.name):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+                removed.append(entry)
+    return removed
 
 
 @contextlib.contextmanager

@@ -526,7 +526,8 @@ def test_killed_sample_run_resumes_drawing_exactly_the_missing_file(tmp_path, mo
     assert "(1 drawn now on rank 0)" in capsys.readouterr().out
     assert record["complete"] and read_video(out / "0002.mp4").shape == (4, 16, 16, 3)
     assert all((out / name).read_bytes() == data for name, data in kept.items())   # kept, not redrawn
-    check_sample_manifest(out)                                       # evaluable: the stray file is not counted
+    check_sample_manifest(out)
+    assert names(out) == ["0000.mp4", "0001.mp4", "0002.mp4", "grid.png", "samples.json"]   # the stray file is gone
 
 
 def test_one_folder_one_writing_command(tmp_path):
@@ -560,3 +561,22 @@ def test_one_folder_one_writing_command(tmp_path):
         holder.wait()
     with folder_lock(tmp_path / "run", "flexgen sample"):                   # free once the holder is gone
         pass
+
+
+def test_a_held_folder_loses_the_temporaries_of_killed_writes(tmp_path):
+    """issue 30: the hidden `.NAME.*.tmp` of a killed atomic write (file or folder, in the folder or a subfolder such
+    as checkpoints/) is removed once a command holds the folder; `.NAME.*.old` (the only copy after a kill between
+    atomic_directory's renames) and everything else stay."""
+    from flexgen.files import folder_lock
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".ema.safetensors.k3j2h1ab.tmp").write_bytes(PARTIAL)
+    (run / "checkpoints" / ".latest.pt.x8y7z6w5.tmp").write_bytes(PARTIAL)
+    (run / ".transformer.a1b2c3d4.tmp").mkdir()
+    (run / ".transformer.e5f6g7h8.old").mkdir()
+    (run / "config.yaml").write_text("x")
+    with folder_lock(run, "flexgen train"):
+        assert names(run) == [".flexgen-lock", ".transformer.e5f6g7h8.old", "checkpoints", "config.yaml"]
+        assert names(run / "checkpoints") == []
+    assert names(run) == [".transformer.e5f6g7h8.old", "checkpoints", "config.yaml"]

@@ -355,7 +355,7 @@ def encode_main(args) -> dict | None:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = parse_device(args.device, local) if args.device else \
         torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    held = folder_lock(args.out, "flexgen data encode") if rank == 0 else contextlib.nullcontext()
+    held = folder_lock(args.out, "flexgen data encode", clean=world == 1) if rank == 0 else contextlib.nullcontext()
     with held:                                  # a second encode into this store is refused while it runs
         own_group = world > 1 and not dist.is_initialized()
         if own_group:
