@@ -30,8 +30,6 @@ def init(device: str | None = None) -> Env:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     dev = parse_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
@@ -40,9 +38,11 @@ def init(device: str | None = None) -> Env:
     return Env(rank, world, local_rank, dev)
 
 
-def parse_device(device: str, local_rank: int = 0) -> torch.device:
-    """`--device` as a torch device: cpu, cuda (this rank's GPU: cuda:LOCAL_RANK) or cuda:N; one clear error for
-    anything else or for a GPU this machine does not have."""
+def parse_device(device: str | None, local_rank: int = 0) -> torch.device:
+    """`--device` as a torch device: cpu, cuda (this rank's GPU: cuda:LOCAL_RANK) or cuda:N, by default this rank's
+    GPU where there is one, else the CPU; one clear error for anything else or for a GPU this machine lacks."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(f"cuda:{local_rank}" if device == "cuda" else device)
     except (RuntimeError, ValueError):

@@ -20,7 +20,7 @@ import statistics
 import torch
 
 from flexgen import policies
-from flexgen.bench.measure import compile_until_stable, graphs_compiled, no_denormals, timer
+from flexgen.bench.measure import allow_recompiles, compile_until_stable, graphs_compiled, no_denormals, timer
 from flexgen.bench.models import bench_setup, dynamic_plan
 from flexgen.diffusion import SAMPLERS
 from flexgen.policies.cache.config import CacheConfig
@@ -59,10 +59,7 @@ def _models(run, bench, ckpt: str | None, target: float | None) -> dict:
 
 def _compile_walks(model) -> None:
     """torch.compile of the network's walks over its blocks (one graph per shape, grid or width pattern)."""
-    import torch._dynamo
-
-    config = torch._dynamo.config
-    config.cache_size_limit = max(config.cache_size_limit, 4096)
+    allow_recompiles()
     net = model.net
     if getattr(net, "_flexgen_walks_compiled", False):
         return

@@ -65,16 +65,21 @@ def _compiled(model):
     room for every grid and pattern of a schedule before dynamo gives up recompiling: a DyDiT block breaks the
     graph at its slice lookup, so its pieces compile once per block, grid and batch size (DiT-XL/2 composed: 28 ×
     5 × 2 per code object)."""
-    import torch._dynamo
-
     if not getattr(model, "_flexgen_compiled", False):
-        config = torch._dynamo.config
-        config.cache_size_limit = max(config.cache_size_limit, 4096)             # (alias of recompile_limit)
-        if hasattr(config, "accumulated_cache_size_limit"):
-            config.accumulated_cache_size_limit = max(config.accumulated_cache_size_limit, 4096)
+        allow_recompiles()
         model.forward = torch.compile(model.forward, dynamic=False)
         model._flexgen_compiled = True
     return model
+
+
+def allow_recompiles(limit: int = 4096) -> None:
+    """Room for every grid and weight pattern of a schedule before dynamo gives up recompiling a code object."""
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    config.cache_size_limit = max(config.cache_size_limit, limit)               # (alias of recompile_limit)
+    if hasattr(config, "accumulated_cache_size_limit"):
+        config.accumulated_cache_size_limit = max(config.accumulated_cache_size_limit, limit)
 
 
 def compile_until_stable(every_call: Callable[[], object], rounds: int = 3) -> None:

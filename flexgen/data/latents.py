@@ -353,8 +353,7 @@ def encode_main(args) -> dict | None:
                          "the images directly")
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = parse_device(args.device, local) if args.device else \
-        torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    device = parse_device(args.device or None, local)
     held = folder_lock(args.out, "flexgen data encode", clean=world == 1) if rank == 0 else contextlib.nullcontext()
     with held:                                  # a second encode into this store is refused while it runs
         own_group = world > 1 and not dist.is_initialized()

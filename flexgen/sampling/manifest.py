@@ -161,11 +161,10 @@ def previous(path: Path, overwrite: bool) -> SampleManifest | None:
         return None
 
 
-def previous_cost(path: Path, overwrite: bool, kept: int) -> tuple[dict | None, int]:
-    """(cost, the samples it stands for) of the record a re-run of the same run finds at `path`: its numbers are
+def previous_cost(found: SampleManifest | None, kept: int) -> tuple[dict | None, int]:
+    """(cost, the samples it stands for) of the record a re-run of the same run found (`previous`): its numbers are
     taken as those of the `kept` samples still there."""
-    found = previous(path, overwrite) if kept > 0 else None
-    return (found.cost, kept) if found is not None and found.cost else (None, 0)
+    return (found.cost, kept) if found is not None and found.cost and kept > 0 else (None, 0)
 
 
 def todo(manifest: SampleManifest, folder: Path, rank: int, world_size: int, overwrite: bool = False) -> list[int]:

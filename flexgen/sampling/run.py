@@ -105,10 +105,11 @@ def _sample_run(run, ckpt: Path, out: Path, env, *, config, overrides, dtype, fp
     path = out / "samples.json"
     mine = mf.todo(record, out, env.rank, env.world_size, overwrite=overwrite)
     shard = mf.shard_indices(s.num_samples, env.rank, env.world_size)
-    before, had = mf.previous_cost(path, overwrite, len(shard) - len(mine))     # (what start_run replaces)
+    found = mf.previous(path, overwrite)               # (what start_run replaces)
+    before, had = mf.previous_cost(found, len(shard) - len(mine))
     check_batch_bound(model.policy, env.world_size, 0 < len(mine) < len(shard))
     # ADM's batch of an earlier invocation stays this run's only while no sample changes
-    adm_batch = (mf.previous(path, overwrite) or record).settings.get("npz") if not mine else None
+    adm_batch = (found or record).settings.get("npz") if not mine else None
     if env.is_main:
         mf.start_run(record, path, overwrite=overwrite, hold=hold)
         if adm_batch is None:

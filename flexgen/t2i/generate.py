@@ -296,36 +296,6 @@ def _save_png(image: torch.Tensor, path: Path) -> None:
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
 
 
-# `--cache METHOD:SETTING` of diffusers' methods: the option SETTING gives (cache.diffusers), and its type
-DIFFUSERS_SETTING = {"first_block": ("threshold", float), "mag": ("threshold", float),
-                     "taylorseer": ("cache_interval", int), "pab": ("spatial_attention_block_skip_range", int),
-                     "fastercache": ("spatial_attention_block_skip_range", int)}
-
-
-def cache_config(spec: str, calibration: str | None = None):
-    """`--cache fora:2` / `teacache:0.1` / `first_block:0.05` / `mag:0.06` / `taylorseer:5` / `pab:2` /
-    `fastercache:2` (+ a `flexgen calibrate` file: TeaCache's coefficients, MagCache's ratios) -> CacheConfig."""
-    from flexgen.policies.cache.config import CacheConfig
-
-    method, _, setting = spec.partition(":")
-    try:
-        if calibration and method not in ("teacache", "mag"):
-            raise ValueError("a calibration file serves teacache and mag")
-        if method == "fora":
-            return CacheConfig("fora", interval=int(setting or 2))
-        if method == "teacache":
-            return CacheConfig("teacache", threshold=float(setting or 0.1), calibration=calibration or "")
-        if method in DIFFUSERS_SETTING:
-            key, kind = DIFFUSERS_SETTING[method]
-            return CacheConfig(method, diffusers={key: kind(setting)} if setting else {},
-                               calibration=calibration or "")
-    except (ValueError, KeyError, OSError) as e:
-        raise ValueError(f"--cache {spec}" + (f" --cache-calibration {calibration}" if calibration else "") +
-                         f": {e}") from e
-    raise ValueError(f"--cache {spec}: the method is fora:N, teacache:THRESHOLD or diffusers' "
-                     f"{', '.join(f'{m}:{k.upper()}' for m, (k, _) in DIFFUSERS_SETTING.items())}")
-
-
 def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
     """The options of `flexgen generate` (its words are `flexgen sample`'s: --sampler, --cfg-scale)."""
     gen.add_argument("prompt", nargs="*", help="prompts (each gives --num-images images)")
@@ -419,9 +389,10 @@ def _generate(args: argparse.Namespace, hold: Any) -> dict[str, Any] | None:
 
         use_flexgen_attention(pipe.transformer)
     if args.cache:
+        from flexgen.policies.cache.config import from_spec
         from flexgen.t2i.pixart_io import with_step_cache
 
-        pipe.transformer = with_step_cache(pipe.transformer, cache_config(args.cache, args.cache_calibration))
+        pipe.transformer = with_step_cache(pipe.transformer, from_spec(args.cache, args.cache_calibration))
     config = pipe.transformer.config
     layout = config.get("layout", "")
     policy = policy_of(pipe.transformer)
@@ -457,7 +428,8 @@ def _generate(args: argparse.Namespace, hold: Any) -> dict[str, Any] | None:
     json_file = out.with_suffix(".json")
     mine = [records[i] for i in mf.todo(manifest, out.parent, env.rank, env.world_size, overwrite=args.overwrite)]
     shard = mf.shard_indices(len(records), env.rank, env.world_size)
-    before, had = mf.previous_cost(json_file, args.overwrite, len(shard) - len(mine))   # (what start_run replaces)
+    before, had = mf.previous_cost(mf.previous(json_file, args.overwrite),            # (what start_run replaces)
+                                   len(shard) - len(mine))
     check_batch_bound(policy, env.world_size, 0 < len(mine) < len(shard))
     if env.is_main:
         mf.start_run(manifest, json_file, overwrite=args.overwrite, hold=hold)

@@ -106,6 +106,35 @@ class CacheConfig:
         return float(self.rescale_all(torch.tensor(change, dtype=torch.float64)))
 
 
+# `--cache METHOD:SETTING` of diffusers' methods: the option SETTING gives (cache.diffusers), and its type
+DIFFUSERS_SETTING = {"first_block": ("threshold", float), "mag": ("threshold", float),
+                     "taylorseer": ("cache_interval", int), "pab": ("spatial_attention_block_skip_range", int),
+                     "fastercache": ("spatial_attention_block_skip_range", int)}
+
+
+def from_spec(spec: str, calibration: str | None = None) -> CacheConfig:
+    """`--cache fora:2` / `teacache:0.1` / `first_block:0.05` / `mag:0.06` / `taylorseer:5` / `pab:2` /
+    `fastercache:2` (`flexgen generate --cache`; + a `flexgen calibrate` file: TeaCache's coefficients, MagCache's
+    ratios) -> CacheConfig."""
+    method, _, setting = spec.partition(":")
+    try:
+        if calibration and method not in ("teacache", "mag"):
+            raise ValueError("a calibration file serves teacache and mag")
+        if method == "fora":
+            return CacheConfig("fora", interval=int(setting or 2))
+        if method == "teacache":
+            return CacheConfig("teacache", threshold=float(setting or 0.1), calibration=calibration or "")
+        if method in DIFFUSERS_SETTING:
+            key, kind = DIFFUSERS_SETTING[method]
+            return CacheConfig(method, diffusers={key: kind(setting)} if setting else {},
+                               calibration=calibration or "")
+    except (ValueError, KeyError, OSError) as e:
+        raise ValueError(f"--cache {spec}" + (f" --cache-calibration {calibration}" if calibration else "") +
+                         f": {e}") from e
+    raise ValueError(f"--cache {spec}: the method is fora:N, teacache:THRESHOLD or diffusers' "
+                     f"{', '.join(f'{m}:{k.upper()}' for m, (k, _) in DIFFUSERS_SETTING.items())}")
+
+
 def diffusers_config(config: CacheConfig, **given: Any) -> Any:
     """The diffusers config dataclass of a diffusers method, from `config.diffusers` (and `given`, fields the policy
     supplies: the timestep callback, the run's step count). Keys are checked by name against the dataclass's
