@@ -504,6 +504,23 @@ def test_cfg_guides_eps_and_keeps_conditional_variance(learned_sigma):
     assert model.batches == [3] and torch.equal(plain, out_c)
 
 
+@pytest.mark.parametrize("learned_sigma", [True, False])
+def test_cfg_on_the_first_channels_keeps_the_others_conditional(learned_sigma):
+    # DiT models.py forward_with_cfg: guides eps[:, :3]; the 4th latent channel and the variance are the
+    # conditional half's
+    g = torch.Generator().manual_seed(7)
+    x, t = torch.randn(3, 4, 4, 4, generator=g), torch.tensor([10, 500, 999])
+    y_c, y_u = torch.tensor([1, 2, 3]), torch.tensor([10, 10, 10])
+    model = LabelModel(learned_sigma)
+    out_c, out_u = model(x, t, y=y_c), model(x, t, y=y_u)
+    guided = classifier_free_guidance(model, 4.0, {"y": y_c}, {"y": y_u}, channels=3)(x, t)
+    assert guided.shape == out_c.shape
+    torch.testing.assert_close(guided[:, :3], out_u[:, :3] + 4.0 * (out_c[:, :3] - out_u[:, :3]))
+    assert torch.equal(guided[:, 3:], out_c[:, 3:]) and not torch.allclose(out_c[:, 3:4], out_u[:, 3:4])
+    with pytest.raises(ValueError, match="cfg channels 5 > the model's 4"):
+        classifier_free_guidance(model, 4.0, {"y": y_c}, {"y": y_u}, channels=5)(x, t)
+
+
 def test_cfg_model_samples():
     model = LabelModel(True)
     guided = classifier_free_guidance(model, 1.5, {"y": torch.tensor([1, 2])}, {"y": torch.tensor([0, 0])})

@@ -460,3 +460,41 @@ def test_more_samples_of_the_same_run_extend_its_folder(tmp_path, capsys):
     assert more["samples"][:2] == first["samples"] and len(more["samples"]) == 3
     with pytest.raises(ValueError, match="other samples"):
         sample(2)
+
+
+@pytest.fixture(scope="module")
+def finished_folder(tmp_path_factory):
+    """A finished one-sample folder of the tiny model (ddim 2 steps, cfg 1.5, cfg_channels 2) and its weights."""
+    root = tmp_path_factory.mktemp("identity")
+    for seed in (0, 1):
+        model, _ = random_model(seed=seed)
+        save_weights(model.net, root / f"w{seed}.safetensors")
+    sample_main(parse(*_identity_argv(root), "--out", root / "s"))
+    return root
+
+
+def _identity_argv(root, ckpt="w0"):
+    return ("--config", TINY, "--ckpt", root / f"{ckpt}.safetensors", "--num-samples", 1, "--sampler", "ddim",
+            "--steps", 2, "--cfg-scale", 1.5, "--no-progress", *SMALL, "sample.cfg_channels=2")
+
+
+@pytest.mark.parametrize("change, field", [
+    (["--cfg-scale", "2"], "cfg_scale"), (["--seed", "5"], "seed"), (["--sampler", "ddpm"], "sampler"),
+    (["--steps", "3"], "steps"), (["--dtype", "float64"], "dtype"), (["sample.clip_denoised=false"], "clip_denoised"),
+    (["sample.cfg_channels=null"], "cfg_channels"), (["diffusion.prediction=v_prediction"], "diffusion"),
+    (["diffusion.beta_end=0.03"], "diffusion"), (["--fps", "4"], "fps"), (["ckpt=w1"], "checkpoint_sha256"),
+    (["cache.method=fora", "cache.interval=2"], "cache"), (["--num-samples", "1", "--seed", "0"], None)])
+def test_a_re_run_that_would_change_a_sample_is_another_run(finished_folder, tmp_path, change, field):
+    """issue 30: the resume identity covers every setting that changes a sample (each one, changed alone, makes
+    the folder another run's, refused by name); the same settings re-run as a no-op."""
+    import shutil
+
+    out = tmp_path / "s"
+    shutil.copytree(finished_folder / "s", out)
+    ckpt = next((c.split("=")[1] for c in change if c.startswith("ckpt=")), "w0")
+    argv = [*_identity_argv(finished_folder, ckpt), *(c for c in change if not c.startswith("ckpt=")), "--out", out]
+    if field is None:
+        assert sample_main(parse(*argv))["complete"]
+        return
+    with pytest.raises(ValueError, match=f"belongs to another run .*{field}"):
+        sample_main(parse(*argv))

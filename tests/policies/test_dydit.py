@@ -294,3 +294,49 @@ def test_resume_after_a_crash_matches_and_bf16_runs(tmp_path):
                  dataset=Clips(), progress=False)
     stats = [json.loads(line) for line in (tmp_path / "bf16" / "stats.jsonl").read_text().splitlines()]
     assert bf16["finished"] and all(np.isfinite(s["loss"]) and 0 < s["flops_fraction"] <= 1 for s in stats)
+
+
+def _losses(model, dense, weight, step=0, warmup=5):
+    """One DyDiT training step's terms (Gumbel noise fixed), and the dense model's loss on the same x0, t, noise."""
+    from dataclasses import replace
+
+    policy = dydit_of(model.net)
+    policy.config = replace(policy.config, loss_weight=weight, complete_steps=warmup, hold_steps=0, anneal_steps=0)
+    diffusion = GaussianDiffusion.from_config(model.run.diffusion)
+    g = torch.Generator().manual_seed(4)
+    x0 = torch.randn(4, *model.latent_shape(), generator=g, dtype=torch.float64)
+    noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    t, cond = torch.tensor([50, 300, 600, 950]), {"y": torch.tensor([0, 1, 2, 3])}
+    model.zero_grad()
+    torch.manual_seed(11)
+    terms = model.training_losses(diffusion, model, x0, t, noise, cond, step)
+    dense_terms = diffusion.training_losses(dense, x0, t, noise, cond)
+    return terms, dense_terms
+
+
+def test_dydit_loss_is_routed_mse_plus_weighted_budget_plus_the_complete_models_term():
+    # DyDiT train.py: loss = diffusion loss of the routed model + w·(mean F − λ)² (+ the complete model's diffusion
+    # loss on the same x_t during warm-up). Each term is checked against what it must be independently of the code.
+    model = randomise_routers(build_denoiser(run_config(*SMALL, "dydit.target=0.5")).double().train())
+    dense = build_denoiser(run_config(*SMALL)).double().train()
+    dense.net.load_state_dict({k: v for k, v in model.net.state_dict().items() if "routers" not in k})
+    terms, dense_terms = _losses(model, dense, weight=2.0)
+    # the complete model's term is the dense model's loss (rows B.. run the complete model)
+    torch.testing.assert_close(terms["loss_complete"], dense_terms["loss"].mean(), rtol=0, atol=1e-10)
+    # F̄ comes from the routed rows: the randomised routers turn units off there (the complete rows spend 1.0)
+    fraction = float(terms["flops_fraction"])
+    assert fraction < 0.9
+    torch.testing.assert_close(terms["budget_loss"], torch.tensor((fraction - 0.5) ** 2, dtype=torch.float64))
+    routed = terms["mse"].mean() + terms["vb"].mean()
+    torch.testing.assert_close(terms["loss"].detach(), routed + 2.0 * terms["budget_loss"] + terms["loss_complete"])
+    # the weight w is applied: the same step at w = 5 differs by 3·budget
+    heavier, _ = _losses(model, dense, weight=5.0)
+    torch.testing.assert_close(heavier["loss"] - terms["loss"], 3.0 * terms["budget_loss"], rtol=1e-9, atol=1e-12)
+    # the width routers learn during warm-up
+    terms["loss"].backward()
+    grads = [p.grad for n, p in model.named_parameters() if "width_routers" in n and p.grad is not None]
+    assert grads and sum(float(g.abs().sum()) for g in grads) > 0
+    after, _ = _losses(model, dense, weight=2.0, step=10)          # after warm-up: no complete term
+    assert "loss_complete" not in after
+    torch.testing.assert_close(after["loss"].detach(), after["mse"].mean() + after["vb"].mean()
+                               + 2.0 * after["budget_loss"])

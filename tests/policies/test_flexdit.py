@@ -112,8 +112,16 @@ def test_stage_shares_match_stage_lengths():
         counts[draw_stage(stage_list, g).grid] += 1
     for s in stage_list:
         assert counts[s.grid] / n == pytest.approx(s.length / 1000, abs=0.015)
-    assert mean_over_stages(stage_list, lambda grid: grid * grid) == pytest.approx(
-        sum(grid_at(ScheduleConfig(grid_min=6, grid_max=10), t, 1000) ** 2 for t in range(1000)) / 1000)
+
+
+@pytest.mark.parametrize("schedule", [
+    ScheduleConfig(grid_min=6, grid_max=10), ScheduleConfig(kind="constant"),
+    ScheduleConfig(kind="stages", stages=[[0, 300, 8], [300, 700, 4], [700, 1000, 8]])],
+                         ids=["eq5", "constant", "grid-reused-in-two-stages"])
+def test_mean_over_stages_is_the_average_over_every_timestep(schedule):
+    # a grid used by stages that are not adjacent counts once per stage (44.8 tokens on the last, not 25.6)
+    brute = sum(grid_at(schedule, t, 1000) ** 2 for t in range(1000)) / 1000
+    assert mean_over_stages(stages(schedule), lambda grid: grid * grid) == pytest.approx(brute, rel=1e-12)
 
 
 def _logit_normal(mean=0.0, std=1.0):
