@@ -18,6 +18,16 @@ from torch import nn
 VAE_SOURCES = "stabilityai/sd-vae-ft-ema on the Hugging Face hub (the folder with config.json and the weights)"
 
 
+def local_load_options() -> dict:
+    """Keywords for diffusers' `from_pretrained` of a local folder: local files only, and low_cpu_mem_usage off
+    where accelerate is not installed (diffusers 0.42 `ModelMixin.from_pretrained` turns it off itself then, after
+    a six-line warning on every load)."""
+    import importlib.util
+
+    return {"local_files_only": True, **({} if importlib.util.find_spec("accelerate") else
+                                          {"low_cpu_mem_usage": False})}
+
+
 class Autoencoder(nn.Module):
     def __init__(self, vae: nn.Module | None = None, scale_factor: float = 0.18215, chunk: int = 16):
         super().__init__()
@@ -42,7 +52,7 @@ class Autoencoder(nn.Module):
             raise FileNotFoundError(f"no AutoencoderKL at {path!s} (autoencoder.path): expected a diffusers folder "
                                     f"with config.json and weights, e.g. {VAE_SOURCES}; download it on a machine "
                                     "with internet access and set autoencoder.path to it")
-        vae = AutoencoderKL.from_pretrained(folder, local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(folder, **local_load_options())
         downsample = 2 ** (len(vae.config.block_out_channels) - 1)
         if downsample != cfg.downsample:
             raise ValueError(f"{folder}: the AutoencoderKL downsamples by {downsample}, the config says "

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -129,8 +130,26 @@ def demo(args: argparse.Namespace) -> None:
 # Parser.
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose "arguments are required" error also names the options it did not recognise (a
+    typo such as `--confg` otherwise reads as "--config is required"); the subcommands' parsers are of this class."""
+
+    argv: list[str] = []                        # the command line being parsed (set by `main`)
+
+    def error(self, message: str):
+        if message.startswith("the following arguments are required"):
+            import difflib
+
+            known = [o for o in self._option_string_actions if o.startswith("--")] + ["--debug"]
+            unknown = [a.split("=")[0] for a in self.argv if a.startswith("--") and a.split("=")[0] not in known]
+            for option in unknown:
+                close = difflib.get_close_matches(option, known, n=1)
+                message += f"; unrecognized {option}" + (f" (did you mean {close[0]}?)" if close else "")
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flexgen", description="Token-density control for diffusion transformers.")
+    parser = Parser(prog="flexgen", description="Token-density control for diffusion transformers.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or set "
                         "FLEXGEN_DEBUG=1)")
     parser.add_argument("--version", action="version", version=f"flexgen {__version__}")
@@ -237,6 +256,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    Parser.argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     # KEY=VALUE overrides may follow options too (argparse takes one run of positionals only); in order.
     if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
@@ -244,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     debug = args.debug or os.environ.get("FLEXGEN_DEBUG", "") not in ("", "0")
+    # xformers logs six lines at import where its kernels do not match this torch (diffusers imports it too);
+    # flexgen.attention keeps that reason for every error that needs xformers, and runs SDPA meanwhile
+    logging.getLogger("xformers").setLevel(logging.ERROR)
     command = " ".join(filter(None, (args.command, getattr(args, "bench", None), getattr(args, "data", None))))
     try:
         args.func(args)

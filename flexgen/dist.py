@@ -38,9 +38,11 @@ def init(device: str | None = None) -> Env:
     return Env(rank, world, local_rank, dev)
 
 
-def parse_device(device: str | None, local_rank: int = 0) -> torch.device:
+def parse_device(device: str | None, local_rank: int | None = None) -> torch.device:
     """`--device` as a torch device: cpu, cuda (this rank's GPU: cuda:LOCAL_RANK) or cuda:N, by default this rank's
     GPU where there is one, else the CPU; one clear error for anything else or for a GPU this machine lacks."""
+    if local_rank is None:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from flexgen.arguments import COUNT, NON_NEGATIVE, POSITIVE
+
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 
@@ -23,18 +25,18 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--ckpt", required=True, help="weights: our .safetensors or an official .pt (EMA preferred); "
                         "a FlexDiT config with dense weights converts on load")
     parser.add_argument("--out", required=True, help="output folder for the samples, grid.png and samples.json")
-    parser.add_argument("--num-samples", type=int, default=None, help="samples over all ranks "
+    parser.add_argument("--num-samples", type=POSITIVE, default=None, help="samples over all ranks "
                         "(default sample.num_samples)")
     parser.add_argument("--sampler", default=None, help="ddpm | ddim | dpm-solver++ (default sample.sampler)")
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default sample.steps)")
-    parser.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale, 1 = off "
+    parser.add_argument("--steps", type=POSITIVE, default=None, help="sampling steps (default sample.steps)")
+    parser.add_argument("--cfg-scale", type=NON_NEGATIVE, default=None, help="classifier-free guidance scale, 1 = off "
                         "(default sample.cfg_scale)")
-    parser.add_argument("--seed", type=int, default=None, help="sample i uses seed + i (default sample.seed)")
-    parser.add_argument("--batch-size", type=int, default=None, help="samples per forward on each rank "
+    parser.add_argument("--seed", type=COUNT, default=None, help="sample i uses seed + i (default sample.seed)")
+    parser.add_argument("--batch-size", type=POSITIVE, default=None, help="samples per forward on each rank "
                         "(default sample.batch_size)")
     parser.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda:LOCAL_RANK if available)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model and sampler dtype")
-    parser.add_argument("--fps", type=int, default=8, help="frame rate of the mp4 files")
+    parser.add_argument("--fps", type=POSITIVE, default=8, help="frame rate of the mp4 files")
     parser.add_argument("--sha256", default=None, help="expected sha256 of the checkpoint file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--npz", action="store_true", help="one-frame models: also write DIR/samples.npz (arr_0 "

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flexgen.arguments import COUNT, POSITIVE
 from flexgen.files import atomic_write_text
 
 # Class name -> ("move", dx, dy): direction of travel (y down); ("spin", ±1, 0): +1 turns clockwise on screen.
@@ -168,12 +169,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("root", help="output folder")
     parser.add_argument("--task", choices=sorted(TASKS), default="motion",
                         help="motion: the direction is the class; shape-motion: shape × direction (the demo's)")
-    parser.add_argument("--classes", type=int, default=4, help=f"classes (motion: 1..{len(MOTIONS)}, shape-motion: "
-                                                               f"1..{len(SHAPE_MOTIONS)})")
-    parser.add_argument("--clips-per-class", type=int, default=16)
-    parser.add_argument("--frames", type=int, default=24, help="frames per clip")
-    parser.add_argument("--size", type=int, default=32, help="frame side in pixels (even)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--classes", type=POSITIVE, default=4,
+                        help=f"classes (motion: 1..{len(MOTIONS)}, shape-motion: 1..{len(SHAPE_MOTIONS)})")
+    parser.add_argument("--clips-per-class", type=POSITIVE, default=16)
+    parser.add_argument("--frames", type=POSITIVE, default=24, help="frames per clip")
+    parser.add_argument("--size", type=POSITIVE, default=32, help="frame side in pixels (even)")
+    parser.add_argument("--seed", type=COUNT, default=0)
     parser.add_argument("--split-lists", action="store_true", help="also write trainlist01.txt / testlist01.txt")
     args = parser.parse_args(argv)
     paths = make_synthetic(args.root, args.classes, args.clips_per_class, args.frames, args.size, args.seed,

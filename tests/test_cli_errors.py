@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -46,7 +47,10 @@ def files(tmp_path_factory):
 def run_cli(capsys, *argv):
     """(exit status, stderr) of `flexgen ARGV` in this process."""
     capsys.readouterr()
-    status = cli.main([str(a) for a in argv])
+    try:
+        status = cli.main([str(a) for a in argv])
+    except SystemExit as e:                 # argparse's own refusals (a bad option value)
+        status = e.code
     return status, capsys.readouterr().err
 
 
@@ -87,6 +91,45 @@ def test_config_and_bench(files, capsys):
         with pytest.raises(SystemExit) as exit_:
             cli.main(argv)
         assert exit_.value.code == 2 and text in capsys.readouterr().err
+    # the bench commands map --device as sample and train do, before measuring anything
+    for what in ("suite", "latency", "flops"):
+        assert_one_line_error(*run_cli(capsys, "bench", what, "--device", "gpu0"), f"bench {what}",
+                              "argument --device: expected cpu, cuda (this rank's GPU) or cuda:N")
+        if not torch.cuda.is_available():
+            assert_one_line_error(*run_cli(capsys, "bench", what, "--device", "cuda"), f"bench {what}",
+                                  "argument --device: this machine has 0 CUDA device(s)")
+    # a bad --out is named at once, not after the measurements
+    assert_one_line_error(*run_cli(capsys, "bench", "suite", "--out", files / "a_file" / "x"), "bench suite",
+                          files / "a_file" / "x")
+
+
+def test_a_typo_in_a_required_option_is_named(capsys):
+    assert_one_line_error(*run_cli(capsys, "train", "--confg", TINY), "train",
+                          "required: --config; unrecognized --confg (did you mean --config?)")
+    assert_one_line_error(*run_cli(capsys, "sample", "--config", TINY, "--ckp", "w", "--out", "o"), "sample",
+                          "unrecognized --ckp (did you mean --ckpt?)")
+
+
+def test_eval_adm_batches(tmp_path, capsys):
+    """issue 30: eval adm names a truncated .npz, an .npy, a batch at another resolution, --num-fake beyond the
+    batch, and the options it has no use for, in one line each."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "ref.npz", arr_0=rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8))
+    np.savez(tmp_path / "big.npz", arr_0=rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8))
+    np.save(tmp_path / "one.npy", rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8))
+    data = (tmp_path / "ref.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[:len(data) // 2])
+    base = ["eval", "adm", "--ref", tmp_path / "ref.npz"]
+    for fake, extra, named in (("cut.npz", [], "is not a readable .npz batch"),
+                               ("one.npy", [], "is one array ((6, 16, 16, 3)), not an ADM batch"),
+                               ("big.npz", [], "holds 32×32 images but the reference batch"),
+                               ("ref.npz", ["--num-fake", "7"], "--num-fake 7"),
+                               ("ref.npz", ["--num-fake", "1"], "at least 2 samples, got 1"),
+                               ("ref.npz", ["--protocol", "fid10k", "--num-real", "3"],
+                                "--protocol, --num-real do not apply to eval adm")):
+        assert_one_line_error(*run_cli(capsys, *base, "--fake", tmp_path / fake, *extra), "eval", named)
+    assert_one_line_error(*run_cli(capsys, "eval", "fid", "--real", tmp_path, "--fake", tmp_path, "--num-fake", "1"),
+                          "eval", "--num-real and --num-fake need at least 2")
 
 
 def test_convert(files, capsys):
@@ -126,7 +169,7 @@ def test_sample(files, capsys, tmp_path):
     assert_one_line_error(*run_cli(capsys, *base, "--out", tmp_path / "s1", "--ckpt", files / "junk.safetensors"),
                           "sample", files / "junk.safetensors")
     # Invalid values are refused before the output folder exists (nothing is left behind).
-    for option, key in (("--steps=5000", "sample.steps"), ("--num-samples=0", "sample.num_samples"),
+    for option, key in (("--steps=5000", "sample.steps"), ("--num-samples=0", "argument --num-samples: must be at least 1"),
                         ("--sampler=euler", "sample.sampler")):
         assert_one_line_error(*run_cli(capsys, *base, option, "--out", tmp_path / "s2"), "sample", key)
     assert_one_line_error(*run_cli(capsys, *base, "--out", tmp_path / "s2", "model.num_classes=0", "--ckpt",

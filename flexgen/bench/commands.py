@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from flexgen.bench.options import COUNT, NON_NEGATIVE, POSITIVE, add_model_arguments
+from flexgen.arguments import COUNT, NON_NEGATIVE, POSITIVE, device
+from flexgen.bench.options import add_model_arguments
 
 
 def _report(args: argparse.Namespace, result: dict, show) -> None:
@@ -91,7 +92,7 @@ def plan_command(args: argparse.Namespace) -> None:
 
 
 def add_suite_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    parser.add_argument("--device", type=device, default="cpu", help="cpu, cuda (this rank's GPU) or cuda:N")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     parser.add_argument("--batch", type=POSITIVE, default=None,
                         help="samples per forward (default 8 on CUDA, 1 on CPU)")

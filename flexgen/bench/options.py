@@ -7,22 +7,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-
-def at_least(minimum: float, kind: type = int):
-    """An argparse type: a number of `kind` no smaller than `minimum` (argparse names the option on failure)."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
-                                             f"got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text}")
-        return value
-    return parse
-
-
-POSITIVE, COUNT, NON_NEGATIVE = at_least(1), at_least(0), at_least(0.0, float)
+from flexgen.arguments import device
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +32,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         "routers set to keep round(λ·H) heads and MLP groups and every token (no weights needed)")
     parser.add_argument("--ckpt", default=None, help="a trained DyDiT checkpoint (with --config of a dydit run): "
                         "its real routers")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    parser.add_argument("--device", type=device, default="cpu", help="cpu, cuda (this rank's GPU) or cuda:N")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
 
 

@@ -28,6 +28,7 @@ from flexgen.bench.measure import measure
 from flexgen.bench.models import bench_setup, dynamic_plan, meta_denoiser
 from flexgen.bench.suite_outputs import markdown, write_outputs
 from flexgen.config import load_config
+from flexgen.files import folder_lock
 from flexgen.policies import DyDiT, FlexDiT
 from flexgen.policies.cost import density_report
 from flexgen.registry import denoiser_class
@@ -285,10 +286,12 @@ def bench_suite(args) -> dict:
         models = SETS[args.set or ("full" if dev.type == "cuda" else "small")]
     batch = args.batch or (8 if dev.type == "cuda" else 1)
     budget = args.time_budget if args.time_budget is not None else (None if dev.type == "cuda" else 540.0)
-    report = suite_report(models, device=args.device, dtype=getattr(torch, args.dtype), batch=batch,
-                          repeats=args.repeats, warmup=args.warmup, time_budget=budget or None,
-                          compile=args.compile, overrides=tuple(args.overrides))
-    report["files"] = write_outputs(report, args.out or f"results/bench-suite-{dev.type}-{args.dtype}")
+    out = args.out or f"results/bench-suite-{dev.type}-{args.dtype}"
+    with folder_lock(out, "flexgen bench suite"):       # a bad --out is named before minutes of measuring
+        report = suite_report(models, device=args.device, dtype=getattr(torch, args.dtype), batch=batch,
+                              repeats=args.repeats, warmup=args.warmup, time_budget=budget or None,
+                              compile=args.compile, overrides=tuple(args.overrides))
+        report["files"] = write_outputs(report, out)
     return report
 
 

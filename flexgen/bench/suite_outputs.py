@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from flexgen.files import atomic_write_text
+
 
 def _fmt(value, spec: str) -> str:
     return "–" if value is None else format(value, spec)
@@ -106,10 +108,10 @@ def svg(report: dict, size: int = 480) -> str:
 
 
 def write_outputs(report: dict, out: str | Path) -> dict[str, str]:
+    """suite.json, suite.md and suite.svg in `out`, each written atomically (a killed run leaves the last ones)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     files = {"json": out / "suite.json", "markdown": out / "suite.md", "plot": out / "suite.svg"}
-    files["json"].write_text(json.dumps(report, indent=1) + "\n")
-    files["markdown"].write_text(markdown(report))
-    files["plot"].write_text(svg(report))
+    for path, text in ((files["json"], json.dumps(report, indent=1) + "\n"), (files["markdown"], markdown(report)),
+                       (files["plot"], svg(report))):
+        atomic_write_text(path, text)
     return {k: str(v) for k, v in files.items()}

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from flexgen.arguments import POSITIVE
 from flexgen.data.base import DatasetLayoutError, DataWarning, SkipAndReplaceDataset, Skipped, describe_error
 from flexgen.data.images import ImageFolderDataset, flip_of, to_tensor
 from flexgen.files import atomic_write, atomic_write_text
@@ -320,8 +321,8 @@ def add_encode_arguments(parser):
     parser.add_argument("--config", required=True, help="run config with data.dataset imagenet (root, image_size, "
                         "class_list) and the autoencoder (path, scale_factor)")
     parser.add_argument("--out", required=True, help="the latent store folder (resumable: existing shards are kept)")
-    parser.add_argument("--shard-size", type=int, default=1024, help="images per shard")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per VAE forward (each encoded twice: "
+    parser.add_argument("--shard-size", type=POSITIVE, default=1024, help="images per shard")
+    parser.add_argument("--batch-size", type=POSITIVE, default=32, help="images per VAE forward (each encoded twice: "
                         "as it is and mirrored)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda:LOCAL_RANK if available)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from flexgen.arguments import COUNT, POSITIVE
 from flexgen.data.base import DataWarning, Skipped, describe_error
 from flexgen.data.captions import CACHE_DTYPES, MANIFEST_NAME, NULL_CAPTION, CaptionDataset, TextEmbeddingCache
 from flexgen.data.media import iter_video, list_frames, read_frame_files
@@ -186,19 +187,19 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--src", required=True, help="the downloaded dataset folder (see datasets/README.md)")
     parser.add_argument("--dst", default=None, help="write FVD reference frame folders DST/<video>/<%%06d>.jpg; "
                         "without it, only check and index --src")
-    parser.add_argument("--size", type=int, default=256, help="frame side after centre crop + resize")
+    parser.add_argument("--size", type=POSITIVE, default=256, help="frame side after centre crop + resize")
     parser.add_argument("--split", default="train", help="train | test | all | a list name (trainlist02) or a .txt "
                         "file; use the split the model was trained on (UCF101 without lists: all clips)")
     parser.add_argument("--split-dir", default=None, help="folder of the split lists (default: --src and "
                         "--src/ucfTrainTestlist; lists beside --src are used only when named here)")
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality")
-    parser.add_argument("--max-videos", type=int, default=None, help="convert a random subset of this many clips")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the --max-videos subset")
-    parser.add_argument("--num-frames", type=int, default=None, help="frames of the training clip whose length "
+    parser.add_argument("--max-videos", type=POSITIVE, default=None, help="convert a random subset of this many clips")
+    parser.add_argument("--seed", type=COUNT, default=0, help="seed of the --max-videos subset")
+    parser.add_argument("--num-frames", type=POSITIVE, default=None, help="frames of the training clip whose length "
                         "is checked (default: the preset's, 16 for the Latte benchmarks)")
-    parser.add_argument("--frame-interval", type=int, default=None, help="stride of the training clip (default: "
+    parser.add_argument("--frame-interval", type=POSITIVE, default=None, help="stride of the training clip (default: "
                         "the preset's, 3 for the Latte benchmarks)")
-    parser.add_argument("--workers", type=int, default=1, help="conversion processes")
+    parser.add_argument("--workers", type=POSITIVE, default=1, help="conversion processes")
     parser.add_argument("--cache-dir", default=None, help="where to cache the index (default: in --src, or "
                         "~/.cache/flexgen/index when --src is read-only)")
     return parser
@@ -268,8 +269,8 @@ def add_cache_text_arguments(parser: argparse.ArgumentParser) -> argparse.Argume
     parser.add_argument("--text-encoder", required=True, help="a PixArt-α pipeline folder (text_encoder/ + "
                         "tokenizer/) or a T5 encoder folder with its tokenizer files")
     parser.add_argument("--cache", required=True, help="the cache folder (one file per distinct caption)")
-    parser.add_argument("--max-length", type=int, default=MAX_LENGTH, help="T5 tokens per caption (PixArt-α: 120)")
-    parser.add_argument("--batch-size", type=int, default=16, help="captions per encoder forward")
+    parser.add_argument("--max-length", type=POSITIVE, default=MAX_LENGTH, help="T5 tokens per caption (PixArt-α: 120)")
+    parser.add_argument("--batch-size", type=POSITIVE, default=16, help="captions per encoder forward")
     parser.add_argument("--device", default="cpu", help="where the encoder runs (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--dtype", choices=list(ENCODER_DTYPES), default="float32", help="encoder precision")
     parser.add_argument("--cache-dtype", choices=list(CACHE_DTYPES), default="float16",

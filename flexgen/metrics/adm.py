@@ -27,6 +27,9 @@ parity test with clean-fid's `legacy_tensorflow` features runs where it is prese
 
 from __future__ import annotations
 
+import dataclasses
+import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,11 +127,18 @@ def read_batch(path: str | Path) -> Batch:
         raise FileNotFoundError(f"ADM batch not found: {path} (a reference batch such as "
                                 "VIRTUAL_imagenet256_labeled.npz comes from guided-diffusion's evaluations README; "
                                 "a sample batch from `flexgen sample --npz`)")
-    with np.load(path) as npz:
-        if "arr_0" not in npz:
-            raise ValueError(f"{path} has no arr_0 (the images of an ADM batch): keys {sorted(npz.keys())}")
-        images = npz["arr_0"]
-        stats = {k: npz[k].astype(np.float64) for k in ("mu", "sigma", "mu_s", "sigma_s") if k in npz}
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path} is one array ({getattr(loaded, 'shape', '?')}), not an ADM batch: an .npz "
+                             "with arr_0 (np.savez(path, arr_0=images))")
+        with loaded as npz:
+            if "arr_0" not in npz:
+                raise ValueError(f"{path} has no arr_0 (the images of an ADM batch): keys {sorted(npz.keys())}")
+            images = npz["arr_0"]
+            stats = {k: npz[k].astype(np.float64) for k in ("mu", "sigma", "mu_s", "sigma_s") if k in npz}
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:     # truncated or not an .npz at all
+        raise ValueError(f"{path} is not a readable .npz batch ({type(e).__name__}: {e})") from None
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"{path}: arr_0 must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
     return Batch(path, images, sha256=file_sha256(path), **stats)
@@ -261,10 +271,27 @@ def adm_main(args) -> dict:
                          "share a table)")
     if not getattr(args, "ref", None):
         raise ValueError("flexgen eval adm needs --ref, the reference batch (e.g. VIRTUAL_imagenet256_labeled.npz)")
+    unused = [f"--{name.replace('_', '-')}" for name in ("real", "protocol", "num_real", "allow_fewer", "intervals",
+                                                          "train_on", "floor", "cache", "no_kid")
+              if getattr(args, name, None) not in (None, False)]
+    if unused:
+        raise ValueError(f"{', '.join(unused)} do not apply to eval adm: ADM's evaluator scores the --fake batch "
+                         "(--num-fake N: its first N) against the whole --ref batch")
     fake = Path(args.fake)
     fake = fake / "samples.npz" if fake.is_dir() else fake
     reference, samples = read_batch(args.ref), read_batch(fake)
     check_sample_batch(samples)
+    if reference.images.shape[1:3] != samples.images.shape[1:3]:
+        raise ValueError(f"{samples.path} holds {'×'.join(map(str, samples.images.shape[1:3]))} images but the "
+                         f"reference batch {reference.path} is {'×'.join(map(str, reference.images.shape[1:3]))}: "
+                         "sample at the reference's resolution")
+    num = getattr(args, "num_fake", None)
+    if num is not None:
+        if num > len(samples.images):
+            raise ValueError(f"--num-fake {num}: {samples.path} holds {len(samples.images)} images")
+        samples = dataclasses.replace(samples, images=samples.images[:num])
+    if len(samples.images) < 2:
+        raise ValueError(f"{samples.path}: a Fréchet distance needs at least 2 samples, got {len(samples.images)}")
     detector = InceptionADM(args.detector, device=args.device)
     result = {"metric": "adm", **evaluate_adm(reference, samples, detector, batch_size=args.batch_size),
               "reference": str(reference.path), "samples": str(samples.path)}

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from flexgen.arguments import POSITIVE
 from flexgen.dist import barrier, init, is_distributed, shutdown
 from flexgen.files import file_sha256
 from flexgen.metrics.clip import CLIP_SCORE_WEIGHTS, CLIP_VARIANTS, ClipScoreStats, clip_score
@@ -384,13 +385,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--train-on", default=None, metavar="DIR",
                         help="synthmotion: train the detector on this clip folder when --detector does not exist yet, "
                              "and write it there")
-    parser.add_argument("--train-steps", type=int, default=400, help="synthmotion: detector training steps")
+    parser.add_argument("--train-steps", type=POSITIVE, default=400, help="synthmotion: detector training steps")
     parser.add_argument("--floor", action="store_true",
                         help="synthmotion: --fake is a folder of real clips; score a second draw of them (the "
                              "real-vs-real floor, needs --num-real; --fake the --real folder: the videos the first "
                              "draw left)")
     parser.add_argument("--cache", default=None, help=f"reference statistics cache (default {default_stats_cache()})")
-    parser.add_argument("--num-real", type=int, default=None, help="fewer real clips for quick runs (renames the "
+    parser.add_argument("--num-real", type=POSITIVE, default=None, help="fewer real clips for quick runs (renames the "
                                                                    "protocol, e.g. fvd64_16f); a real folder with "
                                                                    "fewer usable ones is refused unless "
                                                                    "--allow-fewer")
@@ -398,9 +399,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="when the real folder has fewer usable videos / images than the protocol's num_real "
                              "(too short or corrupt ones are discarded), evaluate on those M under the renamed "
                              "protocol (e.g. fvd16x2048_16f) instead of refusing")
-    parser.add_argument("--num-fake", type=int, default=None, help="fewer generated clips (renames the protocol; "
+    parser.add_argument("--num-fake", type=POSITIVE, default=None, help="fewer generated clips (renames the protocol; "
                                                                    "clipscore: the first N images)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--batch-size", type=POSITIVE, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-kid", action="store_true", help="skip KID (does not keep raw features)")
     parser.add_argument("--intervals", action="store_true",
@@ -438,12 +439,15 @@ def eval_main(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError("--num-real does not apply to clipscore (a CLIP score has no real images)")
         if getattr(args, "allow_fewer", False):
             raise ValueError("--allow-fewer does not apply to clipscore (a CLIP score has no real images)")
-        if args.num_fake is not None and args.num_fake < 1:
-            raise ValueError(f"--num-fake must be >= 1, got {args.num_fake}")
     elif args.real is None:
         what = "images" if args.metric == "fid" else "videos"
         raise ValueError(f"--real DIR is required for {args.metric} (the real {what} the generated ones are "
                          f"compared with)")
+    elif any(n is not None and n < 2 for n in (args.num_real, args.num_fake)):
+        raise ValueError(f"{args.metric} compares feature covariances: --num-real and --num-fake need at least 2 "
+                         f"items, got {args.num_real} and {args.num_fake}")
+    if args.ref is not None:
+        raise ValueError(f"--ref is eval adm's reference batch; {args.metric} compares --fake with --real")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # torchrun: each rank its block of clips / images, on its GPU
         args.device = str(init(None if args.device == "cuda" else args.device).device)
     if args.metric == "clipscore":

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from flexgen.arguments import COUNT, NON_NEGATIVE, POSITIVE
 from flexgen.registry import FAMILIES
 from flexgen.sampling.prompts import image_records, read_prompts
 
@@ -140,6 +141,7 @@ def load_pipeline(model: str | Path, *, transformer: str | Path | None = None,
     pipeline folder nor `text_encoder`)."""
     from diffusers import AutoencoderKL, PixArtAlphaPipeline
 
+    from flexgen.autoencoder import local_load_options
     from flexgen.t2i.pixart_io import load_transformer
     from flexgen.text_encoder import load_text_encoder
 
@@ -151,7 +153,7 @@ def load_pipeline(model: str | Path, *, transformer: str | Path | None = None,
                                 f"(PixArt-α reads prompts with T5 v1.1 XXL); {TEXT_ENCODER_HINT}")
     net = load_transformer(root if transformer is None else transformer, device=device, dtype=dtype)
     tokenizer, encoder = load_text_encoder(root if text_encoder is None else text_encoder, device=device, dtype=dtype)
-    vae = AutoencoderKL.from_pretrained(root / "vae", local_files_only=True, torch_dtype=dtype).to(device).eval()
+    vae = AutoencoderKL.from_pretrained(root / "vae", torch_dtype=dtype, **local_load_options()).to(device).eval()
     sampler = build_scheduler(scheduler, json.loads((root / "scheduler" / "scheduler_config.json").read_text()))
     pipe = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=vae, transformer=net.eval(),
                                scheduler=sampler)
@@ -312,20 +314,20 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--sampler", "--scheduler", dest="scheduler", choices=list(SCHEDULERS), default="dpm-solver",
                      help="sampler, the word `flexgen sample` uses (--scheduler: the older spelling; default: "
                      "%(default)s)")
-    gen.add_argument("--steps", type=int, default=20, help="sampling steps (default: %(default)s)")
-    gen.add_argument("--cfg-scale", "--guidance", dest="guidance", type=float, default=GUIDANCE,
+    gen.add_argument("--steps", type=POSITIVE, default=20, help="sampling steps (default: %(default)s)")
+    gen.add_argument("--cfg-scale", "--guidance", dest="guidance", type=NON_NEGATIVE, default=GUIDANCE,
                      help="classifier-free guidance scale; <= 1: none (--guidance: the older spelling; default: "
                      "%(default)s)")
-    gen.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: %(default)s)")
-    gen.add_argument("--num-images", type=int, default=1, help="images per prompt (default: %(default)s)")
-    gen.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
-    gen.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
+    gen.add_argument("--seed", type=COUNT, default=0, help="image i uses seed + i (default: %(default)s)")
+    gen.add_argument("--num-images", type=POSITIVE, default=1, help="images per prompt (default: %(default)s)")
+    gen.add_argument("--height", type=POSITIVE, default=None, help="image height in pixels (default: the model's)")
+    gen.add_argument("--width", type=POSITIVE, default=None, help="image width in pixels (default: the model's)")
     gen.add_argument("--negative-prompt", default="", help="negative prompt (the unconditional branch of CFG)")
-    gen.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default: %(default)s)")
+    gen.add_argument("--batch-size", type=POSITIVE, default=4, help="images per pipeline call (default: %(default)s)")
     gen.add_argument("--device", default="cpu", help="cpu, cuda (under torchrun: each rank's GPU) or cuda:i "
                      "(default: %(default)s)")
     gen.add_argument("--dtype", choices=list(DTYPES), default="float32", help="model precision (default: %(default)s)")
-    gen.add_argument("--max-length", type=int, default=120, help="T5 tokens per prompt (default: %(default)s, as "
+    gen.add_argument("--max-length", type=POSITIVE, default=120, help="T5 tokens per prompt (default: %(default)s, as "
                      "PixArt-α)")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
     gen.add_argument("--attention", choices=("diffusers", "flexgen"), default="diffusers",

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from diffusers import PixArtTransformer2DModel
 
+from flexgen.autoencoder import local_load_options
 from flexgen.policies import DyDiT, FlexDiT, Policy, compose
 from flexgen.policies.flexdit import DensityConfig
 from flexgen.t2i.dy_pixart import DyPixArtTransformer2DModel
@@ -44,7 +45,7 @@ def load_transformer(path: str | Path, density: DensityConfig | None = None, *, 
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
         raise FileNotFoundError(f"{folder} has a config.json but no weights (*.safetensors or *.bin); copy the "
                                 f"weights of {WEIGHT_SOURCES}")
-    model = cls.from_pretrained(folder, local_files_only=True, torch_dtype=dtype).to(device)
+    model = cls.from_pretrained(folder, torch_dtype=dtype, **local_load_options()).to(device)
     if density is not None and density.layout:
         if flex and model.roles:
             if density_config_entries(density) != density_config_entries(model.density):

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from flexgen.arguments import COUNT, NON_NEGATIVE, POSITIVE
 from flexgen.policies.cache.config import CacheConfig
 
 THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
@@ -179,17 +180,17 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
     parser.add_argument("--text-encoder", default=None, help="PixArt-α: T5 folder when the pipeline has none")
     parser.add_argument("--prompts", default=None, metavar="FILE", help="PixArt-α: prompts, one per line (one image "
                         "each, the first --num-samples of them)")
-    parser.add_argument("--max-length", type=int, default=120, help="PixArt-α: T5 tokens per prompt")
+    parser.add_argument("--max-length", type=POSITIVE, default=120, help="PixArt-α: T5 tokens per prompt")
     parser.add_argument("--out", required=True, help="JSON file to write: coefficients, what they were fitted on, "
                                                      "the fit's error, steps and GMACs per threshold")
     parser.add_argument("--method", choices=("teacache", "mag"), default="teacache", help="teacache: fit its "
                         "rescaling polynomial; mag: diffusers' MagCache calibration mode, its ratios (dense models)")
-    parser.add_argument("--num-samples", type=int, default=16, help="samples recorded (TeaCache used ~70 prompts)")
-    parser.add_argument("--batch-size", type=int, default=8, help="samples per sampling run")
+    parser.add_argument("--num-samples", type=POSITIVE, default=16, help="samples recorded (TeaCache used ~70 prompts)")
+    parser.add_argument("--batch-size", type=POSITIVE, default=8, help="samples per sampling run")
     parser.add_argument("--sampler", default=None, help="default sample.sampler (PixArt-α: flexgen generate's)")
-    parser.add_argument("--steps", type=int, default=None, help="default sample.steps (PixArt-α: 20)")
-    parser.add_argument("--cfg-scale", type=float, default=None, help="default sample.cfg_scale (PixArt-α: 4.5)")
-    parser.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    parser.add_argument("--steps", type=POSITIVE, default=None, help="default sample.steps (PixArt-α: 20)")
+    parser.add_argument("--cfg-scale", type=NON_NEGATIVE, default=None, help="default sample.cfg_scale (PixArt-α: 4.5)")
+    parser.add_argument("--seed", type=COUNT, default=0, help="sample i uses seed + i")
     parser.add_argument("--degree", type=int, default=4, help="degree of the polynomial (TeaCache: 4)")
     parser.add_argument("--thresholds", default=",".join(f"{t:g}" for t in THRESHOLDS),
                         help="comma-separated thresholds to report")
