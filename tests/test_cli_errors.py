@@ -169,8 +169,8 @@ def test_sample(files, capsys, tmp_path):
     assert_one_line_error(*run_cli(capsys, *base, "--out", tmp_path / "s1", "--ckpt", files / "junk.safetensors"),
                           "sample", files / "junk.safetensors")
     # Invalid values are refused before the output folder exists (nothing is left behind).
-    for option, key in (("--steps=5000", "sample.steps"), ("--num-samples=0", "argument --num-samples: must be at least 1"),
-                        ("--sampler=euler", "sample.sampler")):
+    for option, key in (("--steps=5000", "sample.steps"), ("--sampler=euler", "sample.sampler"),
+                        ("--num-samples=0", "argument --num-samples: must be at least 1")):
         assert_one_line_error(*run_cli(capsys, *base, option, "--out", tmp_path / "s2"), "sample", key)
     assert_one_line_error(*run_cli(capsys, *base, "--out", tmp_path / "s2", "model.num_classes=0", "--ckpt",
                                    files / "unconditional.safetensors", "--cfg-scale", "2"), "sample", "cfg_scale")
