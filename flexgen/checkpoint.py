@@ -40,11 +40,20 @@ OFFICIAL_CHECKPOINTS = {
 CONFIG_KEY = "flexgen_model_config"         # beside it, what the model's policy records (`Policy.metadata`)
 
 
+# A model field as a run config names it, where the names differ (the rest are model.FIELD).
+KEY_NAMES = {"input_size": "latent side (data.image_size / autoencoder.downsample)", "num_frames": "data.num_frames"}
+
+
 class CheckpointError(ValueError):
     """A weights file that is missing, corrupt, or does not fit the model."""
 
 
 def _require_file(path: Path, sha256: str | None) -> None:
+    if path.is_dir():
+        diffusers = any((path / name).exists() for name in ("model_index.json", "config.json", "transformer"))
+        hint = " (it looks like a diffusers folder: a PixArt-α one loads with a PixArt config)" if diffusers else ""
+        raise CheckpointError(f"{path} is a folder, not a weights file{hint}; this model reads one .pt or "
+                              ".safetensors file")
     if not path.is_file():
         source = OFFICIAL_CHECKPOINTS.get(path.name)
         known = ", ".join(OFFICIAL_CHECKPOINTS)
@@ -187,13 +196,29 @@ def load_weights(model: Latte, path: str | Path, sha256: str | None = None, *, r
               for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
     if missing or unexpected or shapes:
         def show(items):
-            return ", ".join(items[:8]) + (f" … ({len(items)} in all)" if len(items) > 8 else "")
+            return ", ".join(items[:4]) + (f" … ({len(items)} in all)" if len(items) > 4 else "")
         problems = [f"{name}: {show(items)}" for name, items in
                     (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if items]
-        raise CheckpointError(f"{path} does not fit the model {model.config}:\n  " + "\n  ".join(problems))
+        raise CheckpointError(f"{path} does not fit the model of this config ({_differences(path, model.config)}): "
+                              + "; ".join(problems))
     model.load_state_dict(sd, strict=True)
     if converting:
         model.policy.converted()
+
+
+def _differences(path: Path, config: LatteConfig) -> str:
+    """The model fields in which the file's recorded configuration differs from `config` (the config's key names),
+    or the config's sizes where the file records none (an official checkpoint)."""
+    recorded = read_metadata(path).get(CONFIG_KEY)
+    ours = dataclasses.asdict(config)
+    if recorded:
+        theirs = json.loads(recorded)
+        changed = [f"{KEY_NAMES.get(k, 'model.' + k)} {theirs[k]} in the file, {v} here" for k, v in ours.items()
+                   if k in theirs and theirs[k] != v]
+        if changed:
+            return ", ".join(changed)
+    return ", ".join(f"{KEY_NAMES.get(k, 'model.' + k)} {ours[k]}" for k in ("depth", "hidden_size", "num_heads",
+                                                                          "input_size", "num_frames", "in_channels"))
 
 
 # ----------------------------------------------------------------------------------------------------------

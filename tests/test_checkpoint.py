@@ -183,3 +183,16 @@ def test_flexgens_own_training_checkpoint_loads_its_ema(tmp_path):
     load_weights(loaded, tmp_path / "latest.pt")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), ema.state_dict().values(),
                                                  strict=True))
+
+
+def test_a_file_of_another_size_is_named_by_the_config_keys_that_differ(tmp_path):
+    """issue 30: one line naming the config keys in which the file's recorded model differs (not 2-4 lines with
+    the internal config repr); a folder given as a weights file is named as one."""
+    save_weights(Latte(tiny(hidden_size=64)), tmp_path / "w.safetensors")
+    with pytest.raises(CheckpointError) as e:
+        load_weights(Latte(tiny()), tmp_path / "w.safetensors")
+    assert "\n" not in str(e.value)
+    assert "(model.hidden_size 64 in the file, 32 here): shape mismatches: " in str(e.value)
+    (tmp_path / "pipeline").mkdir()
+    with pytest.raises(CheckpointError, match=r"pipeline is a folder, not a weights file"):
+        load_weights(Latte(tiny()), tmp_path / "pipeline")

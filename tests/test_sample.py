@@ -285,6 +285,8 @@ def test_sample_resumes_and_refuses_another_runs_folder(tmp_path, capsys):
     assert SampleManifest.read(out / "samples.json").seed == 0      # the refused run changed nothing
     replaced = sample_main(command("--seed", 5, "--overwrite"))
     assert [s["seed"] for s in replaced["samples"]] == [5, 6, 7]
+    fewer = sample_main(command("--seed", 5, "--overwrite", "--num-samples", 2))   # the third sample is not its
+    assert len(fewer["samples"]) == 2 and sorted(p.name for p in out.glob("*.mp4")) == ["0000.mp4", "0001.mp4"]
 
 
 def test_evaluation_refuses_a_folder_its_manifest_does_not_describe(tmp_path):

@@ -32,7 +32,10 @@ def latte_config_from_run(run: Any) -> LatteConfig:
                          f"autoencoder.downsample {ae.downsample}")
     sizes = {k: v for k, v in (("depth", m.depth), ("hidden_size", m.hidden_size), ("num_heads", m.num_heads))
              if v is not None}
-    temporal = PRESETS[m.preset]["temporal"]
+    temporal, patch = PRESETS[m.preset]["temporal"], PRESETS[m.preset]["patch_size"]
+    if (data.image_size // ae.downsample) % patch:
+        raise ValueError(f"data.image_size {data.image_size} gives latents of side {data.image_size // ae.downsample} "
+                         f"(autoencoder.downsample {ae.downsample}), not divisible by {m.preset}'s patch size {patch}")
     return latte_config(m.preset, input_size=data.image_size // ae.downsample,
                         num_frames=data.num_frames if temporal else 1, in_channels=m.in_channels,
                         num_classes=m.num_classes, class_dropout_prob=m.class_dropout_prob,

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -147,6 +148,12 @@ def start_run(manifest: SampleManifest, path: Path, overwrite: bool = False, hol
     path.parent.mkdir(parents=True, exist_ok=True)
     if hold is not None:
         hold.enter_context(folder_lock(path.parent, manifest.command))
+    if overwrite and path.is_file():                # the replaced run's files this one does not draw again
+        with contextlib.suppress(ValueError):       # (an unreadable record names none)
+            kept = set(manifest.files())
+            for name in SampleManifest.read(path).files():
+                if name not in kept:
+                    (path.parent / name).unlink(missing_ok=True)
     manifest.write(path)
 
 

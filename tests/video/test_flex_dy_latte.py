@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from flexgen.checkpoint import load_model, load_weights, save_weights
+from flexgen.checkpoint import CheckpointError, load_model, load_weights, save_weights
 from flexgen.config import load_config
 from flexgen.flops import flop_counter
 from flexgen.policies import Compose, DyDiT, FlexDiT
@@ -122,6 +122,9 @@ def test_conversion_applies_both_policies(source, tmp_path):
     composed = Latte(config, policy=Compose(FlexDiT(d), DyDiT())).double().eval()
     with torch.no_grad():
         composed.fusions.load_state_dict(flex.fusions.state_dict())     # the same recovery fusion init
+    with pytest.raises(CheckpointError, match=r"holds no DyDiT routers \(a model without DyDiT: dense or FlexDiT\)"):
+        load_weights(Latte(config, policy=Compose(FlexDiT(d), DyDiT())).double(), tmp_path / "in.safetensors",
+                     routers_required=True)                          # sampling: named as what it is (issue 30)
     load_weights(composed, tmp_path / "in.safetensors")
     x, t, y = inputs(flex, 300)
     with torch.no_grad():

@@ -293,10 +293,14 @@ class DyDiT(Policy):
             return sd, False
         if routers_required:
             raise ValueError(
-                f"{path} holds no DyDiT routers (a dense model), and fresh routers would only run the dense model: "
+                f"{path} holds no DyDiT routers ({self._without()}), and fresh routers would only run that model: "
                 f"fine-tune it into DyDiT first (train.init_from: {path} in a run with a dydit section), then sample "
                 "the run's exported weights")
         return {**sd, **{k: v for k, v in self.net.state_dict().items() if k.startswith(ROUTER_PREFIXES)}}, True
+
+    def _without(self) -> str:
+        """What a file without routers holds: the dense model, or (composed) the model without DyDiT."""
+        return "a dense model" if self.net.policy is self else "a model without DyDiT: dense or FlexDiT"
 
     def converted(self) -> None:
         """Importance order of every block's heads and MLP groups (`net.reorder(block)`), function-preserving; the
