@@ -85,10 +85,13 @@ def print_plan(result: dict) -> None:
                   f"on the recorded runs (flexgen sample measures it)")
             print(f"  use: {result['use']}")
         return
+    fit = (f"{result['schedules_within_budget']} of {result['schedules_considered']} FlexDiT schedules fit"
+           if result["schedules_considered"] else f"no FlexDiT layout preset has its {result['num_blocks']} blocks "
+           "(set density.layout to a role string, e.g. density.layout=PGSRT)")
     print(f"{result['model_name']}: budget {result['budget']:.3f} of dense MACs per sample under {result['sampler']}-"
-          f"{result['steps']} (dense {result['gmacs_per_sample_dense']:.2f} G per sample); "
-          f"{result['schedules_within_budget']} of {result['schedules_considered']} FlexDiT schedules fit")
-    print("  layout            grids     reading  pool  tokens kept  MACs / dense  GMACs / sample")
+          f"{result['steps']} (dense {result['gmacs_per_sample_dense']:.2f} G per sample); {fit}")
+    if result["flexdit"]:
+        print("  layout            grids     reading  pool  tokens kept  MACs / dense  GMACs / sample")
     for r in result["flexdit"]:
         pool = r["pool_frames"] or "-"
         print(f"  {r['layout']:<17} {r['grid_min']:>2}->{r['grid_max']:<2}     {r['reading']:<7}  {pool!s:<4}  "

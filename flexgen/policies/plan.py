@@ -91,7 +91,8 @@ def plan(run, budget: float, sampler: str, steps: int, top: int = 20) -> dict[st
     rows.sort(key=lambda r: (-r["tokens_kept"], -r["flops_fraction"]))
     result = {"model": run.model.preset, "budget": budget, "sampler": sampler, "steps": len(timesteps),
               "gmacs_per_forward_dense": dense_gmacs, "gmacs_per_sample_dense": dense_gmacs * len(timesteps),
-              "schedules_considered": considered, "schedules_within_budget": len(rows), "flexdit": rows[:top]}
+              "schedules_considered": considered, "schedules_within_budget": len(rows), "flexdit": rows[:top],
+              "num_blocks": dense.cost().num_blocks}
     result["dydit"] = dydit_target(plain, budget, dense_gmacs)
     if run.density.layout:           # the run's own FlexDiT schedule composed with DyDiT under this sampler
         result["composed"] = dydit_target(dataclasses.replace(run, dydit=DyDiTConfig()), budget, dense_gmacs,

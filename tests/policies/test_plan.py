@@ -50,6 +50,9 @@ def test_dydit_target_and_bad_budget(capsys):
                  "--sampler", "ddim", "--steps", "50", "--top", "3", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert len(report["flexdit"]) == 3 and report["steps"] == 50
+    # no preset layout has the demo's 5 blocks: said so, not "0 of 0 schedules fit" (issue 30)
+    assert main(["bench", "plan", "--config", "configs/demo/tiny.yaml", "--budget", "0.6", "--steps", "10"]) == 0
+    assert "no FlexDiT layout preset has its 5 blocks (set density.layout" in capsys.readouterr().out
 
 
 def test_a_trained_dydit_reports_what_each_sampler_realises(tmp_path, capsys):
