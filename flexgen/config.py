@@ -230,7 +230,8 @@ def _merge(base: dict, over: dict) -> dict:
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """A YAML mapping; a top-level `base: other.yaml` (relative to this file) is read first and merged under it."""
     if not path.is_file():
-        raise ConfigError(f"{path} is not a file" if path.exists() else f"config file not found: {path}")
+        problem = f"{path} is not a file" if path.exists() else f"config file not found: {path}"
+        raise ConfigError(problem + (f" (the `base:` of {seen[-1]})" if seen else ""))
     if path.resolve() in seen:
         raise ConfigError(f"{path}: `base` files form a cycle: {' -> '.join(map(str, seen))}")
     try:

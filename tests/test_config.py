@@ -113,3 +113,16 @@ def test_an_integral_number_in_float_notation_is_accepted_for_an_int():
     assert load_config("configs/demo/tiny.yaml", ["train.total_samples=4.0e6"]).train.total_samples == 4 * 10 ** 6
     with pytest.raises(ConfigError, match=r"train\.total_samples: expected int, got float 2\.5"):
         load_config("configs/demo/tiny.yaml", ["train.total_samples=2.5"])
+
+
+def test_base_files_merge_and_a_missing_or_cyclic_base_is_named(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: configs.yaml\ntrain:\n  lr: 3.0e-3\n")
+    (tmp_path / "configs.yaml").write_text(Path("configs/demo/tiny.yaml").read_text())      # (it has no base)
+    assert load_config(tmp_path / "a.yaml").train.lr == 3.0e-3
+    (tmp_path / "b.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"config file not found: .*missing\.yaml \(the `base:` of .*b\.yaml\)"):
+        load_config(tmp_path / "b.yaml")
+    (tmp_path / "c.yaml").write_text("base: d.yaml\n")
+    (tmp_path / "d.yaml").write_text("base: c.yaml\n")
+    with pytest.raises(ConfigError, match="form a cycle"):
+        load_config(tmp_path / "c.yaml")
