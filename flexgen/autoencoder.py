@@ -28,6 +28,21 @@ def local_load_options() -> dict:
                                           {"low_cpu_mem_usage": False})}
 
 
+def vae_folder(cfg) -> Path:
+    """The AutoencoderKL folder of an `AutoencoderConfig` of kind sd-vae (`autoencoder.path`, or its vae/
+    subfolder), checked without loading it: commands call it before their data checks."""
+    if not cfg.path:
+        raise FileNotFoundError(f"autoencoder.path is not set: the sd-vae autoencoder is a local diffusers folder, "
+                                f"e.g. {VAE_SOURCES}")
+    path = Path(cfg.path)
+    folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"no AutoencoderKL at {path!s} (autoencoder.path): expected a diffusers folder "
+                                f"with config.json and weights, e.g. {VAE_SOURCES}; download it on a machine "
+                                "with internet access and set autoencoder.path to it")
+    return folder
+
+
 class Autoencoder(nn.Module):
     def __init__(self, vae: nn.Module | None = None, scale_factor: float = 0.18215, chunk: int = 16):
         super().__init__()
@@ -46,12 +61,7 @@ class Autoencoder(nn.Module):
             return cls()
         from diffusers import AutoencoderKL
 
-        path = Path(cfg.path)
-        folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"no AutoencoderKL at {path!s} (autoencoder.path): expected a diffusers folder "
-                                    f"with config.json and weights, e.g. {VAE_SOURCES}; download it on a machine "
-                                    "with internet access and set autoencoder.path to it")
+        folder = vae_folder(cfg)
         vae = AutoencoderKL.from_pretrained(folder, **local_load_options())
         downsample = 2 ** (len(vae.config.block_out_channels) - 1)
         if downsample != cfg.downsample:

@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from flexgen import dist
-from flexgen.autoencoder import Autoencoder
+from flexgen.autoencoder import Autoencoder, vae_folder
 from flexgen.backbones.base import Denoiser
 from flexgen.checkpoint import load_torch_checkpoint
 from flexgen.config import Config, config_from_dict, config_to_dict, save_config
@@ -209,7 +209,9 @@ def _train(cfg: Config, run_dir: Path, *, dataset: Dataset | None, device: str |
         _check_resumable(run_dir, cfg)
     dist.barrier()
 
-    # The data first: a wrong folder is reported before a large model is built.
+    # The VAE's folder, then the data: a wrong folder is reported before a large model is built.
+    if cfg.autoencoder.kind == "sd-vae":
+        vae_folder(cfg.autoencoder)
     family = denoiser_class(cfg.model.preset)
     if dataset is None:
         dataset = family.training_dataset(cfg, is_main=env.is_main, device=env.device, progress=progress)

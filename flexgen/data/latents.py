@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from flexgen.arguments import POSITIVE
+from flexgen.autoencoder import vae_folder
 from flexgen.data.base import DatasetLayoutError, DataWarning, SkipAndReplaceDataset, Skipped, describe_error
 from flexgen.data.images import ImageFolderDataset, flip_of, to_tensor
 from flexgen.files import atomic_write, atomic_write_text
@@ -216,7 +217,7 @@ class LatentDataset(SkipAndReplaceDataset):
         if abs(m["scale_factor"] - scale_factor) > 1e-12:
             raise DatasetLayoutError(f"{self.root} was encoded with scale factor {m['scale_factor']}, the run's "
                                      f"autoencoder.scale_factor is {scale_factor}")
-        if vae_folder and Path(vae_folder).exists() and vae_identity(vae_folder) != m["vae_sha256"]:
+        if vae_folder is not None and vae_identity(vae_folder) != m["vae_sha256"]:
             raise DatasetLayoutError(f"{self.root} was encoded by another VAE (sha256 {m['vae_sha256'][:12]}…) than "
                                      f"autoencoder.path = {vae_folder}: decode-time samples would not match")
         # Only the small per-image tables are read here; an item's moments are read from its shard when it is asked
@@ -308,8 +309,11 @@ def build_image_dataset(data: Any, autoencoder: Any, seed: int = 0) -> ImageFold
     if data.class_list:
         raise ValueError("data.class_list selects classes when encoding (flexgen data encode); a latent store holds "
                          "the classes it was encoded with")
+    if autoencoder.kind != "sd-vae":
+        raise ValueError("data.dataset latents holds VAE latents: set autoencoder.kind sd-vae and autoencoder.path to "
+                         "the VAE the store was encoded with (samples are decoded with it)")
     return LatentDataset(data.root, image_size=data.image_size, scale_factor=autoencoder.scale_factor,
-                         vae_folder=autoencoder.path or None, hflip=data.hflip, seed=seed)
+                         vae_folder=vae_folder(autoencoder), hflip=data.hflip, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -352,6 +356,7 @@ def encode_main(args) -> dict | None:
     if run.autoencoder.kind != "sd-vae":
         raise ValueError("flexgen data encode needs a VAE (autoencoder.kind sd-vae); pixel-space models train on "
                          "the images directly")
+    vae_folder(run.autoencoder)                 # before the image folder is scanned
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = parse_device(args.device or None, local)

@@ -134,6 +134,16 @@ def test_encode_read_back_and_train_from_latents_equals_pixels(imagenet, tmp_pat
         LatentDataset(store, image_size=32, scale_factor=0.18215)
     with pytest.raises(DatasetLayoutError, match="another encoding"):
         encode_dataset(ImageFolderDataset(imagenet, image_size=8, hflip=False), autoencoder, vae_folder, store)
+    # issue 30: training from a store checks the VAE it decodes with; unset or missing is named first (before data)
+    with pytest.raises(FileNotFoundError, match="autoencoder.path is not set"):
+        train(store_run(imagenet, vae_folder, "data.dataset=latents", f"data.root={clean}", 'autoencoder.path=""'),
+              tmp_path / "no_vae", progress=False)
+    with pytest.raises(FileNotFoundError, match=r"no AutoencoderKL at .*gone \(autoencoder.path\)"):
+        train(store_run(imagenet, vae_folder, "data.dataset=latents", f"data.root={tmp_path / 'nowhere'}",
+                        f"autoencoder.path={tmp_path / 'gone'}"), tmp_path / "no_vae", progress=False)
+    with pytest.raises(DatasetLayoutError, match="another VAE"):
+        train(store_run(imagenet, vae_folder, "data.dataset=latents", f"data.root={clean}", f"autoencoder.path={other}"),
+              tmp_path / "other_vae", progress=False)
 
     # issue 30 (3): a killed encode re-run with other settings: the identity is written first, so it is refused;
     # a killed store of the older code (identity written last) has each kept shard checked instead
