@@ -23,11 +23,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from flexgen import __version__
@@ -246,6 +248,28 @@ def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
                 _no_abbreviations(sub)
 
 
+@contextlib.contextmanager
+def _data_warnings_as_lines(command: str) -> Iterator[None]:
+    """While a command runs, bad input that is skipped (a DataWarning) is reported as `flexgen CMD: warning: ...`,
+    without the source line Python's default format adds; other warnings keep that format."""
+    import warnings
+
+    from flexgen.data.base import DataWarning
+
+    default = warnings.formatwarning
+
+    def format_warning(message, category, filename, lineno, line=None):
+        if issubclass(category, DataWarning):
+            return f"flexgen {command}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = default
+
+
 def expected_errors() -> tuple[type[BaseException], ...]:
     """What bad input raises (a missing, corrupt or wrong file, a bad value, a wrong layout): reported as one line
     `flexgen COMMAND: error: ...`, exit status 2. Anything else is a bug and keeps its traceback."""
@@ -269,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("xformers").setLevel(logging.ERROR)
     command = " ".join(filter(None, (args.command, getattr(args, "bench", None), getattr(args, "data", None))))
     try:
-        args.func(args)
+        with _data_warnings_as_lines(command):
+            args.func(args)
     except KeyboardInterrupt:
         if debug:
             raise

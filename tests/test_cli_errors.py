@@ -235,3 +235,16 @@ def test_the_installed_command_prints_one_line(files):
     debug = subprocess.run([sys.executable, "-m", "flexgen", "--debug", "config", str(files / "bad.yaml")],
                            capture_output=True, text=True, env=env)
     assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_skipped_input_is_one_warning_line_while_a_command_runs():
+    import warnings
+
+    from flexgen.data.base import DataWarning
+
+    before = warnings.formatwarning
+    with cli._data_warnings_as_lines("data encode"):
+        line = warnings.formatwarning(DataWarning("a.JPEG: unreadable"), DataWarning, "latents.py", 99, "src")
+        other = warnings.formatwarning(UserWarning("u"), UserWarning, "x.py", 1, "src")
+    assert line == "flexgen data encode: warning: a.JPEG: unreadable\n"
+    assert "x.py:1: UserWarning: u" in other and warnings.formatwarning is before

@@ -100,10 +100,11 @@ def _video_names(clips: Sequence[Clip], root: Path) -> list[str]:
 
 
 def _too_short_summary(report: PrepareReport, root: Path) -> str:
-    """"N clip(s) too short for training (F frames at stride s need n): names" (relative to the root)."""
+    """"N clip(s) too short for training (F frames at stride s need n): name (k frames), ..." (relative to the
+    root): the one place the report names them."""
     span = clip_span(report.num_frames, report.frame_interval)
-    names = ", ".join(Path(s.path).relative_to(root).as_posix() if Path(s.path) != root else root.name
-                      for s in report.too_short)
+    names = ", ".join(f"{Path(s.path).relative_to(root).as_posix() if Path(s.path) != root else root.name} "
+                      f"({s.reason.split(': ', 1)[-1].split(',')[0]})" for s in report.too_short)
     return (f"{len(report.too_short)} clip(s) too short for training ({report.num_frames} frames at stride "
             f"{report.frame_interval} need {span}; the training loader drops them)" + (f": {names}" if names else ""))
 
@@ -137,8 +138,6 @@ def prepare(dataset: str, src: str | Path, dst: str | Path | None = None, *, siz
     out(f"{dataset} {data.root}: {len(data.clips)} clips, {len(data.classes)} classes, {sum(counts)} frames "
         f"(per clip {min(counts)}..{max(counts)}, median {int(np.median(counts))}); split {split!r}; {cached}")
     out(f"skipped {len(data.skipped)} item(s)" + "".join(f"\n  {s.path}: {s.reason}" for s in data.skipped))
-    out(f"too short for training {len(report.too_short)} clip(s)" +
-        "".join(f"\n  {s.path}: {s.reason}" for s in report.too_short))
     if dst is None:
         out(_too_short_summary(report, data.root))
         return report

@@ -67,11 +67,10 @@ def test_prepare_names_the_clips_too_short_for_training_as_the_loader_drops_them
     assert (report.num_frames, report.frame_interval, report.clips) == (16, 3, 3)   # the preset's training clip
     assert sorted(Path(s.path).name for s in report.too_short) == ["short.mp4", "tiny.avi"]
     assert all("need 46" in s.reason for s in report.too_short) and report.skipped == []
-    assert "too short for training 2 clip(s)" in "\n".join(lines)
-    assert any(str(src / "sub" / "tiny.avi") in line and "8 frames" in line for line in lines)
-    summary = lines[-1]                                         # the closing summary: count and names
+    summary = lines[-1]                                         # the closing summary: count, names and lengths
     assert summary.startswith("2 clip(s) too short for training (16 frames at stride 3 need 46")
-    assert "short.mp4" in summary and "sub/tiny.avi" in summary and "long.mp4" not in summary
+    assert "short.mp4 (45 frames)" in summary and "sub/tiny.avi (8 frames)" in summary and "long.mp4" not in summary
+    assert sum("tiny.avi" in line for line in lines) == 1       # named once (issue 30: it was listed twice)
 
     with pytest.warns(DataWarning, match="too short"):          # the training loader drops exactly these
         loader = VideoClipDataset(src, "ffs", num_frames=16, frame_interval=3, cache_dir=tmp_path / "cache")
@@ -95,7 +94,7 @@ def test_prepare_command_checks_another_training_clip(tmp_path, capsys):
                                              "--num-frames", "4", "--frame-interval", "3"]))
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert summary == "1 clip(s) too short for training (4 frames at stride 3 need 10; the training loader drops " \
-                      "them): b.avi"
+                      "them): b.avi (9 frames)"
     assert (report.num_frames, report.frame_interval) == (4, 3) and len(report.too_short) == 1
     report = prepare_main(parser.parse_args(["ffs", "--src", str(src), "--cache-dir", str(tmp_path / "cache")]))
     assert [Path(s.path).name for s in report.too_short] == ["a.mp4", "b.avi"]      # the preset's 16 at stride 3
