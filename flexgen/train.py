@@ -240,6 +240,11 @@ def _train(cfg: Config, run_dir: Path, *, dataset: Dataset | None, device: str |
         model.load_state_dict(_denoiser_keys(state["model"]))
         ema.load_state_dict(_denoiser_keys(state["ema"]))
         step = state["step"]
+    # the steps since the last logged record (checkpoints before issue 30 did not keep them: the first record
+    # after resuming from one averages fewer steps)
+    window: list[dict] = [{k: torch.tensor(v, device=env.device) for k, v in w.items()}
+                          for w in (state or {}).get("log_window", [])]
+    carried = len(window)
     if step >= total_steps and env.is_main:
         # A finished run: its export is its final EMA, written again (a kill between the last checkpoint and
         # the export would otherwise leave an older export, or none, for sampling and init_from).
@@ -285,7 +290,6 @@ def _train(cfg: Config, run_dir: Path, *, dataset: Dataset | None, device: str |
         if hasattr(dataset, "describe"):             # e.g. which VAE made a latent store
             atomic_write_text(run_dir / "data.json", json.dumps(dataset.describe(), indent=1))
     model.train()
-    window: list[dict] = []
     started = time.perf_counter()
     while step < last_step:
         epoch, offset = divmod(step, steps_per_epoch)
@@ -326,9 +330,9 @@ def _train(cfg: Config, run_dir: Path, *, dataset: Dataset | None, device: str |
                 stats = {k: dist.all_reduce_mean(torch.stack([w[k] for w in window if k in w]).mean()).item()
                          for k in keys}
                 stats.update(step=step, samples=step * global_batch, epoch=epoch, lr=tc.lr,
-                             samples_per_s=len(window) * global_batch / (time.perf_counter() - started))
+                             samples_per_s=(len(window) - carried) * global_batch / (time.perf_counter() - started))
                 stats.update(model.step_stats(t))
-                window, started = [], time.perf_counter()
+                window, carried, started = [], 0, time.perf_counter()
                 if env.is_main:
                     with open(run_dir / "stats.jsonl", "a") as f:
                         f.write(json.dumps(stats) + "\n")
@@ -338,9 +342,11 @@ def _train(cfg: Config, run_dir: Path, *, dataset: Dataset | None, device: str |
                         bar.set_postfix(loss=f"{stats['loss']:.4f}")
             if step % ckpt_every == 0 or step == last_step:
                 states = full_state_dicts(model, ema, optimizer, fsdp)          # collective under FSDP
+                # the unlogged steps, averaged over ranks (collective), so a resumed run logs what this one would
+                pending = [{k: dist.all_reduce_mean(v).item() for k, v in w.items()} for w in window]
                 if env.is_main:
                     _save_checkpoint(latest, {**states, "step": step, "samples": step * global_batch,
-                                              "config": config_to_dict(cfg)})
+                                              "config": config_to_dict(cfg), "log_window": pending})
                     export = build_denoiser(cfg) if fsdp else ema
                     if fsdp:
                         export.load_state_dict(states["ema"])

@@ -63,6 +63,23 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
               progress=False)
 
 
+def test_the_loss_curve_of_a_resumed_run_is_the_uninterrupted_runs(tmp_path):
+    """issue 30: a checkpoint between two log records keeps the steps since the last record, so the record after a
+    resume averages the same steps as the uninterrupted run's (it averaged only the resumed ones)."""
+    cfg = tiny("train.total_samples=48", "train.log_every_samples=12")   # records at steps 6, 12, ...; saves at 8
+    train(cfg, tmp_path / "full", dataset=Clips(), progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "crash", dataset=Clips(crash_at=2 * 12 + 1), progress=False)
+    train(cfg, tmp_path / "crash", dataset=Clips(), progress=False)
+
+    def curve(run):
+        return [{k: r[k] for k in ("step", "loss", "mse", "grad_norm")}
+                for r in map(json.loads, (tmp_path / run / "stats.jsonl").read_text().splitlines())]
+
+    assert [r["step"] for r in curve("full")] == [6, 12, 18, 24]
+    assert curve("crash") == curve("full")                           # step 12 averages steps 7-12 in both
+
+
 def test_a_kill_before_the_final_export_is_repaired_by_the_rerun(tmp_path, monkeypatch):
     from flexgen.backbones.latte import LatteDenoiser
 
