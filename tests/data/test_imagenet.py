@@ -142,8 +142,8 @@ def test_encode_read_back_and_train_from_latents_equals_pixels(imagenet, tmp_pat
         train(store_run(imagenet, vae_folder, "data.dataset=latents", f"data.root={tmp_path / 'nowhere'}",
                         f"autoencoder.path={tmp_path / 'gone'}"), tmp_path / "no_vae", progress=False)
     with pytest.raises(DatasetLayoutError, match="another VAE"):
-        train(store_run(imagenet, vae_folder, "data.dataset=latents", f"data.root={clean}", f"autoencoder.path={other}"),
-              tmp_path / "other_vae", progress=False)
+        train(store_run(imagenet, vae_folder, "data.dataset=latents", f"data.root={clean}",
+                        f"autoencoder.path={other}"), tmp_path / "other_vae", progress=False)
 
     # issue 30 (3): a killed encode re-run with other settings: the identity is written first, so it is refused;
     # a killed store of the older code (identity written last) has each kept shard checked instead
