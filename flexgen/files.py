@@ -9,6 +9,7 @@ executes it (TorchScript files are code).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -79,6 +80,9 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return removed
 
 
+FULL = 1 << 20                  # bytes free below which a failed write is taken for a full disk
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path) -> Iterator[Path]:
     """Yield a hidden temporary path beside `path`; when the block succeeds it is renamed to `path` (atomic on one
@@ -93,8 +97,14 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())          # mkstemp makes 0600; the file gets what open() would give it
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        # torch.save and safetensors report a full disk as RuntimeError / SafetensorError: named as what it is
+        full = isinstance(e, Exception) and not isinstance(e, OSError) and shutil.disk_usage(path.parent).free < FULL
         tmp.unlink(missing_ok=True)
+        if full:
+            raise OSError(errno.ENOSPC, f"no space left on the device of {path.parent} while writing {path.name} "
+                          f"({type(e).__name__}: {' '.join(str(e).split())}); nothing was written under that "
+                          "name") from e
         raise
 
 

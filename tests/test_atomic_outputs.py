@@ -580,3 +580,33 @@ def test_a_held_folder_loses_the_temporaries_of_killed_writes(tmp_path):
         assert names(run) == [".flexgen-lock", ".transformer.e5f6g7h8.old", "checkpoints", "config.yaml"]
         assert names(run / "checkpoints") == []
     assert names(run) == [".transformer.e5f6g7h8.old", "checkpoints", "config.yaml"]
+
+
+@pytest.mark.parametrize("writer", ["torch", "safetensors"])
+def test_a_full_disk_is_named_as_one_and_leaves_nothing(tmp_path, monkeypatch, writer):
+    """issue 30: torch.save and safetensors report a full disk as RuntimeError / SafetensorError; atomic_write turns
+    that into one OSError naming the file and the device (the command prints one line), and removes its
+    temporary. The disk is made full by reporting no free bytes (a real full device reads the same)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: real_usage(p)._replace(free=0))
+    path = tmp_path / ("latest.pt" if writer == "torch" else "shard.safetensors")
+
+    def failing_write(tmp):                      # what each library raises when the device fills mid-write
+        if writer == "torch":
+            torch.save({"a": torch.zeros(4)}, tmp)
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+        save_file({"a": torch.zeros(4)}, str(tmp))
+        from safetensors import SafetensorError
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    with pytest.raises(OSError, match=rf"no space left on the device of .* while writing {path.name} \("):
+        with files.atomic_write(path) as tmp:
+            failing_write(tmp)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(files.shutil, "disk_usage", real_usage)      # room left: another error stays itself
+    with pytest.raises(RuntimeError, match="a bug"), files.atomic_write(path):
+        raise RuntimeError("a bug")
