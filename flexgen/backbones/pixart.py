@@ -9,6 +9,7 @@ pipeline or transformer folder. It trains on image–caption folders with cached
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ class PixArtDenoiser(Denoiser):
         when the folder holds a dense model, and to DyDiT (fresh routers, every unit on, heads and MLP groups in
         importance order) when this model has routers and the folder none (`routers_required` refuses that)."""
         from flexgen.t2i.pixart import FlexPixArtTransformer2DModel
-        from flexgen.t2i.pixart_io import load_transformer, policy_of
+        from flexgen.t2i.pixart_io import load_transformer, policy_metadata, policy_of, transformer_folder
 
         if sha256:
             raise ValueError("a sha256 checks one weights file; a PixArt-α source is a diffusers folder")
@@ -104,6 +105,7 @@ class PixArtDenoiser(Denoiser):
         if ours and theirs and ours["cross_attention"] != theirs["cross_attention"]:
             raise ValueError(f"{path} routes the cross-attention's heads: {theirs['cross_attention']}; the run's "
                              f"dydit.cross_attention is {ours['cross_attention']}")
+        self.policy.check_metadata(policy_metadata(transformer_folder(path)), path)   # (DyDiT: λ, trained)
         sd, converting = self.policy.load_state_dict(sd, path, routers_required=routers_required)
         t.load_state_dict(sd)
         if converting:
@@ -117,7 +119,8 @@ class PixArtDenoiser(Denoiser):
         complete (`flexgen.files.atomic_directory`): a killed export never leaves a half-written folder to load. An
         existing transformer folder (with a config.json) is replaced whole; any other non-empty folder is refused
         rather than deleted."""
-        from flexgen.files import atomic_directory
+        from flexgen.files import atomic_directory, atomic_write_text
+        from flexgen.t2i.pixart_io import POLICY_FILE
 
         path = Path(path)
         if path.is_dir() and any(path.iterdir()) and not (path / "config.json").is_file():
@@ -125,6 +128,8 @@ class PixArtDenoiser(Denoiser):
                                   "the export replaces its folder whole: choose a new or empty folder")
         with atomic_directory(path) as tmp:
             self.net.save_pretrained(tmp)
+            if self.policy.metadata():
+                atomic_write_text(tmp / POLICY_FILE, json.dumps(self.policy.metadata(), indent=1) + "\n")
         return path
 
     def describe(self) -> str:

@@ -16,6 +16,9 @@ from flexgen.policies.flexdit import DensityConfig
 from flexgen.t2i.dy_pixart import DyPixArtTransformer2DModel
 from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, architecture_arguments, density_config_entries
 
+# Beside a transformer folder's config.json: what our safetensors record in their metadata about the policy
+# (`Policy.metadata`: DyDiT's λ and whether its routers were trained), which diffusers' config has no place for.
+POLICY_FILE = "flexgen_policy.json"
 WEIGHT_SOURCES = ("a diffusers PixArt-α folder: PixArt-alpha/PixArt-XL-2-256x256, PixArt-XL-2-512x512 or "
                   "PixArt-XL-2-1024-MS on the Hugging Face hub, downloaded on a machine with internet access")
 
@@ -46,6 +49,7 @@ def load_transformer(path: str | Path, density: DensityConfig | None = None, *, 
         raise FileNotFoundError(f"{folder} has a config.json but no weights (*.safetensors or *.bin); copy the "
                                 f"weights of {WEIGHT_SOURCES}")
     model = cls.from_pretrained(folder, torch_dtype=dtype, **local_load_options()).to(device)
+    policy_of(model).check_metadata(policy_metadata(folder), folder)      # (DyDiT: trained, or a conversion)
     if density is not None and density.layout:
         if flex and model.roles:
             if density_config_entries(density) != density_config_entries(model.density):
@@ -87,6 +91,20 @@ def with_step_cache(transformer: torch.nn.Module, config: Any) -> FlexPixArtTran
     weight = next(transformer.parameters())
     net.load_state_dict(transformer.state_dict())
     return net.to(device=weight.device, dtype=weight.dtype).eval()
+
+
+def policy_metadata(folder: Path) -> dict[str, str]:
+    """The policy metadata an export wrote beside the transformer's config (empty for other folders)."""
+    path = Path(folder) / POLICY_FILE
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not readable JSON ({e}); export the model again") from None
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ValueError(f"{path} is not a mapping of strings (policy metadata); export the model again")
+    return meta
 
 
 def policy_of(transformer: torch.nn.Module) -> Policy:

@@ -16,7 +16,7 @@ from flexgen.policies.dydit.routing import set_synthetic_routers
 from flexgen.policies.flexdit import DensityConfig, ScheduleConfig
 from flexgen.t2i.dy_pixart import DyPixArtTransformer2DModel
 from flexgen.t2i.pixart import FlexPixArtTransformer2DModel, PixArtCost
-from flexgen.t2i.pixart_io import load_transformer
+from flexgen.t2i.pixart_io import POLICY_FILE, load_transformer, policy_of
 
 pytest.importorskip("diffusers")
 MS = {"use_additional_conditions": True}
@@ -225,8 +225,13 @@ def test_convert_a_dense_folder_and_generate_with_skipping(tmp_path, capsys):
     # heads and groups were put in importance order
     assert not torch.equal(dy.transformer_blocks[0].ff.net[2].weight, dense.transformer_blocks[0].ff.net[2].weight)
 
-    randomise_routers(dy)
+    # the export records that its routers are fresh (issue 30: a PixArt-α folder carried no such record)
+    assert json.loads((tmp_path / "dy" / POLICY_FILE).read_text())["flexgen_dydit"] == \
+        '{"target": 0.5, "trained": false, "steps": null}'
+    assert policy_of(dy).label() == "dydit 0.5 (untrained conversion)"
+    randomise_routers(dy)                                  # routers set by hand: the folder records nothing of them
     dy.save_pretrained(tmp_path / "dy")
+    (tmp_path / "dy" / POLICY_FILE).unlink()
     out = tmp_path / "img.png"
     assert main(["generate", "a red cat", "--model", str(pipe), "--transformer", str(tmp_path / "dy"),
                  "--steps", "4", "--num-images", "2", "--batch-size", "2", "--out", str(out), "--no-progress",
@@ -268,6 +273,7 @@ def test_a_tiny_pipeline_fine_tunes_to_its_lambda(tmp_path):
     assert all(s["flops_target"] == pytest.approx(0.5) for s in stats[-40:])
     exported = load_transformer(tmp_path / "run" / "transformer")
     assert type(exported) is DyPixArtTransformer2DModel and exported.config.dydit_target == 0.5
+    assert policy_of(exported).label() == "dydit 0.5" and policy_of(exported).steps == 160
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
