@@ -119,7 +119,7 @@ class VideoClipDataset(SkipAndReplaceDataset):
         self.skipped.extend(index.skipped)
         self.clips, short = too_short(self._select_split(index, split, split_dir), num_frames, frame_interval)
         self.skipped.extend(short)
-        self.warn_skipped(f"{len(self.clips)} clips", prefix=f"{dataset} ", limit=5)
+        self.warn_skipped(f"{len(self.clips)} clips", prefix=f"{dataset} ", limit=10)
         if not self.clips:
             raise ValueError(f"{dataset} {self.root} (split {split!r}) has no usable clip of at least {self.span} "
                              f"frames; {len(self.skipped)} item(s) skipped, see the warning above")

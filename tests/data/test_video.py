@@ -443,3 +443,17 @@ def test_synthetic_split_lists(tmp_path):
     train = make(tmp_path / "syn", "synthetic", tmp_path, split="train")
     test = make(tmp_path / "syn", "synthetic", tmp_path, split="test")
     assert len(train) == 8 and len(test) == 8 and not {c.path for c in train.clips} & {c.path for c in test.clips}
+
+
+def test_many_skipped_clips_make_one_bounded_warning(tmp_path):
+    """issue 30: 64 too-short clips were one 64-line warning; it names 10 and counts the rest (all are in
+    dataset.skipped)."""
+    root = tmp_path / "ffs"
+    write_mp4(root / "long.mp4", 12)
+    for i in range(13):
+        write_mp4(root / f"short{i:02d}.mp4", 4)                # 4 frames at stride 3 need 10
+    with pytest.warns(DataWarning) as record:
+        ds = make(root, "ffs", tmp_path)
+    message = str(record[0].message)
+    assert len(ds.skipped) == 13 and len(ds.clips) == 1
+    assert message.count("\n") == 11 and message.endswith("... and 3 more (see dataset.skipped)")

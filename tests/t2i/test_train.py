@@ -79,7 +79,8 @@ def test_init_from_a_folder_of_another_size_is_a_clear_error(tmp_path):
 
 
 def test_captions_dataset_needs_its_folders(tmp_path):
-    cfg = load_config("configs/t2i/pixart/pixart-xl2-256.yaml", ["data.text_cache=''"])
+    pipe = save_tiny_pipeline(tmp_path / "pipe")                   # (the VAE is checked first)
+    cfg = load_config("configs/t2i/pixart/pixart-xl2-256.yaml", ["data.text_cache=''", f"autoencoder.path={pipe}"])
     with pytest.raises(ValueError, match="data.text_cache"):
         train(cfg, tmp_path / "run", device="cpu", progress=False)
 
