@@ -120,7 +120,7 @@ class PixArtDenoiser(Denoiser):
         existing transformer folder (with a config.json) is replaced whole; any other non-empty folder is refused
         rather than deleted."""
         from flexgen.files import atomic_directory, atomic_write_text
-        from flexgen.t2i.pixart_io import POLICY_FILE
+        from flexgen.t2i.pixart_io import POLICY_FILE, policy_of
 
         path = Path(path)
         if path.is_dir() and any(path.iterdir()) and not (path / "config.json").is_file():
@@ -128,8 +128,9 @@ class PixArtDenoiser(Denoiser):
                                   "the export replaces its folder whole: choose a new or empty folder")
         with atomic_directory(path) as tmp:
             self.net.save_pretrained(tmp)
-            if self.policy.metadata():
-                atomic_write_text(tmp / POLICY_FILE, json.dumps(self.policy.metadata(), indent=1) + "\n")
+            metadata = policy_of(self.net).metadata()      # (diffusers' own class: the dense model, none)
+            if metadata:
+                atomic_write_text(tmp / POLICY_FILE, json.dumps(metadata, indent=1) + "\n")
         return path
 
     def describe(self) -> str:

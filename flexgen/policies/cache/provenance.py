@@ -39,7 +39,7 @@ def mismatches(fitted_on: dict[str, Any], now: dict[str, Any]) -> tuple[list[str
     return [words[k] for k in REFUSED if differ(k)], [words[k] for k in WARNED if differ(k)]
 
 
-def check_fitted_on(path: str | Path, now: dict[str, Any], warn=None) -> None:
+def check_fitted_on(path: str | Path, now: dict[str, Any]) -> None:
     """Refuse a calibration fitted on another model / size (ValueError naming the file and what differs); warn
     (stderr) about another sampler, step count, CFG scale or policy."""
     refusals, warnings = mismatches(read_calibration(path)["fitted_on"], now)
@@ -47,8 +47,7 @@ def check_fitted_on(path: str | Path, now: dict[str, Any], warn=None) -> None:
         raise ValueError(f"{path} was fitted on another model ({'; '.join(refusals)}): run flexgen calibrate on this "
                          "one (or give its coefficients / ratios yourself, without the file)")
     for line in warnings:
-        (warn or (lambda text: print(text, file=sys.stderr)))(f"warning: {path} was fitted on another run "
-                                                               f"({line})")
+        print(f"warning: {path} was fitted on another run ({line})", file=sys.stderr)
 
 
 def uncached_label(policy: Any) -> str:
