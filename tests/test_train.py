@@ -1,6 +1,7 @@
 """The training loop: learning, exact resume, FlexDiT fine-tuning with density stages, DDP, bad resumes."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -203,3 +204,16 @@ def test_fsdp_matches_ddp(tmp_path, free_port):
     assert ddp_ema.keys() == fsdp_ema.keys()
     for key in ddp_ema:
         torch.testing.assert_close(fsdp_ema[key], ddp_ema[key], rtol=1e-4, atol=1e-5)
+
+
+def test_settings_that_do_not_change_the_run_may_change_on_resume():
+    from flexgen.cli import default_run_dir
+    from flexgen.train import run_identity
+
+    base = tiny()
+    for change in ("data.cache_videos=true", "data.num_workers=2", "train.total_samples=99", "data.root=elsewhere"):
+        assert run_identity(tiny(change)) == run_identity(base), change
+    assert run_identity(tiny("train.lr=3e-3")) != run_identity(base)
+    config = "configs/demo/tiny.yaml"
+    assert default_run_dir(config, ["data.cache_videos=true"], "results") == Path("results/tiny")
+    assert default_run_dir(config, ["train.lr=3e-3"], "results").name.startswith("tiny-")
