@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def at_least(minimum: float, kind: type = int):
@@ -14,7 +15,7 @@ def at_least(minimum: float, kind: type = int):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
                                              f"got {text!r}") from None
-        if value < minimum:
+        if not math.isfinite(value) or value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text}")
         return value
     return parse

@@ -144,9 +144,10 @@ class Parser(argparse.ArgumentParser):
 
             known = [o for o in self._option_string_actions if o.startswith("--")] + ["--debug"]
             unknown = [a.split("=")[0] for a in self.argv if a.startswith("--") and a.split("=")[0] not in known]
-            for option in unknown:
+            for option in unknown:                 # a typo of one of this parser's options
                 close = difflib.get_close_matches(option, known, n=1)
-                message += f"; unrecognized {option}" + (f" (did you mean {close[0]}?)" if close else "")
+                if close:
+                    message += f"; unrecognized {option} (did you mean {close[0]}?)"
         super().error(message)
 
 
@@ -281,7 +282,10 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     Parser.argv = list(sys.argv[1:] if argv is None else argv)
-    args, extra = parser.parse_known_args(argv)
+    try:
+        args, extra = parser.parse_known_args(argv)
+    finally:
+        Parser.argv = []
     # KEY=VALUE overrides may follow options too (argparse takes one run of positionals only); in order.
     if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
         args.overrides = [*args.overrides, *extra]

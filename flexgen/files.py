@@ -66,10 +66,12 @@ STALE = re.compile(r"\..+\.[A-Za-z0-9_]+\.tmp")        # what atomic_write / ato
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Remove the hidden `.NAME.*.tmp` files and folders that killed atomic writes left in `folder` and its direct
-    subfolders (call it only while holding the folder: `folder_lock`); `.NAME.*.old` folders, which a kill between
-    atomic_directory's renames leaves as the only copy, are kept. Returns what it removed."""
+    subfolders, except those another command holds (call it only while holding the folder: `folder_lock`);
+    `.NAME.*.old` folders, which a kill between atomic_directory's renames leaves as the only copy, are kept.
+    Returns what it removed."""
     removed = []
-    for parent in (folder, *(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))):
+    subfolders = (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and not (p / LOCK).exists())
+    for parent in (folder, *subfolders):               # (a folder with its own lock is another command's)
         for entry in parent.iterdir():
             if STALE.fullmatch(entry.name):
                 if entry.is_dir() and not entry.is_symlink():
@@ -81,6 +83,14 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 
 
 FULL = 1 << 20                  # bytes free below which a failed write is taken for a full disk
+
+
+def _free(folder: Path) -> int:
+    """Bytes free to this user on the device of `folder` (unknown: taken as plenty)."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return FULL
 
 
 @contextlib.contextmanager
@@ -99,7 +109,7 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException as e:
         # torch.save and safetensors report a full disk as RuntimeError / SafetensorError: named as what it is
-        full = isinstance(e, Exception) and not isinstance(e, OSError) and shutil.disk_usage(path.parent).free < FULL
+        full = (isinstance(e, RuntimeError) or type(e).__name__ == "SafetensorError") and _free(path.parent) < FULL
         tmp.unlink(missing_ok=True)
         if full:
             raise OSError(errno.ENOSPC, f"no space left on the device of {path.parent} while writing {path.name} "

@@ -49,7 +49,7 @@ from flexgen.registry import build_denoiser, denoiser_class
 
 # Keys that may change between the first run and a resume (everything else must match the saved config).
 RESUMABLE_CHANGES = {("train", "total_samples"), ("train", "log_every_samples"), ("train", "ckpt_every_samples"),
-                     ("data", "num_workers"), ("data", "root"), ("data", "cache_videos")}
+                     ("data", "num_workers"), ("data", "root")}
 
 
 def run_identity(cfg: Config) -> dict:

@@ -576,10 +576,14 @@ def test_a_held_folder_loses_the_temporaries_of_killed_writes(tmp_path):
     (run / ".transformer.a1b2c3d4.tmp").mkdir()
     (run / ".transformer.e5f6g7h8.old").mkdir()
     (run / "config.yaml").write_text("x")
+    (run / "other").mkdir()                                   # another command's folder (an --out under it)
+    (run / "other" / ".flexgen-lock").write_text("flexgen sample (pid 1)")
+    (run / "other" / ".0001.png.q1w2e3r4.tmp").write_bytes(PARTIAL)   # its write in progress
     with folder_lock(run, "flexgen train"):
-        assert names(run) == [".flexgen-lock", ".transformer.e5f6g7h8.old", "checkpoints", "config.yaml"]
+        assert names(run) == [".flexgen-lock", ".transformer.e5f6g7h8.old", "checkpoints", "config.yaml", "other"]
         assert names(run / "checkpoints") == []
-    assert names(run) == [".transformer.e5f6g7h8.old", "checkpoints", "config.yaml"]
+        assert ".0001.png.q1w2e3r4.tmp" in names(run / "other")          # not this command's to remove
+    assert names(run) == [".transformer.e5f6g7h8.old", "checkpoints", "config.yaml", "other"]
 
 
 @pytest.mark.parametrize("writer", ["torch", "safetensors"])

@@ -86,6 +86,7 @@ def test_config_and_bench(files, capsys):
                        (["bench", "suite", "--batch", "0"], "argument --batch: must be at least 1, got 0"),
                        (["bench", "latency", "--repeats", "0"], "argument --repeats: must be at least 1"),
                        (["bench", "latency", "--cfg-scale", "-2"], "argument --cfg-scale: must be at least 0, got -2"),
+                       (["bench", "latency", "--cfg-scale", "nan"], "argument --cfg-scale: must be at least 0, got nan"),
                        (["bench", "latency", "--batch", "two"], "argument --batch: expected an integer, got 'two'")):
         capsys.readouterr()
         with pytest.raises(SystemExit) as exit_:
@@ -119,8 +120,12 @@ def test_eval_adm_batches(tmp_path, capsys):
     np.save(tmp_path / "one.npy", rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8))
     data = (tmp_path / "ref.npz").read_bytes()
     (tmp_path / "cut.npz").write_bytes(data[:len(data) // 2])
+    (tmp_path / "page.npz").write_text("<html>not found</html>")               # a failed download
+    np.savez(tmp_path / "objects.npz", arr_0=np.array([{"a": 1}], dtype=object))
     base = ["eval", "adm", "--ref", tmp_path / "ref.npz"]
     for fake, extra, named in (("cut.npz", [], "is not a readable .npz batch"),
+                               ("page.npz", [], "page.npz is not a readable .npz batch"),
+                               ("objects.npz", [], "objects.npz is not a readable .npz batch"),
                                ("one.npy", [], "is one array ((6, 16, 16, 3)), not an ADM batch"),
                                ("big.npz", [], "holds 32×32 images but the reference batch"),
                                ("ref.npz", ["--num-fake", "7"], "--num-fake 7"),

@@ -500,3 +500,23 @@ def test_a_re_run_that_would_change_a_sample_is_another_run(finished_folder, tmp
         return
     with pytest.raises(ValueError, match=f"belongs to another run .*{field}"):
         sample_main(parse(*argv))
+
+
+def test_a_manifest_with_a_bad_sample_entry_is_named(tmp_path):
+    model, _ = random_model()
+    save_weights(model.net, tmp_path / "w.safetensors")
+    out = tmp_path / "s"
+    argv = ("--config", TINY, "--ckpt", tmp_path / "w.safetensors", "--num-samples", 1, "--sampler", "ddim",
+            "--steps", 2, "--out", out, "--no-progress", *SMALL)
+    sample_main(parse(*argv))
+    data = json.loads((out / "samples.json").read_text())
+    data["samples"][0]["colour"] = "red"                        # an entry this version does not know
+    data["samples"].append({"index": 1, "file": "../outside.mp4", "seed": 1})
+    (out / "samples.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"samples.json is not a sample manifest \(a sample entry"):
+        SampleManifest.read(out / "samples.json")
+    del data["samples"][0]["colour"]
+    (out / "samples.json").write_text(json.dumps(data))
+    (tmp_path / "outside.mp4").write_bytes(b"not the folder's")
+    assert sample_main(parse(*argv, "--overwrite", "--seed", 3))["complete"]
+    assert (tmp_path / "outside.mp4").exists()                  # --overwrite removes only the folder's own files

@@ -287,7 +287,7 @@ def bench_suite(args) -> dict:
     batch = args.batch or (8 if dev.type == "cuda" else 1)
     budget = args.time_budget if args.time_budget is not None else (None if dev.type == "cuda" else 540.0)
     out = args.out or f"results/bench-suite-{dev.type}-{args.dtype}"
-    with folder_lock(out, "flexgen bench suite"):       # a bad --out is named before minutes of measuring
+    with folder_lock(out, "flexgen bench suite", clean=False):       # a bad --out is named before minutes of measuring
         report = suite_report(models, device=args.device, dtype=getattr(torch, args.dtype), batch=batch,
                               repeats=args.repeats, warmup=args.warmup, time_budget=budget or None,
                               compile=args.compile, overrides=tuple(args.overrides))

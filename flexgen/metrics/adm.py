@@ -127,18 +127,22 @@ def read_batch(path: str | Path) -> Batch:
         raise FileNotFoundError(f"ADM batch not found: {path} (a reference batch such as "
                                 "VIRTUAL_imagenet256_labeled.npz comes from guided-diffusion's evaluations README; "
                                 "a sample batch from `flexgen sample --npz`)")
+    unreadable = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error)   # truncated, pickled, not numpy
     try:
         loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise ValueError(f"{path} is one array ({getattr(loaded, 'shape', '?')}), not an ADM batch: an .npz "
-                             "with arr_0 (np.savez(path, arr_0=images))")
-        with loaded as npz:
-            if "arr_0" not in npz:
-                raise ValueError(f"{path} has no arr_0 (the images of an ADM batch): keys {sorted(npz.keys())}")
+    except unreadable as e:
+        raise ValueError(f"{path} is not a readable .npz batch ({type(e).__name__}: {e})") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} is one array ({getattr(loaded, 'shape', '?')}), not an ADM batch: an .npz with "
+                         "arr_0 (np.savez(path, arr_0=images))")
+    with loaded as npz:
+        if "arr_0" not in npz:
+            raise ValueError(f"{path} has no arr_0 (the images of an ADM batch): keys {sorted(npz.keys())}")
+        try:
             images = npz["arr_0"]
             stats = {k: npz[k].astype(np.float64) for k in ("mu", "sigma", "mu_s", "sigma_s") if k in npz}
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:     # truncated or not an .npz at all
-        raise ValueError(f"{path} is not a readable .npz batch ({type(e).__name__}: {e})") from None
+        except unreadable as e:
+            raise ValueError(f"{path} is not a readable .npz batch ({type(e).__name__}: {e})") from None
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"{path}: arr_0 must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
     return Batch(path, images, sha256=file_sha256(path), **stats)

@@ -75,7 +75,10 @@ class SampleManifest:
         if not isinstance(data, dict) or not required <= set(data) or set(data) - names:
             keys = sorted(data) if isinstance(data, dict) else type(data).__name__
             raise ValueError(f"{source} is not a sample manifest (keys {keys}; expected {sorted(names)})")
-        entries = [SampleEntry(**e) for e in data["samples"]]
+        try:
+            entries = [SampleEntry(**e) for e in data["samples"]]
+        except TypeError as e:
+            raise ValueError(f"{source} is not a sample manifest (a sample entry: {e})") from None
         return cls(**{**data, "samples": entries})
 
     @classmethod
@@ -152,7 +155,7 @@ def start_run(manifest: SampleManifest, path: Path, overwrite: bool = False, hol
         with contextlib.suppress(ValueError):       # (an unreadable record names none)
             kept = set(manifest.files())
             for name in SampleManifest.read(path).files():
-                if name not in kept:
+                if name not in kept and name == Path(name).name and not name.startswith("."):   # its own files
                     (path.parent / name).unlink(missing_ok=True)
     manifest.write(path)
 
