@@ -86,7 +86,7 @@ def test_config_and_bench(files, capsys):
                        (["bench", "suite", "--batch", "0"], "argument --batch: must be at least 1, got 0"),
                        (["bench", "latency", "--repeats", "0"], "argument --repeats: must be at least 1"),
                        (["bench", "latency", "--cfg-scale", "-2"], "argument --cfg-scale: must be at least 0, got -2"),
-                       (["bench", "latency", "--cfg-scale", "nan"], "argument --cfg-scale: must be at least 0, got nan"),
+                       (["bench", "latency", "--cfg-scale", "nan"], "--cfg-scale: must be at least 0, got nan"),
                        (["bench", "latency", "--batch", "two"], "argument --batch: expected an integer, got 'two'")):
         capsys.readouterr()
         with pytest.raises(SystemExit) as exit_:
