@@ -253,3 +253,26 @@ def test_skipped_input_is_one_warning_line_while_a_command_runs():
         other = warnings.formatwarning(UserWarning("u"), UserWarning, "x.py", 1, "src")
     assert line == "flexgen data encode: warning: a.JPEG: unreadable\n"
     assert "x.py:1: UserWarning: u" in other and warnings.formatwarning is before
+
+
+def test_an_image_size_that_does_not_patch_is_named_in_config_keys(capsys):
+    assert_one_line_error(*run_cli(capsys, "bench", "flops", "--config", TINY, "data.image_size=15"), "bench flops",
+                          "data.image_size 15 gives latents of side 15 (autoencoder.downsample 1), not divisible by "
+                          "Latte-S/2's patch size 2")
+
+
+@pytest.mark.slow
+def test_a_diffusers_command_prints_only_its_own_lines(tmp_path):
+    """issue 30: xformers' six-line import warning (its kernels do not match this torch) and diffusers' accelerate
+    notice no longer precede a command's output."""
+    from tests.t2i_helpers import save_tiny_pipeline
+
+    pipe = save_tiny_pipeline(tmp_path / "pipe")
+    result = subprocess.run([sys.executable, "-m", "flexgen", "convert", "--from", str(pipe), "--config",
+                             "configs/t2i/pixart/flexpixart-xl2-256.yaml", "--out", str(tmp_path / "flex"),
+                             "model.depth=6", "model.hidden_size=24", "model.num_heads=3", "model.caption_channels=32",
+                             "autoencoder.downsample=2", "data.image_size=16", "density.layout=P GSR DD",
+                             "density.schedule.grid_min=1", "density.schedule.grid_max=4"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "" and result.stdout.startswith("wrote ")
