@@ -21,7 +21,7 @@ from flexgen.sampling.draw import draw
 
 
 def dydit_flops(run, name: str, *, ckpt: str | None = None, target: float | None = None, num_samples: int = 8,
-                device: str = "cpu", dtype: torch.dtype = torch.float32) -> dict:
+                device: str = "cpu", dtype: torch.dtype = torch.float32, scattered: bool = False) -> dict:
     """A DyDiT model's cost: parameters and router overhead beside the dense model, and MACs per forward from kept
     counts: of the synthetic router setting for λ = `target` (no weights, counted on the meta device), or of a
     trained checkpoint's sampling run (`run.sample`'s sampler, steps, CFG and guidance channels) on `num_samples`
@@ -45,7 +45,7 @@ def dydit_flops(run, name: str, *, ckpt: str | None = None, target: float | None
         target = target if target is not None else result["dydit_target"]
 
         def synthetic(grid):                           # GMACs of one forward at `grid` with the λ setting
-            return dy.policy.synthetic_macs(dy.cost(), grid, target) / 1e9
+            return dy.policy.synthetic_macs(dy.cost(), grid, target, scattered) / 1e9
 
         if stages:
             per_grid = {s.grid: synthetic(s.grid) for s in stages}
@@ -54,7 +54,8 @@ def dydit_flops(run, name: str, *, ckpt: str | None = None, target: float | None
                                 for i, s in enumerate(stages)]
         else:
             gmacs = synthetic(None)
-        result.update(router_setting=f"synthetic λ={target:g}", gmacs=gmacs, flops_ratio=gmacs / dense_gmacs)
+        result.update(router_setting=f"synthetic λ={target:g}" + (" scattered" if scattered else ""), gmacs=gmacs,
+                      flops_ratio=gmacs / dense_gmacs)
         return result
     s, dev = run.sample, torch.device(device)
     model = build_denoiser(run)

@@ -87,13 +87,16 @@ class DynamicPlan:
     key_name: str                                # what a key is: "grid" or "timestep"
 
 
-def dynamic_plan(bench: BenchSetup, run, ckpt: str | None = None, target: float | None = None) -> DynamicPlan:
+def dynamic_plan(bench: BenchSetup, run, ckpt: str | None = None, target: float | None = None,
+                 scattered: bool = False) -> DynamicPlan:
     """The dynamic model of `run` (a variant of the bench's: FlexDiT with a density section, DyDiT or composed
-    with a dydit one) on the bench's dense weights."""
+    with a dydit one) on the bench's dense weights; DyDiT's synthetic routers keep a prefix of the units and every
+    token, or with `scattered` spread units and some tokens (`set_synthetic_routers`)."""
     policy = policies.from_run(run)
     if policy.gated:
         return _dydit_plan(run, bench.dense, bench.device, bench.dtype, bench.x, bench.cond, ckpt,
-                           target or policy_fields(run)["dydit_target"], bench.sampler, bench.steps)
+                           target or policy_fields(run)["dydit_target"], bench.sampler, bench.steps,
+                           scattered=scattered)
     if policy.dense:
         raise ValueError("a dynamic model needs a density layout or a dydit section")
     return _flexdit_plan(run, bench.dense)
@@ -110,7 +113,8 @@ def _flexdit_plan(run, dense) -> DynamicPlan:
                        flops["gmacs_dense"], "FlexDiT", "grid")
 
 
-def _dydit_plan(run, dense, dev, dtype, x, cond, ckpt, target, sampler, steps, points: int = 5) -> DynamicPlan:
+def _dydit_plan(run, dense, dev, dtype, x, cond, ckpt, target, sampler, steps, points: int = 5,
+                scattered: bool = False) -> DynamicPlan:
     """DyDiT: the model with trained routers (`ckpt`) or the synthetic setting for λ = `target` on the dense model's
     weights, timed at `points` timesteps spread over the sampler's (synthetic routers are the same at every t, so one
     suffices). Composed with FlexDiT: as many in every stage of its schedule the sampler visits, and a sampler step
@@ -124,7 +128,7 @@ def _dydit_plan(run, dense, dev, dtype, x, cond, ckpt, target, sampler, steps, p
         source = dense.converted(run.density) if dy.cost().stages else dense
         sd, _ = dy.policy.load_state_dict(source.net.state_dict(), "the dense weights")   # + fresh routers
         dy.net.load_state_dict(sd)
-        dy.policy.set_synthetic(target)
+        dy.policy.set_synthetic(target, scattered)
     dy = dy.to(dtype=dtype).eval()
     timesteps = [int(t) for t in any_scheduler(sampler, linear_betas(run.diffusion.num_timesteps), steps).timesteps]
 

@@ -81,6 +81,9 @@ SMALL = (
 MODELS = {m.key: m for m in (*FULL, *SMALL)}
 SETS = {"full": FULL, "small": SMALL}
 DYDIT_TARGETS = (0.5, 0.7)
+# A row whose synthetic routers are set as a trained router's look: units spread over each block (weight slices are
+# copies), and 30% of the tokens skip each MLP (gathered and scattered back) (`set_synthetic_routers`).
+SCATTERED = "scattered"
 # Whole sampling runs with a step cache (a cache saves whole steps, so it is timed over runs): FORA at interval 2,
 # whose steps do not depend on the weights (TeaCache's decisions on random weights would say nothing), on the dense
 # model and around FlexDiT, under DPM-Solver++ 20 steps with the model's CFG.
@@ -92,15 +95,20 @@ def _policies(model: SuiteModel) -> list[tuple[str, list[str]]]:
     """(policy name, config overrides) of every dynamic row."""
     rows = [("FlexDiT", model.density())]
     rows += [(f"DyDiT λ={t:g}", DyDiT.overrides(t)) for t in DYDIT_TARGETS]
+    rows.append((f"DyDiT λ={DYDIT_TARGETS[0]:g} {SCATTERED}", DyDiT.overrides(DYDIT_TARGETS[0])))
     rows.append((f"FlexDiT ∘ DyDiT λ={model.composed_target:g}",
                  [*model.density(), *DyDiT.overrides(model.composed_target)]))
     return rows
 
 
-def _counted(run, name: str) -> tuple[float, list[float]]:
+def _scattered(policy: str) -> bool:
+    return policy.endswith(SCATTERED)
+
+
+def _counted(run, name: str, scattered: bool = False) -> tuple[float, list[float]]:
     """(time-average GMACs per forward, GMACs at each key the latency bench times), counted on the meta device."""
     if policies.from_run(run).gated:
-        report = dydit_flops(run, name)
+        report = dydit_flops(run, name, scattered=scattered)
         return report["gmacs"], [s[4] for s in report.get("stages", [])] or [report["gmacs"]]
     report = density_report(meta_denoiser(run).cost())
     return report["gmacs"], list({s[2]: s[3] for s in report["stages"]}.values())
@@ -162,7 +170,7 @@ def suite_report(models, *, device: str = "cpu", dtype: torch.dtype = torch.floa
         params = sum(p.numel() for p in dense_meta.parameters())
         runs = {policy: load_config(None, [*model.overrides(), *extra, *overrides])
                 for policy, extra in _policies(model)}
-        counted = {policy: _counted(run, model.name) for policy, run in runs.items()}
+        counted = {policy: _counted(run, model.name, _scattered(policy)) for policy, run in runs.items()}
         cfg = model.cfg_scale if dense_meta.conditional else None
         first = overrun * estimate(gmacs_dense, next(iter(counted.values()))[1], cfg is not None, 2 * params)
         if first > left():
@@ -185,7 +193,7 @@ def suite_report(models, *, device: str = "cpu", dtype: torch.dtype = torch.floa
                 log(f"skipped {model.name} {policy}: {skipped[-1]['why']}")
                 continue
             row_start = time.perf_counter()
-            plan = dynamic_plan(bench, run)
+            plan = dynamic_plan(bench, run, scattered=_scattered(policy))
             result = measure(bench, plan, repeats=repeats, warmup=warmup, cfg_scale=cfg, compile=compile)
             del plan
             gc.collect()

@@ -176,13 +176,14 @@ class Policy:
         """Bytes kept beside the weights between forwards (copied weight slices)."""
         return sum(cache.nbytes for cache in self.slice_caches())
 
-    def synthetic_macs(self, cost: Any, grid: int | None, target: float) -> float:
+    def synthetic_macs(self, cost: Any, grid: int | None, target: float, scattered: bool = False) -> float:
         """MACs per sample of one forward at `grid` under the synthetic setting for `target` (not run)."""
         raise ValueError(f"the {self.label()} model has no synthetic setting (--target is DyDiT's λ)")
 
-    def set_synthetic(self, target: float) -> float:
+    def set_synthetic(self, target: float, scattered: bool = False) -> float:
         """A deterministic setting that spends `target` of the blocks' MACs without trained weights (DyDiT's
-        routers: round(λ·H) units); returns the realised fraction. Nothing to set for other policies."""
+        routers: round(λ·H) units; `scattered`: spread over the block, and some tokens skip the MLP, as a trained
+        router's); returns the realised fraction. Nothing to set for other policies."""
         raise ValueError(f"the {self.label()} model has no synthetic setting (--target is DyDiT's λ)")
 
     # ---- weights ----------------------------------------------------------------------------------------

@@ -142,8 +142,8 @@ class Compose(Policy):
     def router_macs(self, grid=None):
         return sum(p.router_macs(grid) for p in self._parts)
 
-    def synthetic_macs(self, cost, grid, target):
-        return self._one("synthetic_macs").synthetic_macs(cost, grid, target)
+    def synthetic_macs(self, cost, grid, target, scattered=False):
+        return self._one("synthetic_macs").synthetic_macs(cost, grid, target, scattered)
 
     def held_bytes(self):
         return sum(p.held_bytes() for p in self._parts)
@@ -155,8 +155,8 @@ class Compose(Policy):
     def slice_caches(self):
         return [c for p in self._parts for c in p.slice_caches()]
 
-    def set_synthetic(self, target):
-        return self._one("set_synthetic").set_synthetic(target)
+    def set_synthetic(self, target, scattered=False):
+        return self._one("set_synthetic").set_synthetic(target, scattered)
 
     def metadata(self):
         return {k: v for p in self._parts for k, v in p.metadata().items()}

@@ -18,7 +18,7 @@ from flexgen.config import load_config
 from tests.bench_helpers import SHRINK, TINY
 from tests.dydit_helpers import dydit_of, randomise_routers
 
-POLICIES = ["dense", "FlexDiT", "DyDiT λ=0.5", "DyDiT λ=0.7", "FlexDiT ∘ DyDiT λ=0.6"]
+POLICIES = ["dense", "FlexDiT", "DyDiT λ=0.5", "DyDiT λ=0.7", "DyDiT λ=0.5 scattered", "FlexDiT ∘ DyDiT λ=0.6"]
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +41,17 @@ def test_every_policy_is_timed_beside_dense(tiny_report, tmp_path):
     # the MACs are the other benches' counts: DyDiT alone as `bench flops --target` counts it
     run = load_config(None, [*TINY.overrides(), *SHRINK, "dydit.target=0.5"])
     assert rows[2]["gmacs"] == pytest.approx(dydit_flops(run, "tiny")["gmacs"], rel=1e-9)
-    assert rows[4]["flops_ratio"] < rows[1]["flops_ratio"]                 # composed below FlexDiT alone
-    # synthetic routers keep the first heads and groups: the skipping forward's slices are views, none copied
-    assert [r.get("sliced_weight_bytes") for r in rows] == [None, None, 0, 0, 0]
+    assert rows[5]["flops_ratio"] < rows[1]["flops_ratio"]                 # composed below FlexDiT alone
+    # synthetic routers keep the first heads and groups: the skipping forward's slices are views, none copied; the
+    # scattered setting's are copies, and its tokens skipping the MLP cost less than the prefix setting at one λ
+    assert [r.get("sliced_weight_bytes") for r in rows] == [None, None, 0, 0, rows[4]["sliced_weight_bytes"], 0]
+    assert rows[4]["sliced_weight_bytes"] > 0 and rows[4]["flops_ratio"] < rows[2]["flops_ratio"]
 
     files = write_outputs(tiny_report, tmp_path / "suite")
     assert json.loads(open(files["json"]).read())["rows"] == json.loads(json.dumps(rows))
     table = open(files["markdown"]).read()
-    assert sum(line.startswith("| tiny DiT |") for line in table.splitlines()) == 5 + 2   # + the two cache rows
-    assert open(files["plot"]).read().count("<circle") == 2 * 4           # forward and CFG step per dynamic row
+    assert sum(line.startswith("| tiny DiT |") for line in table.splitlines()) == 6 + 2   # + the two cache rows
+    assert open(files["plot"]).read().count("<circle") == 2 * 5           # forward and CFG step per dynamic row
 
 
 def test_the_cache_rows_time_whole_sampling_runs(tiny_report):
@@ -154,7 +156,7 @@ print(len(report["rows"]), sum("forward_ms" in r for r in report["rows"]))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split()[-2:] == ["5", "5"]
+    assert done.stdout.split()[-2:] == ["6", "6"]
 
 
 def test_interleaved_timing_keeps_each_keys_slices():

@@ -220,6 +220,35 @@ def test_bench_dydit_without_weights(capsys):
     assert "no dydit section" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("extra", [SMALL, DIT], ids=["Latte", "DiT"])
+def test_the_scattered_synthetic_setting_looks_like_a_trained_router(extra):
+    """issue 31: the bench's scattered setting keeps units spread over each block (slices are copies) and 70% of the
+    tokens of each MLP; its measured MACs are what the meta count of the setting says, and the skipping forward is
+    still the masked definition."""
+    from flexgen.policies.dydit.routing import synthetic_units
+
+    model = build_denoiser(run_config(*extra, "dydit.target=0.5")).double().eval()
+    policy = dydit_of(model.net)
+    policy.set_synthetic(0.5, scattered=True)
+    x = torch.randn(2, *model.latent_shape(), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    t, y = torch.tensor([500, 500]), torch.tensor([1, 2])
+    with torch.no_grad():
+        policy.skip = True
+        fast = model(x, t, y=y)                                        # (the first call sets the token thresholds)
+        routing = policy.routing
+        policy.skip = False
+        torch.testing.assert_close(model(x, t, y=y), fast, rtol=0, atol=1e-10)
+    for r, router in zip(routing, model.net.width_routers, strict=True):
+        on = r.heads[0].nonzero().squeeze(1)
+        assert torch.equal(on, synthetic_units(router.num_heads, 0.5, scattered=True))
+        assert int(on[-1]) - int(on[0]) >= len(on)                     # not one contiguous run
+    kept = [float(r.tokens.mean()) for r in routing if r.tokens is not None]
+    assert kept and all(abs(k - 0.7) < 0.02 for k in kept)
+    counted = policy.synthetic_macs(model.cost(), None, 0.5, scattered=True)
+    assert float(model.forward_macs().mean()) == pytest.approx(counted, rel=0.01)
+    assert any(cache.nbytes > 0 for cache in policy.slice_caches())   # copies, as a trained router's patterns
+
+
 def test_dit_guidance_channels():
     """sample.cfg_channels = 3 guides ε channels 0-2 only (DiT's forward_with_cfg); channel 3 and the variance
     come from the conditional half."""

@@ -226,15 +226,16 @@ class DyDiT(Policy):
     def forward_macs(self, cost: Any, routing: Any = None, grid: int | None = None) -> torch.Tensor:
         return forward_macs(self, cost, routing, grid)
 
-    def synthetic_macs(self, cost: Any, grid: int | None, target: float) -> float:
+    def synthetic_macs(self, cost: Any, grid: int | None, target: float, scattered: bool = False) -> float:
         """MACs per sample of one forward at `grid` with the synthetic λ setting, counted without running it."""
-        return float(forward_macs(self, cost, synthetic_routing(self.block_shapes(grid), target), grid))
+        return float(forward_macs(self, cost, synthetic_routing(self.block_shapes(grid), target,
+                                                                scattered=scattered), grid))
 
     def slice_caches(self) -> list[SliceCache]:
         return self._caches
 
-    def set_synthetic(self, target: float) -> float:
-        return set_synthetic_routers(self.net.width_routers, self.net.token_routers, target)
+    def set_synthetic(self, target: float, scattered: bool = False) -> float:
+        return set_synthetic_routers(self.net.width_routers, self.net.token_routers, target, scattered)
 
     # ---- weights ----------------------------------------------------------------------------------------
 

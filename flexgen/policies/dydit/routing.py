@@ -144,32 +144,71 @@ def synthetic_width(num_units: int, target: float) -> int:
     return max(1, min(num_units, round(target * num_units)))
 
 
+def synthetic_units(num_units: int, target: float, scattered: bool = False) -> torch.Tensor:
+    """The units `set_synthetic_routers` keeps (ascending, unit 0 among them): the first round(λ·H), or with
+    `scattered` as many spread evenly over the block (as a trained router's, not one contiguous run)."""
+    k = synthetic_width(num_units, target)
+    if not scattered:
+        return torch.arange(k)
+    return torch.tensor(sorted({round(i * num_units / k) for i in range(k)}))
+
+
+# With `scattered`, the share of tokens each token router keeps for the MLP (DyDiT's trained routers skip some).
+SCATTERED_TOKENS = 0.7
+
+
 @torch.no_grad()
-def set_synthetic_routers(width_routers: Sequence[Any], token_routers: Sequence[Any], target: float) -> float:
-    """Routers that keep the first round(λ·H) heads and MLP groups of every block at every t and every token
-    (weights 0, biases ±15 / +35): a fixed sub-network whose blocks cost λ of their MACs when λ·H is an integer.
-    Returns the blocks' realised fraction."""
+def set_synthetic_routers(width_routers: Sequence[Any], token_routers: Sequence[Any], target: float,
+                          scattered: bool = False) -> float:
+    """Routers that keep round(λ·H) heads and MLP groups of every block at every t (weights 0, biases ±15): the first
+    ones, or with `scattered` ones spread over the block, so slices are copies and not views, as a trained router's
+    are. Token routers keep every token (bias +35), or with `scattered` the `SCATTERED_TOKENS` share of the tokens
+    of the first input each sees (random weights; the bias is set at that input's quantile), so the MLP runs on
+    gathered tokens. A fixed sub-network whose blocks cost λ of their width MACs when λ·H is an integer. Returns
+    the blocks' realised width fraction."""
     if not 0 < target <= 1:
         raise ValueError(f"the FLOPs target λ must be in (0, 1], got {target}")
     kept = []
     for router in width_routers:
         for layer, units in ((router.heads, router.num_heads), (router.groups, router.num_groups)):
-            k = synthetic_width(units, target)
+            on = synthetic_units(units, target, scattered)
             layer.weight.zero_()
-            layer.bias.copy_(torch.where(torch.arange(units - 1) < k - 1, 15.0, -15.0))   # units 1..k-1 on
-            kept.append(k / units)
+            layer.bias.copy_(torch.where(torch.isin(torch.arange(1, units), on), 15.0, -15.0))   # unit 0 is always on
+            kept.append(len(on) / units)
+    g = torch.Generator().manual_seed(0)
     for router in token_routers:
-        router.mlp[2].weight.zero_()
-        router.mlp[2].bias.fill_(35.0)
+        last = router.mlp[2]
+        last.bias.fill_(35.0)
+        if scattered:
+            last.weight.copy_(torch.randn(last.weight.shape, generator=g, dtype=last.weight.dtype))
+            _keep_share_of_first_input(router, SCATTERED_TOKENS)
+        else:
+            last.weight.zero_()
     return sum(kept) / len(kept)
 
 
-def synthetic_routing(blocks: Sequence[RoutedBlock], target: float, batch: int = 1) -> list[BlockRouting]:
-    """The gates `set_synthetic_routers` produces, without running the model (for counting on the meta device)."""
+def _keep_share_of_first_input(router: Any, share: float) -> None:
+    """Set the token router's output bias, at its first call, so that it keeps `share` of that input's tokens."""
+    def hook(module, args):
+        with torch.no_grad():
+            last = module.mlp[2]
+            last.bias.zero_()
+            logits = module.logits(args[0]).flatten().float()
+            last.bias.fill_(-float(torch.quantile(logits, 1 - share)) + 1e-6)
+        handle.remove()
+
+    handle = router.register_forward_pre_hook(hook)
+
+
+def synthetic_routing(blocks: Sequence[RoutedBlock], target: float, batch: int = 1,
+                      scattered: bool = False) -> list[BlockRouting]:
+    """The gates `set_synthetic_routers` produces, without running the model (for counting on the meta device;
+    with `scattered`, the first `SCATTERED_TOKENS` of each block's tokens stand for the ones its router keeps)."""
     out = []
     for b in blocks:
-        heads = (torch.arange(b.heads) < synthetic_width(b.heads, target)).double().expand(batch, -1)
-        groups = (torch.arange(b.groups) < synthetic_width(b.groups, target)).double().expand(batch, -1)
-        out.append(BlockRouting(heads, groups, torch.ones(batch, b.tokens, dtype=torch.float64)
-                                if b.token_router else None))
+        heads, groups = (torch.zeros(units, dtype=torch.float64).index_fill_(
+            0, synthetic_units(units, target, scattered), 1.0).expand(batch, -1) for units in (b.heads, b.groups))
+        tokens = (torch.arange(b.tokens) < round(SCATTERED_TOKENS * b.tokens) if scattered
+                  else torch.ones(b.tokens, dtype=torch.bool)).double().expand(batch, -1)
+        out.append(BlockRouting(heads, groups, tokens if b.token_router else None))
     return out
