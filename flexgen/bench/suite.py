@@ -27,6 +27,7 @@ from flexgen.bench.flops import dydit_flops
 from flexgen.bench.measure import measure
 from flexgen.bench.models import bench_setup, dynamic_plan, meta_denoiser
 from flexgen.bench.suite_outputs import markdown, write_outputs
+from flexgen.bench.train_speed import train_step_report
 from flexgen.config import load_config
 from flexgen.files import folder_lock
 from flexgen.policies import DyDiT, FlexDiT
@@ -153,7 +154,7 @@ def suite_report(models, *, device: str = "cpu", dtype: torch.dtype = torch.floa
     gmac_per_s = 0.5 * calibrate(dev, dtype)           # a model runs below a large matmul's rate
     build_s_per_param = None
     overrun = 1.0               # the last row's wall time over its estimate at the new rate (≥ 1), scales the next
-    rows, skipped, cache_rows = [], [], []
+    rows, skipped, cache_rows, train_rows = [], [], [], []
 
     def left() -> float:
         return float("inf") if time_budget is None else time_budget - (time.perf_counter() - start)
@@ -207,6 +208,27 @@ def suite_report(models, *, device: str = "cpu", dtype: torch.dtype = torch.floa
         rows.append(_row(model, "dense", _dense_summary(dense_results), gmacs_dense, gmacs_dense, peak)
                     if dense_results else _row(model, "dense", None, gmacs_dense, gmacs_dense, peak))
         rows += [_row(model, p, results[p], counted[p][0], gmacs_dense, peak) for p in counted]
+        for policy, complete in _train_policies(runs):
+            # a step: forward, backward (about twice the forward) and the optimizer, dense and dynamic in turn
+            need = overrun * 3 * 2 * (warmup + repeats) * batch * gmacs_dense / gmac_per_s
+            name = policy + (" + complete rows" if complete else "")
+            if need > left():
+                skipped.append({"model": model.name, "policy": f"train {name}",
+                                "why": f"estimated {need:.0f} s, {max(0.0, left()):.0f} s left"})
+                log(f"skipped {model.name} train {name}: {skipped[-1]['why']}")
+                continue
+            try:
+                result = train_step_report(bench, runs[policy], repeats=repeats, warmup=warmup, complete=complete)
+            except torch.cuda.OutOfMemoryError as e:            # (training holds two models and their optimizers)
+                skipped.append({"model": model.name, "policy": f"train {name}", "why": f"out of memory ({e})"})
+                log(f"skipped {model.name} train {name}: out of memory")
+                torch.cuda.empty_cache()
+                continue
+            train_rows.append({"model": model.name, "policy": name, "mac_ratio": counted[policy][0] / gmacs_dense,
+                               **result})
+            log(f"{model.name} train {name}: step time ratio {result['ratio']:.3f} "
+                f"({time.perf_counter() - start:.0f} s)")
+            gc.collect()
         del bench
         gc.collect()
         for policy, extra in (("dense + FORA 2", []), ("FlexDiT + FORA 2", model.density())):
@@ -230,8 +252,20 @@ def suite_report(models, *, device: str = "cpu", dtype: torch.dtype = torch.floa
     return {"device": str(dev), "device_name": name, "device_peak_tflops": peak, "device_peak_source": peak_source,
             "dtype": str(dtype).removeprefix("torch."), "batch": batch, "repeats": repeats, "warmup": warmup,
             "compiled": compile, "time_budget_s": time_budget, "elapsed_s": time.perf_counter() - start,
-            "torch": torch.__version__, "rows": rows, "cache_rows": cache_rows,
+            "torch": torch.__version__, "rows": rows, "cache_rows": cache_rows, "train_rows": train_rows,
             "skipped": skipped, "targets": targets(rows, dev, dtype, batch)}
+
+
+def _train_policies(runs: dict) -> list[tuple[str, bool]]:
+    """(policy, with DyDiT's complete-model rows) of the fine-tuning rows: FlexDiT, DyDiT at the first λ after and
+    during its warm-up stage, and the composed model."""
+    out = []
+    for policy in runs:
+        if policy == "FlexDiT" or policy.startswith("FlexDiT ∘"):
+            out.append((policy, False))
+        elif policy == f"DyDiT λ={DYDIT_TARGETS[0]:g}":
+            out += [(policy, False), (policy, True)]
+    return out
 
 
 def _cache_row(model: SuiteModel, policy: str, result: dict) -> dict:

@@ -49,6 +49,15 @@ def markdown(report: dict) -> str:
                          f"{r['gmacs_per_sample']:.1f} | {r['mac_ratio']:.3f} | {r['seconds_per_run']['cached']:.2f} "
                          f"({r['seconds_per_run']['dense']:.2f}) | {r['speedup']:.2f}× ({r['latency_over_macs']:.2f}×) "
                          f"| {inner} |")
+    if report.get("train_rows"):
+        lines += ["", "Fine-tuning steps (the policy's objective, backward and AdamW; dense and dynamic in turn on the "
+                      "same weights, inputs and timesteps):", "",
+                  "| model | policy | forward MAC ratio | ms / step (dense) | step ratio | samples / s (dense) |",
+                  "|---|---|---|---|---|---|"]
+        for r in report["train_rows"]:
+            lines.append(f"| {r['model']} | {r['policy']} | {r['mac_ratio']:.3f} | {1e3 * r['dynamic_s']:.0f} "
+                         f"({1e3 * r['dense_s']:.0f}) | {r['ratio']:.3f} | {r['samples_per_s_dynamic']:.2f} "
+                         f"({r['samples_per_s_dense']:.2f}) |")
     lines += ["", "Targets (measured, not asserted):", ""]
     for t in report["targets"]:
         met = {True: "met", False: "not met", None: "not judged"}[t["met"]]

@@ -50,8 +50,40 @@ def test_every_policy_is_timed_beside_dense(tiny_report, tmp_path):
     files = write_outputs(tiny_report, tmp_path / "suite")
     assert json.loads(open(files["json"]).read())["rows"] == json.loads(json.dumps(rows))
     table = open(files["markdown"]).read()
-    assert sum(line.startswith("| tiny DiT |") for line in table.splitlines()) == 6 + 2   # + the two cache rows
+    assert sum(line.startswith("| tiny DiT |") for line in table.splitlines()) == 6 + 2 + 4   # + cache, train rows
     assert open(files["plot"]).read().count("<circle") == 2 * 5           # forward and CFG step per dynamic row
+
+
+def test_the_train_rows_time_fine_tuning_steps(tiny_report):
+    train = tiny_report["train_rows"]
+    assert [r["policy"] for r in train] == ["FlexDiT", "DyDiT λ=0.5", "DyDiT λ=0.5 + complete rows",
+                                            "FlexDiT ∘ DyDiT λ=0.6"]
+    for r in train:
+        assert r["dense_s"] > 0 and r["ratio"] == pytest.approx(r["dynamic_s"] / r["dense_s"])
+        assert r["samples_per_s_dynamic"] == pytest.approx(r["batch"] / r["dynamic_s"]) and 0 < r["mac_ratio"] < 1
+    assert [r["complete_rows"] for r in train] == [False, False, True, False]
+
+
+def test_a_train_step_trains_copies_with_the_policys_objective(monkeypatch):
+    """The timed step is the policy's objective (DyDiT: its budget loss; with `complete`, the complete model's
+    rows), backward and an optimizer step on copies: the bench's dense weights stay as they are."""
+    from flexgen.bench.models import bench_setup
+    from flexgen.bench.train_speed import train_step_report
+    from flexgen.policies.dydit import routing
+
+    base = load_config(None, [*TINY.overrides(), *SHRINK])
+    bench = bench_setup(base, device="cpu", dtype=torch.float32, batch=2, seed=0, sampler=None, steps=None)
+    before = {k: v.clone() for k, v in bench.dense.state_dict().items()}
+    calls = []
+    original = routing.dydit_losses
+    monkeypatch.setattr("flexgen.policies.dydit.policy.dydit_losses",
+                        lambda *a, **k: calls.append(a[7] < a[8].complete_steps) or original(*a, **k))
+    run = load_config(None, [*TINY.overrides(), *SHRINK, "dydit.target=0.5", "dydit.complete_steps=10"])
+    for complete in (False, True):
+        report = train_step_report(bench, run, repeats=1, warmup=0, complete=complete)
+        assert report["batch"] == 2 and report["complete_rows"] is complete
+    assert calls == [False, True]                              # past the warm-up, then in it
+    assert all(torch.equal(v, before[k]) for k, v in bench.dense.state_dict().items())
 
 
 def test_the_cache_rows_time_whole_sampling_runs(tiny_report):
