@@ -210,23 +210,24 @@ def suite_report(models, *, device: str = "cpu", dtype: torch.dtype = torch.floa
         rows += [_row(model, p, results[p], counted[p][0], gmacs_dense, peak) for p in counted]
         for policy, complete in _train_policies(runs):
             # a step: forward, backward (about twice the forward) and the optimizer, dense and dynamic in turn
-            need = overrun * 3 * 2 * (warmup + repeats) * batch * gmacs_dense / gmac_per_s
-            name = policy + (" + complete rows" if complete else "")
+            need = overrun * 3 * 2 * (warmup + max(3, repeats)) * batch * gmacs_dense / gmac_per_s
+            label = policy + (" + complete rows" if complete else "")
             if need > left():
-                skipped.append({"model": model.name, "policy": f"train {name}",
+                skipped.append({"model": model.name, "policy": f"train {label}",
                                 "why": f"estimated {need:.0f} s, {max(0.0, left()):.0f} s left"})
-                log(f"skipped {model.name} train {name}: {skipped[-1]['why']}")
+                log(f"skipped {model.name} train {label}: {skipped[-1]['why']}")
                 continue
             try:
-                result = train_step_report(bench, runs[policy], repeats=repeats, warmup=warmup, complete=complete)
+                result = train_step_report(bench, runs[policy], repeats=max(3, repeats), warmup=warmup,
+                                           complete=complete)     # (a step varies more than a forward)
             except torch.cuda.OutOfMemoryError as e:            # (training holds two models and their optimizers)
-                skipped.append({"model": model.name, "policy": f"train {name}", "why": f"out of memory ({e})"})
-                log(f"skipped {model.name} train {name}: out of memory")
+                skipped.append({"model": model.name, "policy": f"train {label}", "why": f"out of memory ({e})"})
+                log(f"skipped {model.name} train {label}: out of memory")
                 torch.cuda.empty_cache()
                 continue
-            train_rows.append({"model": model.name, "policy": name, "mac_ratio": counted[policy][0] / gmacs_dense,
+            train_rows.append({"model": model.name, "policy": label, "mac_ratio": counted[policy][0] / gmacs_dense,
                                **result})
-            log(f"{model.name} train {name}: step time ratio {result['ratio']:.3f} "
+            log(f"{model.name} train {label}: step time ratio {result['ratio']:.3f} "
                 f"({time.perf_counter() - start:.0f} s)")
             gc.collect()
         del bench

@@ -58,7 +58,8 @@ def train_step_report(bench: BenchSetup, run, *, repeats: int = 3, warmup: int =
         for i in range(warmup + repeats):
             t = sampler(batch, generator, generator, 0, 1).to(bench.device)
             noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(bench.device)
-            for name, model in (("dense", dense), ("dynamic", dynamic)):
+            pair = (("dense", dense), ("dynamic", dynamic))
+            for name, model in pair if i % 2 else pair[::-1]:           # each goes first every other repeat
                 seconds = time_one(lambda m=model, t=t, noise=noise: one_step(m, t, noise))
                 if i >= warmup:
                     times[name].append(seconds)

@@ -62,6 +62,7 @@ def test_the_train_rows_time_fine_tuning_steps(tiny_report):
         assert r["dense_s"] > 0 and r["ratio"] == pytest.approx(r["dynamic_s"] / r["dense_s"])
         assert r["samples_per_s_dynamic"] == pytest.approx(r["batch"] / r["dynamic_s"]) and 0 < r["mac_ratio"] < 1
     assert [r["complete_rows"] for r in train] == [False, False, True, False]
+    assert tiny_report["device_name"] == device_peak(torch.device("cpu"), torch.float32)[0]     # (not a row's name)
 
 
 def test_a_train_step_trains_copies_with_the_policys_objective(monkeypatch):
