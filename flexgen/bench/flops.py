@@ -82,7 +82,7 @@ def bench_flops(args) -> dict:
     if policies.from_run(run).gated:
         dtype = getattr(torch, args.dtype)
         return dydit_flops(run, name, ckpt=args.ckpt, target=args.target, num_samples=args.num_samples,
-                           device=args.device, dtype=dtype)
+                           device=args.device, dtype=dtype, scattered=args.scattered)
     if args.ckpt:
         raise ValueError("--ckpt measures a DyDiT checkpoint's routers: give a config with a dydit section")
     model = meta_denoiser(run)

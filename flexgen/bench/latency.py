@@ -14,7 +14,7 @@ from flexgen.bench.options import bench_run
 def latency_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float32, batch: int = 1,
                    repeats: int = 3, warmup: int = 1, cfg_scale: float | None = None, sampler: str | None = None,
                    steps: int | None = None, seed: int = 0, attention: str = "diffusers", ckpt: str | None = None,
-                   target: float | None = None, compile: bool = False) -> dict:
+                   target: float | None = None, compile: bool = False, scattered: bool = False) -> dict:
     """Median seconds per forward (and per sampling step with CFG, with `cfg_scale`) of the dense model and of its
     dynamic version, their time averages over t, and the ratios beside MAC ratios. `run` is a run configuration
     (`flexgen.config.Config`) with a density section (FlexDiT: timed at each grid of its schedule) or a dydit one
@@ -23,12 +23,13 @@ def latency_report(run, *, device: str = "cpu", dtype: torch.dtype = torch.float
     (default: the family's, DDPM 250 steps for Latte / DiT, DPM-Solver++ 20 steps for PixArt-α) is also timed, as
     the sum of its steps, each at its timestep's key."""
     bench = bench_setup(run, device=device, dtype=dtype, batch=batch, seed=seed, sampler=sampler, steps=steps)
-    plan = dynamic_plan(bench, run, ckpt, target)
+    plan = dynamic_plan(bench, run, ckpt, target, scattered=scattered)
     result = measure(bench, plan, repeats=repeats, warmup=warmup, cfg_scale=cfg_scale, attention=attention,
                      compile=compile)
     if plan.model.policy.gated:
         target = target or policy_fields(run)["dydit_target"]
-        result["router_setting"] = f"trained ({ckpt})" if ckpt else f"synthetic λ={target:g}"
+        result["router_setting"] = (f"trained ({ckpt})" if ckpt else
+                                    f"synthetic λ={target:g}" + (" scattered" if scattered else ""))
     return result
 
 
@@ -51,7 +52,8 @@ def bench_latency(args) -> dict:
     return {"model": name, **policy_fields(run),
             **latency_report(run, device=args.device, dtype=dtype, batch=args.batch, repeats=args.repeats,
                              warmup=args.warmup, cfg_scale=args.cfg_scale, sampler=args.sampler, steps=args.steps,
-                             attention=args.attention, ckpt=args.ckpt, target=args.target, compile=args.compile)}
+                             attention=args.attention, ckpt=args.ckpt, target=args.target, compile=args.compile,
+                             scattered=args.scattered)}
 
 
 def print_latency(result: dict) -> None:

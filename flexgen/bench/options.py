@@ -30,6 +30,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--target", type=float, default=None, help="DyDiT λ: with --model, a DyDiT model; its "
                         "routers set to keep round(λ·H) heads and MLP groups and every token (no weights needed)")
+    parser.add_argument("--scattered", action="store_true", help="DyDiT without --ckpt: synthetic routers set as "
+                        "a trained router looks (units spread over each block, 70%% of the tokens per MLP)")
     parser.add_argument("--ckpt", default=None, help="a trained DyDiT checkpoint (with --config of a dydit run): "
                         "its real routers")
     parser.add_argument("--device", type=device, default="cpu", help="cpu, cuda (this rank's GPU) or cuda:N")
@@ -39,6 +41,20 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def bench_run(args: argparse.Namespace, whole_runs: bool = False) -> tuple[Any, str]:
     """(run configuration, name) from --config [KEY=VALUE ...] or from --model and the size / density flags; a step
     cache only for a command that times `whole_runs`."""
+    run, name = _bench_run(args, whole_runs)
+    if getattr(args, "scattered", False) and (args.ckpt or not _gated(run)):
+        raise ValueError("--scattered sets DyDiT's synthetic routers: give --target or a dydit config, without "
+                         "--ckpt (a checkpoint's routers are its own)")
+    return run, name
+
+
+def _gated(run) -> bool:
+    from flexgen import policies
+
+    return policies.from_run(run).gated
+
+
+def _bench_run(args: argparse.Namespace, whole_runs: bool) -> tuple[Any, str]:
     from flexgen import policies
     from flexgen.config import load_config
     from flexgen.policies.flexdit import DensityConfig, ScheduleConfig

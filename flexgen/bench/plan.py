@@ -26,6 +26,8 @@ def bench_plan(args) -> dict:
             raise ValueError(f"--calibration plans on the runs the file recorded (its model, sampler and steps): "
                              f"drop {', '.join(given)}")
         return teacache_plan(args.calibration, args.budget)
+    if args.scattered:
+        raise ValueError("--scattered applies to bench flops and bench latency (a plan counts the prefix setting's λ)")
     run, name = bench_run(args)
     family = family_of(run.model.preset)
     sampler = args.sampler or family.default_sampler

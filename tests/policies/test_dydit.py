@@ -216,6 +216,14 @@ def test_bench_dydit_without_weights(capsys):
     assert report["flops_ratio"] == pytest.approx(counted["flops_ratio"], rel=1e-9)
     assert report["forward"]["dense_s"] > 0 and report["sampling"]["steps"] == 250
     assert report["sliced_weight_patterns"] == [1] * 4
+    assert main(["bench", "flops", *tiny, "--scattered", "--json"]) == 0      # a trained router's look (issue 31)
+    scattered = json.loads(capsys.readouterr().out)
+    assert scattered["router_setting"] == "synthetic λ=0.5 scattered" and scattered["gmacs"] < counted["gmacs"]
+    assert main(["bench", "latency", *tiny, "--scattered", "--repeats", "1", "--warmup", "0", "--json"]) == 0
+    timed = json.loads(capsys.readouterr().out)
+    assert timed["router_setting"] == "synthetic λ=0.5 scattered" and timed["flops_ratio"] < report["flops_ratio"]
+    assert main(["bench", "flops", "--config", "configs/demo/tiny.yaml", "--scattered"]) == 2
+    assert "--scattered sets DyDiT's synthetic routers" in capsys.readouterr().err
     assert main(["bench", "flops", "--config", "configs/demo/tiny.yaml", "--target", "0.5"]) == 2
     assert "no dydit section" in capsys.readouterr().err
 
