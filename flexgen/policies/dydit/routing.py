@@ -179,7 +179,11 @@ def set_synthetic_routers(width_routers: Sequence[Any], token_routers: Sequence[
     for router in token_routers:
         last = router.mlp[2]
         last.bias.fill_(35.0)
-        if scattered:
+        if scattered:               # random features, all active (no ReLU zeros: logits without ties at the quantile)
+            first = router.mlp[0]
+            first.weight.copy_(torch.randn(first.weight.shape, generator=g, dtype=first.weight.dtype)
+                               / first.in_features ** 0.5)
+            first.bias.fill_(8.0)
             last.weight.copy_(torch.randn(last.weight.shape, generator=g, dtype=last.weight.dtype))
             _keep_share_of_first_input(router, SCATTERED_TOKENS)
         else:
