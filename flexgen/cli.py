@@ -96,12 +96,12 @@ def cache_text_command(args: argparse.Namespace) -> None:
 
 def eval_command(args: argparse.Namespace) -> object:
     """`flexgen eval`: the SynthMotion yardstick (`metrics.synthmotion_eval`, which builds on `metrics.evaluate`),
-    or `evaluate.eval_main` for every other metric."""
+    or `eval_command.eval_main` for every other metric."""
     if args.metric == "synthmotion":
         from flexgen.metrics.synthmotion_eval import synthmotion_main
 
         return synthmotion_main(args)
-    from flexgen.metrics.evaluate import eval_main
+    from flexgen.metrics.eval_command import eval_main
 
     return eval_main(args)
 
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sample_arguments(commands.add_parser("sample", help="generate videos (images for DiT) from a checkpoint: "
                                              "mp4 files, grid.png, samples.json; sharded under torchrun"))
 
-    from flexgen.metrics.evaluate import add_eval_arguments
+    from flexgen.metrics.eval_command import add_eval_arguments
     add_eval_arguments(commands.add_parser("eval", help="FVD / KID of generated videos, FID of images (clean-fid "
                                            "Inception), CLIP score, under a named protocol; verified detectors")
                        ).set_defaults(func=eval_command)

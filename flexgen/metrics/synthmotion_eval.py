@@ -182,7 +182,7 @@ def synthmotion_main(args: argparse.Namespace) -> list[dict[str, Any]]:
     """`flexgen eval synthmotion`: print one JSON line per number; with --records, append one record each."""
     import json
 
-    from flexgen.metrics.evaluate import default_stats_cache
+    from flexgen.metrics.eval_command import default_stats_cache
     from flexgen.metrics.records import append_record
 
     if args.real is None:

@@ -35,7 +35,8 @@ from flexgen.metrics.clip import (
     default_clip_path,
     variant_of,
 )
-from flexgen.metrics.evaluate import add_eval_arguments, eval_main, evaluate, evaluate_clipscore
+from flexgen.metrics.eval_command import add_eval_arguments, eval_main
+from flexgen.metrics.evaluate import evaluate, evaluate_clipscore
 from flexgen.metrics.generated import generated_images
 from flexgen.metrics.protocols import PROTOCOLS, Protocol
 from flexgen.metrics.selection import resolve_protocol, select_fake_images, select_real_images

@@ -17,7 +17,8 @@ import pytest
 from flexgen import cli
 from flexgen.data.media import write_video
 from flexgen.metrics import i3d
-from flexgen.metrics.evaluate import add_eval_arguments, eval_main, evaluate, metric_name
+from flexgen.metrics.eval_command import add_eval_arguments, eval_main
+from flexgen.metrics.evaluate import evaluate, metric_name
 from flexgen.metrics.i3d import I3D_SHA256
 from flexgen.metrics.protocols import PROTOCOLS
 from flexgen.metrics.records import record_from_evaluation

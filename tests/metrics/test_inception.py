@@ -22,7 +22,8 @@ from PIL import Image
 from torch import nn
 
 from flexgen.metrics import inception
-from flexgen.metrics.evaluate import add_eval_arguments, eval_main, evaluate, metric_name
+from flexgen.metrics.eval_command import add_eval_arguments, eval_main
+from flexgen.metrics.evaluate import evaluate, metric_name
 from flexgen.metrics.inception import (
     INCEPTION_SHA256,
     InceptionDetector,
