@@ -201,10 +201,9 @@ def _train(cfg: Config, run_dir: Path, *, dataset: Dataset | None, device: str |
            stop_after_steps: int | None, progress: bool) -> dict:
     env = dist.init(device)
     tc = cfg.train
-    ckpt_dir = run_dir / "checkpoints"
-    for folder in (run_dir, ckpt_dir):
-        if folder.exists() and not folder.is_dir():
-            raise NotADirectoryError(f"run directory {folder} is a file, not a folder; pass another --run-dir")
+    ckpt_dir = run_dir / "checkpoints"                  # (run_dir itself: checked by `train` before it is held)
+    if ckpt_dir.exists() and not ckpt_dir.is_dir():
+        raise NotADirectoryError(f"run directory {ckpt_dir} is a file, not a folder; pass another --run-dir")
     if env.is_main:                             # (checkpoints/ is made by the first checkpoint)
         _check_resumable(run_dir, cfg)
     dist.barrier()

@@ -113,21 +113,29 @@ def _flexdit_plan(run, dense) -> DynamicPlan:
                        flops["gmacs_dense"], "FlexDiT", "grid")
 
 
+def on_dense_weights(run, dense, device) -> Any:
+    """The model of `run` on `dense`'s weights: FlexDiT-converted where `run` has a density layout, DyDiT's routers
+    fresh (every unit on) where it has a dydit section."""
+    model = build_denoiser(run).to(device=device)
+    source = dense.converted(run.density) if run.density.layout else dense
+    sd, _ = model.policy.load_state_dict(source.net.state_dict(), "the dense weights")
+    model.net.load_state_dict(sd)
+    return model
+
+
 def _dydit_plan(run, dense, dev, dtype, x, cond, ckpt, target, sampler, steps, points: int = 5,
                 scattered: bool = False) -> DynamicPlan:
     """DyDiT: the model with trained routers (`ckpt`) or the synthetic setting for λ = `target` on the dense model's
     weights, timed at `points` timesteps spread over the sampler's (synthetic routers are the same at every t, so one
     suffices). Composed with FlexDiT: as many in every stage of its schedule the sampler visits, and a sampler step
     is timed at the nearest timed timestep of its own stage (so at its own grid)."""
-    dy = build_denoiser(run).to(device=dev)
     if ckpt:
+        dy = build_denoiser(run).to(device=dev)
         dy.load_pretrained(ckpt, routers_required=True)
         if not dy.cost().stages:                       # (the dense model's time does not depend on its weights)
             dense.net.load_state_dict(dy.net.state_dict(), strict=False)      # (the routers are not its)
-    else:                                              # the dense weights (FlexDiT-converted when composed)
-        source = dense.converted(run.density) if dy.cost().stages else dense
-        sd, _ = dy.policy.load_state_dict(source.net.state_dict(), "the dense weights")   # + fresh routers
-        dy.net.load_state_dict(sd)
+    else:
+        dy = on_dense_weights(run, dense, dev)
         dy.policy.set_synthetic(target, scattered)
     dy = dy.to(dtype=dtype).eval()
     timesteps = [int(t) for t in any_scheduler(sampler, linear_betas(run.diffusion.num_timesteps), steps).timesteps]

@@ -41,17 +41,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def bench_run(args: argparse.Namespace, whole_runs: bool = False) -> tuple[Any, str]:
     """(run configuration, name) from --config [KEY=VALUE ...] or from --model and the size / density flags; a step
     cache only for a command that times `whole_runs`."""
+    from flexgen import policies
+
     run, name = _bench_run(args, whole_runs)
-    if getattr(args, "scattered", False) and (args.ckpt or not _gated(run)):
+    if getattr(args, "scattered", False) and (args.ckpt or not policies.from_run(run).gated):
         raise ValueError("--scattered sets DyDiT's synthetic routers: give --target or a dydit config, without "
                          "--ckpt (a checkpoint's routers are its own)")
     return run, name
-
-
-def _gated(run) -> bool:
-    from flexgen import policies
-
-    return policies.from_run(run).gated
 
 
 def _bench_run(args: argparse.Namespace, whole_runs: bool) -> tuple[Any, str]:

@@ -17,6 +17,7 @@ import gc
 import statistics
 import sys
 import time
+from typing import NamedTuple
 
 import torch
 
@@ -92,18 +93,25 @@ CACHE = ("cache.method=fora", "cache.interval=2")
 CACHE_SAMPLER = ("dpm-solver++", 20)
 
 
-def _policies(model: SuiteModel) -> list[tuple[str, list[str]]]:
-    """(policy name, config overrides) of every dynamic row."""
-    rows = [("FlexDiT", model.density())]
-    rows += [(f"DyDiT λ={t:g}", DyDiT.overrides(t)) for t in DYDIT_TARGETS]
-    rows.append((f"DyDiT λ={DYDIT_TARGETS[0]:g} {SCATTERED}", DyDiT.overrides(DYDIT_TARGETS[0])))
-    rows.append((f"FlexDiT ∘ DyDiT λ={model.composed_target:g}",
-                 [*model.density(), *DyDiT.overrides(model.composed_target)]))
-    return rows
+class PolicyRow(NamedTuple):
+    """A dynamic row: its policy's name and config overrides, whether DyDiT's synthetic routers are scattered, and
+    the fine-tuning rows timed for it (one per value: with DyDiT's complete-model rows or not)."""
+    name: str
+    overrides: list[str]
+    scattered: bool = False
+    train: tuple[bool, ...] = ()
 
 
-def _scattered(policy: str) -> bool:
-    return policy.endswith(SCATTERED)
+def _policies(model: SuiteModel) -> list[PolicyRow]:
+    """Every dynamic row of `model`; fine-tuning steps for FlexDiT, DyDiT at the first λ (after and during its
+    warm-up stage) and the composed model."""
+    lam = DYDIT_TARGETS[0]
+    return [PolicyRow("FlexDiT", model.density(), train=(False,)),
+            *(PolicyRow(f"DyDiT λ={t:g}", DyDiT.overrides(t), train=(False, True) if t == lam else ())
+              for t in DYDIT_TARGETS),
+            PolicyRow(f"DyDiT λ={lam:g} {SCATTERED}", DyDiT.overrides(lam), scattered=True),
+            PolicyRow(f"FlexDiT ∘ DyDiT λ={model.composed_target:g}",
+                      [*model.density(), *DyDiT.overrides(model.composed_target)], train=(False,))]
 
 
 def _counted(run, name: str, scattered: bool = False) -> tuple[float, list[float]]:
@@ -169,9 +177,10 @@ def suite_report(models, *, device: str = "cpu", dtype: torch.dtype = torch.floa
         dense_meta = meta_denoiser(base)
         gmacs_dense = dense_meta.cost().forward_macs(None).gmacs
         params = sum(p.numel() for p in dense_meta.parameters())
-        runs = {policy: load_config(None, [*model.overrides(), *extra, *overrides])
-                for policy, extra in _policies(model)}
-        counted = {policy: _counted(run, model.name, _scattered(policy)) for policy, run in runs.items()}
+        specs = {row.name: row for row in _policies(model)}
+        runs = {name: load_config(None, [*model.overrides(), *row.overrides, *overrides])
+                for name, row in specs.items()}
+        counted = {policy: _counted(run, model.name, specs[policy].scattered) for policy, run in runs.items()}
         cfg = model.cfg_scale if dense_meta.conditional else None
         first = overrun * estimate(gmacs_dense, next(iter(counted.values()))[1], cfg is not None, 2 * params)
         if first > left():
@@ -194,7 +203,7 @@ def suite_report(models, *, device: str = "cpu", dtype: torch.dtype = torch.floa
                 log(f"skipped {model.name} {policy}: {skipped[-1]['why']}")
                 continue
             row_start = time.perf_counter()
-            plan = dynamic_plan(bench, run, scattered=_scattered(policy))
+            plan = dynamic_plan(bench, run, scattered=specs[policy].scattered)
             result = measure(bench, plan, repeats=repeats, warmup=warmup, cfg_scale=cfg, compile=compile)
             del plan
             gc.collect()
@@ -208,7 +217,7 @@ def suite_report(models, *, device: str = "cpu", dtype: torch.dtype = torch.floa
         rows.append(_row(model, "dense", _dense_summary(dense_results), gmacs_dense, gmacs_dense, peak)
                     if dense_results else _row(model, "dense", None, gmacs_dense, gmacs_dense, peak))
         rows += [_row(model, p, results[p], counted[p][0], gmacs_dense, peak) for p in counted]
-        for policy, complete in _train_policies(runs):
+        for policy, complete in ((name, c) for name, row in specs.items() for c in row.train):
             # a step: forward, backward (about twice the forward) and the optimizer, dense and dynamic in turn
             need = overrun * 3 * 2 * (warmup + max(3, repeats)) * batch * gmacs_dense / gmac_per_s
             label = policy + (" + complete rows" if complete else "")
@@ -255,18 +264,6 @@ def suite_report(models, *, device: str = "cpu", dtype: torch.dtype = torch.floa
             "compiled": compile, "time_budget_s": time_budget, "elapsed_s": time.perf_counter() - start,
             "torch": torch.__version__, "rows": rows, "cache_rows": cache_rows, "train_rows": train_rows,
             "skipped": skipped, "targets": targets(rows, dev, dtype, batch)}
-
-
-def _train_policies(runs: dict) -> list[tuple[str, bool]]:
-    """(policy, with DyDiT's complete-model rows) of the fine-tuning rows: FlexDiT, DyDiT at the first λ after and
-    during its warm-up stage, and the composed model."""
-    out = []
-    for policy in runs:
-        if policy == "FlexDiT" or policy.startswith("FlexDiT ∘"):
-            out.append((policy, False))
-        elif policy == f"DyDiT λ={DYDIT_TARGETS[0]:g}":
-            out += [(policy, False), (policy, True)]
-    return out
 
 
 def _cache_row(model: SuiteModel, policy: str, result: dict) -> dict:

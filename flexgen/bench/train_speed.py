@@ -17,19 +17,8 @@ import statistics
 import torch
 
 from flexgen.bench.measure import no_denormals, timer
-from flexgen.bench.models import BenchSetup
+from flexgen.bench.models import BenchSetup, on_dense_weights
 from flexgen.diffusion import GaussianDiffusion
-from flexgen.registry import build_denoiser
-
-
-def _trainable(bench: BenchSetup, run):
-    """The dynamic model of `run` on the bench's dense weights, in training mode (FlexDiT converted, DyDiT with
-    fresh routers: the masked forward costs the same whatever they choose)."""
-    model = build_denoiser(run).to(device=bench.device)
-    source = bench.dense.converted(run.density) if run.density.layout else bench.dense
-    sd, _ = model.policy.load_state_dict(source.net.state_dict(), "the dense weights")
-    model.net.load_state_dict(sd)
-    return model.to(dtype=bench.dtype).train()
 
 
 def train_step_report(bench: BenchSetup, run, *, repeats: int = 3, warmup: int = 1, complete: bool = False) -> dict:
@@ -37,7 +26,8 @@ def train_step_report(bench: BenchSetup, run, *, repeats: int = 3, warmup: int =
     `repeats` after `warmup`), their ratio and samples per second. `complete`: DyDiT's warm-up stage (each
     micro-batch also runs the complete model on the same x_t)."""
     dense = copy.deepcopy(bench.dense).train()
-    dynamic = _trainable(bench, run)
+    # (DyDiT's fresh routers: the masked training forward costs the same whatever they choose)
+    dynamic = on_dense_weights(run, bench.dense, bench.device).to(dtype=bench.dtype).train()
     diffusion = GaussianDiffusion.from_config(run.diffusion)
     sampler = dynamic.timestep_sampler()
     x0 = bench.x

@@ -16,6 +16,7 @@ it exists, so a killed run resumes; the manifest is written last.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import warnings
@@ -227,7 +228,7 @@ class LatentDataset(SkipAndReplaceDataset):
         if not isinstance(shards, list) or not all(isinstance(x, dict) and "file" in x for x in shards):
             raise DatasetLayoutError(f"{path} lists no shards (a 'shards' list of files): run `flexgen data encode` "
                                      "again")
-        repeated = sorted({x["file"] for x in shards if [y["file"] for y in shards].count(x["file"]) > 1})
+        repeated = sorted(f for f, n in collections.Counter(x["file"] for x in shards).items() if n > 1)
         if repeated:
             raise DatasetLayoutError(f"{path} lists {repeated[0]} more than once: the store is damaged; encode it "
                                      "again")
@@ -358,8 +359,7 @@ def encode_main(args) -> dict | None:
                          "the images directly")
     vae_folder(run.autoencoder)                 # before the image folder is scanned
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = parse_device(args.device or None, local)
+    device = parse_device(args.device or None)            # (this rank's GPU: cuda:LOCAL_RANK)
     held = folder_lock(args.out, "flexgen data encode", clean=world == 1) if rank == 0 else contextlib.nullcontext()
     with held:                                  # a second encode into this store is refused while it runs
         own_group = world > 1 and not dist.is_initialized()
