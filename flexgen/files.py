@@ -108,8 +108,10 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~_umask())          # mkstemp makes 0600; the file gets what open() would give it
         os.replace(tmp, path)
     except BaseException as e:
+        from safetensors import SafetensorError
+
         # torch.save and safetensors report a full disk as RuntimeError / SafetensorError: named as what it is
-        full = (isinstance(e, RuntimeError) or type(e).__name__ == "SafetensorError") and _free(path.parent) < FULL
+        full = isinstance(e, (RuntimeError, SafetensorError)) and _free(path.parent) < FULL
         tmp.unlink(missing_ok=True)
         if full:
             raise OSError(errno.ENOSPC, f"no space left on the device of {path.parent} while writing {path.name} "
